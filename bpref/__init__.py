@@ -1,0 +1,33 @@
+"""bpref: a reference implementation of handwritten layerwise backpropagation.
+
+Data flow: params -> forward tape (z, a) -> backward (delta, lambda) -> gradients.
+"""
+
+from bpref import activations as activations
+from bpref import losses as losses
+from bpref.backprop import Deltas as Deltas
+from bpref.backprop import Lambdas as Lambdas
+from bpref.backprop import deltas as deltas
+from bpref.backprop import grad as grad
+from bpref.backprop import input_grad as input_grad
+from bpref.backprop import lambdas as lambdas
+from bpref.backprop import per_example_grads as per_example_grads
+from bpref.backprop import value_and_grad as value_and_grad
+from bpref.network import DEFAULT_PRECISION as DEFAULT_PRECISION
+from bpref.network import Grads as Grads
+from bpref.network import Layer as Layer
+from bpref.network import Params as Params
+from bpref.network import Tape as Tape
+from bpref.network import forward as forward
+from bpref.network import from_arrays as from_arrays
+from bpref.network import init as init
+from bpref.network import loss_value as loss_value
+from bpref.network import predict as predict
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_PRECISION", "Deltas", "Grads", "Lambdas", "Layer", "Params", "Tape",
+    "activations", "deltas", "forward", "from_arrays", "grad", "init", "input_grad",
+    "lambdas", "loss_value", "losses", "per_example_grads", "predict", "value_and_grad",
+]

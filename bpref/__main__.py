@@ -1,0 +1,5 @@
+import sys
+
+from bpref.cli import main
+
+sys.exit(main())

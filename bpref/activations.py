@@ -1,0 +1,239 @@
+"""Activation functions f_l, each with its handwritten derivative f'_l beside it.
+
+Every elementwise activation is a pair of pure functions: ``f(z)`` and ``df(z)``
+(f' evaluated at the pre-activation z, equation (24)). Both are written in
+numerically stable forms, finite and accurate for |z| up to 1e3 in float64.
+
+Kinks follow ``jax.nn``: relu'(0) = 0, leaky_relu'(0) = 1, elu'(0) = 1,
+selu'(0) = scale * alpha. These are conventions, not mathematics: at a kink
+any value in the subdifferential is a valid subgradient.
+
+``softmax`` is not elementwise: its derivative is the Jacobian
+diag(a) - a a^T, applied as a vector-Jacobian product (see ``vjp``) and never
+materialized on the gradient path.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple
+
+import jax.numpy as jnp
+from jax.scipy.special import erfc
+
+Array = jnp.ndarray
+
+
+class Activation(NamedTuple):
+  """An activation f with its derivative.
+
+  Attributes:
+    name: the name used in ``Layer.activation``.
+    f: z -> a = f(z), shape preserving.
+    df: z -> f'(z), elementwise derivative; ``None`` for softmax.
+    elementwise: False only for softmax, whose Jacobian is not diagonal.
+  """
+  name: str
+  f: Callable[[Array], Array]
+  df: Callable[[Array], Array] | None
+  elementwise: bool = True
+
+
+def _sigmoid(z):
+  # sigma(z) from e = exp(-|z|): no overflow for any z.
+  e = jnp.exp(-jnp.abs(z))
+  return jnp.where(z >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def _sigmoid_prime(z):
+  # sigma'(z) = sigma(z) sigma(-z) = e / (1 + e)^2 with e = exp(-|z|); no 1 - sigma cancellation.
+  e = jnp.exp(-jnp.abs(z))
+  return e / (1 + e) ** 2
+
+
+# identity: f(z) = z, f'(z) = 1.
+def _identity(z):
+  return z
+
+
+def _identity_prime(z):
+  return jnp.ones_like(z)
+
+
+# relu: f(z) = max(z, 0); f'(z) = 1 for z > 0, else 0 (relu'(0) = 0 as jax.nn.relu).
+def _relu(z):
+  return jnp.where(z > 0, z, jnp.zeros_like(z))
+
+
+def _relu_prime(z):
+  return jnp.where(z > 0, jnp.ones_like(z), jnp.zeros_like(z))
+
+
+LEAKY_RELU_SLOPE = 0.01
+
+
+# leaky_relu: f(z) = z for z >= 0, 0.01 z below; f'(0) = 1 as jax.nn.leaky_relu.
+def _leaky_relu(z):
+  return jnp.where(z >= 0, z, LEAKY_RELU_SLOPE * z)
+
+
+def _leaky_relu_prime(z):
+  return jnp.where(z >= 0, jnp.ones_like(z), jnp.full_like(z, LEAKY_RELU_SLOPE))
+
+
+# elu (alpha = 1): f(z) = z for z > 0, expm1(z) below; f'(z) = exp(z) for z <= 0, so f'(0) = 1.
+def _elu(z):
+  return jnp.where(z > 0, z, jnp.expm1(jnp.minimum(z, 0)))
+
+
+def _elu_prime(z):
+  return jnp.where(z > 0, jnp.ones_like(z), jnp.exp(jnp.minimum(z, 0)))
+
+
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_SCALE = 1.0507009873554804934193349852946
+
+
+# selu: f(z) = scale * (z for z > 0, alpha expm1(z) below); f'(0) = scale * alpha as jax.nn.selu.
+def _selu(z):
+  return SELU_SCALE * jnp.where(z > 0, z, SELU_ALPHA * jnp.expm1(jnp.minimum(z, 0)))
+
+
+def _selu_prime(z):
+  return SELU_SCALE * jnp.where(z > 0, jnp.ones_like(z), SELU_ALPHA * jnp.exp(jnp.minimum(z, 0)))
+
+
+_SQRT_HALF = math.sqrt(0.5)
+_INV_SQRT_2PI = 1 / math.sqrt(2 * math.pi)
+
+
+def _normal_cdf(z):
+  # Phi(z) = erfc(-z / sqrt 2) / 2: accurate in the left tail, where 1 + erf(z / sqrt 2) cancels.
+  return 0.5 * erfc(-z * _SQRT_HALF)
+
+
+# gelu (exact): f(z) = z Phi(z); f'(z) = Phi(z) + z phi(z).
+def _gelu(z):
+  return z * _normal_cdf(z)
+
+
+def _gelu_prime(z):
+  return _normal_cdf(z) + z * _INV_SQRT_2PI * jnp.exp(-0.5 * z * z)
+
+
+_GELU_C = math.sqrt(2 / math.pi)
+_GELU_K = 0.044715
+
+
+# gelu_tanh: f(z) = z (1 + tanh u) / 2 = z sigma(2u), u = c (z + k z^3).
+# f'(z) = sigma(2u) + z sigma'(2u) 2 c (1 + 3 k z^2); the tail term is set to 0 once sigma'(2u) underflows.
+def _gelu_tanh(z):
+  return z * _sigmoid(2 * _GELU_C * (z + _GELU_K * z ** 3))
+
+
+def _gelu_tanh_prime(z):
+  u2 = 2 * _GELU_C * (z + _GELU_K * z ** 3)
+  s_prime = _sigmoid_prime(u2)
+  du2 = 2 * _GELU_C * (1 + 3 * _GELU_K * z * z)
+  tail = jnp.where(s_prime > 0, z * s_prime * du2, jnp.zeros_like(z))
+  return _sigmoid(u2) + tail
+
+
+# silu: f(z) = z sigma(z); f'(z) = sigma(z) (1 + z sigma(-z)).
+def _silu(z):
+  return z * _sigmoid(z)
+
+
+def _silu_prime(z):
+  return _sigmoid(z) * (1 + z * _sigmoid(-z))
+
+
+# softplus: f(z) = log(1 + e^z) = logaddexp(z, 0); f'(z) = sigma(z).
+def _softplus(z):
+  return jnp.logaddexp(z, jnp.zeros_like(z))
+
+
+# tanh: f'(z) = sech^2 z = 4 e / (1 + e)^2 with e = exp(-2|z|); no 1 - tanh^2 cancellation.
+def _tanh_prime(z):
+  e = jnp.exp(-2 * jnp.abs(z))
+  return 4 * e / (1 + e) ** 2
+
+
+# softsign: f(z) = z / (1 + |z|); f'(z) = 1 / (1 + |z|)^2.
+def _softsign(z):
+  return z / (1 + jnp.abs(z))
+
+
+def _softsign_prime(z):
+  return 1 / (1 + jnp.abs(z)) ** 2
+
+
+# softmax over the last axis: a = exp(z - max z) / sum(exp(z - max z)).
+def _softmax(z):
+  e = jnp.exp(z - jnp.max(z, axis=-1, keepdims=True))
+  return e / jnp.sum(e, axis=-1, keepdims=True)
+
+
+ACTIVATIONS: dict[str, Activation] = {
+    act.name: act
+    for act in (
+        Activation("identity", _identity, _identity_prime),
+        Activation("relu", _relu, _relu_prime),
+        Activation("leaky_relu", _leaky_relu, _leaky_relu_prime),
+        Activation("elu", _elu, _elu_prime),
+        Activation("selu", _selu, _selu_prime),
+        Activation("gelu", _gelu, _gelu_prime),
+        Activation("gelu_tanh", _gelu_tanh, _gelu_tanh_prime),
+        Activation("silu", _silu, _silu_prime),
+        Activation("softplus", _softplus, _sigmoid),
+        Activation("sigmoid", _sigmoid, _sigmoid_prime),
+        Activation("tanh", jnp.tanh, _tanh_prime),
+        Activation("softsign", _softsign, _softsign_prime),
+        Activation("sin", jnp.sin, jnp.cos),
+        Activation("softmax", _softmax, None, elementwise=False),
+    )
+}
+"""Every activation by name."""
+
+KINKED = ("relu", "leaky_relu", "elu", "selu")
+"""Activations whose derivative jumps at z = 0 (a convention decides f'(0))."""
+
+OUTPUT_ONLY = ("softmax",)
+"""Activations allowed only in the output layer."""
+
+
+def get(name: str) -> Activation:
+  """The activation called ``name``; a ValueError lists the valid names."""
+  try:
+    return ACTIVATIONS[name]
+  except (KeyError, TypeError):
+    raise ValueError(
+        f"unknown activation {name!r}; valid names: {', '.join(ACTIVATIONS)}") from None
+
+
+def vjp(name: str, z: Array, a: Array, g: Array) -> Array:
+  """g (da/dz): the cotangent g on a_l pulled back to z_l.
+
+  For an elementwise f this is g * f'(z) (the diag(f'(z)) of (24) is never built).
+  For softmax, da/dz = diag(a) - a a^T is symmetric, so g (da/dz) = a * (g - <g, a>).
+
+  Args:
+    name: activation name.
+    z: pre-activations, shape (..., n).
+    a: activations f(z), shape (..., n).
+    g: cotangent on a, shape (..., n).
+  """
+  act = get(name)
+  if act.elementwise:
+    return g * act.df(z)
+  return a * (g - jnp.sum(g * a, axis=-1, keepdims=True))
+
+
+def jacobian(name: str, z: Array, a: Array) -> Array:
+  """da/dz per example, shape (..., n, n): diag f'(z) (27), or diag(a) - a a^T for softmax."""
+  act = get(name)
+  n = z.shape[-1]
+  eye = jnp.eye(n, dtype=z.dtype).reshape((1,) * (z.ndim - 1) + (n, n))
+  if act.elementwise:
+    return act.df(z)[..., :, None] * eye
+  return a[..., :, None] * eye - a[..., :, None] * a[..., None, :]

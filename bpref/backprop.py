@@ -1,0 +1,152 @@
+"""The backward pass: the delta and lambda recursions and the gradients, by hand.
+
+No JAX autodiff is used here. With rows as examples and the tape of
+``bpref.network.forward``, the corrected equations (see proofs/errata.md) are:
+
+* (34) delta_L = dC/dz_L = (dC/dy) diag f'_L(z_L)        rows: G * f'_L(Z_L)
+* (37) delta_{l-1} = (delta_l W_l) diag f'_{l-1}(z_{l-1})  rows: (D_l W_l) * f'_{l-1}(Z_{l-1})
+* (39) dC/dW_l = delta_l^T a_{l-1}  (an outer product, (n_l, n_{l-1}))   rows: D_l^T A_{l-1}
+*      dC/db_l = delta_l                                     rows: sum_b D_l
+*      dC/dx = delta_1 W_1                                   rows: D_1 W_1
+* (27) lambda_L = dy/dz_L = diag f'_L(z_L)
+* (30) lambda_{l-1} = lambda_l W_l diag f'_{l-1}(z_{l-1})
+
+For a softmax output layer diag f'_L is replaced by the Jacobian diag(a_L) - a_L a_L^T,
+applied as a vector-Jacobian product.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from bpref import activations as _activations
+from bpref import losses as _losses
+from bpref.network import (DEFAULT_PRECISION, Layer, Tape, _forward, check_problem, check_x)
+
+Array = jax.Array
+Deltas = tuple  # (delta_1, ..., delta_L), delta_l of shape (B, n_l)
+Lambdas = tuple  # (lambda_1, ..., lambda_L), lambda_l of shape (B, n_L, n_l)
+
+
+def _output_cotangent(tape: Tape, t2, loss, reduction) -> tuple[Array, Array]:
+  """(C, dC/dy) for the reduced loss; dC/dy has shape (B, n_L)."""
+  loss_obj = _losses.get(loss)
+  y = tape.a[-1]
+  value = _losses.reduce(loss_obj.value(y, t2), reduction)
+  scale = _losses.reduce_scale(y.shape[0], reduction)
+  return value, loss_obj.dy(y, t2) * jnp.asarray(scale, y.dtype)  # (14) and its batch reduction
+
+
+def _deltas(params, tape: Tape, g: Array, precision) -> Deltas:
+  """delta_L, ..., delta_1 from the output cotangent g = dC/dy (rows are examples)."""
+  n_layers = len(params)
+  last = params[-1]
+  delta = _activations.vjp(last.activation, tape.z[-1], tape.a[-1], g)  # (34), corrected
+  out = [delta]
+  for l in range(n_layers - 1, 0, -1):  # l = L-1, ..., 1
+    back = jnp.matmul(delta, params[l].W, precision=precision)  # delta_{l+1} W_{l+1}
+    delta = back * _activations.get(params[l - 1].activation).df(tape.z[l - 1])  # (37), corrected
+    out.append(delta)
+  return tuple(reversed(out))
+
+
+def _layer_grads(params, tape: Tape, deltas: Deltas, precision) -> tuple:
+  grads = []
+  for layer, delta, a_prev in zip(params, deltas, tape.a[:-1]):
+    dW = jnp.matmul(delta.T, a_prev, precision=precision)  # (39), corrected: delta_l^T a_{l-1}
+    db = None if layer.b is None else jnp.sum(delta, axis=0)  # dC/db_l = delta_l
+    grads.append(Layer(dW, db, layer.activation))
+  return tuple(grads)
+
+
+def _prepare(params, x, t, loss, reduction, precision):
+  x2, t2, single = check_problem(params, x, t, loss, reduction)
+  tape = _forward(params, x2, precision)
+  value, g = _output_cotangent(tape, t2, loss, reduction)
+  return tape, value, g, single
+
+
+def value_and_grad(params, x, t, loss: str = "squared_error", reduction: str = "mean", *,
+                   precision=DEFAULT_PRECISION):
+  """The loss C and its gradient with respect to every W_l and b_l.
+
+  Args:
+    params: the network (a tuple of ``Layer``).
+    x: inputs, shape (B, n_0) or (n_0,).
+    t: targets, shape (B, n_L) or (n_L,).
+    loss: a name from ``bpref.losses.LOSSES``.
+    reduction: ``"mean"`` (C = (1/B) sum_b C_b) or ``"sum"``.
+    precision: matmul precision; ``jax.lax.Precision.HIGHEST`` by default.
+
+  Returns:
+    (C, grads): a scalar and a tree with exactly the structure of ``params``.
+
+  >>> import jax, jax.numpy as jnp, bpref
+  >>> params = bpref.init(jax.random.key(0), (2, 3, 1), "tanh")
+  >>> C, grads = bpref.value_and_grad(params, jnp.ones((4, 2)), jnp.zeros((4, 1)))
+  >>> grads[0].W.shape
+  (3, 2)
+  """
+  tape, value, g, _ = _prepare(params, x, t, loss, reduction, precision)
+  deltas = _deltas(params, tape, g, precision)
+  return value, _layer_grads(params, tape, deltas, precision)
+
+
+def grad(params, x, t, loss: str = "squared_error", reduction: str = "mean", *,
+         precision=DEFAULT_PRECISION):
+  """dC/dparams: the second half of ``value_and_grad``."""
+  return value_and_grad(params, x, t, loss, reduction, precision=precision)[1]
+
+
+def deltas(params, x, t, loss: str = "squared_error", reduction: str = "mean", *,
+           precision=DEFAULT_PRECISION) -> Deltas:
+  """(delta_1, ..., delta_L), delta_l = dC/dz_l of the reduced loss, each (B, n_l)."""
+  tape, _, g, single = _prepare(params, x, t, loss, reduction, precision)
+  out = _deltas(params, tape, g, precision)
+  return tuple(d[0] for d in out) if single else out
+
+
+def input_grad(params, x, t, loss: str = "squared_error", reduction: str = "mean", *,
+               precision=DEFAULT_PRECISION) -> Array:
+  """dC/dx = delta_1 W_1, shape (B, n_0) or (n_0,)."""
+  tape, _, g, single = _prepare(params, x, t, loss, reduction, precision)
+  delta_1 = _deltas(params, tape, g, precision)[0]
+  dx = jnp.matmul(delta_1, params[0].W, precision=precision)  # dC/dx = delta_1 W_1
+  return dx[0] if single else dx
+
+
+def per_example_grads(params, x, t, loss: str = "squared_error", *,
+                      precision=DEFAULT_PRECISION):
+  """The gradient of each example's own loss C_b: a grads tree with a leading axis B.
+
+  delta_l of the summed loss has rows dC_b/dz_l, so dC_b/dW_l = delta_{l,b} a_{l-1,b}^T (39)
+  for each b, without a loop or ``vmap``.
+  """
+  tape, _, g, single = _prepare(params, x, t, loss, "sum", precision)
+  out = []
+  for layer, delta, a_prev in zip(params, _deltas(params, tape, g, precision), tape.a[:-1]):
+    dW = delta[:, :, None] * a_prev[:, None, :]  # (39) per example: delta_{l,b} a_{l-1,b}^T
+    db = None if layer.b is None else delta  # dC_b/db_l = delta_{l,b}
+    out.append(Layer(dW, db, layer.activation))
+  out = tuple(out)
+  return jax.tree_util.tree_map(lambda leaf: leaf[0], out) if single else out
+
+
+def lambdas(params, x, *, precision=DEFAULT_PRECISION) -> Lambdas:
+  """(lambda_1, ..., lambda_L), lambda_l = dy/dz_l, each of shape (B, n_L, n_l).
+
+  lambda_L = diag f'_L(z_L) (27) (the softmax Jacobian for softmax); then
+  lambda_{l-1} = lambda_l W_l diag f'_{l-1}(z_{l-1}) (30), corrected.
+  """
+  x2, single = check_x(params, x)
+  tape = _forward(params, x2, precision)
+  last = params[-1]
+  lam = _activations.jacobian(last.activation, tape.z[-1], tape.a[-1])  # (27)
+  out = [lam]
+  for l in range(len(params) - 1, 0, -1):
+    back = jnp.matmul(lam, params[l].W, precision=precision)  # lambda_{l+1} W_{l+1}
+    lam = back * _activations.get(params[l - 1].activation).df(tape.z[l - 1])[:, None, :]  # (30)
+    out.append(lam)
+  out = tuple(reversed(out))
+  return tuple(v[0] for v in out) if single else out
