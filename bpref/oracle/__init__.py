@@ -1,0 +1,125 @@
+"""The oracle: check someone else's backprop against bpref's.
+
+The candidate is a callable
+
+  grads(weights, biases, activations, loss, x, t) -> (dW, db)  or  (dW, db, loss_value)
+
+on NumPy arrays: ``weights[l]`` of shape (n_l, n_{l-1}) (``layout="in_out"``:
+(n_{l-1}, n_l)), ``biases[l]`` of shape (n_l,) (None with ``bias=False``),
+``activations`` names from ``bpref.activations.ACTIVATIONS``, ``loss`` a name
+from ``bpref.losses.LOSSES``, x of shape (B, n_0) and t of shape (B, n_L). It
+returns the gradient of the reduced loss (the spec's ``reduction``) with
+respect to every W_l and b_l, in its own layout.
+
+``check`` searches the declared domain (``bpref.oracle.spec.Spec``) with
+targeted probes and hypothesis-drawn networks, shrinks the first failure to a
+minimal network, and diagnoses it (``bpref.oracle.diagnosis``).
+
+>>> import numpy as np, bpref.oracle
+>>> def linear(weights, biases, activations, loss, x, t):  # one identity layer, half squared error
+...   g = (x @ weights[0].T + biases[0][None, :] - t) / x.shape[0]
+...   return [g.T @ x], [g.sum(axis=0)]
+>>> report = bpref.oracle.check(linear, activations=("identity",), losses=("half_squared_error",),
+...                             max_depth=1, examples=5)
+>>> report.verdict
+'pass'
+"""
+
+from __future__ import annotations
+
+import time
+
+from bpref.oracle import diagnosis as _diagnosis
+from bpref.oracle import isolation as _isolation
+from bpref.oracle import report as _report
+from bpref.oracle import search as _search
+from bpref.oracle import spec as _spec
+from bpref.oracle.diagnosis import Finding as Finding
+from bpref.oracle.report import Report as Report
+from bpref.oracle.spec import Spec as Spec
+from bpref.oracle.spec import make_spec as make_spec
+
+
+def check(candidate=None, *, target=None, progress=None, **options) -> Report:
+  """Check a candidate gradient function against bpref; never raises for what the candidate does.
+
+  Args:
+    candidate: the callable (see the module docstring).
+    target: instead of ``candidate``, ("function" | "torch" | "flax" | "equinox", "module:name"),
+      loaded in each subprocess by name (used by ``bpref check``).
+    progress: optional callback progress(phase, calls).
+    **options: the ``Spec`` fields: activations, losses, output_activations, reduction,
+      max_depth, max_width, max_batch, dtype, layout, bias, examples, seed, strict_kinks,
+      timeout, isolate, workers, shrink_budget.
+
+  Returns:
+    a ``Report``: verdict, minimal failing case, per-array and per-layer errors, diagnosis,
+    seed and reproducer script.
+
+  Raises:
+    ValueError / TypeError for a bad spec or a candidate that cannot be run at all (not
+    callable; not picklable with isolate/workers).
+  """
+  spec = _spec.make_spec(**options)
+  start = time.perf_counter()
+  pool = None
+  if target is not None:
+    kind, ref = target
+    if candidate is None and not (spec.isolate or spec.workers > 1):
+      candidate = _isolation.load_candidate(kind, ref)
+    pool_target = ("reference", kind, ref)
+  else:
+    if not callable(candidate):
+      raise TypeError(f"candidate must be callable grads(weights, biases, activations, loss, x, t); "
+                      f"got {type(candidate).__name__}")
+    pool_target = None
+  if spec.isolate or spec.workers > 1:
+    if pool_target is None:
+      pool_target = _isolation.picklable(candidate)
+    pool = _isolation.Isolated(pool_target, spec.workers, spec.timeout)
+  ev = _search.Evaluator(None if pool else candidate, spec, pool, progress)
+  try:
+    found = _search.search(ev)
+    return _build(ev, spec, found, target, start)
+  except (ValueError, RuntimeError) as exc:
+    if pool is None:
+      raise
+    return Report("error", spec.to_json(), 0, ev.calls, spec.seed, time.perf_counter() - start,
+                  kind="error", message=str(exc))
+  finally:
+    if pool is not None:
+      pool.close()
+
+
+def _notes(ev) -> list:
+  return sorted({r.note for _, r in ev.history if r.note})
+
+
+def _build(ev, spec, found, target, start) -> Report:
+  if found.first is None:
+    verdict = "pass"
+    if ev.stopped:
+      verdict = "fail"
+    rep = Report(verdict, spec.to_json(), found.cases, ev.calls, spec.seed, 0.0, notes=_notes(ev))
+    if ev.stopped:
+      rep.kind, rep.message = "timeout", ev.stopped
+    rep.seconds = time.perf_counter() - start
+    return rep
+  minimal = found.minimal
+  case, _ = ev.case_and_truth(minimal.arch)
+  findings, per_layer, implied = _diagnosis.diagnose(ev, minimal)
+  ref = None
+  if target is not None and target[0] == "function":
+    ref = target[1]
+  rep = Report(
+      "fail", spec.to_json(), found.cases, ev.calls, spec.seed, 0.0,
+      examples_to_failure=found.examples_to_failure, kind=minimal.kind, message=minimal.message,
+      case=_report.case_json(case, minimal), errors=dict(minimal.errors), layer_errors=per_layer,
+      implied_delta_errors=implied, tolerance=minimal.tolerance, diagnosis=findings,
+      notes=_notes(ev), reproducer=_report.reproducer(case, spec, ref),
+      first_case=found.first.arch.to_json())
+  rep.seconds = time.perf_counter() - start
+  return rep
+
+
+__all__ = ["Finding", "Report", "Spec", "check", "make_spec"]

@@ -1,0 +1,200 @@
+"""The oracle's report: verdict, minimal case, errors, diagnosis, reproducer."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+
+VERDICTS = ("pass", "fail", "error")
+
+
+@dataclasses.dataclass
+class Report:
+  """What ``bpref.oracle.check`` found.
+
+  Attributes:
+    verdict: "pass" (correct on every case), "fail" (a bug was found) or "error" (the oracle
+      could not run the candidate at all, e.g. it could not be loaded in a subprocess).
+    passed: verdict == "pass".
+    spec: the domain and search settings, as a dict.
+    cases: cases tried in the search (probes and random).
+    calls: candidate calls in all (search, shrinking, diagnosis).
+    examples_to_failure: position of the first failing case among those tried (0 on a pass).
+    kind: the failure's kind (see ``bpref.oracle.judge.FAILURE_KINDS``), or "ok".
+    message: one plain sentence about the failure.
+    case: the minimal failing case: architecture and arrays (W_l in the (n_l, n_{l-1}) layout).
+    errors: {"W1": e, "b1": e, ...} on the minimal case.
+    layer_errors: worst error per layer 1..L; implied_delta_errors: the same for delta_l.
+    tolerance: the tolerance of the minimal case.
+    diagnosis: tested findings, the most specific first (``diagnosis.Finding``).
+    notes: convention notes met while searching (kinks).
+    seed: the search's seed.
+    seconds: wall time.
+    reproducer: a Python script that rebuilds the minimal case and compares it with bpref.
+  """
+  verdict: str
+  spec: dict
+  cases: int
+  calls: int
+  seed: int
+  seconds: float
+  examples_to_failure: int = 0
+  kind: str = "ok"
+  message: str = ""
+  case: dict | None = None
+  errors: dict = dataclasses.field(default_factory=dict)
+  layer_errors: list = dataclasses.field(default_factory=list)
+  implied_delta_errors: list = dataclasses.field(default_factory=list)
+  tolerance: float = 0.0
+  diagnosis: list = dataclasses.field(default_factory=list)
+  notes: list = dataclasses.field(default_factory=list)
+  reproducer: str = ""
+  first_case: dict | None = None
+
+  @property
+  def passed(self) -> bool:
+    return self.verdict == "pass"
+
+  @property
+  def codes(self) -> list:
+    """The diagnosis codes, most specific first."""
+    return [f.code for f in self.diagnosis]
+
+  def to_json(self) -> dict:
+    out = dataclasses.asdict(self)
+    out["diagnosis"] = [f.to_json() for f in self.diagnosis]
+    out["passed"] = self.passed
+    return out
+
+  def json(self) -> str:
+    return json.dumps(self.to_json(), indent=2, default=_jsonable)
+
+  def text(self) -> str:
+    """The report for people."""
+    s = self.spec
+    lines = []
+    domain = (f"activations {','.join(s['activations'])}; losses {','.join(s['losses'])}; "
+              f"reduction {s['reduction']}; depth <= {s['max_depth']}, width <= {s['max_width']}, "
+              f"B <= {s['max_batch']}; {s['dtype']}, layout {s['layout']}"
+              f"{'' if s['bias'] else ', no biases'}")
+    if self.verdict == "pass":
+      lines.append(f"PASS: the candidate's gradients match bpref's on all {self.cases} networks "
+                   f"({self.calls} calls, seed {self.seed}, {self.seconds:.1f} s)")
+      lines.append(f"  domain: {domain}")
+      for note in self.notes:
+        lines.append(f"  note: {note}")
+      return "\n".join(lines)
+    if self.verdict == "error":
+      return f"ERROR: the oracle could not run the candidate: {self.message}"
+    lines.append(f"FAIL: {self.message.splitlines()[0] if self.message else self.kind}")
+    lines.append(f"  found after {self.examples_to_failure} of the cases tried (seed {self.seed}); "
+                 f"{self.calls} calls, {self.seconds:.1f} s")
+    lines.append(f"  domain: {domain}")
+    if self.diagnosis:
+      lines.append("")
+      lines.append("diagnosis (most likely first):")
+      for f in self.diagnosis:
+        lines.append(f"  * {f.summary}  [{f.code}]")
+        if f.detail and f.detail != f.summary:
+          for dl in f.detail.splitlines()[:8]:
+            lines.append(f"      {dl}")
+    if self.case:
+      a = self.case["arch"]
+      lines.append("")
+      lines.append(f"minimal failing case: sizes {tuple(a['sizes'])}, activations "
+                   f"{tuple(a['activations'])}, loss {a['loss']} ({s['reduction']}), B = {a['batch']}"
+                   f"{', kinks planted' if a['kink'] else ''}")
+    if self.errors:
+      lines.append(f"  normwise error per array (tolerance {self.tolerance:.1e}):")
+      lines.append("    " + "  ".join(f"{k}: {v:.2e}{' *' if not v <= self.tolerance else ''}"
+                                      for k, v in self.errors.items()))
+    if self.implied_delta_errors and any(e is not None for e in self.implied_delta_errors):
+      lines.append("  implied delta_l error per layer: " + "  ".join(
+          f"{l}: {'n/a' if e is None else f'{e:.2e}'}"
+          for l, e in enumerate(self.implied_delta_errors, start=1)))
+    if self.case and self.case.get("arrays"):
+      lines.append("")
+      lines.append("  arrays of the minimal case (rerun them with the reproducer: --json has it):")
+      with np.printoptions(precision=4, suppress=True, linewidth=100):
+        for name, value in self.case["arrays"].items():
+          arr = np.asarray(value)
+          if arr.size <= 24:
+            body = np.array2string(arr, prefix="      ").replace("\n", "\n      ")
+            lines.append(f"    {name} = {body}")
+    for note in self.notes:
+      lines.append(f"  note: {note}")
+    return "\n".join(lines)
+
+
+def _jsonable(obj):
+  if isinstance(obj, np.ndarray):
+    return obj.tolist()
+  if isinstance(obj, (np.floating, np.integer)):
+    return obj.item()
+  if hasattr(obj, "to_json"):
+    return obj.to_json()
+  return str(obj)
+
+
+def case_json(case, result=None) -> dict:
+  """The minimal case as plain lists (exact: float64 repr of the candidate-dtype values)."""
+  arrays = {}
+  for l, W in enumerate(case.weights, start=1):
+    arrays[f"W{l}"] = np.asarray(W, np.float64).tolist()
+  for l, b in enumerate(case.biases or (), start=1):
+    arrays[f"b{l}"] = np.asarray(b, np.float64).tolist()
+  arrays["x"] = np.asarray(case.x, np.float64).tolist()
+  arrays["t"] = np.asarray(case.t, np.float64).tolist()
+  out = {"arch": case.arch.to_json(), "reduction": case.reduction, "dtype": case.dtype,
+         "arrays": arrays}
+  if result is not None and result.dW is not None:
+    out["candidate"] = {f"dW{l}": np.asarray(g, np.float64).tolist()
+                        for l, g in enumerate(result.dW, start=1)}
+    out["candidate"].update({f"db{l}": np.asarray(g, np.float64).tolist()
+                             for l, g in enumerate(result.db or (), start=1)})
+  return out
+
+
+def reproducer(case, spec, target: str | None) -> str:
+  """A standalone script: rebuild the minimal case, call the candidate, compare with bpref."""
+  cj = case_json(case)
+  arrays = cj["arrays"]
+  L = case.arch.depth
+  ws = ", ".join(f"np.array({arrays[f'W{l}']!r}, dtype)" for l in range(1, L + 1))
+  bs = ("[" + ", ".join(f"np.array({arrays[f'b{l}']!r}, dtype)" for l in range(1, L + 1)) + "]"
+        if case.biases is not None else "None")
+  load = (f"from bpref.oracle.isolation import load_reference\n"
+          f"candidate = load_reference({target!r})\n" if target else
+          "candidate = ...  # your gradient function: grads(weights, biases, activations, loss, x, t)\n")
+  transpose = "[W.T for W in weights]" if spec.layout == "in_out" else "list(weights)"
+  return f'''"""Reproduce bpref check's minimal failing case ({case.arch.describe()})."""
+import jax
+import numpy as np
+
+import bpref
+
+jax.config.update("jax_enable_x64", True)
+dtype = np.{case.dtype}
+weights = [{ws}]
+biases = {bs}
+activations = {list(case.arch.activations)!r}
+loss, reduction = {case.arch.loss!r}, {case.reduction!r}
+x = np.array({arrays['x']!r}, dtype)
+t = np.array({arrays['t']!r}, dtype)
+
+{load}out = candidate({transpose}, None if biases is None else list(biases), list(activations), loss,
+                x.copy(), t.copy())
+dW, db = out[0], out[1]
+params = bpref.from_arrays([w.astype(np.float64) for w in weights],
+                           None if biases is None else [b.astype(np.float64) for b in biases],
+                           activations)
+_, grads = bpref.value_and_grad(params, x.astype(np.float64), t.astype(np.float64), loss, reduction)
+for l, g in enumerate(grads, start=1):
+  mine = np.asarray(dW[l - 1], np.float64){'.T' if spec.layout == 'in_out' else ''}
+  print(f"layer {{l}}: dW error", np.linalg.norm(mine - np.asarray(g.W)) / np.linalg.norm(np.asarray(g.W)))
+  if biases is not None:
+    print(f"layer {{l}}: db error", np.linalg.norm(np.asarray(db[l - 1], np.float64) - np.asarray(g.b))
+          / max(np.linalg.norm(np.asarray(g.b)), 1e-300))
+'''

@@ -1,0 +1,354 @@
+"""The candidate's declared domain, and the test cases drawn from it.
+
+A ``Spec`` is what the user claims the candidate handles: activations, losses,
+the output activation each loss may follow, depth and width limits, batch
+sizes, dtype, weight layout, reduction. The oracle searches only inside it.
+
+An ``Arch`` names one test case exactly: layer sizes (n_0, ..., n_L), one
+activation per layer, the loss, the batch size B, a value seed and whether
+kinks are planted. ``build_case`` turns it into NumPy arrays, always the same
+arrays for the same ``Arch``; a shrunk ``Arch`` is a smaller network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import numpy as np
+
+from bpref import activations as _activations
+from bpref import losses as _losses
+from bpref import problems as _problems
+
+LAYOUTS = ("out_in", "in_out")
+DTYPES = ("float64", "float32")
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  """What the candidate claims to handle, and how hard to look.
+
+  Attributes:
+    activations: activation names the candidate implements (hidden layers draw from these).
+    losses: loss names the candidate implements.
+    output_activations: {loss: names} allowed on the output layer for each loss; by default the
+      activation the loss requires (softmax for cross_entropy, sigmoid for binary_cross_entropy),
+      else every declared activation.
+    reduction: "mean" (C = (1/B) sum_b C_b) or "sum".
+    max_depth: largest number of layers L (>= 1).
+    max_width: largest layer width n_l (>= 1).
+    max_batch: largest batch size B (>= 1).
+    dtype: "float64" or "float32": the dtype of every array handed to the candidate.
+    layout: "out_in" (W_l of shape (n_l, n_{l-1})) or "in_out" (its transpose).
+    bias: whether layers carry biases (False: biases is None and db is ignored).
+    examples: random cases tried after the targeted probes.
+    seed: names the whole search; the same seed gives the same cases.
+    strict_kinks: treat a different f'(0) convention at a kink as a bug.
+    timeout: seconds one candidate call may take.
+    isolate: run the candidate in a subprocess (a crash or a hang becomes a report).
+    workers: candidate calls spread over this many subprocesses (implies isolation).
+    shrink_budget: most candidate calls spent shrinking a failure.
+  """
+  activations: tuple = ("identity", "relu", "tanh", "sigmoid")
+  losses: tuple = ("squared_error",)
+  output_activations: tuple | None = None
+  reduction: str = "mean"
+  max_depth: int = 3
+  max_width: int = 5
+  max_batch: int = 4
+  dtype: str = "float64"
+  layout: str = "out_in"
+  bias: bool = True
+  examples: int = 40
+  seed: int = 0
+  strict_kinks: bool = False
+  timeout: float = 60.0
+  isolate: bool = False
+  workers: int = 1
+  shrink_budget: int = 120
+
+  def outputs_for(self, loss: str) -> tuple:
+    """The output activations allowed after ``loss``."""
+    return dict(self.output_activations)[loss]
+
+  @property
+  def hidden(self) -> tuple:
+    return tuple(a for a in self.activations if a not in _activations.OUTPUT_ONLY)
+
+  def to_json(self) -> dict:
+    out = dataclasses.asdict(self)
+    out["output_activations"] = {k: list(v) for k, v in self.output_activations}
+    return out
+
+
+def _names(value, what) -> tuple:
+  if isinstance(value, str):
+    value = tuple(v.strip() for v in value.split(",") if v.strip())
+  value = tuple(value)
+  if not value:
+    raise ValueError(f"{what}: give at least one name")
+  return value
+
+
+def make_spec(**options) -> Spec:
+  """A validated ``Spec``; a ValueError names the bad option and the valid choices."""
+  fields = {f.name for f in dataclasses.fields(Spec)}
+  unknown = sorted(set(options) - fields)
+  if unknown:
+    raise TypeError(f"unknown option(s) {', '.join(unknown)}; valid options: {', '.join(sorted(fields))}")
+  options = {k: v for k, v in options.items() if v is not None}
+  acts = _names(options.get("activations", Spec.activations), "activations")
+  for a in acts:
+    _activations.get(a)
+  acts = tuple(dict.fromkeys(acts))
+  losses = tuple(dict.fromkeys(_names(options.get("losses", Spec.losses), "losses")))
+  for name in losses:
+    _losses.get(name)
+  hidden = tuple(a for a in acts if a not in _activations.OUTPUT_ONLY)
+  given = options.get("output_activations") or {}
+  if isinstance(given, (tuple, list)):
+    given = dict(given)
+  outputs = []
+  for name in losses:
+    required = _losses.get(name).output
+    if name in given:
+      outs = _names(given[name], f"output_activations[{name!r}]")
+      for a in outs:
+        _activations.get(a)
+      if required is not None and outs != (required,):
+        raise ValueError(f"loss {name!r} takes probabilities from a {required} output layer; "
+                         f"output_activations[{name!r}] must be ({required!r},), got {outs}")
+    elif required is not None:
+      outs = (required,)
+    else:
+      outs = tuple(a for a in acts if a != "softmax" or "cross_entropy" in name) or hidden
+    outputs.append((name, tuple(outs)))
+  options.update(activations=acts, losses=losses, output_activations=tuple(outputs))
+  spec = Spec(**options)
+  if not hidden and spec.max_depth > 1:
+    raise ValueError("activations: hidden layers need an elementwise activation; "
+                     f"got only {acts}; add one (e.g. 'identity') or set max_depth=1")
+  _losses.check_reduction(spec.reduction)
+  if spec.dtype not in DTYPES:
+    raise ValueError(f"dtype must be one of {DTYPES}; got {spec.dtype!r}")
+  if spec.layout not in LAYOUTS:
+    raise ValueError(f"layout must be one of {LAYOUTS}; got {spec.layout!r}")
+  for name in ("max_depth", "max_width", "max_batch", "workers"):
+    if int(getattr(spec, name)) < 1:
+      raise ValueError(f"{name} must be >= 1; got {getattr(spec, name)}")
+  if spec.examples < 0 or spec.shrink_budget < 0:
+    raise ValueError("examples and shrink_budget must be >= 0")
+  if not spec.timeout > 0:
+    raise ValueError(f"timeout must be > 0 seconds; got {spec.timeout}")
+  return spec
+
+
+class Arch(NamedTuple):
+  """One test case by name: the arrays follow from it (see ``build_case``)."""
+  sizes: tuple  # (n_0, ..., n_L)
+  activations: tuple  # (f_1, ..., f_L)
+  loss: str
+  batch: int
+  seed: int
+  kink: bool = False
+
+  @property
+  def depth(self) -> int:
+    return len(self.activations)
+
+  def describe(self) -> str:
+    acts = ",".join(self.activations)
+    kink = " kinks" if self.kink else ""
+    return (f"sizes={self.sizes} acts=({acts}) loss={self.loss} B={self.batch} "
+            f"seed={self.seed}{kink}")
+
+  def to_json(self) -> dict:
+    return {"sizes": list(self.sizes), "activations": list(self.activations), "loss": self.loss,
+            "batch": self.batch, "seed": self.seed, "kink": self.kink}
+
+  @classmethod
+  def from_json(cls, d) -> "Arch":
+    return cls(tuple(d["sizes"]), tuple(d["activations"]), d["loss"], int(d["batch"]),
+               int(d["seed"]), bool(d.get("kink", False)))
+
+
+class Case(NamedTuple):
+  """The arrays of one test case, W_l always in the (n_l, n_{l-1}) layout here.
+
+  ``biases`` is None when the spec has no biases.
+  """
+  arch: Arch
+  weights: tuple
+  biases: tuple | None
+  x: np.ndarray
+  t: np.ndarray
+  reduction: str
+  dtype: str
+
+
+def build_case(arch: Arch, spec: Spec) -> Case:
+  """The arrays named by ``arch``: W_l ~ N(0, 1/n_{l-1}), b_l ~ N(0, 0.25), x ~ N(0, 1).
+
+  With ``arch.kink``, unit 0 of every layer with a kinked activation has a zero
+  row of W_l and b_l[0] = 0, so its pre-activation is exactly 0 for every example
+  whatever the order of the candidate's sums.
+  """
+  rng = np.random.default_rng(arch.seed)
+  dtype = np.dtype(spec.dtype)
+  weights, biases = [], []
+  for l in range(1, arch.depth + 1):
+    n_out, n_in = arch.sizes[l], arch.sizes[l - 1]
+    W = rng.normal(size=(n_out, n_in)) / np.sqrt(n_in)
+    b = rng.normal(size=(n_out,)) * 0.5
+    if arch.kink and arch.activations[l - 1] in _activations.KINKED:
+      W[0, :] = 0.0
+      b[0] = 0.0
+    weights.append(W.astype(dtype))
+    biases.append(b.astype(dtype))
+  x = rng.normal(size=(arch.batch, arch.sizes[0])).astype(dtype)
+  t = _problems.targets(rng, arch.loss, (arch.batch, arch.sizes[-1])).astype(dtype)
+  return Case(arch, tuple(weights), tuple(biases) if spec.bias else None, x, t, spec.reduction,
+              spec.dtype)
+
+
+# ---------------------------------------------------------------- the search space
+
+WIDTHS = (1, 2, 3, 4, 5, 8)
+BATCHES = (1, 2, 3, 4, 5, 8)
+
+
+def widths(spec: Spec) -> tuple:
+  return tuple(w for w in WIDTHS if w <= spec.max_width) or (spec.max_width,)
+
+
+def batches(spec: Spec) -> tuple:
+  return tuple(b for b in BATCHES if b <= spec.max_batch) or (spec.max_batch,)
+
+
+def simplest_hidden(spec: Spec) -> str:
+  return "identity" if "identity" in spec.hidden else spec.hidden[0]
+
+
+def simplest_output(spec: Spec, loss: str) -> str:
+  outs = spec.outputs_for(loss)
+  return "identity" if "identity" in outs else outs[0]
+
+
+def in_domain(arch: Arch, spec: Spec) -> bool:
+  """Whether ``arch`` lies inside the declared domain."""
+  if not 1 <= arch.depth <= spec.max_depth or len(arch.sizes) != arch.depth + 1:
+    return False
+  if any(not 1 <= n <= spec.max_width for n in arch.sizes) or not 1 <= arch.batch <= spec.max_batch:
+    return False
+  if arch.loss not in spec.losses or arch.activations[-1] not in spec.outputs_for(arch.loss):
+    return False
+  if any(a not in spec.hidden for a in arch.activations[:-1]):
+    return False
+  if arch.activations[-1] == "softmax" and arch.sizes[-1] < 2:
+    return False
+  return True
+
+
+def probes(spec: Spec) -> list:
+  """Targeted cases tried before the random search.
+
+  Each probe makes one classic blind spot visible: an identity and a non-identity output
+  layer; depth 1, 2 and 3; B = 1, B > 1 and B = n_0; square and non-square layers; one and
+  several outputs; every declared activation on every layer; planted kinks.
+  """
+  out = []
+  w, bs = widths(spec), batches(spec)
+  big = w[-1]
+  mid = w[min(2, len(w) - 1)]
+  bmid = bs[min(2, len(bs) - 1)]
+  for loss in spec.losses:
+    outs = spec.outputs_for(loss)
+    k_many = max(2, mid) if big >= 2 else 1
+    hid = spec.hidden or ("identity",)
+    for depth in range(1, min(3, spec.max_depth) + 1):
+      for i, out_act in enumerate(outs):
+        act = hid[(depth + i) % len(hid)]
+        sizes = tuple([big] + [mid if j % 2 else big for j in range(depth - 1)] + [k_many])
+        out.append(Arch(sizes, (act,) * (depth - 1) + (out_act,), loss, bmid, 1 + depth))
+    depth = min(3, spec.max_depth)
+    for act in hid:
+      out_act = act if act in outs else outs[0]
+      out.append(Arch((mid,) * (depth + 1), (act,) * (depth - 1) + (out_act,), loss, 1, 11))
+    sq = (mid,) * (depth + 1)
+    out.append(Arch(sq, tuple(hid[j % len(hid)] for j in range(depth - 1)) + (outs[-1],), loss,
+                    mid if mid <= spec.max_batch else bmid, 12))
+    out.append(Arch((mid,) * depth + (1,), (hid[0],) * (depth - 1) + (outs[0],), loss, bmid, 13))
+    if any(a in _activations.KINKED for a in spec.activations):
+      kinked = [a for a in hid if a in _activations.KINKED]
+      act = kinked[0] if kinked else hid[0]
+      out_act = act if act in outs else outs[0]
+      out.append(Arch((mid,) * (depth + 1), (act,) * (depth - 1) + (out_act,), loss, bmid, 14,
+                      True))
+  seen, unique = set(), []
+  for arch in out:
+    if arch.activations[-1] == "softmax" and arch.sizes[-1] < 2:
+      arch = arch._replace(sizes=arch.sizes[:-1] + (2,))
+    if arch not in seen and in_domain(arch, spec):
+      seen.add(arch)
+      unique.append(arch)
+  return unique
+
+
+def strategy(spec: Spec):
+  """A hypothesis strategy of ``Arch`` inside the domain; it shrinks toward small, plain nets."""
+  from hypothesis import strategies as st
+
+  w, bs = widths(spec), batches(spec)
+  hid = (simplest_hidden(spec),) + tuple(a for a in spec.hidden if a != simplest_hidden(spec))
+
+  @st.composite
+  def arch(draw):
+    loss = draw(st.sampled_from(spec.losses))
+    depth = draw(st.integers(1, spec.max_depth))
+    outs = spec.outputs_for(loss)
+    outs = (simplest_output(spec, loss),) + tuple(a for a in outs if a != simplest_output(spec, loss))
+    uniform = draw(st.booleans())
+    if uniform:
+      acts = (draw(st.sampled_from(hid)),) * (depth - 1)
+    else:
+      acts = tuple(draw(st.sampled_from(hid)) for _ in range(depth - 1))
+    out_act = draw(st.sampled_from(outs))
+    square = draw(st.booleans())
+    if square:
+      sizes = (draw(st.sampled_from(w)),) * (depth + 1)
+    else:
+      sizes = tuple(draw(st.sampled_from(w)) for _ in range(depth + 1))
+    if out_act == "softmax" and sizes[-1] < 2:
+      sizes = sizes[:-1] + (max(2, min(w[-1], 2)),)
+    batch = draw(st.sampled_from(bs + ((sizes[0],) if sizes[0] in bs else ())))
+    kink = draw(st.booleans()) if any(a in _activations.KINKED for a in acts + (out_act,)) else False
+    seed = draw(st.integers(0, 2 ** 31 - 1))
+    return Arch(sizes, acts + (out_act,), loss, batch, seed, kink)
+
+  return arch()
+
+
+def random_archs(spec: Spec, count: int, seed: int) -> list:
+  """``count`` architectures drawn by hypothesis from ``strategy(spec)``, the same for a seed.
+
+  Only hypothesis's generation phase runs here: the candidate is called elsewhere, so the
+  list (and every verdict) is the same whether the calls run serially or on workers.
+  """
+  if count <= 0:
+    return []
+  import hypothesis
+  from hypothesis import HealthCheck, Phase, given, settings
+
+  drawn = []
+
+  @hypothesis.seed(seed)
+  @settings(max_examples=count, database=None, deadline=None, phases=(Phase.generate,),
+            derandomize=False, suppress_health_check=list(HealthCheck))
+  @given(strategy(spec))
+  def collect(arch):
+    if in_domain(arch, spec):
+      drawn.append(arch)
+
+  collect()
+  return drawn
