@@ -76,24 +76,11 @@ def _worst_error(actual, expected) -> float:
   return max(tolerance.normwise_error(a, e) for a, e in zip(leaves_a, leaves_e))
 
 
-def _layouts(out, want):
-  """Per output leaf: its spec, the expected spec, whether they agree, and the shard shapes."""
-  is_sharding = lambda s: isinstance(s, jax.sharding.Sharding)  # noqa: E731
-  leaves = jax.tree_util.tree_leaves(out)
-  wanted = jax.tree_util.tree_leaves(want, is_leaf=is_sharding)
-  assert len(leaves) == len(wanted)
-  return [{"spec": str(leaf.sharding.spec), "expected": str(w.spec),
-           "equivalent": bool(leaf.sharding.is_equivalent_to(w, leaf.ndim)),
-           "shape": list(leaf.shape),
+def _layouts(out):
+  """Per output leaf: its shape, its layout's spec, and the shapes of its shards."""
+  return [{"shape": list(leaf.shape), "spec": str(leaf.sharding.spec),
            "shard_shapes": sorted({tuple(s.data.shape) for s in leaf.addressable_shards})}
-          for leaf, w in zip(leaves, wanted)]
-
-
-def _expand(out_sharding, out):
-  # output_shardings gives a tree prefix; broadcast it to the output's leaves.
-  return jax.tree_util.tree_map(lambda s, sub: jax.tree_util.tree_map(lambda _: s, sub),
-                                out_sharding, out,
-                                is_leaf=lambda s: isinstance(s, jax.sharding.Sharding))
+          for leaf in jax.tree_util.tree_leaves(out)]
 
 
 @functools.partial(jax.jit, static_argnums=(3, 4))
@@ -125,11 +112,10 @@ def child_report() -> dict:
     out = _call(fn_name, run, p, xs, ts, loss, reduction)
     hlo = _call(fn_name, run.lower, p, xs, ts, loss, reduction).compile().as_text()
     found = sorted({c for c in COLLECTIVES if re.search(rf"\b{c}(-start)?\(", hlo)})
-    want = _expand(sharding.output_shardings(fn, mesh, params_layout=params_layout), out)
     records.append({
         "problem": prob_name, "fn": fn_name, "mesh": mesh_name,
         "mesh_shape": dict(mesh.shape), "error": _worst_error(out, expected[prob_name][fn_name]),
-        "collectives": found, "layouts": _layouts(out, want)})
+        "collectives": found, "layouts": _layouts(out)})
   mesh = meshes["data"][0]
   try:
     sharding.shard_batch(mesh, np.ones((n + 2, 3)), np.ones((n + 2, 4)))
@@ -149,10 +135,22 @@ def _run_child(devices: int) -> dict:
   env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
                       f" --xla_force_host_platform_device_count={devices}").strip()
   env["JAX_PLATFORMS"] = "cpu"  # simulated devices are host devices, even where a GPU exists
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))  # this tree's bpref
   proc = subprocess.run([sys.executable, __file__, "--child"], env=env, capture_output=True,
                         text=True, timeout=600)
   assert proc.returncode == 0, f"child with {devices} devices failed:\n{proc.stderr[-4000:]}"
   return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _expected_spec(fn_name, mesh_name, ndim) -> str:
+  """The layout an output leaf must have: per-example outputs split by rows over "data";
+  the loss replicated; gradients replicated, or split by rows over "model" like W_l, b_l."""
+  if fn_name in sharding.PER_EXAMPLE_OUTPUTS:
+    return "P('data',)"
+  if mesh_name == "data" or ndim == 0:
+    return "P()"
+  return {2: "P('model', None)", 1: "P('model',)"}[ndim]
 
 
 @pytest.mark.parametrize("devices", [4, 8])
@@ -169,18 +167,14 @@ def test_sharded_matches_unsharded_with_all_reduce_and_expected_layouts(devices)
     elif r["mesh"] == "data":
       assert r["collectives"] == [], f"{where}: per-example work communicates: {r['collectives']}"
     for leaf in r["layouts"]:
-      assert leaf["equivalent"], f"{where}: output has layout {leaf['spec']}, expected {leaf['expected']}"
-      if leaf["expected"].startswith("P('data'"):
-        rows = leaf["shape"][0] // r["mesh_shape"]["data"]
-        assert [s[0] for s in leaf["shard_shapes"]] == [rows], (
-            f"{where}: shards of a batch-split output have rows {leaf['shard_shapes']}, expected {rows}")
-      if leaf["expected"].startswith("P('model'"):
-        rows = leaf["shape"][0] // r["mesh_shape"]["model"]
-        assert [s[0] for s in leaf["shard_shapes"]] == [rows], (
-            f"{where}: shards of a row-split gradient have rows {leaf['shard_shapes']}, expected {rows}")
-  model_split = [leaf for r in records if r["mesh"] == "data+model"
-                 for leaf in r["layouts"] if leaf["expected"].startswith("P('model'")]
-  assert model_split, "no gradient was split over the model axis"
+      want = _expected_spec(r["fn"], r["mesh"], len(leaf["shape"]))
+      assert leaf["spec"] == want, f"{where}: output of shape {leaf['shape']} has {leaf['spec']}, want {want}"
+      shard = list(leaf["shape"])  # each device holds 1/k of the rows of a split output
+      split = {"P('data',)": "data", "P('model', None)": "model", "P('model',)": "model"}.get(want)
+      if split:
+        shard[0] //= r["mesh_shape"][split]
+      assert leaf["shard_shapes"] == [shard], (
+          f"{where}: shards of a {want} output of shape {leaf['shape']} are {leaf['shard_shapes']}")
   assert str(devices + 2) in report["indivisible_error"] and str(devices) in report["indivisible_error"]
   # A width-8 layer is split over the model axis; the one-unit output layer stays whole.
   assert report["row_specs"] == [["P('model', None)", "P('model',)"], ["P()", "P()"]]
