@@ -1,0 +1,299 @@
+"""Many small networks at once: padded buckets, masks, one compiled function per bucket.
+
+``bpref.value_and_grad`` under ``jax.jit`` compiles once per architecture: the
+widths are shapes and the activation names are static, so a verification run
+over random architectures spends nearly all its time compiling. This module
+evaluates bpref's equations for many different small networks with a handful
+of compilations:
+
+* **Buckets.** A case of depth L, widths n_0..n_L and batch B goes to the
+  bucket (D, N, M): D >= L layers, every width padded to N >= max n_l, the
+  batch padded to M >= B, each rounded up to a power of two.
+* **Masks, so the padding contributes exactly zero.** Padded entries of W_l and
+  b_l are 0; padded units of a_l are set to 0 after f_l (softmax is taken over
+  the real units only); the rows of padded examples and the padded outputs are
+  masked out of the loss and out of every delta_l. Layers l > L pass a through
+  unchanged (a_l = a_{l-1}) and the cotangent back unchanged: no arithmetic,
+  so they are an exact identity. The padded output units are given a value on
+  which the case's loss contributes exactly 0 (0 for most losses, -1e30 for
+  the logit losses, whose exp underflows to 0).
+* **Runtime activations and losses.** The activation of each layer and the
+  loss are integers; ``jax.lax.switch`` picks ``bpref.activations`` f and its
+  vjp, and ``bpref.losses`` C and dC/dy. Every branch is bpref's own function,
+  so the arithmetic on the real entries is bpref's.
+* **Batching.** K cases of one bucket run in one call (``jax.vmap`` over
+  cases); K is padded up to a fixed chunk size with copies of a case whose
+  results are dropped. ``jax.jit`` caches one executable per (bucket, K, dtype).
+
+The results equal ``bpref.value_and_grad`` on each unpadded network up to the
+order of floating-point summation (a padded row or column adds exact zeros, but
+XLA may sum a length-8 axis in a different order than a length-3 one): the
+tests bound the difference by a rounding model and check against the witness.
+
+>>> import numpy as np, bpref
+>>> from bpref import fast, problems
+>>> rng = np.random.default_rng(0)
+>>> cases = [problems.random_problem(rng) for _ in range(3)]
+>>> results = fast.value_and_grad_many(cases)
+>>> len(results), results[0][1][0].W.shape == cases[0].params[0].W.shape
+(3, True)
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bpref import activations as _activations
+from bpref import losses as _losses
+from bpref.network import DEFAULT_PRECISION, Layer, check_problem
+
+ACTIVATION_NAMES = tuple(_activations.ACTIVATIONS)
+LOSS_NAMES = tuple(_losses.LOSSES)
+LOGIT_LOSSES = ("softmax_cross_entropy", "sigmoid_binary_cross_entropy")
+"""Losses on logits: a padded output gets a large negative logit, whose exp underflows to 0."""
+
+PAD_LOGIT = -1e30
+"""The logit of a padded output unit for the logit losses (finite in float32 and float64)."""
+
+MIN_DEPTH, MIN_WIDTH, MIN_BATCH = 8, 8, 8
+"""Smallest bucket: depth 1-8, widths 1-8 and batches 1-8 share one compiled function."""
+
+CHUNKS = (16, 256)
+"""Cases per call: the smallest chunk that holds what is left, else the largest."""
+
+
+class Result(NamedTuple):
+  """bpref's outputs for one case, as NumPy arrays of the case's dtype.
+
+  Attributes:
+    value: the reduced loss C, a scalar.
+    grads: dC/dparams, the structure of ``params`` (db is None for a bias-free layer).
+    deltas: (delta_1, ..., delta_L), delta_l of shape (B, n_l).
+    input_grad: dC/dx = delta_1 W_1, shape (B, n_0).
+    y: the prediction a_L, shape (B, n_L).
+  """
+  value: np.ndarray
+  grads: tuple
+  deltas: tuple
+  input_grad: np.ndarray
+  y: np.ndarray
+
+
+def _ceil_pow2(n: int, least: int) -> int:
+  size = least
+  while size < n:
+    size *= 2
+  return size
+
+
+def bucket(sizes: Sequence[int], batch: int) -> tuple:
+  """The bucket (D, N, M) of a network with widths ``sizes`` = (n_0..n_L) and batch B."""
+  return (_ceil_pow2(len(sizes) - 1, MIN_DEPTH), _ceil_pow2(max(sizes), MIN_WIDTH),
+          _ceil_pow2(batch, MIN_BATCH))
+
+
+# ---------------------------------------------------------------- one padded case
+
+def _f_branch(name):
+  act = _activations.get(name)
+  if act.elementwise:
+    return lambda z, mask: act.f(z)
+  # softmax over the real units only: exp(-inf) = 0 removes the padded ones from the sum.
+  return lambda z, mask: act.f(jnp.where(mask[None, :], z, jnp.full_like(z, -jnp.inf)))
+
+
+def _vjp_branch(name):
+  return lambda z, a, g: _activations.vjp(name, z, a, g)
+
+
+_F_BRANCHES = tuple(_f_branch(n) for n in ACTIVATION_NAMES)
+_VJP_BRANCHES = tuple(_vjp_branch(n) for n in ACTIVATION_NAMES)
+_VALUE_BRANCHES = tuple(_losses.get(n).value for n in LOSS_NAMES)
+_DY_BRANCHES = tuple(_losses.get(n).dy for n in LOSS_NAMES)
+
+
+class _Packed(NamedTuple):
+  """One bucket's cases as stacked, padded arrays (leading axis: the K cases)."""
+  W: np.ndarray  # (K, D, N, N): W_l in the top-left (n_l, n_{l-1}) corner
+  b: np.ndarray  # (K, D, N)
+  act: np.ndarray  # (K, D) int32: index into ACTIVATION_NAMES
+  live: np.ndarray  # (K, D) bool: layer l <= L
+  units: np.ndarray  # (K, D, N) bool: unit j < n_l
+  x: np.ndarray  # (K, M, N)
+  t: np.ndarray  # (K, M, N)
+  rows: np.ndarray  # (K, M) bool: example b < B
+  outputs: np.ndarray  # (K, N) bool: output unit k < n_L
+  loss: np.ndarray  # (K,) int32: index into LOSS_NAMES
+  fill: np.ndarray  # (K,) the padded outputs' value
+  divisor: np.ndarray  # (K,) B for the mean, 1 for the sum
+  scale: np.ndarray  # (K,) dC/dC_b: 1/B for the mean, 1 for the sum
+
+
+def _one_case(p: _Packed, precision):
+  """Forward, loss and backward of one padded case (arrays without the K axis)."""
+  zero_rows = ~p.rows[:, None]
+
+  def layer_forward(a_prev, layer):
+    W, b, act, live, units = layer
+    z = jnp.matmul(a_prev, W.T, precision=precision) + b[None, :]  # (7): z_l = W_l a_{l-1} + b_l
+    a = jax.lax.switch(act, _F_BRANCHES, z, units)  # (8): a_l = f_l(z_l)
+    a = jnp.where(units[None, :], a, jnp.zeros_like(a))  # padded units are 0
+    a = jnp.where(live, a, a_prev)  # a layer past the last one passes a_{l-1} through
+    return a, (z, a)
+
+  y, (zs, acts) = jax.lax.scan(layer_forward, p.x, (p.W, p.b, p.act, p.live, p.units))
+  a_prevs = jnp.concatenate([p.x[None], acts[:-1]], axis=0)  # a_0 = x (4), a_1, ..., a_{D-1}
+
+  y_loss = jnp.where(p.outputs[None, :], y, jnp.full_like(y, p.fill))
+  per_example = jax.lax.switch(p.loss, _VALUE_BRANCHES, y_loss, p.t)  # C_b (13)
+  per_example = jnp.where(p.rows, per_example, jnp.zeros_like(per_example))
+  value = jnp.sum(per_example, axis=0) / p.divisor  # C = sum_b C_b, or its mean
+  g = jax.lax.switch(p.loss, _DY_BRANCHES, y_loss, p.t) * p.scale  # (14) and the batch reduction
+  g = jnp.where(zero_rows | ~p.outputs[None, :], jnp.zeros_like(g), g)
+
+  def layer_backward(g_out, layer):
+    W, act, live, units, z, a, a_prev = layer
+    delta = jax.lax.switch(act, _VJP_BRANCHES, z, a, g_out)  # (34)/(37), corrected: g diag f'(z_l)
+    delta = jnp.where(zero_rows | ~units[None, :] | ~live, jnp.zeros_like(delta), delta)
+    dW = jnp.matmul(delta.T, a_prev, precision=precision)  # (39), corrected: delta_l^T a_{l-1}
+    db = jnp.sum(delta, axis=0)  # dC/db_l = delta_l
+    back = jnp.matmul(delta, W, precision=precision)  # delta_l W_l, the cotangent on a_{l-1}
+    return jnp.where(live, back, g_out), (delta, dW, db)
+
+  dx, (deltas, dW, db) = jax.lax.scan(
+      layer_backward, g, (p.W, p.act, p.live, p.units, zs, acts, a_prevs), reverse=True)
+  return value, dW, db, deltas, dx, y
+
+
+@functools.partial(jax.jit, static_argnames=("precision",))
+def _many(p: _Packed, precision=DEFAULT_PRECISION):
+  return jax.vmap(lambda case: _one_case(case, precision))(p)
+
+
+# ---------------------------------------------------------------- packing and unpacking
+
+def _pack(cases, shape, chunk, dtype) -> _Packed:
+  depth, width, batch = shape
+  W = np.zeros((chunk, depth, width, width), dtype)
+  b = np.zeros((chunk, depth, width), dtype)
+  act = np.zeros((chunk, depth), np.int32)
+  live = np.zeros((chunk, depth), bool)
+  units = np.zeros((chunk, depth, width), bool)
+  x = np.zeros((chunk, batch, width), dtype)
+  t = np.zeros((chunk, batch, width), dtype)
+  rows = np.zeros((chunk, batch), bool)
+  outputs = np.zeros((chunk, width), bool)
+  loss = np.zeros((chunk,), np.int32)
+  fill = np.zeros((chunk,), dtype)
+  divisor = np.ones((chunk,), dtype)
+  scale = np.ones((chunk,), dtype)
+  for k in range(chunk):
+    params, x2, t2, name, reduction = cases[min(k, len(cases) - 1)]  # copies of a case fill the chunk
+    for l, layer in enumerate(params):
+      n_out, n_in = layer.W.shape
+      W[k, l, :n_out, :n_in] = layer.W
+      if layer.b is not None:
+        b[k, l, :n_out] = layer.b
+      act[k, l] = ACTIVATION_NAMES.index(layer.activation)
+      live[k, l] = True
+      units[k, l, :n_out] = True
+    n_batch, n_0 = x2.shape
+    x[k, :n_batch, :n_0] = x2
+    t[k, :n_batch, :t2.shape[1]] = t2
+    rows[k, :n_batch] = True
+    outputs[k, :t2.shape[1]] = True
+    loss[k] = LOSS_NAMES.index(name)
+    fill[k] = PAD_LOGIT if name in LOGIT_LOSSES else 0
+    if reduction == "mean":
+      divisor[k] = n_batch  # C = (1/B) sum_b C_b as losses.reduce: sum / B
+      scale[k] = _losses.reduce_scale(n_batch, reduction)  # 1/B rounded once to the dtype
+  return _Packed(W, b, act, live, units, x, t, rows, outputs, loss, fill, divisor, scale)
+
+
+def _unpack(out, k, params, x2, single):
+  value, dW, db, deltas, dx, y = out
+  n_batch, n_0 = x2.shape
+  sizes = [n_0] + [layer.W.shape[0] for layer in params]
+  grads = tuple(
+      Layer(dW[k, l, :sizes[l + 1], :sizes[l]],
+            None if layer.b is None else db[k, l, :sizes[l + 1]], layer.activation)
+      for l, layer in enumerate(params))
+  ds = tuple(deltas[k, l, :n_batch, :sizes[l + 1]] for l in range(len(params)))
+  dx_k = dx[k, :n_batch, :n_0]
+  y_k = y[k, :n_batch, :sizes[-1]]
+  if single:
+    ds, dx_k, y_k = tuple(d[0] for d in ds), dx_k[0], y_k[0]
+  return Result(value[k], grads, ds, dx_k, y_k)
+
+
+def _as_case(problem):
+  if hasattr(problem, "params"):
+    return problem.params, problem.x, problem.t, problem.loss, problem.reduction
+  params, x, t, *rest = problem
+  loss = rest[0] if len(rest) > 0 else "squared_error"
+  reduction = rest[1] if len(rest) > 1 else "mean"
+  return params, x, t, loss, reduction
+
+
+def evaluate_many(problems, *, precision=DEFAULT_PRECISION) -> list:
+  """bpref's loss, gradients, deltas, input gradient and prediction for many networks.
+
+  Args:
+    problems: a sequence of ``bpref.problems.Problem`` or tuples
+      (params, x, t[, loss[, reduction]]), each validated as ``bpref.value_and_grad``
+      validates its arguments. Architectures, activations, losses, reductions,
+      batch sizes and dtypes may all differ.
+    precision: matmul precision, as in ``bpref.value_and_grad``.
+
+  Returns:
+    A list of ``Result``, one per problem, in order.
+  """
+  cases = []
+  groups: dict = {}
+  for i, problem in enumerate(problems):
+    params, x, t, loss, reduction = _as_case(problem)
+    try:
+      x2, t2, single = check_problem(params, x, t, loss, reduction)
+    except (TypeError, ValueError) as err:
+      raise type(err)(f"problem {i}: {err}") from None
+    params = tuple(Layer(np.asarray(p.W), None if p.b is None else np.asarray(p.b), p.activation)
+                   for p in params)
+    x2, t2 = np.asarray(x2), np.asarray(t2)
+    cases.append((params, x2, single))
+    sizes = [x2.shape[1]] + [p.W.shape[0] for p in params]
+    key = (np.dtype(x2.dtype), bucket(sizes, x2.shape[0]))
+    groups.setdefault(key, []).append((i, (params, x2, t2, loss, reduction)))
+  results = [None] * len(cases)
+  for (dtype, shape), members in groups.items():
+    start = 0
+    while start < len(members):
+      left = len(members) - start
+      chunk = next((c for c in CHUNKS if c >= left), CHUNKS[-1])
+      part = members[start:start + chunk]
+      packed = _pack([case for _, case in part], shape, chunk, dtype)
+      out = jax.device_get(_many(packed, precision=precision))
+      for k, (i, _) in enumerate(part):
+        params, x2, single = cases[i]
+        results[i] = _unpack(out, k, params, x2, single)
+      start += chunk
+  return results
+
+
+def value_and_grad_many(problems, *, precision=DEFAULT_PRECISION) -> list:
+  """[(C, grads), ...]: ``bpref.value_and_grad`` of each problem, computed in buckets."""
+  return [(r.value, r.grads) for r in evaluate_many(problems, precision=precision)]
+
+
+def grads_many(problems, *, precision=DEFAULT_PRECISION) -> list:
+  """[grads, ...]: ``bpref.grad`` of each problem, computed in buckets."""
+  return [r.grads for r in evaluate_many(problems, precision=precision)]
+
+
+def compiled_count() -> int:
+  """How many executables the bucketed function holds (one per bucket, chunk and dtype)."""
+  return _many._cache_size()

@@ -1,0 +1,150 @@
+"""The bucketed fast path against bpref on each unpadded network, and against the witness.
+
+Rounding model for fast vs bpref: both evaluate the same formulas in the same
+dtype; they differ only in the order in which XLA sums a padded axis (padding
+adds exact zeros). Each sum of at most n terms then differs by at most
+2 gamma_n ~ 2 n u relative to its terms, and the difference is carried through
+the L layers forward and back, so on a well-conditioned net a normwise relative
+difference below 4 (L + 1) n_max u is expected (n_max = 8, L <= 4 here).
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import bpref
+from bpref import fast, problems, reference, tolerance
+from bpref.network import Layer
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _bpref_outputs(params, x, t, loss, reduction):
+  # One compilation per architecture (eager mode would compile every primitive per shape).
+  value, grads = bpref.value_and_grad(params, x, t, loss, reduction)
+  return (value, grads, bpref.deltas(params, x, t, loss, reduction),
+          bpref.input_grad(params, x, t, loss, reduction), bpref.predict(params, x))
+
+
+_witness = jax.jit(reference.value_and_grad, static_argnums=(3, 4))
+
+
+def _cases(seed, count, dtype):
+  rng = np.random.default_rng(seed)
+  return [problems.random_problem(rng, np.dtype(dtype)) for _ in range(count)]
+
+
+def _rounding_bound(case):
+  depth = len(case.params)
+  width = max([case.x.shape[-1]] + [p.W.shape[0] for p in case.params])
+  return 4 * (depth + 1) * width * tolerance.unit_roundoff(case.x.dtype)
+
+
+def _assert_close_tree(actual, expected, bound, what):
+  assert jax.tree_util.tree_structure(actual) == jax.tree_util.tree_structure(expected), what
+  for a, e in zip(jax.tree_util.tree_leaves(actual), jax.tree_util.tree_leaves(expected)):
+    e = np.asarray(e)
+    assert a.shape == e.shape and a.dtype == e.dtype, (what, a.shape, e.shape, a.dtype, e.dtype)
+    err = tolerance.normwise_error(a, e)
+    assert err <= bound, f"{what}: normwise difference {err:.3e} > {bound:.3e}"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fast_matches_bpref_on_each_unpadded_network(dtype):
+  cases = _cases(1, 10, dtype)
+  results = fast.evaluate_many(cases)
+  for case, r in zip(cases, results):
+    bound = _rounding_bound(case)
+    what = case.describe()
+    value, grads, deltas, input_grad, y = _bpref_outputs(*case)
+    _assert_close_tree(r.value, value, bound, f"loss of {what}")
+    _assert_close_tree(r.grads, grads, bound, f"grads of {what}")
+    _assert_close_tree(r.deltas, deltas, bound, f"deltas of {what}")
+    _assert_close_tree(r.input_grad, input_grad, bound, f"input_grad of {what}")
+    _assert_close_tree(r.y, y, bound, f"y of {what}")
+
+
+def test_fast_matches_the_witness():
+  cases = _cases(2, 8, "float64")
+  for case, (value, grads) in zip(cases, fast.value_and_grad_many(cases)):
+    w_value, w_grads = _witness(*case)
+    tol = tolerance.gradient_tolerance(np.float64)
+    _assert_close_tree(value, w_value, tol, f"loss of {case.describe()}")
+    _assert_close_tree(grads, w_grads, tol, f"grads of {case.describe()}")
+
+
+def _integer_case(rng, depth, batch, loss, acts):
+  # Small integers: every product and sum is exact in float64, so the padding must change no bit.
+  sizes = [int(rng.integers(1, 9)) for _ in range(depth + 1)]
+  layers = tuple(
+      Layer(rng.integers(-2, 3, size=(sizes[l + 1], sizes[l])).astype(np.float64),
+            rng.integers(-2, 3, size=(sizes[l + 1],)).astype(np.float64) if l % 2 == 0 else None,
+            str(rng.choice(acts)))
+      for l in range(depth))
+  x = rng.integers(-2, 3, size=(batch, sizes[0])).astype(np.float64)
+  t = rng.integers(-2, 3, size=(batch, sizes[-1])).astype(np.float64)
+  return problems.Problem(layers, x, t, loss, str(rng.choice(("mean", "sum"))))
+
+
+def test_padding_changes_no_bit_when_arithmetic_is_exact():
+  rng = np.random.default_rng(3)
+  cases = [_integer_case(rng, int(rng.integers(1, 6)), int(rng.choice((1, 2, 4))),
+                         str(rng.choice(("half_squared_error", "squared_error", "huber"))),
+                         ("identity", "relu"))
+           for _ in range(8)]
+  for case, r in zip(cases, fast.evaluate_many(cases)):
+    expected = _bpref_outputs(*case)
+    for a, e in zip(jax.tree_util.tree_leaves(r), jax.tree_util.tree_leaves(expected)):
+      np.testing.assert_array_equal(a, np.asarray(e), err_msg=case.describe())
+
+
+def test_result_does_not_depend_on_the_other_cases_in_the_call():
+  cases = _cases(4, 10, "float64")
+  alone = fast.evaluate_many(cases[:1])[0]
+  crowded = fast.evaluate_many(cases[3:] + cases[:1])[-1]
+  for a, b in zip(jax.tree_util.tree_leaves(alone), jax.tree_util.tree_leaves(crowded)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_compiled_functions_are_reused_across_architectures():
+  fast.evaluate_many(_cases(5, 6, "float64"))
+  before = fast.compiled_count()
+  again = fast.evaluate_many(_cases(6, 6, "float64"))
+  assert fast.compiled_count() == before
+  assert len({c.describe() for c in _cases(6, 6, "float64")}) == len(again) == 6
+
+
+def test_output_structure_follows_each_problem():
+  rng = np.random.default_rng(7)
+  single = problems.random_problem(rng, np.float64)
+  single = single._replace(x=single.x[0], t=single.t[0])
+  params = bpref.init(jax.random.key(0), (3, 2, 4), ("tanh", "softmax"), bias=False)
+  t = np.full((5, 4), 0.25)
+  plain = (params, np.ones((5, 3)), t, "cross_entropy", "sum")
+  r_single, r_plain = fast.evaluate_many([single, plain])
+  assert r_single.y.shape == (single.params[-1].W.shape[0],)
+  assert r_single.input_grad.shape == single.x.shape
+  assert all(g.b is None for g in r_plain.grads)
+  assert [g.W.shape for g in r_plain.grads] == [(2, 3), (4, 2)]
+  grads = _bpref_outputs(*plain)[1]
+  bound = 4 * 3 * 4 * tolerance.unit_roundoff(np.float64)
+  _assert_close_tree(r_plain.grads, grads, bound, "grads of a bias-free softmax net")
+  assert fast.grads_many([plain])[0][1].W.shape == (4, 2)
+
+
+def test_bad_problem_names_its_index_and_layer():
+  good = _cases(8, 1, "float64")[0]
+  params = (Layer(jnp.ones((3, 2)), None, "tanh"), Layer(jnp.ones((1, 4)), None, "identity"))
+  bad = (params, np.ones((2, 2)), np.ones((2, 1)))
+  with pytest.raises(ValueError, match=r"problem 1: layer 2: W has shape \(1, 4\)"):
+    fast.evaluate_many([good, bad])
+  with pytest.raises(ValueError, match="problem 0: unknown loss"):
+    fast.evaluate_many([(good.params, good.x, good.t, "hinge")])
+
+
+def test_bucket_rounds_up_to_powers_of_two():
+  assert fast.bucket((3, 8, 1), 4) == (8, 8, 8)
+  assert fast.bucket((3,) * 10, 9) == (16, 8, 16)
+  assert fast.bucket((3, 20, 1), 1) == (8, 32, 8)
