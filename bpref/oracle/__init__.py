@@ -66,8 +66,8 @@ def check(candidate=None, *, target=None, progress=None, **options) -> Report:
   if target is not None:
     kind, ref = target
     if candidate is None and not (spec.isolate or spec.workers > 1):
-      candidate = _isolation.load_candidate(kind, ref)
-    pool_target = ("reference", kind, ref)
+      candidate = _isolation.load_candidate(kind, ref, spec.reduction)
+    pool_target = ("reference", kind, ref, spec.reduction)
   else:
     if not callable(candidate):
       raise TypeError(f"candidate must be callable grads(weights, biases, activations, loss, x, t); "

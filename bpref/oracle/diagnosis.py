@@ -153,6 +153,12 @@ class Diagnoser:
       q = _power(c, ck, K, other_k) if ck is not None else None
     base = _name_base(c / (B ** (p or 0) * K ** (q or 0)))
     if base is None or p is None or q is None:
+      # an unnamed factor is a finding only if other values give the same factor (on a tiny
+      # case any wrong gradient is some multiple of the right one)
+      other = self._try(self.arch._replace(seed=self.arch.seed + 1))
+      c2 = self._refit(other, with_bias)
+      if c2 is None or abs(c2 - c) > 1e-6 * abs(c):
+        return None
       return Finding("constant_factor", f"the {which} is {c:.6g} x bpref's",
                      f"a constant factor {c:.6g} (B = {B}, K = {K}) that does not follow B or K "
                      "in a simple way")

@@ -161,8 +161,12 @@ def load_reference(ref: str):
     raise ValueError(f"{where} has no attribute {attr!r}") from None
 
 
-def load_candidate(kind: str, ref: str):
-  """The candidate callable: ``kind`` "function" loads it; a bridge name wraps a model factory."""
+def load_candidate(kind: str, ref: str, reduction: str = "mean"):
+  """The candidate callable: ``kind`` "function" loads it; a bridge name wraps a model factory.
+
+  For a bridge, ``ref`` names a factory returning the model, and the candidate is
+  ``bpref.bridges.<kind>.make_candidate(model, reduction=reduction)``.
+  """
   obj = load_reference(ref)
   if not callable(obj):
     raise ValueError(f"{ref} is a {type(obj).__name__}, not a callable")
@@ -180,7 +184,7 @@ def load_candidate(kind: str, ref: str):
   except Exception as exc:
     raise ValueError(f"{ref}() raised {type(exc).__name__}: {exc}") from None
   try:
-    return bridge.make_candidate(model)
+    return bridge.make_candidate(model, reduction=reduction)
   except (TypeError, ValueError) as exc:
     raise ValueError(f"{kind} bridge: {exc}") from None
 
@@ -191,7 +195,7 @@ def _worker_main(conn, target) -> None:
   """A subprocess: load the candidate, then answer calls until told to stop."""
   try:
     if isinstance(target, tuple) and target and target[0] == "reference":
-      candidate = load_candidate(target[1], target[2])
+      candidate = load_candidate(*target[1:])
     else:
       candidate = pickle.loads(target)
   except BaseException as exc:

@@ -1,0 +1,160 @@
+"""``bpref check``: check another backprop implementation from the command line.
+
+  bpref check module:function [options]
+  bpref check path/to/file.py:function [options]
+  bpref check --torch module:factory [options]     (also --flax, --equinox)
+
+Exit codes: 0 the candidate passed, 1 a bug was found, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from bpref.oracle import isolation as _isolation
+
+EXIT_PASS, EXIT_BUG, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+  def error(self, message):
+    self.print_usage(sys.stderr)
+    print(f"{self.prog}: error: {message}", file=sys.stderr)
+    raise SystemExit(EXIT_USAGE)
+
+
+def _parser() -> argparse.ArgumentParser:
+  p = _Parser(
+      prog="bpref check",
+      description="Search for a network on which a candidate's gradients differ from bpref's, "
+                  "shrink it to a minimal one and diagnose the bug. The candidate is "
+                  "grads(weights, biases, activations, loss, x, t) -> (dW, db) on NumPy arrays.",
+      epilog="exit codes: 0 pass, 1 bug found, 2 usage error")
+  p.add_argument("candidate", nargs="?", help="module:function or path/to/file.py:function")
+  for fw in _isolation.BRIDGES:
+    p.add_argument(f"--{fw}", metavar="MODULE:FACTORY",
+                   help=f"check {fw}'s gradients for the model FACTORY() returns (needs the {fw} bridge)")
+  d = p.add_argument_group("domain (what the candidate claims to handle)")
+  d.add_argument("--activations", default="identity,relu,tanh,sigmoid",
+                 help="comma-separated activation names (default: %(default)s)")
+  d.add_argument("--losses", default="squared_error", help="comma-separated loss names (default: %(default)s)")
+  d.add_argument("--output-activations", action="append", default=[], metavar="LOSS=ACT,ACT",
+                 help="output activations allowed after LOSS (repeatable)")
+  d.add_argument("--reduction", choices=("mean", "sum"), default="mean")
+  d.add_argument("--max-depth", type=int, default=3)
+  d.add_argument("--max-width", type=int, default=5)
+  d.add_argument("--max-batch", type=int, default=4)
+  d.add_argument("--dtype", choices=("float64", "float32"), default="float64")
+  d.add_argument("--layout", choices=("out_in", "in_out"), default="out_in",
+                 help="out_in: W_l is (n_l, n_(l-1)); in_out: (n_(l-1), n_l)")
+  d.add_argument("--no-bias", action="store_true", help="layers have no biases (biases=None)")
+  s = p.add_argument_group("search")
+  s.add_argument("--examples", type=int, default=40, help="random networks after the probes (default 40)")
+  s.add_argument("--seed", type=int, default=0)
+  s.add_argument("--strict-kinks", action="store_true", help="a different f'(0) at a kink is a bug")
+  s.add_argument("--timeout", type=float, default=60.0, help="seconds per candidate call")
+  s.add_argument("--isolate", action="store_true", help="run the candidate in a subprocess")
+  s.add_argument("--workers", type=int, default=1, help="subprocesses running candidate calls")
+  s.add_argument("--shrink-budget", type=int, default=120)
+  o = p.add_argument_group("output")
+  o.add_argument("--json", action="store_true", help="print the report as JSON")
+  o.add_argument("--plot", metavar="PNG", help="write the per-layer errors of a failing candidate")
+  o.add_argument("--reproducer", metavar="PY", help="write the reproducer script of a failure here")
+  o.add_argument("--no-progress", action="store_true")
+  return p
+
+
+def _output_activations(items, parser) -> dict:
+  out = {}
+  for item in items:
+    loss, sep, acts = item.partition("=")
+    if not sep or not loss or not acts:
+      parser.error(f"--output-activations takes LOSS=ACT,ACT; got {item!r}")
+    out[loss.strip()] = tuple(a.strip() for a in acts.split(",") if a.strip())
+  return out
+
+
+def _progress(phase, calls):
+  sys.stderr.write(f"\r{phase:9} {'#' * min(40, calls // 2)} {calls} calls ")
+  sys.stderr.flush()
+
+
+def plot_layers(report, path) -> None:
+  """A PNG of the per-layer (and per-array) errors of the minimal failing case."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  names = list(report.errors)
+  values = [max(report.errors[n], 1e-300) for n in names]
+  fig, ax = plt.subplots(figsize=(max(4, 0.8 * len(names) + 2), 3.5))
+  colors = ["tab:red" if not v <= report.tolerance else "tab:green" for v in values]
+  ax.bar(names, values, color=colors)
+  ax.axhline(report.tolerance, color="black", linestyle="--", label=f"tolerance {report.tolerance:.1e}")
+  ax.set_yscale("log")
+  ax.set_ylabel("normwise error vs bpref")
+  title = report.diagnosis[0].summary if report.diagnosis else report.kind
+  ax.set_title(title if len(title) < 70 else title[:67] + "...", fontsize=9)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def main(argv=None) -> int:
+  parser = _parser()
+  try:
+    args = parser.parse_args(argv)
+  except SystemExit as exc:
+    return int(exc.code or 0)
+  chosen = [(fw, getattr(args, fw)) for fw in _isolation.BRIDGES if getattr(args, fw)]
+  if args.candidate:
+    chosen.insert(0, ("function", args.candidate))
+  if len(chosen) != 1:
+    parser.print_usage(sys.stderr)
+    print("bpref check: error: name exactly one candidate: module:function, path.py:function, "
+          f"or one of {', '.join('--' + fw for fw in _isolation.BRIDGES)} MODULE:FACTORY",
+          file=sys.stderr)
+    return EXIT_USAGE
+  kind, ref = chosen[0]
+  import jax
+
+  jax.config.update("jax_enable_x64", True)
+  from bpref import oracle
+
+  options = dict(
+      activations=args.activations, losses=args.losses, reduction=args.reduction,
+      output_activations=_output_activations(args.output_activations, parser),
+      max_depth=args.max_depth, max_width=args.max_width, max_batch=args.max_batch, dtype=args.dtype,
+      layout=args.layout, bias=not args.no_bias, examples=args.examples, seed=args.seed,
+      strict_kinks=args.strict_kinks, timeout=args.timeout, isolate=args.isolate,
+      workers=args.workers, shrink_budget=args.shrink_budget)
+  show = not (args.no_progress or args.json) and sys.stderr.isatty()
+  try:
+    report = oracle.check(target=(kind, ref), progress=_progress if show else None, **options)
+  except (ValueError, TypeError) as exc:
+    if show:
+      sys.stderr.write("\n")
+    print(f"bpref check: error: {exc}", file=sys.stderr)
+    return EXIT_USAGE
+  if show:
+    sys.stderr.write("\n")
+  if args.json:
+    print(report.json())
+  else:
+    print(report.text())
+  if report.verdict == "error":
+    return EXIT_USAGE
+  if report.verdict == "fail":
+    if args.reproducer:
+      with open(args.reproducer, "w") as fh:
+        fh.write(report.reproducer)
+    if args.plot:
+      try:
+        plot_layers(report, args.plot)
+      except ImportError:
+        print("bpref check: --plot needs matplotlib (pip install 'bpref[plot]'); no picture written",
+              file=sys.stderr)
+    return EXIT_BUG
+  return EXIT_PASS
