@@ -167,7 +167,8 @@ def test_precision_argument_forms():
   with jax.default_matmul_precision("bfloat16"):
     assert u(np.float32, None, "tpu") == U_BF16
   assert u(np.float32, None, "tpu") == U_BF16  # unset: DEFAULT
-  assert u(np.float32, backend=None) == U32  # bpref's default, HIGHEST, on this backend (cpu or gpu)
+  # The defaults: bpref's precision (HIGHEST) on the backend JAX runs on.
+  assert u(np.float32) == u(np.float32, HIGHEST, jax.default_backend())
   assert bprec.tolerance_factor(np.float32, DEFAULT, "gpu") == EPS_TF32 / U32
   assert bprec.tolerance_factor(np.float64, DEFAULT, "tpu") == 1.0
   with pytest.raises(ValueError, match="unknown backend 'metal'"):
