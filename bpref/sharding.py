@@ -147,7 +147,8 @@ def _check_batch(name, a, batch, size, axis):
     raise ValueError(f"{name} must be a batch of shape (B, n) to be split over the mesh; got shape "
                      f"{tuple(a.shape)} (for one example use x[None, :])")
   if batch is not None and a.shape[0] != batch:
-    raise ValueError(f"{name} has batch size {a.shape[0]} but x has {batch}; their first axes must agree")
+    raise ValueError(f"{name} has batch size {a.shape[0]} but x has {batch}; "
+                     "their first axes must agree")
   if a.shape[0] % size != 0:
     raise ValueError(f"{name} has batch size B = {a.shape[0]}, which the mesh axis {axis!r} of size "
                      f"{size} does not divide; use a batch that is a multiple of {size}")

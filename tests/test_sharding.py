@@ -168,7 +168,8 @@ def test_sharded_matches_unsharded_with_all_reduce_and_expected_layouts(devices)
       assert r["collectives"] == [], f"{where}: per-example work communicates: {r['collectives']}"
     for leaf in r["layouts"]:
       want = _expected_spec(r["fn"], r["mesh"], len(leaf["shape"]))
-      assert leaf["spec"] == want, f"{where}: output of shape {leaf['shape']} has {leaf['spec']}, want {want}"
+      assert leaf["spec"] == want, (
+          f"{where}: output of shape {leaf['shape']} has layout {leaf['spec']}, expected {want}")
       shard = list(leaf["shape"])  # each device holds 1/k of the rows of a split output
       split = {"P('data',)": "data", "P('model', None)": "model", "P('model',)": "model"}.get(want)
       if split:
