@@ -1,0 +1,408 @@
+"""``bpref bench``: bpref's jitted gradient against ``jax.jit(jax.value_and_grad(...))``.
+
+Two benchmarks:
+
+* **The grid.** For each cell (an architecture, an activation, a dtype) both
+  gradients are compiled once for the same inputs and timed in interleaved
+  repeats; the table gives the median time of each, their ratio, the FLOPs that
+  XLA's ``cost_analysis()`` counts for the forward pass and for each gradient,
+  the matmul FLOPs in each optimized program against the minimum count
+  2 B (P + 2P - n_1 n_0) (P = sum_l n_l n_{l-1}: the forward pass and the
+  backward pass without the input gradient), the compiled temp memory
+  (``memory_analysis()``), and the achieved matmul GFLOP/s against a plain
+  jitted matmul timed in the same run.
+* **Architectures per second.** Random small networks (depth 1-5, widths 1-8,
+  batch 1-4, random activations and losses) evaluated by ``bpref.fast`` in
+  buckets, by ``jax.jit`` per architecture, and eagerly; compilation counted.
+
+The witness is ``bpref.reference.value_and_grad`` (``jax.value_and_grad`` of
+the same loss), jitted. Timings on a shared machine are noisy; compare the
+ratios within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import re
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bpref import backprop as _backprop
+from bpref import network as _network
+from bpref import problems as _problems
+from bpref import reference as _reference
+
+GRID = {
+    # name: (layers, width, batch)
+    "tiny": (3, 16, 8),
+    "small": (3, 64, 64),
+    "medium": (4, 512, 256),
+    "large": (4, 2048, 512),
+    "deep": (32, 64, 128),
+}
+ACTIVATIONS = ("tanh", "relu", "gelu")
+DTYPES = ("float32", "float64")
+QUICK_CELLS = ("tiny", "small", "medium", "deep")
+QUICK_DTYPES = ("float32",)
+LOSS, REDUCTION = "squared_error", "mean"
+
+
+# ---------------------------------------------------------------- measurement helpers
+
+def _cell_problem(layers, width, batch, activation, dtype):
+  """A network of ``layers`` layers of ``width`` units, f = ``activation``, identity output."""
+  key_p, key_x, key_t = jax.random.split(jax.random.key(0), 3)
+  acts = (activation,) * (layers - 1) + ("identity",)
+  params = _network.init(key_p, (width,) * (layers + 1), acts, dtype=dtype)
+  x = jax.random.normal(key_x, (batch, width), dtype)
+  t = jax.random.normal(key_t, (batch, width), dtype)
+  return params, x, t
+
+
+def _ours(params, x, t):
+  return _backprop.value_and_grad(params, x, t, LOSS, REDUCTION)
+
+
+def _theirs(params, x, t):
+  return _reference.value_and_grad(params, x, t, LOSS, REDUCTION)
+
+
+def _forward(params, x, t):
+  return _network.loss_value(params, x, t, LOSS, REDUCTION)
+
+
+_SHAPE = re.compile(r"%([\w.\-]+) = \w+\[([\d,]*)\]")
+_DOT = re.compile(r"= \w+\[([\d,]*)\]\S* dot\(%([\w.\-]+),")
+_CONTRACTING = re.compile(r"lhs_contracting_dims=\{([\d,]*)\}")
+
+
+def _dims(text):
+  return [int(d) for d in text.split(",") if d]
+
+
+def dot_flops(hlo_text: str) -> int:
+  """2 x (multiply-adds) of every dot in an optimized HLO module: 2 x (output size) x K."""
+  shapes = {m.group(1): _dims(m.group(2)) for m in _SHAPE.finditer(hlo_text)}
+  total = 0
+  for line in hlo_text.splitlines():
+    dot = _DOT.search(line)
+    if dot is None:
+      continue
+    lhs = shapes[dot.group(2)]
+    k = math.prod(lhs[i] for i in _dims(_CONTRACTING.search(line).group(1)))
+    total += 2 * math.prod(_dims(dot.group(1))) * k
+  return total
+
+
+def minimum_flops(sizes, batch) -> int:
+  """2 B (3P - n_1 n_0): forward z_l, backward delta_l W_l for l >= 2 and dC/dW_l (proofs)."""
+  p = sum(sizes[l] * sizes[l - 1] for l in range(1, len(sizes)))
+  return 2 * batch * (3 * p - sizes[1] * sizes[0])
+
+
+def _cost_flops(compiled) -> float:
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0]
+  return float(cost.get("flops", float("nan")))
+
+
+def _calibrate(fn, target_s=0.02):
+  """Calls per sample so that one sample lasts about ``target_s``."""
+  start = time.perf_counter()
+  jax.block_until_ready(fn())
+  once = max(time.perf_counter() - start, 1e-6)
+  return max(1, min(1000, int(target_s / once)))
+
+
+def _sample(fn, calls):
+  start = time.perf_counter()
+  out = None
+  for _ in range(calls):
+    out = fn()
+  jax.block_until_ready(out)
+  return (time.perf_counter() - start) / calls
+
+
+def time_pair(fn_a, fn_b, repeats):
+  """Median seconds per call of two functions, timed in alternating samples."""
+  jax.block_until_ready(fn_a())
+  jax.block_until_ready(fn_b())
+  calls = min(_calibrate(fn_a), _calibrate(fn_b))
+  a, b = [], []
+  for r in range(repeats):
+    first, second = ((fn_a, a), (fn_b, b)) if r % 2 == 0 else ((fn_b, b), (fn_a, a))
+    first[1].append(_sample(first[0], calls))
+    second[1].append(_sample(second[0], calls))
+  return statistics.median(a), statistics.median(b)
+
+
+def matmul_gflops(batch, width, dtype, repeats):
+  """GFLOP/s of a plain jitted (B, n) x (n, n) matmul at full precision."""
+  kx, kw = jax.random.split(jax.random.key(1))
+  x = jax.random.normal(kx, (batch, width), dtype)
+  w = jax.random.normal(kw, (width, width), dtype)
+  f = jax.jit(lambda a, b: jnp.matmul(a, b.T, precision=jax.lax.Precision.HIGHEST))
+  jax.block_until_ready(f(x, w))
+  calls = _calibrate(lambda: f(x, w))
+  seconds = statistics.median(_sample(lambda: f(x, w), calls) for _ in range(repeats))
+  return 2 * batch * width * width / seconds / 1e9
+
+
+def bench_cell(name, activation, dtype, repeats):
+  layers, width, batch = GRID[name]
+  params, x, t = _cell_problem(layers, width, batch, activation, jnp.dtype(dtype))
+  row = {"cell": name, "activation": activation, "dtype": dtype, "layers": layers, "width": width,
+         "batch": batch}
+  compiled = {}
+  for label, fn in (("forward", _forward), ("bpref", _ours), ("jax", _theirs)):
+    start = time.perf_counter()
+    compiled[label] = jax.jit(fn).lower(params, x, t).compile()
+    row[f"compile_s_{label}"] = round(time.perf_counter() - start, 3)
+    row[f"flops_{label}"] = _cost_flops(compiled[label])
+    row[f"dot_flops_{label}"] = dot_flops(compiled[label].as_text())
+    row[f"temp_bytes_{label}"] = int(compiled[label].memory_analysis().temp_size_in_bytes)
+  row["dot_flops_minimum"] = minimum_flops((width,) * (layers + 1), batch)
+  ours, theirs = compiled["bpref"], compiled["jax"]
+  t_ours, t_theirs = time_pair(lambda: ours(params, x, t), lambda: theirs(params, x, t), repeats)
+  row["seconds_bpref"] = t_ours
+  row["seconds_jax"] = t_theirs
+  row["ratio"] = t_ours / t_theirs
+  row["gflops_bpref"] = row["dot_flops_bpref"] / t_ours / 1e9
+  row["gflops_jax"] = row["dot_flops_jax"] / t_theirs / 1e9
+  return row
+
+
+# ---------------------------------------------------------------- architectures per second
+
+def random_architecture(rng: np.random.Generator, dtype=np.float64) -> _problems.Problem:
+  """Depth 1-5, widths 1-8, batch 1-4; random activations, loss and reduction."""
+  from bpref.network import Layer
+  loss = str(rng.choice(tuple(_problems._losses.LOSSES)))
+  depth = int(rng.integers(1, 6))
+  sizes = [int(rng.integers(1, 9)) for _ in range(depth + 1)]
+  acts = [str(rng.choice(_problems.HIDDEN)) for _ in range(depth - 1)]
+  acts.append(_problems.output_activation(rng, loss))
+  bias = bool(rng.random() < 0.8)
+  layers = []
+  for l in range(1, depth + 1):
+    W = (rng.normal(size=(sizes[l], sizes[l - 1])) / np.sqrt(sizes[l - 1])).astype(dtype)
+    b = (rng.normal(size=(sizes[l],)) * 0.1).astype(dtype) if bias else None
+    layers.append(Layer(W, b, acts[l - 1]))
+  batch = int(rng.integers(1, 5))
+  x = rng.normal(size=(batch, sizes[0])).astype(dtype)
+  t = _problems.targets(rng, loss, (batch, sizes[-1])).astype(dtype)
+  return _problems.Problem(tuple(layers), x, t, loss, str(rng.choice(("mean", "sum"))))
+
+
+def _architecture(problem) -> tuple:
+  return (tuple(p.W.shape for p in problem.params), tuple(p.activation for p in problem.params),
+          problem.params[0].b is not None, problem.loss, problem.reduction, problem.x.shape[0])
+
+
+def _rate(run_one, cases, budget_s):
+  """Cases per second of ``run_one`` over as many cases as fit in ``budget_s`` (at least 2)."""
+  start = time.perf_counter()
+  done = 0
+  for case in cases:
+    jax.block_until_ready(run_one(case))
+    done += 1
+    if done >= 2 and time.perf_counter() - start > budget_s:
+      break
+  seconds = time.perf_counter() - start
+  return {"cases": done, "seconds": round(seconds, 3), "per_second": done / seconds}
+
+
+def bench_architectures(count, seed, budget_s):
+  """Distinct architectures per second: bpref.fast, jit per architecture, eager."""
+  from bpref import fast
+  rng = np.random.default_rng(seed)
+  cases = [random_architecture(rng) for _ in range(count)]
+  distinct = len({_architecture(c) for c in cases})
+  jax.clear_caches()
+  start = time.perf_counter()
+  fast.evaluate_many(cases)
+  first = time.perf_counter() - start
+  start = time.perf_counter()
+  fast.evaluate_many(cases)
+  warm = time.perf_counter() - start
+  out = {"cases": count, "distinct_architectures": distinct, "dtype": "float64",
+         "fast": {"cases": count, "seconds": round(first, 3), "per_second": count / first,
+                  "compiled_functions": fast.compiled_count(),
+                  "warm_seconds": round(warm, 4), "warm_per_second": count / warm}}
+  jax.clear_caches()
+  jitted = jax.jit(_backprop.value_and_grad, static_argnums=(3, 4))
+  out["jit_per_architecture"] = _rate(lambda c: jitted(*c), cases, budget_s)
+  jax.clear_caches()
+  out["eager"] = _rate(lambda c: _backprop.value_and_grad(*c), cases, budget_s)
+  return out
+
+
+# ---------------------------------------------------------------- report
+
+def _geomean(values):
+  values = [v for v in values if v > 0]
+  return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
+
+
+def summarize(rows, throughput) -> dict:
+  ratios = [r["ratio"] for r in rows]
+  large = [r for r in rows if r["cell"] == "large"]
+  return {
+      "ratio_geomean": _geomean(ratios),
+      "ratio_max": max(ratios),
+      "cells_flops_not_above_jax": sum(r["flops_bpref"] <= r["flops_jax"] for r in rows),
+      "cells_dot_flops_at_minimum": sum(r["dot_flops_bpref"] == r["dot_flops_minimum"] for r in rows),
+      "cells_temp_not_above_jax": sum(r["temp_bytes_bpref"] <= r["temp_bytes_jax"] for r in rows),
+      "cells": len(rows),
+      "large_fraction_of_matmul": [r["gflops_bpref"] / throughput[r["dtype"]] for r in large],
+  }
+
+
+def format_table(result) -> str:
+  head = (f"{'cell':7} {'act':5} {'dtype':7} {'bpref ms':>9} {'jax ms':>9} {'ratio':>6} "
+          f"{'fwd MF':>9} {'bpref MF':>9} {'jax MF':>9} {'dot MF':>9} {'min MF':>9} "
+          f"{'bpref KiB':>10} {'jax KiB':>9} {'GF/s':>7}")
+  lines = [head, "-" * len(head)]
+  for r in result["grid"]:
+    lines.append(
+        f"{r['cell']:7} {r['activation']:5} {r['dtype']:7} {r['seconds_bpref'] * 1e3:9.3f} "
+        f"{r['seconds_jax'] * 1e3:9.3f} {r['ratio']:6.2f} {r['flops_forward'] / 1e6:9.3f} "
+        f"{r['flops_bpref'] / 1e6:9.3f} {r['flops_jax'] / 1e6:9.3f} {r['dot_flops_bpref'] / 1e6:9.3f} "
+        f"{r['dot_flops_minimum'] / 1e6:9.3f} {r['temp_bytes_bpref'] / 1024:10.1f} "
+        f"{r['temp_bytes_jax'] / 1024:9.1f} {r['gflops_bpref']:7.2f}")
+  s = result["summary"]
+  lines += ["-" * len(head),
+            f"ratio bpref/jax: geometric mean {s['ratio_geomean']:.3f}, max {s['ratio_max']:.3f}",
+            f"XLA flops <= jax.grad's in {s['cells_flops_not_above_jax']}/{s['cells']} cells; "
+            f"matmul flops at the minimum 2B(3P - n1 n0) in {s['cells_dot_flops_at_minimum']}/{s['cells']}; "
+            f"temp memory <= jax.grad's in {s['cells_temp_not_above_jax']}/{s['cells']}",
+            "plain matmul GFLOP/s: " + ", ".join(f"{d} {g:.1f}" for d, g in result["matmul_gflops"].items())]
+  if s["large_fraction_of_matmul"]:
+    lines.append("large cells, fraction of plain matmul throughput: "
+                 + ", ".join(f"{f:.2f}" for f in s["large_fraction_of_matmul"]))
+  arch = result.get("architectures")
+  if arch:
+    lines.append(
+        f"architectures/s ({arch['cases']} cases, {arch['distinct_architectures']} distinct, "
+        f"compilation counted): fast {arch['fast']['per_second']:.0f} "
+        f"({arch['fast']['compiled_functions']} compiled, warm {arch['fast']['warm_per_second']:.0f}/s), "
+        f"jit per architecture {arch['jit_per_architecture']['per_second']:.1f} "
+        f"(over {arch['jit_per_architecture']['cases']} cases), "
+        f"eager {arch['eager']['per_second']:.1f} (over {arch['eager']['cases']} cases)")
+  lines.append(f"{result['machine']}; {result['seconds']:.0f} s")
+  return "\n".join(lines)
+
+
+def _has_matplotlib() -> bool:
+  import importlib.util
+  return importlib.util.find_spec("matplotlib") is not None
+
+
+def plot(result, path):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  rows = result["grid"]
+  labels = [f"{r['cell']}\n{r['activation']}\n{r['dtype'][5:]}" for r in rows]
+  fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(rows)), 4))
+  ax.bar(range(len(rows)), [r["ratio"] for r in rows], color="tab:blue")
+  ax.axhline(1.0, color="black", linewidth=0.8)
+  ax.axhline(0.95, color="tab:green", linewidth=0.8, linestyle="--", label="target geomean 0.95")
+  ax.set_xticks(range(len(rows)))
+  ax.set_xticklabels(labels, fontsize=6)
+  ax.set_ylabel("time bpref / jax.grad")
+  ax.set_title(f"bpref vs jax.jit(jax.value_and_grad): geomean {result['summary']['ratio_geomean']:.2f}")
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def run(cells, activations, dtypes, repeats, arch_cases, arch_budget_s, seed=0, progress=None) -> dict:
+  start = time.perf_counter()
+  matmul_shape = GRID["large"][2:0:-1] if "large" in cells else GRID["medium"][2:0:-1]
+  throughput = {d: matmul_gflops(*matmul_shape, jnp.dtype(d), repeats) for d in dtypes}
+  rows = []
+  for name in cells:
+    for dtype in dtypes:
+      for act in activations:
+        rows.append(bench_cell(name, act, dtype, repeats))
+        if progress:
+          progress(rows[-1])
+  result = {"grid": rows, "matmul_gflops": throughput,
+            "matmul_shape": {"batch": matmul_shape[0], "width": matmul_shape[1]},
+            "repeats": repeats, "loss": LOSS, "reduction": REDUCTION,
+            "summary": summarize(rows, throughput)}
+  if arch_cases:
+    result["architectures"] = bench_architectures(arch_cases, seed, arch_budget_s)
+  result["machine"] = (f"{platform.machine()} {platform.processor() or ''} {jax.default_backend()} "
+                       f"jax {jax.__version__}, {jax.device_count()} device(s)").replace("  ", " ")
+  result["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+  result["seconds"] = time.perf_counter() - start
+  return result
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(
+      prog="bpref bench",
+      description="Time bpref's jitted value_and_grad against jax.jit(jax.value_and_grad) and count "
+                  "FLOPs and memory; then architectures per second through bpref.fast.")
+  parser.add_argument("--quick", action="store_true",
+                      help=f"cells {', '.join(QUICK_CELLS)}, float32, 3 repeats, 1000 architectures")
+  parser.add_argument("--cells", default=None, help=f"comma-separated subset of {', '.join(GRID)}")
+  parser.add_argument("--activations", default=",".join(ACTIVATIONS))
+  parser.add_argument("--dtypes", default=None, help="comma-separated: float32,float64")
+  parser.add_argument("--repeats", type=int, default=None, help="timed samples per function (default 7)")
+  parser.add_argument("--arch-cases", type=int, default=None,
+                      help="random architectures for the architectures/s benchmark (0: skip)")
+  parser.add_argument("--arch-budget", type=float, default=None,
+                      help="seconds for each of the jit-per-architecture and eager baselines")
+  parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+  parser.add_argument("--plot", metavar="PNG", default=None, help="write a bar chart of the ratios")
+  parser.add_argument("--seed", type=int, default=0)
+  args = parser.parse_args(argv)
+  jax.config.update("jax_enable_x64", True)
+  cells = tuple(args.cells.split(",")) if args.cells else (QUICK_CELLS if args.quick else tuple(GRID))
+  unknown = [c for c in cells if c not in GRID]
+  if unknown:
+    parser.error(f"unknown cells {unknown}; valid: {', '.join(GRID)}")
+  activations = tuple(args.activations.split(","))
+  for act in activations:
+    try:
+      _network._activations.get(act)
+    except ValueError as err:
+      parser.error(str(err))
+  dtypes = tuple(args.dtypes.split(",")) if args.dtypes else (QUICK_DTYPES if args.quick else DTYPES)
+  if any(d not in DTYPES for d in dtypes):
+    parser.error(f"--dtypes must be among {', '.join(DTYPES)}; got {args.dtypes}")
+  repeats = args.repeats or (3 if args.quick else 7)
+  if repeats < 1:
+    parser.error("--repeats must be >= 1")
+  arch_cases = 1000 if args.arch_cases is None else args.arch_cases
+  arch_budget = args.arch_budget or (10.0 if args.quick else 30.0)
+
+  def progress(row):
+    if not args.json:
+      sys.stderr.write(f"{row['cell']:7} {row['activation']:5} {row['dtype']:7} ratio {row['ratio']:.2f}\n")
+
+  result = run(cells, activations, dtypes, repeats, arch_cases, arch_budget, args.seed, progress)
+  if args.plot:
+    if _has_matplotlib():
+      plot(result, args.plot)
+      result["plot"] = args.plot
+    else:
+      sys.stderr.write("bpref bench: --plot needs matplotlib (pip install 'bpref[plot]'); skipped\n")
+  if args.json:
+    print(json.dumps(result, indent=2))
+  else:
+    print(format_table(result))
+  return 0

@@ -1,0 +1,64 @@
+"""``bpref bench`` on a tiny configuration: the output's structure and its FLOP accounting.
+
+Timings are reported, never asserted.
+"""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from bpref import bench
+
+
+def test_dot_flops_counts_two_m_n_k_per_matmul():
+  f = jax.jit(lambda a, b, c: (a @ b) @ c)
+  args = (jnp.ones((3, 4)), jnp.ones((4, 5)), jnp.ones((5, 7)))
+  assert bench.dot_flops(f.lower(*args).compile().as_text()) == 2 * 3 * 5 * 4 + 2 * 3 * 7 * 5
+
+
+def test_minimum_flops_by_hand():
+  # sizes (2, 3, 1), B = 4: P = 3*2 + 1*3 = 9; forward 2BP = 72; backward 2B(2P - n1 n0) = 8 * 12 = 96.
+  assert bench.minimum_flops((2, 3, 1), 4) == 72 + 96
+
+
+def test_random_architectures_stay_in_the_stated_ranges():
+  import numpy as np
+  rng = np.random.default_rng(0)
+  for _ in range(50):
+    case = bench.random_architecture(rng)
+    sizes = [case.x.shape[1]] + [p.W.shape[0] for p in case.params]
+    assert 1 <= len(case.params) <= 5 and all(1 <= n <= 8 for n in sizes)
+    assert 1 <= case.x.shape[0] <= 4
+
+
+def test_bench_json_structure(capsys, tmp_path):
+  png = tmp_path / "ratios.png"
+  code = bench.main(["--cells", "tiny", "--activations", "tanh,relu", "--dtypes", "float32",
+                     "--repeats", "1", "--arch-cases", "20", "--arch-budget", "0.01", "--json",
+                     "--plot", str(png)])
+  assert code == 0
+  result = json.loads(capsys.readouterr().out)
+  rows = result["grid"]
+  assert [(r["cell"], r["activation"], r["dtype"]) for r in rows] == [
+      ("tiny", "tanh", "float32"), ("tiny", "relu", "float32")]
+  for r in rows:
+    assert r["ratio"] == pytest.approx(r["seconds_bpref"] / r["seconds_jax"])
+    assert r["seconds_bpref"] > 0 and r["seconds_jax"] > 0
+    # bpref's matmuls are exactly the minimum: no delta_0 W_1 for an input gradient nobody asked for.
+    assert r["dot_flops_bpref"] == r["dot_flops_minimum"] == bench.minimum_flops((16,) * 4, 8)
+    assert r["dot_flops_forward"] == 2 * 8 * 3 * 16 * 16
+    assert r["flops_bpref"] >= r["dot_flops_bpref"] and r["temp_bytes_bpref"] >= 0
+  assert set(result["summary"]) >= {"ratio_geomean", "ratio_max", "cells_temp_not_above_jax"}
+  assert result["summary"]["cells"] == 2
+  arch = result["architectures"]
+  assert arch["fast"]["cases"] == 20 and arch["fast"]["compiled_functions"] >= 1
+  assert arch["jit_per_architecture"]["cases"] >= 2 and arch["eager"]["cases"] >= 2
+  if bench._has_matplotlib():
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_rejects_unknown_cell():
+  with pytest.raises(SystemExit):
+    bench.main(["--cells", "huge"])
