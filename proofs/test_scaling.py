@@ -1,0 +1,168 @@
+"""Section 2.4 measured: the multiply-add counts of proofs/costs.py against XLA, and the
+memory of the tape against the number of weights (proofs/scaling.md).
+
+XLA's ``cost_analysis`` counts 2 flops per multiply-add of a matmul and 1 flop per
+elementwise arithmetic operation (exp, tanh, ... are "transcendentals", apart).
+With identity activations and no biases the only elementwise work is the loss and
+its gradient, which touches the B n_L outputs and nothing else, so the flops of
+every function are 2 B MACs plus one constant per (function, B, n_L): differences
+between architectures are exactly 2 B x the differences of the MAC formulas.
+"""
+
+import itertools
+import math
+
+import jax
+import numpy as np
+import pytest
+
+import bpref
+import costs
+
+B = 8
+# Same n_L = 2 and batch; every other width differs, depths 2 to 4, non-square layers.
+ARCHS = ((3, 4, 2), (5, 4, 2), (7, 6, 5, 2), (2, 8, 3, 2), (4, 3, 6, 5, 2))
+LINEAR = tuple(name for name in costs.FUNCTIONS if name != "lambdas")
+
+
+@pytest.fixture(scope="module")
+def identity_flops():
+  out = {}
+  for sizes in ARCHS:
+    params, x, t = costs.problem(sizes, B)
+    out[sizes] = {name: costs.measure(name, params, x, t)["flops"] for name in LINEAR}
+  return out
+
+
+def test_forward_flops_are_exactly_two_B_P():
+  for sizes, activation, bias in ((ARCHS[2], "identity", False), (ARCHS[2], "tanh", False),
+                                  (ARCHS[4], "tanh", True), ((16, 1, 16), "tanh", True)):
+    params, x, t = costs.problem(sizes, B, activation, bias)
+    m = costs.measure("forward", params, x, t)
+    units = B * sum(sizes[1:])
+    extra = m["flops"] - 2 * B * costs.weights(sizes)
+    if bias:  # the bias adds: XLA on CPU counts 2 flops per entry (the add is fused into the dot)
+      assert units <= extra <= 2 * units
+    else:
+      assert extra == 0
+    assert m["transcendentals"] == (units if activation == "tanh" else 0)  # one tanh per unit
+
+
+@pytest.mark.parametrize("name", LINEAR)
+def test_mac_formulas_match_xla_exactly(identity_flops, name):
+  offsets = {sizes: identity_flops[sizes][name] - 2 * B * costs.MACS[name](sizes) for sizes in ARCHS}
+  assert len(set(offsets.values())) == 1, offsets  # the same elementwise constant for every net
+  offset = next(iter(offsets.values()))
+  assert 0 <= offset <= 8 * B * ARCHS[0][-1]  # a few flops per output entry: the loss and dC/dy
+  for a, b in itertools.combinations(ARCHS, 2):
+    assert (identity_flops[a][name] - identity_flops[b][name]
+            == 2 * B * (costs.MACS[name](a) - costs.MACS[name](b)))
+
+
+@pytest.mark.parametrize("name", tuple(costs.FUNCTIONS))
+def test_first_layer_costs_with_nonlinear_activations(name):
+  """Growing n_0 adds 2 B n_1 flops per unit for every product that touches W_1, and nothing
+  elementwise: forward z_1 = W_1 x; dC/dW_1 = delta_1^T x; dC/dx = delta_1 W_1."""
+  touches_W1 = {"forward": 1, "loss_value": 1, "deltas": 1, "value_and_grad": 2,
+                "grads_without_delta_1": 1, "input_grad": 2, "grads_and_input_grad": 3, "lambdas": 1}
+  flops = []
+  for n0 in (3, 7):
+    params, x, t = costs.problem((n0, 5, 4, 3), B, "tanh", bias=True)
+    flops.append(costs.measure(name, params, x, t)["flops"])
+  assert flops[1] - flops[0] == 2 * B * 5 * (7 - 3) * touches_W1[name]
+  sizes = (7, 5, 4, 3)
+  assert costs.MACS[name](sizes) - costs.MACS[name]((3, 5, 4, 3)) == 5 * 4 * touches_W1[name]
+
+
+def test_elementwise_work_is_linear_in_the_units():
+  """With tanh and biases, flops - 2 B MACs is the elementwise work: 0 <= it <= 20 B sum n_l."""
+  for sizes in ((3, 4, 2), (7, 6, 5, 2), (16, 1, 16)):
+    params, x, t = costs.problem(sizes, B, "tanh", bias=True)
+    units = B * sum(sizes[1:])
+    for name in ("forward", "value_and_grad", "grads_and_input_grad", "grads_without_delta_1"):
+      extra = costs.measure(name, params, x, t)["flops"] - 2 * B * costs.MACS[name](sizes)
+      assert 0 <= extra <= 20 * units, (sizes, name, extra)
+
+
+def test_backward_to_forward_ratio():
+  """backward/forward = 2 - n_1 n_0 / P without dC/dx, exactly 2 with it: in [1, 2], not 'about 2'."""
+  rng = np.random.default_rng(24)
+  for _ in range(200):
+    sizes = tuple(int(n) for n in rng.integers(1, 50, size=rng.integers(2, 7)))
+    P = costs.weights(sizes)
+    ratio = costs.backward_macs(sizes) / P
+    assert math.isclose(ratio, 2 - sizes[0] * sizes[1] / P) and 1 <= ratio < 2
+    assert costs.backward_macs(sizes, input_grad=True) == 2 * P
+    assert costs.backward_macs(sizes, first_delta=False) <= costs.backward_macs(sizes)
+  # Near 1 when the first layer holds most weights, near 2 when it holds few.
+  assert costs.backward_macs((784, 128, 10)) / costs.weights((784, 128, 10)) < 1.02
+  assert costs.backward_macs((10, 1000, 1000, 10)) / costs.weights((10, 1000, 1000, 10)) > 1.99
+  # Measured on a real net with tanh and biases, the ratio of flops is the formula's
+  # up to the elementwise work (bounded as in the test above).
+  sizes = (32, 64, 48, 8)
+  params, x, t = costs.problem(sizes, B, "tanh", bias=True)
+  fwd = costs.measure("forward", params, x, t)["flops"]
+  vg = costs.measure("value_and_grad", params, x, t)["flops"]
+  units = B * sum(sizes[1:])
+  expected = costs.backward_macs(sizes) / costs.weights(sizes)
+  assert abs((vg - fwd) / fwd - expected) <= 20 * units / fwd
+
+
+# ---------------------------------------------------------------- memory
+
+def _tape_numbers(params, x):
+  """Numbers in the tape bpref.forward returns (its shapes, by jax.eval_shape)."""
+  tape = jax.eval_shape(bpref.forward, params, x)
+  return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(tape))
+
+
+def test_tape_holds_B_times_n0_plus_twice_the_units():
+  for sizes, batch in (((3, 4, 2), 1), ((3, 4, 2), 8), ((7, 6, 5, 2), 5), ((16, 1, 16), 3)):
+    params, x, t = costs.problem(sizes, batch)
+    assert _tape_numbers(params, x) == costs.tape_numbers(sizes, batch)
+    out = costs.measure("forward", params, x, t)["output_bytes"]
+    tape_bytes = 8 * costs.tape_numbers(sizes, batch)
+    n_arrays = 2 * len(sizes) - 1
+    assert tape_bytes <= out <= tape_bytes + 8 * n_arrays  # XLA adds one pointer per output array
+
+
+def test_tape_scales_as_B_sqrt_L_P_not_sqrt_P():
+  """Equal widths n, L layers: P = L n^2 and the tape is B (2L + 1) n = B (2L + 1) sqrt(P / L)."""
+  ratios = {}
+  for L, n, batch in itertools.product((1, 2, 4, 8), (4, 16), (1, 8)):
+    sizes = (n,) * (L + 1)
+    P = costs.weights(sizes)
+    params, x, _ = costs.problem(sizes, batch)
+    tape = _tape_numbers(params, x)
+    assert tape == batch * (2 * L + 1) * n
+    assert math.isclose(tape, batch * (2 * L + 1) * math.sqrt(P / L))
+    ratios[L, n, batch] = tape / math.sqrt(P)
+  # tape / sqrt(P) does not depend on n, grows like 2 B sqrt(L): the seed's "about sqrt(P)"
+  # holds (up to the factor 3) only for one layer and one example.
+  for L, batch in itertools.product((1, 2, 4, 8), (1, 8)):
+    assert math.isclose(ratios[L, 4, batch], ratios[L, 16, batch])
+    assert math.isclose(ratios[L, 4, batch], batch * (2 * L + 1) / math.sqrt(L))
+  assert math.isclose(ratios[1, 4, 1], 3)
+  assert ratios[8, 4, 8] > 40
+
+
+def test_tape_bounds_for_any_widths():
+  """2 B sqrt(P) <= tape <= 3 B P for every architecture; a bottleneck reaches order B P."""
+  rng = np.random.default_rng(25)
+  for _ in range(500):
+    sizes = tuple(int(n) for n in rng.integers(1, 300, size=rng.integers(2, 8)))
+    batch = int(rng.integers(1, 64))
+    P, tape = costs.weights(sizes), costs.tape_numbers(sizes, batch)
+    assert 2 * batch * math.sqrt(P) <= tape <= 3 * batch * P
+  params, x, _ = costs.problem((1000, 1, 1000), 1)
+  assert _tape_numbers(params, x) > costs.weights((1000, 1, 1000))  # more than all the weights
+
+
+def test_xla_backward_keeps_between_the_hidden_activations_and_the_tape():
+  """XLA's temporaries for value_and_grad: at least a_1..a_{L-1} (needed by dC/dW_2..L after
+  the forward pass ends; XLA on CPU does not recompute), at most bpref's tape."""
+  for sizes, batch in (((64,) * 5, 16), ((32,) * 9, 32), ((100, 1, 100), 16), ((16, 64, 8, 32), 32)):
+    params, x, t = costs.problem(sizes, batch, "tanh", bias=True)
+    temp = costs.measure("value_and_grad", params, x, t)["temp_bytes"]
+    hidden = 8 * batch * sum(sizes[1:-1])
+    assert hidden <= temp <= 8 * costs.tape_numbers(sizes, batch), (sizes, batch, temp)
