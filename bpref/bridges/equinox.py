@@ -125,6 +125,17 @@ class _Stack(eqx.Module):
     return x
 
 
+@eqx.filter_jit
+def _grad(model, x, t, loss, reduction):
+  """dC/dmodel of C = reduce(loss(vmap(model)(x), t)) by jax.grad, compiled per structure and shapes."""
+  params, static = eqx.partition(model, eqx.is_array)
+
+  def cost(p):
+    return _jax_autodiff.reduced_loss(loss, reduction, jax.vmap(eqx.combine(p, static))(x), t)
+
+  return _jax_autodiff.value_and_grad(cost, params)[1]
+
+
 def make_candidate(mlp, reduction: str = "mean"):
   """A candidate gradient function whose gradients come from ``jax.grad`` through Equinox.
 
@@ -146,18 +157,13 @@ def make_candidate(mlp, reduction: str = "mean"):
     if fits:
       model = _with_arrays(mlp, weights, biases)
     else:
+      # Linear layers by shape only (no random initialization), then filled with the arrays.
       layers = tuple(
-          eqx.nn.Linear(W.shape[1], W.shape[0], use_bias=b is not None, dtype=W.dtype,
-                        key=jax.random.key(0)) for W, b in zip(weights, biases))
+          eqx.filter_eval_shape(eqx.nn.Linear, W.shape[1], W.shape[0], use_bias=b is not None,
+                                dtype=W.dtype, key=jax.random.key(0)) for W, b in zip(weights, biases))
       functions = tuple(own.get(name, _jax_autodiff.FUNCTIONS[name]) for name in activations)
       model = _with_arrays(_Stack(layers, functions), weights, biases)
-    x, t = jnp.asarray(x), jnp.asarray(t)
-
-    def cost(m):
-      return _jax_autodiff.reduced_loss(loss, reduction, jax.vmap(m)(x), t)
-
-    params, static = eqx.partition(model, eqx.is_array)
-    _, g = _jax_autodiff.value_and_grad(lambda p: cost(eqx.combine(p, static)), params)
+    g = _grad(model, jnp.asarray(x), jnp.asarray(t), loss, reduction)
     dW = [np.asarray(layer.weight) for layer in g.layers]
     db = [None if b is None else np.asarray(layer.bias) for layer, b in zip(g.layers, biases)]
     return dW, db

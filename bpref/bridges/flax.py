@@ -17,6 +17,7 @@ backpropagation.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, Sequence
 
@@ -167,6 +168,16 @@ def _need_flax():
     raise ImportError("this part of bpref.bridges.flax needs Flax: pip install 'bpref[bridges]'")
 
 
+@functools.partial(jax.jit, static_argnums=(0, 4, 5))
+def _grad(net, params, x, t, loss, reduction):
+  """dC/dparams of C = reduce(loss(net.apply(params, x), t)) by jax.grad, compiled per net and shapes."""
+
+  def cost(p):
+    return _jax_autodiff.reduced_loss(loss, reduction, net.apply({"params": p}, x), t)
+
+  return _jax_autodiff.value_and_grad(cost, params)[1]
+
+
 def make_candidate(model, reduction: str = "mean"):
   """A candidate gradient function whose gradients come from ``jax.grad`` through Flax.
 
@@ -200,12 +211,7 @@ def make_candidate(model, reduction: str = "mean"):
                          f"{W.shape} (kernel {W.T.shape}){' with' if b is not None else ' without'} bias")
     names = [name for name, _ in entries]
     params = _dense_dict(weights, biases, names)
-    x, t = jnp.asarray(x), jnp.asarray(t)
-
-    def cost(p):
-      return _jax_autodiff.reduced_loss(loss, reduction, net.apply({"params": p}, x), t)
-
-    _, g = _jax_autodiff.value_and_grad(cost, params)
+    g = _grad(net, params, jnp.asarray(x), jnp.asarray(t), loss, reduction)
     dW = [np.asarray(g[name]["kernel"]).T for name in names]  # dC/dW_l = (dC/dkernel)^T
     db = [np.asarray(g[name]["bias"]) if "bias" in g[name] else None for name in names]
     return dW, db
