@@ -159,8 +159,9 @@ def test_tape_bounds_for_any_widths():
 
 
 def test_xla_backward_keeps_between_the_hidden_activations_and_the_tape():
-  """XLA's temporaries for value_and_grad: at least a_1..a_{L-1} (needed by dC/dW_2..L after
-  the forward pass ends; XLA on CPU does not recompute), at most bpref's tape."""
+  """XLA's temporaries for value_and_grad, batches of 16 and 32: at least a_1..a_{L-1} (needed
+  by dC/dW_2..L after the forward pass ends), at most bpref's tape. (At B = 1 XLA's reported
+  temp can be below the hidden activations; proofs/scaling.md.)"""
   for sizes, batch in (((64,) * 5, 16), ((32,) * 9, 32), ((100, 1, 100), 16), ((16, 64, 8, 32), 32)):
     params, x, t = costs.problem(sizes, batch, "tanh", bias=True)
     temp = costs.measure("value_and_grad", params, x, t)["temp_bytes"]
