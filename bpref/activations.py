@@ -211,11 +211,27 @@ def get(name: str) -> Activation:
         f"unknown activation {name!r}; valid names: {', '.join(ACTIVATIONS)}") from None
 
 
+def _argmax_mask(a: Array) -> Array:
+  # True at k = argmax a (the first one on ties) in each row of a.
+  k = jnp.arange(a.shape[-1]).reshape((1,) * (a.ndim - 1) + (a.shape[-1],))
+  return k == jnp.argmax(a, axis=-1)[..., None]
+
+
+def _replace_argmax_by_minus_rest(v: Array, a: Array) -> Array:
+  # v_k = -sum_{j != k} v_j at k = argmax a, for rows v that sum to 0 exactly.
+  at_k = _argmax_mask(a)
+  rest = jnp.sum(jnp.where(at_k, jnp.zeros_like(v), v), axis=-1, keepdims=True)
+  return jnp.where(at_k, -rest, v)
+
+
 def vjp(name: str, z: Array, a: Array, g: Array) -> Array:
   """g (da/dz): the cotangent g on a_l pulled back to z_l.
 
   For an elementwise f this is g * f'(z) (the diag(f'(z)) of (24) is never built).
   For softmax, da/dz = diag(a) - a a^T is symmetric, so g (da/dz) = a * (g - <g, a>).
+  The entries of g (da/dz) sum to 0, and the entry at k = argmax a is computed as
+  minus the sum of the others: a_k (g_k - <g, a>) cancels once 1 - a_k is below
+  the unit roundoff, while the other entries do not.
 
   Args:
     name: activation name.
@@ -226,14 +242,23 @@ def vjp(name: str, z: Array, a: Array, g: Array) -> Array:
   act = get(name)
   if act.elementwise:
     return g * act.df(z)
-  return a * (g - jnp.sum(g * a, axis=-1, keepdims=True))
+  out = a * (g - jnp.sum(g * a, axis=-1, keepdims=True))  # g (diag(a) - a a^T)
+  return _replace_argmax_by_minus_rest(out, a)
 
 
 def jacobian(name: str, z: Array, a: Array) -> Array:
-  """da/dz per example, shape (..., n, n): diag f'(z) (27), or diag(a) - a a^T for softmax."""
+  """da/dz per example, shape (..., n, n): diag f'(z) (27), or diag(a) - a a^T for softmax.
+
+  The softmax diagonal entry at k = argmax a, a_k (1 - a_k), is computed as
+  a_k sum_{j != k} a_j: 1 - a_k cancels once it is below the unit roundoff.
+  """
   act = get(name)
   n = z.shape[-1]
   eye = jnp.eye(n, dtype=z.dtype).reshape((1,) * (z.ndim - 1) + (n, n))
   if act.elementwise:
     return act.df(z)[..., :, None] * eye
-  return a[..., :, None] * eye - a[..., :, None] * a[..., None, :]
+  jac = a[..., :, None] * eye - a[..., :, None] * a[..., None, :]  # diag(a) - a a^T
+  at_k = _argmax_mask(a)
+  rest = jnp.sum(jnp.where(at_k, jnp.zeros_like(a), a), axis=-1)  # sum_{j != k} a_j = 1 - a_k
+  diag_k = jnp.max(a, axis=-1) * rest  # a_k (1 - a_k)
+  return jnp.where(at_k[..., :, None] & at_k[..., None, :], diag_k[..., None, None], jac)

@@ -59,22 +59,30 @@ def _log_softmax(y):
 
 # softmax_cross_entropy (y are logits): C = -sum_k t_k log softmax(y)_k;
 # dC/dy = softmax(y) sum_k t_k - t, which is softmax(y) - t only when the row of t sums to 1.
+# At k = argmax y, p_k s - t_k is computed as (s - t_k) - s sum_{j != k} p_j: p_k rounds to 1
+# once 1 - p_k is below the unit roundoff, and p_k - 1 would then lose every digit.
 def _softmax_cross_entropy(y, t):
   return -jnp.sum(t * _log_softmax(y), axis=-1)
 
 
 def _softmax_cross_entropy_dy(y, t):
-  return _softmax(y) * jnp.sum(t, axis=-1, keepdims=True) - t
+  p = _softmax(y)
+  s = jnp.sum(t, axis=-1, keepdims=True)
+  k = jnp.arange(y.shape[-1]).reshape((1,) * (y.ndim - 1) + (y.shape[-1],))
+  at_k = k == jnp.argmax(y, axis=-1)[..., None]
+  rest = jnp.sum(jnp.where(at_k, jnp.zeros_like(p), p), axis=-1, keepdims=True)  # 1 - p_k
+  return jnp.where(at_k, (s - t) - s * rest, p * s - t)
 
 
 # sigmoid_binary_cross_entropy (y are logits): C = sum_k softplus(y_k) - t_k y_k
-# = sum_k max(y, 0) - t y + log1p(exp(-|y|)); dC/dy = sigma(y) - t.
+# = sum_k max(y, 0) - t y + log1p(exp(-|y|)); dC/dy = sigma(y) - t, computed for y > 0 as
+# (1 - t) - sigma(-y): sigma(y) rounds to 1 once sigma(-y) is below the unit roundoff.
 def _sigmoid_binary_cross_entropy(y, t):
   return jnp.sum(jnp.maximum(y, 0) - t * y + jnp.log1p(jnp.exp(-jnp.abs(y))), axis=-1)
 
 
 def _sigmoid_binary_cross_entropy_dy(y, t):
-  return _sigmoid(y) - t
+  return jnp.where(y > 0, (1 - t) - _sigmoid(-y), _sigmoid(y) - t)
 
 
 def _xlogy(x, y):
