@@ -39,6 +39,11 @@ DF = {"tanh": lambda z: 1 - np.tanh(z) ** 2, "sin": np.cos, "identity": np.ones_
 
 # ---------------------------------------------------------------- helpers
 
+def jacobian(fn):
+  """The witness's Jacobian of fn (jax.jacobian, compiled once rather than run op by op)."""
+  return jax.jit(jax.jacobian(fn))
+
+
 def agree(actual, expected):
   actual, expected = np.asarray(actual), np.asarray(expected)
   return actual.shape == expected.shape and normwise_error(actual, expected) <= TOL
@@ -111,6 +116,7 @@ ref_grad = jax.jit(reference.grad, static_argnums=(3, 4))
 ref_deltas = jax.jit(reference.deltas, static_argnums=(3, 4))
 bp_deltas = jax.jit(bpref.deltas, static_argnums=(3, 4))
 bp_forward = jax.jit(bpref.forward)
+bp_grad = jax.jit(bpref.grad, static_argnums=(3, 4))
 
 
 @jax.jit
@@ -256,6 +262,9 @@ def test_erratum_04_batches_sum_or_mean_of_outer_products():
     per_example = np.mean([np.outer(corrected_deltas(params, X[b], T[b])[l], X[b] if l == 0 else
                                     np_forward(params, X[b])[1][l]) for b in range(B)], axis=0)
     assert agree(per_example, wit[l].W)  # = (1/B) sum_b delta_{l,b}^T a_{l-1,b}^T
+  ours = bp_grad(params, X, T, LOSS, "mean")
+  for l in range(len(params)):
+    assert agree(ours[l].W, wit[l].W)
   # With B = 1 the mean is the single example's gradient (39), corrected.
   one = ref_grad(params, X[:1], T[:1], LOSS, "mean")
   assert agree(np.outer(corrected_deltas(params, X[0], T[0])[0], X[0]), one[0].W)
@@ -268,6 +277,7 @@ def test_erratum_05_first_factor_of_12_is_dC_dy_not_dC_dW(net):
   y = np.asarray(bpref.predict(params, x))
   g = np.asarray(jax.grad(lambda yy: jnp.sum((jnp.asarray(t) - yy) ** 2))(jnp.asarray(y)))
   assert agree(dC_dy(y, t), g)  # the first factor of (12) is dC/dy, shape (n_L,)
+  assert agree(bpref.losses.get(LOSS).dy(y[None, :], t[None, :])[0], g)
   for l in range(len(params)):
     assert fails(g, wit["dW"][l])  # which is not dC/dW_l, shape (n_l, n_{l-1})
 
@@ -275,25 +285,26 @@ def test_erratum_05_first_factor_of_12_is_dC_dy_not_dC_dW(net):
 # ---------------------------------------------------------------- (16): dz_l/dW_l is a 3-tensor
 
 def test_erratum_06_eq16_dz_dW_is_a_three_tensor(net):
-  params, x, _, _, _ = net
+  params, x, _, wit, ours = net
   _, a_s = np_forward(params, x)
   for l, layer in enumerate(params, start=1):
     a_prev = a_s[l - 1]
-    jac = np.asarray(jax.jacobian(lambda W: W @ jnp.asarray(a_prev))(layer.W))  # (n_l, n_l, n_{l-1})
+    jac = np.asarray(jacobian(lambda W: W @ jnp.asarray(a_prev))(layer.W))  # (n_l, n_l, n_{l-1})
     assert fails(a_prev, jac)  # literal (16): the vector a_{l-1}
     n_l = layer.W.shape[0]
     assert agree(np.einsum("ki,j->kij", np.eye(n_l), a_prev), jac)  # dz_k/dW_ij = [k = i] a_{l-1,j}
+    assert agree(ours["dW"][l - 1], wit["dW"][l - 1])  # bpref never forms the tensor
   # (16) is right (as the row a_{l-1}^T) when the layer has one unit, n_l = 1.
   rng = np.random.default_rng(6)
   W1, a1 = rng.normal(size=(1, 4)), rng.normal(size=(4,))
-  jac = np.asarray(jax.jacobian(lambda W: W @ jnp.asarray(a1))(jnp.asarray(W1)))
+  jac = np.asarray(jacobian(lambda W: W @ jnp.asarray(a1))(jnp.asarray(W1)))
   assert agree(jac.reshape(4), a1)
 
 
 # ---------------------------------------------------------------- (12)/(33): chain through the 3-tensor
 
 def test_erratum_07_eq12_needs_a_contraction_not_a_matrix_product(net):
-  params, x, t, wit, _ = net
+  params, x, t, wit, ours = net
   zs, a_s = np_forward(params, x)
   g = dC_dy(a_s[-1], t)
   for l in range(1, len(params) + 1):
@@ -303,6 +314,7 @@ def test_erratum_07_eq12_needs_a_contraction_not_a_matrix_product(net):
     n_l = zs[l - 1].shape[0]
     dz_dW = np.einsum("ki,j->kij", np.eye(n_l), a_s[l - 1])
     assert agree(np.einsum("k,kij->ij", g @ lam, dz_dW), wit["dW"][l - 1])  # contraction over k
+    assert agree(ours["dW"][l - 1], wit["dW"][l - 1])
 
 
 # ---------------------------------------------------------------- (13)-(14): vector outputs
@@ -317,8 +329,9 @@ def test_erratum_08_eq13_squared_error_of_a_vector_is_a_sum(net):
   assert agree(np.sum((t - y) ** 2), C)  # corrected: C = sum_k (t_k - y_k)^2
   g = np.asarray(jax.grad(lambda yy: jnp.sum((jnp.asarray(t) - yy) ** 2))(jnp.asarray(y)))
   assert agree(dC_dy(y, t), g)  # (14), read as the row vector -2 (t - y)^T
+  assert agree(bpref.losses.get(LOSS).dy(y[None, :], t[None, :])[0], g)
   # Taken literally, "dC/dy" of the vector (13) is the Jacobian diag(-2 (t - y)), not a gradient.
-  jac = np.asarray(jax.jacobian(lambda yy: (jnp.asarray(t) - yy) ** 2)(jnp.asarray(y)))
+  jac = np.asarray(jacobian(lambda yy: (jnp.asarray(t) - yy) ** 2)(jnp.asarray(y)))
   assert agree(jac, np.diag(-2 * (t - y))) and fails(jac, g)
   # With one output (n_L = 1) the two readings coincide.
   y1, t1 = y[:1], t[:1]
@@ -329,7 +342,7 @@ def test_erratum_08_eq13_squared_error_of_a_vector_is_a_sum(net):
 
 def test_erratum_09_jacobian_dy_dx_is_not_the_gradient_of_C(net):
   params, x, t, wit, ours = net
-  J = np.asarray(jax.jacobian(lambda xx: reference.predict(params, xx))(jnp.asarray(x)))
+  J = np.asarray(jacobian(lambda xx: reference.predict(params, xx))(jnp.asarray(x)))
   assert J.shape == (SIZES[-1], SIZES[0])
   assert fails(J, wit["dx"])  # dy/dx is (n_L, n_0); grad_x C is (n_0,)
   y = np.asarray(bpref.predict(params, x))
@@ -350,18 +363,18 @@ def test_erratum_10_eq19_order_of_jacobians():
   rng = np.random.default_rng(10)
   x = jnp.asarray(rng.normal(size=(4,)))
   h, g = _maps(rng, 4, 3, 2)
-  Jh = np.asarray(jax.jacobian(h)(x))  # (3, 4)
-  Jg = np.asarray(jax.jacobian(g)(h(x)))  # (2, 3)
-  Jf = np.asarray(jax.jacobian(lambda v: g(h(v)))(x))  # (2, 4)
+  Jh = np.asarray(jacobian(h)(x))  # (3, 4)
+  Jg = np.asarray(jacobian(g)(h(x)))  # (2, 3)
+  Jf = np.asarray(jacobian(lambda v: g(h(v)))(x))  # (2, 4)
   with pytest.raises(ValueError):
     Jh @ Jg  # literal (19): h'(x) g'(h(x))
   assert agree(Jg @ Jh, Jf)  # corrected: f'(x) = g'(h(x)) h'(x)
   assert agree(Jh.T @ Jg.T, Jf.T)  # the text's order is right for transposed Jacobians
   # Square maps: the literal product is defined but wrong.
   h, g = _maps(rng, 3, 3, 3)
-  Jh = np.asarray(jax.jacobian(h)(x[:3]))
-  Jg = np.asarray(jax.jacobian(g)(h(x[:3])))
-  Jf = np.asarray(jax.jacobian(lambda v: g(h(v)))(x[:3]))
+  Jh = np.asarray(jacobian(h)(x[:3]))
+  Jg = np.asarray(jacobian(g)(h(x[:3])))
+  Jf = np.asarray(jacobian(lambda v: g(h(v)))(x[:3]))
   assert fails(Jh @ Jg, Jf) and agree(Jg @ Jh, Jf)
   # Scalar maps: the text is right.
   hs, gs = jnp.tanh, jnp.sin
@@ -375,10 +388,10 @@ def test_erratum_11_eq21_eq22_order_and_evaluation_points():
   h2, h1 = _maps(rng, 4, 3, 5)
   C = jnp.asarray(rng.normal(size=(2, 5)))
   g = lambda u: jnp.cos(C @ u)
-  J2 = np.asarray(jax.jacobian(h2)(x))  # (3, 4)
-  J1 = np.asarray(jax.jacobian(h1)(h2(x)))  # (5, 3)
-  Jg = np.asarray(jax.jacobian(g)(h1(h2(x))))  # (2, 5)
-  Jf = np.asarray(jax.jacobian(lambda v: g(h1(h2(v))))(x))
+  J2 = np.asarray(jacobian(h2)(x))  # (3, 4)
+  J1 = np.asarray(jacobian(h1)(h2(x)))  # (5, 3)
+  Jg = np.asarray(jacobian(g)(h1(h2(x))))  # (2, 5)
+  Jf = np.asarray(jacobian(lambda v: g(h1(h2(v))))(x))
   with pytest.raises(ValueError):
     J2 @ J1 @ Jg  # literal (21)
   assert agree(Jg @ J1 @ J2, Jf)  # corrected: g'(h_1(h_2(x))) h_1'(h_2(x)) h_2'(x)
@@ -396,12 +409,14 @@ def test_erratum_12_eq24_da_dz_is_diag_fprime_and_not_diagonal_for_softmax(net):
   params, x, _, _, _ = net
   zs, _ = np_forward(params, x)
   for z, act in zip(zs, ACTS):
-    jac = np.asarray(jax.jacobian(bpref.activations.get(act).f)(jnp.asarray(z)))
+    jac = np.asarray(jacobian(bpref.activations.get(act).f)(jnp.asarray(z)))
     assert fails(DF[act](z), jac)  # literal (24): the vector f'(z)
     assert agree(np.diag(DF[act](z)), jac)  # corrected: diag f'(z)
+    jac_bpref = jax.jit(bpref.activations.jacobian, static_argnums=0)(act, z, F[act](z))
+    assert agree(np.asarray(jac_bpref), jac)
   z = np.array([0.3, -1.2, 0.8])
   a = np.exp(z) / np.sum(np.exp(z))
-  jac = np.asarray(jax.jacobian(bpref.activations.get("softmax").f)(jnp.asarray(z)))
+  jac = np.asarray(jacobian(bpref.activations.get("softmax").f)(jnp.asarray(z)))
   assert fails(np.diag(a * (1 - a)), jac)  # no diagonal matrix is the softmax Jacobian
   assert agree(np.diag(a) - np.outer(a, a), jac)
   assert agree(np.asarray(bpref.activations.jacobian("softmax", jnp.asarray(z), jnp.asarray(a))), jac)
@@ -414,7 +429,7 @@ def test_erratum_13_eq27_lambda_L_as_a_vector_loses_the_outputs(net):
   lam_vec = DF[ACTS[-1]](zs[-1])  # literal (27): the vector f'_L(z_L)
   assert fails(lam_vec, wit["lambdas"][-1])
   literal_next = lam_vec @ Ws[-1]  # then (28) computes 1^T diag f'_L W_L: d(sum_k y_k)/da_{L-1}
-  J = np.asarray(jax.jacobian(lambda a: reference.predict(params[-1:], a))(
+  J = np.asarray(jacobian(lambda a: reference.predict(params[-1:], a))(
       jnp.asarray(np_forward(params, x)[1][-2])))
   assert agree(literal_next, np.ones(SIZES[-1]) @ J) and fails(literal_next, J)
   assert agree(np.diag(lam_vec), wit["lambdas"][-1])  # corrected (27): diag f'_L(z_L)
@@ -593,5 +608,5 @@ def test_erratum_23_eq25_dz_da_is_W_l_of_the_previous_layer(net):
   params, x, _, _, _ = net
   _, a_s = np_forward(params, x)
   for l, layer in enumerate(params, start=1):
-    jac = np.asarray(jax.jacobian(lambda a: jnp.matmul(layer.W, a))(jnp.asarray(a_s[l - 1])))
+    jac = np.asarray(jacobian(lambda a: jnp.matmul(layer.W, a))(jnp.asarray(a_s[l - 1])))
     assert agree(jac, np.asarray(layer.W))  # dz_l/da_{l-1} = W_l, (n_l, n_{l-1})

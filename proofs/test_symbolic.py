@@ -4,7 +4,7 @@ Weights, biases, inputs and the output cotangent are independent symbols; every
 activation f_l is an undefined function whose derivative is another undefined
 function f_l' (sympy applies the chain rule through ``fdiff``). No value of
 anything is assumed, so an identity that holds here holds for every network of
-these sizes and every differentiable activation (proofs/derivation.md, section 7).
+these sizes and every differentiable activation (proofs/derivation.md, section 8).
 
 The loss enters only through its gradient u = dC/dy at y: by the chain rule
 dC/dtheta = sum_k (dC/dy_k)(dy_k/dtheta), so checking the recursion for the
