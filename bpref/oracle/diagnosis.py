@@ -421,6 +421,20 @@ class Diagnoser:
         out.append(Finding(code, summary, detail))
     return out
 
+  def layout(self):
+    """The minimal case in the other weight layout: a pass means the layout was misdeclared."""
+    import dataclasses
+    other = "in_out" if self.spec.layout == "out_in" else "out_in"
+    if self.ev.stopped:
+      return None
+    results = self.ev.run([self.arch], "diagnose", dataclasses.replace(self.spec, layout=other))
+    if results and results[0].passed:
+      return Finding("layout", f"the candidate uses the {other} weight layout; declare "
+                     f"layout={other!r}", f"with W_l given as "
+                     f"{'(n_(l-1), n_l)' if other == 'in_out' else '(n_l, n_(l-1))'} and dW "
+                     "returned the same way, the minimal case passes")
+    return None
+
   def loss(self):
     r = self.minimal
     if r.loss is None or self.truth.loss == 0:
@@ -444,6 +458,10 @@ class Diagnoser:
     r = self.minimal
     findings = []
     per_layer, implied = [], []
+    if r.kind in ("exception", "shape", "numeric", "structure"):
+      f = self.layout()
+      if f is not None:
+        findings.append(f)
     if r.kind == "loss":
       findings.append(self.loss())
     elif r.kind == "numeric":

@@ -117,7 +117,9 @@ def call_in_thread(candidate, inputs, timeout: float) -> Outcome:
   thread.start()
   thread.join(timeout)
   if thread.is_alive() or not box:
-    return Outcome("timeout", error=f"the call did not return within {timeout:g} s", seconds=timeout)
+    return Outcome("timeout", error=f"the call did not return within {timeout:g} s; a call in this "
+                   "process cannot be stopped, so the search ended here (isolate=True, or --isolate, "
+                   "runs the candidate in a subprocess that can be)", seconds=timeout)
   return box[0]
 
 

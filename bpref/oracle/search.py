@@ -53,12 +53,16 @@ class Evaluator:
       self._truths[arch] = (case, _truth.compute(case))
     return self._truths[arch]
 
-  def run(self, archs, phase: str) -> list:
-    """The ``CaseResult`` of each arch, in order (fewer if the candidate hung in process)."""
+  def run(self, archs, phase: str, spec=None) -> list:
+    """The ``CaseResult`` of each arch, in order (fewer if the candidate hung in process).
+
+    ``spec`` overrides the layout or other judging options for an experiment.
+    """
     if self.stopped or not archs:
       return []
+    spec = spec or self.spec
     prepared = [self.case_and_truth(a) for a in archs]
-    inputs = [_isolation.candidate_inputs(case, self.spec.layout) for case, _ in prepared]
+    inputs = [_isolation.candidate_inputs(case, spec.layout) for case, _ in prepared]
     if self.pool is not None:
       outcomes = self.pool.map(inputs)
     else:
@@ -72,7 +76,7 @@ class Evaluator:
           break
     results = []
     for (case, truth), outcome in zip(prepared, outcomes):
-      result = _judge.judge(case, truth, outcome, self.spec)
+      result = _judge.judge(case, truth, outcome, spec)
       results.append(result)
       self.history.append((phase, result))
     self.calls += len(outcomes)

@@ -122,7 +122,7 @@ def make_spec(**options) -> Spec:
     elif required is not None:
       outs = (required,)
     else:
-      outs = tuple(a for a in acts if a != "softmax" or "cross_entropy" in name) or hidden
+      outs = tuple(a for a in acts if a != "softmax") or hidden
     outputs.append((name, tuple(outs)))
   options.update(activations=acts, losses=losses, output_activations=tuple(outputs))
   spec = Spec(**options)
@@ -253,38 +253,44 @@ def in_domain(arch: Arch, spec: Spec) -> bool:
 def probes(spec: Spec) -> list:
   """Targeted cases tried before the random search.
 
-  Each probe makes one classic blind spot visible: an identity and a non-identity output
-  layer; depth 1, 2 and 3; B = 1, B > 1 and B = n_0; square and non-square layers; one and
-  several outputs; every declared activation on every layer; planted kinks.
+  Each probe makes one classic blind spot visible: non-identity and identity output
+  layers; depth 1, 2 and 3; B = 1, B > 1 and B = n_0; non-square and square layers;
+  several outputs and one; every declared hidden activation; planted kinks.
   """
   out = []
   w, bs = widths(spec), batches(spec)
   big = w[-1]
-  mid = w[min(2, len(w) - 1)]
+  mid = w[min(1, len(w) - 1)]
   bmid = bs[min(2, len(bs) - 1)]
-  for loss in spec.losses:
+  hid = spec.hidden or ("identity",)
+  plain = simplest_hidden(spec) if spec.hidden else "identity"
+  for n, loss in enumerate(spec.losses):
     outs = spec.outputs_for(loss)
-    k_many = max(2, mid) if big >= 2 else 1
-    hid = spec.hidden or ("identity",)
+    fancy = [a for a in outs if a != "identity"] or list(outs)
+    k_many = mid if mid >= 2 else big
     for depth in range(1, min(3, spec.max_depth) + 1):
-      for i, out_act in enumerate(outs):
-        act = hid[(depth + i) % len(hid)]
-        sizes = tuple([big] + [mid if j % 2 else big for j in range(depth - 1)] + [k_many])
-        out.append(Arch(sizes, (act,) * (depth - 1) + (out_act,), loss, bmid, 1 + depth))
+      out_act = fancy[(depth + n) % len(fancy)] if depth != 2 else outs[0]
+      acts = tuple(hid[(j + depth + n) % len(hid)] for j in range(depth - 1)) + (out_act,)
+      sizes = tuple([big] + [mid if j % 2 == 0 else big for j in range(depth - 1)] + [k_many])
+      out.append(Arch(sizes, acts, loss, bmid, 1 + depth))
     depth = min(3, spec.max_depth)
-    for act in hid:
-      out_act = act if act in outs else outs[0]
-      out.append(Arch((mid,) * (depth + 1), (act,) * (depth - 1) + (out_act,), loss, 1, 11))
     sq = (mid,) * (depth + 1)
-    out.append(Arch(sq, tuple(hid[j % len(hid)] for j in range(depth - 1)) + (outs[-1],), loss,
-                    mid if mid <= spec.max_batch else bmid, 12))
-    out.append(Arch((mid,) * depth + (1,), (hid[0],) * (depth - 1) + (outs[0],), loss, bmid, 13))
-    if any(a in _activations.KINKED for a in spec.activations):
-      kinked = [a for a in hid if a in _activations.KINKED]
-      act = kinked[0] if kinked else hid[0]
+    out.append(Arch(sq, tuple(hid[j % len(hid)] for j in range(depth - 1)) + (fancy[0],), loss,
+                    mid if mid in bs else bmid, 12))
+    out.append(Arch((big,) * depth + (1,), (plain,) * (depth - 1) + (fancy[-1],), loss, bmid, 13))
+    kinked = [a for a in spec.activations if a in _activations.KINKED]
+    if kinked:
+      act = kinked[0]
+      hidden_act = act if act in hid else plain
       out_act = act if act in outs else outs[0]
-      out.append(Arch((mid,) * (depth + 1), (act,) * (depth - 1) + (out_act,), loss, bmid, 14,
-                      True))
+      out.append(Arch((mid,) * (depth + 1), (hidden_act,) * (depth - 1) + (out_act,), loss, bmid,
+                      14, True))
+  loss = spec.losses[0]
+  outs = spec.outputs_for(loss)
+  depth = min(2, spec.max_depth)
+  for act in hid:
+    out_act = act if act in outs else outs[0]
+    out.append(Arch((big,) + (mid,) * depth, (act,) * (depth - 1) + (out_act,), loss, 1, 11))
   seen, unique = set(), []
   for arch in out:
     if arch.activations[-1] == "softmax" and arch.sizes[-1] < 2:

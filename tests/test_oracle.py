@@ -1,0 +1,400 @@
+"""The oracle passes correct independent implementations and reports misbehaving ones plainly.
+
+The four implementations below are written here in plain NumPy, independently of
+bpref: row-major batches, column vectors one example at a time, the in_out
+weight layout, and the sum reduction. None may raise a false alarm, in float64
+or float32, across seeds. The rest of the file checks what the oracle does when
+the candidate raises, hangs, crashes, returns the wrong shapes, dtypes or NaN,
+and the command line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import bpref.oracle
+from bpref.oracle import cli
+from bpref.testing import assert_backprop_correct
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# ---------------------------------------------------------------- independent implementations
+
+
+def act(name, z):
+  if name == "identity":
+    return z
+  if name == "relu":
+    return np.where(z > 0, z, 0 * z)
+  if name == "tanh":
+    return np.tanh(z)
+  if name == "sigmoid":
+    return 0.5 * (1 + np.tanh(0.5 * z))
+  if name == "softmax":
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+  raise ValueError(name)
+
+
+def act_prime(name, z, a):
+  if name == "identity":
+    return np.ones_like(z)
+  if name == "relu":
+    return (z > 0).astype(z.dtype)
+  if name == "tanh":
+    return 1 - a * a
+  if name == "sigmoid":
+    return a * (1 - a)
+  raise ValueError(name)
+
+
+def loss_grad(loss, y, t):
+  """dC_b/dy_b for one example or a batch (last axis: outputs)."""
+  if loss == "squared_error":
+    return 2 * (y - t)
+  if loss == "softmax_cross_entropy":
+    return act("softmax", y) * t.sum(axis=-1, keepdims=True) - t
+  if loss == "cross_entropy":
+    return -t / y
+  raise ValueError(loss)
+
+
+def loss_value(loss, y, t):
+  if loss == "squared_error":
+    return np.sum((y - t) ** 2)
+  if loss == "softmax_cross_entropy":
+    z = y - y.max(axis=-1, keepdims=True)
+    return -np.sum(t * (z - np.log(np.exp(z).sum(axis=-1, keepdims=True))))
+  if loss == "cross_entropy":
+    return -np.sum(t * np.log(y))
+  raise ValueError(loss)
+
+
+def row_major(weights, biases, activations, loss, x, t, reduction="mean", return_loss=False,
+              prime=act_prime):
+  """Batched, rows are examples: Z = A W^T + b."""
+  a, zs = [x], []
+  for W, b, name in zip(weights, biases, activations):
+    zs.append(a[-1] @ W.T + b)
+    a.append(act(name, zs[-1]))
+  y = a[-1]
+  scale = 1 / x.shape[0] if reduction == "mean" else 1
+  g = loss_grad(loss, y, t) * np.asarray(scale, x.dtype)
+  if activations[-1] == "softmax":
+    d = y * (g - (g * y).sum(axis=1, keepdims=True))
+  else:
+    d = g * prime(activations[-1], zs[-1], y)
+  dW, db = [], []
+  for l in range(len(weights) - 1, -1, -1):
+    dW.insert(0, d.T @ a[l])
+    db.insert(0, d.sum(axis=0))
+    if l:
+      d = (d @ weights[l]) * prime(activations[l - 1], zs[l - 1], a[l])
+  if return_loss:
+    return dW, db, loss_value(loss, y, t) * scale
+  return dW, db
+
+
+def row_major_sum(weights, biases, activations, loss, x, t):
+  return row_major(weights, biases, activations, loss, x, t, reduction="sum")
+
+
+def row_major_with_loss(weights, biases, activations, loss, x, t):
+  return row_major(weights, biases, activations, loss, x, t, return_loss=True)
+
+
+def column_vectors(weights, biases, activations, loss, x, t):
+  """One example at a time, column vectors: z = W a + b, a loop over the batch."""
+  dW = [np.zeros_like(W) for W in weights]
+  db = [np.zeros_like(b) for b in biases]
+  B = x.shape[0]
+  for i in range(B):
+    a = [x[i][:, None]]
+    zs = []
+    for W, b, name in zip(weights, biases, activations):
+      zs.append(W @ a[-1] + b[:, None])
+      a.append(act(name, zs[-1].T).T)
+    y = a[-1]
+    g = loss_grad(loss, y.T, t[i][None, :]).T / B
+    if activations[-1] == "softmax":
+      d = y * (g - (y.T @ g))
+    else:
+      d = g * act_prime(activations[-1], zs[-1], y)
+    for l in range(len(weights) - 1, -1, -1):
+      dW[l] += d @ a[l].T
+      db[l] += d[:, 0]
+      if l:
+        d = (weights[l].T @ d) * act_prime(activations[l - 1], zs[l - 1], a[l])
+  return dW, db
+
+
+def in_out(weights, biases, activations, loss, x, t):
+  """Weights stored (n_in, n_out) as in many frameworks: z = a W + b, dW = a^T delta."""
+  a, zs = [x], []
+  for W, b, name in zip(weights, biases, activations):
+    zs.append(a[-1] @ W + b)
+    a.append(act(name, zs[-1]))
+  y = a[-1]
+  g = loss_grad(loss, y, t) / x.shape[0]
+  if activations[-1] == "softmax":
+    d = y * (g - (g * y).sum(axis=1, keepdims=True))
+  else:
+    d = g * act_prime(activations[-1], zs[-1], y)
+  dW, db = [None] * len(weights), [None] * len(weights)
+  for l in range(len(weights) - 1, -1, -1):
+    dW[l] = a[l].T @ d
+    db[l] = d.sum(axis=0)
+    if l:
+      d = (d @ weights[l].T) * act_prime(activations[l - 1], zs[l - 1], a[l])
+  return dW, db
+
+
+DOMAIN = dict(activations=("identity", "relu", "tanh", "sigmoid", "softmax"),
+              losses=("squared_error", "softmax_cross_entropy", "cross_entropy"),
+              max_depth=3, max_width=3, max_batch=3, examples=12)
+
+CORRECT = [
+    (row_major, {}),
+    (column_vectors, {}),
+    (in_out, {"layout": "in_out"}),
+    (row_major_sum, {"reduction": "sum"}),
+    (row_major_with_loss, {}),
+]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("impl,extra", CORRECT, ids=[c[0].__name__ for c in CORRECT])
+def test_correct_independent_implementations_pass(impl, extra, dtype):
+  seeds = (0, 1) if impl is row_major else (2,)
+  for seed in seeds:
+    report = bpref.oracle.check(impl, dtype=dtype, seed=seed, **dict(DOMAIN, **extra))
+    assert report.verdict == "pass", report.text()
+    assert report.cases >= 12 and report.calls >= report.cases
+
+
+def test_wrong_layout_declared_is_diagnosed():
+  report = bpref.oracle.check(in_out, **DOMAIN)
+  assert report.verdict == "fail"
+  assert report.codes[0] == "layout" and "layout='in_out'" in report.diagnosis[0].summary, \
+      report.text()
+
+
+def test_wrong_reduction_declared_is_a_factor_of_B():
+  report = bpref.oracle.check(row_major_sum, **DOMAIN)
+  assert report.verdict == "fail" and report.codes[0] == "constant_factor", report.text()
+  assert "is B x bpref's" in report.diagnosis[0].summary
+
+
+def test_search_includes_probes_for_the_classic_blind_spots():
+  spec = bpref.oracle.make_spec(**DOMAIN)
+  archs = bpref.oracle.spec.probes(spec) + bpref.oracle.spec.random_archs(spec, 12, 0)
+  assert {a.depth for a in archs} == {1, 2, 3}
+  assert {1, 2, 3} <= {a.batch for a in archs}
+  assert any(a.batch == a.sizes[0] for a in archs) and any(a.batch != a.sizes[0] for a in archs)
+  assert any(a.activations[-1] == "identity" for a in archs)
+  assert any(a.activations[-1] not in ("identity", "softmax") for a in archs)
+  assert any(len(set(a.sizes)) == 1 for a in archs) and any(len(set(a.sizes)) > 1 for a in archs)
+  assert any(len(set(a.activations[:-1])) > 1 for a in archs)
+  assert any(a.kink for a in archs)
+  assert {a.sizes[-1] == 1 for a in archs} == {True, False}
+  assert {a.loss for a in archs} == set(DOMAIN["losses"])
+  assert all(bpref.oracle.spec.in_domain(a, spec) for a in archs)
+  assert archs == bpref.oracle.spec.probes(spec) + bpref.oracle.spec.random_archs(spec, 12, 0)
+
+
+def test_planted_kinks_are_exact_zeros():
+  spec = bpref.oracle.make_spec(**DOMAIN)
+  arch = bpref.oracle.spec.Arch((3, 3, 2), ("relu", "identity"), "squared_error", 3, 5, True)
+  case = bpref.oracle.spec.build_case(arch, spec)
+  z = case.x @ case.weights[0].T + case.biases[0]
+  assert np.all(z[:, 0] == 0) and np.all(z[:, 1:] != 0)
+
+
+def maximum_prime(name, z, a):
+  """relu'(0) = 1/2, as code built on maximum(z, 0) gets from autodiff; the rest as act_prime."""
+  if name == "relu":
+    return np.where(z > 0, 1.0, np.where(z == 0, 0.5, 0.0)).astype(z.dtype)
+  return act_prime(name, z, a)
+
+
+def half_at_kink(weights, biases, activations, loss, x, t):
+  return row_major(weights, biases, activations, loss, x, t, prime=maximum_prime)
+
+
+def test_maximum_based_relu_is_a_convention_note():
+  domain = dict(DOMAIN, activations=("identity", "relu"), losses=("squared_error",))
+  report = bpref.oracle.check(half_at_kink, **domain)
+  assert report.verdict == "pass", report.text()
+  assert any("relu'(0) = 1/2" in n and "relu'(0) = 0" in n for n in report.notes), report.notes
+
+
+# ---------------------------------------------------------------- misbehaving candidates
+
+SMALL = dict(activations=("identity", "tanh"), losses=("squared_error",), max_depth=2, max_width=3,
+             max_batch=2, examples=2, shrink_budget=20)
+
+
+def raises(weights, biases, activations, loss, x, t):
+  raise RuntimeError("out of coffee")
+
+
+def returns_nan(weights, biases, activations, loss, x, t):
+  dW, db = row_major(weights, biases, activations, loss, x, t)
+  dW[0] = dW[0] * np.nan
+  return dW, db
+
+
+def returns_float64(weights, biases, activations, loss, x, t):
+  dW, db = row_major(weights, biases, activations, loss, x, t)
+  return [g.astype(np.float64) for g in dW], [g.astype(np.float64) for g in db]
+
+
+def column_biases(weights, biases, activations, loss, x, t):
+  dW, db = row_major(weights, biases, activations, loss, x, t)
+  return dW, [g[:, None] for g in db]
+
+
+def sleeps(weights, biases, activations, loss, x, t):
+  time.sleep(30)
+  return row_major(weights, biases, activations, loss, x, t)
+
+
+def segfaults(weights, biases, activations, loss, x, t):
+  os.kill(os.getpid(), signal.SIGSEGV)
+
+
+def sum_not_mean(weights, biases, activations, loss, x, t):
+  return row_major(weights, biases, activations, loss, x, t, reduction="sum")
+
+
+@pytest.mark.parametrize("candidate,kind,words", [
+    (raises, "exception", "out of coffee"),
+    (returns_nan, "nonfinite", "NaN"),
+    (column_biases, "shape", "reshape(-1)"),
+    (lambda *args: None, "structure", "must return (dW, db)"),
+    (lambda *args: ("a", "b"), "structure", "dW must be a sequence"),
+    (lambda w, *args: ([np.zeros(3)] * len(w), [np.zeros(3)] * len(w)), "shape", "expected"),
+])
+def test_misbehaving_candidate_is_reported_plainly(candidate, kind, words):
+  report = bpref.oracle.check(candidate, **SMALL)
+  assert report.verdict == "fail" and report.kind == kind, report.text()
+  assert words in report.message, report.message
+  assert report.text().startswith("FAIL")
+
+
+def test_wrong_dtype_is_reported():
+  report = bpref.oracle.check(returns_float64, dtype="float32", **SMALL)
+  assert report.kind == "dtype" and "float64" in report.message, report.text()
+
+
+def test_hang_in_process_times_out_and_stops():
+  start = time.perf_counter()
+  report = bpref.oracle.check(sleeps, timeout=0.5, **SMALL)
+  assert time.perf_counter() - start < 20
+  assert report.verdict == "fail" and report.kind == "timeout", report.text()
+  assert "isolate" in report.message
+
+
+def test_isolated_hang_and_crash_become_reports():
+  report = bpref.oracle.check(sleeps, timeout=1.0, isolate=True, **SMALL)
+  assert report.verdict == "fail" and report.kind == "timeout", report.text()
+  assert "killed" in report.message
+  report = bpref.oracle.check(segfaults, isolate=True, **SMALL)
+  assert report.verdict == "fail" and report.kind == "crash", report.text()
+  assert "SIGSEGV" in report.message
+
+
+def test_workers_give_the_serial_result():
+  serial = bpref.oracle.check(sum_not_mean, **DOMAIN).to_json()
+  parallel = bpref.oracle.check(sum_not_mean, workers=2, **DOMAIN).to_json()
+  for key in ("seconds", "calls", "spec"):
+    serial.pop(key), parallel.pop(key)
+  assert serial == parallel
+  assert serial["verdict"] == "fail" and serial["diagnosis"][0]["code"] == "constant_factor"
+
+
+def test_isolate_needs_a_picklable_candidate():
+  with pytest.raises(TypeError, match="picklable"):
+    bpref.oracle.check(lambda *args: None, isolate=True, **SMALL)
+
+
+@pytest.mark.parametrize("options,error", [
+    ({"activations": ("tanh", "swish")}, "unknown activation"),
+    ({"losses": ("hinge",)}, "unknown loss"),
+    ({"dtype": "float16"}, "dtype"),
+    ({"layout": "rows"}, "layout"),
+    ({"max_depth": 0}, "max_depth"),
+    ({"losses": ("cross_entropy",), "output_activations": {"cross_entropy": ("tanh",)}}, "softmax"),
+])
+def test_bad_spec_is_a_clear_error(options, error):
+  with pytest.raises(ValueError, match=error):
+    bpref.oracle.check(row_major, **options)
+  with pytest.raises(TypeError, match="unknown option"):
+    bpref.oracle.check(row_major, max_dept=2)
+
+
+def test_assert_backprop_correct():
+  report = assert_backprop_correct(row_major, **SMALL)
+  assert report.passed
+  with pytest.raises(AssertionError, match="diagnosis") as info:
+    assert_backprop_correct(sum_not_mean, **SMALL)
+  assert "reproducer" in str(info.value)
+
+
+def test_reproducer_script_reruns_the_minimal_case(tmp_path):
+  report = bpref.oracle.check(sum_not_mean, **SMALL)
+  script = report.reproducer.replace(
+      "candidate = ...", f"import sys; sys.path.insert(0, {HERE!r}); "
+      "from test_oracle import sum_not_mean as candidate\n#")
+  path = tmp_path / "repro.py"
+  path.write_text(script)
+  out = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr
+  errors = [float(line.split()[-1]) for line in out.stdout.splitlines() if "dW error" in line]
+  assert errors and max(errors) > 0.1, out.stdout
+
+
+# ---------------------------------------------------------------- the command line
+
+CLI_SMALL = ["--activations", "identity,tanh", "--max-depth", "2", "--max-width", "3", "--max-batch",
+             "2", "--examples", "2", "--no-progress"]
+
+
+def test_cli_exit_codes_json_and_plot(tmp_path, capsys):
+  good = tmp_path / "good.py"
+  good.write_text("import sys\nsys.path.insert(0, %r)\nfrom test_oracle import row_major, sum_not_mean\n"
+                  % HERE)
+  assert cli.main([f"{good}:row_major"] + CLI_SMALL) == 0
+  assert "PASS" in capsys.readouterr().out
+  png = tmp_path / "layers.png"
+  code = cli.main([f"{good}:sum_not_mean", "--json", "--plot", str(png)] + CLI_SMALL)
+  assert code == 1
+  data = json.loads(capsys.readouterr().out)
+  assert data["verdict"] == "fail" and data["diagnosis"][0]["code"] == "constant_factor"
+  assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
+  assert cli.main([f"{good}:nothing"] + CLI_SMALL) == 2
+  assert "no attribute" in capsys.readouterr().err
+  assert cli.main(["no_such_module_xyz:f"] + CLI_SMALL) == 2
+  assert cli.main([]) == 2
+  assert cli.main([f"{good}:row_major", "--activations", "swish"] + CLI_SMALL[2:]) == 2
+
+
+def test_cli_bridge_without_the_framework_is_a_usage_error(tmp_path, capsys):
+  factory = tmp_path / "factory.py"
+  factory.write_text("def model():\n  return None\n")
+  for fw in ("torch", "flax", "equinox"):
+    try:
+      __import__(fw)
+      continue
+    except ImportError:
+      pass
+    assert cli.main([f"--{fw}", f"{factory}:model"] + CLI_SMALL) == 2
+    assert fw in capsys.readouterr().err
