@@ -610,3 +610,14 @@ def test_erratum_23_eq25_dz_da_is_W_l_of_the_previous_layer(net):
   for l, layer in enumerate(params, start=1):
     jac = np.asarray(jacobian(lambda a: jnp.matmul(layer.W, a))(jnp.asarray(a_s[l - 1])))
     assert agree(jac, np.asarray(layer.W))  # dz_l/da_{l-1} = W_l, (n_l, n_{l-1})
+
+
+# ---------------------------------------------------------------- line 47: "z_l - Inputs to layer l"
+
+def test_erratum_27_the_input_of_layer_l_is_a_lminus1_and_z_l_its_preactivation(net):
+  params, x, _, wit, ours = net
+  _, a_s = np_forward(params, x)
+  for l in range(1, len(params) + 1):
+    J = np.asarray(jacobian(lambda a, l=l: reference.predict(params[l - 1:], a))(jnp.asarray(a_s[l - 1])))
+    assert fails(J, wit["lambdas"][l - 1])  # dy/d(input of layer l) is not dy/dz_l
+    assert agree(ours["lambdas"][l - 1] @ np.asarray(params[l - 1].W), J)  # = lambda_l W_l

@@ -167,3 +167,19 @@ def test_xla_backward_keeps_between_the_hidden_activations_and_the_tape():
     temp = costs.measure("value_and_grad", params, x, t)["temp_bytes"]
     hidden = 8 * batch * sum(sizes[1:-1])
     assert hidden <= temp <= 8 * costs.tape_numbers(sizes, batch), (sizes, batch, temp)
+
+
+def test_lambda_recursion_costs_n_L_times_the_delta_recursion():
+  """(34)'s point: carrying lambda_l (n_L rows) costs n_L (P - n_1 n_0) MACs, delta_l one row."""
+  measured = {}
+  for n_L in (1, 8):
+    sizes = (6, 16, 16, n_L)
+    params, x, t = costs.problem(sizes, B, "tanh", bias=True)
+    flops = {name: costs.measure(name, params, x, t)["flops"] for name in ("forward", "deltas", "lambdas")}
+    units = B * sum(sizes[1:])
+    assert 0 <= flops["lambdas"] - 2 * B * costs.MACS["lambdas"](sizes) <= 20 * n_L * units
+    assert 0 <= flops["deltas"] - 2 * B * costs.MACS["deltas"](sizes) <= 20 * units
+    measured[n_L] = (flops["lambdas"] - flops["forward"]) / (flops["deltas"] - flops["forward"])
+  assert costs.MACS["lambdas"]((6, 16, 16, 1)) == costs.MACS["deltas"]((6, 16, 16, 1))
+  assert 0.9 <= measured[1] <= 1.1  # one output: the same work
+  assert measured[8] >= 5  # eight outputs: the lambda recursion is several times the delta one
