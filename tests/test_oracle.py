@@ -398,3 +398,66 @@ def test_cli_bridge_without_the_framework_is_a_usage_error(tmp_path, capsys):
       pass
     assert cli.main([f"--{fw}", f"{factory}:model"] + CLI_SMALL) == 2
     assert fw in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- the adapters of docs/oracle.md
+
+
+class MyNet:
+  """A class-based NumPy network in the style the docs' adapter assumes (squared_error, mean)."""
+
+  def __init__(self, activations):
+    self.activations = activations
+    self.W, self.b = [], []
+
+  def forward(self, x):
+    self.a, self.z = [x], []
+    for W, b, name in zip(self.W, self.b, self.activations):
+      self.z.append(self.a[-1] @ W.T + b)
+      self.a.append(act(name, self.z[-1]))
+    return self.a[-1]
+
+  def backward(self, t):
+    y = self.a[-1]
+    d = 2 * (y - t) / len(t) * act_prime(self.activations[-1], self.z[-1], y)
+    self.dW, self.db = [None] * len(self.W), [None] * len(self.W)
+    for l in reversed(range(len(self.W))):
+      self.dW[l], self.db[l] = d.T @ self.a[l], d.sum(axis=0)
+      if l:
+        d = (d @ self.W[l]) * act_prime(self.activations[l - 1], self.z[l - 1], self.a[l])
+
+
+def backprop(weights, biases, x, t, activations=("tanh", "tanh", "tanh")):
+  """Column vectors, one example: x (n_0, 1), b_l (n_l, 1); squared_error of this example."""
+  a, zs = [x], []
+  for W, b, name in zip(weights, biases, activations):
+    zs.append(W @ a[-1] + b)
+    a.append(act(name, zs[-1]))
+  d = 2 * (a[-1] - t) * act_prime(activations[len(weights) - 1], zs[-1], a[-1])
+  dW, db = [None] * len(weights), [None] * len(weights)
+  for l in reversed(range(len(weights))):
+    dW[l], db[l] = d @ a[l].T, d
+    if l:
+      d = (weights[l].T @ d) * act_prime(activations[l - 1], zs[l - 1], a[l])
+  return dW, db
+
+
+def class_adapter(weights, biases, activations, loss, x, t):
+  net = MyNet(activations)
+  net.W, net.b = [W.copy() for W in weights], [b.copy() for b in biases]
+  net.forward(x); net.backward(t)  # noqa: E702
+  return net.dW, net.db
+
+
+def column_adapter(weights, biases, activations, loss, x, t):
+  per = [backprop(weights, [b[:, None] for b in biases], xb[:, None], tb[:, None]) for xb, tb in zip(x, t)]
+  dW = [sum(p[0][l] for p in per) / len(x) for l in range(len(weights))]
+  db = [sum(p[1][l] for p in per).ravel() / len(x) for l in range(len(weights))]
+  return dW, db
+
+
+def test_docs_adapters_pass():
+  report = bpref.oracle.check(class_adapter, **dict(SMALL, examples=4))
+  assert report.passed, report.text()
+  report = bpref.oracle.check(column_adapter, **dict(SMALL, activations=("tanh",), examples=4))
+  assert report.passed, report.text()

@@ -195,9 +195,9 @@ FACTORS = {"half_missing": "1/2", "half_doubled": "2", "sum_not_mean": "B",
            "mean_over_outputs": "1/K"}
 
 
-def run_mutant(name):
+def run_mutant(name, **options):
   domain, _, _ = MUTANTS[name]
-  return bpref.oracle.check(Backprop(name), **domain)
+  return bpref.oracle.check(Backprop(name), **dict(domain, **options))
 
 
 @pytest.mark.parametrize("name", sorted(MUTANTS))
@@ -229,12 +229,13 @@ def test_relu_kink_convention_is_a_note_unless_strict():
   assert strict.verdict == "fail" and strict.kind == "convention", strict.text()
 
 
-def measure():
+def measure(**options):
   """Kill rate, examples to detection and time per check over every mutant."""
   rows = []
+  print(f"options: {options or 'defaults of the tests'}")
   for name in sorted(MUTANTS):
     start = time.perf_counter()
-    report = run_mutant(name)
+    report = run_mutant(name, **options)
     seconds = time.perf_counter() - start
     code = MUTANTS[name][1]
     rows.append((name, report.verdict == "fail", code in report.codes, report.examples_to_failure,
@@ -244,8 +245,9 @@ def measure():
           f"{report.codes}")
   killed = sum(r[1] for r in rows)
   named = sum(r[2] for r in rows)
+  found = [r[3] for r in rows if r[1]] or [0]
   print(f"kill rate {killed}/{len(rows)}; right diagnosis {named}/{len(rows)}; median examples to "
-        f"detection {statistics.median(r[3] for r in rows if r[1])}; median calls per check "
+        f"detection {statistics.median(found)}; median calls per check "
         f"{statistics.median(r[4] for r in rows)}; time per check median "
         f"{statistics.median(r[5] for r in rows):.1f} s, total {sum(r[5] for r in rows):.1f} s")
 
@@ -255,3 +257,5 @@ if __name__ == "__main__":
 
   jax.config.update("jax_enable_x64", True)
   measure()
+  measure(probes=False)  # hypothesis-drawn networks only
+  measure(probes=False, examples=1)  # one fixed network, as a single-input gradient check

@@ -107,7 +107,12 @@ def _build(ev, spec, found, target, start) -> Report:
     return rep
   minimal = found.minimal
   case, _ = ev.case_and_truth(minimal.arch)
-  findings, per_layer, implied = _diagnosis.diagnose(ev, minimal)
+  try:
+    findings, per_layer, implied = _diagnosis.diagnose(ev, minimal)
+  except Exception as exc:  # a diagnosis that cannot run must not hide the verdict
+    findings = [Finding("undiagnosed", "the candidate is wrong; the diagnosis could not run",
+                        f"{type(exc).__name__}: {exc}")]
+    per_layer, implied = [], []
   ref = None
   if target is not None and target[0] == "function":
     ref = target[1]

@@ -114,7 +114,8 @@ def _chunks(items, size):
 def find_failure(ev: Evaluator) -> tuple:
   """(first failing CaseResult or None, its 1-based index, cases tried)."""
   spec = ev.spec
-  archs = _spec.probes(spec) + _spec.random_archs(spec, spec.examples, spec.seed)
+  archs = (_spec.probes(spec) if spec.probes else []) + \
+      _spec.random_archs(spec, spec.examples, spec.seed)
   size = max(1, spec.workers)
   tried = 0
   for chunk in _chunks(archs, size):

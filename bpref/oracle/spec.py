@@ -43,6 +43,7 @@ class Spec:
     layout: "out_in" (W_l of shape (n_l, n_{l-1})) or "in_out" (its transpose).
     bias: whether layers carry biases (False: biases is None and db is ignored).
     examples: random cases tried after the targeted probes.
+    probes: whether to try the targeted probes first.
     seed: names the whole search; the same seed gives the same cases.
     strict_kinks: treat a different f'(0) convention at a kink as a bug.
     timeout: seconds one candidate call may take.
@@ -61,6 +62,7 @@ class Spec:
   layout: str = "out_in"
   bias: bool = True
   examples: int = 40
+  probes: bool = True
   seed: int = 0
   strict_kinks: bool = False
   timeout: float = 60.0
