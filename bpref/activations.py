@@ -32,11 +32,16 @@ class Activation(NamedTuple):
     f: z -> a = f(z), shape preserving.
     df: z -> f'(z), elementwise derivative; ``None`` for softmax.
     elementwise: False only for softmax, whose Jacobian is not diagonal.
+    df_out: a -> f'(z) from the output a = f(z), given only where it equals ``df(z)``
+      bit for bit (identity, relu); the backward pass then needs a_l alone, not z_l.
+      tanh and sigmoid are left out on purpose: 1 - a^2 and a (1 - a) cancel once
+      the unit saturates, since a carries an error of u in a value near 1.
   """
   name: str
   f: Callable[[Array], Array]
   df: Callable[[Array], Array] | None
   elementwise: bool = True
+  df_out: Callable[[Array], Array] | None = None
 
 
 def _sigmoid(z):
@@ -60,6 +65,10 @@ def _identity_prime(z):
   return jnp.ones_like(z)
 
 
+def _identity_prime_from_output(a):
+  return jnp.ones_like(a)  # f'(z) = 1
+
+
 # relu: f(z) = max(z, 0); f'(z) = 1 for z > 0, else 0 (relu'(0) = 0 as jax.nn.relu).
 def _relu(z):
   return jnp.where(z > 0, z, jnp.zeros_like(z))
@@ -67,6 +76,10 @@ def _relu(z):
 
 def _relu_prime(z):
   return jnp.where(z > 0, jnp.ones_like(z), jnp.zeros_like(z))
+
+
+def _relu_prime_from_output(a):
+  return jnp.where(a > 0, jnp.ones_like(a), jnp.zeros_like(a))  # a > 0 exactly when z > 0
 
 
 LEAKY_RELU_SLOPE = 0.01
@@ -177,8 +190,8 @@ def _softmax(z):
 ACTIVATIONS: dict[str, Activation] = {
     act.name: act
     for act in (
-        Activation("identity", _identity, _identity_prime),
-        Activation("relu", _relu, _relu_prime),
+        Activation("identity", _identity, _identity_prime, df_out=_identity_prime_from_output),
+        Activation("relu", _relu, _relu_prime, df_out=_relu_prime_from_output),
         Activation("leaky_relu", _leaky_relu, _leaky_relu_prime),
         Activation("elu", _elu, _elu_prime),
         Activation("selu", _selu, _selu_prime),
@@ -224,6 +237,18 @@ def _replace_argmax_by_minus_rest(v: Array, a: Array) -> Array:
   return jnp.where(at_k, -rest, v)
 
 
+def derivative(name: str, z: Array, a: Array) -> Array:
+  """f'(z) of an elementwise activation, from the output a = f(z) where that is exact.
+
+  Args:
+    name: activation name (elementwise).
+    z: pre-activations, shape (..., n).
+    a: activations f(z), shape (..., n).
+  """
+  act = get(name)
+  return act.df(z) if act.df_out is None else act.df_out(a)  # (24): f'(z), from a when exact
+
+
 def vjp(name: str, z: Array, a: Array, g: Array) -> Array:
   """g (da/dz): the cotangent g on a_l pulled back to z_l.
 
@@ -241,7 +266,7 @@ def vjp(name: str, z: Array, a: Array, g: Array) -> Array:
   """
   act = get(name)
   if act.elementwise:
-    return g * act.df(z)
+    return g * derivative(name, z, a)  # (34): g diag f'(z), as an elementwise product
   out = a * (g - jnp.sum(g * a, axis=-1, keepdims=True))  # g (diag(a) - a a^T)
   return _replace_argmax_by_minus_rest(out, a)
 

@@ -46,7 +46,8 @@ def _deltas(params, tape: Tape, g: Array, precision) -> Deltas:
   out = [delta]
   for l in range(n_layers - 1, 0, -1):  # l = L-1, ..., 1
     back = jnp.matmul(delta, params[l].W, precision=precision)  # delta_{l+1} W_{l+1}
-    delta = back * _activations.get(params[l - 1].activation).df(tape.z[l - 1])  # (37), corrected
+    f_prime = _activations.derivative(params[l - 1].activation, tape.z[l - 1], tape.a[l])  # (24)
+    delta = back * f_prime  # (37), corrected
     out.append(delta)
   return tuple(reversed(out))
 
@@ -146,7 +147,8 @@ def lambdas(params, x, *, precision=DEFAULT_PRECISION) -> Lambdas:
   out = [lam]
   for l in range(len(params) - 1, 0, -1):
     back = jnp.matmul(lam, params[l].W, precision=precision)  # lambda_{l+1} W_{l+1}
-    lam = back * _activations.get(params[l - 1].activation).df(tape.z[l - 1])[:, None, :]  # (30)
+    f_prime = _activations.derivative(params[l - 1].activation, tape.z[l - 1], tape.a[l])  # (24)
+    lam = back * f_prime[:, None, :]  # (30)
     out.append(lam)
   out = tuple(reversed(out))
   return tuple(v[0] for v in out) if single else out
