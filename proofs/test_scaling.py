@@ -9,6 +9,7 @@ every function are 2 B MACs plus one constant per (function, B, n_L): difference
 between architectures are exactly 2 B x the differences of the MAC formulas.
 """
 
+import functools
 import itertools
 import math
 
@@ -25,20 +26,21 @@ ARCHS = ((3, 4, 2), (5, 4, 2), (7, 6, 5, 2), (2, 8, 3, 2), (4, 3, 6, 5, 2))
 LINEAR = tuple(name for name in costs.FUNCTIONS if name != "lambdas")
 
 
+@functools.lru_cache(maxsize=None)
+def measured(name, sizes, batch=B, activation="identity", bias=False):
+  """XLA's analysis of FUNCTIONS[name] on costs.problem(...), compiled once per module."""
+  return costs.measure(name, *costs.problem(sizes, batch, activation, bias))
+
+
 @pytest.fixture(scope="module")
 def identity_flops():
-  out = {}
-  for sizes in ARCHS:
-    params, x, t = costs.problem(sizes, B)
-    out[sizes] = {name: costs.measure(name, params, x, t)["flops"] for name in LINEAR}
-  return out
+  return {sizes: {name: measured(name, sizes)["flops"] for name in LINEAR} for sizes in ARCHS}
 
 
 def test_forward_flops_are_exactly_two_B_P():
   for sizes, activation, bias in ((ARCHS[2], "identity", False), (ARCHS[2], "tanh", False),
-                                  (ARCHS[4], "tanh", True), ((16, 1, 16), "tanh", True)):
-    params, x, t = costs.problem(sizes, B, activation, bias)
-    m = costs.measure("forward", params, x, t)
+                                  ((7, 5, 4, 3), "tanh", True), ((16, 1, 16), "tanh", True)):
+    m = measured("forward", sizes, B, activation, bias)
     units = B * sum(sizes[1:])
     extra = m["flops"] - 2 * B * costs.weights(sizes)
     if bias:  # the bias adds: XLA on CPU counts 2 flops per entry (the add is fused into the dot)
@@ -67,8 +69,7 @@ def test_first_layer_costs_with_nonlinear_activations(name):
                 "grads_without_delta_1": 1, "input_grad": 2, "grads_and_input_grad": 3, "lambdas": 1}
   flops = []
   for n0 in (3, 7):
-    params, x, t = costs.problem((n0, 5, 4, 3), B, "tanh", bias=True)
-    flops.append(costs.measure(name, params, x, t)["flops"])
+    flops.append(measured(name, (n0, 5, 4, 3), B, "tanh", True)["flops"])
   assert flops[1] - flops[0] == 2 * B * 5 * (7 - 3) * touches_W1[name]
   sizes = (7, 5, 4, 3)
   assert costs.MACS[name](sizes) - costs.MACS[name]((3, 5, 4, 3)) == 5 * 4 * touches_W1[name]
@@ -76,11 +77,10 @@ def test_first_layer_costs_with_nonlinear_activations(name):
 
 def test_elementwise_work_is_linear_in_the_units():
   """With tanh and biases, flops - 2 B MACs is the elementwise work: 0 <= it <= 20 B sum n_l."""
-  for sizes in ((3, 4, 2), (7, 6, 5, 2), (16, 1, 16)):
-    params, x, t = costs.problem(sizes, B, "tanh", bias=True)
+  for sizes in ((3, 5, 4, 3), (7, 5, 4, 3), (16, 1, 16)):
     units = B * sum(sizes[1:])
     for name in ("forward", "value_and_grad", "grads_and_input_grad", "grads_without_delta_1"):
-      extra = costs.measure(name, params, x, t)["flops"] - 2 * B * costs.MACS[name](sizes)
+      extra = measured(name, sizes, B, "tanh", True)["flops"] - 2 * B * costs.MACS[name](sizes)
       assert 0 <= extra <= 20 * units, (sizes, name, extra)
 
 
@@ -99,10 +99,9 @@ def test_backward_to_forward_ratio():
   assert costs.backward_macs((10, 1000, 1000, 10)) / costs.weights((10, 1000, 1000, 10)) > 1.99
   # Measured on a real net with tanh and biases, the ratio of flops is the formula's
   # up to the elementwise work (bounded as in the test above).
-  sizes = (32, 64, 48, 8)
-  params, x, t = costs.problem(sizes, B, "tanh", bias=True)
-  fwd = costs.measure("forward", params, x, t)["flops"]
-  vg = costs.measure("value_and_grad", params, x, t)["flops"]
+  sizes = (6, 16, 16, 8)
+  fwd = measured("forward", sizes, B, "tanh", True)["flops"]
+  vg = measured("value_and_grad", sizes, B, "tanh", True)["flops"]
   units = B * sum(sizes[1:])
   expected = costs.backward_macs(sizes) / costs.weights(sizes)
   assert abs((vg - fwd) / fwd - expected) <= 20 * units / fwd
@@ -118,9 +117,9 @@ def _tape_numbers(params, x):
 
 def test_tape_holds_B_times_n0_plus_twice_the_units():
   for sizes, batch in (((3, 4, 2), 1), ((3, 4, 2), 8), ((7, 6, 5, 2), 5), ((16, 1, 16), 3)):
-    params, x, t = costs.problem(sizes, batch)
+    params, x, _ = costs.problem(sizes, batch)
     assert _tape_numbers(params, x) == costs.tape_numbers(sizes, batch)
-    out = costs.measure("forward", params, x, t)["output_bytes"]
+    out = measured("forward", sizes, batch)["output_bytes"]
     tape_bytes = 8 * costs.tape_numbers(sizes, batch)
     n_arrays = 2 * len(sizes) - 1
     assert tape_bytes <= out <= tape_bytes + 8 * n_arrays  # XLA adds one pointer per output array
@@ -162,24 +161,22 @@ def test_xla_backward_keeps_between_the_hidden_activations_and_the_tape():
   """XLA's temporaries for value_and_grad, batches of 16 and 32: at least a_1..a_{L-1} (needed
   by dC/dW_2..L after the forward pass ends), at most bpref's tape. (At B = 1 XLA's reported
   temp can be below the hidden activations; proofs/scaling.md.)"""
-  for sizes, batch in (((64,) * 5, 16), ((32,) * 9, 32), ((100, 1, 100), 16), ((16, 64, 8, 32), 32)):
-    params, x, t = costs.problem(sizes, batch, "tanh", bias=True)
-    temp = costs.measure("value_and_grad", params, x, t)["temp_bytes"]
+  for sizes, batch in (((64,) * 5, 16), ((32,) * 7, 32), ((100, 1, 100), 16), ((16, 64, 8, 32), 32)):
+    temp = measured("value_and_grad", sizes, batch, "tanh", True)["temp_bytes"]
     hidden = 8 * batch * sum(sizes[1:-1])
     assert hidden <= temp <= 8 * costs.tape_numbers(sizes, batch), (sizes, batch, temp)
 
 
 def test_lambda_recursion_costs_n_L_times_the_delta_recursion():
   """(34)'s point: carrying lambda_l (n_L rows) costs n_L (P - n_1 n_0) MACs, delta_l one row."""
-  measured = {}
+  ratio = {}
   for n_L in (1, 8):
     sizes = (6, 16, 16, n_L)
-    params, x, t = costs.problem(sizes, B, "tanh", bias=True)
-    flops = {name: costs.measure(name, params, x, t)["flops"] for name in ("forward", "deltas", "lambdas")}
+    flops = {name: measured(name, sizes, B, "tanh", True)["flops"] for name in ("forward", "deltas", "lambdas")}
     units = B * sum(sizes[1:])
     assert 0 <= flops["lambdas"] - 2 * B * costs.MACS["lambdas"](sizes) <= 20 * n_L * units
     assert 0 <= flops["deltas"] - 2 * B * costs.MACS["deltas"](sizes) <= 20 * units
-    measured[n_L] = (flops["lambdas"] - flops["forward"]) / (flops["deltas"] - flops["forward"])
+    ratio[n_L] = (flops["lambdas"] - flops["forward"]) / (flops["deltas"] - flops["forward"])
   assert costs.MACS["lambdas"]((6, 16, 16, 1)) == costs.MACS["deltas"]((6, 16, 16, 1))
-  assert 0.9 <= measured[1] <= 1.1  # one output: the same work
-  assert measured[8] >= 5  # eight outputs: the lambda recursion is several times the delta one
+  assert 0.9 <= ratio[1] <= 1.1  # one output: the same work
+  assert ratio[8] >= 5  # eight outputs: the lambda recursion is several times the delta one
