@@ -233,8 +233,9 @@ def _compare(entry, case, truth, got, tol) -> dict:
     if not err <= tol:
       bad.append("loss")
   row["passed"] = not bad
-  row["message"] = "correct" if not bad else f"wrong in {', '.join(bad)} (worst {max(errors.values()):.2e}, " \
-                                             f"tolerance {tol:.1e})"
+  worst = max(errors.values())
+  row["message"] = ("correct" if not bad
+                    else f"wrong in {', '.join(bad)} (worst {worst:.2e}, tolerance {tol:.1e})")
   return row
 
 

@@ -252,10 +252,29 @@ def measure(**options):
         f"{statistics.median(r[5] for r in rows):.1f} s, total {sum(r[5] for r in rows):.1f} s")
 
 
+def measure_single_networks():
+  """How many mutants each probe network catches on its own (a one-network gradient check)."""
+  from bpref.oracle import search, spec as spec_module
+
+  spec = bpref.oracle.make_spec(**DOMAIN)
+  names = [n for n in sorted(MUTANTS) if MUTANTS[n][0] is DOMAIN]
+  caught = {}
+  for arch in spec_module.probes(spec):
+    count = 0
+    for name in names:
+      ev = search.Evaluator(Backprop(name), spec)
+      count += not ev.run([arch], "probe")[0].passed
+    caught[arch.describe()] = count
+    print(f"{count:3d}/{len(names)}  {arch.describe()}")
+  print(f"one network alone catches {min(caught.values())} to {max(caught.values())} of {len(names)} "
+        f"mutants (median {statistics.median(caught.values())})")
+
+
 if __name__ == "__main__":
   import jax
 
   jax.config.update("jax_enable_x64", True)
+  measure_single_networks()
   measure()
   measure(probes=False)  # hypothesis-drawn networks only
   measure(probes=False, examples=1)  # one fixed network, as a single-input gradient check

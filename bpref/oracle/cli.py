@@ -38,7 +38,8 @@ def _parser() -> argparse.ArgumentParser:
   d = p.add_argument_group("domain (what the candidate claims to handle)")
   d.add_argument("--activations", default="identity,relu,tanh,sigmoid",
                  help="comma-separated activation names (default: %(default)s)")
-  d.add_argument("--losses", default="squared_error", help="comma-separated loss names (default: %(default)s)")
+  d.add_argument("--losses", default="squared_error",
+                 help="comma-separated loss names (default: %(default)s)")
   d.add_argument("--output-activations", action="append", default=[], metavar="LOSS=ACT,ACT",
                  help="output activations allowed after LOSS (repeatable)")
   d.add_argument("--reduction", choices=("mean", "sum"), default="mean")

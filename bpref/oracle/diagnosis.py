@@ -29,7 +29,6 @@ import numpy as np
 from bpref import activations as _activations
 from bpref.oracle import spec as _spec
 from bpref.oracle import truth as _truth
-from bpref.oracle.judge import errors_of
 
 FIT_SLACK = 100.0
 """A model reproduces the candidate when its error is within FIT_SLACK x tol: the
@@ -315,7 +314,8 @@ class Diagnoser:
     top = max(bad)
     if L >= 2 and bad == list(range(1, top + 1)) and top < L:
       return per_layer, implied, top, Finding(
-          "wrong_from_layer", f"wrong from layer {top} down: layers {top + 1}..{L} are right",
+          "wrong_from_layer", f"wrong from layer {top} down: "
+          + (f"layer {L} is right" if top + 1 == L else f"layers {top + 1}..{L} are right"),
           f"the candidate's delta first departs from bpref's at layer {top}: the step "
           f"delta_{top} = (delta_{top + 1} W_{top + 1}) f'_{top}(z_{top}) (37) is wrong there "
           f"(activation {self.arch.activations[top - 1]})")
@@ -377,7 +377,8 @@ class Diagnoser:
       true = np.asarray(_activations.get(name).df(z[ok]), np.float64)
       pairs = ", ".join(f"z={zz:.3g}: {ii:.4g} (should be {tt:.4g})"
                         for zz, ii, tt in list(zip(z[ok], implied, true))[:3])
-      return f"the candidate's implied {name}' at layer {l}: {pairs}"
+      missing = " (all 1: the f' factor is missing)" if np.allclose(implied, 1, rtol=1e-6) else ""
+      return f"the candidate's implied {name}' at layer {l}: {pairs}{missing}"
     return f"check {name}' in the candidate"
 
   def conditions(self):
