@@ -1,0 +1,406 @@
+"""Finite-difference witnesses: derivatives from loss values alone, without autodiff.
+
+Every witness here evaluates the loss C(theta) at nearby points and never
+differentiates a program: no JAX autodiff, and none of bpref's handwritten
+derivatives. theta is the flat vector of all parameters (``flatten``), v a
+direction. With u the unit roundoff of the dtype:
+
+* **Central difference** D_h = (C(theta + h v) - C(theta - h v)) / (2 h). Its
+  truncation error is h^2 |C'''| / 6 and its rounding error u |C| / h, so the
+  step minimizing the sum is h* = (3 u)^(1/3) (in units of theta's scale):
+  ``central_step``.
+* **Richardson extrapolation** of D_h over h, h/2, h/4, ...: the table
+  T[i, j] = T[i, j-1] + (T[i, j-1] - T[i-1, j-1]) / (4^j - 1) removes the h^2,
+  h^4, ... terms in turn. The last two diagonal entries differ by about the
+  error of the second-to-last; that difference (plus the rounding term
+  u |C| / h_min) is the returned per-coordinate error estimate.
+* **Complex step** D = Im C(theta + i h v) / h for C analytic along v:
+  no subtraction, so h can be 1e-20 and the result is exact to rounding. It
+  needs a network evaluated on complex numbers: ``complex_loss_function``
+  builds one from the analytic (or piecewise analytic, split on Re z)
+  forms of the activations and losses below. gelu (whose erfc has no complex
+  form in JAX) is refused with a ValueError. At a kink, the branch taken by
+  Re z = 0 gives bpref's convention (relu'(0) = 0, leaky_relu'(0) = 1, ...).
+* **Directional (adjoint) check**: <g, v> for a claimed gradient g against the
+  derivative along v, one function evaluation pair instead of one per coordinate.
+* **Taylor remainder**: r(h) = |C(theta + h v) - C(theta) - h <g, v>| is
+  O(h^2) when g is the gradient and O(h) when <g, v> is wrong. ``taylor_test``
+  fits the order on the smallest steps whose residual stands above the rounding
+  floor; no step has to be chosen well.
+
+Everything is a pure function of arrays and traces under ``jax.jit`` and ``jax.vmap``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bpref import activations as _activations
+from bpref import losses as _losses
+from bpref.network import DEFAULT_PRECISION, Layer, check_problem
+
+Array = jax.Array
+
+
+# ---------------------------------------------------------------- flat parameters
+
+def flatten(params) -> Array:
+  """theta: W_1, b_1, W_2, b_2, ... raveled (row-major) into one vector."""
+  parts = []
+  for layer in params:
+    parts.append(jnp.ravel(layer.W))
+    if layer.b is not None:
+      parts.append(jnp.ravel(layer.b))
+  return jnp.concatenate(parts)
+
+
+def unflatten(theta: Array, like) -> tuple:
+  """The parameters of ``like``'s structure with values from theta (theta's dtype, real or complex)."""
+  out = []
+  i = 0
+  for layer in like:
+    n_out, n_in = layer.W.shape
+    W = theta[i:i + n_out * n_in].reshape((n_out, n_in))
+    i += n_out * n_in
+    b = None
+    if layer.b is not None:
+      b = theta[i:i + n_out]
+      i += n_out
+    out.append(Layer(W, b, layer.activation))
+  return tuple(out)
+
+
+def _forward(params, x, act_fns, precision):
+  a = x  # a_0 = x (4)
+  for layer in params:
+    z = jnp.matmul(a, layer.W.T, precision=precision)  # (7): Z_l = A_{l-1} W_l^T
+    if layer.b is not None:
+      z = z + layer.b[None, :]  # (7) with bias
+    a = act_fns[layer.activation](z)  # (8)
+  return a
+
+
+def _real_act(name):
+  return _activations.get(name).f
+
+
+def loss_function(params, x, t, loss="squared_error", reduction="mean", *,
+                  precision=DEFAULT_PRECISION) -> tuple[Array, Callable[[Array], Array]]:
+  """(theta0, C): the flat parameters and C(theta), the reduced loss as a function of them.
+
+  C evaluates the forward pass (4)-(10) and the loss only; nothing is differentiated.
+  """
+  x2, t2, _ = check_problem(params, x, t, loss, reduction)
+  acts = {layer.activation: _real_act(layer.activation) for layer in params}
+  loss_obj = _losses.get(loss)
+
+  def fun(theta):
+    y = _forward(unflatten(theta, params), x2, acts, precision)
+    return _losses.reduce(loss_obj.value(y, t2), reduction)
+
+  return flatten(params), fun
+
+
+# ---------------------------------------------------------------- complex forms
+# Each is analytic, or piecewise analytic with the pieces split on Re z, so that
+# Im f(z + i h) / h -> f'(z) for real z and tiny h.
+
+def _re(z):
+  return jnp.real(z)
+
+
+def _c_sigmoid(z):
+  # sigma(z) = 1 / (1 + e^-z) = e^z / (1 + e^z): the form whose exponential cannot overflow
+  e = jnp.exp(-jnp.where(_re(z) >= 0, z, -z))
+  return jnp.where(_re(z) >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def _c_softplus(z):
+  # log(1 + e^z) = z + log1p(e^-z) for Re z >= 0, log1p(e^z) below
+  e = jnp.exp(-jnp.where(_re(z) >= 0, z, -z))
+  return jnp.where(_re(z) >= 0, z + jnp.log1p(e), jnp.log1p(e))
+
+
+def _c_expm1_neg(z):
+  # e^z - 1 evaluated only where Re z <= 0 is used
+  return jnp.expm1(jnp.where(_re(z) > 0, jnp.zeros_like(z), z))
+
+
+_GELU_C = float(np.sqrt(2 / np.pi))
+_GELU_K = 0.044715
+
+COMPLEX_ACTIVATIONS: dict[str, Callable] = {
+    "identity": lambda z: z,
+    "relu": lambda z: jnp.where(_re(z) > 0, z, jnp.zeros_like(z)),
+    "leaky_relu": lambda z: jnp.where(_re(z) >= 0, z, _activations.LEAKY_RELU_SLOPE * z),
+    "elu": lambda z: jnp.where(_re(z) > 0, z, _c_expm1_neg(z)),
+    "selu": lambda z: _activations.SELU_SCALE * jnp.where(
+        _re(z) > 0, z, _activations.SELU_ALPHA * _c_expm1_neg(z)),
+    "gelu_tanh": lambda z: z * _c_sigmoid(2 * _GELU_C * (z + _GELU_K * z ** 3)),
+    "silu": lambda z: z * _c_sigmoid(z),
+    "softplus": _c_softplus,
+    "sigmoid": _c_sigmoid,
+    "tanh": jnp.tanh,
+    "softsign": lambda z: jnp.where(_re(z) >= 0, z / (1 + z), z / (1 - z)),
+    "sin": jnp.sin,
+    "softmax": lambda z: _c_softmax(z),
+}
+"""Complex-capable activations (gelu has none: JAX's erfc is real only)."""
+
+
+def _c_softmax(z):
+  e = jnp.exp(z - jnp.max(_re(z), axis=-1, keepdims=True))  # shift by a real constant
+  return e / jnp.sum(e, axis=-1, keepdims=True)
+
+
+def _c_log_softmax(y):
+  shifted = y - jnp.max(_re(y), axis=-1, keepdims=True)
+  return shifted - jnp.log(jnp.sum(jnp.exp(shifted), axis=-1, keepdims=True))
+
+
+def _c_xlogy(x, y):
+  # x log y with 0 log 0 = 0; x real
+  safe = jnp.where(x == 0, jnp.ones_like(y), y)
+  return jnp.where(x == 0, jnp.zeros_like(y), x * jnp.log(safe))
+
+
+def _c_huber(y, t):
+  r = y - t
+  big = jnp.where(_re(r) >= 0, r, -r) - 0.5  # |r| - 1/2, analytic on each side of Re r = 0
+  return jnp.sum(jnp.where(jnp.abs(_re(r)) <= 1, 0.5 * r * r, big), axis=-1)
+
+
+COMPLEX_LOSSES: dict[str, Callable] = {
+    "squared_error": lambda y, t: jnp.sum((t - y) ** 2, axis=-1),
+    "half_squared_error": lambda y, t: 0.5 * jnp.sum((t - y) ** 2, axis=-1),
+    "softmax_cross_entropy": lambda y, t: -jnp.sum(t * _c_log_softmax(y), axis=-1),
+    "sigmoid_binary_cross_entropy": lambda y, t: jnp.sum(_c_softplus(y) - t * y, axis=-1),
+    "binary_cross_entropy": lambda y, t: -jnp.sum(_c_xlogy(t, y) + _c_xlogy(1 - t, 1 - y), axis=-1),
+    "cross_entropy": lambda y, t: -jnp.sum(_c_xlogy(t, y), axis=-1),
+    "huber": _c_huber,
+}
+"""Complex-capable per-example losses C_b(y, t) for complex y and real t."""
+
+
+def supports_complex_step(params, loss: str) -> bool:
+  """Whether every activation of ``params`` and ``loss`` have complex forms."""
+  return (loss in COMPLEX_LOSSES
+          and all(layer.activation in COMPLEX_ACTIVATIONS for layer in params))
+
+
+def complex_loss_function(params, x, t, loss="squared_error", reduction="mean", *,
+                          precision=DEFAULT_PRECISION) -> tuple[Array, Callable[[Array], Array]]:
+  """(theta0, C): C(theta) for complex theta, for the complex step.
+
+  Raises a ValueError naming the layer whose activation has no complex form.
+  """
+  x2, t2, _ = check_problem(params, x, t, loss, reduction)
+  for l, layer in enumerate(params, start=1):
+    if layer.activation not in COMPLEX_ACTIVATIONS:
+      raise ValueError(
+          f"layer {l}: activation {layer.activation!r} has no complex-analytic form here, so the "
+          f"complex step cannot differentiate it; use method='richardson' instead (complex-step "
+          f"activations: {', '.join(COMPLEX_ACTIVATIONS)})")
+  if loss not in COMPLEX_LOSSES:
+    raise ValueError(f"loss {loss!r} has no complex form; use method='richardson'")
+  loss_fn = COMPLEX_LOSSES[loss]
+  cdtype = jnp.result_type(x2.dtype, jnp.complex64)
+
+  def fun(theta):
+    y = _forward(unflatten(theta, params), x2.astype(cdtype), COMPLEX_ACTIVATIONS, precision)
+    return _losses.reduce(loss_fn(y, t2.astype(cdtype)), reduction)
+
+  return flatten(params), fun
+
+
+# ---------------------------------------------------------------- steps and derivatives
+
+def _unit_roundoff(dtype) -> float:
+  return float(jnp.finfo(dtype).eps) / 2
+
+
+def central_step(dtype, scale=1.0) -> float:
+  """h* = (3 u)^(1/3) * scale: balances truncation h^2 |C'''| / 6 against rounding u |C| / h."""
+  return float((3 * _unit_roundoff(dtype)) ** (1 / 3) * scale)
+
+
+def complex_step(dtype) -> float:
+  """h of the complex step: 1e-20 in float64; 2^-20 in float32, where h^2 is still below u."""
+  return 1e-20 if jnp.dtype(dtype) == jnp.float64 else 2.0 ** -20
+
+
+def central(fun, theta, v, h) -> Array:
+  """D_h = (C(theta + h v) - C(theta - h v)) / (2 h), the derivative of C along v."""
+  return (fun(theta + h * v) - fun(theta - h * v)) / (2 * h)
+
+
+class Estimate(NamedTuple):
+  """A derivative estimate and an estimate of its absolute error (same shapes)."""
+  value: Array
+  error: Array
+
+
+def richardson(fun, theta, v, h=None, levels: int = 4) -> Estimate:
+  """Richardson-extrapolated central differences along v with an error estimate.
+
+  Steps h, h/2, ..., h/2^(levels-1); h defaults to u^(1/(2 levels + 1)) times the
+  scale of theta (the step balancing the O(h^(2 levels)) truncation of the
+  extrapolated value against rounding u |C| / h). The error estimate assumes C is
+  smooth (2 levels + 1 times differentiable) between theta - h v and theta + h v:
+  near a kink (relu, huber, softsign's f'') it can be too small.
+  """
+  dtype = theta.dtype
+  u = _unit_roundoff(dtype)
+  scale = jnp.maximum(1.0, jnp.max(jnp.abs(theta))) / jnp.maximum(jnp.max(jnp.abs(v)), 1e-300)
+  if h is None:
+    h = (u ** (1 / (2 * levels + 1))) * scale
+  hs = h * (0.5 ** jnp.arange(levels, dtype=dtype))
+  both = jnp.concatenate([hs, -hs])
+  values = jax.vmap(lambda s: fun(theta + s * v))(both)  # C(theta +- h_i v), one trace
+  table = [(values[i] - values[levels + i]) / (2 * hs[i]) for i in range(levels)]  # T[i, 0] = D_{h_i}
+  best_prev, best = table[0], table[0]
+  for j in range(1, levels):
+    # T[i, j] = T[i, j-1] + (T[i, j-1] - T[i-1, j-1]) / (4^j - 1)
+    table = [table[i] + (table[i] - table[i - 1]) / (4 ** j - 1) for i in range(1, len(table))]
+    best_prev, best = best, table[-1]
+  c0 = jnp.max(jnp.abs(values))
+  rounding = 4 * u * c0 / hs[-1]  # u |C| / h_min, amplified by the extrapolation weights
+  return Estimate(best, jnp.abs(best - best_prev) + rounding)
+
+
+def complex_derivative(fun_c, theta, v, h=None) -> Array:
+  """Im C(theta + i h v) / h: the derivative along v, exact to rounding, for analytic C."""
+  if h is None:
+    h = complex_step(theta.dtype)
+  cdtype = jnp.result_type(theta.dtype, jnp.complex64)
+  return jnp.imag(fun_c(theta.astype(cdtype) + 1j * h * v.astype(cdtype))) / h
+
+
+def _basis_map(one, n, dtype):
+  return jax.vmap(one)(jnp.eye(n, dtype=dtype))
+
+
+def gradient_central(fun, theta, h=None) -> Array:
+  """Per-coordinate central differences with the step of ``central_step``."""
+  if h is None:
+    h = central_step(theta.dtype, jnp.maximum(1.0, jnp.max(jnp.abs(theta))))
+  return _basis_map(lambda e: central(fun, theta, e, h), theta.shape[0], theta.dtype)
+
+
+def gradient_richardson(fun, theta, levels: int = 4) -> Estimate:
+  """Per-coordinate Richardson estimates of dC/dtheta and their error estimates."""
+  est = jax.vmap(lambda e: richardson(fun, theta, e, levels=levels))(
+      jnp.eye(theta.shape[0], dtype=theta.dtype))
+  return Estimate(est.value, est.error)
+
+
+def gradient_complex(fun_c, theta, h=None) -> Array:
+  """Per-coordinate complex-step derivatives of C."""
+  return _basis_map(lambda e: complex_derivative(fun_c, theta, e, h), theta.shape[0], theta.dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("loss", "reduction", "method", "precision"))
+def gradient(params, x, t, loss="squared_error", reduction="mean", *, method="richardson",
+             precision=DEFAULT_PRECISION):
+  """dC/dparams by finite differences, as a tree shaped like params.
+
+  Args:
+    method: "central", "richardson" or "complex".
+
+  Returns:
+    For "richardson": (grads, error_estimates), two trees; otherwise grads.
+  """
+  if method == "complex":
+    theta, fun_c = complex_loss_function(params, x, t, loss, reduction, precision=precision)
+    return unflatten(gradient_complex(fun_c, theta), params)
+  theta, fun = loss_function(params, x, t, loss, reduction, precision=precision)
+  if method == "central":
+    return unflatten(gradient_central(fun, theta), params)
+  if method == "richardson":
+    est = gradient_richardson(fun, theta)
+    return unflatten(est.value, params), unflatten(est.error, params)
+  raise ValueError(f"unknown method {method!r}; valid: central, richardson, complex")
+
+
+# ---------------------------------------------------------------- directional and Taylor tests
+
+class Directional(NamedTuple):
+  """The adjoint test along v: claimed <g, v>, measured derivative, its error estimate."""
+  claimed: Array
+  measured: Array
+  error: Array
+
+
+def directional(fun, theta, g, v, *, fun_c=None) -> Directional:
+  """<g, v> for the claimed gradient g against the derivative of C along v.
+
+  With ``fun_c`` (a complex-capable C) the complex step measures it, with an error
+  estimate of a few ulps of |<|g|, |v|>|; else Richardson with its own estimate.
+  """
+  claimed = jnp.vdot(g, v)
+  if fun_c is not None:
+    measured = complex_derivative(fun_c, theta, v)
+    u = _unit_roundoff(theta.dtype)
+    return Directional(claimed, measured, 8 * u * jnp.abs(claimed))
+  est = richardson(fun, theta, v)
+  return Directional(claimed, est.value, est.error)
+
+
+class Taylor(NamedTuple):
+  """Residuals of the Taylor-remainder test and the fitted order.
+
+  Attributes:
+    h: the steps, decreasing by factors of 2.
+    residual: r(h) = |C(theta + h v) - C(theta) - h <g, v>|.
+    floor: the rounding floor of each residual, c u (|C| + |h <g, v>|).
+    used: which steps entered the fit (residual well above the floor, smallest steps).
+    order: slope of log r against log h on the used steps; nan if fewer than 2.
+  """
+  h: Array
+  residual: Array
+  floor: Array
+  used: Array
+  order: Array
+
+
+def taylor_test(fun, theta, g, v, *, h0=None, steps: int = 24, fit: int = 4) -> Taylor:
+  """The Taylor-remainder test: order ~2 when g is dC/dtheta along v, ~1 when it is not.
+
+  Args:
+    fun: C(theta).
+    theta: the point, shape (n,).
+    g: the claimed gradient, shape (n,).
+    v: a direction, shape (n,).
+    h0: the largest step; default 2^-3 max(1, ||theta||_inf) / ||v||_inf.
+    steps: number of steps h0 / 2^k.
+    fit: how many of the smallest usable steps enter the fit.
+  """
+  dtype = theta.dtype
+  u = _unit_roundoff(dtype)
+  if h0 is None:
+    h0 = 0.125 * jnp.maximum(1.0, jnp.max(jnp.abs(theta))) / jnp.maximum(jnp.max(jnp.abs(v)), 1e-300)
+  hs = h0 * (0.5 ** jnp.arange(steps, dtype=dtype))
+  c0 = fun(theta)
+  slope = jnp.vdot(g, v)
+  values = jax.vmap(lambda h: fun(theta + h * v))(hs)
+  residual = jnp.abs(values - c0 - hs * slope)  # |C(p + h v) - C(p) - h <g, v>|
+  floor = 64 * u * (jnp.abs(c0) + jnp.abs(hs * slope) + jnp.abs(values))
+  usable = residual > 16 * floor
+  # the `fit` smallest usable steps: count usable steps from the small end
+  from_small_end = jnp.cumsum(usable[::-1])[::-1]
+  used = usable & (from_small_end <= fit)
+  log_h = jnp.log(hs)
+  log_r = jnp.log(jnp.where(used, residual, 1.0))
+  w = used.astype(dtype)
+  count = jnp.sum(w)
+  mean_h = jnp.sum(w * log_h) / jnp.maximum(count, 1)
+  mean_r = jnp.sum(w * log_r) / jnp.maximum(count, 1)
+  cov = jnp.sum(w * (log_h - mean_h) * (log_r - mean_r))
+  var = jnp.sum(w * (log_h - mean_h) ** 2)
+  order = jnp.where(count >= 2, cov / jnp.where(var > 0, var, 1.0), jnp.nan)
+  return Taylor(hs, residual, floor, used, order)
