@@ -118,8 +118,14 @@ def problem(sizes, batch, activation="identity", bias=False, dtype=jnp.float64, 
 
 
 def measure(name, params, x, t) -> dict:
-  """XLA's cost and memory analysis of ``FUNCTIONS[name]`` compiled for these shapes."""
-  compiled = jax.jit(FUNCTIONS[name]).lower(params, x, t).compile()
+  """XLA's cost and memory analysis of ``FUNCTIONS[name]`` compiled for these shapes.
+
+  Always compiled for the CPU backend, so that the counts do not depend on the machine.
+  """
+  cpu = jax.devices("cpu")[0]
+  params, x, t = jax.device_put((params, x, t), cpu)
+  with jax.default_device(cpu):
+    compiled = jax.jit(FUNCTIONS[name]).lower(params, x, t).compile()
   cost = compiled.cost_analysis()
   if isinstance(cost, (list, tuple)):
     cost = cost[0]
