@@ -277,7 +277,8 @@ def plot(result: TrainResult, path: str) -> str:
   top.legend()
   gap = np.abs(result.bpref_loss - result.reference_loss) / np.abs(result.reference_loss)
   floor = _tolerance.unit_roundoff(c["dtype"]) / 16
-  bottom.semilogy(steps, np.maximum(gap, floor), color="C3", linewidth=1, label="|bpref - jax.grad| / loss")
+  bottom.semilogy(steps, np.maximum(gap, floor), color="C3", linewidth=1,
+                  label="|bpref - jax.grad| / loss (0 drawn at u/16)")
   bottom.axhline(result.tolerance, color="k", linestyle="--", linewidth=1, label="tolerance")
   bottom.set_xlabel("step")
   bottom.set_ylabel("relative gap")
