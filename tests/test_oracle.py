@@ -19,6 +19,7 @@ import time
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 import bpref.oracle
 from bpref.oracle import cli
@@ -461,3 +462,10 @@ def test_docs_adapters_pass():
   assert report.passed, report.text()
   report = bpref.oracle.check(column_adapter, **dict(SMALL, activations=("tanh",), examples=4))
   assert report.passed, report.text()
+
+
+@settings(max_examples=2, deadline=None, derandomize=True)
+@given(st.integers(0, 3))
+def test_assert_works_inside_a_users_given_test(seed):
+  assert_backprop_correct(row_major, activations=("identity",), max_depth=1, max_width=2,
+                          examples=2, seed=seed)

@@ -13,6 +13,7 @@ arrays for the same ``Arch``; a shrunk ``Arch`` is a smaller network.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from typing import NamedTuple
 
 import numpy as np
@@ -305,7 +306,7 @@ def probes(spec: Spec) -> list:
 
 def strategy(spec: Spec):
   """A hypothesis strategy of ``Arch`` inside the domain; it shrinks toward small, plain nets."""
-  from hypothesis import strategies as st
+  from hypothesis import strategies as st  # the 'oracle' extra
 
   w, bs = widths(spec), batches(spec)
   hid = (simplest_hidden(spec),) + tuple(a for a in spec.hidden if a != simplest_hidden(spec))
@@ -341,22 +342,38 @@ def random_archs(spec: Spec, count: int, seed: int) -> list:
   """``count`` architectures drawn by hypothesis from ``strategy(spec)``, the same for a seed.
 
   Only hypothesis's generation phase runs here: the candidate is called elsewhere, so the
-  list (and every verdict) is the same whether the calls run serially or on workers.
+  list (and every verdict) is the same whether the calls run serially or on workers. The
+  drawing runs in its own thread, so the oracle also works inside a user's @given test
+  (hypothesis keeps its test context per thread and refuses to nest @given in one).
   """
   if count <= 0:
     return []
-  import hypothesis
-  from hypothesis import HealthCheck, Phase, given, settings
+  try:
+    import hypothesis
+    from hypothesis import HealthCheck, Phase, given, settings
+  except ImportError:
+    raise ValueError("the oracle's random search needs hypothesis: pip install 'bpref[oracle]' "
+                     "(or examples=0 for the targeted probes only)") from None
 
-  drawn = []
+  drawn, failure = [], []
 
-  @hypothesis.seed(seed)
-  @settings(max_examples=count, database=None, deadline=None, phases=(Phase.generate,),
-            derandomize=False, suppress_health_check=list(HealthCheck))
-  @given(strategy(spec))
-  def collect(arch):
-    if in_domain(arch, spec):
-      drawn.append(arch)
+  def run():
+    try:
+      @hypothesis.seed(seed)
+      @settings(max_examples=count, database=None, deadline=None, phases=(Phase.generate,),
+                derandomize=False, suppress_health_check=list(HealthCheck))
+      @given(strategy(spec))
+      def collect(arch):
+        if in_domain(arch, spec):
+          drawn.append(arch)
 
-  collect()
+      collect()
+    except BaseException as exc:  # re-raised in the caller's thread
+      failure.append(exc)
+
+  thread = threading.Thread(target=run, name="bpref-oracle-draw")
+  thread.start()
+  thread.join()
+  if failure:
+    raise failure[0]
   return drawn
