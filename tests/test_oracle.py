@@ -469,3 +469,26 @@ def test_docs_adapters_pass():
 def test_assert_works_inside_a_users_given_test(seed):
   assert_backprop_correct(row_major, activations=("identity",), max_depth=1, max_width=2,
                           examples=2, seed=seed)
+
+
+def no_bias(weights, biases, activations, loss, x, t):
+  assert biases is None
+  dW, _ = row_major(weights, [np.zeros(W.shape[0], W.dtype) for W in weights], activations, loss, x, t)
+  return dW, None
+
+
+def test_networks_without_biases():
+  report = bpref.oracle.check(no_bias, bias=False, **SMALL)
+  assert report.passed and report.spec["bias"] is False, report.text()
+  doubled = bpref.oracle.check(lambda *a: ([2 * g for g in no_bias(*a)[0]], None), bias=False, **SMALL)
+  assert doubled.verdict == "fail" and set(doubled.errors) == {"W1"}, doubled.text()
+  assert "is 2 x bpref's" in doubled.diagnosis[0].summary
+
+
+def test_cli_isolated_workers_load_the_candidate_by_name(tmp_path, capsys):
+  good = tmp_path / "cands.py"
+  good.write_text("import sys\nsys.path.insert(0, %r)\nfrom test_oracle import sum_not_mean\n" % HERE)
+  code = cli.main([f"{good}:sum_not_mean", "--workers", "2", "--json"] + CLI_SMALL)
+  assert code == 1
+  data = json.loads(capsys.readouterr().out)
+  assert data["diagnosis"][0]["code"] == "constant_factor" and data["spec"]["workers"] == 2
