@@ -263,8 +263,12 @@ def test_erratum_04_batches_sum_or_mean_of_outer_products():
                                     np_forward(params, X[b])[1][l]) for b in range(B)], axis=0)
     assert agree(per_example, wit[l].W)  # = (1/B) sum_b delta_{l,b}^T a_{l-1,b}^T
   ours = bp_grad(params, X, T, LOSS, "mean")
+  per_example = jax.jit(bpref.per_example_grads, static_argnums=3)(params, X, T, LOSS)
   for l in range(len(params)):
     assert agree(ours[l].W, wit[l].W)
+    for b in range(B):  # each example's own gradient: the outer product delta_{l,b}^T a_{l-1,b}^T
+      a_prev = np_forward(params, X[b])[1][l]
+      assert agree(per_example[l].W[b], np.outer(corrected_deltas(params, X[b], T[b])[l], a_prev))
   # With B = 1 the mean is the single example's gradient (39), corrected.
   one = ref_grad(params, X[:1], T[:1], LOSS, "mean")
   assert agree(np.outer(corrected_deltas(params, X[0], T[0])[0], X[0]), one[0].W)

@@ -227,3 +227,11 @@ def test_softmax_vjp_and_cross_entropy_symbolically():
     # The textbook a - t holds only when the targets sum to one.
     assert sp.simplify((grad_j - (a[j] - t[j])).subs(t[2], 1 - t[0] - t[1])) == 0
     assert sp.simplify(grad_j - (a[j] - t[j])) != 0
+  # bpref's softmax_cross_entropy gradient is the full form, also for targets summing to 1.7.
+  rng = np.random.default_rng(3)
+  zv, tv = rng.normal(size=n), np.array([0.2, 0.5, 1.0])
+  at = {**dict(zip(z, zv)), **dict(zip(t, tv))}
+  exact = np.array([float(sp.diff(C, z[j]).subs(at)) for j in range(n)])
+  ours = np.asarray(bpref.losses.get("softmax_cross_entropy").dy(jnp.asarray(zv)[None, :],
+                                                                  jnp.asarray(tv)[None, :]))[0]
+  assert normwise_error(ours, exact) <= gradient_tolerance(np.float64)
