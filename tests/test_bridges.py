@@ -370,9 +370,11 @@ def flax_nn():
 def test_flax_mlp_candidate_matches_bpref_on_every_loss_and_activation(flax_nn):
   from bpref.bridges import flax as bf
   mlp = bf.MLP(features=(1,), activations=("relu",))
-  worst = _check_candidate(functools.partial(bf.make_candidate, mlp), bpref.activations.ACTIVATIONS,
-                           seeds=range(3))
+  make = functools.partial(bf.make_candidate, mlp)
+  worst = _check_candidate(make, bpref.activations.ACTIVATIONS, seeds=range(3))
   assert worst <= TOL64, worst
+  worst32 = _check_candidate(make, bpref.activations.ACTIVATIONS, seeds=range(1), dtype=np.float32)
+  assert worst32 <= TOL32, worst32
 
 
 def test_flax_user_module_round_trip_and_candidate(flax_nn):
