@@ -1,0 +1,244 @@
+"""Every lambda/delta identity of backprop as a property test over random architectures.
+
+Each test draws a whole problem (depth 1-3, widths and batch sizes including 1,
+every activation, every loss) and checks identities between bpref's public
+functions and witnesses computed here with JAX autodiff (jax.grad, jax.jacobian
+and jax.vjp of the forward pass and the loss values), so a shared mistake in
+bpref's derivatives cannot hide. All comparisons are in float64 with the
+rounding model of bpref.tolerance: ||X_hat - X||_inf <= tol ||X||_inf.
+
+Compilation dominates the cost, so each test compiles one jitted bundle per
+problem and checks a family of related identities on it; the number of
+examples is a third of the profile's (10 in ci).
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import bpref
+from bpref import activations as _activations
+from bpref import backprop as _backprop
+from bpref import losses as _losses
+from bpref import tolerance
+from bpref.network import _forward
+from bpref.testing import strategies as bst
+
+EXAMPLES = max(3, settings.default.max_examples // 3)
+few = settings(max_examples=EXAMPLES)
+
+
+def _check(name, actual, expected, tol):
+  err = tolerance.max_norm_error(actual, expected)
+  assert err <= tol, f"identity {name}: error {err:.3e} > tolerance {tol:.3e}"
+
+
+def _f(name):
+  return _activations.get(name).f
+
+
+def _loss_of_y(y, t, loss, reduction):
+  return _losses.reduce(_losses.get(loss).value(y, t), reduction)
+
+
+def _jac_f(name, z):
+  # per-example Jacobian da/dz by jax.jacobian, (B, n, n)
+  return jax.vmap(jax.jacobian(_f(name)))(z)
+
+
+def _fprime(name, z):
+  # f'(z) elementwise by jax.grad (elementwise activations only)
+  return jnp.vectorize(jax.grad(_f(name)))(z)
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _delta_bundle(params, x, t, loss, reduction):
+  tape = bpref.forward(params, x)
+  y = tape.a[-1]
+  g = jax.grad(_loss_of_y)(y, t, loss, reduction)  # dC/dy by autodiff of the loss value
+  lam = bpref.lambdas(params, x)
+  return {
+      "tape": tape, "g": g, "deltas": bpref.deltas(params, x, t, loss, reduction),
+      "grads": bpref.grad(params, x, t, loss, reduction),
+      "input_grad": bpref.input_grad(params, x, t, loss, reduction),
+      "lambdas": lam, "jac_L": _jac_f(params[-1].activation, tape.z[-1]),
+      "fprime": tuple(_fprime(p.activation, z) if p.activation != "softmax" else z
+                      for p, z in zip(params, tape.z)),
+  }
+
+
+@few
+@given(bst.problems())
+def test_delta_identities(problem):
+  """delta_L = dC/dy J_f(z_L); delta recursion; dC/dW_l = delta_l^T a_{l-1}; dC/db_l = sum_b delta_l;
+  delta_l = dC/dy lambda_l; dC/dx = delta_1 W_1."""
+  params, x, t = problem.params, problem.x, problem.t
+  tol = tolerance.problem_tolerance(params, x)
+  q = _delta_bundle(*problem)
+  d, g, tape = q["deltas"], q["g"], q["tape"]
+  # (34): delta_L = (dC/dy) J_f(z_L), a vector-Jacobian product (softmax included)
+  _check("delta_L = dC/dy f'_L", d[-1], jnp.einsum("bk,bkn->bn", g, q["jac_L"]), tol)
+  for l in range(len(params) - 1, 0, -1):
+    # (37): delta_l = (delta_{l+1} W_{l+1}) * f'_l(z_l)
+    expected = (np.asarray(d[l]) @ np.asarray(params[l].W)) * np.asarray(q["fprime"][l - 1])
+    _check(f"delta recursion l={l}", d[l - 1], expected, tol)
+  for l, (layer, gl) in enumerate(zip(params, q["grads"]), start=1):
+    # (39): dC/dW_l = delta_l^T A_{l-1}; dC/db_l = sum_b delta_l
+    _check(f"dC/dW_{l} = delta^T a", gl.W, np.asarray(d[l - 1]).T @ np.asarray(tape.a[l - 1]), tol)
+    if layer.b is not None:
+      _check(f"dC/db_{l} = delta", gl.b, np.sum(np.asarray(d[l - 1]), axis=0), tol)
+    # delta_l = (dC/dy) lambda_l
+    _check(f"delta_{l} = dC/dy lambda_{l}", d[l - 1],
+           np.einsum("bk,bkn->bn", np.asarray(g), np.asarray(q["lambdas"][l - 1])), tol)
+  # dC/dx = delta_1 W_1
+  _check("dC/dx = delta_1 W_1", q["input_grad"], np.asarray(d[0]) @ np.asarray(params[0].W), tol)
+
+
+def _injected_y(params, x, offsets):
+  # y with e_l added to z_l: dy/de_l at e = 0 is lambda_l
+  a = x
+  for layer, e in zip(params, offsets):
+    z = a @ layer.W.T
+    if layer.b is not None:
+      z = z + layer.b[None, :]
+    a = _f(layer.activation)(z + e)
+  return a
+
+
+@functools.partial(jax.jit)
+def _lambda_bundle(params, x):
+  tape = bpref.forward(params, x)
+
+  def per_example(xb):
+    offsets = tuple(jnp.zeros((p.W.shape[0],), xb.dtype) for p in params)
+    y_of = lambda offs: _injected_y(params, xb[None], tuple(o[None] for o in offs))[0]  # noqa: E731
+    return jax.jacobian(y_of)(offsets), jax.jacobian(lambda v: _injected_y(params, v[None], tuple(o[None] for o in offsets))[0])(xb)
+
+  injected, dy_dx = jax.vmap(per_example)(x)
+  return {
+      "tape": tape, "lambdas": bpref.lambdas(params, x), "injected": injected, "dy_dx": dy_dx,
+      "jac_L": _jac_f(params[-1].activation, tape.z[-1]),
+      "fprime": tuple(_fprime(p.activation, z) if p.activation != "softmax" else z
+                      for p, z in zip(params, tape.z)),
+  }
+
+
+@few
+@given(bst.problems())
+def test_lambda_identities(problem):
+  """lambda_L = J_f(z_L); lambda recursion; lambda_l = dy/dz_l by injection; dy/dx = lambda_1 W_1."""
+  params, x = problem.params, problem.x
+  tol = tolerance.problem_tolerance(params, x)
+  q = _lambda_bundle(params, x)
+  lam = q["lambdas"]
+  _check("lambda_L = f'_L(z_L)", lam[-1], q["jac_L"], tol)  # (27)
+  for l in range(len(params) - 1, 0, -1):
+    # (30): lambda_l = lambda_{l+1} W_{l+1} diag f'_l(z_l)
+    expected = np.einsum("bkn,nm->bkm", np.asarray(lam[l]), np.asarray(params[l].W)) \
+        * np.asarray(q["fprime"][l - 1])[:, None, :]
+    _check(f"lambda recursion l={l}", lam[l - 1], expected, tol)
+  for l in range(len(params)):
+    _check(f"lambda_{l + 1} = dy/dz_{l + 1} (injection)", lam[l], q["injected"][l], tol)
+  _check("dy/dx = lambda_1 W_1", q["dy_dx"],
+         np.einsum("bkn,nm->bkm", np.asarray(lam[0]), np.asarray(params[0].W)), tol)
+
+
+@functools.partial(jax.jit, static_argnums=(3,))
+def _batch_bundle(params, x, t, loss):
+  def one(xb, tb):  # bpref.grad on a batch of one, mapped with vmap over the examples
+    return bpref.grad(params, xb[None], tb[None], loss, "sum")
+  return {"sum": bpref.grad(params, x, t, loss, "sum"), "mean": bpref.grad(params, x, t, loss, "mean"),
+          "vmapped": jax.vmap(one)(x, t), "per_example": bpref.per_example_grads(params, x, t, loss)}
+
+
+@few
+@given(bst.problems())
+def test_batch_additivity_and_rank(problem):
+  """dC/dparams of the batch = sum (or mean) of the examples' gradients; rank dC/dW_l <= B."""
+  params, x, t, loss = problem.params, problem.x, problem.t, problem.loss
+  tol = tolerance.problem_tolerance(params, x)
+  q = _batch_bundle(params, x, t, loss)
+  batch = x.shape[0]
+  summed = jax.tree_util.tree_map(lambda v: np.sum(np.asarray(v), axis=0), q["vmapped"])
+  for l in range(len(params)):
+    _check(f"sum additivity W_{l + 1}", q["sum"][l].W, summed[l].W, tol)
+    _check(f"mean additivity W_{l + 1}", q["mean"][l].W, summed[l].W / batch, tol)
+    _check(f"per_example_grads W_{l + 1}", q["per_example"][l].W, q["vmapped"][l].W, tol)
+    if params[l].b is not None:
+      _check(f"sum additivity b_{l + 1}", q["sum"][l].b, summed[l].b, tol)
+    dW = np.asarray(q["sum"][l].W)
+    # rank(dC/dW_l) <= B: the singular values past the B-th are rounding noise
+    s = np.linalg.svd(dW, compute_uv=False)
+    if s.size > batch and s[0] > 0:
+      assert s[batch] <= tol * s[0], f"rank(dC/dW_{l + 1}) > B = {batch}: singular values {s}"
+
+
+@functools.partial(jax.jit, static_argnums=(5,))
+def _linear_bundle(params, x, g1, g2, alpha, loss_unused=None):
+  tape = _forward(params, x, bpref.DEFAULT_PRECISION)
+  d = lambda g: _backprop._deltas(params, tape, g, bpref.DEFAULT_PRECISION)  # noqa: E731
+  return d(g1), d(g2), d(alpha * g1 + g2)
+
+
+@few
+@given(bst.problems(), st.floats(-3, 3, allow_subnormal=False), st.integers(0, 2 ** 31))
+def test_backward_map_is_linear_in_dC_dy(problem, alpha, seed):
+  """delta(alpha g1 + g2) = alpha delta(g1) + delta(g2) for any output cotangents g1, g2."""
+  params, x = problem.params, problem.x
+  rng = np.random.default_rng(seed)
+  shape = (x.shape[0], params[-1].W.shape[0])
+  g1, g2 = rng.normal(size=shape), rng.normal(size=shape)
+  d1, d2, d12 = _linear_bundle(params, x, g1, g2, alpha)
+  tol = tolerance.problem_tolerance(params, x) * (1 + abs(alpha))
+  for l in range(len(params)):
+    expected = alpha * np.asarray(d1[l]) + np.asarray(d2[l])
+    scale = max(np.max(np.abs(alpha * np.asarray(d1[l]))), np.max(np.abs(np.asarray(d2[l]))), 1e-300)
+    err = np.max(np.abs(np.asarray(d12[l]) - expected)) / scale
+    assert err <= tol, f"backward map not linear at layer {l + 1}: {err:.3e} > {tol:.3e}"
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _homogeneity_bundle(params, x, t, loss, reduction):
+  y = bpref.predict(params, x)
+  return bpref.grad(params, x, t, loss, reduction), jax.grad(_loss_of_y)(y, t, loss, reduction), y
+
+
+@few
+@given(bst.problems(hidden=("relu", "identity", "leaky_relu"), bias=False,
+                    losses=("squared_error", "half_squared_error", "softmax_cross_entropy",
+                            "sigmoid_binary_cross_entropy", "huber")))
+def test_positive_homogeneity(problem):
+  """Bias-free relu/identity/leaky_relu nets: <W_l, dC/dW_l> = <dC/dy, y> for every l."""
+  params, x, t, loss, reduction = problem
+  if params[-1].activation not in ("relu", "identity", "leaky_relu"):
+    params = params[:-1] + (bpref.Layer(params[-1].W, None, "identity"),)
+  grads, g, y = _homogeneity_bundle(params, x, t, loss, reduction)
+  target = float(np.vdot(np.asarray(g), np.asarray(y)))
+  # each side is a sum of products: its rounding is bounded by (T) times the sum of |terms|
+  scale = float(np.vdot(np.abs(np.asarray(g)), np.abs(np.asarray(y))))
+  tol = tolerance.problem_tolerance(params, x)
+  for l, (layer, gl) in enumerate(zip(params, grads), start=1):
+    lhs = float(np.vdot(np.asarray(layer.W), np.asarray(gl.W)))
+    terms = float(np.vdot(np.abs(np.asarray(layer.W)), np.abs(np.asarray(gl.W))))
+    assert abs(lhs - target) <= tol * max(scale, terms), \
+        f"<W_{l}, dC/dW_{l}> = {lhs!r} but <dC/dy, y> = {target!r}"
+
+
+@pytest.mark.parametrize("mode", ["eager", "jit"])
+def test_identities_hold_eager_and_under_jit(mode):
+  """The delta identities on one fixed problem, with bpref run eagerly and under jax.jit."""
+  from bpref.problems import random_problem
+  problem = random_problem(np.random.default_rng(7), np.float64, max_depth=3)
+  tol = tolerance.problem_tolerance(problem.params, problem.x)
+  run = (lambda f: f) if mode == "eager" else (lambda f: jax.jit(f, static_argnums=(3, 4)))
+  d = run(bpref.deltas)(*problem)
+  grads = run(bpref.grad)(*problem)
+  tape = bpref.forward(problem.params, problem.x)
+  for l in range(len(problem.params)):
+    _check(f"dC/dW_{l + 1} = delta^T a ({mode})", grads[l].W,
+           np.asarray(d[l]).T @ np.asarray(tape.a[l]), tol)
