@@ -218,7 +218,7 @@ def train(*, dataset: str = "auto", hidden=(32,), activation: str = "tanh",
   identity logits, trained on the softmax cross-entropy averaged over the minibatch.
 
   >>> result = train(dataset="synthetic", steps=20)  # doctest: +SKIP
-  >>> result.matched
+  >>> result.matched  # doctest: +SKIP
   True
   """
   if dtype == "float64" and not jax.config.jax_enable_x64:

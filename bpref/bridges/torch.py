@@ -105,7 +105,7 @@ def _layers(model):
   open_layer = None  # [index, Linear, activation or None]
   modules = list(model)
   for index, module in enumerate(modules):
-    if isinstance(module, nn.Linear):
+    if type(module) is nn.Linear:  # a subclass may change forward, so it is not taken as a Linear
       if open_layer is not None:
         layers.append(open_layer)
       open_layer = [index, module, None]
@@ -114,7 +114,7 @@ def _layers(model):
     if name == "identity":
       continue
     if open_layer is None or open_layer[2] is not None:
-      what = "comes before any Linear" if open_layer is None and not layers else "follows another activation"
+      what = "comes before any Linear" if open_layer is None else "follows another activation"
       raise ValueError(f"{_where(index, module)} {what}; each bpref layer is one Linear followed by "
                        "at most one activation")
     if name == "softmax" and any(not isinstance(m, nn.Identity) for m in modules[index + 1:]):
