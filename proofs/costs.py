@@ -110,8 +110,13 @@ def _without_first(value_and_grads):
 
 
 def problem(sizes, batch, activation="identity", bias=False, dtype=jnp.float64, seed=0):
-  params = bpref.init(jax.random.key(seed), sizes, activation, bias=bias, dtype=dtype)
+  """A random network (W_l ~ N(0, 1/n_{l-1}), b_l ~ N(0, 0.1^2)) with inputs and targets."""
   rng = np.random.default_rng(seed)
+  weights_ = [rng.normal(size=(m, n)) / np.sqrt(n) for n, m in zip(sizes[:-1], sizes[1:])]
+  biases = [rng.normal(size=(m,)) * 0.1 for m in sizes[1:]] if bias else None
+  params = bpref.from_arrays([jnp.asarray(W, dtype) for W in weights_],
+                             None if biases is None else [jnp.asarray(b, dtype) for b in biases],
+                             activation)
   x = jnp.asarray(rng.normal(size=(batch, sizes[0])), dtype)
   t = jnp.asarray(rng.normal(size=(batch, sizes[-1])), dtype)
   return params, x, t
