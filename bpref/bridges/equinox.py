@@ -5,9 +5,9 @@
 follows every hidden layer and ``mlp.final_activation`` the last one. An MLP maps
 one example of shape (n_0,); a batch goes through ``jax.vmap``.
 
-``make_candidate`` computes gradients with ``jax.grad`` through the Equinox model
-(``equinox.filter_value_and_grad``): it is a witness of Equinox and JAX autodiff,
-not of bpref's handwritten backpropagation.
+``make_candidate`` computes gradients with ``jax.value_and_grad`` through the Equinox
+model (its arrays split off by ``eqx.partition``): it is a witness of Equinox and JAX
+autodiff, not of bpref's handwritten backpropagation.
 
 Limits of ``eqx.nn.MLP``: one hidden width and one hidden activation; activations
 applied one element at a time, so a softmax final activation would see scalars
