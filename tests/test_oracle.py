@@ -388,17 +388,24 @@ def test_cli_exit_codes_json_and_plot(tmp_path, capsys):
   assert cli.main([f"{good}:row_major", "--activations", "swish"] + CLI_SMALL[2:]) == 2
 
 
-def test_cli_bridge_without_the_framework_is_a_usage_error(tmp_path, capsys):
-  factory = tmp_path / "factory.py"
-  factory.write_text("def model():\n  return None\n")
-  for fw in ("torch", "flax", "equinox"):
-    try:
-      __import__(fw)
-      continue
-    except ImportError:
-      pass
-    assert cli.main([f"--{fw}", f"{factory}:model"] + CLI_SMALL) == 2
-    assert fw in capsys.readouterr().err
+def test_cli_torch_bridge(tmp_path, capsys):
+  models = tmp_path / "models.py"
+  models.write_text("import torch\n"
+                    "def mlp():\n"
+                    "  return torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))\n"
+                    "def conv():\n"
+                    "  return torch.nn.Sequential(torch.nn.Conv1d(1, 1, 2))\n")
+  try:
+    import torch  # noqa: F401
+  except ImportError:  # without PyTorch the bridge is a usage error naming it
+    assert cli.main(["--torch", f"{models}:mlp"] + CLI_SMALL) == 2
+    assert "torch" in capsys.readouterr().err
+    return
+  assert cli.main(["--torch", f"{models}:mlp"] + CLI_SMALL) == 0, capsys.readouterr()
+  assert "PASS" in capsys.readouterr().out
+  assert cli.main(["--torch", f"{models}:conv"] + CLI_SMALL) == 2
+  assert "Conv1d is not supported" in capsys.readouterr().err
+  assert cli.main([f"{models}:mlp", "--torch", f"{models}:mlp"] + CLI_SMALL) == 2
 
 
 # ---------------------------------------------------------------- the adapters of docs/oracle.md
