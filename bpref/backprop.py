@@ -5,7 +5,8 @@ No JAX autodiff is used here. With rows as examples and the tape of
 
 * (34) delta_L = dC/dz_L = (dC/dy) diag f'_L(z_L)        rows: G * f'_L(Z_L)
 * (37) delta_{l-1} = (delta_l W_l) diag f'_{l-1}(z_{l-1})  rows: (D_l W_l) * f'_{l-1}(Z_{l-1})
-* (39) dC/dW_l = delta_l^T a_{l-1}  (an outer product, (n_l, n_{l-1}))   rows: D_l^T A_{l-1}
+* (39) dC/dW_l = delta_l^T a_{l-1}^T  (delta a row, a a column: an outer product, (n_l, n_{l-1}))
+                                                          rows: D_l^T A_{l-1}
 *      dC/db_l = delta_l                                     rows: sum_b D_l
 *      dC/dx = delta_1 W_1                                   rows: D_1 W_1
 * (27) lambda_L = dy/dz_L = diag f'_L(z_L)
@@ -55,7 +56,7 @@ def _deltas(params, tape: Tape, g: Array, precision) -> Deltas:
 def _layer_grads(params, tape: Tape, deltas: Deltas, precision) -> tuple:
   grads = []
   for layer, delta, a_prev in zip(params, deltas, tape.a[:-1]):
-    dW = jnp.matmul(delta.T, a_prev, precision=precision)  # (39), corrected: delta_l^T a_{l-1}
+    dW = jnp.matmul(delta.T, a_prev, precision=precision)  # (39), corrected: delta_l^T a_{l-1}^T per example; rows D_l^T A_{l-1}
     db = None if layer.b is None else jnp.sum(delta, axis=0)  # dC/db_l = delta_l
     grads.append(Layer(dW, db, layer.activation))
   return tuple(grads)
@@ -113,7 +114,7 @@ def input_grad(params, x, t, loss: str = "squared_error", reduction: str = "mean
   """dC/dx = delta_1 W_1, shape (B, n_0) or (n_0,)."""
   tape, _, g, single = _prepare(params, x, t, loss, reduction, precision)
   delta_1 = _deltas(params, tape, g, precision)[0]
-  dx = jnp.matmul(delta_1, params[0].W, precision=precision)  # dC/dx = delta_1 W_1
+  dx = jnp.matmul(delta_1, params[0].W, precision=precision)  # (26), corrected: dC/dx = delta_1 W_1
   return dx[0] if single else dx
 
 
@@ -127,7 +128,7 @@ def per_example_grads(params, x, t, loss: str = "squared_error", *,
   tape, _, g, single = _prepare(params, x, t, loss, "sum", precision)
   out = []
   for layer, delta, a_prev in zip(params, _deltas(params, tape, g, precision), tape.a[:-1]):
-    dW = delta[:, :, None] * a_prev[:, None, :]  # (39) per example: delta_{l,b} a_{l-1,b}^T
+    dW = delta[:, :, None] * a_prev[:, None, :]  # (39) per example: delta_{l,b}^T a_{l-1,b}^T (delta a row, a a column)
     db = None if layer.b is None else delta  # dC_b/db_l = delta_{l,b}
     out.append(Layer(dW, db, layer.activation))
   out = tuple(out)
@@ -148,7 +149,7 @@ def lambdas(params, x, *, precision=DEFAULT_PRECISION) -> Lambdas:
   for l in range(len(params) - 1, 0, -1):
     back = jnp.matmul(lam, params[l].W, precision=precision)  # lambda_{l+1} W_{l+1}
     f_prime = _activations.derivative(params[l - 1].activation, tape.z[l - 1], tape.a[l])  # (24)
-    lam = back * f_prime[:, None, :]  # (30)
+    lam = back * f_prime[:, None, :]  # (30), corrected; its last step, l = 1, is (31), corrected
     out.append(lam)
   out = tuple(reversed(out))
   return tuple(v[0] for v in out) if single else out
