@@ -23,11 +23,13 @@ from bpref.network import from_arrays as from_arrays
 from bpref.network import init as init
 from bpref.network import loss_value as loss_value
 from bpref.network import predict as predict
+from bpref.sharding import shard_batch as shard_batch
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_PRECISION", "Deltas", "Grads", "Lambdas", "Layer", "Params", "Tape",
     "activations", "deltas", "forward", "from_arrays", "grad", "init", "input_grad",
-    "lambdas", "loss_value", "losses", "per_example_grads", "predict", "value_and_grad",
+    "lambdas", "loss_value", "losses", "per_example_grads", "predict", "shard_batch",
+    "value_and_grad",
 ]
