@@ -9,8 +9,8 @@ Two benchmarks:
   the matmul FLOPs in each optimized program against the minimum count
   2 B (P + 2P - n_1 n_0) (P = sum_l n_l n_{l-1}: the forward pass and the
   backward pass without the input gradient), the compiled temp memory
-  (``memory_analysis()``), and the achieved matmul GFLOP/s against a plain
-  jitted matmul timed in the same run.
+  (``memory_analysis()``), and bpref's achieved matmul GFLOP/s against a plain
+  jitted (B, n) x (n, n) matmul timed in the same interleaved samples.
 * **Architectures per second.** Random small networks (depth 1-5, widths 1-8,
   batch 1-4, random activations and losses) evaluated by ``bpref.fast`` in
   buckets, by ``jax.jit`` per architecture, and eagerly; compilation counted.
@@ -132,29 +132,26 @@ def _sample(fn, calls):
   return (time.perf_counter() - start) / calls
 
 
-def time_pair(fn_a, fn_b, repeats):
-  """Median seconds per call of two functions, timed in alternating samples."""
-  jax.block_until_ready(fn_a())
-  jax.block_until_ready(fn_b())
-  calls = min(_calibrate(fn_a), _calibrate(fn_b))
-  a, b = [], []
+def time_group(fns, repeats):
+  """Median seconds per call of each function, timed in interleaved samples (order rotates)."""
+  for fn in fns:
+    jax.block_until_ready(fn())
+  calls = min(_calibrate(fn) for fn in fns)
+  samples = [[] for _ in fns]
   for r in range(repeats):
-    first, second = ((fn_a, a), (fn_b, b)) if r % 2 == 0 else ((fn_b, b), (fn_a, a))
-    first[1].append(_sample(first[0], calls))
-    second[1].append(_sample(second[0], calls))
-  return statistics.median(a), statistics.median(b)
+    for i in range(len(fns)):
+      j = (i + r) % len(fns)
+      samples[j].append(_sample(fns[j], calls))
+  return [statistics.median(s) for s in samples]
 
 
-def matmul_gflops(batch, width, dtype, repeats):
-  """GFLOP/s of a plain jitted (B, n) x (n, n) matmul at full precision."""
+def _plain_matmul(batch, width, dtype):
+  """A jitted (B, n) x (n, n) matmul at full precision and its FLOPs."""
   kx, kw = jax.random.split(jax.random.key(1))
   x = jax.random.normal(kx, (batch, width), dtype)
   w = jax.random.normal(kw, (width, width), dtype)
   f = jax.jit(lambda a, b: jnp.matmul(a, b.T, precision=jax.lax.Precision.HIGHEST))
-  jax.block_until_ready(f(x, w))
-  calls = _calibrate(lambda: f(x, w))
-  seconds = statistics.median(_sample(lambda: f(x, w), calls) for _ in range(repeats))
-  return 2 * batch * width * width / seconds / 1e9
+  return (lambda: f(x, w)), 2 * batch * width * width
 
 
 def bench_cell(name, activation, dtype, repeats):
@@ -172,12 +169,16 @@ def bench_cell(name, activation, dtype, repeats):
     row[f"temp_bytes_{label}"] = int(compiled[label].memory_analysis().temp_size_in_bytes)
   row["dot_flops_minimum"] = minimum_flops((width,) * (layers + 1), batch)
   ours, theirs = compiled["bpref"], compiled["jax"]
-  t_ours, t_theirs = time_pair(lambda: ours(params, x, t), lambda: theirs(params, x, t), repeats)
+  matmul, matmul_flops = _plain_matmul(batch, width, jnp.dtype(dtype))
+  t_ours, t_theirs, t_matmul = time_group(
+      [lambda: ours(params, x, t), lambda: theirs(params, x, t), matmul], repeats)
   row["seconds_bpref"] = t_ours
   row["seconds_jax"] = t_theirs
   row["ratio"] = t_ours / t_theirs
   row["gflops_bpref"] = row["dot_flops_bpref"] / t_ours / 1e9
   row["gflops_jax"] = row["dot_flops_jax"] / t_theirs / 1e9
+  row["gflops_matmul"] = matmul_flops / t_matmul / 1e9
+  row["fraction_of_matmul"] = row["gflops_bpref"] / row["gflops_matmul"]
   return row
 
 
@@ -253,7 +254,7 @@ def _geomean(values):
   return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
 
 
-def summarize(rows, throughput) -> dict:
+def summarize(rows) -> dict:
   ratios = [r["ratio"] for r in rows]
   large = [r for r in rows if r["cell"] == "large"]
   return {
@@ -263,14 +264,15 @@ def summarize(rows, throughput) -> dict:
       "cells_dot_flops_at_minimum": sum(r["dot_flops_bpref"] == r["dot_flops_minimum"] for r in rows),
       "cells_temp_not_above_jax": sum(r["temp_bytes_bpref"] <= r["temp_bytes_jax"] for r in rows),
       "cells": len(rows),
-      "large_fraction_of_matmul": [r["gflops_bpref"] / throughput[r["dtype"]] for r in large],
+      "large_fraction_of_matmul": {f"{r['activation']} {r['dtype']}": r["fraction_of_matmul"]
+                                   for r in large},
   }
 
 
 def format_table(result) -> str:
   head = (f"{'cell':7} {'act':5} {'dtype':7} {'bpref ms':>9} {'jax ms':>9} {'ratio':>6} "
           f"{'fwd MF':>9} {'bpref MF':>9} {'jax MF':>9} {'dot MF':>9} {'min MF':>9} "
-          f"{'bpref KiB':>10} {'jax KiB':>9} {'GF/s':>7}")
+          f"{'bpref KiB':>10} {'jax KiB':>9} {'GF/s':>7} {'mm GF/s':>8}")
   lines = [head, "-" * len(head)]
   for r in result["grid"]:
     lines.append(
@@ -278,17 +280,16 @@ def format_table(result) -> str:
         f"{r['seconds_jax'] * 1e3:9.3f} {r['ratio']:6.2f} {r['flops_forward'] / 1e6:9.3f} "
         f"{r['flops_bpref'] / 1e6:9.3f} {r['flops_jax'] / 1e6:9.3f} {r['dot_flops_bpref'] / 1e6:9.3f} "
         f"{r['dot_flops_minimum'] / 1e6:9.3f} {r['temp_bytes_bpref'] / 1024:10.1f} "
-        f"{r['temp_bytes_jax'] / 1024:9.1f} {r['gflops_bpref']:7.2f}")
+        f"{r['temp_bytes_jax'] / 1024:9.1f} {r['gflops_bpref']:7.2f} {r['gflops_matmul']:8.2f}")
   s = result["summary"]
   lines += ["-" * len(head),
             f"ratio bpref/jax: geometric mean {s['ratio_geomean']:.3f}, max {s['ratio_max']:.3f}",
             f"XLA flops <= jax.grad's in {s['cells_flops_not_above_jax']}/{s['cells']} cells; "
             f"matmul flops at the minimum 2B(3P - n1 n0) in {s['cells_dot_flops_at_minimum']}/{s['cells']}; "
-            f"temp memory <= jax.grad's in {s['cells_temp_not_above_jax']}/{s['cells']}",
-            "plain matmul GFLOP/s: " + ", ".join(f"{d} {g:.1f}" for d, g in result["matmul_gflops"].items())]
+            f"temp memory <= jax.grad's in {s['cells_temp_not_above_jax']}/{s['cells']}"]
   if s["large_fraction_of_matmul"]:
-    lines.append("large cells, fraction of plain matmul throughput: "
-                 + ", ".join(f"{f:.2f}" for f in s["large_fraction_of_matmul"]))
+    lines.append("large cells, bpref's GFLOP/s as a fraction of a plain (B, n) x (n, n) matmul's: "
+                 + ", ".join(f"{k} {f:.2f}" for k, f in s["large_fraction_of_matmul"].items()))
   arch = result.get("architectures")
   if arch:
     lines.append(
@@ -329,8 +330,6 @@ def plot(result, path):
 
 def run(cells, activations, dtypes, repeats, arch_cases, arch_budget_s, seed=0, progress=None) -> dict:
   start = time.perf_counter()
-  matmul_shape = GRID["large"][2:0:-1] if "large" in cells else GRID["medium"][2:0:-1]
-  throughput = {d: matmul_gflops(*matmul_shape, jnp.dtype(d), repeats) for d in dtypes}
   rows = []
   for name in cells:
     for dtype in dtypes:
@@ -338,10 +337,8 @@ def run(cells, activations, dtypes, repeats, arch_cases, arch_budget_s, seed=0, 
         rows.append(bench_cell(name, act, dtype, repeats))
         if progress:
           progress(rows[-1])
-  result = {"grid": rows, "matmul_gflops": throughput,
-            "matmul_shape": {"batch": matmul_shape[0], "width": matmul_shape[1]},
-            "repeats": repeats, "loss": LOSS, "reduction": REDUCTION,
-            "summary": summarize(rows, throughput)}
+  result = {"grid": rows, "repeats": repeats, "loss": LOSS, "reduction": REDUCTION,
+            "summary": summarize(rows)}
   if arch_cases:
     result["architectures"] = bench_architectures(arch_cases, seed, arch_budget_s)
   result["machine"] = (f"{platform.machine()} {platform.processor() or ''} {jax.default_backend()} "
@@ -357,7 +354,7 @@ def main(argv=None) -> int:
       description="Time bpref's jitted value_and_grad against jax.jit(jax.value_and_grad) and count "
                   "FLOPs and memory; then architectures per second through bpref.fast.")
   parser.add_argument("--quick", action="store_true",
-                      help=f"cells {', '.join(QUICK_CELLS)}, float32, 3 repeats, 1000 architectures")
+                      help=f"cells {', '.join(QUICK_CELLS)}, float32, 5 repeats, 1000 architectures")
   parser.add_argument("--cells", default=None, help=f"comma-separated subset of {', '.join(GRID)}")
   parser.add_argument("--activations", default=",".join(ACTIVATIONS))
   parser.add_argument("--dtypes", default=None, help="comma-separated: float32,float64")
@@ -384,7 +381,7 @@ def main(argv=None) -> int:
   dtypes = tuple(args.dtypes.split(",")) if args.dtypes else (QUICK_DTYPES if args.quick else DTYPES)
   if any(d not in DTYPES for d in dtypes):
     parser.error(f"--dtypes must be among {', '.join(DTYPES)}; got {args.dtypes}")
-  repeats = args.repeats or (3 if args.quick else 7)
+  repeats = args.repeats or (5 if args.quick else 7)
   if repeats < 1:
     parser.error("--repeats must be >= 1")
   arch_cases = 1000 if args.arch_cases is None else args.arch_cases

@@ -45,7 +45,8 @@ def test_bench_json_structure(capsys, tmp_path):
       ("tiny", "tanh", "float32"), ("tiny", "relu", "float32")]
   for r in rows:
     assert r["ratio"] == pytest.approx(r["seconds_bpref"] / r["seconds_jax"])
-    assert r["seconds_bpref"] > 0 and r["seconds_jax"] > 0
+    assert r["seconds_bpref"] > 0 and r["seconds_jax"] > 0 and r["gflops_matmul"] > 0
+    assert r["fraction_of_matmul"] == pytest.approx(r["gflops_bpref"] / r["gflops_matmul"])
     # bpref's matmuls are exactly the minimum: no delta_0 W_1 for an input gradient nobody asked for.
     assert r["dot_flops_bpref"] == r["dot_flops_minimum"] == bench.minimum_flops((16,) * 4, 8)
     assert r["dot_flops_forward"] == 2 * 8 * 3 * 16 * 16
