@@ -397,13 +397,14 @@ class Diagnoser:
                    "recursion (37) is wrong past the first hidden layer"))
     if len(set(a.sizes)) > 1:
       w = max(a.sizes)
-      exps.append(("only_square", a._replace(sizes=(w,) * len(a.sizes)), "correct only for square layers",
+      exps.append(("only_square", a._replace(sizes=(w,) * len(a.sizes)),
+                   "correct only for square layers",
                    "fails with non-square layers and passes with square ones: n_l and n_(l-1) "
                    "are mixed up (a transpose, or a loop bound)"))
     hidden = a.activations[:-1]
     if len(set(a.activations)) > 1 and a.activations[-1] != "softmax":
       uniform = a.activations[-1]
-      if all(_spec.in_domain(a._replace(activations=(u,) * a.depth), self.spec) for u in [uniform]):
+      if _spec.in_domain(a._replace(activations=(uniform,) * a.depth), self.spec):
         exps.append(("only_uniform_activations", a._replace(activations=(uniform,) * a.depth),
                      "correct only for uniform activations",
                      "fails when layers have different activations and passes when every layer "
@@ -414,7 +415,8 @@ class Diagnoser:
                    "correct only for uniform activations",
                    "fails with mixed hidden activations and passes with uniform ones"))
     if a.sizes[-1] > 1 and a.activations[-1] != "softmax":
-      exps.append(("only_one_output", a._replace(sizes=a.sizes[:-1] + (1,)), "correct only for one output",
+      exps.append(("only_one_output", a._replace(sizes=a.sizes[:-1] + (1,)),
+                   "correct only for one output",
                    f"fails with K = {a.sizes[-1]} outputs and passes with K = 1"))
     for code, arch, summary, detail in exps:
       r = self._try(arch)
