@@ -106,7 +106,7 @@ def _build(ev, spec, found, target, start) -> Report:
     rep.seconds = time.perf_counter() - start
     return rep
   minimal = found.minimal
-  case, _ = ev.case_and_truth(minimal.arch)
+  case, truth = ev.case_and_truth(minimal.arch)
   try:
     findings, per_layer, implied = _diagnosis.diagnose(ev, minimal)
   except Exception as exc:  # a diagnosis that cannot run must not hide the verdict
@@ -119,7 +119,7 @@ def _build(ev, spec, found, target, start) -> Report:
   rep = Report(
       "fail", spec.to_json(), found.cases, ev.calls, spec.seed, 0.0,
       examples_to_failure=found.examples_to_failure, kind=minimal.kind, message=minimal.message,
-      case=_report.case_json(case, minimal), errors=dict(minimal.errors), layer_errors=per_layer,
+      case=_report.case_json(case, minimal, truth), errors=dict(minimal.errors), layer_errors=per_layer,
       implied_delta_errors=implied, tolerance=minimal.tolerance, diagnosis=findings,
       notes=_notes(ev), reproducer=_report.reproducer(case, spec, ref),
       first_case=found.first.arch.to_json())

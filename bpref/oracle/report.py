@@ -121,8 +121,14 @@ class Report:
         for name, value in self.case["arrays"].items():
           arr = np.asarray(value)
           if arr.size <= 24:
-            body = np.array2string(arr, prefix="      ").replace("\n", "\n      ")
-            lines.append(f"    {name} = {body}")
+            lines.append(f"    {name} = " + np.array2string(arr, prefix=f"    {name} = "))
+      mine, ours = self.case.get("candidate", {}), self.case.get("bpref", {})
+      shown = [k for k in mine if k in ours and np.asarray(ours[k]).size <= 12]
+      if shown:
+        lines.append("  gradients on it, the candidate's beside bpref's:")
+        with np.printoptions(precision=6, suppress=False, linewidth=100):
+          for k in shown:
+            lines.append(f"    {k}: candidate {np.asarray(mine[k]).ravel()}  bpref {np.asarray(ours[k]).ravel()}")
     for note in self.notes:
       lines.append(f"  note: {note}")
     return "\n".join(lines)
@@ -138,7 +144,7 @@ def _jsonable(obj):
   return str(obj)
 
 
-def case_json(case, result=None) -> dict:
+def case_json(case, result=None, truth=None) -> dict:
   """The minimal case as plain lists (exact: float64 repr of the candidate-dtype values)."""
   arrays = {}
   for l, W in enumerate(case.weights, start=1):
@@ -154,6 +160,9 @@ def case_json(case, result=None) -> dict:
                         for l, g in enumerate(result.dW, start=1)}
     out["candidate"].update({f"db{l}": np.asarray(g, np.float64).tolist()
                              for l, g in enumerate(result.db or (), start=1)})
+  if truth is not None:
+    out["bpref"] = {f"dW{l}": np.asarray(g).tolist() for l, g in enumerate(truth.dW, start=1)}
+    out["bpref"].update({f"db{l}": np.asarray(g).tolist() for l, g in enumerate(truth.db or (), start=1)})
   return out
 
 
