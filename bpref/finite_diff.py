@@ -224,9 +224,9 @@ def _unit_roundoff(dtype) -> float:
   return float(jnp.finfo(dtype).eps) / 2
 
 
-def central_step(dtype, scale=1.0) -> float:
+def central_step(dtype, scale=1.0):
   """h* = (3 u)^(1/3) * scale: balances truncation h^2 |C'''| / 6 against rounding u |C| / h."""
-  return float((3 * _unit_roundoff(dtype)) ** (1 / 3) * scale)
+  return (3 * _unit_roundoff(dtype)) ** (1 / 3) * scale
 
 
 def complex_step(dtype) -> float:
@@ -389,7 +389,7 @@ def taylor_test(fun, theta, g, v, *, h0=None, steps: int = 24, fit: int = 4) -> 
   slope = jnp.vdot(g, v)
   values = jax.vmap(lambda h: fun(theta + h * v))(hs)
   residual = jnp.abs(values - c0 - hs * slope)  # |C(p + h v) - C(p) - h <g, v>|
-  floor = 64 * u * (jnp.abs(c0) + jnp.abs(hs * slope) + jnp.abs(values))
+  floor = 8 * u * (jnp.abs(c0) + jnp.abs(hs * slope) + jnp.abs(values))
   usable = residual > 16 * floor
   # the `fit` smallest usable steps: count usable steps from the small end
   from_small_end = jnp.cumsum(usable[::-1])[::-1]

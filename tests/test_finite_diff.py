@@ -1,0 +1,186 @@
+"""Finite-difference witnesses against the exact referee and against bpref.
+
+The finite differences use loss values only; the referee is exact. Each witness
+is checked against its own error model: the complex step to the rounding model
+(T) of bpref.tolerance, Richardson to its own per-coordinate error estimate,
+central differences to their truncation-plus-rounding bound.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+
+import bpref
+from bpref import finite_diff as fd
+from bpref import referee, tolerance
+from bpref.network import Layer
+from bpref.problems import random_problem
+from bpref.testing import strategies as bst
+
+EXAMPLES = max(3, settings.default.max_examples // 3)
+few = settings(max_examples=EXAMPLES)
+
+COMPLEX_OK = tuple(a for a in bst.HIDDEN if a in fd.COMPLEX_ACTIVATIONS)
+SMOOTH = ("identity", "sigmoid", "tanh", "sin", "softplus", "silu", "gelu", "gelu_tanh")
+SMOOTH_LOSSES = ("squared_error", "half_squared_error", "softmax_cross_entropy",
+                 "sigmoid_binary_cross_entropy")
+
+
+def _flat_exact(problem):
+  ex = referee.exact(*problem)
+  return np.asarray(fd.flatten(referee.to_float(ex.grads)))
+
+
+@few
+@given(bst.problems(hidden=COMPLEX_OK, depths=(1, 2)))
+def test_complex_step_gradient_is_exact_to_rounding(problem):
+  """Im C(theta + i h e_j) / h matches the referee within the rounding model (T)."""
+  grads = fd.gradient(*problem, method="complex")
+  tol = tolerance.problem_tolerance(problem.params, problem.x)
+  err = tolerance.max_norm_error(fd.flatten(grads), _flat_exact(problem))
+  assert err <= tol, f"complex step off by {err:.2e} > {tol:.2e} on {problem.describe()}"
+
+
+@few
+@given(bst.problems(hidden=SMOOTH, losses=SMOOTH_LOSSES, depths=(1, 2)))
+def test_richardson_within_its_error_estimate(problem):
+  """|Richardson - exact| <= its own per-coordinate error estimate (plus (T) for the exact's scale)."""
+  grads, errors = fd.gradient(*problem, method="richardson")
+  exact = _flat_exact(problem)
+  est = np.asarray(fd.flatten(errors))
+  got = np.asarray(fd.flatten(grads))
+  floor = tolerance.problem_tolerance(problem.params, problem.x) * np.max(np.abs(exact))
+  bad = np.abs(got - exact) > 2 * est + floor
+  assert not bad.any(), (f"Richardson error beyond its estimate at {np.flatnonzero(bad)}: "
+                         f"{np.abs(got - exact)[bad]} vs {est[bad]}")
+
+
+@few
+@given(bst.problems(hidden=SMOOTH, losses=SMOOTH_LOSSES, depths=(1, 2)))
+def test_central_difference_within_its_bound(problem):
+  """Central differences at h* = (3u)^(1/3) s: error <= 100 (3u)^(2/3) max(1, |C|) s^2 ||g||."""
+  theta, fun = fd.loss_function(*problem)
+  got = np.asarray(fd.flatten(fd.gradient(*problem, method="central")))
+  exact = _flat_exact(problem)
+  u = tolerance.unit_roundoff(np.float64)
+  scale = max(1.0, float(np.max(np.abs(theta))))
+  bound = 100 * (3 * u) ** (2 / 3) * max(1.0, abs(float(fun(theta)))) * scale ** 2
+  err = float(np.max(np.abs(got - exact)))
+  assert err <= bound * max(1.0, float(np.max(np.abs(exact)))), f"central differences off by {err:.2e}"
+
+
+def test_complex_step_refuses_gelu():
+  problem = random_problem(np.random.default_rng(0), np.float64, max_depth=1, activations=("gelu",),
+                           losses=("squared_error",))
+  with pytest.raises(ValueError, match="layer 1: activation 'gelu'.*richardson"):
+    fd.complex_loss_function(*problem)
+  assert not fd.supports_complex_step(problem.params, problem.loss)
+
+
+@few
+@given(bst.problems(hidden=("relu", "leaky_relu", "elu", "selu"), mode="kink", depths=(2,),
+                    losses=("squared_error", "half_squared_error")))
+def test_complex_step_follows_the_kink_conventions(problem):
+  """With z_l = 0 exactly, the complex step's branch on Re z gives bpref's f'(0) conventions."""
+  grads = fd.gradient(*problem, method="complex")
+  ours = bpref.grad(*problem)
+  tol = tolerance.problem_tolerance(problem.params, problem.x)
+  assert tolerance.worst_error(ours, grads) <= 2 * tol
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _directional(params, x, t, loss, reduction, v, wrong):
+  theta, fun = fd.loss_function(params, x, t, loss, reduction)
+  _, fun_c = fd.complex_loss_function(params, x, t, loss, reduction)
+  g = fd.flatten(bpref.grad(params, x, t, loss, reduction))
+  return (fd.directional(fun, theta, g, v, fun_c=fun_c), fd.directional(fun, theta, g, v),
+          fd.directional(fun, theta, g * (1 + wrong), v, fun_c=fun_c))
+
+
+@few
+@given(bst.problems(hidden=tuple(a for a in SMOOTH if a in fd.COMPLEX_ACTIVATIONS),
+                    losses=SMOOTH_LOSSES, depths=(1, 2, 3)))
+def test_directional_adjoint_check(problem):
+  """<bpref's gradient, v> equals dC/dv by complex step and by Richardson; a 1e-3 error is caught."""
+  theta, _ = fd.loss_function(*problem)
+  rng = np.random.default_rng(0)
+  v = rng.normal(size=theta.shape)
+  wrong = np.zeros(theta.shape)
+  g = np.asarray(fd.flatten(bpref.grad(*problem)))
+  j = int(np.argmax(np.abs(g)))
+  v[j] = 1.0 + abs(v[j])  # make sure the wrong coordinate is seen along v
+  wrong[j] = 1e-3
+  cs, rich, bad = _directional(*problem, v, wrong)
+  tol = tolerance.problem_tolerance(problem.params, problem.x)
+  size = float(np.dot(np.abs(g), np.abs(v)))  # |<|g|, |v|>|: the scale of the inner product
+  assert abs(cs.claimed - cs.measured) <= tol * size
+  assert abs(rich.claimed - rich.measured) <= 2 * rich.error + tol * size
+  if abs(g[j] * v[j]) > 0.1 * size:  # the wrong coordinate carries weight in <g, v>
+    assert abs(bad.claimed - bad.measured) > tol * size
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _taylor(params, x, t, loss, reduction, v, perturb):
+  theta, fun = fd.loss_function(params, x, t, loss, reduction)
+  g = fd.flatten(bpref.grad(params, x, t, loss, reduction))
+  return fd.taylor_test(fun, theta, g, v), fd.taylor_test(fun, theta, g + perturb, v)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@few
+@given(data=bst.problems(hidden=SMOOTH, losses=SMOOTH_LOSSES))
+def test_taylor_remainder_order(dtype, data):
+  """The fitted order is ~2 for bpref's gradient and ~1 for one that is off along v.
+
+  The wrong gradient is off by 1% of ||g|| ||v|| along v in float64 and 10% in float32: the
+  Taylor test sees an error e only where e h stands above the rounding floor u |C| while
+  h^2 does not swamp it, i.e. for e above about sqrt(u).
+  """
+  params = tuple(Layer(p.W.astype(dtype), None if p.b is None else p.b.astype(dtype), p.activation)
+                 for p in data.params)
+  problem = data._replace(params=params, x=data.x.astype(dtype), t=data.t.astype(dtype))
+  theta, _ = fd.loss_function(*problem)
+  rng = np.random.default_rng(1)
+  v = rng.normal(size=theta.shape).astype(dtype)
+  g = np.asarray(fd.flatten(bpref.grad(*problem)), np.float64)
+  norm_g = float(np.linalg.norm(g))
+  share = 0.01 if dtype == np.float64 else 0.1
+  perturb = (share * norm_g * v / np.linalg.norm(v)).astype(dtype)  # <perturb, v> = share ||g|| ||v||
+  good, bad = _taylor(*problem, v, perturb)
+  if np.isfinite(good.order):  # nan: C is linear along v to rounding (nothing to fit)
+    assert 1.8 <= good.order <= 2.2, f"order {good.order:.2f} for the true gradient"
+  if norm_g > 0:
+    assert 0.8 <= bad.order <= 1.2, f"order {bad.order:.2f} for a wrong gradient"
+
+
+def test_witnesses_trace_under_jit_and_vmap():
+  """Eager, jit and vmap over directions give the same derivatives."""
+  problem = random_problem(np.random.default_rng(3), np.float64, max_depth=2,
+                           activations=("tanh",), losses=("squared_error",))
+  theta, fun = fd.loss_function(*problem)
+  _, fun_c = fd.complex_loss_function(*problem)
+  vs = jnp.asarray(np.random.default_rng(4).normal(size=(3,) + theta.shape))
+  eager = [fd.complex_derivative(fun_c, theta, v) for v in vs]
+  mapped = jax.jit(jax.vmap(lambda v: fd.complex_derivative(fun_c, theta, v)))(vs)
+  np.testing.assert_allclose(mapped, eager, rtol=1e-14)
+  r_eager = fd.richardson(fun, theta, vs[0])
+  r_jit = jax.jit(lambda v: fd.richardson(fun, theta, v))(vs[0])
+  # jit may fuse the forward pass differently: C moves by ulps, which the difference quotients
+  # amplify by 1/h; the two agree within their own error estimates
+  assert abs(r_jit.value - r_eager.value) <= r_jit.error + r_eager.error
+  h = 1e-5
+  c_scale = 8 * tolerance.unit_roundoff(np.float64) * abs(float(fun(theta))) / h
+  assert abs(fd.central(fun, theta, vs[0], h) - jax.jit(lambda v: fd.central(fun, theta, v, h))(vs[0])) \
+      <= c_scale
+
+
+def test_flatten_round_trips():
+  problem = random_problem(np.random.default_rng(5), np.float64, max_depth=3)
+  theta = fd.flatten(problem.params)
+  back = fd.unflatten(theta, problem.params)
+  for a, b in zip(jax.tree_util.tree_leaves(back), jax.tree_util.tree_leaves(problem.params)):
+    np.testing.assert_array_equal(a, b)
