@@ -111,6 +111,13 @@ def tolerance(dtype, *, depth: int = 1, inner: int = 1, magnitude: float = 1.0) 
   return SAFETY * unit_roundoff(dtype) * (2 * depth + 1) * inner * m
 
 
+def forward_tolerance(dtype, *, depth: int = 1, inner: int = 1, magnitude: float = 1.0) -> float:
+  """(T) for the forward pass alone (y, z_l, a_l): c u (L + 1) k m, L layers and the loss."""
+  if depth < 1 or inner < 1:
+    raise ValueError(f"depth and inner must be >= 1; got depth={depth}, inner={inner}")
+  return SAFETY * unit_roundoff(dtype) * (depth + 1) * inner * max(1.0, float(magnitude))
+
+
 def magnitude(z_arrays, activations=()) -> float:
   """m of (T): max(1, max_l ||z_l||_inf), squared for layers whose f is gelu.
 
@@ -131,11 +138,16 @@ def magnitude(z_arrays, activations=()) -> float:
   return m
 
 
-def problem_tolerance(params, x, dtype=None) -> float:
+def problem_tolerance(params, x, dtype=None, *, forward_only: bool = False) -> float:
   """(T) for every array of one problem: depth, longest sum and magnitude read off the problem.
 
-  The magnitude comes from a float64 NumPy forward pass of the same values, so it
-  does not depend on the code being checked.
+  k is the longest sum anywhere in the problem (every width and the batch), so the
+  bound holds for each array; an array fed only by shorter sums (dC/db_l of a very
+  wide output layer, say) may be held to ``tolerance`` with its own k.
+
+  The magnitude comes from a float64 forward pass of the same values (NumPy
+  products, bpref's f), so it does not depend on the derivatives being checked.
+  With ``forward_only`` the bound of ``forward_tolerance`` (for y and the tape).
   """
   from bpref import activations as _activations
   import jax.numpy as jnp
@@ -155,8 +167,9 @@ def problem_tolerance(params, x, dtype=None) -> float:
     a = np.asarray(_activations.get(layer.activation).f(jnp.asarray(z)), np.float64)  # (8)
     widths.append(W.shape[0])
   inner = max(max(widths), x2.shape[0])
-  return tolerance(dtype, depth=len(params), inner=inner,
-                   magnitude=magnitude(zs, [layer.activation for layer in params]))
+  m = magnitude(zs, [layer.activation for layer in params])
+  bound = forward_tolerance if forward_only else tolerance
+  return bound(dtype, depth=len(params), inner=inner, magnitude=m)
 
 
 def within(actual, expected, tol) -> bool:
