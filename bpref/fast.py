@@ -76,12 +76,14 @@ class Result(NamedTuple):
     deltas: (delta_1, ..., delta_L), delta_l of shape (B, n_l).
     input_grad: dC/dx = delta_1 W_1, shape (B, n_0).
     y: the prediction a_L, shape (B, n_L).
+    a: the tape's activations (a_0, ..., a_{L-1}) that feed each layer, a_l of shape (B, n_l).
   """
   value: np.ndarray
   grads: tuple
   deltas: tuple
   input_grad: np.ndarray
   y: np.ndarray
+  a: tuple
 
 
 def _ceil_pow2(n: int, least: int) -> int:
@@ -167,7 +169,7 @@ def _one_case(p: _Packed, precision):
 
   dx, (deltas, dW, db) = jax.lax.scan(
       layer_backward, g, (p.W, p.act, p.live, p.units, zs, acts, a_prevs), reverse=True)
-  return value, dW, db, deltas, dx, y
+  return value, dW, db, deltas, dx, y, a_prevs
 
 
 @functools.partial(jax.jit, static_argnames=("precision",))
@@ -216,7 +218,7 @@ def _pack(cases, shape, chunk, dtype) -> _Packed:
 
 
 def _unpack(out, k, params, x2, single):
-  value, dW, db, deltas, dx, y = out
+  value, dW, db, deltas, dx, y, a_prevs = out
   n_batch, n_0 = x2.shape
   sizes = [n_0] + [layer.W.shape[0] for layer in params]
   grads = tuple(
@@ -226,9 +228,10 @@ def _unpack(out, k, params, x2, single):
   ds = tuple(deltas[k, l, :n_batch, :sizes[l + 1]] for l in range(len(params)))
   dx_k = dx[k, :n_batch, :n_0]
   y_k = y[k, :n_batch, :sizes[-1]]
+  a_k = tuple(a_prevs[k, l, :n_batch, :sizes[l]] for l in range(len(params)))
   if single:
-    ds, dx_k, y_k = tuple(d[0] for d in ds), dx_k[0], y_k[0]
-  return Result(value[k], grads, ds, dx_k, y_k)
+    ds, dx_k, y_k, a_k = tuple(d[0] for d in ds), dx_k[0], y_k[0], tuple(a[0] for a in a_k)
+  return Result(value[k], grads, ds, dx_k, y_k, a_k)
 
 
 def _as_case(problem):
@@ -292,6 +295,27 @@ def value_and_grad_many(problems, *, precision=DEFAULT_PRECISION) -> list:
 def grads_many(problems, *, precision=DEFAULT_PRECISION) -> list:
   """[grads, ...]: ``bpref.grad`` of each problem, computed in buckets."""
   return [r.grads for r in evaluate_many(problems, precision=precision)]
+
+
+def per_example_grads_many(problems, *, precision=DEFAULT_PRECISION) -> list:
+  """[grads, ...]: ``bpref.per_example_grads`` of each problem (its reduction is ignored).
+
+  Each problem is evaluated with the summed loss, whose delta_l has rows dC_b/dz_l;
+  then dC_b/dW_l = delta_{l,b} a_{l-1,b}^T (39) and dC_b/db_l = delta_{l,b}, with a
+  leading axis B (none for a 1-D x).
+  """
+  summed = []
+  for problem in problems:
+    params, x, t, loss, _ = _as_case(problem)
+    summed.append((params, x, t, loss, "sum"))
+  out = []
+  for r, (params, *_) in zip(evaluate_many(summed, precision=precision), summed):
+    grads = []
+    for layer, delta, a_prev in zip(params, r.deltas, r.a):
+      dW = delta[..., :, None] * a_prev[..., None, :]  # (39) per example: delta_{l,b} a_{l-1,b}^T
+      grads.append(Layer(dW, None if layer.b is None else delta, layer.activation))  # dC_b/db_l = delta_{l,b}
+    out.append(tuple(grads))
+  return out
 
 
 def compiled_count() -> int:
