@@ -35,7 +35,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bpref import activations as _activations
 from bpref import backprop as _backprop
+from bpref import losses as _losses
 from bpref import network as _network
 from bpref import problems as _problems
 from bpref import reference as _reference
@@ -186,8 +188,7 @@ def bench_cell(name, activation, dtype, repeats):
 
 def random_architecture(rng: np.random.Generator, dtype=np.float64) -> _problems.Problem:
   """Depth 1-5, widths 1-8, batch 1-4; random activations, loss and reduction."""
-  from bpref.network import Layer
-  loss = str(rng.choice(tuple(_problems._losses.LOSSES)))
+  loss = str(rng.choice(tuple(_losses.LOSSES)))
   depth = int(rng.integers(1, 6))
   sizes = [int(rng.integers(1, 9)) for _ in range(depth + 1)]
   acts = [str(rng.choice(_problems.HIDDEN)) for _ in range(depth - 1)]
@@ -197,7 +198,7 @@ def random_architecture(rng: np.random.Generator, dtype=np.float64) -> _problems
   for l in range(1, depth + 1):
     W = (rng.normal(size=(sizes[l], sizes[l - 1])) / np.sqrt(sizes[l - 1])).astype(dtype)
     b = (rng.normal(size=(sizes[l],)) * 0.1).astype(dtype) if bias else None
-    layers.append(Layer(W, b, acts[l - 1]))
+    layers.append(_network.Layer(W, b, acts[l - 1]))
   batch = int(rng.integers(1, 5))
   x = rng.normal(size=(batch, sizes[0])).astype(dtype)
   t = _problems.targets(rng, loss, (batch, sizes[-1])).astype(dtype)
@@ -375,7 +376,7 @@ def main(argv=None) -> int:
   activations = tuple(args.activations.split(","))
   for act in activations:
     try:
-      _network._activations.get(act)
+      _activations.get(act)
     except ValueError as err:
       parser.error(str(err))
   dtypes = tuple(args.dtypes.split(",")) if args.dtypes else (QUICK_DTYPES if args.quick else DTYPES)
