@@ -5,6 +5,14 @@ activations, a loss and reduction, a batch) in float32 or float64. bpref runs
 in the case's dtype; the witness (``bpref.reference``) runs in float64 on the
 same values, so the error reported is bpref's own. Errors are normwise
 relative per array; the worst over the arrays of a case is recorded.
+
+A second table runs the independent witnesses on fewer, smaller cases (depth
+<= 3): the exact referee (bpref.referee, mpmath at 50 digits) and, measured
+against it, bpref, jax.grad, the complex step, Richardson and central
+differences (bpref.finite_diff); the adjoint check of bpref's gradient along a
+random direction; and the fitted order of the Taylor-remainder test. Errors are
+||X - exact||_inf / ||exact||_inf per array (bpref.tolerance's measure), and
+each row's verdict applies that witness's own error model.
 """
 
 from __future__ import annotations
@@ -16,12 +24,15 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from bpref import backprop as _backprop
+from bpref import finite_diff as _fd
 from bpref import network as _network
 from bpref import problems as _problems
 from bpref import reference as _reference
+from bpref import referee as _referee
 from bpref import tolerance as _tolerance
 from bpref.network import Layer
 
@@ -107,6 +118,134 @@ def run(cases: int, seed: int, dtypes=("float32", "float64"), progress=None) -> 
           "passed": all(r["verdict"] == "ok" for r in table)}
 
 
+# ---------------------------------------------------------------- independent witnesses
+
+WITNESSES = ("bpref_vs_referee", "jax_grad_vs_referee", "complex_step", "richardson", "central",
+             "adjoint", "taylor_order")
+"""Rows of the witness table; every error is measured against the exact referee."""
+
+_bpref_grad = jax.jit(_backprop.grad, static_argnums=(3, 4))
+_jax_grad = jax.jit(_reference.grad, static_argnums=(3, 4))
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _adjoint_and_taylor(params, x, t, loss, reduction, v):
+  theta, fun = _fd.loss_function(params, x, t, loss, reduction)
+  g = _fd.flatten(_backprop.grad(params, x, t, loss, reduction))
+  return _fd.directional(fun, theta, g, v), _fd.taylor_test(fun, theta, g, v).order, jnp.vdot(
+      jnp.abs(g), jnp.abs(v))
+
+
+def witness_case(problem, rng) -> dict:
+  """Each witness's error on one problem (None where a witness does not apply)."""
+  exact = _referee.exact(*problem)
+  tol = _tolerance.problem_tolerance(problem.params, problem.x)
+  out = {"tolerance": tol}
+  out["bpref_vs_referee"] = _referee.worst_error(_bpref_grad(*problem), exact.grads)
+  out["jax_grad_vs_referee"] = _referee.worst_error(_jax_grad(*_as_float64(problem)), exact.grads)
+  if _fd.supports_complex_step(problem.params, problem.loss):
+    out["complex_step"] = _referee.worst_error(_fd.gradient(*problem, method="complex"), exact.grads)
+  else:
+    out["complex_step"] = None
+  out["richardson"] = _referee.worst_error(_fd.gradient(*problem, method="richardson")[0], exact.grads)
+  out["central"] = _referee.worst_error(_fd.gradient(*problem, method="central"), exact.grads)
+  theta = _fd.flatten(problem.params)
+  v = rng.normal(size=theta.shape).astype(problem.x.dtype)
+  adj, order, size = _adjoint_and_taylor(*problem, v)
+  out["adjoint"] = float(abs(adj.claimed - adj.measured) / max(float(size), 1e-300))
+  out["adjoint_estimate"] = float(adj.error / max(float(size), 1e-300))
+  out["taylor_order"] = float(order)
+  return out
+
+
+def _witness_ok(name, value, case) -> bool:
+  if value is None:
+    return True
+  tol = case["tolerance"]
+  if name in ("bpref_vs_referee", "complex_step"):
+    return value <= tol  # (T)
+  if name == "adjoint":
+    return value <= 2 * case["adjoint_estimate"] + tol  # Richardson's own estimate plus (T)
+  if name == "taylor_order":
+    return not np.isfinite(value) or 1.8 <= value <= 2.2  # nan: C linear along v to rounding
+  return True  # jax.grad and plain differences: reported, not judged
+
+
+def run_witnesses(cases: int, seed: int, dtypes=("float32", "float64"), progress=None) -> dict:
+  """The witness table over ``cases`` random problems (depth <= 3) per dtype."""
+  rng = np.random.default_rng(seed + 1)
+  rows = {(d, w): {"cases": 0, "worst": None, "failures": 0, "worst_case": None, "values": []}
+          for d in dtypes for w in WITNESSES}
+  done = 0
+  for _ in range(cases):
+    for dtype in dtypes:
+      problem = _problems.random_problem(rng, np.dtype(dtype), max_depth=3)
+      case = witness_case(problem, rng)
+      for w in WITNESSES:
+        value = case[w]
+        row = rows[(dtype, w)]
+        if value is None:
+          continue
+        row["cases"] += 1
+        row["values"].append(value)
+        score = abs(value - 2) if w == "taylor_order" else value
+        worst = None if row["worst"] is None else (
+            abs(row["worst"] - 2) if w == "taylor_order" else row["worst"])
+        if np.isfinite(score) and (worst is None or score > worst):
+          row["worst"] = value
+          row["worst_case"] = problem.describe()
+        row["failures"] += int(not _witness_ok(w, value, case))
+      done += 1
+      if progress:
+        progress(done, cases * len(dtypes))
+  table = []
+  for d in dtypes:
+    for w in WITNESSES:
+      r = rows[(d, w)]
+      judged = w in ("bpref_vs_referee", "complex_step", "adjoint", "taylor_order")
+      verdict = ("ok" if r["failures"] == 0 else "FAIL") if judged else "info"
+      table.append({"dtype": d, "witness": w, **r, "verdict": verdict})
+  return {"cases_per_dtype": cases, "table": table,
+          "passed": all(r["verdict"] != "FAIL" for r in table)}
+
+
+def format_witness_table(summary: dict) -> str:
+  lines = [f"{'dtype':8} {'witness':20} {'cases':>6} {'worst':>12}  verdict", "-" * 58]
+  for r in summary["table"]:
+    worst = "-" if r["worst"] is None else (
+        f"{r['worst']:12.2f}" if r["witness"] == "taylor_order" else f"{r['worst']:12.3e}")
+    lines.append(f"{r['dtype']:8} {r['witness']:20} {r['cases']:6d} {worst:>12}  {r['verdict']}")
+  lines.append("-" * 58)
+  lines.append("errors: ||X - exact||_inf / ||exact||_inf against the mpmath referee; taylor_order: "
+               "the worst fitted order (2 = correct gradient)")
+  return "\n".join(lines)
+
+
+def plot_witnesses(summary: dict, path: str) -> None:
+  """A PNG of each witness's error distribution (log10), one panel per dtype."""
+  try:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+  except ImportError:
+    raise SystemExit("bpref verify --plot needs matplotlib: pip install 'bpref[plot]'") from None
+  dtypes = sorted({r["dtype"] for r in summary["table"]})
+  fig, axes = plt.subplots(1, len(dtypes), figsize=(7 * len(dtypes), 4.5), squeeze=False)
+  for ax, dtype in zip(axes[0], dtypes):
+    for r in summary["table"]:
+      if r["dtype"] != dtype or r["witness"] == "taylor_order" or not r["values"]:
+        continue
+      vals = np.log10(np.maximum(np.asarray(r["values"], float), 1e-20))
+      ax.hist(vals, bins=30, range=(-20, 1), histtype="step", label=r["witness"])
+    ax.set_title(f"{dtype}: error of each witness against the exact referee")
+    ax.set_xlabel("log10 relative error (values below 1e-20 shown at -20)")
+    ax.set_ylabel("cases")
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
 def _progress_bar(done, total, width=30):
   filled = int(width * done / total)
   sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} cases")
@@ -137,20 +276,63 @@ def main(argv=None) -> int:
   parser.add_argument("--dtype", choices=("float32", "float64", "both"), default="both")
   parser.add_argument("--json", action="store_true", help="print a JSON summary instead of a table")
   parser.add_argument("--no-progress", action="store_true")
+  parser.add_argument("--witness-cases", type=int, default=None,
+                      help="random networks per dtype for the independent witnesses "
+                           "(default 10, 5 with --quick; 0 skips them)")
+  parser.add_argument("--plot", metavar="PNG", default=None,
+                      help="write the witnesses' error distributions to this PNG (needs matplotlib)")
+  parser.add_argument("--device", choices=("cpu", "gpu", "tpu"), default=None,
+                      help="run bpref and jax.grad on this JAX platform (default: JAX's default)")
   args = parser.parse_args(argv)
   if args.cases < 1:
     parser.error("--cases must be >= 1")
+  if args.witness_cases is not None and args.witness_cases < 0:
+    parser.error("--witness-cases must be >= 0")
   jax.config.update("jax_enable_x64", True)
+  device = None
+  if args.device is not None:
+    try:
+      device = jax.devices(args.device)[0]
+    except RuntimeError as err:
+      print(f"bpref verify: --device {args.device} is not available here ({err}); "
+            f"available platforms: {sorted({d.platform for d in jax.devices()})}", file=sys.stderr)
+      return 2
   cases = 20 if args.quick else args.cases
+  witness_cases = args.witness_cases if args.witness_cases is not None else (5 if args.quick else 10)
+  if args.plot and witness_cases == 0:
+    parser.error("--plot needs the witnesses: give --witness-cases >= 1")
   dtypes = ("float32", "float64") if args.dtype == "both" else (args.dtype,)
   start = time.perf_counter()
   show = not (args.no_progress or args.json)
-  summary = run(cases, args.seed, dtypes, progress=_progress_bar if show else None)
+  with jax.default_device(device) if device is not None else _null():
+    summary = run(cases, args.seed, dtypes, progress=_progress_bar if show else None)
+    if witness_cases:
+      summary["witnesses"] = run_witnesses(witness_cases, args.seed, dtypes,
+                                           progress=_progress_bar if show else None)
   summary["seconds"] = round(time.perf_counter() - start, 2)
-  summary["backend"] = jax.default_backend()
+  summary["backend"] = device.platform if device is not None else jax.default_backend()
+  passed = summary["passed"] and summary.get("witnesses", {"passed": True})["passed"]
+  if args.plot:
+    plot_witnesses(summary["witnesses"], args.plot)
   if args.json:
-    print(json.dumps(summary, indent=2))
+    for r in summary.get("witnesses", {}).get("table", []):
+      r.pop("values")
+    print(json.dumps(summary, indent=2, default=float))
   else:
     print(format_table(summary))
-    print(f"{cases} cases per dtype, seed {args.seed}, {summary['seconds']} s on {summary['backend']}")
-  return 0 if summary["passed"] else 1
+    if witness_cases:
+      print()
+      print(format_witness_table(summary["witnesses"]))
+    print(f"{cases} cases per dtype ({witness_cases} for the witnesses), seed {args.seed}, "
+          f"{summary['seconds']} s on {summary['backend']}")
+    if args.plot:
+      print(f"error distributions written to {args.plot}")
+  return 0 if passed else 1
+
+
+class _null:
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    return False
