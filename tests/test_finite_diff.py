@@ -86,6 +86,8 @@ def test_complex_step_refuses_gelu():
                     losses=("squared_error", "half_squared_error")))
 def test_complex_step_follows_the_kink_conventions(problem):
   """With z_l = 0 exactly, the complex step's branch on Re z gives bpref's f'(0) conventions."""
+  tape = bpref.forward(problem.params, problem.x)
+  assert any(np.any(np.asarray(z) == 0) for z in tape.z), "kink mode drew no exact zero"
   grads = fd.gradient(*problem, method="complex")
   ours = bpref.grad(*problem)
   tol = tolerance.problem_tolerance(problem.params, problem.x)
