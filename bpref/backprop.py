@@ -39,13 +39,33 @@ def _output_cotangent(tape: Tape, t2, loss, reduction) -> tuple[Array, Array]:
   return value, loss_obj.dy(y, t2) * jnp.asarray(scale, y.dtype)  # (14) and its batch reduction
 
 
-def _deltas(params, tape: Tape, g: Array, precision) -> Deltas:
-  """delta_L, ..., delta_1 from the output cotangent g = dC/dy (rows are examples)."""
-  n_layers = len(params)
-  last = params[-1]
-  delta = _activations.vjp(last.activation, tape.z[-1], tape.a[-1], g)  # (34), corrected
+def _output_delta(params, tape: Tape, t2, loss, reduction) -> tuple[Array, Array]:
+  """(C, delta_L) for the reduced loss.
+
+  cross_entropy after softmax and binary_cross_entropy after sigmoid are the logit losses of
+  z_L, so C and delta_L come from z_L directly: softmax(z_L) sum_k t_k - t and sigma(z_L) - t.
+  The two-step route divides by y_L, which underflows to 0 or rounds to 1 once the output
+  saturates.
+  """
+  logits = _losses.get(loss).logits
+  if logits is None:
+    value, g = _output_cotangent(tape, t2, loss, reduction)
+    return value, _output_vjp(params, tape, g)
+  z = tape.z[-1]
+  fused = _losses.get(logits)
+  value = _losses.reduce(fused.value(z, t2), reduction)
+  scale = jnp.asarray(_losses.reduce_scale(z.shape[0], reduction), z.dtype)
+  return value, fused.dy(z, t2) * scale  # (34), corrected, with f_L and C fused
+
+
+def _output_vjp(params, tape: Tape, g: Array) -> Array:
+  return _activations.vjp(params[-1].activation, tape.z[-1], tape.a[-1], g)  # (34), corrected
+
+
+def _recurse(params, tape: Tape, delta: Array, precision) -> Deltas:
+  """delta_1, ..., delta_L from delta_L (rows are examples)."""
   out = [delta]
-  for l in range(n_layers - 1, 0, -1):  # l = L-1, ..., 1
+  for l in range(len(params) - 1, 0, -1):  # l = L-1, ..., 1
     back = jnp.matmul(delta, params[l].W, precision=precision)  # delta_{l+1} W_{l+1}
     f_prime = _activations.derivative(params[l - 1].activation, tape.z[l - 1], tape.a[l])  # (24)
     delta = back * f_prime  # (37), corrected
@@ -53,20 +73,26 @@ def _deltas(params, tape: Tape, g: Array, precision) -> Deltas:
   return tuple(reversed(out))
 
 
+def _deltas(params, tape: Tape, g: Array, precision) -> Deltas:
+  """delta_1, ..., delta_L from the output cotangent g = dC/dy: a linear map of g."""
+  return _recurse(params, tape, _output_vjp(params, tape, g), precision)
+
+
 def _layer_grads(params, tape: Tape, deltas: Deltas, precision) -> tuple:
   grads = []
   for layer, delta, a_prev in zip(params, deltas, tape.a[:-1]):
-    dW = jnp.matmul(delta.T, a_prev, precision=precision)  # (39), corrected: delta_l^T a_{l-1}^T per example; rows D_l^T A_{l-1}
+    dW = jnp.matmul(delta.T, a_prev, precision=precision)  # (39), corrected: rows D_l^T A_{l-1}
     db = None if layer.b is None else jnp.sum(delta, axis=0)  # dC/db_l = delta_l
     grads.append(Layer(dW, db, layer.activation))
   return tuple(grads)
 
 
 def _prepare(params, x, t, loss, reduction, precision):
+  """Validate, run the forward pass and start the backward one: (tape, C, delta_L, single)."""
   x2, t2, single = check_problem(params, x, t, loss, reduction)
   tape = _forward(params, x2, precision)
-  value, g = _output_cotangent(tape, t2, loss, reduction)
-  return tape, value, g, single
+  value, delta_L = _output_delta(params, tape, t2, loss, reduction)
+  return tape, value, delta_L, single
 
 
 def value_and_grad(params, x, t, loss: str = "squared_error", reduction: str = "mean", *,
@@ -90,8 +116,8 @@ def value_and_grad(params, x, t, loss: str = "squared_error", reduction: str = "
   >>> grads[0].W.shape
   (3, 2)
   """
-  tape, value, g, _ = _prepare(params, x, t, loss, reduction, precision)
-  deltas = _deltas(params, tape, g, precision)
+  tape, value, delta_L, _ = _prepare(params, x, t, loss, reduction, precision)
+  deltas = _recurse(params, tape, delta_L, precision)
   return value, _layer_grads(params, tape, deltas, precision)
 
 
@@ -104,16 +130,16 @@ def grad(params, x, t, loss: str = "squared_error", reduction: str = "mean", *,
 def deltas(params, x, t, loss: str = "squared_error", reduction: str = "mean", *,
            precision=DEFAULT_PRECISION) -> Deltas:
   """(delta_1, ..., delta_L), delta_l = dC/dz_l of the reduced loss, each (B, n_l)."""
-  tape, _, g, single = _prepare(params, x, t, loss, reduction, precision)
-  out = _deltas(params, tape, g, precision)
+  tape, _, delta_L, single = _prepare(params, x, t, loss, reduction, precision)
+  out = _recurse(params, tape, delta_L, precision)
   return tuple(d[0] for d in out) if single else out
 
 
 def input_grad(params, x, t, loss: str = "squared_error", reduction: str = "mean", *,
                precision=DEFAULT_PRECISION) -> Array:
   """dC/dx = delta_1 W_1, shape (B, n_0) or (n_0,)."""
-  tape, _, g, single = _prepare(params, x, t, loss, reduction, precision)
-  delta_1 = _deltas(params, tape, g, precision)[0]
+  tape, _, delta_L, single = _prepare(params, x, t, loss, reduction, precision)
+  delta_1 = _recurse(params, tape, delta_L, precision)[0]
   dx = jnp.matmul(delta_1, params[0].W, precision=precision)  # (26), corrected: dC/dx = delta_1 W_1
   return dx[0] if single else dx
 
@@ -125,9 +151,9 @@ def per_example_grads(params, x, t, loss: str = "squared_error", *,
   delta_l of the summed loss has rows dC_b/dz_l, so dC_b/dW_l = delta_{l,b} a_{l-1,b}^T (39)
   for each b, without a loop or ``vmap``.
   """
-  tape, _, g, single = _prepare(params, x, t, loss, "sum", precision)
+  tape, _, delta_L, single = _prepare(params, x, t, loss, "sum", precision)
   out = []
-  for layer, delta, a_prev in zip(params, _deltas(params, tape, g, precision), tape.a[:-1]):
+  for layer, delta, a_prev in zip(params, _recurse(params, tape, delta_L, precision), tape.a[:-1]):
     dW = delta[:, :, None] * a_prev[:, None, :]  # (39) per example: delta_{l,b}^T a_{l-1,b}^T (delta a row, a a column)
     db = None if layer.b is None else delta  # dC_b/db_l = delta_{l,b}
     out.append(Layer(dW, db, layer.activation))

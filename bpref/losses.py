@@ -27,11 +27,15 @@ class Loss(NamedTuple):
     value: (y, t) -> C_b per example, shape (B,).
     dy: (y, t) -> dC_b/dy, shape (B, K).
     output: the output activation the loss expects y to come from, or None.
+    logits: for a loss tied to its output activation, the name of the same loss written on
+      the pre-activation z_L (C(f_L(z_L)) is that loss of z_L); the backward pass uses it so
+      that delta_L stays finite and accurate when the output saturates.
   """
   name: str
   value: Callable[[Array, Array], Array]
   dy: Callable[[Array, Array], Array]
   output: str | None = None
+  logits: str | None = None
 
 
 # squared_error: C = sum_k (t_k - y_k)^2 (13); dC/dy = -2 (t - y) (14).
@@ -135,8 +139,9 @@ LOSSES: dict[str, Loss] = {
         Loss("softmax_cross_entropy", _softmax_cross_entropy, _softmax_cross_entropy_dy),
         Loss("sigmoid_binary_cross_entropy", _sigmoid_binary_cross_entropy,
              _sigmoid_binary_cross_entropy_dy),
-        Loss("binary_cross_entropy", _binary_cross_entropy, _binary_cross_entropy_dy, "sigmoid"),
-        Loss("cross_entropy", _cross_entropy, _cross_entropy_dy, "softmax"),
+        Loss("binary_cross_entropy", _binary_cross_entropy, _binary_cross_entropy_dy, "sigmoid",
+             "sigmoid_binary_cross_entropy"),
+        Loss("cross_entropy", _cross_entropy, _cross_entropy_dy, "softmax", "softmax_cross_entropy"),
         Loss("huber", _huber, _huber_dy),
     )
 }

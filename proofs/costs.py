@@ -97,8 +97,8 @@ FUNCTIONS = {
 def _grads_and_input_grad(params, x, t):
   # One backward pass for the weight gradients and dC/dx = delta_1 W_1, from bpref's own
   # stages (bpref has no public function returning both; two calls would redo the deltas).
-  tape, value, g, _ = _backprop._prepare(params, x, t, LOSS, "sum", bpref.DEFAULT_PRECISION)
-  deltas = _backprop._deltas(params, tape, g, bpref.DEFAULT_PRECISION)
+  tape, value, delta_L, _ = _backprop._prepare(params, x, t, LOSS, "sum", bpref.DEFAULT_PRECISION)
+  deltas = _backprop._recurse(params, tape, delta_L, bpref.DEFAULT_PRECISION)
   grads = _backprop._layer_grads(params, tape, deltas, bpref.DEFAULT_PRECISION)
   dx = jnp.matmul(deltas[0], params[0].W, precision=bpref.DEFAULT_PRECISION)  # dC/dx = delta_1 W_1
   return value, grads, dx

@@ -139,3 +139,27 @@ def test_handwritten_path_does_not_import_autodiff():
         assert not {a.name for a in node.names} & banned, name
       if isinstance(node, ast.ImportFrom) and node.module == "bpref.reference":
         raise AssertionError(f"{name} imports the witness")
+
+
+def test_probability_losses_stay_finite_and_exact_when_the_output_saturates():
+  # z_L = (800, 0, -800): softmax underflows to exactly 0 and sigmoid rounds to exactly 1, so the
+  # two-step route -t / y divides by zero. The output delta of C(f_L(z_L)) is, exactly,
+  # softmax(z) sum(t) - t for cross_entropy and sigma(z) - t for binary_cross_entropy.
+  W1 = jnp.asarray([[1.0], [0.0], [-1.0]])
+  b1 = jnp.zeros(3)
+  x = jnp.asarray([[800.0]])
+  t = jnp.asarray([[0.2, 0.3, 0.5]])
+  z = np.array([800.0, 0.0, -800.0])
+  softmax = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+  ce = bpref.from_arrays([W1], [b1], "softmax")
+  C, grads = bpref.value_and_grad(ce, x, t, "cross_entropy")
+  np.testing.assert_allclose(float(C), -(0.3 * -800.0 + 0.5 * -1600.0), rtol=1e-15)
+  np.testing.assert_allclose(np.asarray(bpref.deltas(ce, x, t, "cross_entropy")[0][0]),
+                             softmax * 1.0 - np.asarray(t[0]), rtol=1e-15, atol=1e-300)
+  assert np.all(np.isfinite(np.asarray(grads[0].W)))
+  witness = reference.deltas(ce, x, t, "cross_entropy")[0]
+  assert not np.all(np.isfinite(np.asarray(witness)))  # the composition jax.grad differentiates
+  bce = bpref.from_arrays([W1], [b1], "sigmoid")
+  sigma = np.array([1.0, 0.5, np.exp(-800.0)])  # exp(-800) underflows to 0 in float64
+  np.testing.assert_allclose(np.asarray(bpref.deltas(bce, x, t, "binary_cross_entropy")[0][0]),
+                             sigma - np.asarray(t[0]), rtol=1e-15)
