@@ -154,7 +154,9 @@ def test_taylor_remainder_order(dtype, data):
   perturb = (share * norm_g * v / np.linalg.norm(v)).astype(dtype)  # <perturb, v> = share ||g|| ||v||
   good, bad = _taylor(*problem, v, perturb)
   if np.isfinite(good.order):  # nan: C is linear along v to rounding (nothing to fit)
-    assert 1.8 <= good.order <= 2.2, f"order {good.order:.2f} for the true gradient"
+    # float64 reaches steps where h^2 dominates; float32 may fit steps where h^3 still shows
+    upper = 2.2 if dtype == np.float64 else np.inf
+    assert 1.8 <= good.order <= upper, f"order {good.order:.2f} for the true gradient"
   if norm_g > 0:
     assert 0.8 <= bad.order <= 1.2, f"order {bad.order:.2f} for a wrong gradient"
 

@@ -12,7 +12,8 @@ Three modes shape the values:
   x ~ N(0, 1), so |z| is of order 1.
 * ``"saturated"``: hidden weights scaled by a gain of 6 to 20, so sigmoid, tanh
   and softmax units sit far in their tails (|z| in the tens); the output layer
-  keeps gain 1 so that probability losses stay finite.
+  of a deeper net keeps gain 1 so that probability losses stay finite (a
+  one-layer net gets the gain).
 * ``"kink"``: default values, then in every layer with a kinked activation
   (relu, leaky_relu, elu, selu) one unit gets a zero row of W and a zero bias,
   so its pre-activation is exactly 0 for every example: f'(0) is decided by
