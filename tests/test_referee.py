@@ -119,3 +119,32 @@ def test_referee_refuses_an_infinite_loss():
   params = (Layer(np.array([[1e4]]), None, "sigmoid"),)
   with pytest.raises(ValueError, match="raise dps"):
     referee.exact(params, np.array([[1.0]]), np.array([[0.5]]), "binary_cross_entropy")
+
+
+def _confident_net(act, loss, seed=0):
+  # one layer whose logits separate by ~40: softmax/sigmoid probabilities within 1e-17 of 0 or 1
+  rng = np.random.default_rng(seed)
+  W = rng.normal(size=(3, 2)) * 0.1
+  b = np.array([40.0, 0.0, -1.0]) if act == "softmax" or "softmax" in loss else np.full(3, 40.0)
+  x = rng.normal(size=(2, 2))
+  if loss == "softmax_cross_entropy":
+    t = np.array([[1.0, 0, 0], [1.0, 0, 0]])  # one-hot on the dominant class
+  elif loss == "sigmoid_binary_cross_entropy":
+    t = np.ones((2, 3))  # every label 1, every logit ~ +40
+  else:
+    t = rng.normal(size=(2, 3))
+  return (Layer(W, b, act),), x, t, loss, "mean"
+
+
+@pytest.mark.parametrize("act,loss", [("softmax", "squared_error"), ("softmax", "half_squared_error"),
+                                      ("identity", "softmax_cross_entropy"),
+                                      ("identity", "sigmoid_binary_cross_entropy")])
+def test_saturated_softmax_and_logit_losses_keep_every_digit(act, loss):
+  """Where 1 - p rounds to 0, bpref computes the dominant entry from the others: within 1e-12."""
+  problem = _confident_net(act, loss)
+  exact = referee.exact(*problem)
+  assert referee.worst_error(_bpref_grad(*problem), exact.grads) <= 1e-12
+  assert referee.worst_error(bpref.deltas(*problem), exact.deltas) <= 1e-12
+  if act == "softmax":
+    assert referee.worst_error(bpref.lambdas(problem[0], problem[1]),
+                               referee.lambdas(problem[0], problem[1])) <= 1e-12
