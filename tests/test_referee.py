@@ -68,8 +68,8 @@ def test_bpref_exact_on_saturated_nets_where_jax_grad_is_not(case):
   assert theirs > 1e-3, f"jax.grad is only {theirs:.2e} from the exact gradient: not saturated enough"
 
 
-# Probability losses take y in (0, 1) from a sigmoid or softmax layer: near saturation
-# 1 - y is already rounded in the forward pass, an error no gradient formula can undo.
+# The logit losses: a probability loss on a saturated sigmoid or softmax output can have an
+# infinite value (y rounds to 1), and the referee then refuses the problem.
 _LOGIT_LOSSES = ("squared_error", "half_squared_error", "softmax_cross_entropy",
                  "sigmoid_binary_cross_entropy", "huber")
 
