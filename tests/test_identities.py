@@ -116,8 +116,10 @@ def _lambda_bundle(params, x):
 
   def per_example(xb):
     offsets = tuple(jnp.zeros((p.W.shape[0],), xb.dtype) for p in params)
-    y_of = lambda offs: _injected_y(params, xb[None], tuple(o[None] for o in offs))[0]  # noqa: E731
-    return jax.jacobian(y_of)(offsets), jax.jacobian(lambda v: _injected_y(params, v[None], tuple(o[None] for o in offsets))[0])(xb)
+    batched = lambda offs: tuple(o[None] for o in offs)  # noqa: E731
+    y_of_offsets = lambda offs: _injected_y(params, xb[None], batched(offs))[0]  # noqa: E731
+    y_of_x = lambda v: _injected_y(params, v[None], batched(offsets))[0]  # noqa: E731
+    return jax.jacobian(y_of_offsets)(offsets), jax.jacobian(y_of_x)(xb)
 
   injected, dy_dx = jax.vmap(per_example)(x)
   return {
