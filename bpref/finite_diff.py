@@ -342,7 +342,7 @@ def directional(fun, theta, g, v, *, fun_c=None) -> Directional:
   With ``fun_c`` (a complex-capable C) the complex step measures it, with an error
   estimate of a few ulps of |<|g|, |v|>|; else Richardson with its own estimate.
   """
-  claimed = jnp.vdot(g, v)
+  claimed = jnp.vdot(g, v, precision=DEFAULT_PRECISION)
   if fun_c is not None:
     measured = complex_derivative(fun_c, theta, v)
     u = _unit_roundoff(theta.dtype)
@@ -386,7 +386,7 @@ def taylor_test(fun, theta, g, v, *, h0=None, steps: int = 24, fit: int = 4) -> 
     h0 = 0.125 * jnp.maximum(1.0, jnp.max(jnp.abs(theta))) / jnp.maximum(jnp.max(jnp.abs(v)), 1e-300)
   hs = h0 * (0.5 ** jnp.arange(steps, dtype=dtype))
   c0 = fun(theta)
-  slope = jnp.vdot(g, v)
+  slope = jnp.vdot(g, v, precision=DEFAULT_PRECISION)
   values = jax.vmap(lambda h: fun(theta + h * v))(hs)
   residual = jnp.abs(values - c0 - hs * slope)  # |C(p + h v) - C(p) - h <g, v>|
   floor = 8 * u * (jnp.abs(c0) + jnp.abs(hs * slope) + jnp.abs(values))

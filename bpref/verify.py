@@ -38,7 +38,7 @@ from bpref import problems as _problems
 from bpref import reference as _reference
 from bpref import referee as _referee
 from bpref import tolerance as _tolerance
-from bpref.network import Layer
+from bpref.network import DEFAULT_PRECISION, Layer
 
 CHECKS = ("loss", "predict", "grad", "deltas", "lambdas", "input_grad", "per_example_grads")
 
@@ -138,7 +138,7 @@ def _adjoint_and_taylor(params, x, t, loss, reduction, v, use_complex):
   fun_c = _fd.complex_loss_function(params, x, t, loss, reduction)[1] if use_complex else None
   g = _fd.flatten(_backprop.grad(params, x, t, loss, reduction))
   return (_fd.directional(fun, theta, g, v, fun_c=fun_c), _fd.taylor_test(fun, theta, g, v).order,
-          jnp.vdot(jnp.abs(g), jnp.abs(v)))
+          jnp.vdot(jnp.abs(g), jnp.abs(v), precision=DEFAULT_PRECISION))
 
 
 _NOT_SMOOTH = frozenset(_activations.KINKED) | {"softsign"}
