@@ -238,6 +238,19 @@ def init(key, sizes: Sequence[int], activations, *, bias: bool = True, dtype=Non
   return params
 
 
+def per_layer(n_layers: int, biases, activations) -> tuple[list, tuple]:
+  """``biases`` (None for none) and ``activations`` (one name for all) as one entry per layer."""
+  biases = [None] * n_layers if biases is None else list(biases)
+  if len(biases) != n_layers:
+    raise ValueError(f"{n_layers} weight arrays but {len(biases)} biases; give one per layer or None")
+  if isinstance(activations, str):
+    activations = (activations,) * n_layers
+  activations = tuple(activations)
+  if len(activations) != n_layers:
+    raise ValueError(f"{n_layers} weight arrays but {len(activations)} activations: {activations}")
+  return biases, activations
+
+
 def from_arrays(weights, biases, activations) -> Params:
   """Parameters from plain arrays.
 
@@ -247,17 +260,7 @@ def from_arrays(weights, biases, activations) -> Params:
     activations: L names, or one name for every layer.
   """
   weights = list(weights)
-  n_layers = len(weights)
-  if biases is None:
-    biases = [None] * n_layers
-  biases = list(biases)
-  if len(biases) != n_layers:
-    raise ValueError(f"{n_layers} weight arrays but {len(biases)} biases; give one per layer or None")
-  if isinstance(activations, str):
-    activations = (activations,) * n_layers
-  activations = tuple(activations)
-  if len(activations) != n_layers:
-    raise ValueError(f"{n_layers} weight arrays but {len(activations)} activations: {activations}")
+  biases, activations = per_layer(len(weights), biases, activations)
   params = tuple(
       Layer(jnp.asarray(W), None if b is None else jnp.asarray(b), act)
       for W, b, act in zip(weights, biases, activations))

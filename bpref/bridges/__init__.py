@@ -33,6 +33,7 @@ import numpy as np
 
 from bpref import activations as _activations
 from bpref import losses as _losses
+from bpref import network as _network
 
 __all__ = ["Architecture", "check_arrays"]
 
@@ -61,14 +62,8 @@ def check_arrays(weights, biases, activations, loss, x, t, reduction="mean"):
   n_layers = len(weights)
   if n_layers == 0:
     raise ValueError("weights is empty; a network needs at least one layer")
-  biases = [None] * n_layers if biases is None else [None if b is None else np.array(b) for b in biases]
-  if len(biases) != n_layers:
-    raise ValueError(f"{n_layers} weight arrays but {len(biases)} biases; give one per layer")
-  if isinstance(activations, str):
-    activations = (activations,) * n_layers
-  activations = tuple(activations)
-  if len(activations) != n_layers:
-    raise ValueError(f"{n_layers} weight arrays but {len(activations)} activations: {activations}")
+  biases, activations = _network.per_layer(n_layers, biases, activations)
+  biases = [None if b is None else np.array(b) for b in biases]
   for l, name in enumerate(activations, start=1):
     try:
       _activations.get(name)
