@@ -190,10 +190,14 @@ def _witness_ok(name, value, case) -> bool:
   return True  # jax.grad and plain differences: reported, not judged
 
 
+_JUDGED_FLAG = {"adjoint": "adjoint_judged", "taylor_order": "taylor_judged"}
+
+
 def run_witnesses(cases: int, seed: int, dtypes=("float32", "float64"), progress=None) -> dict:
   """The witness table over ``cases`` random problems (depth <= 3) per dtype."""
   rng = np.random.default_rng(seed + 1)
-  rows = {(d, w): {"cases": 0, "worst": None, "failures": 0, "worst_case": None, "values": []}
+  rows = {(d, w): {"cases": 0, "worst": None, "failures": 0, "worst_case": None, "values": [],
+                   "unjudged": 0}
           for d in dtypes for w in WITNESSES}
   done = 0
   for _ in range(cases):
@@ -207,6 +211,9 @@ def run_witnesses(cases: int, seed: int, dtypes=("float32", "float64"), progress
           continue
         row["cases"] += 1
         row["values"].append(value)
+        if not case.get(_JUDGED_FLAG.get(w), True):
+          row["unjudged"] += 1  # outside the witness's assumptions: plotted, not ranked or judged
+          continue
         score = -value if w == "taylor_order" else value  # the lowest order is the worst
         worst = None if row["worst"] is None else (
             -row["worst"] if w == "taylor_order" else row["worst"])
@@ -233,7 +240,8 @@ def format_witness_table(summary: dict) -> str:
   for r in summary["table"]:
     worst = "-" if r["worst"] is None else (
         f"{r['worst']:12.2f}" if r["witness"] == "taylor_order" else f"{r['worst']:12.3e}")
-    lines.append(f"{r['dtype']:8} {r['witness']:20} {r['cases']:6d} {worst:>12}  {r['verdict']}")
+    extra = f" ({r['unjudged']} non-smooth cases not judged)" if r.get("unjudged") else ""
+    lines.append(f"{r['dtype']:8} {r['witness']:20} {r['cases']:6d} {worst:>12}  {r['verdict']}{extra}")
   lines.append("-" * 58)
   lines.append("errors: ||X - exact||_inf / ||exact||_inf against the mpmath referee; taylor_order: "
                "the lowest fitted order (2 = correct gradient, 1 = wrong)")
