@@ -19,6 +19,8 @@ its normwise error exceeds ``GAP = 1e-2``: ten orders of magnitude above the
 rounding bound, so a failure cannot be rounding.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -119,22 +121,16 @@ bp_forward = jax.jit(bpref.forward)
 bp_grad = jax.jit(bpref.grad, static_argnums=(3, 4))
 
 
-@jax.jit
-def _witness(params, x, t):
-  grads = reference.grad(params, x, t, LOSS, "sum")
+def _outputs(module, params, x, t):
+  grads = module.grad(params, x, t, LOSS, "sum")
   return dict(
-      deltas=reference.deltas(params, x, t, LOSS, "sum"), lambdas=reference.lambdas(params, x),
+      deltas=module.deltas(params, x, t, LOSS, "sum"), lambdas=module.lambdas(params, x),
       dW=[g.W for g in grads], db=[g.b for g in grads],
-      dx=reference.input_grad(params, x, t, LOSS, "sum"))
+      dx=module.input_grad(params, x, t, LOSS, "sum"))
 
 
-@jax.jit
-def _bpref_path(params, x, t):
-  grads = bpref.grad(params, x, t, LOSS, "sum")
-  return dict(
-      deltas=bpref.deltas(params, x, t, LOSS, "sum"), lambdas=bpref.lambdas(params, x),
-      dW=[g.W for g in grads], db=[g.b for g in grads],
-      dx=bpref.input_grad(params, x, t, LOSS, "sum"))
+_witness = jax.jit(functools.partial(_outputs, reference))
+_bpref_path = jax.jit(functools.partial(_outputs, bpref))
 
 
 def _to_numpy(out):
