@@ -1,4 +1,4 @@
-"""``bpref bench``: bpref's jitted gradient against ``jax.jit(jax.value_and_grad(...))``.
+"""``bpref bench``: bpref's jitted gradient against the jitted autodiff witness (JAX's value_and_grad).
 
 Two benchmarks:
 

@@ -10,7 +10,7 @@ SUBCOMMANDS = {
     "verify": ("bpref.verify", "compare bpref with its witnesses on random networks"),
     "check": ("bpref.oracle.cli", "check another backprop implementation"),
     "vectors": ("bpref.vectors", "export or check golden test vectors"),
-    "bench": ("bpref.bench", "benchmark bpref against jax.grad"),
+    "bench": ("bpref.bench", "benchmark bpref against the autodiff witness"),
     "train": ("bpref.train", "train an MLP with bpref's gradients and optax"),
 }
 

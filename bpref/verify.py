@@ -8,7 +8,7 @@ relative per array; the worst over the arrays of a case is recorded.
 
 A second table runs the independent witnesses on fewer, smaller cases (depth
 <= 3): the exact referee (bpref.referee, mpmath at 50 digits) and, measured
-against it, bpref, jax.grad, the complex step, Richardson and central
+against it, bpref, the autodiff witness, the complex step, Richardson and central
 differences (bpref.finite_diff); the adjoint check of bpref's gradient along a
 random direction (complex step where it applies, else Richardson); and the
 fitted order of the Taylor-remainder test. Errors are ||X - exact||_inf /
@@ -187,7 +187,7 @@ def _witness_ok(name, value, case) -> bool:
     # a correct gradient leaves r(h) = O(h^2): slope 2, or more where the h^3 term still shows
     # (float32 cannot reach small h); a wrong one slope 1. nan: C linear along v to rounding.
     return not case["taylor_judged"] or not np.isfinite(value) or value >= 1.8
-  return True  # jax.grad and plain differences: reported, not judged
+  return True  # the autodiff witness and plain differences: reported, not judged
 
 
 _JUDGED_FLAG = {"adjoint": "adjoint_judged", "taylor_order": "taylor_judged"}
@@ -309,7 +309,7 @@ def main(argv=None) -> int:
   parser.add_argument("--plot", metavar="PNG", default=None,
                       help="write the witnesses' error distributions to this PNG (needs matplotlib)")
   parser.add_argument("--device", choices=("cpu", "gpu", "tpu"), default=None,
-                      help="run bpref and jax.grad on this JAX platform (default: JAX's default)")
+                      help="run bpref and the autodiff witness on this JAX platform (default: JAX's default)")
   args = parser.parse_args(argv)
   if args.cases < 1:
     parser.error("--cases must be >= 1")
