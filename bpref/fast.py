@@ -15,8 +15,15 @@ of compilations:
   masked out of the loss and out of every delta_l. Layers l > L pass a through
   unchanged (a_l = a_{l-1}) and the cotangent back unchanged: no arithmetic,
   so they are an exact identity. The padded output units are given a value on
-  which the case's loss contributes exactly 0 (0 for most losses, -1e30 for
-  the logit losses, whose exp underflows to 0).
+  which the case's loss contributes exactly 0 (0 for most losses, ``pad_logit``
+  for the logit losses: its exp underflows to exactly 0).
+* **The fused output layer, as in ``bpref.value_and_grad``.** cross_entropy
+  after softmax and binary_cross_entropy after sigmoid are evaluated as their
+  logit losses of z_L (``bpref.losses.Loss.logits``): C from log-softmax or
+  softplus of z_L, delta_L = (softmax(z_L) sum_k t_k - t) or (sigma(z_L) - t)
+  times dC/dC_b, and the output layer's VJP is skipped. The two-step route
+  (dC/dy, then the VJP) divides by y_L, which rounds to 0 or 1 once the output
+  saturates, and returns C = inf and NaN gradients where the fused one is exact.
 * **Runtime activations and losses.** The activation of each layer and the
   loss are integers; ``jax.lax.switch`` picks ``bpref.activations`` f and its
   vjp, and ``bpref.losses`` C and dC/dy. Every branch is bpref's own function,
@@ -54,11 +61,8 @@ from bpref.network import DEFAULT_PRECISION, Layer, check_problem
 
 ACTIVATION_NAMES = tuple(_activations.ACTIVATIONS)
 LOSS_NAMES = tuple(_losses.LOSSES)
-LOGIT_LOSSES = ("softmax_cross_entropy", "sigmoid_binary_cross_entropy")
-"""Losses on logits: a padded output gets a large negative logit, whose exp underflows to 0."""
-
-PAD_LOGIT = -1e30
-"""The logit of a padded output unit for the logit losses (finite in float32 and float64)."""
+LOGIT_LOSSES = tuple(sorted({loss.logits for loss in _losses.LOSSES.values() if loss.logits}))
+"""Losses on logits (those the fused losses name): a padded output gets ``pad_logit``."""
 
 MIN_DEPTH, MIN_WIDTH, MIN_BATCH = 8, 8, 8
 """Smallest bucket: depth 1-8, widths 1-8 and batches 1-8 share one compiled function."""
@@ -84,6 +88,17 @@ class Result(NamedTuple):
   input_grad: np.ndarray
   y: np.ndarray
   a: tuple
+
+
+def pad_logit(dtype) -> float:
+  """The logit of a padded output unit for the logit losses: -max / 2 of ``dtype``.
+
+  For every real logit |z| < max / 2 the shifted logit pad - max_k z_k is finite and its exp
+  underflows to exactly 0, so the unit adds exactly 0 to sum_k exp, to t_k log softmax_k
+  (t_k = 0 on a padded unit) and to softplus. -inf would not do: 0 * -inf is NaN.
+  A fixed constant would not either: -1e30 is -inf in float16.
+  """
+  return -float(jnp.finfo(dtype).max) / 2
 
 
 def _ceil_pow2(n: int, least: int) -> int:
@@ -114,7 +129,13 @@ def _vjp_branch(name):
 
 
 _F_BRANCHES = tuple(_f_branch(n) for n in ACTIVATION_NAMES)
-_VJP_BRANCHES = tuple(_vjp_branch(n) for n in ACTIVATION_NAMES)
+def _fused_output(z, a, g):
+  return g  # the output layer of a fused loss: its cotangent is delta_L = dC/dz_L already (34)
+
+
+_VJP_BRANCHES = tuple(_vjp_branch(n) for n in ACTIVATION_NAMES) + (_fused_output,)
+FUSED = len(ACTIVATION_NAMES)
+"""The index of ``_fused_output`` among the backward branches."""
 _VALUE_BRANCHES = tuple(_losses.get(n).value for n in LOSS_NAMES)
 _DY_BRANCHES = tuple(_losses.get(n).dy for n in LOSS_NAMES)
 
@@ -124,13 +145,16 @@ class _Packed(NamedTuple):
   W: np.ndarray  # (K, D, N, N): W_l in the top-left (n_l, n_{l-1}) corner
   b: np.ndarray  # (K, D, N)
   act: np.ndarray  # (K, D) int32: index into ACTIVATION_NAMES
+  vjp: np.ndarray  # (K, D) int32: act, or FUSED for the output layer of a fused loss
   live: np.ndarray  # (K, D) bool: layer l <= L
   units: np.ndarray  # (K, D, N) bool: unit j < n_l
   x: np.ndarray  # (K, M, N)
   t: np.ndarray  # (K, M, N)
   rows: np.ndarray  # (K, M) bool: example b < B
   outputs: np.ndarray  # (K, N) bool: output unit k < n_L
-  loss: np.ndarray  # (K,) int32: index into LOSS_NAMES
+  loss: np.ndarray  # (K,) int32: index into LOSS_NAMES (the logit loss for a fused one)
+  fused: np.ndarray  # (K,) bool: the loss is taken of z_L, not of y = a_L
+  depth: np.ndarray  # (K,) int32: L
   fill: np.ndarray  # (K,) the padded outputs' value
   divisor: np.ndarray  # (K,) B for the mean, 1 for the sum
   scale: np.ndarray  # (K,) dC/dC_b: 1/B for the mean, 1 for the sum
@@ -151,16 +175,19 @@ def _one_case(p: _Packed, precision):
   y, (zs, acts) = jax.lax.scan(layer_forward, p.x, (p.W, p.b, p.act, p.live, p.units))
   a_prevs = jnp.concatenate([p.x[None], acts[:-1]], axis=0)  # a_0 = x (4), a_1, ..., a_{D-1}
 
-  y_loss = jnp.where(p.outputs[None, :], y, jnp.full_like(y, p.fill))
+  z_L = zs[p.depth - 1]  # the last real layer's z, before the pass-through layers
+  y_loss = jnp.where(p.fused, z_L, y)  # a fused loss is its logit loss of z_L
+  y_loss = jnp.where(p.outputs[None, :], y_loss, jnp.full_like(y_loss, p.fill))
   per_example = jax.lax.switch(p.loss, _VALUE_BRANCHES, y_loss, p.t)  # C_b (13)
   per_example = jnp.where(p.rows, per_example, jnp.zeros_like(per_example))
   value = jnp.sum(per_example, axis=0) / p.divisor  # C = sum_b C_b, or its mean
-  g = jax.lax.switch(p.loss, _DY_BRANCHES, y_loss, p.t) * p.scale  # (14) and the batch reduction
+  # (14) and the batch reduction; for a fused loss, delta_L: (34), corrected, with f_L and C fused
+  g = jax.lax.switch(p.loss, _DY_BRANCHES, y_loss, p.t) * p.scale
   g = jnp.where(zero_rows | ~p.outputs[None, :], jnp.zeros_like(g), g)
 
   def layer_backward(g_out, layer):
-    W, act, live, units, z, a, a_prev = layer
-    delta = jax.lax.switch(act, _VJP_BRANCHES, z, a, g_out)  # (34)/(37), corrected: g diag f'(z_l)
+    W, vjp, live, units, z, a, a_prev = layer
+    delta = jax.lax.switch(vjp, _VJP_BRANCHES, z, a, g_out)  # (34)/(37), corrected: g diag f'(z_l)
     delta = jnp.where(zero_rows | ~units[None, :] | ~live, jnp.zeros_like(delta), delta)
     dW = jnp.matmul(delta.T, a_prev, precision=precision)  # (39), corrected: delta_l^T a_{l-1}
     db = jnp.sum(delta, axis=0)  # dC/db_l = delta_l
@@ -168,7 +195,7 @@ def _one_case(p: _Packed, precision):
     return jnp.where(live, back, g_out), (delta, dW, db)
 
   dx, (deltas, dW, db) = jax.lax.scan(
-      layer_backward, g, (p.W, p.act, p.live, p.units, zs, acts, a_prevs), reverse=True)
+      layer_backward, g, (p.W, p.vjp, p.live, p.units, zs, acts, a_prevs), reverse=True)
   return value, dW, db, deltas, dx, y, a_prevs
 
 
@@ -184,6 +211,7 @@ def _pack(cases, shape, chunk, dtype) -> _Packed:
   W = np.zeros((chunk, depth, width, width), dtype)
   b = np.zeros((chunk, depth, width), dtype)
   act = np.zeros((chunk, depth), np.int32)
+  vjp = np.zeros((chunk, depth), np.int32)
   live = np.zeros((chunk, depth), bool)
   units = np.zeros((chunk, depth, width), bool)
   x = np.zeros((chunk, batch, width), dtype)
@@ -191,6 +219,8 @@ def _pack(cases, shape, chunk, dtype) -> _Packed:
   rows = np.zeros((chunk, batch), bool)
   outputs = np.zeros((chunk, width), bool)
   loss = np.zeros((chunk,), np.int32)
+  fused = np.zeros((chunk,), bool)
+  n_layers = np.ones((chunk,), np.int32)
   fill = np.zeros((chunk,), dtype)
   divisor = np.ones((chunk,), dtype)
   scale = np.ones((chunk,), dtype)
@@ -209,12 +239,20 @@ def _pack(cases, shape, chunk, dtype) -> _Packed:
     t[k, :n_batch, :t2.shape[1]] = t2
     rows[k, :n_batch] = True
     outputs[k, :t2.shape[1]] = True
+    n_layers[k] = len(params)
+    vjp[k] = act[k]
+    logits = _losses.get(name).logits
+    if logits is not None:  # as bpref.backprop._output_delta: C(f_L(z_L)) is a loss of z_L
+      name = logits
+      fused[k] = True
+      vjp[k, len(params) - 1] = FUSED
     loss[k] = LOSS_NAMES.index(name)
-    fill[k] = PAD_LOGIT if name in LOGIT_LOSSES else 0
+    fill[k] = pad_logit(dtype) if name in LOGIT_LOSSES else 0
     if reduction == "mean":
       divisor[k] = n_batch  # C = (1/B) sum_b C_b as losses.reduce: sum / B
       scale[k] = _losses.reduce_scale(n_batch, reduction)  # 1/B rounded once to the dtype
-  return _Packed(W, b, act, live, units, x, t, rows, outputs, loss, fill, divisor, scale)
+  return _Packed(W, b, act, vjp, live, units, x, t, rows, outputs, loss, fused, n_layers, fill,
+                 divisor, scale)
 
 
 def _unpack(out, k, params, x2, single):

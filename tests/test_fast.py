@@ -17,6 +17,7 @@ import pytest
 
 import bpref
 from bpref import fast, problems, reference, tolerance
+from bpref import losses as _losses
 from bpref.network import Layer
 
 
@@ -157,3 +158,104 @@ def test_bucket_rounds_up_to_powers_of_two():
   assert fast.bucket((3, 8, 1), 4) == (8, 8, 8)
   assert fast.bucket((3,) * 10, 9) == (16, 8, 16)
   assert fast.bucket((3, 20, 1), 1) == (8, 32, 8)
+
+
+# Saturated outputs: the fused z_L route (issues 12 and 16). Exact values, derived by hand.
+#
+# softmax + cross_entropy: one layer, no bias, W = (1, 0, -1)^T, x = 800, t = (0.2, 0.3, 0.5).
+#   z = W x = (800, 0, -800); p = softmax(z) = (1, e^-800, e^-1600) / S with S = 1 + e^-800 + e^-1600.
+#   C = -sum_k t_k log p_k = 0.3 * 800 + 0.5 * 1600 + log S = 1040 + O(e^-800), which rounds to 1040.
+#   delta = p sum_k t_k - t = (0.8 - O(e^-800), e^-800 / S - 0.3, e^-1600 / S - 0.5) -> (0.8, -0.3, -0.5);
+#   dW = delta^T x = (640, -240, -400).
+#   The two-step route has y = (1, 0, 0) (e^-800 underflows even in float64), so -0.3 log y_2 = inf.
+# sigmoid + binary_cross_entropy: W = (1, -1)^T, x = 800, t = (0.25, 0.5).
+#   z = (800, -800); C = sum_k softplus(z_k) - t_k z_k = (800 - 200) + (0 + 400) + 2 log1p(e^-800)
+#   = 1000 + O(e^-800); delta = sigma(z) - t = (0.75, -0.5) - O(e^-800); dW = (600, -400).
+#   The two-step route has y = (1, 0), so -(1 - t_1) log(1 - y_1) = inf.
+# With B copies of the example the sum multiplies C and dW by B and the mean leaves them unchanged.
+_SATURATED = (
+    ("cross_entropy", "softmax", [1.0, 0.0, -1.0], [0.2, 0.3, 0.5], 1040.0, [640.0, -240.0, -400.0]),
+    ("binary_cross_entropy", "sigmoid", [1.0, -1.0], [0.25, 0.5], 1000.0, [600.0, -400.0]),
+)
+
+
+def _saturated_cases(dtype, reduction):
+  out = []
+  for loss, act, w, t, value, dW in _SATURATED:
+    params = (Layer(np.array(w, dtype)[:, None], None, act),)
+    for batch in (None, 2):  # x = 800 (1-D, the issues' example), then a batch of two copies
+      x = np.array([800.0], dtype) if batch is None else np.full((batch, 1), 800.0, dtype)
+      t_b = np.array(t, dtype) if batch is None else np.tile(np.array(t, dtype), (batch, 1))
+      times = batch if (batch and reduction == "sum") else 1
+      out.append((problems.Problem(params, x, t_b, loss, reduction),
+                  times * value, times * np.array(dW)[:, None]))
+  return out
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fused_losses_are_exact_on_a_saturated_output(dtype, reduction):
+  cases = _saturated_cases(np.dtype(dtype), reduction)
+  results = fast.value_and_grad_many([case for case, _, _ in cases])
+  for (case, value, dW), (r_value, r_grads) in zip(cases, results):
+    what = case.describe()
+    y = np.asarray(bpref.predict(case.params, case.x))
+    two_step = _losses.get(case.loss).value(np.atleast_2d(y), np.atleast_2d(case.t))  # C of y_L
+    assert np.all(np.isinf(two_step)), f"{what}: the example must saturate the two-step route"
+    tol = tolerance.problem_tolerance(case.params, case.x)
+    assert np.isfinite(r_value) and np.all(np.isfinite(r_grads[0].W)), what
+    expected = bpref.value_and_grad(*case)
+    # Padded to 8 units, 8 rows and 8 layers, yet every sum has at most two nonzero terms (n_0 = 1,
+    # B <= 2, exp rounds to exactly 0 or 1), so no order of summation can differ: the bits are bpref's.
+    np.testing.assert_array_equal(r_value, np.asarray(expected[0]), err_msg=what)
+    np.testing.assert_array_equal(r_grads[0].W, np.asarray(expected[1][0].W), err_msg=what)
+    assert tolerance.max_norm_error(r_value, value) <= tol, (what, r_value, value)
+    assert tolerance.max_norm_error(r_grads[0].W, dW) <= tol, (what, r_grads[0].W, dW)
+
+
+def _saturate(case, rng, shift=1000.0):
+  # Move each output unit's z_L by +-1000 with its bias: softmax and sigma round to exactly 0 and 1
+  # (exp(-1000) underflows in float64), while delta_L = p sum_k t_k - t or sigma - t stays O(1), so
+  # the hidden layers' deltas keep the size, and the conditioning, of the unsaturated problem.
+  *hidden, last = case.params
+  n_out = last.W.shape[0]
+  b = np.zeros(n_out) if last.b is None else np.asarray(last.b, np.float64)
+  b = (b + shift * rng.choice((-1.0, 1.0), size=n_out)).astype(last.W.dtype)
+  return case._replace(params=(*hidden, Layer(last.W, b, last.activation)))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fused_losses_match_bpref_on_random_saturated_networks(dtype):
+  rng = np.random.default_rng(11)
+  cases = [_saturate(problems.random_problem(rng, np.dtype(dtype), losses=(loss,)), rng)
+           for loss in ("cross_entropy", "binary_cross_entropy") for _ in range(6)]
+  saturated = set()
+  for case, r in zip(cases, fast.evaluate_many(cases)):
+    what = case.describe()
+    value, grads, deltas, input_grad, y = _bpref_outputs(*case)
+    if np.any(np.asarray(y) == 0) or np.any(np.asarray(y) == 1):
+      saturated.add((case.loss, case.reduction))
+    assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(tuple(r[:4]))), what
+    tol = tolerance.problem_tolerance(case.params, case.x)
+    for name, actual, expected in (("loss", r.value, value), ("grads", r.grads, grads),
+                                   ("deltas", r.deltas, deltas), ("input_grad", r.input_grad, input_grad)):
+      err = tolerance.worst_error(actual, expected)
+      assert err <= tol, f"{name} of {what}: error {err:.3e} > {tol:.3e}"
+  assert saturated == {(loss, reduction) for loss in ("cross_entropy", "binary_cross_entropy")
+                       for reduction in ("mean", "sum")}, saturated
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_padded_logits_add_exactly_zero(dtype):
+  # pad_logit is finite and its exp underflows: the logit losses of a padded row equal the unpadded ones.
+  pad = np.asarray(fast.pad_logit(dtype), dtype)
+  assert np.isfinite(pad)
+  z = np.array([[3.0, -2.0, 0.5]], dtype)
+  t = np.array([[0.2, 0.3, 0.5]], dtype)
+  z_pad = np.concatenate([z, np.full((1, 5), pad, dtype)], axis=1)
+  t_pad = np.concatenate([t, np.zeros((1, 5), dtype)], axis=1)
+  for name in fast.LOGIT_LOSSES:
+    loss = _losses.get(name)
+    np.testing.assert_array_equal(loss.value(z_pad, t_pad), loss.value(z, t), err_msg=name)
+    np.testing.assert_array_equal(loss.dy(z_pad, t_pad)[:, :3], loss.dy(z, t), err_msg=name)
+    np.testing.assert_array_equal(loss.dy(z_pad, t_pad)[:, 3:], 0, err_msg=name)
