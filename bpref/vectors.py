@@ -1,9 +1,10 @@
 """Golden test vectors for backprop implementations in other languages.
 
 ``bpref vectors export DIR --cases N --seed S`` writes one ``.npz`` per case
-(inputs and bpref's gradients) and ``manifest.json``; ``bpref vectors check DIR
-RESULTS`` compares a foreign implementation's gradients, written in the same
-format, and reports like ``bpref check``.
+(inputs and bpref's gradients) and ``manifest.json``, and prints the manifest's
+sha256; ``bpref vectors check DIR RESULTS [--expect-manifest SHA]`` compares a
+foreign implementation's gradients, written in the same format, and reports like
+``bpref check``: "PASS: 20 of 20 cases".
 
 Case file ``case_0000.npz`` (plain numeric arrays, W_l of shape (n_l, n_{l-1})):
   inputs:   W1..WL, b1..bL (absent without biases), x (B, n_0), t (B, n_L)
@@ -13,11 +14,24 @@ Result file, same name under RESULTS: dW1..dWL, db1..dbL (and optionally loss),
 listed in RESULTS/manifest.json as {"schema": "bpref-results/1", "files":
 {"case_0000.npz": "<sha256>", ...}}.
 
-The manifest of DIR: {"schema": "bpref-vectors/1", "seed", "bpref_version",
-"cases": [{"file", "sha256", "sizes", "activations", "loss", "reduction",
-"dtype", "bias", "layout": "out_in", "tolerance"}]}. Every file is hashed and
-loaded with ``allow_pickle=False``: a changed, truncated or pickled file is
-rejected with a message naming it.
+The manifest of DIR: {"schema": "bpref-vectors/2", "seed", "bpref_version",
+"count", "cases": [{"file", "sha256", "sizes", "activations", "loss",
+"reduction", "dtype", "bias", "layout": "out_in", "tolerance"}]}, where
+``count`` is the number of cases exported. What ``check`` refuses (exit 2):
+
+* a manifest whose sha256 is not the one given with ``--expect-manifest``;
+* a manifest with a missing or mistyped key, an unknown name, no cases, or fewer
+  (or more) cases than its ``count``;
+* a file name that leaves DIR (``../x.npz``, an absolute path, a symlink out);
+* a changed, truncated or pickled file (every file is hashed and loaded with
+  ``allow_pickle=False``), or expected gradients that are not bpref's.
+
+No vacuous cases: a case in which some layer's true gradient, dW_l or db_l, is
+zero or within ``VACUOUS_MARGIN`` tolerances of zero (a softmax output with one
+unit, whose gradients are all exactly 0; a relu layer dead on the whole batch)
+would pass an implementation that returns zeros. ``export`` never writes one:
+it draws again, deterministically. ``check`` reports one found in an older or
+hand-made manifest as vacuous and does not count it.
 """
 
 from __future__ import annotations
@@ -31,8 +45,21 @@ import zipfile
 
 import numpy as np
 
-SCHEMA = "bpref-vectors/1"
+SCHEMA = "bpref-vectors/2"
 RESULTS_SCHEMA = "bpref-results/1"
+DTYPES = ("float64", "float32")
+
+VACUOUS_MARGIN = 100.0
+"""An array checks something only if an all-zero answer misses it by more than this many
+tolerances: e(0) = ||X_bpref||_F / ||M_X||_F > VACUOUS_MARGIN * tol (``bpref.oracle.judge``).
+Then a bug that scales X by (1 + r) is caught for any |r| above 1 / VACUOUS_MARGIN."""
+
+_DRAWS_PER_CASE = 50
+"""``export`` gives up after this many draws per requested case (all vacuous)."""
+
+_ENTRY_KEYS = {"file": str, "sha256": str, "sizes": list, "activations": list, "loss": str,
+               "reduction": str, "dtype": str, "bias": bool, "layout": str, "tolerance": float}
+"""The keys of a manifest's case entry and their JSON types (``float`` admits integers)."""
 
 
 class VectorsError(ValueError):
@@ -47,11 +74,33 @@ def sha256(path) -> str:
   return h.hexdigest()
 
 
+def _inside(directory, name, where) -> str:
+  """The path of the file ``name`` listed by a manifest, refused unless it lies inside ``directory``.
+
+  ``where`` names the manifest entry for the message. Symlinks are resolved first, so
+  a link that points out of ``directory`` is refused like ``../x.npz``.
+  """
+  if not isinstance(name, str) or not name or "\0" in name:
+    raise VectorsError(f"{where}: file {name!r} is not a file name")
+  if os.path.isabs(name) or os.path.splitdrive(name)[0]:
+    raise VectorsError(f"{where}: file {name!r} is an absolute path; a manifest may name only "
+                       f"files inside {directory}")
+  root = os.path.realpath(directory)
+  target = os.path.realpath(os.path.join(root, name))
+  if target == root or os.path.commonpath([root, target]) != root:
+    raise VectorsError(f"{where}: file {name!r} resolves to {target}, outside {directory}; a "
+                       "manifest may name only files inside its directory")
+  return os.path.join(directory, name)
+
+
 def _load(path, expected_sha) -> dict:
   """The arrays of one .npz after checking its hash; never unpickles."""
   if not os.path.isfile(path):
     raise VectorsError(f"{path}: missing (listed in the manifest)")
-  digest = sha256(path)
+  try:
+    digest = sha256(path)
+  except OSError as exc:
+    raise VectorsError(f"{path}: cannot be read ({exc.strerror or exc})") from None
   if digest != expected_sha:
     raise VectorsError(f"{path}: sha256 {digest[:16]}... does not match the manifest's "
                        f"{str(expected_sha)[:16]}...; the file changed after it was written: "
@@ -64,6 +113,8 @@ def _load(path, expected_sha) -> dict:
                        "numeric arrays") from None
   except (zipfile.BadZipFile, OSError, EOFError) as exc:
     raise VectorsError(f"{path}: not a readable .npz file ({exc})") from None
+  except AttributeError:  # np.load returns a bare array for a .npy file
+    raise VectorsError(f"{path}: not an .npz archive of named arrays") from None
   for k, v in arrays.items():
     if v.dtype.kind not in "fiu":
       raise VectorsError(f"{path}: array {k!r} has dtype {v.dtype}; only numeric arrays are allowed")
@@ -73,53 +124,226 @@ def _load(path, expected_sha) -> dict:
 def _read_manifest(directory, schema) -> dict:
   path = os.path.join(directory, "manifest.json")
   try:
-    with open(path) as fh:
-      manifest = json.load(fh)
+    with open(path, "rb") as fh:
+      manifest = json.loads(fh.read().decode("utf-8"))
   except FileNotFoundError:
     raise VectorsError(f"{path}: missing; {directory} is not a bpref vectors directory") from None
-  except json.JSONDecodeError as exc:
+  except OSError as exc:
+    raise VectorsError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+  except (UnicodeDecodeError, json.JSONDecodeError) as exc:
     raise VectorsError(f"{path}: not valid JSON ({exc})") from None
-  if not isinstance(manifest, dict) or manifest.get("schema") != schema:
-    raise VectorsError(f"{path}: schema {manifest.get('schema') if isinstance(manifest, dict) else None!r}"
-                       f", expected {schema!r}")
+  except RecursionError:
+    raise VectorsError(f"{path}: not valid JSON (nested too deeply)") from None
+  found = manifest.get("schema") if isinstance(manifest, dict) else None
+  if found != schema:
+    hint = ("; it was written by an older bpref (no case count, no vacuity check): export "
+            "the vectors again" if found == "bpref-vectors/1" else "")
+    raise VectorsError(f"{path}: schema {found!r}, expected {schema!r}{hint}")
   return manifest
 
 
-def _arch_and_case(entry, arrays, spec):
+def _is(value, kind) -> bool:
+  """Whether the JSON ``value`` has type ``kind``; bool is not a number, int counts as float."""
+  if kind is float:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+  if kind is int:
+    return isinstance(value, int) and not isinstance(value, bool)
+  return isinstance(value, kind)
+
+
+_JSON_NAMES = {str: "a string", list: "a list", bool: "true or false", float: "a number",
+               int: "an integer", dict: "an object"}
+
+
+def _check_manifest(path, manifest) -> None:
+  """Refuse a manifest with a missing or mistyped key, no cases, or not ``count`` of them."""
+  from bpref import activations as _activations
+  from bpref import losses as _losses
+
+  count = manifest.get("count")
+  if "count" not in manifest:
+    raise VectorsError(f"{path}: no 'count' of cases recorded; a manifest records how many "
+                       "cases were exported, so a trimmed one can be told apart: export again")
+  if not _is(count, int) or count < 1:
+    raise VectorsError(f"{path}: 'count' is {count!r}; expected the number of cases exported, "
+                       "an integer >= 1")
+  cases = manifest.get("cases")
+  if not isinstance(cases, list):
+    raise VectorsError(f"{path}: 'cases' is {'missing' if cases is None else type(cases).__name__}"
+                       "; expected a list of case entries")
+  if not cases:
+    raise VectorsError(f"{path}: 'cases' is empty but 'count' records {count}; refusing to pass "
+                       "a manifest that checks nothing")
+  if len(cases) != count:
+    what = "trimmed" if len(cases) < count else "added to"
+    raise VectorsError(f"{path}: lists {len(cases)} cases but 'count' records {count} exported; "
+                       f"the manifest was {what} after export")
+  seen = set()
+  for i, entry in enumerate(cases):
+    where = f"{path}: case {i}"
+    if not isinstance(entry, dict):
+      raise VectorsError(f"{where}: expected an object, got {type(entry).__name__}")
+    if isinstance(entry.get("file"), str):
+      where = f"{path}: case {i} ({entry['file']})"
+    for key, kind in _ENTRY_KEYS.items():
+      if key not in entry:
+        raise VectorsError(f"{where}: key {key!r} is missing")
+      if not _is(entry[key], kind):
+        raise VectorsError(f"{where}: {key!r} is {entry[key]!r}; expected {_JSON_NAMES[kind]}")
+    if entry["file"] in seen:
+      raise VectorsError(f"{where}: listed twice; each case file may be counted once")
+    seen.add(entry["file"])
+    acts = entry["activations"]
+    if not acts or not all(isinstance(a, str) for a in acts):
+      raise VectorsError(f"{where}: 'activations' is {acts!r}; expected a non-empty list of names")
+    for name in acts:
+      if name not in _activations.ACTIVATIONS:
+        raise VectorsError(f"{where}: unknown activation {name!r}; valid names: "
+                           f"{', '.join(_activations.ACTIVATIONS)}")
+    sizes = entry["sizes"]
+    if (len(sizes) != len(acts) + 1 or not all(_is(n, int) and n >= 1 for n in sizes)):
+      raise VectorsError(f"{where}: 'sizes' is {sizes!r}; expected {len(acts) + 1} integers "
+                         f">= 1 (n_0 and one per activation)")
+    if entry["loss"] not in _losses.LOSSES:
+      raise VectorsError(f"{where}: unknown loss {entry['loss']!r}; valid names: "
+                         f"{', '.join(_losses.LOSSES)}")
+    if entry["reduction"] not in _losses.REDUCTIONS:
+      raise VectorsError(f"{where}: unknown reduction {entry['reduction']!r}; expected one of "
+                         f"{', '.join(_losses.REDUCTIONS)}")
+    if entry["dtype"] not in DTYPES:
+      raise VectorsError(f"{where}: unknown dtype {entry['dtype']!r}; expected one of "
+                         f"{', '.join(DTYPES)}")
+    if entry["layout"] != "out_in":
+      raise VectorsError(f"{where}: layout {entry['layout']!r}; bpref vectors use 'out_in' "
+                         "(W_l of shape (n_l, n_(l-1)))")
+
+
+def _check_arrays(path, entry, arrays, *, expected: bool) -> None:
+  """Refuse a case file whose arrays are missing or do not have the manifest's shapes."""
+  sizes, L = entry["sizes"], len(entry["activations"])
+  B = arrays["x"].shape[0] if "x" in arrays and arrays["x"].ndim == 2 else None
+  if B is None or B < 1:
+    got = f"has shape {arrays['x'].shape}" if "x" in arrays else "is missing"
+    raise VectorsError(f"{path}: array 'x' {got}; expected shape (B, {sizes[0]}) with B >= 1")
+  shapes = {"x": (B, sizes[0]), "t": (B, sizes[-1])}
+  for l in range(1, L + 1):
+    shapes[f"W{l}"] = (sizes[l], sizes[l - 1])
+    if entry["bias"]:
+      shapes[f"b{l}"] = (sizes[l],)
+    if expected:
+      shapes[f"dW{l}"] = (sizes[l], sizes[l - 1])
+      if entry["bias"]:
+        shapes[f"db{l}"] = (sizes[l],)
+  for name, shape in shapes.items():
+    if name not in arrays:
+      raise VectorsError(f"{path}: array {name!r} is missing; the manifest's sizes {sizes} "
+                         f"need it with shape {shape}")
+    if arrays[name].shape != shape:
+      raise VectorsError(f"{path}: array {name!r} has shape {arrays[name].shape}; the manifest's "
+                         f"sizes {sizes} need {shape}")
+    if arrays[name].dtype.kind != "f" or not np.all(np.isfinite(arrays[name])):
+      raise VectorsError(f"{path}: array {name!r} must hold finite floating-point numbers")
+
+
+def _content_seed(arrays) -> int:
+  """A seed that names the inputs, so the oracle's truth cache (keyed by Arch) never mixes cases."""
+  h = hashlib.sha256()
+  for name in sorted(k for k in arrays if not k.startswith("d") and k != "loss"):
+    a = np.ascontiguousarray(arrays[name])
+    h.update(f"{name}{a.dtype.str}{a.shape}".encode())
+    h.update(a.tobytes())
+  return int.from_bytes(h.digest()[:7], "big")
+
+
+def _case(entry, arrays):
+  """The oracle's ``Case`` for one manifest entry and its input arrays, in the entry's dtype."""
   from bpref.oracle import spec as _spec
 
   L = len(entry["activations"])
   arch = _spec.Arch(tuple(entry["sizes"]), tuple(entry["activations"]), entry["loss"],
-                    int(arrays["x"].shape[0]), 0)
+                    int(arrays["x"].shape[0]), _content_seed(arrays))
   dtype = np.dtype(entry["dtype"])
   weights = tuple(arrays[f"W{l}"].astype(dtype) for l in range(1, L + 1))
   biases = tuple(arrays[f"b{l}"].astype(dtype) for l in range(1, L + 1)) if entry["bias"] else None
-  case = _spec.Case(arch, weights, biases, arrays["x"].astype(dtype), arrays["t"].astype(dtype),
+  return _spec.Case(arch, weights, biases, arrays["x"].astype(dtype), arrays["t"].astype(dtype),
                     entry["reduction"], entry["dtype"])
-  return arch, case
+
+
+def _truth(where, case):
+  """bpref's truth on ``case``, refused when bpref cannot run it or its gradient is not finite."""
+  from bpref.oracle import truth as _truth_module
+
+  try:
+    truth = _truth_module.compute(case)
+  except (ValueError, TypeError) as exc:
+    raise VectorsError(f"{where}: bpref cannot run this case: {exc}") from None
+  arrays = list(truth.dW) + list(truth.db or ()) + [truth.loss]
+  if not all(np.all(np.isfinite(a)) for a in arrays):
+    raise VectorsError(f"{where}: bpref's loss or gradient is not finite on these inputs; the "
+                       f"targets are not valid for {case.arch.loss} with a "
+                       f"{case.arch.activations[-1]} output")
+  return truth
+
+
+def vacuous_arrays(truth, tol) -> list:
+  """The arrays ("W1", "b2", ...) whose true gradient an all-zero answer would match.
+
+  An array X is vacuous when e(0) = ||X_bpref||_F / ||M_X||_F <= VACUOUS_MARGIN * tol
+  (the error measure of ``bpref.oracle.judge``; ||X_bpref||_F itself when M_X = 0).
+  A case with any vacuous array cannot tell a right answer for that layer from none.
+  """
+  from bpref.oracle import judge as _judge
+
+  zeros = _judge.errors_of([np.zeros_like(d) for d in truth.dW],
+                           None if truth.db is None else [np.zeros_like(d) for d in truth.db],
+                           truth)
+  return [name for name, e in zeros.items() if not e > VACUOUS_MARGIN * tol]
 
 
 def export(directory, cases: int = 20, seed: int = 0, dtype: str = "float64", losses=None,
            activations=None, max_depth: int = 3) -> dict:
-  """Write ``cases`` golden vectors and the manifest into ``directory``; return the manifest."""
+  """Write ``cases`` golden vectors and the manifest into ``directory``; return the manifest.
+
+  Draws are skipped, deterministically, when a layer's true gradient is vacuous
+  (``vacuous_arrays``); the manifest's sha256 is ``sha256(directory/manifest.json)``.
+  Raises VectorsError for bad options or a directory that cannot be written.
+  """
   import jax
 
+  from bpref import __version__
   from bpref import problems as _problems
   from bpref.oracle import judge as _judge
-  from bpref.oracle import truth as _truth
-  from bpref.oracle.spec import make_spec
-  from bpref import __version__
 
+  if not _is(cases, int) or cases < 1:
+    raise VectorsError(f"cases must be an integer >= 1; got {cases!r}")
+  if not _is(max_depth, int) or max_depth < 1:
+    raise VectorsError(f"max_depth must be an integer >= 1 (layers per network); got {max_depth!r}")
+  if not _is(seed, int) or seed < 0:
+    raise VectorsError(f"seed must be an integer >= 0; got {seed!r}")
+  if dtype not in DTYPES:
+    raise VectorsError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
   jax.config.update("jax_enable_x64", True)
-  os.makedirs(directory, exist_ok=True)
+  if os.path.exists(directory) and not os.path.isdir(directory):
+    raise VectorsError(f"{directory}: exists and is not a directory; give a directory, new or "
+                       "existing")
+  try:
+    os.makedirs(directory, exist_ok=True)
+  except OSError as exc:
+    raise VectorsError(f"{directory}: cannot create the vectors directory "
+                       f"({exc.strerror or exc}); give a directory, new or existing") from None
   rng = np.random.default_rng(seed)
-  entries = []
-  for i in range(cases):
+  entries, draws = [], 0
+  while len(entries) < cases:
+    if draws >= _DRAWS_PER_CASE * cases:
+      raise VectorsError(f"only {len(entries)} of {cases} cases found in {draws} draws: the "
+                         "others had a layer whose true gradient is zero; allow more "
+                         "--activations or --losses")
+    draws += 1
     p = _problems.random_problem(rng, np.dtype(dtype), max_depth=max_depth, losses=losses,
                                  activations=activations)
     L = len(p.params)
     sizes = [int(p.params[0].W.shape[1])] + [int(layer.W.shape[0]) for layer in p.params]
-    entry = {"file": f"case_{i:04d}.npz", "sizes": sizes,
+    entry = {"file": f"case_{len(entries):04d}.npz", "sizes": sizes,
              "activations": [layer.activation for layer in p.params], "loss": p.loss,
              "reduction": p.reduction, "dtype": dtype, "bias": p.params[0].b is not None,
              "layout": "out_in"}
@@ -127,24 +351,34 @@ def export(directory, cases: int = 20, seed: int = 0, dtype: str = "float64", lo
     if entry["bias"]:
       arrays.update({f"b{l}": np.asarray(p.params[l - 1].b) for l in range(1, L + 1)})
     arrays.update(x=p.x, t=p.t)
-    spec = make_spec(bias=entry["bias"], reduction=p.reduction, dtype=dtype)
-    _, case = _arch_and_case(entry, arrays, spec)
-    truth = _truth.compute(case)
+    case = _case(entry, arrays)
+    truth = _truth(entry["file"], case)
+    tol = _judge.case_tolerance(case, truth)
+    if vacuous_arrays(truth, tol):
+      continue  # e.g. a softmax output with one unit: every gradient is exactly 0
     arrays["loss"] = np.asarray(truth.loss, np.float64)
     arrays.update({f"dW{l}": truth.dW[l - 1] for l in range(1, L + 1)})
     if entry["bias"]:
       arrays.update({f"db{l}": truth.db[l - 1] for l in range(1, L + 1)})
     path = os.path.join(directory, entry["file"])
-    with open(path, "wb") as fh:
-      np.savez(fh, **arrays)
-    entry["tolerance"] = _judge.case_tolerance(case, truth)
+    try:
+      with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+    except OSError as exc:
+      raise VectorsError(f"{path}: cannot be written ({exc.strerror or exc})") from None
+    entry["tolerance"] = tol
     entry["sha256"] = sha256(path)
     entries.append(entry)
-  manifest = {"schema": SCHEMA, "bpref_version": __version__, "seed": seed, "cases": entries,
+  manifest = {"schema": SCHEMA, "bpref_version": __version__, "seed": seed, "count": len(entries),
+              "cases": entries,
               "error_measure": "||X - X_bpref||_F / ||M_X||_F per array, M_X the magnitude bound "
                                "of bpref.oracle.truth (see docs/oracle.md)"}
-  with open(os.path.join(directory, "manifest.json"), "w") as fh:
-    json.dump(manifest, fh, indent=2)
+  try:
+    with open(os.path.join(directory, "manifest.json"), "w") as fh:
+      json.dump(manifest, fh, indent=2)
+  except OSError as exc:
+    raise VectorsError(f"{directory}/manifest.json: cannot be written ({exc.strerror or exc})") \
+        from None
   return manifest
 
 
@@ -161,27 +395,62 @@ def write_results(directory, results: dict) -> None:
     json.dump({"schema": RESULTS_SCHEMA, "files": files}, fh, indent=2)
 
 
-def check(directory, results_dir) -> dict:
+def _manifest_digest(directory, expect_manifest) -> str:
+  """sha256 of DIR/manifest.json, refused when it is not ``expect_manifest`` (if given)."""
+  path = os.path.join(directory, "manifest.json")
+  if expect_manifest is not None:
+    want = str(expect_manifest).strip().lower()
+    if len(want) != 64 or any(c not in "0123456789abcdef" for c in want):
+      raise VectorsError(f"--expect-manifest must be a sha256, 64 hexadecimal digits as printed "
+                         f"by 'bpref vectors export'; got {expect_manifest!r}")
+  try:
+    digest = sha256(path)
+  except FileNotFoundError:
+    raise VectorsError(f"{path}: missing; {directory} is not a bpref vectors directory") from None
+  except OSError as exc:
+    raise VectorsError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+  if expect_manifest is not None and digest != want:
+    raise VectorsError(f"{path}: sha256 {digest} is not the expected {want}; the manifest is "
+                       "not the one that was exported (changed, trimmed or replaced)")
+  return digest
+
+
+def check(directory, results_dir, *, expect_manifest: str | None = None) -> dict:
   """Compare the results in ``results_dir`` with the vectors in ``directory``.
 
-  Returns {"passed", "cases": [{"file", "passed", "errors", "tolerance", "message"}]}.
-  Raises VectorsError for a missing, changed or unreadable file.
+  Args:
+    expect_manifest: the sha256 printed by ``export``; the manifest must match it.
+
+  Returns {"passed", "checked", "failed", "vacuous", "total", "manifest_sha256",
+  "cases": [{"file", "counted", "passed", "errors", "tolerance", "message"}]}:
+  ``checked`` cases were judged, ``failed`` of them differ, ``vacuous`` ones were
+  not counted (``passed`` None), ``total`` is the manifest's count. ``passed`` is
+  True only when every counted case matches.
+  Raises VectorsError for a missing, changed, malformed or unreadable file, and when
+  no case can be counted.
   """
   import jax
 
   from bpref.oracle import judge as _judge
-  from bpref.oracle import truth as _truth
-  from bpref.oracle.spec import make_spec
 
   jax.config.update("jax_enable_x64", True)
+  digest = _manifest_digest(directory, expect_manifest)
+  path = os.path.join(directory, "manifest.json")
   manifest = _read_manifest(directory, SCHEMA)
+  _check_manifest(path, manifest)
   results_manifest = _read_manifest(results_dir, RESULTS_SCHEMA)
+  files = results_manifest.get("files")
+  results_path = os.path.join(results_dir, "manifest.json")
+  if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+    raise VectorsError(f"{results_path}: 'files' must be an object mapping each case file to "
+                       "its sha256")
   rows = []
-  for entry in manifest["cases"]:
-    arrays = _load(os.path.join(directory, entry["file"]), entry["sha256"])
-    spec = make_spec(bias=entry["bias"], reduction=entry["reduction"], dtype=entry["dtype"])
-    _, case = _arch_and_case(entry, arrays, spec)
-    truth = _truth.compute(case)
+  for i, entry in enumerate(manifest["cases"]):
+    case_path = _inside(directory, entry["file"], f"{path}: case {i}")
+    arrays = _load(case_path, entry["sha256"])
+    _check_arrays(case_path, entry, arrays, expected=True)
+    case = _case(entry, arrays)
+    truth = _truth(case_path, case)
     L = len(entry["activations"])
     stored = _judge.errors_of([arrays[f"dW{l}"] for l in range(1, L + 1)],
                               [arrays[f"db{l}"] for l in range(1, L + 1)] if entry["bias"] else None,
@@ -190,22 +459,41 @@ def check(directory, results_dir) -> dict:
     if not max(stored.values()) <= tol:
       raise VectorsError(f"{entry['file']}: its expected gradients are not bpref's for its inputs; "
                          "the vectors were edited and rehashed, or come from another bpref version")
-    if entry["file"] not in results_manifest["files"]:
-      rows.append({"file": entry["file"], "passed": False, "errors": {}, "tolerance": tol,
-                   "message": "no result for this case"})
+    vacuous = vacuous_arrays(truth, tol)
+    if vacuous:
+      names = ", ".join("d" + n for n in vacuous)
+      rows.append({"file": entry["file"], "counted": False, "passed": None, "errors": {},
+                   "tolerance": tol,
+                   "message": f"vacuous, not counted: bpref's {names} "
+                              f"{'is' if len(vacuous) == 1 else 'are'} zero to within "
+                              f"{VACUOUS_MARGIN:g} tolerances, so an all-zero answer would pass"})
       continue
-    got = _load(os.path.join(results_dir, entry["file"]), results_manifest["files"][entry["file"]])
-    rows.append(_compare(entry, case, truth, got, tol))
-  return {"passed": all(r["passed"] for r in rows), "cases": rows}
+    if entry["file"] not in files:
+      rows.append({"file": entry["file"], "counted": True, "passed": False, "errors": {},
+                   "tolerance": tol, "message": "no result for this case"})
+      continue
+    result_path = _inside(results_dir, entry["file"], f"{results_path}: {entry['file']}")
+    got = _load(result_path, files[entry["file"]])
+    rows.append(_compare(entry, truth, got, tol))
+  counted = [r for r in rows if r["counted"]]
+  if not counted:
+    raise VectorsError(f"{path}: all {len(rows)} cases are vacuous (a layer's true gradient is "
+                       "zero), so none can tell a right answer from zeros; export the vectors "
+                       "again with this bpref")
+  failed = sum(not r["passed"] for r in counted)
+  return {"passed": failed == 0, "checked": len(counted), "failed": failed,
+          "vacuous": len(rows) - len(counted), "total": len(rows), "manifest_sha256": digest,
+          "cases": rows}
 
 
-def _compare(entry, case, truth, got, tol) -> dict:
+def _compare(entry, truth, got, tol) -> dict:
   from bpref.oracle import judge as _judge
 
   L = len(entry["activations"])
   names = [f"dW{l}" for l in range(1, L + 1)] + ([f"db{l}" for l in range(1, L + 1)]
                                                  if entry["bias"] else [])
-  row = {"file": entry["file"], "passed": False, "errors": {}, "tolerance": tol, "message": ""}
+  row = {"file": entry["file"], "counted": True, "passed": False, "errors": {}, "tolerance": tol,
+         "message": ""}
   missing = [n for n in names if n not in got]
   if missing:
     row["message"] = f"missing arrays {', '.join(missing)}"
@@ -227,6 +515,9 @@ def _compare(entry, case, truth, got, tol) -> dict:
   row["errors"] = errors
   bad = [k for k, e in errors.items() if not e <= tol]
   if "loss" in got:
+    if got["loss"].size != 1:
+      row["message"] = f"loss has shape {got['loss'].shape}, expected a scalar"
+      return row
     loss = float(np.asarray(got["loss"], np.float64).reshape(()))
     err = abs(loss - truth.loss) / (truth.mag_loss or 1.0)
     errors["loss"] = err
@@ -242,10 +533,13 @@ def _compare(entry, case, truth, got, tol) -> dict:
 def _format(summary) -> str:
   lines = []
   for r in summary["cases"]:
-    lines.append(f"{r['file']}: {'ok  ' if r['passed'] else 'FAIL'} {r['message']}")
-  n_bad = sum(not r["passed"] for r in summary["cases"])
-  lines.append(("PASS: every case matches bpref" if summary["passed"]
-                else f"FAIL: {n_bad} of {len(summary['cases'])} cases differ from bpref"))
+    mark = "skip" if not r["counted"] else "ok  " if r["passed"] else "FAIL"
+    lines.append(f"{r['file']}: {mark} {r['message']}")
+  n, total, vacuous = summary["checked"], summary["total"], summary["vacuous"]
+  not_counted = (f" ({vacuous} of the manifest's {total} cases vacuous, not counted)"
+                 if vacuous else "")
+  lines.append(f"PASS: {n} of {n} cases{not_counted}" if summary["passed"]
+               else f"FAIL: {summary['failed']} of {n} cases differ from bpref{not_counted}")
   return "\n".join(lines)
 
 
@@ -253,17 +547,20 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog="bpref vectors",
                                    description="Golden test vectors for other implementations.")
   sub = parser.add_subparsers(dest="command")
-  ex = sub.add_parser("export", help="write golden vectors (.npz + manifest.json) into DIR")
+  ex = sub.add_parser("export", help="write golden vectors (.npz + manifest.json) into DIR and "
+                                     "print the manifest's sha256")
   ex.add_argument("dir")
   ex.add_argument("--cases", type=int, default=20)
   ex.add_argument("--seed", type=int, default=0)
-  ex.add_argument("--dtype", choices=("float64", "float32"), default="float64")
+  ex.add_argument("--dtype", choices=DTYPES, default="float64")
   ex.add_argument("--losses", help="comma-separated loss names (default: all)")
   ex.add_argument("--activations", help="comma-separated hidden activation names (default: all)")
   ex.add_argument("--max-depth", type=int, default=3)
   ck = sub.add_parser("check", help="compare RESULTS (same format) with the vectors in DIR")
   ck.add_argument("dir")
   ck.add_argument("results")
+  ck.add_argument("--expect-manifest", metavar="SHA",
+                  help="the manifest's sha256 as printed by export; refuse any other manifest")
   ck.add_argument("--json", action="store_true")
   try:
     args = parser.parse_args(argv)
@@ -274,16 +571,21 @@ def main(argv=None) -> int:
     return 2
   try:
     if args.command == "export":
-      if args.cases < 1:
-        raise VectorsError("--cases must be >= 1")
       split = (lambda s: tuple(v.strip() for v in s.split(",") if v.strip()) if s else None)
       manifest = export(args.dir, args.cases, args.seed, args.dtype, split(args.losses),
                         split(args.activations), args.max_depth)
-      print(f"wrote {len(manifest['cases'])} cases and manifest.json to {args.dir}")
+      digest = sha256(os.path.join(args.dir, "manifest.json"))
+      print(f"wrote {manifest['count']} cases and manifest.json to {args.dir}\n"
+            f"manifest sha256: {digest}\n"
+            f"check with: bpref vectors check {args.dir} RESULTS --expect-manifest {digest}")
       return 0
-    summary = check(args.dir, args.results)
+    summary = check(args.dir, args.results, expect_manifest=args.expect_manifest)
   except ValueError as exc:  # VectorsError, and bad names in --losses / --activations
     print(f"bpref vectors: error: {exc}", file=sys.stderr)
+    return 2
+  except Exception as exc:  # never exit 1 (which means "the gradients differ") on a crash
+    print(f"bpref vectors: error: unexpected {type(exc).__name__}: {exc}; this is a bpref bug, "
+          "please report it with the vectors directory", file=sys.stderr)
     return 2
   print(json.dumps(summary, indent=2) if args.json else _format(summary))
   return 0 if summary["passed"] else 1
