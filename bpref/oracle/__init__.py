@@ -43,6 +43,12 @@ from bpref.oracle.spec import make_spec as make_spec
 def check(candidate=None, *, target=None, progress=None, **options) -> Report:
   """Check a candidate gradient function against bpref; never raises for what the candidate does.
 
+  By default the candidate runs in this process (fast; it is trusted not to end the process or
+  patch bpref). With ``isolate=True`` or ``workers > 1`` it runs in spawned subprocesses: a crash,
+  an early exit or a hang becomes a report, and a ``target`` is imported only there, so the
+  verdict comes from a process the candidate never ran in. Call it from a script under
+  ``if __name__ == "__main__":`` then (each subprocess imports the script again).
+
   Args:
     candidate: the callable (see the module docstring).
     target: instead of ``candidate``, ("function" | "torch" | "flax" | "equinox", "module:name"),
@@ -54,38 +60,51 @@ def check(candidate=None, *, target=None, progress=None, **options) -> Report:
 
   Returns:
     a ``Report``: verdict, minimal failing case, per-array and per-layer errors, diagnosis,
-    seed and reproducer script.
+    seed, reproducer script, and what the candidate printed (``output``).
 
   Raises:
     ValueError / TypeError for a bad spec or a candidate that cannot be run at all (not
-    callable; not picklable with isolate/workers).
+    callable; not picklable with isolate/workers). ``isolation.MainReimportError`` (a
+    RuntimeError) when a subprocess re-ran the calling script because it lacks the
+    ``if __name__ == "__main__":`` guard.
   """
+  _isolation.refuse_reimport()
   spec = _spec.make_spec(**options)
   start = time.perf_counter()
+  with _isolation.recording() as transcript:
+    report = _check(candidate, target, progress, spec, start)
+  report.output = transcript.to_json()
+  return report
+
+
+def _check(candidate, target, progress, spec, start) -> Report:
   pool = None
   if target is not None:
     kind, ref = target
     if candidate is None and not (spec.isolate or spec.workers > 1):
-      candidate = _isolation.load_candidate(kind, ref, spec.reduction)
+      candidate = _isolation.load_captured(kind, ref, spec.reduction)
     pool_target = ("reference", kind, ref, spec.reduction)
   else:
     if not callable(candidate):
       raise TypeError(f"candidate must be callable grads(weights, biases, activations, loss, x, t); "
                       f"got {type(candidate).__name__}")
     pool_target = None
-  if spec.isolate or spec.workers > 1:
-    if pool_target is None:
-      pool_target = _isolation.picklable(candidate)
-    pool = _isolation.Isolated(pool_target, spec.workers, spec.timeout)
-  ev = _search.Evaluator(None if pool else candidate, spec, pool, progress)
   try:
-    found = _search.search(ev)
-    return _build(ev, spec, found, target, start)
-  except (ValueError, RuntimeError) as exc:
-    if pool is None:
+    if spec.isolate or spec.workers > 1:
+      if pool_target is None:
+        pool_target = _isolation.picklable(candidate)
+      pool = _isolation.Isolated(pool_target, spec.workers, spec.timeout)
+    ev = _search.Evaluator(None if pool else candidate, spec, pool, progress)
+    try:
+      found = _search.search(ev)
+      return _build(ev, spec, found, target, candidate, start)
+    except _isolation.MainReimportError:
       raise
-    return Report("error", spec.to_json(), 0, ev.calls, spec.seed, time.perf_counter() - start,
-                  kind="error", message=str(exc))
+    except (ValueError, RuntimeError) as exc:
+      if pool is None:
+        raise
+      return Report("error", spec.to_json(), 0, ev.calls, spec.seed, time.perf_counter() - start,
+                    kind="error", message=str(exc))
   finally:
     if pool is not None:
       pool.close()
@@ -95,7 +114,7 @@ def _notes(ev) -> list:
   return sorted({r.note for _, r in ev.history if r.note})
 
 
-def _build(ev, spec, found, target, start) -> Report:
+def _build(ev, spec, found, target, candidate, start) -> Report:
   if found.first is None:
     verdict = "pass"
     if ev.stopped:
@@ -113,18 +132,28 @@ def _build(ev, spec, found, target, start) -> Report:
     findings = [Finding("undiagnosed", "the candidate is wrong; the diagnosis could not run",
                         f"{type(exc).__name__}: {exc}")]
     per_layer, implied = [], []
-  ref = None
-  if target is not None and target[0] == "function":
-    ref = target[1]
+  if target is not None:
+    target = (target[0], _isolation.absolute_reference(target[1]))
   rep = Report(
       "fail", spec.to_json(), found.cases, ev.calls, spec.seed, 0.0,
       examples_to_failure=found.examples_to_failure, kind=minimal.kind, message=minimal.message,
       case=_report.case_json(case, minimal, truth), errors=dict(minimal.errors), layer_errors=per_layer,
       implied_delta_errors=implied, tolerance=minimal.tolerance, diagnosis=findings,
-      notes=_notes(ev), reproducer=_report.reproducer(case, spec, ref),
+      notes=_notes(ev), reproducer=_report.reproducer(case, spec, target, _name_of(candidate)),
       first_case=found.first.arch.to_json())
   rep.seconds = time.perf_counter() - start
   return rep
+
+
+def _name_of(candidate) -> str:
+  """'module.name (in /path/file.py)' for the reproducer's placeholder line, or ''."""
+  if candidate is None:
+    return ""
+  name = getattr(candidate, "__qualname__", None) or type(candidate).__name__
+  module = getattr(candidate, "__module__", None)
+  code = getattr(candidate, "__code__", None)
+  where = f" in {code.co_filename}" if code is not None else ""
+  return f"{module}.{name}{where}" if module else f"{name}{where}"
 
 
 __all__ = ["Finding", "Report", "Spec", "check", "make_spec"]

@@ -4,12 +4,21 @@
   bpref check path/to/file.py:function [options]
   bpref check --torch module:factory [options]     (also --flax, --equinox)
 
-Exit codes: 0 the candidate passed, 1 a bug was found, 2 usage error.
+The candidate runs in a subprocess and the verdict is printed by this process,
+which the candidate never ran in: whatever it does (print, raise SystemExit, call
+os._exit, crash, hang, patch bpref when imported) ends in a report and a nonzero
+exit. ``--in-process`` runs it here instead, faster but trusting it; an early exit
+through ``os._exit`` or ``SystemExit`` still cannot end the check with status 0.
+
+Exit codes: 0 the candidate passed, 1 a bug was found (a crash or an early exit
+included), 2 usage error (the candidate could not be loaded, for one).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 
 from bpref.oracle import isolation as _isolation
@@ -55,7 +64,15 @@ def _parser() -> argparse.ArgumentParser:
   s.add_argument("--seed", type=int, default=0)
   s.add_argument("--strict-kinks", action="store_true", help="a different f'(0) at a kink is a bug")
   s.add_argument("--timeout", type=float, default=60.0, help="seconds per candidate call")
-  s.add_argument("--isolate", action="store_true", help="run the candidate in a subprocess")
+  where = s.add_mutually_exclusive_group()
+  where.add_argument("--isolate", action="store_true",
+                     help="run the candidate in a subprocess (the default): a crash, an early exit "
+                          "or a hang is reported, and the verdict comes from this process, which "
+                          "the candidate never runs in")
+  where.add_argument("--in-process", action="store_true",
+                     help="run the candidate in this process: quicker to start, but it trusts the "
+                          "candidate (code that patches bpref when imported changes the verdict; "
+                          "a hang ends the search)")
   s.add_argument("--workers", type=int, default=1, help="subprocesses running candidate calls")
   s.add_argument("--shrink-budget", type=int, default=120)
   o = p.add_argument_group("output")
@@ -103,6 +120,47 @@ def plot_layers(report, path) -> None:
   plt.close(fig)
 
 
+class _ExitGuard:
+  """--in-process: an exit by the candidate before the verdict is printed never gives status 0.
+
+  While active, ``os._exit(n)`` is replaced: before the verdict is printed it says so on
+  stderr and exits with n, or EXIT_BUG for n = 0; after, with n, or the verdict's status for
+  n = 0. (A ``SystemExit`` the candidate raises is caught by the oracle or by ``main``.) Code
+  that calls the C library's exit directly (``posix._exit``, ctypes) is not covered, nor an
+  exit after ``main`` returned: the isolated default covers those.
+  """
+
+  def __init__(self):
+    self.status = None  # the verdict's exit status, once printed
+    self._real = None
+    self._stderr = -1
+
+  def __enter__(self):
+    self._real = os._exit
+    try:
+      self._stderr = os.dup(2)  # fd 2 itself is redirected while the candidate runs
+    except OSError:
+      self._stderr = -1
+    os._exit = self._exit
+    return self
+
+  def __exit__(self, *exc):
+    os._exit = self._real
+    if self._stderr >= 0:
+      os.close(self._stderr)
+      self._stderr = -1
+
+  def _exit(self, n=0):
+    n = int(n)
+    if self.status is None:
+      if self._stderr >= 0:
+        os.write(self._stderr, (f"\nbpref check: the candidate called os._exit({n}) before the "
+                                "verdict was printed: that is not a pass (run without "
+                                "--in-process for a report)\n").encode())
+      self._real(n or EXIT_BUG)
+    self._real(n or self.status)
+
+
 def main(argv=None) -> int:
   parser = _parser()
   try:
@@ -119,6 +177,11 @@ def main(argv=None) -> int:
           file=sys.stderr)
     return EXIT_USAGE
   kind, ref = chosen[0]
+  if args.in_process and args.workers > 1:
+    parser.print_usage(sys.stderr)
+    print(f"bpref check: error: --workers {args.workers} runs the candidate in subprocesses; "
+          "drop --in-process, or use --workers 1", file=sys.stderr)
+    return EXIT_USAGE
   import jax
 
   jax.config.update("jax_enable_x64", True)
@@ -129,24 +192,34 @@ def main(argv=None) -> int:
       output_activations=_output_activations(args.output_activations, parser),
       max_depth=args.max_depth, max_width=args.max_width, max_batch=args.max_batch, dtype=args.dtype,
       layout=args.layout, bias=not args.no_bias, examples=args.examples, seed=args.seed,
-      strict_kinks=args.strict_kinks, timeout=args.timeout, isolate=args.isolate,
+      strict_kinks=args.strict_kinks, timeout=args.timeout, isolate=not args.in_process,
       workers=args.workers, shrink_budget=args.shrink_budget)
   show = not (args.no_progress or args.json) and sys.stderr.isatty()
-  try:
-    report = oracle.check(target=(kind, ref), progress=_progress if show else None, **options)
-  except (ValueError, TypeError) as exc:
+  guard = _ExitGuard() if args.in_process else contextlib.nullcontext()
+  with guard:
+    try:
+      report = oracle.check(target=(kind, ref), progress=_progress if show else None, **options)
+    except (ValueError, TypeError) as exc:
+      if show:
+        sys.stderr.write("\n")
+      print(f"bpref check: error: {exc}", file=sys.stderr)
+      return EXIT_USAGE
+    except SystemExit as exc:  # raised in this thread by the candidate (from a signal handler, say)
+      print(f"\nbpref check: the candidate raised SystemExit({exc.code!r}) in bpref's own thread "
+            "before the verdict: that is not a pass", file=sys.stderr)
+      return EXIT_BUG
     if show:
       sys.stderr.write("\n")
-    print(f"bpref check: error: {exc}", file=sys.stderr)
-    return EXIT_USAGE
-  if show:
-    sys.stderr.write("\n")
-  if args.json:
-    print(report.json())
-  else:
-    print(report.text())
-  if report.verdict == "error":
-    return EXIT_USAGE
+    code = _status(report)
+    if report.verdict == "error":  # the candidate could not be loaded: a usage error, as in process
+      print(f"bpref check: error: {report.message}", file=sys.stderr)
+    if args.json or report.verdict != "error":
+      print(report.json() if args.json else report.text())
+    elif report.output:
+      print(report.output_text(), file=sys.stderr)
+    sys.stdout.flush()
+    if args.in_process:
+      guard.status = code
   if report.verdict == "fail":
     if args.reproducer:
       with open(args.reproducer, "w") as fh:
@@ -157,5 +230,12 @@ def main(argv=None) -> int:
       except ImportError:
         print("bpref check: --plot needs matplotlib (pip install 'bpref[plot]'); no picture written",
               file=sys.stderr)
+  return code
+
+
+def _status(report) -> int:
+  if report.verdict == "pass":
+    return EXIT_PASS
+  if report.verdict == "fail":
     return EXIT_BUG
-  return EXIT_PASS
+  return EXIT_USAGE

@@ -1,25 +1,46 @@
 """Calling the candidate safely: in this process, or in subprocesses.
 
-Whatever the candidate does (raise, hang, crash the interpreter, return
-garbage, write into its input arrays), the call ends in an ``Outcome``; the
+Whatever the candidate does (raise anything, even ``SystemExit`` or
+``KeyboardInterrupt``; hang; crash or end the interpreter; print; return
+garbage; write into its input arrays), the call ends in an ``Outcome``; the
 oracle never sees the exception itself.
 
 * In process, the call runs in a daemon thread joined with a timeout. A hung
-  call cannot be stopped there, so the search ends at the first timeout.
+  call cannot be stopped there, so the search ends at the first timeout. This
+  mode trusts the candidate: code that calls ``os._exit`` ends the process, and
+  code that patches bpref when it is imported changes the oracle.
 * ``Isolated`` runs the candidate in spawned subprocesses (one per worker).
-  A hang is ended by killing the process, a crash in native code is reported
-  with its exit code, and a fresh process takes over.
+  A hang is ended by killing the process, a crash in native code or an early
+  exit is reported with its exit status or signal, and a fresh process takes
+  over. The candidate's module is imported only there, and what comes back is
+  unpickled with a loader that accepts plain data only (arrays, numbers,
+  strings), so the verdict is computed in a process the candidate never ran in.
+  This protects the verdict from accidents and from code that patches bpref in
+  memory; it is not a sandbox against code written to attack the machine.
+
+Either way, what the candidate writes to file descriptors 1 and 2 (``print``,
+C-level writes, warnings) is captured, up to ``OUTPUT_LIMIT`` characters per
+call and stream, and returned with the ``Outcome``; ``recording`` collects it
+for the report.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import ctypes
+import dataclasses
+import faulthandler
+import functools
 import importlib
 import importlib.util
+import io
 import multiprocessing
 import os
 import pickle
 import signal
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -30,6 +51,19 @@ import numpy as np
 
 BRIDGES = ("torch", "flax", "equinox")
 
+OUTPUT_LIMIT = 4000
+"""Bytes of the candidate's stdout, and of its stderr, kept per call (and in the report)."""
+
+WORKER_NAME = "bpref-candidate"
+"""Name prefix of the subprocesses running the candidate."""
+
+REIMPORT_EXIT = 86
+"""Exit status of a worker that found itself re-running the caller's unguarded script."""
+
+
+class MainReimportError(RuntimeError):
+  """``check`` ran inside a spawned subprocess while it re-imported the caller's ``__main__``."""
+
 
 class Outcome(NamedTuple):
   """What one candidate call produced.
@@ -37,15 +71,19 @@ class Outcome(NamedTuple):
   Attributes:
     status: "ok", "exception", "timeout" or "crash".
     result: for "ok", the returned value with arrays converted to NumPy.
-    error: the exception's text and traceback, or why the call ended.
+    error: for "exception", the exception's type and message, then the last frames of its
+      traceback; otherwise why the call ended.
     mutated: names of the input arrays the candidate modified.
     seconds: wall time of the call.
+    stdout, stderr: what the call wrote to file descriptors 1 and 2 (clipped to OUTPUT_LIMIT).
   """
   status: str
   result: object = None
   error: str = ""
   mutated: tuple = ()
   seconds: float = 0.0
+  stdout: str = ""
+  stderr: str = ""
 
 
 def candidate_inputs(case, layout: str) -> dict:
@@ -89,13 +127,26 @@ def _to_numpy(obj, depth=0):
   return np.array(obj, copy=True)
 
 
-def _describe_exception(exc: BaseException) -> str:
-  tb = traceback.format_exception(type(exc), exc, exc.__traceback__)
-  return "".join(tb[-6:]).rstrip()
+def exception_text(exc: BaseException, frames: int = 5) -> str:
+  """'Type: message', then the last ``frames`` frames of the traceback; never raises."""
+  try:
+    te = traceback.TracebackException.from_exception(exc)
+    head = "".join(te.format_exception_only()).strip()
+    own = [f for f in te.stack if f.filename != __file__]  # the candidate's frames, not the caller's
+    stack = "".join(traceback.StackSummary.from_list(own).format()[-frames:]).rstrip() if frames else ""
+  except BaseException:  # an exception whose printing fails is still named
+    return f"{type(exc).__name__} (its message could not be printed)"
+  if not stack:
+    return head
+  return f"{head}\nTraceback (most recent call last, last frames only):\n{stack}"
 
 
 def call_direct(candidate, inputs) -> Outcome:
-  """Call the candidate in this thread; never raises for what the candidate does."""
+  """Call the candidate in this thread; never raises for what the candidate does.
+
+  Every exception counts, ``BaseException`` subclasses included: a ``SystemExit`` or
+  ``KeyboardInterrupt`` raised by the candidate is its failure, reported by name.
+  """
   snapshot = _snapshot(inputs)
   start = time.perf_counter()
   try:
@@ -103,39 +154,202 @@ def call_direct(candidate, inputs) -> Outcome:
                     inputs["x"], inputs["t"])
     seconds = time.perf_counter() - start
     result = _to_numpy(raw)
-  except Exception as exc:  # the candidate's failure is data, not the oracle's
-    return Outcome("exception", error=_describe_exception(exc), mutated=_mutated(snapshot),
+  except BaseException as exc:  # the candidate's failure is data, not the oracle's
+    return Outcome("exception", error=exception_text(exc), mutated=_mutated(snapshot),
                    seconds=time.perf_counter() - start)
   return Outcome("ok", result=result, mutated=_mutated(snapshot), seconds=seconds)
 
 
+# ---------------------------------------------------------------- the candidate's output
+
+@functools.lru_cache(maxsize=None)
+def _libc():
+  try:
+    return ctypes.CDLL(None)
+  except OSError:  # no C library to flush on this platform
+    return None
+
+
+def _flush_streams() -> None:
+  """Python's and C's buffered output written out to where file descriptors 1 and 2 point now."""
+  for stream in (sys.stdout, sys.stderr):
+    try:
+      stream.flush()
+    except Exception:  # a closed or replaced stream: nothing of ours to flush
+      pass
+  libc = _libc()
+  if libc is not None:
+    try:
+      libc.fflush(None)
+    except Exception:
+      pass
+
+
+def _read_from(fh, offset: int) -> tuple:
+  """(text written to the open file ``fh`` from ``offset`` on, at most OUTPUT_LIMIT bytes; its end)."""
+  try:
+    end = os.fstat(fh.fileno()).st_size
+    fh.seek(offset)
+    data = fh.read(min(max(end - offset, 0), OUTPUT_LIMIT))
+  except (OSError, ValueError):
+    return "", offset
+  text = data.decode("utf-8", "replace")
+  if end - offset > len(data):
+    text += f"\n[... {end - offset - len(data)} more bytes not kept]\n"
+  return text, end
+
+
+class Captured:
+  """File descriptors 1 and 2 sent to temporary files for the duration of a ``with`` block.
+
+  C-level writes are caught with Python's: the descriptors themselves are redirected, and
+  Python's and C's buffers are flushed on entry and exit. Afterwards ``stdout`` and ``stderr``
+  hold what was written (clipped to OUTPUT_LIMIT bytes). The redirection is process-wide: what
+  other threads write meanwhile is caught too. Without descriptors 1 and 2, nothing is caught.
+  """
+
+  def __init__(self):
+    self.stdout = self.stderr = ""
+    self._saved = []  # (fd, duplicate of the original, temporary file)
+
+  def __enter__(self):
+    _flush_streams()
+    try:
+      for fd in (1, 2):
+        tmp = tempfile.TemporaryFile()
+        try:
+          saved = os.dup(fd)
+        except OSError:
+          tmp.close()
+          raise
+        self._saved.append((fd, saved, tmp))
+        os.dup2(tmp.fileno(), fd)
+    except OSError:  # no descriptor 1 or 2 here: leave them as they are
+      self._restore()
+    return self
+
+  def _restore(self) -> list:
+    texts = []
+    for fd, saved, tmp in self._saved:
+      os.dup2(saved, fd)
+      os.close(saved)
+      texts.append(_read_from(tmp, 0)[0])
+      tmp.close()
+    self._saved = []
+    return texts
+
+  def __exit__(self, *exc):
+    _flush_streams()
+    texts = self._restore()
+    if len(texts) == 2:
+      self.stdout, self.stderr = texts
+
+
+class Transcript:
+  """The candidate's output over all calls: the first OUTPUT_LIMIT bytes of each stream.
+
+  Attributes:
+    stdout, stderr: the text kept.
+    calls: calls (and loads) that wrote anything.
+    clipped: whether some output was left out.
+  """
+
+  def __init__(self):
+    self.stdout = self.stderr = ""
+    self.calls = 0
+    self.clipped = False
+
+  def add(self, stdout: str, stderr: str) -> None:
+    if not (stdout or stderr):
+      return
+    self.calls += 1
+    self.stdout, clip_out = _append(self.stdout, stdout)
+    self.stderr, clip_err = _append(self.stderr, stderr)
+    self.clipped = self.clipped or clip_out or clip_err or "more bytes not kept]" in stdout + stderr
+
+  def to_json(self) -> dict:
+    """{} when the candidate wrote nothing; else stdout, stderr, calls and clipped."""
+    if not self.calls:
+      return {}
+    return {"stdout": self.stdout, "stderr": self.stderr, "calls": self.calls,
+            "clipped": self.clipped}
+
+
+def _append(kept: str, new: str) -> tuple:
+  room = OUTPUT_LIMIT - len(kept)
+  if len(new) <= room:
+    return kept + new, False
+  return kept + new[:max(room, 0)], True
+
+
+_TRANSCRIPT = contextvars.ContextVar("bpref_transcript", default=None)
+
+
+@contextlib.contextmanager
+def recording():
+  """Collect the output of every candidate call made inside the block into a ``Transcript``."""
+  transcript = Transcript()
+  token = _TRANSCRIPT.set(transcript)
+  try:
+    yield transcript
+  finally:
+    _TRANSCRIPT.reset(token)
+
+
+def _record(stdout: str, stderr: str) -> None:
+  transcript = _TRANSCRIPT.get()
+  if transcript is not None:
+    transcript.add(stdout, stderr)
+
+
 def call_in_thread(candidate, inputs, timeout: float) -> Outcome:
-  """``call_direct`` in a daemon thread, given up after ``timeout`` seconds."""
+  """``call_direct`` in a daemon thread, given up after ``timeout`` seconds; its output captured."""
   box = []
   thread = threading.Thread(target=lambda: box.append(call_direct(candidate, inputs)), daemon=True,
-                            name="bpref-candidate")
-  thread.start()
-  thread.join(timeout)
-  if thread.is_alive() or not box:
-    return Outcome("timeout", error=f"the call did not return within {timeout:g} s; a call in this "
-                   "process cannot be stopped, so the search ended here (isolate=True, or --isolate, "
-                   "runs the candidate in a subprocess that can be)", seconds=timeout)
-  return box[0]
+                            name=WORKER_NAME)
+  with Captured() as out:
+    thread.start()
+    thread.join(timeout)
+  if thread.is_alive():
+    outcome = Outcome("timeout", error=f"the call did not return within {timeout:g} s; a call in "
+                      "this process cannot be stopped, so the search ended here (isolate=True runs "
+                      "the candidate in a subprocess that can be; bpref check does, unless "
+                      "--in-process)", seconds=timeout)
+  elif not box:
+    outcome = Outcome("exception", error="the candidate's thread ended without a result")
+  else:
+    outcome = box[0]
+  outcome = outcome._replace(stdout=out.stdout, stderr=out.stderr)
+  _record(outcome.stdout, outcome.stderr)
+  return outcome
 
 
 # ---------------------------------------------------------------- loading candidates by name
 
+def _is_path(where: str) -> bool:
+  return where.endswith(".py") or os.sep in where
+
+
+def absolute_reference(ref: str) -> str:
+  """``ref`` with a file path made absolute (``module:attr`` is returned as it is)."""
+  where, sep, attr = ref.rpartition(":")
+  if sep and where and _is_path(where):
+    return f"{os.path.abspath(where)}:{attr}"
+  return ref
+
+
 def load_reference(ref: str):
   """The object named by ``module:attr`` or ``path/to/file.py:attr``.
 
-  Raises ValueError (a usage error) when it cannot be found.
+  Raises ValueError (a usage error) when it cannot be found, or when importing it raised
+  anything, ``SystemExit`` included.
   """
   if ":" not in ref:
     raise ValueError(f"{ref!r}: name the candidate as module:function or path/to/file.py:function")
   where, _, attr = ref.rpartition(":")
   if not where or not attr:
     raise ValueError(f"{ref!r}: name the candidate as module:function or path/to/file.py:function")
-  if where.endswith(".py") or os.sep in where:
+  if _is_path(where):
     path = os.path.abspath(where)
     if not os.path.isfile(path):
       raise ValueError(f"{where}: no such file")
@@ -148,19 +362,23 @@ def load_reference(ref: str):
       sys.path.insert(0, directory)
     try:
       spec.loader.exec_module(module)
-    except Exception as exc:
-      raise ValueError(f"{where}: importing it failed: {type(exc).__name__}: {exc}") from None
+    except BaseException as exc:  # SystemExit at import is a failed import, not an exit
+      raise ValueError(f"{where}: importing it failed: {_one_line(exc)}") from None
   else:
     if os.getcwd() not in sys.path and "" not in sys.path:
       sys.path.insert(0, os.getcwd())
     try:
       module = importlib.import_module(where)
-    except Exception as exc:
-      raise ValueError(f"module {where!r} could not be imported: {type(exc).__name__}: {exc}") from None
+    except BaseException as exc:
+      raise ValueError(f"module {where!r} could not be imported: {_one_line(exc)}") from None
   try:
     return getattr(module, attr)
   except AttributeError:
     raise ValueError(f"{where} has no attribute {attr!r}") from None
+
+
+def _one_line(exc: BaseException) -> str:
+  return exception_text(exc, frames=0).splitlines()[0]
 
 
 def load_candidate(kind: str, ref: str, reduction: str = "mean"):
@@ -183,27 +401,152 @@ def load_candidate(kind: str, ref: str, reduction: str = "mean"):
                      f"(pip install 'bpref[{kind}]'): {exc}") from None
   try:
     model = obj()
-  except Exception as exc:
-    raise ValueError(f"{ref}() raised {type(exc).__name__}: {exc}") from None
+  except BaseException as exc:
+    raise ValueError(f"{ref}() raised {_one_line(exc)}") from None
   try:
     return bridge.make_candidate(model, reduction=reduction)
   except (TypeError, ValueError) as exc:
     raise ValueError(f"{kind} bridge: {exc}") from None
 
 
+def load_captured(kind: str, ref: str, reduction: str = "mean"):
+  """``load_candidate`` in this process, with what the import writes captured and recorded."""
+  out = Captured()
+  try:
+    with out:
+      return load_candidate(kind, ref, reduction)
+  finally:
+    _record(out.stdout, out.stderr)
+
+
+# ---------------------------------------------------------------- what comes back from a worker
+
+_DATA_GLOBALS = frozenset({
+    ("builtins", "complex"), ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "scalar"), ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.numeric", "_frombuffer"), ("numpy.core.numeric", "_frombuffer"),
+    (__name__, "Outcome"),
+})
+
+
+class _DataUnpickler(pickle.Unpickler):
+  """Rebuilds plain data only: NumPy arrays and scalars, builtins, ``Outcome``; no other code runs."""
+
+  def find_class(self, module, name):
+    if (module, name) in _DATA_GLOBALS:
+      return super().find_class(module, name)
+    raise pickle.UnpicklingError(f"{module}.{name} is not plain data")
+
+
+def _loads(data: bytes):
+  return _DataUnpickler(io.BytesIO(data)).load()
+
+
+def _dumps(message) -> bytes:
+  return pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _plain_item(obj):
+  if obj is None or isinstance(obj, (bool, int, float, complex, str, bytes, np.generic)):
+    return obj
+  if isinstance(obj, np.ndarray):
+    return _plain(obj)
+  try:
+    return f"<{type(obj).__name__}: {obj!r}>"[:200]
+  except BaseException:
+    return f"<{type(obj).__name__}>"
+
+
+def _plain(obj):
+  """A ``_to_numpy`` result made of plain data: objects inside object arrays become their repr."""
+  if isinstance(obj, list):
+    return [_plain(o) for o in obj]
+  if isinstance(obj, np.ndarray) and obj.dtype == object:
+    out = np.empty(obj.shape, dtype=object)
+    for index in np.ndindex(obj.shape):
+      out[index] = _plain_item(obj[index])
+    return out
+  return _plain_item(obj) if not isinstance(obj, np.ndarray) else obj
+
+
 # ---------------------------------------------------------------- subprocesses
 
-def _worker_main(conn, target) -> None:
-  """A subprocess: load the candidate, then answer calls until told to stop."""
+def refuse_reimport() -> None:
+  """Stop a spawned subprocess that is re-running the caller's unguarded script.
+
+  multiprocessing's "spawn" start method imports the parent's ``__main__`` module again in every
+  subprocess, before the subprocess does its work. A script that calls ``bpref.oracle.check`` at
+  top level, without an ``if __name__ == "__main__":`` guard, would start another check there.
+  In bpref's own worker this ends the subprocess at once with status REIMPORT_EXIT, which the
+  parent turns into a ``MainReimportError`` naming the fix; in any other spawned subprocess it
+  raises that error.
+  """
+  proc = multiprocessing.current_process()
+  if not getattr(proc, "_inheriting", False):
+    return
+  if proc.name.startswith(WORKER_NAME + "-"):
+    os._exit(REIMPORT_EXIT)
+  raise MainReimportError(
+      "bpref.oracle.check was called while this subprocess was importing its parent's __main__ "
+      "module (multiprocessing's spawn start method does that); put the script's top-level code "
+      "under `if __name__ == \"__main__\":`")
+
+
+def _reimport_message() -> str:
+  main = sys.modules.get("__main__")
+  path = getattr(main, "__file__", None) or "the __main__ module"
+  return (f"the candidate's subprocess ran {path} again: multiprocessing's spawn start method "
+          "imports the __main__ module in every subprocess, and this one calls bpref.oracle.check "
+          "at import. Put the script's top-level code under `if __name__ == \"__main__\":` (see "
+          "docs/oracle.md), or check without isolate and workers")
+
+
+def _main_hint() -> str:
+  main = sys.modules.get("__main__")
+  if getattr(main, "__spec__", None) is None and str(getattr(main, "__file__", "")).endswith(".py"):
+    return (f"; if {main.__file__} runs code at import, keep it under "
+            "`if __name__ == \"__main__\":` (each subprocess imports the script again)")
+  return ""
+
+
+def _redirect_output(out_path: str, err_path: str) -> None:
+  """File descriptors 1 and 2 of this process appended to the two files, for good."""
+  _flush_streams()
+  for fd, path in ((1, out_path), (2, err_path)):
+    f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(f, fd)
+    os.close(f)
+  for stream in (sys.stdout, sys.stderr):
+    try:
+      stream.reconfigure(line_buffering=True)
+    except Exception:  # not a text stream we can reconfigure
+      pass
+
+
+def _worker_main(conn, target, out_path, err_path) -> None:
+  """A subprocess: load the candidate, then answer calls until told to stop.
+
+  Ctrl-C is the parent's to handle; what the candidate writes goes to the two files the parent
+  reads after each call; a crash in native code leaves its Python traceback there (faulthandler).
+  """
+  try:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+  except ValueError:  # not the main thread
+    pass
+  _redirect_output(out_path, err_path)
+  faulthandler.enable()
   try:
     if isinstance(target, tuple) and target and target[0] == "reference":
       candidate = load_candidate(*target[1:])
     else:
       candidate = pickle.loads(target)
   except BaseException as exc:
-    conn.send(("load_error", f"{type(exc).__name__}: {exc}"))
+    _flush_streams()
+    conn.send_bytes(_dumps(("load_error", _one_line(exc))))
     return
-  conn.send(("ready", None))
+  _flush_streams()
+  conn.send_bytes(_dumps(("ready", None)))
   while True:
     try:
       message = conn.recv()
@@ -211,11 +554,15 @@ def _worker_main(conn, target) -> None:
       return
     if message is None:
       return
+    outcome = call_direct(candidate, message)
+    _flush_streams()
     try:
-      outcome = call_direct(candidate, message)
-      conn.send(("outcome", outcome))
-    except BaseException as exc:  # an unpicklable result, for instance
-      conn.send(("outcome", Outcome("exception", error=f"the result could not be sent back: {exc}")))
+      payload = _dumps(("outcome", outcome._replace(result=_plain(outcome.result))))
+    except BaseException as exc:  # a result that cannot be pickled even as plain data
+      payload = _dumps(("outcome", Outcome(
+          "exception", error=f"the candidate's result could not be sent back: {_one_line(exc)}",
+          mutated=outcome.mutated, seconds=outcome.seconds)))
+    conn.send_bytes(payload)
 
 
 def _exit_text(code) -> str:
@@ -226,11 +573,26 @@ def _exit_text(code) -> str:
       return f"the subprocess was killed by signal {signal.Signals(-code).name}"
     except ValueError:
       return f"the subprocess was killed by signal {-code}"
-  return f"the subprocess exited with code {code}"
+  return f"the subprocess exited with status {code}"
+
+
+@dataclasses.dataclass
+class _Worker:
+  proc: object
+  conn: object
+  out: object  # the capture files, open for reading
+  err: object
+  offsets: list  # bytes of out and err already read
+  ready: bool = False  # the candidate is loaded
 
 
 class Isolated:
   """A pool of subprocesses running the candidate; results come back in order.
+
+  The subprocesses start at once, so that they import while this process builds the first
+  cases. Each one's file descriptors 1 and 2 go to files the parent reads after every call, so
+  the output of a call that crashed or hung is kept too; nothing the candidate writes reaches the
+  parent's stdout.
 
   Args:
     target: the candidate pickled (bytes), or ("reference", kind, "module:function").
@@ -243,37 +605,103 @@ class Isolated:
     self._timeout = timeout
     self._ctx = multiprocessing.get_context("spawn")
     self._procs = [None] * workers
+    self._dir = tempfile.TemporaryDirectory(prefix="bpref-candidate-")
+    self._started = 0
+    for i in range(workers):
+      self._spawn(i)
 
-  def _start(self, i):
+  def _spawn(self, i):
+    self._started += 1
+    paths = [os.path.join(self._dir.name, f"{i}-{self._started}.{stream}")
+             for stream in ("stdout", "stderr")]
+    files = []
+    for path in paths:
+      open(path, "wb").close()
+      files.append(open(path, "rb"))
     parent, child = self._ctx.Pipe()
-    proc = self._ctx.Process(target=_worker_main, args=(child, self._target), daemon=True,
-                             name=f"bpref-candidate-{i}")
+    proc = self._ctx.Process(target=_worker_main, args=(child, self._target, *paths), daemon=True,
+                             name=f"{WORKER_NAME}-{i}")
     proc.start()
     child.close()
-    self._procs[i] = (proc, parent)
+    self._procs[i] = _Worker(proc, parent, files[0], files[1], [0, 0])
+
+  def _start(self, i):
+    """Worker ``i`` ready to take calls: spawned if need be, its candidate loaded."""
+    if self._procs[i] is None:
+      self._spawn(i)
+    if self._procs[i].ready:
+      return
+    proc, parent = self._procs[i].proc, self._procs[i].conn
     if not parent.poll(max(120.0, self._timeout)):
       self._kill(i)
-      raise RuntimeError("the candidate's subprocess did not start within 120 s")
+      raise RuntimeError("the candidate's subprocess did not start within "
+                         f"{max(120.0, self._timeout):g} s")
     try:
-      kind, text = parent.recv()
-    except EOFError:
+      kind, text = _loads(parent.recv_bytes())
+    except (EOFError, OSError):
+      proc.join(5)
       code = proc.exitcode
       self._kill(i)
-      raise RuntimeError(f"the candidate's subprocess died while loading: {_exit_text(code)}") from None
+      if code == REIMPORT_EXIT:
+        raise MainReimportError(_reimport_message()) from None
+      raise RuntimeError(f"the candidate's subprocess died while loading: {_exit_text(code)}"
+                         f"{_main_hint()}") from None
+    except Exception as exc:  # a forged message
+      self._kill(i)
+      raise RuntimeError(f"the candidate's subprocess sent something other than plain data while "
+                         f"loading: {_one_line(exc)}") from None
+    finally:
+      if self._procs[i] is not None:
+        _record(*self._take_output(i))
     if kind != "ready":
       self._kill(i)
       raise ValueError(f"the candidate could not be loaded in a subprocess: {text}")
+    self._procs[i].ready = True
+
+  def _take_output(self, i) -> tuple:
+    """(stdout, stderr) that worker ``i`` wrote since the last look."""
+    w = self._procs[i]
+    out, w.offsets[0] = _read_from(w.out, w.offsets[0])
+    err, w.offsets[1] = _read_from(w.err, w.offsets[1])
+    return out, err
 
   def _kill(self, i):
     entry = self._procs[i]
-    self._procs[i] = None
     if entry is None:
       return
-    proc, conn = entry
-    if proc.is_alive():
-      proc.kill()
-    proc.join(5)
-    conn.close()
+    if entry.proc.is_alive():
+      entry.proc.kill()
+    entry.proc.join(5)
+    _record(*self._take_output(i))
+    self._procs[i] = None
+    entry.conn.close()
+    entry.out.close()
+    entry.err.close()
+
+  def _receive(self, i, start) -> Outcome:
+    """The outcome worker ``i`` sends, or why none came; a worker that crashed is dropped."""
+    w = self._procs[i]
+    try:
+      kind, outcome = _loads(w.conn.recv_bytes())
+      if kind != "outcome" or not isinstance(outcome, Outcome) or \
+          outcome.status not in ("ok", "exception"):
+        raise pickle.UnpicklingError("not an outcome")
+    except (EOFError, OSError):
+      w.proc.join(5)
+      code = w.proc.exitcode
+      out, err = self._take_output(i)
+      self._kill(i)
+      return Outcome("crash", error=f"{_exit_text(code)} before the call returned"
+                     f"{' (os._exit, or an exit in C code)' if code is not None and code >= 0 else ''}",
+                     seconds=time.perf_counter() - start, stdout=out, stderr=err)
+    except Exception as exc:  # anything but an outcome: the worker is not to be trusted further
+      out, err = self._take_output(i)
+      self._kill(i)
+      return Outcome("exception", error=f"the candidate's subprocess sent back something other "
+                     f"than plain data: {_one_line(exc)}", seconds=time.perf_counter() - start,
+                     stdout=out, stderr=err)
+    out, err = self._take_output(i)
+    return outcome._replace(stdout=out, stderr=err)
 
   def map(self, inputs_list) -> list:
     """One ``Outcome`` per inputs dict, in order; up to ``workers`` calls at a time."""
@@ -284,44 +712,49 @@ class Isolated:
       for i in range(len(self._procs)):
         if i in busy or not pending:
           continue
-        if self._procs[i] is None:
-          self._start(i)
+        self._start(i)
         item = pending.pop()
-        self._procs[i][1].send(inputs_list[item])
+        try:
+          self._procs[i].conn.send(inputs_list[item])
+        except OSError:  # the worker ended between calls (a thread of the candidate's, say)
+          results[item] = self._receive(i, time.perf_counter())
+          _record(results[item].stdout, results[item].stderr)
+          continue
         busy[i] = (item, time.monotonic() + self._timeout, time.perf_counter())
-      conns = {self._procs[i][1]: i for i in busy}
+      if not busy:
+        continue
+      conns = {self._procs[i].conn: i for i in busy}
       soonest = min(deadline for _, deadline, _ in busy.values())
       ready = wait(list(conns), timeout=max(0.0, soonest - time.monotonic()))
       for conn in ready:
         i = conns[conn]
         item, _, start = busy.pop(i)
-        try:
-          kind, outcome = conn.recv()
-        except (EOFError, OSError):
-          proc = self._procs[i][0]
-          proc.join(5)
-          code = proc.exitcode
-          self._kill(i)
-          outcome = Outcome("crash", error=_exit_text(code), seconds=time.perf_counter() - start)
-        results[item] = outcome
+        results[item] = self._receive(i, start)
+        _record(results[item].stdout, results[item].stderr)
       now = time.monotonic()
       for i, (item, deadline, start) in list(busy.items()):
         if now >= deadline:
           busy.pop(i)
+          self._procs[i].proc.kill()
+          self._procs[i].proc.join(5)
+          out, err = self._take_output(i)
           self._kill(i)
           results[item] = Outcome("timeout", error=f"the call did not return within {self._timeout:g} s;"
-                                  " its subprocess was killed", seconds=self._timeout)
+                                  " its subprocess was killed", seconds=self._timeout,
+                                  stdout=out, stderr=err)
+          _record(out, err)
     return results
 
   def close(self):
     for i, entry in enumerate(self._procs):
       if entry is not None:
         try:
-          entry[1].send(None)
+          entry.conn.send(None)
         except (OSError, BrokenPipeError):
           pass
-        entry[0].join(2)
+        entry.proc.join(2)
         self._kill(i)
+    self._dir.cleanup()
 
   def __enter__(self):
     return self

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 
 import numpy as np
 
@@ -33,6 +34,9 @@ class Report:
     seed: the search's seed.
     seconds: wall time.
     reproducer: a Python script that rebuilds the minimal case and compares it with bpref.
+    output: what the candidate wrote to stdout and stderr while it was loaded and called:
+      {"stdout": text, "stderr": text, "calls": calls that wrote, "clipped": bool}, each stream
+      clipped to ``isolation.OUTPUT_LIMIT`` bytes; {} when it wrote nothing.
   """
   verdict: str
   spec: dict
@@ -52,6 +56,7 @@ class Report:
   notes: list = dataclasses.field(default_factory=list)
   reproducer: str = ""
   first_case: dict | None = None
+  output: dict = dataclasses.field(default_factory=dict)
 
   @property
   def passed(self) -> bool:
@@ -71,6 +76,10 @@ class Report:
   def json(self) -> str:
     return json.dumps(self.to_json(), indent=2, default=_jsonable)
 
+  def output_text(self) -> str:
+    """What the candidate printed, as the text report shows it ("" when nothing)."""
+    return "\n".join(_output_lines(self.output)).strip("\n")
+
   def text(self) -> str:
     """The report for people."""
     s = self.spec
@@ -85,10 +94,16 @@ class Report:
       lines.append(f"  domain: {domain}")
       for note in self.notes:
         lines.append(f"  note: {note}")
+      lines += _output_lines(self.output)
       return "\n".join(lines)
     if self.verdict == "error":
-      return f"ERROR: the oracle could not run the candidate: {self.message}"
-    lines.append(f"FAIL: {self.message.splitlines()[0] if self.message else self.kind}")
+      lines.append(f"ERROR: the oracle could not run the candidate: {self.message}")
+      lines += _output_lines(self.output)
+      return "\n".join(lines)
+    headline, rest = _headline(self.message or self.kind)
+    lines.append(f"FAIL: {headline}")
+    for line in rest:
+      lines.append(f"    {line}")
     lines.append(f"  found after {self.examples_to_failure} of the cases tried (seed {self.seed}); "
                  f"{self.calls} calls, {self.seconds:.1f} s")
     lines.append(f"  domain: {domain}")
@@ -131,7 +146,49 @@ class Report:
             lines.append(f"    {k}: candidate {np.asarray(mine[k]).ravel()}  bpref {np.asarray(ours[k]).ravel()}")
     for note in self.notes:
       lines.append(f"  note: {note}")
+    lines += _output_lines(self.output)
     return "\n".join(lines)
+
+
+MESSAGE_LINES = 12
+"""Lines of a failure's message (an exception's traceback, say) shown under the headline."""
+
+OUTPUT_LINES = 10
+"""Lines of each of the candidate's output streams shown in the text report."""
+
+
+def _headline(message: str) -> tuple:
+  """(first line, the lines after it); a first line ending in ':' takes the next one along,
+  so "the candidate raised an exception:" reads "...: ZeroDivisionError: division by zero"."""
+  lines = message.rstrip().splitlines() or [""]
+  head, rest = lines[0], lines[1:]
+  if head.endswith(":") and rest:
+    head, rest = f"{head} {rest[0].strip()}", rest[1:]
+  if len(rest) > MESSAGE_LINES:
+    rest = rest[:MESSAGE_LINES] + [f"[... {len(rest) - MESSAGE_LINES} more lines: --json has them]"]
+  return head, rest
+
+
+def _output_lines(output: dict) -> list:
+  """The candidate's stdout and stderr, the first OUTPUT_LINES lines of each, for the text report."""
+  if not output:
+    return []
+  calls = output.get("calls", 0)
+  lines = ["", f"the candidate's output (written during {calls} of its calls and imports; the first "
+           f"{OUTPUT_LINES} lines of each stream; --json has more):"]
+  for stream in ("stdout", "stderr"):
+    text = output.get(stream, "")
+    if not text:
+      continue
+    shown = text.rstrip("\n").splitlines()
+    lines.append(f"  {stream}:")
+    for line in shown[:OUTPUT_LINES]:
+      lines.append(f"    | {line[:160]}{' ...' if len(line) > 160 else ''}")
+    if len(shown) > OUTPUT_LINES:
+      lines.append(f"    [... {len(shown) - OUTPUT_LINES} more lines]")
+  if output.get("clipped"):
+    lines.append("  (the output was longer; only its beginning was kept)")
+  return lines
 
 
 def _jsonable(obj):
@@ -166,19 +223,44 @@ def case_json(case, result=None, truth=None) -> dict:
   return out
 
 
-def reproducer(case, spec, target: str | None) -> str:
-  """A standalone script: rebuild the minimal case, call the candidate, compare with bpref."""
+def reproducer(case, spec, target=None, name: str = "") -> str:
+  """A standalone script: rebuild the minimal case, call the candidate, compare with bpref.
+
+  Args:
+    case: the minimal failing case.
+    spec: the ``Spec``.
+    target: how the candidate was named: (kind, "module:name" or "path.py:name") with kind
+      "function" or a bridge ("torch", "flax", "equinox"); a plain string is a function. A
+      file path should be absolute, so that the script runs from any directory; for a module
+      name, the current directory is put on the script's sys.path.
+    name: without a target, the candidate's name, shown beside the line to fill in.
+  """
   cj = case_json(case)
   arrays = cj["arrays"]
   L = case.arch.depth
   ws = ", ".join(f"np.array({arrays[f'W{l}']!r}, dtype)" for l in range(1, L + 1))
   bs = ("[" + ", ".join(f"np.array({arrays[f'b{l}']!r}, dtype)" for l in range(1, L + 1)) + "]"
         if case.biases is not None else "None")
-  load = (f"from bpref.oracle.isolation import load_reference\n"
-          f"candidate = load_reference({target!r})\n" if target else
-          "candidate = ...  # your gradient function: grads(weights, biases, activations, loss, x, t)\n")
+  if isinstance(target, str):
+    target = ("function", target)
+  if target is None:
+    load = ("candidate = ...  # your gradient function: grads(weights, biases, activations, loss, x, t)"
+            f"{f'; here {name}' if name else ''}\n")
+  else:
+    kind, ref = target
+    where = ref.rpartition(":")[0]
+    path = "" if where.endswith(".py") or os.sep in where else \
+        f"sys.path.insert(0, {os.getcwd()!r})  # where bpref check found module {where!r}\n"
+    if kind == "function":
+      load = (f"{path}from bpref.oracle.isolation import load_reference\n"
+              f"candidate = load_reference({ref!r})\n")
+    else:
+      load = (f"{path}from bpref.oracle.isolation import load_candidate\n"
+              f"candidate = load_candidate({kind!r}, {ref!r}, {case.reduction!r})  # the {kind} bridge\n")
   transpose = "[W.T for W in weights]" if spec.layout == "in_out" else "list(weights)"
   return f'''"""Reproduce bpref check's minimal failing case ({case.arch.describe()})."""
+import sys
+
 import jax
 import numpy as np
 
