@@ -1,10 +1,19 @@
-"""The ``bpref`` command: each subcommand lives in its own module with a ``main(argv)``."""
+"""The ``bpref`` command: each subcommand lives in its own module with a ``main(argv)``.
+
+When the reader of stdout goes away (``bpref check ... | head -1``), the command stops
+quietly with status EXIT_BROKEN_PIPE, the status a shell shows for a program ended by
+SIGPIPE, instead of a BrokenPipeError traceback.
+"""
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
+
+EXIT_BROKEN_PIPE = 141
+"""128 + SIGPIPE: stdout's reader closed the pipe before everything was written."""
 
 SUBCOMMANDS = {
     "verify": ("bpref.verify", "compare bpref with its witnesses on random networks"),
@@ -34,7 +43,16 @@ def _usage(found) -> str:
 
 
 def main(argv=None) -> int:
-  argv = list(sys.argv[1:] if argv is None else argv)
+  try:
+    code = _dispatch(list(sys.argv[1:] if argv is None else argv))
+    sys.stdout.flush()
+  except BrokenPipeError:
+    _silence_stdout()
+    return EXIT_BROKEN_PIPE
+  return code
+
+
+def _dispatch(argv) -> int:
   found = _available()
   if not argv or argv[0] in ("-h", "--help"):
     print(_usage(found))
@@ -47,6 +65,17 @@ def main(argv=None) -> int:
     print(f"bpref: unknown command {argv[0]!r}\n\n{_usage(found)}", file=sys.stderr)
     return 2
   return int(importlib.import_module(found[argv[0]][0]).main(argv[1:]) or 0)
+
+
+def _silence_stdout() -> None:
+  """Point stdout at /dev/null, so that the flush at exit does not fail again (the usual EPIPE
+  handling: https://docs.python.org/3/library/signal.html#note-on-sigpipe)."""
+  try:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+  except (OSError, ValueError, AttributeError):  # no file descriptor behind sys.stdout
+    pass
 
 
 if __name__ == "__main__":

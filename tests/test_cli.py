@@ -1,7 +1,10 @@
 """The ``bpref`` command dispatcher."""
 
+import os
 import subprocess
 import sys
+
+import pytest
 
 from bpref import cli
 
@@ -26,3 +29,39 @@ def test_python_dash_m_runs_the_cli():
                        check=True)
   import bpref
   assert out.stdout.strip() == bpref.__version__
+
+
+def run_into_closed_pipe(args, cwd=None):
+  read, write = os.pipe()
+  os.close(read)  # every write to the pipe now fails with EPIPE
+  try:
+    return subprocess.run([sys.executable, "-m", "bpref", *args], stdout=write, stderr=subprocess.PIPE,
+                          text=True, timeout=180, cwd=cwd)
+  finally:
+    os.close(write)
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["check", "--help"]])
+def test_a_closed_stdout_pipe_ends_quietly(args):
+  """`bpref ... | head -1`: the reader left, so no BrokenPipeError traceback."""
+  out = run_into_closed_pipe(args)
+  assert "Traceback" not in out.stderr and "BrokenPipeError" not in out.stderr, out.stderr
+  if args[0] != "check":  # argparse itself drops help it cannot write, and exits 0
+    assert out.returncode == cli.EXIT_BROKEN_PIPE, out.stderr
+
+
+def test_a_report_into_a_closed_pipe_ends_quietly(tmp_path):
+  (tmp_path / "linear.py").write_text(
+      "def grads(weights, biases, activations, loss, x, t):\n"
+      "  g = 2 * (x @ weights[0].T + biases[0] - t) / x.shape[0]\n"
+      "  return [g.T @ x], [g.sum(axis=0)]\n")
+  out = run_into_closed_pipe(["check", "linear.py:grads", "--activations", "identity", "--max-depth", "1",
+                              "--examples", "1", "--in-process", "--json"], cwd=tmp_path)
+  assert out.returncode == cli.EXIT_BROKEN_PIPE, out.stderr
+  assert "Traceback" not in out.stderr and "BrokenPipeError" not in out.stderr, out.stderr
+
+
+def test_check_help_names_the_isolation_options(capsys):
+  assert cli.main(["check", "--help"]) == 0
+  out = capsys.readouterr().out
+  assert "--in-process" in out and "--isolate" in out
