@@ -112,7 +112,7 @@ class Report:
       lines.append("diagnosis (most likely first):")
       for f in self.diagnosis:
         lines.append(f"  * {f.summary}  [{f.code}]")
-        if f.detail and f.detail != f.summary:
+        if f.detail and f.detail != f.summary and f.detail.strip() != self.message.strip():
           for dl in f.detail.splitlines()[:8]:
             lines.append(f"      {dl}")
     if self.case:
