@@ -57,6 +57,9 @@ OUTPUT_LIMIT = 4000
 WORKER_NAME = "bpref-candidate"
 """Name prefix of the subprocesses running the candidate."""
 
+_MODULE_PREFIX = "_bpref_candidate_"
+"""Prefix of the module name a candidate file is imported under (not shown in messages)."""
+
 REIMPORT_EXIT = 86
 """Exit status of a worker that found itself re-running the caller's unguarded script."""
 
@@ -131,7 +134,7 @@ def exception_text(exc: BaseException, frames: int = 5) -> str:
   """'Type: message', then the last ``frames`` frames of the traceback; never raises."""
   try:
     te = traceback.TracebackException.from_exception(exc)
-    head = "".join(te.format_exception_only()).strip()
+    head = "".join(te.format_exception_only()).strip().removeprefix(_MODULE_PREFIX)
     own = [f for f in te.stack if f.filename != __file__]  # the candidate's frames, not the caller's
     stack = "".join(traceback.StackSummary.from_list(own).format()[-frames:]).rstrip() if frames else ""
   except BaseException:  # an exception whose printing fails is still named
@@ -353,7 +356,7 @@ def load_reference(ref: str):
     path = os.path.abspath(where)
     if not os.path.isfile(path):
       raise ValueError(f"{where}: no such file")
-    name = "_bpref_candidate_" + os.path.splitext(os.path.basename(path))[0]
+    name = _MODULE_PREFIX + os.path.splitext(os.path.basename(path))[0]
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
