@@ -64,7 +64,10 @@ install() {  # prints one line: what was installed, or why not
     echo "NO PACKAGE REGISTRY REACHABLE: nothing installed, continuing with the JAX already present"
     return 1
   fi
-  if [ $WANT_GPU = 0 ]; then pip_install && echo "installed .[test] (no GPU wanted)" && return 0; fi
+  if [ $WANT_GPU = 0 ]; then
+    pip_install && { echo "installed .[test] (no GPU wanted)"; return 0; }
+    echo "pip install -e .[test] failed (see install.log)"; return 1
+  fi
   pip_install "jax[cuda12]" && gpu_jax && echo "installed .[test] jax[cuda12]" && return 0
   "$PY" -m pip uninstall -y jax-cuda12-plugin jax-cuda12-pjrt >> "$OUT/install.log" 2>&1
   pip_install "jax[cuda13]" && gpu_jax && echo "installed .[test] jax[cuda13] (jax[cuda12] failed)" && return 0
