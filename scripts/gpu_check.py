@@ -195,7 +195,7 @@ def step_oracle(args) -> dict:
   # ~1 s each of compiling): the usual activations, a softmax output, two losses
   domain = dict(activations=("identity", "relu", "tanh", "sigmoid", "gelu", "softmax"),
                 losses=("squared_error", "cross_entropy"), max_depth=3, max_width=5, max_batch=4,
-                examples=10, seed=SEED)
+                examples=10, seed=SEED, isolate=False)  # the candidate is a closure, on this GPU
   if args.quick:
     domain.update(activations=("identity", "tanh"), losses=("squared_error",), max_depth=2, examples=0)
   runs = {}
