@@ -55,7 +55,7 @@ tolerances: e(0) = ||X_bpref||_F / ||M_X||_F > VACUOUS_MARGIN * tol (``bpref.ora
 Then a bug that scales X by (1 + r) is caught for any |r| above 1 / VACUOUS_MARGIN."""
 
 _DRAWS_PER_CASE = 50
-"""``export`` gives up after this many draws per requested case (all vacuous)."""
+"""``export`` gives up after this many draws per requested case (all vacuous or unusable)."""
 
 _ENTRY_KEYS = {"file": str, "sha256": str, "sizes": list, "activations": list, "loss": str,
                "reduction": str, "dtype": str, "bias": bool, "layout": str, "tolerance": float}
@@ -305,12 +305,15 @@ def export(directory, cases: int = 20, seed: int = 0, dtype: str = "float64", lo
   """Write ``cases`` golden vectors and the manifest into ``directory``; return the manifest.
 
   Draws are skipped, deterministically, when a layer's true gradient is vacuous
-  (``vacuous_arrays``); the manifest's sha256 is ``sha256(directory/manifest.json)``.
+  (``vacuous_arrays``) or the output activation is not the one the loss takes; the
+  manifest's sha256 is ``sha256(directory/manifest.json)``.
   Raises VectorsError for bad options or a directory that cannot be written.
   """
   import jax
 
   from bpref import __version__
+  from bpref import activations as _activations
+  from bpref import losses as _losses
   from bpref import problems as _problems
   from bpref.oracle import judge as _judge
 
@@ -331,16 +334,27 @@ def export(directory, cases: int = 20, seed: int = 0, dtype: str = "float64", lo
   except OSError as exc:
     raise VectorsError(f"{directory}: cannot create the vectors directory "
                        f"({exc.strerror or exc}); give a directory, new or existing") from None
+  for name in losses or ():
+    _losses.get(name)  # a ValueError lists the valid names
+  for name in activations or ():
+    if _activations.get(name).name in _activations.OUTPUT_ONLY:
+      raise VectorsError(f"activations: {name} is allowed only in the output layer; list hidden "
+                         "activations only")
   rng = np.random.default_rng(seed)
-  entries, draws = [], 0
+  entries, draws, mismatched = [], 0, 0
   while len(entries) < cases:
     if draws >= _DRAWS_PER_CASE * cases:
-      raise VectorsError(f"only {len(entries)} of {cases} cases found in {draws} draws: the "
-                         "others had a layer whose true gradient is zero; allow more "
-                         "--activations or --losses")
+      raise VectorsError(f"only {len(entries)} of {cases} cases found in {draws} draws: "
+                         f"{mismatched} drew an output activation their loss does not take, the "
+                         f"other {draws - len(entries) - mismatched} had a layer whose true "
+                         "gradient is zero; allow more activations or losses")
     draws += 1
     p = _problems.random_problem(rng, np.dtype(dtype), max_depth=max_depth, losses=losses,
                                  activations=activations)
+    required = _losses.get(p.loss).output
+    if required is not None and p.params[-1].activation != required:
+      mismatched += 1
+      continue  # e.g. cross_entropy (needs softmax) after an output drawn from the activations
     L = len(p.params)
     sizes = [int(p.params[0].W.shape[1])] + [int(layer.W.shape[0]) for layer in p.params]
     entry = {"file": f"case_{len(entries):04d}.npz", "sizes": sizes,

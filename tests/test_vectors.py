@@ -473,6 +473,9 @@ def test_export_to_a_file_or_an_impossible_path_is_a_clear_error(tmp_path, capsy
     (["--cases", "0"], "cases must be an integer >= 1"),
     (["--seed", "-1"], "seed must be an integer >= 0"),
     (["--losses", "hinge"], "unknown loss 'hinge'"),
+    (["--activations", "tanh,softmax"], "softmax is allowed only in the output layer"),
+    (["--losses", "cross_entropy", "--activations", "tanh", "--cases", "2"],
+     "0 of 2 cases found in 100 draws: 100 drew an output activation their loss does not take"),
 ])
 def test_bad_export_options_are_clear_errors(argv, phrase, tmp_path, capsys):
   _refused(["export", tmp_path / "out"] + argv, capsys, phrase)
