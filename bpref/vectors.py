@@ -325,6 +325,12 @@ def export(directory, cases: int = 20, seed: int = 0, dtype: str = "float64", lo
     raise VectorsError(f"seed must be an integer >= 0; got {seed!r}")
   if dtype not in DTYPES:
     raise VectorsError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
+  for name in losses or ():
+    _losses.get(name)  # a ValueError lists the valid names
+  for name in activations or ():
+    if _activations.get(name).name in _activations.OUTPUT_ONLY:
+      raise VectorsError(f"activations: {name} is allowed only in the output layer; list hidden "
+                         "activations only")
   jax.config.update("jax_enable_x64", True)
   if os.path.exists(directory) and not os.path.isdir(directory):
     raise VectorsError(f"{directory}: exists and is not a directory; give a directory, new or "
@@ -334,12 +340,6 @@ def export(directory, cases: int = 20, seed: int = 0, dtype: str = "float64", lo
   except OSError as exc:
     raise VectorsError(f"{directory}: cannot create the vectors directory "
                        f"({exc.strerror or exc}); give a directory, new or existing") from None
-  for name in losses or ():
-    _losses.get(name)  # a ValueError lists the valid names
-  for name in activations or ():
-    if _activations.get(name).name in _activations.OUTPUT_ONLY:
-      raise VectorsError(f"activations: {name} is allowed only in the output layer; list hidden "
-                         "activations only")
   rng = np.random.default_rng(seed)
   entries, draws, mismatched = [], 0, 0
   while len(entries) < cases:

@@ -474,8 +474,14 @@ def test_export_to_a_file_or_an_impossible_path_is_a_clear_error(tmp_path, capsy
     (["--seed", "-1"], "seed must be an integer >= 0"),
     (["--losses", "hinge"], "unknown loss 'hinge'"),
     (["--activations", "tanh,softmax"], "softmax is allowed only in the output layer"),
-    (["--losses", "cross_entropy", "--activations", "tanh", "--cases", "2"],
-     "0 of 2 cases found in 100 draws: 100 drew an output activation their loss does not take"),
 ])
-def test_bad_export_options_are_clear_errors(argv, phrase, tmp_path, capsys):
+def test_bad_export_options_are_clear_errors_before_anything_is_written(argv, phrase, tmp_path,
+                                                                        capsys):
   _refused(["export", tmp_path / "out"] + argv, capsys, phrase)
+  assert not (tmp_path / "out").exists()
+
+
+def test_a_loss_the_drawn_output_layers_never_suit_is_a_clear_error(tmp_path, capsys):
+  argv = ["--losses", "cross_entropy", "--activations", "tanh", "--cases", "2"]
+  _refused(["export", tmp_path / "out"] + argv, capsys,
+           "0 of 2 cases found in 100 draws: 100 drew an output activation their loss does not take")
