@@ -36,12 +36,18 @@ class Activation(NamedTuple):
       bit for bit (identity, relu); the backward pass then needs a_l alone, not z_l.
       tanh and sigmoid are left out on purpose: 1 - a^2 and a (1 - a) cancel once
       the unit saturates, since a carries an error of u in a value near 1.
+    df_error: (z, a) -> rho_f(z) >= 0, the absolute error of f'(z) in units of the unit
+      roundoff u that a correct program may make: the standard forms of f' in common use
+      (1 - a^2, a (1 - a), a + alpha, 1 + erf, ...) and a z rounded in the forward pass
+      (|f''(z)|). ``None`` where f' is exact (identity, relu, leaky_relu). Derived in
+      proofs/tolerance.md; the oracle adds it to |f'(z)| in its magnitude bound.
   """
   name: str
   f: Callable[[Array], Array]
   df: Callable[[Array], Array] | None
   elementwise: bool = True
   df_out: Callable[[Array], Array] | None = None
+  df_error: Callable[[Array, Array], Array] | None = None
 
 
 def _sigmoid(z):
@@ -54,6 +60,11 @@ def _sigmoid_prime(z):
   # sigma'(z) = sigma(z) sigma(-z) = e / (1 + e)^2 with e = exp(-|z|); no 1 - sigma cancellation.
   e = jnp.exp(-jnp.abs(z))
   return e / (1 + e) ** 2
+
+
+def _sigmoid_prime_error(z, a):
+  # a (1 - a) from a carrying 3u: 1 - a is off by 3u a absolute (R2); f'' = f' (1 - 2a) (R1).
+  return 3 * a * a + _sigmoid_prime(z)
 
 
 # identity: f(z) = z, f'(z) = 1.
@@ -103,6 +114,11 @@ def _elu_prime(z):
   return jnp.where(z > 0, jnp.ones_like(z), jnp.exp(jnp.minimum(z, 0)))
 
 
+def _elu_prime_error(z, a):
+  # z <= 0: a + alpha, or exp(z) - 1 + 1, is off by 2u alpha absolute (R3); f'' = f' there (R1).
+  return jnp.where(z > 0, jnp.zeros_like(z), 2 + _elu_prime(z))
+
+
 SELU_ALPHA = 1.6732632423543772848170429916717
 SELU_SCALE = 1.0507009873554804934193349852946
 
@@ -114,6 +130,11 @@ def _selu(z):
 
 def _selu_prime(z):
   return SELU_SCALE * jnp.where(z > 0, jnp.ones_like(z), SELU_ALPHA * jnp.exp(jnp.minimum(z, 0)))
+
+
+def _selu_prime_error(z, a):
+  # z <= 0: a + scale alpha is off by 2u scale alpha absolute (R3); f'' = f' there (R1).
+  return jnp.where(z > 0, jnp.zeros_like(z), 2 * SELU_SCALE * SELU_ALPHA + _selu_prime(z))
 
 
 _SQRT_HALF = math.sqrt(0.5)
@@ -134,6 +155,12 @@ def _gelu_prime(z):
   return _normal_cdf(z) + z * _INV_SQRT_2PI * jnp.exp(-0.5 * z * z)
 
 
+def _gelu_prime_error(z, a):
+  # Phi as (1 + erf(z / sqrt 2)) / 2 is off by u absolute in the left tail (R4);
+  # f'' = phi(z) (2 - z^2) (R1), unbounded against f' near f'(z) = 0 at z = -0.75.
+  return 1 + _INV_SQRT_2PI * jnp.exp(-0.5 * z * z) * jnp.abs(2 - z * z)
+
+
 _GELU_C = math.sqrt(2 / math.pi)
 _GELU_K = 0.044715
 
@@ -152,6 +179,16 @@ def _gelu_tanh_prime(z):
   return _sigmoid(u2) + tail
 
 
+def _gelu_tanh_prime_error(z, a):
+  # (1 + tanh u) / 2 is off by u absolute (R4); the tail z (1 - tanh^2 u) u' / 2 carries
+  # 5u tanh^2 u <= 5u absolute in 1 - tanh^2 u (R2); f'' (R1) is bounded by
+  # sech^2 u (u' + |z| u'^2 + |z| |u''| / 2), with u' = c (1 + 3 k z^2), u'' = 6 c k z.
+  du = _GELU_C * (1 + 3 * _GELU_K * z * z)
+  sech2 = _tanh_prime(_GELU_C * (z + _GELU_K * z ** 3))
+  f2 = sech2 * (du + jnp.abs(z) * du * du + 3 * _GELU_C * _GELU_K * z * z)
+  return 1 + 2.5 * jnp.abs(z) * du + f2
+
+
 # silu: f(z) = z sigma(z); f'(z) = sigma(z) (1 + z sigma(-z)).
 def _silu(z):
   return z * _sigmoid(z)
@@ -159,6 +196,18 @@ def _silu(z):
 
 def _silu_prime(z):
   return _sigmoid(z) * (1 + z * _sigmoid(-z))
+
+
+def _silu_prime_error(z, a):
+  # sigma (1 + z (1 - sigma)): 1 - sigma is off by 3u sigma absolute (R2), times |z| sigma;
+  # f'' = sigma'(z) (2 + z (1 - 2 sigma)) (R1).
+  s = _sigmoid(z)
+  return 3 * jnp.abs(z) * s * s + _sigmoid_prime(z) * (2 + jnp.abs(z))
+
+
+def _softplus_prime_error(z, a):
+  # From a: 1 - exp(-a) is off by 2u exp(-a) = 2u sigma(-z) absolute (R2); f'' = sigma' (R1).
+  return 2 * _sigmoid(-z) + _sigmoid_prime(z)
 
 
 # softplus: f(z) = log(1 + e^z) = logaddexp(z, 0); f'(z) = sigma(z).
@@ -172,6 +221,11 @@ def _tanh_prime(z):
   return 4 * e / (1 + e) ** 2
 
 
+def _tanh_prime_error(z, a):
+  # 1 - a^2 from a carrying 2u: off by 5u a^2 absolute (R2); f'' = -2 a f' (R1).
+  return 5 * a * a + 2 * jnp.abs(a) * _tanh_prime(z)
+
+
 # softsign: f(z) = z / (1 + |z|); f'(z) = 1 / (1 + |z|)^2.
 def _softsign(z):
   return z / (1 + jnp.abs(z))
@@ -179,6 +233,18 @@ def _softsign(z):
 
 def _softsign_prime(z):
   return 1 / (1 + jnp.abs(z)) ** 2
+
+
+def _softsign_prime_error(z, a):
+  # (1 - |a|)^2 from a carrying 2u: 1 - |a| is off by 2u |a|, squared 4u |a| (1 - |a|) (R2);
+  # |f''| = 2 (1 - |a|)^3 (R1).
+  r = 1 / (1 + jnp.abs(z))
+  return 4 * jnp.abs(a) * r + 2 * r ** 3
+
+
+def _sin_prime_error(z, a):
+  # cos is accurate to an ulp of itself; a z rounded in the forward pass moves it by |sin z| (R1).
+  return jnp.abs(a)
 
 
 # softmax over the last axis: a = exp(z - max z) / sum(exp(z - max z)).
@@ -193,16 +259,16 @@ ACTIVATIONS: dict[str, Activation] = {
         Activation("identity", _identity, _identity_prime, df_out=_identity_prime_from_output),
         Activation("relu", _relu, _relu_prime, df_out=_relu_prime_from_output),
         Activation("leaky_relu", _leaky_relu, _leaky_relu_prime),
-        Activation("elu", _elu, _elu_prime),
-        Activation("selu", _selu, _selu_prime),
-        Activation("gelu", _gelu, _gelu_prime),
-        Activation("gelu_tanh", _gelu_tanh, _gelu_tanh_prime),
-        Activation("silu", _silu, _silu_prime),
-        Activation("softplus", _softplus, _sigmoid),
-        Activation("sigmoid", _sigmoid, _sigmoid_prime),
-        Activation("tanh", jnp.tanh, _tanh_prime),
-        Activation("softsign", _softsign, _softsign_prime),
-        Activation("sin", jnp.sin, jnp.cos),
+        Activation("elu", _elu, _elu_prime, df_error=_elu_prime_error),
+        Activation("selu", _selu, _selu_prime, df_error=_selu_prime_error),
+        Activation("gelu", _gelu, _gelu_prime, df_error=_gelu_prime_error),
+        Activation("gelu_tanh", _gelu_tanh, _gelu_tanh_prime, df_error=_gelu_tanh_prime_error),
+        Activation("silu", _silu, _silu_prime, df_error=_silu_prime_error),
+        Activation("softplus", _softplus, _sigmoid, df_error=_softplus_prime_error),
+        Activation("sigmoid", _sigmoid, _sigmoid_prime, df_error=_sigmoid_prime_error),
+        Activation("tanh", jnp.tanh, _tanh_prime, df_error=_tanh_prime_error),
+        Activation("softsign", _softsign, _softsign_prime, df_error=_softsign_prime_error),
+        Activation("sin", jnp.sin, jnp.cos, df_error=_sin_prime_error),
         Activation("softmax", _softmax, None, elementwise=False),
     )
 }

@@ -7,9 +7,15 @@ deltas delta_l, and a magnitude bound: the same backward recursion run on
 absolute values,
 
   M_L = |g| |f'_L(z_L)|,  M_{l-1} = (M_l |W_l|) |f'_{l-1}(z_{l-1})|,
-  |dW_l| <= M_l^T |a_{l-1}|,  |db_l| <= sum_b M_l,
+  |dW_l| <= M_l^T A_{l-1},  |db_l| <= sum_b M_l,
 
-which bounds the size of every term summed into a gradient entry. Rounding
+which bounds the size of every term summed into a gradient entry. A_l is |a_l|
+widened by the rounding of the forward sums z_l, whose error scales with their
+terms |W_l| A_{l-1} + |b_l| rather than with |z_l| (``_forward_magnitudes``);
+|g| is widened the same way through A_L. Each |f'_l|
+is widened by rho_f (``bpref.activations.Activation.df_error``): the absolute
+error that the standard ways of computing f' carry (1 - a^2 for tanh loses all
+relative accuracy once the unit saturates, yet is correct). Rounding
 errors scale with these terms, not with the (possibly cancelled) result, so
 errors are measured normwise against this bound.
 
@@ -42,7 +48,7 @@ class Truth(NamedTuple):
   g: np.ndarray  # dC/dy of the reduced loss, (B, n_L)
   mag_W: tuple  # magnitude bounds of dW_l
   mag_b: tuple | None
-  mag_loss: float  # sum of |C_b| with the reduction's scale
+  mag_loss: float  # scale * sum_b |C_b|, plus sum |g| A_L for the rounding of the forward pass
 
 
 def _bpref_all(params, x, t, loss, reduction):
@@ -67,7 +73,25 @@ def _params64(case) -> tuple:
 
 
 def _df(name, z):
-  return np.asarray(_activations.get(name).df(z), np.float64)
+  """f'(z) in float64 whatever the caller's JAX configuration."""
+  with jax.enable_x64(True):
+    return np.asarray(_activations.get(name).df(np.asarray(z, np.float64)), np.float64)
+
+
+def _df_bound(name, z, a):
+  """|f'(z)| + rho_f(z): f' with the absolute error a correct program may make in it.
+
+  rho_f (``Activation.df_error``, in units of u) covers the standard forms of f' in
+  common use, such as 1 - a^2 for tanh, whose error is absolute, not relative to f'
+  (proofs/tolerance.md).
+  """
+  bound = np.abs(_df(name, z))
+  error = _activations.get(name).df_error
+  if error is None:
+    return bound
+  with jax.enable_x64(True):
+    rho = np.asarray(error(np.asarray(z, np.float64), np.asarray(a, np.float64)), np.float64)
+  return bound + rho
 
 
 def _key(case):
@@ -114,12 +138,33 @@ def _compute(case) -> Truth:
   with jax.enable_x64(True):
     g = np.asarray(_losses.get(loss).dy(y, t), np.float64) * scale
     per_example = np.asarray(_losses.get(loss).value(y, t), np.float64)
-  mag_g = np.abs(g) + scale * (np.abs(y) + np.abs(t))
+  fwd = _forward_magnitudes(params, x, z, a)
+  mag_g = np.abs(g) + scale * (fwd[-1] + np.abs(t))
   mag = _magnitudes(params, z, a, mag_g)
-  mag_W = tuple(m.T @ np.abs(a_prev) for m, a_prev in zip(mag, a[:-1]))
+  mag_W = tuple(m.T @ a_prev for m, a_prev in zip(mag, fwd[:-1]))  # bounds the terms of (39)
   mag_b = None if db is None else tuple(m.sum(axis=0) for m in mag)
-  return Truth(float(value), dW, db, None, z, a, g, mag_W, mag_b,
-               float(scale * np.abs(per_example).sum()))
+  mag_loss = scale * np.abs(per_example).sum() + float(np.sum(np.abs(g) * fwd[-1]))
+  return Truth(float(value), dW, db, None, z, a, g, mag_W, mag_b, float(mag_loss))
+
+
+def _forward_magnitudes(params, x, z, a) -> list:
+  """A_0..A_L: |a_l| widened by the rounding a correct forward pass carries into a_l.
+
+  z_l = W_l a_{l-1} + b_l is a sum whose error scales with its terms,
+  Z_l = |W_l| A_{l-1} + |b_l|, not with |z_l| (which may cancel); the error moves
+  a_l by f'_l, so A_l = |a_l| + (|f'_l(z_l)| + rho_l) Z_l (A_0 = |x|, exact).
+  """
+  out = [np.abs(x)]
+  for l, layer in enumerate(params, start=1):
+    terms = out[-1] @ np.abs(layer.W).T  # the terms of (7)
+    if layer.b is not None:
+      terms = terms + np.abs(layer.b)[None, :]
+    if _activations.get(layer.activation).elementwise:
+      spread = _df_bound(layer.activation, z[l - 1], a[l]) * terms
+    else:  # |d softmax| <= a (|dz| + sum_j a_j |dz_j|)
+      spread = a[l] * (terms + np.sum(a[l] * terms, axis=-1, keepdims=True))
+    out.append(np.abs(a[l]) + spread)
+  return out
 
 
 def _magnitudes(params, z, a, mag_g) -> list:
@@ -127,12 +172,12 @@ def _magnitudes(params, z, a, mag_g) -> list:
   n_layers = len(params)
   last = params[-1].activation
   if _activations.get(last).elementwise:
-    m = mag_g * np.abs(_df(last, z[-1]))
+    m = mag_g * _df_bound(last, z[-1], a[-1])
   else:  # |diag(a) - a a^T| <= diag(a) + a a^T
     m = a[-1] * mag_g + a[-1] * np.sum(mag_g * a[-1], axis=-1, keepdims=True)
   out = [m]
   for l in range(n_layers - 1, 0, -1):
-    m = (m @ np.abs(params[l].W)) * np.abs(_df(params[l - 1].activation, z[l - 1]))
+    m = (m @ np.abs(params[l].W)) * _df_bound(params[l - 1].activation, z[l - 1], a[l])
     out.append(m)
   return list(reversed(out))
 
