@@ -120,6 +120,28 @@ def test_export_writes_manifest_with_hashes_and_is_reproducible(golden, tmp_path
   assert [e["sha256"] for e in _manifest(again)["cases"]] == [e["sha256"] for e in manifest["cases"]]
 
 
+def _stored_gradients_differ(directory):
+  """The cases whose stored dW_l, db_l differ from the independent implementation's."""
+  differ = []
+  for name, computed in _foreign_results(directory).items():
+    with np.load(directory / name, allow_pickle=False) as data:
+      for key, value in computed.items():
+        scale = max(float(np.abs(value).max()), 1.0)
+        if not np.abs(data[key] - value).max() <= 1e-10 * scale:
+          differ.append((name, key))
+  return differ
+
+
+def test_stored_gradients_are_those_of_an_independent_implementation(golden, tmp_path):
+  assert _stored_gradients_differ(golden) == []
+  # Many cases of one shape: a truth cache keyed by shape once stored the first
+  # case's gradients for the others (4 of these 40 were wrong).
+  directory = tmp_path / "same_shapes"
+  assert vectors.main(["export", str(directory), "--cases", "40", "--max-depth", "1",
+                       "--losses", "squared_error", "--activations", "identity"]) == 0
+  assert _stored_gradients_differ(directory) == []
+
+
 def test_independent_implementation_passes_with_the_count(golden, foreign, capsys):
   assert vectors.main(["check", str(golden), str(foreign)]) == 0
   out = capsys.readouterr().out
