@@ -16,6 +16,7 @@ import dataclasses
 import threading
 from typing import NamedTuple
 
+import jax
 import numpy as np
 
 from bpref import activations as _activations
@@ -190,29 +191,76 @@ class Case(NamedTuple):
   dtype: str
 
 
+DRAWS = 16
+"""Value draws ``build_case`` makes for one ``Arch`` before it settles for a vacuous one."""
+
+
 def build_case(arch: Arch, spec: Spec) -> Case:
   """The arrays named by ``arch``: W_l ~ N(0, 1/n_{l-1}), b_l ~ N(0, 0.25), x ~ N(0, 1).
 
   With ``arch.kink``, unit 0 of every layer with a kinked activation has a zero
   row of W_l and b_l[0] = 0, so its pre-activation is exactly 0 for every example
-  whatever the order of the candidate's sums.
+  whatever the order of the candidate's sums (not in a layer of width 1, where
+  it would silence the whole layer).
+
+  A draw in which some layer's gradient is structurally zero (``vacuous``: an
+  all-dead relu layer, say) checks nothing there; the values are then drawn
+  again from the same generator, so the arrays are still a function of ``arch``.
   """
   rng = np.random.default_rng(arch.seed)
   dtype = np.dtype(spec.dtype)
-  weights, biases = [], []
-  for l in range(1, arch.depth + 1):
-    n_out, n_in = arch.sizes[l], arch.sizes[l - 1]
-    W = rng.normal(size=(n_out, n_in)) / np.sqrt(n_in)
-    b = rng.normal(size=(n_out,)) * 0.5
-    if arch.kink and arch.activations[l - 1] in _activations.KINKED:
-      W[0, :] = 0.0
-      b[0] = 0.0
-    weights.append(W.astype(dtype))
-    biases.append(b.astype(dtype))
-  x = rng.normal(size=(arch.batch, arch.sizes[0])).astype(dtype)
+  for _ in range(DRAWS):
+    weights, biases = [], []
+    for l in range(1, arch.depth + 1):
+      n_out, n_in = arch.sizes[l], arch.sizes[l - 1]
+      W = rng.normal(size=(n_out, n_in)) / np.sqrt(n_in)
+      b = rng.normal(size=(n_out,)) * 0.5
+      act = arch.activations[l - 1]
+      if arch.kink and act in _activations.KINKED and n_out > 1:
+        W[0, :] = 0.0
+        b[0] = 0.0
+      weights.append(W.astype(dtype))
+      biases.append(b.astype(dtype))
+    x = rng.normal(size=(arch.batch, arch.sizes[0])).astype(dtype)
+    if not vacuous(arch, weights, biases if spec.bias else None, x):
+      break
   t = _problems.targets(rng, arch.loss, (arch.batch, arch.sizes[-1])).astype(dtype)
   return Case(arch, tuple(weights), tuple(biases) if spec.bias else None, x, t, spec.reduction,
               spec.dtype)
+
+
+def vacuous(arch: Arch, weights, biases, x) -> bool:
+  """Whether some dW_l or db_l is zero whatever the loss: no path from the loss reaches it.
+
+  Only relu has f' = 0 on a whole half-line (relu'(z) = 0 for z <= 0), so only relu layers
+  are traced: delta_l can be nonzero at (b, i) only if f'_l(z_l)[b, i] != 0 and some
+  nonzero entry of W_(l+1) links unit i to a unit that delta_(l+1) reaches (37); dW_l =
+  delta_l^T a_(l-1) needs such an entry of delta_l beside a nonzero a_(l-1) (39). A
+  softmax output with one unit has a zero Jacobian, so nothing reaches any layer.
+  """
+  if arch.activations[-1] == "softmax" and arch.sizes[-1] < 2:
+    return True
+  if "relu" not in arch.activations:
+    return False
+  a = [np.asarray(x, np.float64)]
+  live = []
+  for l, W in enumerate(weights):
+    z = a[-1] @ np.asarray(W, np.float64).T
+    if biases is not None:
+      z = z + np.asarray(biases[l], np.float64)
+    name = arch.activations[l]
+    live.append(z > 0 if name == "relu" else np.ones(z.shape, bool))  # f' != 0 elsewhere
+    with jax.enable_x64(True):
+      a.append(np.asarray(_activations.get(name).f(z), np.float64))
+  reach = live[-1]
+  for l in range(arch.depth, 0, -1):
+    if not reach.any():
+      return True
+    if not ((reach.T.astype(float) @ (a[l - 1] != 0)) > 0).any():
+      return True
+    if l > 1:
+      reach = ((reach.astype(float) @ (np.asarray(weights[l - 1]) != 0)) > 0) & live[l - 2]
+  return False
 
 
 # ---------------------------------------------------------------- the search space
@@ -258,7 +306,8 @@ def probes(spec: Spec) -> list:
 
   Each probe makes one classic blind spot visible: non-identity and identity output
   layers; depth 1, 2 and 3; B = 1, B > 1 and B = n_0; non-square and square layers;
-  several outputs and one; every declared hidden activation; planted kinks.
+  several outputs and one; every declared hidden activation; planted kinks in a network of
+  each declared kinked activation.
   """
   out = []
   w, bs = widths(spec), batches(spec)
@@ -281,13 +330,11 @@ def probes(spec: Spec) -> list:
     out.append(Arch(sq, tuple(hid[j % len(hid)] for j in range(depth - 1)) + (fancy[0],), loss,
                     mid if mid in bs else bmid, 12))
     out.append(Arch((big,) * depth + (1,), (plain,) * (depth - 1) + (fancy[-1],), loss, bmid, 13))
-    kinked = [a for a in spec.activations if a in _activations.KINKED]
-    if kinked:
-      act = kinked[0]
+    for k, act in enumerate(a for a in spec.activations if a in _activations.KINKED):
       hidden_act = act if act in hid else plain
       out_act = act if act in outs else outs[0]
       out.append(Arch((mid,) * (depth + 1), (hidden_act,) * (depth - 1) + (out_act,), loss, bmid,
-                      14, True))
+                      14 + k, True))
   loss = spec.losses[0]
   outs = spec.outputs_for(loss)
   depth = min(2, spec.max_depth)
