@@ -76,7 +76,7 @@ def sha256(path) -> str:
 
 
 def _inside(directory, name, where) -> str:
-  """The path of the file ``name`` listed by a manifest, refused unless it lies inside ``directory``.
+  """The path of the file ``name`` a manifest lists, refused unless it lies inside ``directory``.
 
   ``where`` names the manifest entry for the message. Symlinks are resolved first, so
   a link that points out of ``directory`` is refused like ``../x.npz``.

@@ -214,7 +214,7 @@ def test_zero_gradients_fail_every_case_of_the_default_export(tmp_path, capsys):
 
 
 def _hand_made(directory, cases):
-  """A manifest written by hand: ``cases`` is [(file, entry fields, arrays)]; count is len(cases)."""
+  """A manifest written by hand: ``cases`` is [(file, entry fields, arrays)], all counted."""
   directory.mkdir(exist_ok=True)
   entries = []
   for name, fields, arrays in cases:
@@ -269,7 +269,8 @@ def test_check_does_not_count_a_vacuous_case(make, golden, tmp_path, capsys):
   lines = capsys.readouterr().out.strip().splitlines()
   assert lines[0].startswith("vacuous.npz: skip vacuous, not counted")
   assert lines[1].startswith("real.npz: FAIL")
-  assert lines[-1] == "FAIL: 1 of 1 cases differ from bpref (1 of the manifest's 2 cases vacuous, not counted)"
+  assert lines[-1] == ("FAIL: 1 of 1 cases differ from bpref "
+                       "(1 of the manifest's 2 cases vacuous, not counted)")
   right = tmp_path / "right"
   vectors.write_results(right, {"real.npz": _foreign_results(golden)[real["file"]],
                                 "vacuous.npz": {k: v for k, v in arrays.items() if k[0] == "d"}})
@@ -386,12 +387,14 @@ TAMPER = {
     "unknown_loss": (_edit(_set("loss", "hinge")), ("unknown loss 'hinge'",)),
     "unknown_reduction": (_edit(_set("reduction", "max")), ("unknown reduction 'max'",)),
     "layout_in_out": (_edit(_set("layout", "in_out")), ("layout 'in_out'",)),
-    "bad_json": (_raw(b'{"schema": "bpref-vectors/2", "count": 6, "cases": ['), ("not valid JSON",)),
+    "bad_json": (_raw(b'{"schema": "bpref-vectors/2", "count": 6, "cases": ['),
+                 ("not valid JSON",)),
     "not_utf8": (_raw(b'{"schema": "\xff"}'), ("not valid JSON",)),
     "a_list": (_raw(b"[]"), ("schema None",)),
     "old_schema": (_edit(lambda m: m.update(schema="bpref-vectors/1")), ("older bpref",)),
     "npz_missing_x": (_rewrite_case(lambda a: a.pop("x")), ("case_0001.npz", "'x'")),
-    "npz_missing_dW1": (_rewrite_case(lambda a: a.pop("dW1")), ("case_0001.npz", "'dW1' is missing")),
+    "npz_missing_dW1": (_rewrite_case(lambda a: a.pop("dW1")),
+                        ("case_0001.npz", "'dW1' is missing")),
     "npz_wrong_shape": (_rewrite_case(lambda a: a.update(t=a["t"][:, :0])),
                         ("case_0001.npz", "'t' has shape")),
     "npz_changed": (lambda copy, golden, tmp_path: (copy / "case_0003.npz").write_bytes(
@@ -506,4 +509,5 @@ def test_bad_export_options_are_clear_errors_before_anything_is_written(argv, ph
 def test_a_loss_the_drawn_output_layers_never_suit_is_a_clear_error(tmp_path, capsys):
   argv = ["--losses", "cross_entropy", "--activations", "tanh", "--cases", "2"]
   _refused(["export", tmp_path / "out"] + argv, capsys,
-           "0 of 2 cases found in 100 draws: 100 drew an output activation their loss does not take")
+           "0 of 2 cases found in 100 draws: 100 drew an output activation their loss does "
+           "not take")
