@@ -40,7 +40,7 @@ def _saturated_case(arch, spec, scale):
 
 
 def _verdict(candidate, case, spec):
-  truth = _truth._compute(case)  # uncached: the cache is keyed by the arch, and the values moved
+  truth, = _truth.compute_many([case], cache=False)  # the values no longer match the arch
   outcome = isolation.call_direct(candidate, isolation.candidate_inputs(case, spec.layout))
   return judge.judge(case, truth, outcome, spec), truth
 
@@ -61,7 +61,7 @@ def test_textbook_backprop_passes_default_searches(dtype, seed):
   report = bpref.oracle.check(textbook.grads, activations=("identity", "relu", "tanh", "sigmoid"),
                               losses=("squared_error",), examples=200, seed=seed, dtype=dtype)
   assert report.verdict == "pass", report.text()
-  assert report.cases >= 200
+  assert report.cases >= 150  # distinct in-domain cases of the 200 drawn, probes included
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])

@@ -116,6 +116,11 @@ def loss_and_dy(loss, y, t):
 
 def grads(weights, biases, activations, loss, x, t, reduction="mean"):
   """dC/dW_l, dC/db_l and C by the layerwise recursion, one Python loop per layer."""
+  with np.errstate(over="ignore"):  # exp(-z) = inf gives sigma = 0, as it should
+    return _grads(weights, biases, activations, loss, x, t, reduction)
+
+
+def _grads(weights, biases, activations, loss, x, t, reduction):
   a, zs, acts = x, [], [x]
   for l, (W, name) in enumerate(zip(weights, activations)):
     z = a @ W.T + (biases[l] if biases is not None else 0)

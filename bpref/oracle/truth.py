@@ -26,13 +26,14 @@ the diagnosis compares the candidate with these variants.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
 import numpy as np
 
-import bpref
 from bpref import activations as _activations
+from bpref import fast as _fast
 from bpref import losses as _losses
 from bpref.network import Layer
 
@@ -51,17 +52,6 @@ class Truth(NamedTuple):
   mag_loss: float  # scale * sum_b |C_b|, plus sum |g| A_L for the rounding of the forward pass
 
 
-def _bpref_all(params, x, t, loss, reduction):
-  value, grads = bpref.value_and_grad(params, x, t, loss, reduction)
-  tape = bpref.forward(params, x)
-  return value, grads, tape
-
-
-_bpref_jit = jax.jit(_bpref_all, static_argnums=(3, 4))
-"""One compiled function per (shapes, activations, loss, reduction): jit's own cache keys them."""
-
-_deltas_jit = jax.jit(bpref.deltas, static_argnums=(3, 4))
-
 _CACHE: dict = {}
 _CACHE_SIZE = 4096
 
@@ -72,10 +62,33 @@ def _params64(case) -> tuple:
                for W, b, act in zip(case.weights, biases, case.arch.activations))
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _apply(fn, *args):
+  return fn(*args)
+
+
+def _padded_length(n: int) -> int:
+  return max(64, 1 << max(n - 1, 0).bit_length())
+
+
+def _pointwise(fn, *arrays) -> np.ndarray:
+  """fn(*arrays) for an elementwise jnp function, in float64 whatever the caller's x64.
+
+  The arrays are flattened and zero-padded to a power-of-two length, so a search
+  compiles fn once per length class (64, 128, ...) rather than once per shape.
+  """
+  shape = np.shape(arrays[0])
+  n = int(np.prod(shape, dtype=np.int64))
+  size = _padded_length(n)
+  flat = [np.pad(np.asarray(a, np.float64).ravel(), (0, size - n)) for a in arrays]
+  with jax.enable_x64(True):
+    out = np.asarray(_apply(fn, *flat), np.float64)
+  return out[:n].reshape(shape)
+
+
 def _df(name, z):
   """f'(z) in float64 whatever the caller's JAX configuration."""
-  with jax.enable_x64(True):
-    return np.asarray(_activations.get(name).df(np.asarray(z, np.float64)), np.float64)
+  return _pointwise(_activations.get(name).df, z)
 
 
 def _df_bound(name, z, a):
@@ -87,11 +100,31 @@ def _df_bound(name, z, a):
   """
   bound = np.abs(_df(name, z))
   error = _activations.get(name).df_error
-  if error is None:
-    return bound
+  return bound if error is None else bound + _pointwise(error, z, a)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _loss_terms_padded(loss, y, t):
+  record = _losses.get(loss)
+  return record.dy(y, t), record.value(y, t)
+
+
+def _loss_terms(loss, y, t):
+  """(dC_b/dy, C_b) of bpref's ``loss`` in float64, on rows and units padded to a bucket.
+
+  Padded units hold a value on which the loss adds exactly 0 (``bpref.fast``'s pad),
+  and padded rows are dropped, so one compilation serves every shape of a bucket.
+  """
+  rows, cols = y.shape
+  _, n_cols, n_rows = _fast.bucket((cols,), rows)
+  pad = _fast.pad_logit(np.float64) if loss in _fast.LOGIT_LOSSES else 0.0
+  y_pad = np.full((n_rows, n_cols), pad)
+  y_pad[:rows, :cols] = y
+  t_pad = np.zeros((n_rows, n_cols))
+  t_pad[:rows, :cols] = t
   with jax.enable_x64(True):
-    rho = np.asarray(error(np.asarray(z, np.float64), np.asarray(a, np.float64)), np.float64)
-  return bound + rho
+    dy, value = jax.device_get(_loss_terms_padded(loss, y_pad, t_pad))
+  return np.asarray(dy, np.float64)[:rows, :cols], np.asarray(value, np.float64)[:rows]
 
 
 def _key(case):
@@ -100,51 +133,63 @@ def _key(case):
 
 def compute(case) -> Truth:
   """bpref's loss, gradients and tape on ``case``, and the magnitude bounds (cached by case)."""
-  key = _key(case)
-  if key not in _CACHE:
-    if len(_CACHE) >= _CACHE_SIZE:
-      _CACHE.clear()
-    _CACHE[key] = _compute(case)
-  return _CACHE[key]
+  return compute_many([case])[0]
+
+
+def compute_many(cases, *, cache: bool = True) -> list:
+  """``compute`` of many cases, their gradients evaluated together in ``bpref.fast``'s buckets.
+
+  With ``cache=False`` nothing is read from or written to the cache, which is keyed by
+  the case's ``Arch`` (its name for the values): for cases whose values were changed.
+  """
+  todo = [case for case in cases if not cache or _key(case) not in _CACHE]
+  problems = [(_params64(case), np.asarray(case.x, np.float64), np.asarray(case.t, np.float64),
+               case.arch.loss, case.reduction) for case in todo]
+  with jax.enable_x64(True):
+    results = _fast.evaluate_many(problems)
+  fresh = [_compute(case, problem, result) for case, problem, result in zip(todo, problems, results)]
+  if not cache:
+    return fresh
+  if len(_CACHE) + len(todo) >= _CACHE_SIZE:
+    _CACHE.clear()
+  for case, truth in zip(todo, fresh):
+    _CACHE[_key(case)] = truth
+  return [_CACHE[_key(case)] for case in cases]
 
 
 def with_deltas(case, truth: Truth) -> Truth:
-  """``truth`` with bpref's deltas delta_1..delta_L filled in."""
-  if truth.deltas is not None:
-    return truth
-  params = _params64(case)
-  with jax.enable_x64(True):
-    deltas = jax.device_get(_deltas_jit(params, np.asarray(case.x, np.float64),
-                                        np.asarray(case.t, np.float64), case.arch.loss,
-                                        case.reduction))
-  truth = truth._replace(deltas=tuple(np.asarray(d, np.float64) for d in deltas))
-  _CACHE[_key(case)] = truth
+  """``truth`` with bpref's deltas delta_1..delta_L (always filled in by ``compute``)."""
   return truth
 
 
-def _compute(case) -> Truth:
-  params = _params64(case)
-  x = np.asarray(case.x, np.float64)
-  t = np.asarray(case.t, np.float64)
-  loss, reduction = case.arch.loss, case.reduction
-  with jax.enable_x64(True):
-    value, grads, tape = jax.device_get(_bpref_jit(params, x, t, loss, reduction))
-  z = tuple(np.asarray(v, np.float64) for v in tape.z)
-  a = tuple(np.asarray(v, np.float64) for v in tape.a)
-  dW = tuple(np.asarray(gr.W, np.float64) for gr in grads)
-  db = None if case.biases is None else tuple(np.asarray(gr.b, np.float64) for gr in grads)
+def _compute(case, problem, result) -> Truth:
+  params, x, t, loss, reduction = problem
+  a = tuple(np.asarray(v, np.float64) for v in result.a) + (np.asarray(result.y, np.float64),)
+  z = tuple(a_prev @ layer.W.T + (0.0 if layer.b is None else layer.b[None, :])  # (7)
+            for a_prev, layer in zip(a[:-1], params))
+  dW = tuple(np.asarray(gr.W, np.float64) for gr in result.grads)
+  db = None if case.biases is None else tuple(np.asarray(gr.b, np.float64) for gr in result.grads)
+  deltas = tuple(np.asarray(d, np.float64) for d in result.deltas)
   scale = _losses.reduce_scale(x.shape[0], reduction)
-  y = a[-1]
-  with jax.enable_x64(True):
-    g = np.asarray(_losses.get(loss).dy(y, t), np.float64) * scale
-    per_example = np.asarray(_losses.get(loss).value(y, t), np.float64)
+  dy, per_example = _loss_terms(loss, a[-1], t)
+  g = dy * scale
   fwd = _forward_magnitudes(params, x, z, a)
-  mag_g = np.abs(g) + scale * (fwd[-1] + np.abs(t))
-  mag = _magnitudes(params, z, a, mag_g)
+  logits = _losses.get(loss).logits
+  if logits is not None:  # fused (34): delta_L = (y sum_k t_k - t) scale from z_L, no f'_L
+    dz, per_example = _loss_terms(logits, z[-1], t)
+    total = np.abs(t).sum(axis=-1, keepdims=True) if params[-1].activation == "softmax" else 1.0
+    mag_L = scale * (fwd[-1] * total + np.abs(t))
+    terms_L = fwd[-2] @ np.abs(params[-1].W).T + (0.0 if params[-1].b is None else np.abs(params[-1].b))
+    spread = scale * np.sum(np.abs(dz) * terms_L)
+  else:
+    mag_g = np.abs(g) + scale * (fwd[-1] + np.abs(t))
+    mag_L = _output_magnitude(params[-1].activation, z[-1], a[-1], mag_g)
+    spread = np.sum(np.abs(g) * fwd[-1])
+  mag = _magnitudes(params, z, a, mag_L)
   mag_W = tuple(m.T @ a_prev for m, a_prev in zip(mag, fwd[:-1]))  # bounds the terms of (39)
   mag_b = None if db is None else tuple(m.sum(axis=0) for m in mag)
-  mag_loss = scale * np.abs(per_example).sum() + float(np.sum(np.abs(g) * fwd[-1]))
-  return Truth(float(value), dW, db, None, z, a, g, mag_W, mag_b, float(mag_loss))
+  mag_loss = scale * np.abs(per_example).sum() + float(spread)
+  return Truth(float(result.value), dW, db, deltas, z, a, g, mag_W, mag_b, float(mag_loss))
 
 
 def _forward_magnitudes(params, x, z, a) -> list:
@@ -167,18 +212,18 @@ def _forward_magnitudes(params, x, z, a) -> list:
   return out
 
 
-def _magnitudes(params, z, a, mag_g) -> list:
-  """M_l: the backward recursion on absolute values (module docstring)."""
-  n_layers = len(params)
-  last = params[-1].activation
-  if _activations.get(last).elementwise:
-    m = mag_g * _df_bound(last, z[-1], a[-1])
-  else:  # |diag(a) - a a^T| <= diag(a) + a a^T
-    m = a[-1] * mag_g + a[-1] * np.sum(mag_g * a[-1], axis=-1, keepdims=True)
-  out = [m]
-  for l in range(n_layers - 1, 0, -1):
-    m = (m @ np.abs(params[l].W)) * _df_bound(params[l - 1].activation, z[l - 1], a[l])
-    out.append(m)
+def _output_magnitude(name, z, a, mag_g):
+  """M_L = |dC/dy| |da_L/dz_L|, from the bound mag_g on dC/dy."""
+  if _activations.get(name).elementwise:
+    return mag_g * _df_bound(name, z, a)
+  return a * mag_g + a * np.sum(mag_g * a, axis=-1, keepdims=True)  # |diag(a) - a a^T| terms
+
+
+def _magnitudes(params, z, a, mag_L) -> list:
+  """M_1..M_L: the backward recursion on absolute values from M_L (module docstring)."""
+  out = [mag_L]
+  for l in range(len(params) - 1, 0, -1):
+    out.append((out[-1] @ np.abs(params[l].W)) * _df_bound(params[l - 1].activation, z[l - 1], a[l]))
   return list(reversed(out))
 
 
