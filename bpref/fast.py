@@ -57,7 +57,7 @@ import numpy as np
 
 from bpref import activations as _activations
 from bpref import losses as _losses
-from bpref.network import DEFAULT_PRECISION, Layer, check_problem
+from bpref.network import DEFAULT_PRECISION, Layer, check_precision, check_problem
 
 ACTIVATION_NAMES = tuple(_activations.ACTIVATIONS)
 LOSS_NAMES = tuple(_losses.LOSSES)
@@ -294,6 +294,7 @@ def evaluate_many(problems, *, precision=DEFAULT_PRECISION) -> list:
   Returns:
     A list of ``Result``, one per problem, in order.
   """
+  check_precision(precision)
   cases = []
   groups: dict = {}
   for i, problem in enumerate(problems):

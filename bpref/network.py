@@ -12,7 +12,9 @@ Shapes and conventions (rows are examples):
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
+import numbers
 from typing import NamedTuple, Sequence
 
 import jax
@@ -195,6 +197,48 @@ def check_problem(params, x, t, loss, reduction):
 
 # ---------------------------------------------------------------- constructors
 
+def _check_sizes(sizes) -> tuple:
+  """``sizes`` as a tuple of ints; a TypeError for a string, floats or bools."""
+  listed = isinstance(sizes, collections.abc.Sequence) or (
+      isinstance(sizes, np.ndarray) and sizes.ndim == 1)
+  if isinstance(sizes, (str, bytes)) or not listed:
+    raise TypeError(f"sizes must be a sequence of layer widths (n_0, ..., n_L), e.g. (3, 4, 2); "
+                    f"got {type(sizes).__name__} {sizes!r}")
+  for l, n in enumerate(sizes):
+    if isinstance(n, bool) or not isinstance(n, (numbers.Integral, np.integer)):
+      raise TypeError(f"sizes[{l}] (n_{l}) must be an integer width; got {type(n).__name__} {n!r}")
+  return tuple(int(n) for n in sizes)
+
+
+def _check_key(key) -> None:
+  """A TypeError unless ``key`` is a jax.random key (typed, or the legacy uint32[2])."""
+  dtype = getattr(key, "dtype", None)
+  if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+    return
+  if dtype is not None and np.dtype(dtype) == np.uint32 and np.shape(key) == (2,):
+    return
+  raise TypeError(f"key must be a jax.random key, e.g. jax.random.key(0); got "
+                  f"{type(key).__name__} {key!r}")
+
+
+_PRECISION_NAMES = ("default", "high", "highest", "fastest", "bfloat16", "tensorfloat32", "float32")
+
+
+def check_precision(precision):
+  """``precision`` if jnp.matmul accepts it; a ValueError naming the valid values otherwise."""
+  if precision is None or isinstance(precision, jax.lax.Precision):
+    return precision
+  if isinstance(precision, tuple) and len(precision) == 2:
+    for p in precision:
+      check_precision(p)
+    return precision
+  if isinstance(precision, str) and precision in _PRECISION_NAMES:
+    return precision
+  raise ValueError(f"precision must be a jax.lax.Precision (DEFAULT, HIGH, HIGHEST), one of "
+                   f"{', '.join(map(repr, _PRECISION_NAMES))}, a pair of those, or None; "
+                   f"got {precision!r}")
+
+
 def init(key, sizes: Sequence[int], activations, *, bias: bool = True, dtype=None) -> Params:
   """Random parameters, fan-in scaled: W_l ~ N(0, 1/n_{l-1}), b_l = 0.
 
@@ -210,7 +254,8 @@ def init(key, sizes: Sequence[int], activations, *, bias: bool = True, dtype=Non
   >>> [p.W.shape for p in params]
   [(4, 3), (2, 4)]
   """
-  sizes = tuple(int(n) for n in sizes)
+  sizes = _check_sizes(sizes)
+  _check_key(key)
   if len(sizes) < 2:
     raise ValueError(f"sizes must list n_0, ..., n_L with at least one layer; got {sizes}")
   if any(n < 1 for n in sizes):
@@ -276,6 +321,7 @@ def sizes(params) -> tuple:
 # ---------------------------------------------------------------- forward pass
 
 def _forward(params, x2, precision) -> Tape:
+  check_precision(precision)
   zs, acts = [], [x2]  # a_0 = x (4)
   for layer in params:
     z = _matmul_t(acts[-1], layer.W, precision)  # (7): z_l = W_l a_{l-1}, rows: A_{l-1} W_l^T

@@ -1,5 +1,7 @@
 """Parameters, constructors, the forward tape, and clear errors for bad input."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -182,3 +184,40 @@ def test_nan_and_inf_propagate():
   C, grads = bpref.value_and_grad(params, x, jnp.zeros((2, 2)))
   assert np.isnan(float(C))
   assert np.isnan(np.asarray(grads[0].W)).any()
+
+
+@pytest.mark.parametrize("sizes, words", [
+    ((3.7, 4.2, 2), "sizes[0] (n_0) must be an integer width; got float 3.7"),
+    ("342", "sizes must be a sequence of layer widths"),
+    ((3, True, 2), "sizes[1] (n_1) must be an integer width; got bool"),
+    (342, "sizes must be a sequence of layer widths"),
+])
+def test_init_rejects_sizes_that_are_not_integer_widths(sizes, words):
+  with pytest.raises(TypeError, match=re.escape(words)):
+    bpref.init(jax.random.key(0), sizes, "tanh")
+
+
+@pytest.mark.parametrize("key", [0, None, 1.5, "0"])
+def test_init_rejects_a_key_that_is_not_a_jax_random_key(key):
+  with pytest.raises(TypeError, match="key must be a jax.random key"):
+    bpref.init(key, (3, 4, 2), "tanh")
+
+
+def test_init_takes_typed_and_legacy_keys_and_integer_arrays():
+  typed = bpref.init(jax.random.key(1), np.array([3, 4, 2]), "tanh")
+  legacy = bpref.init(jax.random.PRNGKey(1), (3, 4, 2), "tanh")
+  assert [p.W.shape for p in typed] == [p.W.shape for p in legacy] == [(4, 3), (2, 4)]
+
+
+@pytest.mark.parametrize("call", ["value_and_grad", "forward", "fast"])
+def test_an_unknown_precision_is_named_before_tracing(call):
+  params = bpref.init(jax.random.key(0), (3, 4, 2), "tanh")
+  x, t = np.ones((2, 3)), np.zeros((2, 2))
+  with pytest.raises(ValueError, match="precision must be a jax.lax.Precision.*got 'garbage'"):
+    if call == "value_and_grad":
+      bpref.value_and_grad(params, x, t, precision="garbage")
+    elif call == "forward":
+      bpref.forward(params, x, precision="garbage")
+    else:
+      from bpref import fast
+      fast.evaluate_many([(params, x, t)], precision="garbage")
