@@ -330,7 +330,7 @@ def main(argv=None) -> int:
     parser.error("--plot needs the witnesses: give --witness-cases >= 1")
   dtypes = ("float32", "float64") if args.dtype == "both" else (args.dtype,)
   start = time.perf_counter()
-  show = not (args.no_progress or args.json)
+  show = not (args.no_progress or args.json) and sys.stderr.isatty()  # no \r frames in logs
   with jax.default_device(device) if device is not None else _null():
     summary = run(cases, args.seed, dtypes, progress=_progress_bar if show else None)
     if witness_cases:

@@ -85,3 +85,9 @@ def test_witness_case_on_a_saturated_tanh_net_shows_jax_grad_error():
   assert case["bpref_vs_referee"] <= 1e-12
   assert case["complex_step"] <= case["tolerance"]
   assert case["jax_grad_vs_referee"] > 1e-3
+
+
+def test_verify_writes_no_progress_frames_when_stderr_is_not_a_terminal(capsys):
+  rc, out = _run(capsys, "--cases", "1", "--witness-cases", "0", "--dtype", "float64")
+  assert rc == 0
+  assert "\r" not in out.err and "cases" in out.out
