@@ -499,3 +499,16 @@ def test_cli_isolated_workers_load_the_candidate_by_name(tmp_path, capsys):
   assert code == 1
   data = json.loads(capsys.readouterr().out)
   assert data["diagnosis"][0]["code"] == "constant_factor" and data["spec"]["workers"] == 2
+
+
+def test_report_prints_enough_digits_to_show_a_small_difference():
+  def off_by_1e_9(weights, biases, activations, loss, x, t):
+    dW, db = row_major(weights, biases, activations, loss, x, t)[:2]
+    return [dW[0] * (1 + 1e-9)] + list(dW[1:]), db
+
+  report = bpref.oracle.check(off_by_1e_9, activations=("identity", "tanh"),
+                              losses=("squared_error",), examples=5, dtype="float64")
+  assert report.verdict == "fail"
+  line = next(l for l in report.text().splitlines() if l.strip().startswith("dW1: candidate"))
+  theirs, ours = line.split("candidate", 1)[1].split("bpref")
+  assert theirs.strip() != ours.strip(), line

@@ -141,13 +141,25 @@ class Report:
       shown = [k for k in mine if k in ours and np.asarray(ours[k]).size <= 12]
       if shown:
         lines.append("  gradients on it, the candidate's beside bpref's:")
-        with np.printoptions(precision=6, suppress=False, linewidth=100):
-          for k in shown:
-            lines.append(f"    {k}: candidate {np.asarray(mine[k]).ravel()}  bpref {np.asarray(ours[k]).ravel()}")
+        for k in shown:
+          c, b = np.asarray(mine[k], np.float64).ravel(), np.asarray(ours[k], np.float64).ravel()
+          digits = _digits_that_differ(c, b)
+          fmt = {"float_kind": lambda v, d=digits: f"{v:.{d}g}"}
+          lines.append(f"    {k}: candidate {np.array2string(c, formatter=fmt)}  "
+                       f"bpref {np.array2string(b, formatter=fmt)}")
     for note in self.notes:
       lines.append(f"  note: {note}")
     lines += _output_lines(self.output)
     return "\n".join(lines)
+
+
+def _digits_that_differ(candidate, ours, least: int = 6) -> int:
+  """Significant digits (least to 17) that show every entry where the two arrays differ."""
+  differ = candidate != ours
+  for digits in range(least, 18):
+    if all(f"{c:.{digits}g}" != f"{o:.{digits}g}" for c, o in zip(candidate[differ], ours[differ])):
+      return digits
+  return 17
 
 
 MESSAGE_LINES = 12
