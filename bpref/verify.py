@@ -32,6 +32,7 @@ import numpy as np
 
 from bpref import activations as _activations
 from bpref import backprop as _backprop
+from bpref import compilation
 from bpref import finite_diff as _fd
 from bpref import network as _network
 from bpref import problems as _problems
@@ -310,6 +311,8 @@ def main(argv=None) -> int:
                       help="write the witnesses' error distributions to this PNG (needs matplotlib)")
   parser.add_argument("--device", choices=("cpu", "gpu", "tpu"), default=None,
                       help="run bpref and the autodiff witness on this JAX platform (default: JAX's default)")
+  parser.add_argument("--cache-dir", metavar="DIR", default=None,
+                      help="keep XLA compilations in DIR between runs (default: $BPREF_CACHE_DIR)")
   args = parser.parse_args(argv)
   if args.cases < 1:
     parser.error("--cases must be >= 1")
@@ -331,11 +334,16 @@ def main(argv=None) -> int:
   dtypes = ("float32", "float64") if args.dtype == "both" else (args.dtype,)
   start = time.perf_counter()
   show = not (args.no_progress or args.json) and sys.stderr.isatty()  # no \r frames in logs
-  with jax.default_device(device) if device is not None else _null():
+  try:
+    compilation.use_cache(args.cache_dir)
+  except ValueError as err:
+    parser.error(str(err))
+  with compilation.count() as seen, jax.default_device(device) if device is not None else _null():
     summary = run(cases, args.seed, dtypes, progress=_progress_bar if show else None)
     if witness_cases:
       summary["witnesses"] = run_witnesses(witness_cases, args.seed, dtypes,
                                            progress=_progress_bar if show else None)
+  summary["compilation"] = seen.to_json()
   summary["seconds"] = round(time.perf_counter() - start, 2)
   summary["backend"] = device.platform if device is not None else jax.default_backend()
   passed = summary["passed"] and summary.get("witnesses", {"passed": True})["passed"]

@@ -62,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
   s = p.add_argument_group("search")
   s.add_argument("--examples", type=int, default=40, help="random networks after the probes (default 40)")
   s.add_argument("--seed", type=int, default=0)
+  s.add_argument("--cache-dir", metavar="DIR", default=None,
+                 help="keep XLA compilations in DIR between runs (default: $BPREF_CACHE_DIR, "
+                      "else no cache)")
   s.add_argument("--strict-kinks", action="store_true", help="a different f'(0) at a kink is a bug")
   s.add_argument("--timeout", type=float, default=60.0, help="seconds per candidate call")
   where = s.add_mutually_exclusive_group()
@@ -185,7 +188,13 @@ def main(argv=None) -> int:
   import jax
 
   jax.config.update("jax_enable_x64", True)
-  from bpref import oracle
+  from bpref import compilation, oracle
+
+  try:
+    compilation.use_cache(args.cache_dir)
+  except ValueError as exc:
+    print(f"bpref check: error: {exc}", file=sys.stderr)
+    return EXIT_USAGE
 
   options = dict(
       activations=args.activations, losses=args.losses, reduction=args.reduction,
@@ -198,7 +207,9 @@ def main(argv=None) -> int:
   guard = _ExitGuard() if args.in_process else contextlib.nullcontext()
   with guard:
     try:
-      report = oracle.check(target=(kind, ref), progress=_progress if show else None, **options)
+      with compilation.count() as seen:
+        report = oracle.check(target=(kind, ref), progress=_progress if show else None, **options)
+      report.compilation = seen.to_json()
     except (ValueError, TypeError) as exc:
       if show:
         sys.stderr.write("\n")

@@ -37,6 +37,8 @@ class Report:
     output: what the candidate wrote to stdout and stderr while it was loaded and called:
       {"stdout": text, "stderr": text, "calls": calls that wrote, "clipped": bool}, each stream
       clipped to ``isolation.OUTPUT_LIMIT`` bytes; {} when it wrote nothing.
+    compilation: XLA compilations made and persistent-cache hits (``bpref.compilation``),
+      filled in by ``bpref check``; {} otherwise.
   """
   verdict: str
   spec: dict
@@ -57,6 +59,7 @@ class Report:
   reproducer: str = ""
   first_case: dict | None = None
   output: dict = dataclasses.field(default_factory=dict)
+  compilation: dict = dataclasses.field(default_factory=dict)
 
   @property
   def passed(self) -> bool:

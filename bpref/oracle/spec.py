@@ -16,12 +16,12 @@ import dataclasses
 import threading
 from typing import NamedTuple
 
-import jax
 import numpy as np
 
 from bpref import activations as _activations
 from bpref import losses as _losses
 from bpref import problems as _problems
+from bpref.oracle import truth as _truth
 
 LAYOUTS = ("out_in", "in_out")
 DTYPES = ("float64", "float32")
@@ -250,8 +250,10 @@ def vacuous(arch: Arch, weights, biases, x) -> bool:
       z = z + np.asarray(biases[l], np.float64)
     name = arch.activations[l]
     live.append(z > 0 if name == "relu" else np.ones(z.shape, bool))  # f' != 0 elsewhere
-    with jax.enable_x64(True):
-      a.append(np.asarray(_activations.get(name).f(z), np.float64))
+    if _activations.get(name).elementwise:
+      a.append(_truth.pointwise(_activations.get(name).f, z))
+    else:  # softmax, the output layer: a_L is never read below
+      a.append(np.ones_like(z))
   reach = live[-1]
   for l in range(arch.depth, 0, -1):
     if not reach.any():

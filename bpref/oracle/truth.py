@@ -71,7 +71,7 @@ def _padded_length(n: int) -> int:
   return max(64, 1 << max(n - 1, 0).bit_length())
 
 
-def _pointwise(fn, *arrays) -> np.ndarray:
+def pointwise(fn, *arrays) -> np.ndarray:
   """fn(*arrays) for an elementwise jnp function, in float64 whatever the caller's x64.
 
   The arrays are flattened and zero-padded to a power-of-two length, so a search
@@ -88,7 +88,7 @@ def _pointwise(fn, *arrays) -> np.ndarray:
 
 def _df(name, z):
   """f'(z) in float64 whatever the caller's JAX configuration."""
-  return _pointwise(_activations.get(name).df, z)
+  return pointwise(_activations.get(name).df, z)
 
 
 def _df_bound(name, z, a):
@@ -100,7 +100,7 @@ def _df_bound(name, z, a):
   """
   bound = np.abs(_df(name, z))
   error = _activations.get(name).df_error
-  return bound if error is None else bound + _pointwise(error, z, a)
+  return bound if error is None else bound + pointwise(error, z, a)
 
 
 @functools.partial(jax.jit, static_argnums=0)

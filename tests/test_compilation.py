@@ -1,0 +1,85 @@
+"""Compilations are counted, not timed: a default check compiles a fixed handful of times.
+
+Each check runs in a fresh interpreter, so nothing is compiled before it starts. The
+budgets are the counts of the padded design (one function per bucket and per
+elementwise function), so a change that compiles once per network shape again fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from bpref import compilation
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+_CHECK = r"""
+import json, sys
+sys.path.insert(0, {here!r})
+import bpref.oracle, textbook
+from bpref import compilation
+with compilation.count() as seen:
+  report = bpref.oracle.check(textbook.grads, dtype={dtype!r}, examples={examples})
+print(json.dumps({{"verdict": report.verdict, "cases": report.cases, **seen.to_json()}}))
+"""
+
+DEFAULT_CHECK_BUDGET = 12
+"""The issue's target: one bucket function, one loss function, and f, f' and rho_f of the four
+default activations at one padded length."""
+
+
+def _fresh(script: str, env=None) -> dict:
+  proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                        timeout=600, env=env)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("dtype, examples", [("float64", 40), ("float32", 200)])
+def test_a_default_check_compiles_within_its_budget(dtype, examples):
+  seen = _fresh(_CHECK.format(here=HERE, dtype=dtype, examples=examples))
+  assert seen["verdict"] == "pass"
+  assert seen["cases"] >= examples  # the count covers a whole search, not an early stop
+  assert 1 <= seen["compilations"] <= DEFAULT_CHECK_BUDGET, seen
+
+
+def test_count_sees_a_compilation_and_nothing_else():
+  import jax
+  import jax.numpy as jnp
+
+  v = jnp.arange(7.0).block_until_ready()
+  with compilation.count() as seen:
+    jax.jit(lambda v: jnp.sin(v) * 3.0 + 0.125)(v).block_until_ready()
+  assert seen.compilations == 1
+  with compilation.count() as again:
+    pass
+  assert again.compilations == 0
+
+
+def test_the_persistent_cache_answers_a_second_cli_run(tmp_path):
+  cache = tmp_path / "xla"
+  target = tmp_path / "cand.py"
+  target.write_text(f"import sys\nsys.path.insert(0, {HERE!r})\nfrom textbook import grads\n")
+  cmd = [sys.executable, "-m", "bpref", "check", f"{target}:grads", "--in-process", "--json",
+         "--examples", "5", "--max-depth", "2", "--cache-dir", str(cache)]
+  first = json.loads(subprocess.run(cmd, capture_output=True, text=True, timeout=600).stdout)
+  second = json.loads(subprocess.run(cmd, capture_output=True, text=True, timeout=600).stdout)
+  assert first["verdict"] == second["verdict"] == "pass"
+  assert first["compilation"]["cache_dir"] == str(cache)
+  assert first["compilation"]["cache_hits"] == 0 and first["compilation"]["compilations"] >= 1
+  assert second["compilation"]["cache_hits"] >= 1
+  assert any(cache.iterdir())
+
+
+def test_an_uncreatable_cache_dir_is_a_usage_error(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("")
+  proc = subprocess.run([sys.executable, "-m", "bpref", "check", "x.py:f", "--cache-dir",
+                         str(blocker / "sub")], capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 2
+  assert "cannot be created" in proc.stderr
