@@ -357,9 +357,8 @@ def _index_models(arch) -> list:
   acts = arch.activations
   if len(acts) < 2 or len(set(acts)) == 1:
     return []
-  forms = ("z", "a") if any(n in A_FORM_DERIVATIVES for n in acts) else ("z",)
   out = []
-  for form in forms:
+  for form in ("z", "a"):  # the same on networks without a-form activations
     def shifted(net, form=form):
       L = len(net.weights)
       above = [net.activations[l] for l in range(1, L)]  # the activation of layer l + 1
