@@ -17,7 +17,15 @@ Three modes shape the values:
 * ``"kink"``: default values, then in every layer with a kinked activation
   (relu, leaky_relu, elu, selu) one unit gets a zero row of W and a zero bias,
   so its pre-activation is exactly 0 for every example: f'(0) is decided by
-  the kink convention.
+  the kink convention. ``problems`` gives such layers at least 2 units; a layer
+  of one unit gets no planted zero (it would silence the whole layer).
+
+No problem is vacuous (``bpref.problems.vacuous``): a softmax, on the output
+layer or inside softmax_cross_entropy, has at least 2 units, and values in
+which some layer's true gradient is identically zero (an all-dead relu layer,
+say) are drawn again from the same seeded generator. Cross-entropy targets
+(``bpref.problems.SOFT_TARGETS``) are drawn both as probability rows and as
+rows that do not sum to 1.
 
 Example (a property test in a user's suite)::
 
@@ -35,11 +43,13 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+import hypothesis
 from hypothesis import strategies as st
 
 from bpref import activations as _activations
 from bpref import losses as _losses
 from bpref.network import Layer
+from bpref import problems as _problems
 from bpref.problems import Problem, targets
 
 WIDTHS = (1, 2, 3, 5)
@@ -55,6 +65,9 @@ SMOOTH = tuple(n for n in HIDDEN if n not in _activations.KINKED)
 """Hidden activations without a kink."""
 
 MODES = ("default", "saturated", "kink")
+
+DRAWS = 16
+"""Value draws ``problems`` makes from one seed before it rejects the example as vacuous."""
 
 
 class Architecture(NamedTuple):
@@ -93,8 +106,7 @@ def architectures(draw, *, depths=(1, 2, 3), widths=WIDTHS, hidden=HIDDEN, outpu
   return Architecture(sizes, tuple(acts), has_bias)
 
 
-def _values(seed, arch: Architecture, dtype, mode, gain=None):
-  rng = np.random.default_rng(seed)
+def _values(rng, arch: Architecture, dtype, mode, gain=None):
   gain = gain if gain is not None else (float(rng.uniform(6, 20)) if mode == "saturated" else 1.0)
   layers = []
   for l in range(1, arch.depth + 1):
@@ -104,13 +116,13 @@ def _values(seed, arch: Architecture, dtype, mode, gain=None):
       g = gain
     W = rng.normal(size=(n_out, n_in)) * g / np.sqrt(n_in)
     b = rng.normal(size=(n_out,)) * 0.1 if arch.bias else None
-    if mode == "kink" and arch.activations[l - 1] in _activations.KINKED:
+    if mode == "kink" and arch.activations[l - 1] in _activations.KINKED and n_out > 1:
       i = int(rng.integers(n_out))
       W[i, :] = 0.0
       if b is not None:
         b[i] = 0.0
     layers.append(Layer(W.astype(dtype), None if b is None else b.astype(dtype), arch.activations[l - 1]))
-  return tuple(layers), rng
+  return tuple(layers)
 
 
 @st.composite
@@ -118,7 +130,7 @@ def params(draw, arch: Architecture, *, dtype=np.float64, mode: str = "default")
   """Parameters for ``arch`` in ``dtype``: a tuple of ``Layer`` (see the module's modes)."""
   _check_mode(mode)
   seed = draw(st.integers(0, 2 ** 32 - 1))
-  return _values(seed, arch, np.dtype(dtype), mode)[0]
+  return _values(np.random.default_rng(seed), arch, np.dtype(dtype), mode)
 
 
 @st.composite
@@ -140,11 +152,14 @@ def _output_for(loss, hidden):
 def problems(draw, *, dtype=np.float64, mode: str = "default", losses=None, hidden=None,
              depths=(1, 2, 3), widths=WIDTHS, batch_sizes=BATCHES, bias=None,
              reductions=_losses.REDUCTIONS) -> Problem:
-  """Whole problems (params, x, t, loss, reduction), a ``bpref.problems.Problem``.
+  """Whole problems (params, x, t, loss, reduction), a ``bpref.problems.Problem``, never vacuous.
 
   The output activation suits the loss (sigmoid for binary_cross_entropy,
-  softmax for cross_entropy); targets are valid for it (probability rows for the
-  cross-entropies, [0, 1] for the binary ones, N(0, 1) otherwise).
+  softmax for cross_entropy); targets are valid for it (nonnegative rows for the
+  cross-entropies, summing to 1 or not, [0, 1] for the binary ones, N(0, 1)
+  otherwise). A softmax output, or softmax_cross_entropy, gets at least 2 units
+  (the smallest such width in ``widths``); in ``"kink"`` mode so does every
+  layer with a kinked activation.
 
   Args:
     dtype: float64, float32 (or a low-precision float for forward passes).
@@ -167,9 +182,24 @@ def problems(draw, *, dtype=np.float64, mode: str = "default", losses=None, hidd
     if arch.depth == 1 and _losses.get(loss).output is not None:
       acts = arch.activations
     arch = arch._replace(activations=acts)
-  seed = draw(st.integers(0, 2 ** 32 - 1))
-  layers, rng = _values(seed, arch, np.dtype(dtype), mode)
+  wide = min((w for w in widths if w >= 2), default=2)
+  sizes = list(arch.sizes)
+  if sizes[-1] < _problems.min_output_width(arch.activations[-1], loss):
+    sizes[-1] = wide
+  if mode == "kink":
+    sizes[1:] = [wide if n == 1 and a in _activations.KINKED else n
+                 for n, a in zip(sizes[1:], arch.activations)]
+  arch = arch._replace(sizes=tuple(sizes))
   batch = draw(st.sampled_from(tuple(batch_sizes)))
-  x = rng.normal(size=(batch, arch.sizes[0])).astype(np.dtype(dtype))
-  t = targets(rng, loss, (batch, arch.sizes[-1])).astype(np.dtype(dtype))
-  return Problem(layers, x, t, loss, reduction)
+  unnormalized = float(draw(st.booleans())) if loss in _problems.SOFT_TARGETS else 0.0
+  rng = np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1)))
+  for _ in range(DRAWS):  # a vacuous draw is drawn again from the same generator
+    layers = _values(rng, arch, np.dtype(dtype), mode)
+    x = rng.normal(size=(batch, arch.sizes[0])).astype(np.dtype(dtype))
+    biases = None if layers[0].b is None else [p.b for p in layers]
+    if not _problems.vacuous(arch.activations, loss, [p.W for p in layers], biases, x):
+      break
+  else:
+    hypothesis.reject()
+  t = targets(rng, loss, (batch, arch.sizes[-1]), unnormalized=unnormalized)
+  return Problem(layers, x, t.astype(np.dtype(dtype)), loss, reduction)
