@@ -161,3 +161,36 @@ def test_softmax_is_finite_for_huge_logits():
 def test_unknown_activation_lists_valid_names():
   with pytest.raises(ValueError, match="valid names: identity, relu"):
     A.get("rellu")
+
+
+def _route_grid(dtype):
+  """Both exact kinks 0.0 and -0.0, the smallest normal numbers, tiny, moderate and large |z|."""
+  tiny = float(np.finfo(dtype).tiny)
+  small = [tiny, 2 * tiny, 1e-30, 1e-12, 1e-6] + ([1e-300] if dtype == np.float64 else [])
+  big = np.concatenate([np.logspace(-3, 3, 25), [1 - 2 ** -20, 1.0, 1 + 2 ** -20, 1e3]])
+  positive = np.concatenate([small, big])
+  return np.concatenate([[0.0, -0.0], positive, -positive]).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("name", ELEMENTWISE)
+def test_both_derivative_routes_agree_everywhere_kinks_included(name, dtype):
+  """f'(z) from a (``derivative``, which the backward pass uses) and from z (``df``) agree bit for bit.
+
+  ``derivative`` takes f' from a = f(z) where the activation gives ``df_out`` (identity, relu);
+  a df_out that disagreed with df anywhere, such as relu'(0) = 1 from a >= 0, would give the
+  backward pass a second kink convention.
+  """
+  z = jnp.asarray(_route_grid(dtype))
+  assert np.any(np.signbit(np.asarray(z)) & (np.asarray(z) == 0)), "the grid lost -0.0"
+  act = A.get(name)
+  a = act.f(z)
+  from_z = np.asarray(act.df(z))
+  from_a = np.asarray(A.derivative(name, z, a))
+  assert from_a.dtype == from_z.dtype == np.dtype(dtype)
+  assert np.all(np.isfinite(from_z)), name
+  mismatch = from_a != from_z
+  np.testing.assert_array_equal(from_a, from_z, err_msg=f"{name} at z = {np.asarray(z)[mismatch]}")
+  # the elementwise VJP of the backward pass carries the same f'
+  g = jnp.ones_like(z)
+  np.testing.assert_array_equal(np.asarray(A.vjp(name, z, a, g)), from_z)
