@@ -74,6 +74,20 @@ def backward_macs(sizes, *, input_grad: bool = False, first_delta: bool = True) 
   return (P - first) + P + (first if input_grad else 0)
 
 
+def loss_flops(sizes, batch: int) -> dict:
+  """XLA's elementwise flops of the squared-error loss (reduction "sum") on the B n_L outputs.
+
+  C = sum (t - y)^2: B n_L subtractions, B n_L squares, B n_L - 1 additions; dC/dy = -2 (t - y):
+  2 flops per output. With identity activations and no biases this is all the elementwise
+  work there is, so for every architecture whose widths and batch are >= 2 (XLA counts a
+  product with a dimension 1 as elementwise work, not as a dot):
+    flops(loss_value)     = 2 B P + loss_flops["value"]
+    flops(value_and_grad) = flops(loss_value) + 2 B backward_macs + loss_flops["gradient"].
+  """
+  outputs = batch * sizes[-1]
+  return {"value": 3 * outputs - 1, "gradient": 2 * outputs}
+
+
 def tape_numbers(sizes, batch: int) -> int:
   """Numbers in bpref's tape: z_1..z_L and a_0..a_L, B (n_0 + 2 sum_{l>=1} n_l)."""
   return batch * (sizes[0] + 2 * sum(sizes[1:]))
