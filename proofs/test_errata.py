@@ -401,6 +401,15 @@ def test_erratum_11_eq21_eq22_order_and_evaluation_points():
   exact = jax.grad(lambda v: sg(s1(s2(v))))(x0)
   assert fails(jax.grad(s2)(x0) * jax.grad(s1)(x0) * jax.grad(sg)(x0), exact)
   assert agree(jax.grad(s2)(x0) * jax.grad(s1)(s2(x0)) * jax.grad(sg)(s1(s2(x0))), exact)
+  # Linearity is sufficient, not necessary: (22) holds where x is fixed by both inner maps
+  # (x = 0 for tanh and sin), and for a non-linear g whose derivative the inner maps preserve.
+  dropped = lambda g_, f1, f2, v: jax.grad(f2)(v) * jax.grad(f1)(v) * jax.grad(g_)(v)
+  assert agree(dropped(sg, s1, s2, 0.0), jax.grad(lambda v: sg(s1(s2(v))))(0.0))
+  shift = lambda v: v + 2 * jnp.pi
+  for v in rng.normal(size=3) * 3:
+    assert agree(dropped(jnp.sin, shift, shift, v), jax.grad(lambda w: jnp.sin(shift(shift(w))))(v))
+  lin2, lin1, ling = (lambda v: 3 * v - 1), (lambda v: -0.5 * v + 2), (lambda v: 7 * v)
+  assert agree(dropped(ling, lin1, lin2, x0), jax.grad(lambda v: ling(lin1(lin2(v))))(x0))
 
 
 # ---------------------------------------------------------------- (24), (27): f' is diag(f'); softmax is not diagonal
@@ -528,6 +537,18 @@ def test_erratum_18_eq26_trailing_x_gives_a_directional_derivative(net):
   # With "f'" read as a vector and every "." a product, (26) is not even defined.
   with pytest.raises(ValueError):
     dC_dy(a_s[-1], t) @ DF[acts[-1]](zs[-1]) @ Ws[-1]
+  # Right when n_0 = 1 and x = 1: <grad_x C, x> is then the 1 x 1 gradient itself.
+  one, _, t1 = make_net((1, 3, 2), ("tanh", "sin"), seed=18)
+  W1s, _, acts1 = arrays(one)
+  for x_value, holds in ((1.0, True), (0.5, False)):
+    x1 = np.array([x_value])
+    zs1, as1 = np_forward(one, x1)
+    row1 = dC_dy(as1[-1], t1)
+    for l in range(len(W1s), 0, -1):
+      row1 = row1 @ np.diag(DF[acts1[l - 1]](zs1[l - 1])) @ W1s[l - 1]
+    literal1 = np.reshape(row1 @ x1, (1,))  # (26) as printed, a scalar
+    wit1 = witness(one, x1, t1)["dx"]
+    assert (agree(literal1, wit1) if holds else fails(literal1, wit1)), x_value
 
 
 # ---------------------------------------------------------------- naming: delta versus lambda
@@ -566,10 +587,25 @@ def test_erratum_21_eq33_eq39_gradient_is_an_outer_product(net, square_net):
         assert np.ndim(ds[l] @ a_s[l]) == 0 and fails(ds[l] @ a_s[l], wit["dW"][l])
       assert agree(np.outer(ds[l], a_s[l]), wit["dW"][l])  # delta_l^T a_{l-1}^T, (n_l, n_{l-1})
       assert agree(ours["dW"][l], wit["dW"][l])
-  # Right when n_l = n_{l-1} = 1: the outer product of 1-vectors is their product.
+  # Right when n_l = 1 in the seed's numerator layout: dC/dW_l is then n_{l-1} x n_l, the
+  # transpose of W_l's shape, and delta_l a_{l-1} (a 1 x 1 times a column) is that column.
+  narrow, x3, t3 = make_net((3, 1), ("tanh",), seed=21)
+  d3 = corrected_deltas(narrow, x3, t3)[0]  # shape (1,)
+  numerator_layout = d3[0] * a_s_of(narrow, x3)[0]  # literal delta_1 a_0: a column of n_0 = 3
+  dW3 = np.asarray(reference.grad(narrow, x3, t3, LOSS, "sum")[0].W)  # W's shape, (1, 3)
+  assert numerator_layout.shape == (3,) and agree(numerator_layout[:, None], dW3.T)
+  assert fails(numerator_layout[:, None], dW3)  # not in W's own shape (1, 3)
+  wide, x4, t4 = make_net((3, 2), ("tanh",), seed=21)  # n_l = 2: no layout makes it right
+  with pytest.raises(ValueError):
+    corrected_deltas(wide, x4, t4)[0] @ a_s_of(wide, x4)[0]
+  # Right when n_l = n_{l-1} = 1 in either layout: the outer product of 1-vectors is their product.
   one, x1, t1 = make_net((1, 1), ("tanh",), seed=21)
   d = corrected_deltas(one, x1, t1)[0]
   assert agree(np.reshape(d @ x1, (1, 1)), np.asarray(reference.grad(one, x1, t1, LOSS, "sum")[0].W))
+
+
+def a_s_of(params, x):
+  return np_forward(params, x)[1]
 
 
 # ---------------------------------------------------------------- (34): delta_L, elementwise and softmax
