@@ -24,12 +24,13 @@ import itertools
 
 import jax
 import jax.numpy as jnp
+import mpmath
 import numpy as np
 import pytest
 import sympy as sp
 
 import bpref
-from bpref.tolerance import gradient_tolerance, normwise_error
+from bpref.tolerance import gradient_tolerance, max_norm_error, normwise_error, problem_tolerance
 
 
 @functools.lru_cache(maxsize=None)
@@ -235,3 +236,196 @@ def test_softmax_vjp_and_cross_entropy_symbolically():
   ours = np.asarray(bpref.losses.get("softmax_cross_entropy").dy(jnp.asarray(zv)[None, :],
                                                                   jnp.asarray(tv)[None, :]))[0]
   assert normwise_error(ours, exact) <= gradient_tolerance(np.float64)
+
+
+# ---------------------------------------------------------------- the proofs tied to the code
+
+# Every elementwise activation family of bpref, written out in mpmath from its mathematical
+# definition (not from bpref's code): f and f'. At a kink f' takes bpref's convention
+# (proofs/derivation.md, section 8): relu'(0) = 0, leaky_relu'(0) = 1, elu'(0) = 1,
+# selu'(0) = scale alpha.
+_SELU_ALPHA = mpmath.mpf("1.6732632423543772848170429916717")
+_SELU_SCALE = mpmath.mpf("1.0507009873554804934193349852946")
+_LEAKY = mpmath.mpf(0.01)  # the slope bpref multiplies by: the float64 nearest 0.01, exactly
+_GELU_K = mpmath.mpf(0.044715)
+
+
+def _sig(z):
+  return 1 / (1 + mpmath.exp(-z))
+
+
+def _phi_cdf(z):
+  return mpmath.erfc(-z / mpmath.sqrt(2)) / 2
+
+
+def _gelu_tanh_u(z):
+  return mpmath.sqrt(2 / mpmath.pi) * (z + _GELU_K * z ** 3)
+
+
+MP_ACTIVATIONS = {
+    "identity": (lambda z: z, lambda z: mpmath.mpf(1)),
+    "relu": (lambda z: z if z > 0 else mpmath.mpf(0), lambda z: mpmath.mpf(1 if z > 0 else 0)),
+    "leaky_relu": (lambda z: z if z >= 0 else _LEAKY * z,
+                   lambda z: mpmath.mpf(1) if z >= 0 else _LEAKY),
+    "elu": (lambda z: z if z > 0 else mpmath.expm1(z), lambda z: mpmath.mpf(1) if z > 0 else mpmath.exp(z)),
+    "selu": (lambda z: _SELU_SCALE * (z if z > 0 else _SELU_ALPHA * mpmath.expm1(z)),
+             lambda z: _SELU_SCALE * (1 if z > 0 else _SELU_ALPHA * mpmath.exp(z))),
+    "gelu": (lambda z: z * _phi_cdf(z),
+             lambda z: _phi_cdf(z) + z * mpmath.exp(-z * z / 2) / mpmath.sqrt(2 * mpmath.pi)),
+    "gelu_tanh": (lambda z: z * (1 + mpmath.tanh(_gelu_tanh_u(z))) / 2,
+                  lambda z: ((1 + mpmath.tanh(_gelu_tanh_u(z))) / 2
+                             + z * mpmath.sech(_gelu_tanh_u(z)) ** 2 * mpmath.sqrt(2 / mpmath.pi)
+                             * (1 + 3 * _GELU_K * z * z) / 2)),
+    "silu": (lambda z: z * _sig(z), lambda z: _sig(z) * (1 + z * (1 - _sig(z)))),
+    "softplus": (lambda z: mpmath.log1p(mpmath.exp(z)), _sig),
+    "sigmoid": (_sig, lambda z: _sig(z) * (1 - _sig(z))),
+    "tanh": (mpmath.tanh, lambda z: mpmath.sech(z) ** 2),
+    "softsign": (lambda z: z / (1 + abs(z)), lambda z: 1 / (1 + abs(z)) ** 2),
+    "sin": (mpmath.sin, mpmath.cos),
+}
+KINK_CONVENTION = {"relu": 0, "leaky_relu": 1, "elu": 1, "selu": _SELU_SCALE * _SELU_ALPHA}
+
+
+def test_every_elementwise_activation_family_is_covered():
+  elementwise = {name for name, act in bpref.activations.ACTIVATIONS.items() if act.elementwise}
+  assert set(MP_ACTIVATIONS) == elementwise
+  for name in bpref.activations.KINKED:  # the closed form's f'(0) is bpref's convention
+    assert MP_ACTIVATIONS[name][1](mpmath.mpf(0)) == KINK_CONVENTION[name]
+
+
+@functools.lru_cache(maxsize=None)
+def proven_closed_form(sizes):
+  """The proven expressions of ``prove(sizes)`` compiled for mpmath, once per architecture.
+
+  Returns (evaluate, net): evaluate(acts, values, u) gives y, [dC/dW_l], [dC/db_l], dC/dx at
+  the point ``values`` (symbol -> mpf), with f_l, f_l' those of MP_ACTIVATIONS[acts[l-1]].
+  """
+  net = symbolic_network(sizes)
+  hand = handwritten(net)
+  L = len(sizes) - 1
+  current = {}
+  namespace = {}
+  for l in range(1, L + 1):
+    namespace[f"f{l}"] = lambda z, l=l: MP_ACTIVATIONS[current[l]][0](z)
+    namespace[f"df{l}"] = lambda z, l=l: MP_ACTIVATIONS[current[l]][1](z)
+  symbols = ([w for W in net["Ws"] for w in W] + [c for b in net["bs"] for c in b]
+             + list(net["x"]) + list(net["u"]))
+  exprs = ([list(net["a"][-1])] + [list(d) for d in hand["dW"]] + [list(d) for d in hand["delta"]]
+           + [list(hand["dx"])] + [list(z) for z in net["z"]] + [list(a) for a in net["a"]])
+  fn = sp.lambdify(symbols, exprs, modules=[namespace, "mpmath"])
+
+  def evaluate(acts, Ws, bs, x, u):
+    current.update({l: act for l, act in enumerate(acts, start=1)})
+    flat = [w for W in Ws for w in np.ravel(W)] + [c for b in bs for c in b] + list(x) + list(u)
+    with mpmath.workdps(60):
+      out = fn(*[mpmath.mpf(float(v)) for v in flat])
+      dfz = [[MP_ACTIVATIONS[act][1](z) for z in out[2 + 2 * L + l]] for l, act in enumerate(acts)]
+    y = out[0]
+    dW = [np.reshape(out[1 + l], (sizes[l + 1], sizes[l])) for l in range(L)]
+    db = out[1 + L:1 + 2 * L]
+    a = out[2 + 3 * L:]
+    return y, dW, db, out[1 + 2 * L], dict(a=a, df=dfz)
+
+  return evaluate
+
+
+def _floats(v):
+  return np.asarray([[float(e) for e in row] for row in v]) if np.ndim(v) == 2 \
+      else np.asarray([float(e) for e in v])
+
+
+def _exact(evaluate, acts, Ws, bs, x, t):
+  """The proven closed form at (Ws, bs, x) for C = sum_k (t_k - y_k)^2: u = dC/dy = -2 (t - y).
+
+  Also the magnitudes M_X of the terms summed into each entry of X (the scale of the
+  inner-product bound behind (T), proofs/tolerance.md (R1)): A_0 = |x|,
+  A_l = |a_l| + |f'_l(z_l)| (|W_l| A_{l-1} + |b_l|); M_delta_L = |u| |f'_L|,
+  M_delta_{l-1} = (M_delta_l |W_l|) |f'_{l-1}|; M_dW_l = M_delta_l^T A_{l-1}^T; M_dx = M_delta_1 |W_1|.
+  """
+  y, *_ = evaluate(acts, Ws, bs, x, [0] * len(t))
+  with mpmath.workdps(60):
+    u = [-2 * (mpmath.mpf(float(tk)) - yk) for tk, yk in zip(t, y)]
+    C = sum((mpmath.mpf(float(tk)) - yk) ** 2 for tk, yk in zip(t, y))
+  _, dW, db, dx, fwd = evaluate(acts, Ws, bs, x, u)
+  df = [np.abs(_floats(d)) for d in fwd["df"]]
+  A = [np.abs(np.asarray(x, float))]
+  for l, (W, b) in enumerate(zip(Ws, bs)):
+    A.append(np.abs(_floats(fwd["a"][l + 1])) + df[l] * (np.abs(W) @ A[-1] + np.abs(b)))
+  M_delta = [None] * len(Ws)
+  M_delta[-1] = np.abs(_floats(u)) * df[-1]
+  for l in range(len(Ws) - 1, 0, -1):
+    M_delta[l - 1] = (M_delta[l] @ np.abs(Ws[l])) * df[l - 1]
+  exact = dict(C=float(C), dW=[_floats(d) for d in dW], db=[_floats(d) for d in db], dx=_floats(dx))
+  scale = dict(C=abs(float(C)), dW=[np.outer(m, a) for m, a in zip(M_delta, A)], db=M_delta,
+               dx=M_delta[0] @ np.abs(Ws[0]))
+  return exact, scale
+
+
+def _error(actual, expected, terms):
+  """||actual - expected||_inf over the largest term magnitude: (T)'s measure, cancellation-aware."""
+  actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+  assert actual.shape == expected.shape and np.all(np.isfinite(actual))
+  scale = max(float(np.max(np.abs(expected))), float(np.max(terms)))
+  diff = float(np.max(np.abs(actual - expected)))
+  return diff / scale if scale > 0 else diff
+
+
+def _assignments(L):
+  """Activations per layer so that every family of MP_ACTIVATIONS sits in some layer (L at a time)."""
+  names = sorted(MP_ACTIVATIONS)
+  return [tuple(names[(i + l) % len(names)] for l in range(L)) for i in range(0, len(names), L)]
+
+
+def _value_and_grad(p, x, t):  # op by op: one compilation per (sizes, activations) would cost more
+  return (bpref.value_and_grad(p, x, t, "squared_error", "sum"),
+          bpref.input_grad(p, x, t, "squared_error", "sum"))
+
+
+def _check_against_code(evaluate, sizes, acts, Ws, bs, x, t):
+  """bpref's float64 C, dC/dW_l, dC/db_l, dC/dx against the proven closed form, within (T)."""
+  params = tuple(bpref.Layer(jnp.asarray(W), jnp.asarray(b), act) for W, b, act in zip(Ws, bs, acts))
+  exact, terms = _exact(evaluate, acts, Ws, bs, x, t)
+  (C_ours, grads), dx_ours = _value_and_grad(params, jnp.asarray(x), jnp.asarray(t))
+  tol = problem_tolerance(params, x, np.float64)
+  assert tol < 1e-11, (sizes, acts, tol)  # a rounding bound, not a loose one
+  errors = [_error(C_ours, exact["C"], terms["C"]), _error(dx_ours, exact["dx"], terms["dx"])]
+  errors += [_error(g.W, e, m) for g, e, m in zip(grads, exact["dW"], terms["dW"])]
+  errors += [_error(g.b, e, m) for g, e, m in zip(grads, exact["db"], terms["db"])]
+  assert max(errors) <= tol, (sizes, acts, errors, tol)
+  return exact["dW"], exact["db"]
+
+
+@pytest.mark.parametrize("sizes", ARCHITECTURES, ids=lambda s: "-".join(map(str, s)))
+def test_proven_closed_form_evaluates_to_bpref(sizes):
+  """For every proved architecture and every activation family: the proven expressions of
+  ``prove(sizes)``, evaluated exactly (mpmath, 60 digits) at random float64 points, equal
+  bpref.value_and_grad's and bpref.input_grad's float64 results within the rounding model (T)
+  of bpref.tolerance. Draws with an identically zero gradient (dead relu units) are redrawn."""
+  evaluate = proven_closed_form(sizes)
+  L = len(sizes) - 1
+  rng = np.random.default_rng(sum(n * 10 ** i for i, n in enumerate(sizes)))
+  for acts in _assignments(L):
+    for _ in range(20):
+      Ws = [rng.normal(size=(m, n)) / np.sqrt(n) for n, m in zip(sizes[:-1], sizes[1:])]
+      bs = [rng.normal(size=(m,)) * 0.5 for m in sizes[1:]]
+      x, t = rng.normal(size=(sizes[0],)), rng.normal(size=(sizes[-1],))
+      dW, db = _check_against_code(evaluate, sizes, acts, Ws, bs, x, t)
+      if all(np.any(d != 0) for d in dW):
+        break
+    else:
+      pytest.fail(f"no draw with a non-zero gradient in every layer: {sizes}, {acts}")
+
+
+@pytest.mark.parametrize("name", sorted(KINK_CONVENTION))
+def test_closed_form_with_the_kink_convention_is_what_bpref_computes(name):
+  """At z_1 = 0 exactly (x = 0, b_1 = 0) bpref computes the proven closed form with f'(0)
+  replaced by its convention (proofs/derivation.md, section 8): dC/db_1 = delta_1 and
+  dC/dx = delta_1 W_1 carry f'_1(0) and are compared, not zero."""
+  sizes = (2, 3, 2)
+  evaluate = proven_closed_form(sizes)
+  rng = np.random.default_rng(8)
+  Ws = [rng.normal(size=(m, n)) / np.sqrt(n) for n, m in zip(sizes[:-1], sizes[1:])]
+  bs = [np.zeros(3), rng.normal(size=(2,))]
+  x, t = np.zeros(2), rng.normal(size=(2,))
+  _, db = _check_against_code(evaluate, sizes, (name, "tanh"), Ws, bs, x, t)
+  assert np.all(db[0] != 0) == (KINK_CONVENTION[name] != 0)
