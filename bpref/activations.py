@@ -4,9 +4,9 @@ Every elementwise activation is a pair of pure functions: ``f(z)`` and ``df(z)``
 (f' evaluated at the pre-activation z, equation (24)). Both are written in
 numerically stable forms, finite and accurate for |z| up to 1e3 in float64.
 
-Kinks follow ``jax.nn``: relu'(0) = 0, leaky_relu'(0) = 1, elu'(0) = 1,
-selu'(0) = scale * alpha. These are conventions, not mathematics: at a kink
-any value in the subdifferential is a valid subgradient.
+Kinks follow ``jax.nn``: relu'(0) = 0, leaky_relu'(0) = 1, selu'(0) = scale * alpha.
+These are conventions, not mathematics: at a kink any value in the subdifferential
+is a valid subgradient. elu (alpha = 1) is C^1 at 0: elu'(0) = 1 is no convention.
 
 ``softmax`` is not elementwise: its derivative is the Jacobian
 diag(a) - a a^T, applied as a vector-Jacobian product (see ``vjp``) and never
@@ -275,7 +275,9 @@ ACTIVATIONS: dict[str, Activation] = {
 """Every activation by name."""
 
 KINKED = ("relu", "leaky_relu", "elu", "selu")
-"""Activations whose derivative jumps at z = 0 (a convention decides f'(0))."""
+"""Activations with a kink at z = 0, where the probes plant exact zeros: f' jumps there
+(relu, leaky_relu, selu: a convention decides f'(0)), or f'' does (elu with alpha = 1 is
+C^1, f'(0) = 1 from both sides, so it has no convention)."""
 
 OUTPUT_ONLY = ("softmax",)
 """Activations allowed only in the output layer."""

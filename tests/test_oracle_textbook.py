@@ -179,3 +179,24 @@ def test_verdicts_do_not_depend_on_the_callers_x64_setting(dtype):
   assert off["fprime_at_a"]["verdict"] == "fail"
   assert "fprime_at_a" in [f["code"] for f in off["fprime_at_a"]["diagnosis"]]
   assert off == on
+
+
+def test_elu_half_at_zero_is_a_bug_not_a_convention():
+  # elu (alpha = 1) has f'(0) = 1 from both sides: 1/2 there is no subgradient choice.
+  def half_at_zero(weights, biases, activations, loss, x, t):
+    original = textbook.derivative
+
+    def derivative(name, z, a):
+      d = original(name, z, a)
+      return np.where(z == 0, 0.5, d) if name == "elu" else d
+
+    textbook.derivative = derivative
+    try:
+      return textbook.grads(weights, biases, activations, loss, x, t)
+    finally:
+      textbook.derivative = original
+
+  report = bpref.oracle.check(half_at_zero, activations=("identity", "elu"),
+                              losses=("squared_error",), examples=10)
+  assert report.verdict == "fail", report.text()
+  assert not any("elu'(0)" in note for note in report.notes)

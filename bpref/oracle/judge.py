@@ -33,11 +33,11 @@ KINK_CONVENTIONS = {
     "leaky_relu": ((1.0, "leaky_relu'(0) = 1 (jax.nn)"),
                    (0.505, "leaky_relu'(0) = (1 + 0.01) / 2 (maximum-based code)"),
                    (0.01, "leaky_relu'(0) = 0.01 (code testing z > 0)")),
-    "elu": ((1.0, "elu'(0) = 1 (jax.nn, torch)"), (0.5, "elu'(0) = 1/2")),
     "selu": ((_activations.SELU_SCALE * _activations.SELU_ALPHA, "selu'(0) = scale * alpha (jax.nn)"),
              (_activations.SELU_SCALE, "selu'(0) = scale (torch)")),
 }
-"""f'(0) values in use at each kink, with who uses them; the first is bpref's."""
+"""f'(0) values in use at each kink, with who uses them; the first is bpref's. elu has none:
+with alpha = 1 both one-sided derivatives at 0 are 1, so any other value is a bug."""
 
 
 class CaseResult(NamedTuple):
