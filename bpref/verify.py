@@ -34,6 +34,7 @@ from bpref import activations as _activations
 from bpref import backprop as _backprop
 from bpref import compilation
 from bpref import finite_diff as _fd
+from bpref import losses as _losses
 from bpref import network as _network
 from bpref import problems as _problems
 from bpref import reference as _reference
@@ -95,16 +96,43 @@ def check_case(problem) -> dict:
   return {check: _worst(ours[check], theirs[check]) for check in CHECKS}
 
 
+LOSS_STRATA = tuple((name, 0.0) for name in _losses.LOSSES) + tuple(
+    (name, 1.0) for name in _problems.SOFT_TARGETS)
+"""(loss, unnormalized) pairs a run cycles through: every loss, and each cross-entropy also
+with target rows that do not sum to 1."""
+
+
+def _plan(rng, count) -> list:
+  # (loss, unnormalized, activation) for count cases: every LOSS_STRATA entry and every hidden
+  # activation once in each pass of count cases (stratified), the pairing shuffled
+  losses = _problems.strata(rng, LOSS_STRATA, count)
+  acts = _problems.strata(rng, _problems.HIDDEN, count)
+  return [(loss, soft, act) for (loss, soft), act in zip(losses, acts)]
+
+
+def _case(rng, dtype, plan, max_depth=4):
+  loss, soft, act = plan
+  return _problems.random_problem(rng, np.dtype(dtype), max_depth=max_depth, losses=(loss,),
+                                  uses=act, unnormalized=soft)
+
+
 def run(cases: int, seed: int, dtypes=("float32", "float64"), progress=None) -> dict:
-  """Verify ``cases`` random problems per dtype; return a JSON-ready summary."""
+  """Verify ``cases`` random problems per dtype; return a JSON-ready summary.
+
+  The cases of each dtype are stratified: each takes the next loss (from ``LOSS_STRATA``)
+  and the next hidden activation from passes shuffled by ``seed``, so that
+  len(problems.HIDDEN) = 13 cases or more per dtype use every hidden activation and every
+  loss, the cross-entropies also with targets that do not sum to 1.
+  """
   rng = np.random.default_rng(seed)
+  plans = {d: _plan(rng, cases) for d in dtypes}
   rows = {(d, c): {"cases": 0, "max_error": 0.0, "failures": 0, "worst_case": None}
           for d in dtypes for c in CHECKS}
   total = cases * len(dtypes)
   done = 0
-  for _ in range(cases):
+  for i in range(cases):
     for dtype in dtypes:
-      problem = _problems.random_problem(rng, np.dtype(dtype))
+      problem = _case(rng, dtype, plans[dtype][i])
       tol = _tolerance.gradient_tolerance(dtype)
       for check, err in check_case(problem).items():
         row = rows[(dtype, check)]
@@ -195,15 +223,21 @@ _JUDGED_FLAG = {"adjoint": "adjoint_judged", "taylor_order": "taylor_judged"}
 
 
 def run_witnesses(cases: int, seed: int, dtypes=("float32", "float64"), progress=None) -> dict:
-  """The witness table over ``cases`` random problems (depth <= 3) per dtype."""
+  """The witness table over ``cases`` random problems (depth <= 3) per dtype.
+
+  Stratified as ``run``, with one pass shared by the dtypes (case by case, dtype by dtype):
+  a few witness cases per dtype still use as many different losses and activations as
+  there are cases in all.
+  """
   rng = np.random.default_rng(seed + 1)
+  plan = iter(_plan(rng, cases * len(dtypes)))
   rows = {(d, w): {"cases": 0, "worst": None, "failures": 0, "worst_case": None, "values": [],
                    "unjudged": 0}
           for d in dtypes for w in WITNESSES}
   done = 0
   for _ in range(cases):
     for dtype in dtypes:
-      problem = _problems.random_problem(rng, np.dtype(dtype), max_depth=3)
+      problem = _case(rng, dtype, next(plan), max_depth=3)
       case = witness_case(problem, rng)
       for w in WITNESSES:
         value = case[w]

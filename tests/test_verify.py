@@ -91,3 +91,60 @@ def test_verify_writes_no_progress_frames_when_stderr_is_not_a_terminal(capsys):
   rc, out = _run(capsys, "--cases", "1", "--witness-cases", "0", "--dtype", "float64")
   assert rc == 0
   assert "\r" not in out.err and "cases" in out.out
+
+
+def _drawn(monkeypatch, runner, cases, seed):
+  """The problems ``runner`` draws per dtype, with the checks themselves stubbed out."""
+  drawn = {"float32": [], "float64": []}
+
+  def record(problem):
+    drawn[str(problem.x.dtype)].append(problem)
+    return dict.fromkeys(verify.CHECKS, 0.0)
+
+  def record_witnesses(problem, rng):
+    record(problem)
+    return {"tolerance": 1.0, **dict.fromkeys(verify.WITNESSES, None)}
+
+  monkeypatch.setattr(verify, "check_case", record)
+  monkeypatch.setattr(verify, "witness_case", record_witnesses)
+  runner(cases, seed)
+  return drawn
+
+
+def _coverage(problems):
+  acts = {p.activation for problem in problems for p in problem.params}
+  losses = {problem.loss for problem in problems}
+  soft = {problem.loss for problem in problems if problem.loss in verify._problems.SOFT_TARGETS
+          and np.any(np.abs(np.sum(problem.t, axis=-1, dtype=np.float64) - 1) > 1e-3)}
+  return acts, losses, soft
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_quick_run_uses_every_activation_and_loss_in_each_dtype(monkeypatch, seed):
+  """verify --quick (20 cases per dtype) is stratified: nothing is left to the luck of the seed."""
+  drawn = _drawn(monkeypatch, verify.run, 20, seed)
+  for dtype, problems in drawn.items():
+    assert len(problems) == 20
+    acts, losses, soft = _coverage(problems)
+    assert set(verify._problems.HIDDEN) <= acts, (dtype, set(verify._problems.HIDDEN) - acts)
+    assert losses == set(verify._losses.LOSSES), dtype
+    assert soft == set(verify._problems.SOFT_TARGETS), dtype  # targets that do not sum to 1
+    for problem in problems:
+      out = problem.params[-1]
+      assert out.W.shape[0] >= 2 or (out.activation != "softmax"
+                                     and problem.loss != "softmax_cross_entropy")
+  again = _drawn(monkeypatch, verify.run, 20, seed)
+  for dtype in drawn:
+    assert [p.describe() for p in again[dtype]] == [p.describe() for p in drawn[dtype]]
+    for p, q in zip(again[dtype], drawn[dtype]):
+      np.testing.assert_array_equal(p.x, q.x)
+
+
+def test_witness_run_spreads_its_few_cases_over_different_activations_and_losses(monkeypatch):
+  drawn = _drawn(monkeypatch, verify.run_witnesses, 5, 0)
+  problems = drawn["float32"] + drawn["float64"]
+  assert len(problems) == 10
+  acts, losses, _ = _coverage(problems)
+  assert len(acts & set(verify._problems.HIDDEN)) >= 10
+  assert losses == set(verify._losses.LOSSES)
+  assert all(len(p.params) <= 3 for p in problems)
