@@ -21,7 +21,6 @@ import numpy as np
 from bpref import activations as _activations
 from bpref import losses as _losses
 from bpref import problems as _problems
-from bpref.oracle import truth as _truth
 
 LAYOUTS = ("out_in", "in_out")
 DTYPES = ("float64", "float32")
@@ -230,39 +229,8 @@ def build_case(arch: Arch, spec: Spec) -> Case:
 
 
 def vacuous(arch: Arch, weights, biases, x) -> bool:
-  """Whether some dW_l or db_l is zero whatever the loss: no path from the loss reaches it.
-
-  Only relu has f' = 0 on a whole half-line (relu'(z) = 0 for z <= 0), so only relu layers
-  are traced: delta_l can be nonzero at (b, i) only if f'_l(z_l)[b, i] != 0 and some
-  nonzero entry of W_(l+1) links unit i to a unit that delta_(l+1) reaches (37); dW_l =
-  delta_l^T a_(l-1) needs such an entry of delta_l beside a nonzero a_(l-1) (39). A
-  softmax output with one unit has a zero Jacobian, so nothing reaches any layer.
-  """
-  if arch.activations[-1] == "softmax" and arch.sizes[-1] < 2:
-    return True
-  if "relu" not in arch.activations:
-    return False
-  a = [np.asarray(x, np.float64)]
-  live = []
-  for l, W in enumerate(weights):
-    z = a[-1] @ np.asarray(W, np.float64).T
-    if biases is not None:
-      z = z + np.asarray(biases[l], np.float64)
-    name = arch.activations[l]
-    live.append(z > 0 if name == "relu" else np.ones(z.shape, bool))  # f' != 0 elsewhere
-    if _activations.get(name).elementwise:
-      a.append(_truth.pointwise(_activations.get(name).f, z))
-    else:  # softmax, the output layer: a_L is never read below
-      a.append(np.ones_like(z))
-  reach = live[-1]
-  for l in range(arch.depth, 0, -1):
-    if not reach.any():
-      return True
-    if not ((reach.T.astype(float) @ (a[l - 1] != 0)) > 0).any():
-      return True
-    if l > 1:
-      reach = ((reach.astype(float) @ (np.asarray(weights[l - 1]) != 0)) > 0) & live[l - 2]
-  return False
+  """Whether some dW_l or db_l is zero whatever the loss (``bpref.problems.vacuous``)."""
+  return _problems.vacuous(arch.activations, arch.loss, weights, biases, x)
 
 
 # ---------------------------------------------------------------- the search space
@@ -298,7 +266,7 @@ def in_domain(arch: Arch, spec: Spec) -> bool:
     return False
   if any(a not in spec.hidden for a in arch.activations[:-1]):
     return False
-  if arch.activations[-1] == "softmax" and arch.sizes[-1] < 2:
+  if arch.sizes[-1] < _problems.min_output_width(arch.activations[-1], arch.loss):
     return False
   return True
 
@@ -345,7 +313,7 @@ def probes(spec: Spec) -> list:
     out.append(Arch((big,) + (mid,) * depth, (act,) * (depth - 1) + (out_act,), loss, 1, 11))
   seen, unique = set(), []
   for arch in out:
-    if arch.activations[-1] == "softmax" and arch.sizes[-1] < 2:
+    if arch.sizes[-1] < _problems.min_output_width(arch.activations[-1], arch.loss):
       arch = arch._replace(sizes=arch.sizes[:-1] + (2,))
     if arch not in seen and in_domain(arch, spec):
       seen.add(arch)
@@ -377,7 +345,7 @@ def strategy(spec: Spec):
       sizes = (draw(st.sampled_from(w)),) * (depth + 1)
     else:
       sizes = tuple(draw(st.sampled_from(w)) for _ in range(depth + 1))
-    if out_act == "softmax" and sizes[-1] < 2:
+    if sizes[-1] < _problems.min_output_width(out_act, loss):
       sizes = sizes[:-1] + (max(2, min(w[-1], 2)),)
     batch = draw(st.sampled_from(bs + ((sizes[0],) if sizes[0] in bs else ())))
     kink = draw(st.booleans()) if any(a in _activations.KINKED for a in acts + (out_act,)) else False
