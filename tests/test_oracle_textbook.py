@@ -76,19 +76,7 @@ def test_textbook_backprop_passes_saturated_units(dtype, loss):
 
 
 def _tanh_prime_off_by(factor):
-  def grads(weights, biases, activations, loss, x, t):
-    original = textbook.derivative
-
-    def derivative(name, z, a):
-      d = original(name, z, a)
-      return d * factor if name == "tanh" else d
-
-    textbook.derivative = derivative
-    try:
-      return textbook.grads(weights, biases, activations, loss, x, t)
-    finally:
-      textbook.derivative = original
-  return grads
+  return textbook.with_fprime(lambda name, z, a, d: d * factor if name == "tanh" else d)
 
 
 def test_saturated_search_still_catches_a_wrong_tanh_derivative():
@@ -133,26 +121,10 @@ if {x64}:
 import numpy as np
 import bpref.oracle, textbook
 
-def half_at_kinks(weights, biases, activations, loss, x, t):
-  original = textbook.derivative
-  def derivative(name, z, a):
-    d = original(name, z, a)
-    return np.where(z == 0, 0.5, d) if name == "relu" else d
-  textbook.derivative = derivative
-  try:
-    return textbook.grads(weights, biases, activations, loss, x, t)
-  finally:
-    textbook.derivative = original
-
-def fprime_at_a(weights, biases, activations, loss, x, t):
-  original = textbook.derivative
-  def derivative(name, z, a):
-    return 1 - np.tanh(a) ** 2 if name == "tanh" else original(name, z, a)
-  textbook.derivative = derivative
-  try:
-    return textbook.grads(weights, biases, activations, loss, x, t)
-  finally:
-    textbook.derivative = original
+half_at_kinks = textbook.with_fprime(
+    lambda name, z, a, d: np.where(z == 0, 0.5, d) if name == "relu" else d)
+fprime_at_a = textbook.with_fprime(
+    lambda name, z, a, d: 1 - np.tanh(a) ** 2 if name == "tanh" else d)
 
 out = {{}}
 for name, cand in (("kink", half_at_kinks), ("fprime_at_a", fprime_at_a)):
@@ -183,18 +155,8 @@ def test_verdicts_do_not_depend_on_the_callers_x64_setting(dtype):
 
 def test_elu_half_at_zero_is_a_bug_not_a_convention():
   # elu (alpha = 1) has f'(0) = 1 from both sides: 1/2 there is no subgradient choice.
-  def half_at_zero(weights, biases, activations, loss, x, t):
-    original = textbook.derivative
-
-    def derivative(name, z, a):
-      d = original(name, z, a)
-      return np.where(z == 0, 0.5, d) if name == "elu" else d
-
-    textbook.derivative = derivative
-    try:
-      return textbook.grads(weights, biases, activations, loss, x, t)
-    finally:
-      textbook.derivative = original
+  half_at_zero = textbook.with_fprime(
+      lambda name, z, a, d: np.where(z == 0, 0.5, d) if name == "elu" else d)
 
   report = bpref.oracle.check(half_at_zero, activations=("identity", "elu"),
                               losses=("squared_error",), examples=10)

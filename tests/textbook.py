@@ -117,10 +117,21 @@ def loss_and_dy(loss, y, t):
 def grads(weights, biases, activations, loss, x, t, reduction="mean"):
   """dC/dW_l, dC/db_l and C by the layerwise recursion, one Python loop per layer."""
   with np.errstate(over="ignore"):  # exp(-z) = inf gives sigma = 0, as it should
-    return _grads(weights, biases, activations, loss, x, t, reduction)
+    return _grads(weights, biases, activations, loss, x, t, reduction, derivative)
 
 
-def _grads(weights, biases, activations, loss, x, t, reduction):
+def with_fprime(change):
+  """``grads`` with f' replaced by change(name, z, a, textbook_fprime): a planted bug."""
+  def fprime(name, z, a):
+    return change(name, z, a, derivative(name, z, a))
+
+  def candidate(weights, biases, activations, loss, x, t):
+    with np.errstate(over="ignore"):
+      return _grads(weights, biases, activations, loss, x, t, "mean", fprime)
+  return candidate
+
+
+def _grads(weights, biases, activations, loss, x, t, reduction, derivative):
   a, zs, acts = x, [], [x]
   for l, (W, name) in enumerate(zip(weights, activations)):
     z = a @ W.T + (biases[l] if biases is not None else 0)
