@@ -140,6 +140,16 @@ def no_traceback(out):
     ("segfaults", (), ["crashed", "SIGSEGV"]),
     ("hangs", ("--timeout", "1"), ["hung", "did not return within 1 s", "killed"]),
 ])
+
+def _reproducer_errors(script, tmp_path, marker):
+  """Run a reproducer from another directory: the errors it prints on lines with ``marker``."""
+  elsewhere = tmp_path / "elsewhere"
+  elsewhere.mkdir()
+  ran = subprocess.run([sys.executable, str(script)], cwd=elsewhere, env=ENV, capture_output=True,
+                       text=True, timeout=120)
+  assert ran.returncode == 0, ran.stderr
+  return [float(line.split()[-1]) for line in ran.stdout.splitlines() if marker in line], ran.stdout
+
 def test_hostile_candidate_fails_with_a_nonzero_exit(where, function, options, words):
   out = run_check(where, f"hostile.py:{function}", *options)
   assert out.returncode == 1, (out.returncode, out.stdout, out.stderr)
@@ -172,13 +182,8 @@ def test_printing_never_mixes_into_json_and_the_reproducer_runs_anywhere(where, 
   assert data["verdict"] == "fail"
   assert "hello from the candidate" in data["output"]["stdout"]
   assert data["output"]["calls"] >= 1
-  elsewhere = tmp_path / "elsewhere"
-  elsewhere.mkdir()
-  ran = subprocess.run([sys.executable, str(repro)], cwd=elsewhere, env=ENV, capture_output=True,
-                       text=True, timeout=120)
-  assert ran.returncode == 0, ran.stderr
-  errors = [float(line.split()[-1]) for line in ran.stdout.splitlines() if "dW error" in line]
-  assert errors and max(errors) > 0.1, ran.stdout
+  errors, out = _reproducer_errors(repro, tmp_path, "dW error")
+  assert errors and max(errors) > 0.1, out
 
 
 def test_correct_candidate_that_prints_passes_and_its_output_is_shown(where):
@@ -312,13 +317,8 @@ def test_torch_reproducer_runs_from_another_directory(tmp_path):
   assert report.verdict == "fail", report.text()
   script = tmp_path / "repro.py"
   script.write_text(report.reproducer)
-  elsewhere = tmp_path / "elsewhere"
-  elsewhere.mkdir()
-  ran = subprocess.run([sys.executable, str(script)], cwd=elsewhere, env=ENV, capture_output=True,
-                       text=True, timeout=120)
-  assert ran.returncode == 0, ran.stderr
-  errors = [float(line.split()[-1]) for line in ran.stdout.splitlines() if "error" in line]
-  assert errors and max(errors) > 0.01, ran.stdout
+  errors, out = _reproducer_errors(script, tmp_path, "error")
+  assert errors and max(errors) > 0.01, out
 
 
 def test_isolate_from_a_script_without_the_main_guard_names_the_fix(where, tmp_path):
