@@ -407,7 +407,7 @@ class Diagnoser:
     self.minimal = minimal
     self.arch = minimal.arch
     self.case, truth = ev.case_and_truth(self.arch)
-    self.truth = _truth.with_deltas(self.case, truth)
+    self.truth = truth
     self.tol = minimal.tolerance
     self.rel = min(1e-2, max(1e-6, FIT_SLACK * self.tol))  # how close a factor is to a named one
     self._robust = None

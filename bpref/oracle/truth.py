@@ -12,12 +12,15 @@ absolute values,
 which bounds the size of every term summed into a gradient entry. A_l is |a_l|
 widened by the rounding of the forward sums z_l, whose error scales with their
 terms |W_l| A_{l-1} + |b_l| rather than with |z_l| (``_forward_magnitudes``);
-|g| is widened the same way through A_L. Each |f'_l|
-is widened by rho_f (``bpref.activations.Activation.df_error``): the absolute
-error that the standard ways of computing f' carry (1 - a^2 for tanh loses all
-relative accuracy once the unit saturates, yet is correct). Rounding
-errors scale with these terms, not with the (possibly cancelled) result, so
-errors are measured normwise against this bound.
+|g| is widened the same way through A_L. Each |f'_l| is widened by rho_f
+(``bpref.activations.Activation.df_error``): the absolute error that the standard
+ways of computing f' carry (1 - a^2 for tanh loses all relative accuracy once the
+unit saturates, yet is correct). Rounding errors scale with these terms, not with
+the (possibly cancelled) result, so errors are measured normwise against this
+bound (proofs/tolerance.md).
+
+The gradients come from ``bpref.fast``, many cases per compiled call; the rest is
+NumPy, but for the few jnp functions (f', rho_f, the loss) run at padded lengths.
 
 ``backprop_variant`` reruns the backward pass with one deliberate change (f'
 at a_l instead of z_l, no f' on the output layer, another f'(0) at kinks...):
@@ -43,7 +46,7 @@ class Truth(NamedTuple):
   loss: float
   dW: tuple
   db: tuple | None
-  deltas: tuple | None  # delta_l, (B, n_l); filled in by ``with_deltas``
+  deltas: tuple  # delta_1..delta_L, delta_l of shape (B, n_l)
   z: tuple  # z_1..z_L
   a: tuple  # a_0..a_L
   g: np.ndarray  # dC/dy of the reduced loss, (B, n_L)
@@ -155,11 +158,6 @@ def compute_many(cases, *, cache: bool = True) -> list:
   for case, truth in zip(todo, fresh):
     _CACHE[_key(case)] = truth
   return [_CACHE[_key(case)] for case in cases]
-
-
-def with_deltas(case, truth: Truth) -> Truth:
-  """``truth`` with bpref's deltas delta_1..delta_L (always filled in by ``compute``)."""
-  return truth
 
 
 def _compute(case, problem, result) -> Truth:
