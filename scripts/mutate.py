@@ -345,9 +345,14 @@ def markdown(results, mutations, args) -> str:
   for i, r in enumerate(results, 1):
     m = by_name[r.name]
     tests = r.test_functions
-    listed = ", ".join(f"`{_short(t)}`" for t in tests[:8])
-    if len(tests) > 8:
-      listed += f", +{len(tests) - 8} more"
+    if len(tests) <= 3:  # the weak spots: every name
+      listed = ", ".join(f"`{_short(t)}`" for t in tests)
+    else:  # how many in each file; the progress lines and --json name them all
+      per_file = {}
+      for t in tests:
+        stem = _short(t).split("::")[0].removeprefix("test_")
+        per_file[stem] = per_file.get(stem, 0) + 1
+      listed = ", ".join(f"{f} {n}" for f, n in per_file.items())
     test_cell = f"**{len(tests)}**: {listed}" if tests else "**0**"
     if r.tests_crashed:
       test_cell += f" ({r.note})"
@@ -356,7 +361,12 @@ def markdown(results, mutations, args) -> str:
     elif r.verify_crashed:
       verify_cell = "killed (verify crashed)"
     elif r.verify_rows:
-      verify_cell = f"**{len(r.verify_rows)}**: " + ", ".join(r.verify_rows)
+      by_dtype = {}
+      for row in r.verify_rows:
+        dtype, check = row.split(" ", 1)
+        by_dtype.setdefault(dtype, []).append(check)
+      verify_cell = f"**{len(r.verify_rows)}**: " + "; ".join(
+          f"{dtype}: {', '.join(checks)}" for dtype, checks in by_dtype.items())
     else:
       verify_cell = "**survives**"
     acc = " (accuracy only)" if m.accuracy_only else ""
