@@ -131,16 +131,6 @@ def no_traceback(out):
   assert "Traceback" not in out.stderr and "BrokenPipeError" not in out.stderr, out.stderr
 
 
-# ---------------------------------------------------------------- the matrix, through the CLI
-
-@pytest.mark.parametrize("function,options,words", [
-    ("exits", (), ["crashed", "exited with status 0"]),
-    ("raises_system_exit", (), ["raised an exception: SystemExit: 0"]),
-    ("raises_keyboard_interrupt", (), ["raised an exception: KeyboardInterrupt"]),
-    ("segfaults", (), ["crashed", "SIGSEGV"]),
-    ("hangs", ("--timeout", "1"), ["hung", "did not return within 1 s", "killed"]),
-])
-
 def _reproducer_errors(script, tmp_path, marker):
   """Run a reproducer from another directory: the errors it prints on lines with ``marker``."""
   elsewhere = tmp_path / "elsewhere"
@@ -150,6 +140,16 @@ def _reproducer_errors(script, tmp_path, marker):
   assert ran.returncode == 0, ran.stderr
   return [float(line.split()[-1]) for line in ran.stdout.splitlines() if marker in line], ran.stdout
 
+
+# ---------------------------------------------------------------- the matrix, through the CLI
+
+@pytest.mark.parametrize("function,options,words", [
+    ("exits", (), ["crashed", "exited with status 0"]),
+    ("raises_system_exit", (), ["raised an exception: SystemExit: 0"]),
+    ("raises_keyboard_interrupt", (), ["raised an exception: KeyboardInterrupt"]),
+    ("segfaults", (), ["crashed", "SIGSEGV"]),
+    ("hangs", ("--timeout", "1"), ["hung", "did not return within 1 s", "killed"]),
+])
 def test_hostile_candidate_fails_with_a_nonzero_exit(where, function, options, words):
   out = run_check(where, f"hostile.py:{function}", *options)
   assert out.returncode == 1, (out.returncode, out.stdout, out.stderr)
