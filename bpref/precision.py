@@ -13,20 +13,38 @@ tpu       1 bfloat16 pass / 3 bfloat16 passes      6 bfloat16 passes
 ========  =======================================  =========================================
 
 For a product with operands rounded to a format of p significant bits and
-accumulated in float32, each term a_i b_i carries the two operand errors, so the
-rounding model of ``bpref.tolerance`` holds with u replaced by
+accumulated in float32, each term a_i b_i carries the two operand errors, at most
+2 u_op |a_i b_i| (to first order), where
 
-* float32, and every precision on cpu: u = 2^-24;
-* TF32 (10 fraction bits, p = 11): u = 2^-11 when the operands are rounded to
+* float32, and every precision on cpu: the operands are used as stored, u_op = 0;
+* TF32 (10 fraction bits, p = 11): u_op = 2^-11 when the operands are rounded to
   nearest, and up to 2^-10 when the tensor cores truncate the 13 dropped bits,
-  which they may do when fed float32 data directly; the bound takes 2^-10;
-* one bfloat16 pass (p = 8): u = 2^-8;
+  which they may do when fed float32 data directly; the model takes 2^-10;
+* one bfloat16 pass (p = 8): u_op = 2^-8;
 * three bfloat16 passes: a = a_1 + a_2 + r with |r| <= 2^-16 |a|, and the dropped
   cross term a_2 b_2 is below 2^-16 |a b|, so each term is off by at most
-  3 * 2^-16 <= 2 * 2^-15: u = 2^-15;
+  3 * 2^-16 <= 2 * 2^-15: u_op = 2^-15;
 * six bfloat16 passes: a = a_1 + a_2 + a_3 + r with |r| <= 2^-24 |a|, dropped
   a_2 b_3 + a_3 b_2 + a_3 b_3 below 2^-23 |a b|: each term off by at most
-  4 * 2^-24 = 2 * 2^-23: u = 2^-23.
+  4 * 2^-24 = 2 * 2^-23: u_op = 2^-23.
+
+The sum of the k terms is then accumulated in float32. Tensor cores and matrix
+units need not round each addition to nearest (NVIDIA's truncate the aligned
+products), so the accumulation is charged u_acc = 2^-23, twice float32's u. One
+product's error is therefore at most (2 u_op (1 + u_op) + k u_acc) sum_i |a_i b_i|,
+and ``tolerance`` puts that in place of k u in (T):
+
+    c (2 L + 1) m (k u_acc + 2 u_op (1 + u_op))                                (T')
+
+Operand rounding does not grow with the length of the sum, so (T') is about k / 2
+times tighter than (T) evaluated at u = u_op (``tolerance_factor``'s cruder
+bound, kept for comparison). With u_op = 0 and u_acc = u, (T') is (T).
+``precision_unit_roundoff`` returns u_op where the operands are rounded and the
+dtype's u where they are not.
+
+No tolerance separates a relative bug of about u_op from rounding: one TF32
+product is already off by up to 2 u_op ~ 2e-3, and bpref measured 7.8e-4 normwise
+between DEFAULT and HIGHEST on an H200 (docs/scale.md).
 
 float64, float16 and bfloat16 operands are not affected by the setting and keep
 their own u (float64 on TPU is emulated in software; this model assumes the
@@ -71,6 +89,9 @@ _FLOAT32 = {
     "tpu": {Precision.DEFAULT: BF16_UNIT_ROUNDOFF, Precision.HIGH: BF16_3X_UNIT_ROUNDOFF,
             Precision.HIGHEST: BF16_6X_UNIT_ROUNDOFF},
 }
+
+ACCUMULATION_UNIT_ROUNDOFF = 2.0 ** -23
+"""u_acc of a reduced-precision float32 product: float32 sums, not always rounded to nearest."""
 
 _ORDER = (Precision.DEFAULT, Precision.HIGH, Precision.HIGHEST)
 
@@ -137,3 +158,35 @@ def tolerance_factor(dtype, precision=DEFAULT_PRECISION, backend: str | None = N
   u_matmul = precision_unit_roundoff(dtype, precision, backend)
   u_dtype = _tolerance.unit_roundoff(dtype)
   return max(u_matmul, u_dtype) / u_dtype
+
+
+def tolerance(dtype, precision=DEFAULT_PRECISION, backend: str | None = None, *,
+              depth: int = 1, inner: int = 1, magnitude: float = 1.0) -> float:
+  """(T') of the module docstring: (T) with the matmuls' operand rounding and accumulation.
+
+  Where the matmuls use the operands as stored (float64, float16, float32 on cpu or at
+  HIGHEST on gpu) this is ``bpref.tolerance.tolerance``.
+
+  >>> import numpy as np
+  >>> tolerance(np.float32, "highest", "gpu", depth=2, inner=8) == _tolerance.tolerance(
+  ...     np.float32, depth=2, inner=8)
+  True
+  >>> t = tolerance(np.float32, "default", "gpu", depth=2, inner=64)
+  >>> t < _tolerance.tolerance(np.float32, depth=2, inner=64) * tolerance_factor(np.float32, "default", "gpu") / 16
+  True
+  """
+  u_op = precision_unit_roundoff(dtype, precision, backend)
+  u = _tolerance.unit_roundoff(dtype)
+  if u_op <= u:
+    return _tolerance.tolerance(dtype, depth=depth, inner=inner, magnitude=magnitude)
+  if depth < 1 or inner < 1:
+    raise ValueError(f"depth and inner must be >= 1; got depth={depth}, inner={inner}")
+  u_acc = max(u, ACCUMULATION_UNIT_ROUNDOFF)
+  m = max(1.0, float(magnitude))
+  return _tolerance.SAFETY * (2 * depth + 1) * m * (inner * u_acc + 2 * u_op * (1 + u_op))
+
+
+def problem_tolerance(params, x, precision=DEFAULT_PRECISION, backend: str | None = None) -> float:
+  """(T') for every array of one problem, its L, k and m read off as ``bpref.tolerance`` does."""
+  depth, inner, m = _tolerance.problem_terms(params, x)
+  return tolerance(np.asarray(x).dtype, precision, backend, depth=depth, inner=inner, magnitude=m)

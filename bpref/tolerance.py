@@ -149,11 +149,19 @@ def problem_tolerance(params, x, dtype=None, *, forward_only: bool = False) -> f
   products, bpref's f), so it does not depend on the derivatives being checked.
   With ``forward_only`` the bound of ``forward_tolerance`` (for y and the tape).
   """
+  x = np.asarray(x)
+  dtype = np.dtype(dtype or x.dtype)
+  depth, inner, m = problem_terms(params, x)
+  bound = forward_tolerance if forward_only else tolerance
+  return bound(dtype, depth=depth, inner=inner, magnitude=m)
+
+
+def problem_terms(params, x) -> tuple[int, int, float]:
+  """(L, k, m) of (T) for one problem: depth, longest sum, magnitude (see ``problem_tolerance``)."""
   from bpref import activations as _activations
   import jax.numpy as jnp
 
   x = np.asarray(x)
-  dtype = np.dtype(dtype or x.dtype)
   x2 = x[None, :] if x.ndim == 1 else x
   a = x2.astype(np.float64)
   zs = []
@@ -167,9 +175,7 @@ def problem_tolerance(params, x, dtype=None, *, forward_only: bool = False) -> f
     a = np.asarray(_activations.get(layer.activation).f(jnp.asarray(z)), np.float64)  # (8)
     widths.append(W.shape[0])
   inner = max(max(widths), x2.shape[0])
-  m = magnitude(zs, [layer.activation for layer in params])
-  bound = forward_tolerance if forward_only else tolerance
-  return bound(dtype, depth=len(params), inner=inner, magnitude=m)
+  return len(params), inner, magnitude(zs, [layer.activation for layer in params])
 
 
 def within(actual, expected, tol) -> bool:

@@ -81,13 +81,19 @@ printf '{"status": "%s", "headline": "%s"}\n' "$status" "$msg" > "$OUT/install.s
 "$PY" scripts/gpu_check.py record install --rc $rc --seconds $((SECONDS - t0)) --limit 300 \
     --stdout "$OUT/install.stdout" --log "$OUT/install.log" --out "$OUT"; rm -f "$OUT/install.stdout"
 
+if ! "$PY" -c "import jax" > /dev/null 2>&1 && [ "$PY" != "$(command -v python3)" ]; then
+  PY=$(command -v python3)  # a venv made from a venv's python sees the base's packages, not that venv's
+  echo "no JAX in $VENV: using $PY" >&2
+fi
+
 step env 60 "$PY" scripts/gpu_check.py env --nvidia-smi "$OUT/nvidia_smi.txt"
 DEV=$("$PY" -c "import jax; print(jax.default_backend())" 2>/dev/null || echo cpu)
 
 # ---- 2. side by side (no timings among them): verify per dtype, precision, oracle, sharding
 if [ -n "$QUICK" ]; then VERIFY="--cases 3 --witness-cases 1"
   BENCH="--cells tiny --activations tanh --repeats 2 --arch-cases 20 --arch-budget 1"
-else VERIFY="--quick"; BENCH="--quick --cells tiny,small,medium,large,deep"; fi
+else VERIFY="--quick"
+  BENCH="--quick --cells tiny,small,medium,large,deep --repeats 3 --arch-cases 300 --arch-budget 5"; fi
 export XLA_PYTHON_CLIENT_PREALLOCATE=false  # several processes share the GPU here
 for d in float32 float64; do
   step verify_$d "$(cap 240 120)" "$PY" -m bpref verify --device "$DEV" $VERIFY --dtype $d --json --no-progress &
@@ -99,7 +105,7 @@ wait
 unset XLA_PYTHON_CLIENT_PREALLOCATE
 
 # ---- 3. alone on the machine: the timings
-step bench "$(cap 150 25)" "$PY" -m bpref bench $BENCH --json
+step bench "$(cap 200 25)" "$PY" -m bpref bench $BENCH --json
 step matmul "$(cap 60 0)" "$PY" scripts/gpu_check.py matmul $QUICK
 
 "$PY" scripts/gpu_check.py summary --out "$OUT"

@@ -225,3 +225,58 @@ def test_truncated_tf32_needs_the_larger_unit_roundoff():
   u_t = bprec.precision_unit_roundoff(np.float32, DEFAULT, "gpu")
   assert np.all(np.abs(got - exact) <= two_operands(u_t) * (np.abs(a) @ np.abs(b)))
   assert np.max(np.abs(got - exact) / (np.abs(a) @ np.abs(b))) > 64 * U32  # beyond float32's gamma_k
+
+
+_TF32_ACTS = {  # f and f' (from z) in the dtype of z
+    "identity": (lambda z: z, lambda z: np.ones_like(z)),
+    "tanh": (np.tanh, lambda z: 1 - np.tanh(z) ** 2),
+    "sigmoid": (lambda z: 1 / (1 + np.exp(-z)), lambda z: np.exp(-z) / (1 + np.exp(-z)) ** 2),
+    "relu": (lambda z: np.maximum(z, 0), lambda z: (z > 0).astype(z.dtype)),
+}
+
+
+def _textbook_grads(Ws, bs, acts, x, t, matmul):
+  """dC/dW_l, dC/db_l of C = sum (y - t)^2 / (2 B), every product through ``matmul``."""
+  a, tape = x, []
+  for W, b, act in zip(Ws, bs, acts):
+    z = matmul(a, W.T) + b
+    tape.append((a, z))
+    a = _TF32_ACTS[act][0](z)
+  delta = (a - t) / x.shape[0] * _TF32_ACTS[acts[-1]][1](tape[-1][1])
+  grads = []
+  for l in reversed(range(len(Ws))):
+    grads.append((matmul(delta.T, tape[l][0]), delta.sum(0)))
+    if l:
+      delta = matmul(delta, Ws[l]) * _TF32_ACTS[acts[l - 1]][1](tape[l - 1][1])
+  return grads[::-1]
+
+
+def test_emulated_tf32_networks_stay_within_the_split_model():
+  # Every float32 product of a textbook backprop takes truncated TF32 operands (the worse of the
+  # two roundings the model allows) and sums in float32; its gradients, against the same code in
+  # float64, stay within (T') of bpref.precision, while plain float32 products stay within (T).
+  rng = np.random.default_rng(5)
+  tf32 = lambda a, b: _truncate_to_tf32(a) @ _truncate_to_tf32(b)  # noqa: E731
+  ratios, visible = [], 0
+  for case in range(40):
+    depth = int(rng.integers(1, 5))
+    sizes = [int(rng.choice([1, 3, 8, 32, 64])) for _ in range(depth + 1)]
+    acts = [str(rng.choice(list(_TF32_ACTS))) for _ in range(depth)]
+    B = int(rng.choice([1, 4, 32]))
+    Ws = [rng.normal(size=(m, n)) / np.sqrt(n) for n, m in zip(sizes, sizes[1:])]
+    bs = [rng.normal(size=m) * 0.1 for m in sizes[1:]]
+    x, t = rng.normal(size=(B, sizes[0])), rng.normal(size=(B, sizes[-1]))
+    f32 = lambda arrays: [np.asarray(a, np.float32) for a in arrays]  # noqa: E731
+    exact = _textbook_grads(Ws, bs, acts, x, t, np.matmul)
+    got = _textbook_grads(f32(Ws), f32(bs), acts, np.float32(x), np.float32(t), tf32)
+    plain = _textbook_grads(f32(Ws), f32(bs), acts, np.float32(x), np.float32(t), np.matmul)
+    params = bpref.from_arrays(f32(Ws), f32(bs), tuple(acts))
+    tol_tf32 = bprec.problem_tolerance(params, np.float32(x), DEFAULT, "gpu")
+    tol_f32 = tolerance.problem_tolerance(params, np.float32(x))
+    err = tolerance.worst_error(got, exact)
+    assert tolerance.worst_error(plain, exact) <= tol_f32, (case, sizes, acts)
+    assert err <= tol_tf32, (case, sizes, acts, err, tol_tf32)
+    ratios.append(err / tol_tf32)
+    visible += err > tol_f32
+  assert visible >= 10, f"TF32 rounding shows beyond float32's (T) on only {visible} of 40 networks"
+  assert max(ratios) > 1e-3, "every network is far inside (T'): the emulation rounds nothing"
