@@ -23,8 +23,12 @@ from bpref import activations as _activations
 from bpref import tolerance as _tolerance
 from bpref.oracle import truth as _truth
 
-FAILURE_KINDS = ("exception", "timeout", "crash", "structure", "shape", "dtype", "nonfinite",
-                 "mutation", "numeric", "convention", "loss", "nondeterministic")
+FAILURE_KINDS = ("exception", "timeout", "crash", "protocol", "structure", "shape", "dtype",
+                 "nonfinite", "mutation", "numeric", "convention", "loss", "nondeterministic")
+
+EXEC_STATUSES = {"exited": "crash", "refused": "exception", "protocol": "protocol"}
+"""Outcome statuses of a candidate process speaking bpref-wire (``bpref.oracle.exec``), and the
+failure kind each is; the outcome's error is then the whole message."""
 
 KINK_CONVENTIONS = {
     "relu": ((0.0, "relu'(0) = 0 (jax.nn.relu, torch)"),
@@ -119,6 +123,8 @@ def judge(case, truth, outcome, spec) -> CaseResult:
     return _fail(case, "timeout", f"the candidate hung: {outcome.error}", tol, secs)
   if outcome.status == "crash":
     return _fail(case, "crash", f"the candidate crashed the interpreter: {outcome.error}", tol, secs)
+  if outcome.status in EXEC_STATUSES:
+    return _fail(case, EXEC_STATUSES[outcome.status], outcome.error, tol, secs)
   parts, why = _unpack(outcome.result)
   if parts is None:
     return _fail(case, "structure", why, tol, secs)
