@@ -3,6 +3,8 @@
   bpref check module:function [options]
   bpref check path/to/file.py:function [options]
   bpref check --torch module:factory [options]     (also --flax, --equinox)
+  bpref check --exec "./mybp" [options]            (any language: docs/protocol.md)
+  bpref check --exec "./mybp" --replay REPRO.wire  (the minimal case of a failed check, again)
 
 The candidate runs in a subprocess and the verdict is printed by this process,
 which the candidate never ran in: whatever it does (print, raise SystemExit, call
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shlex
 import sys
 
 from bpref.oracle import isolation as _isolation
@@ -44,20 +47,30 @@ def _parser() -> argparse.ArgumentParser:
   for fw in _isolation.BRIDGES:
     p.add_argument(f"--{fw}", metavar="MODULE:FACTORY",
                    help=f"check {fw}'s gradients for the model FACTORY() returns (needs the {fw} bridge)")
+  p.add_argument("--exec", metavar="COMMAND", dest="exec_command",
+                 help="check a program in any language that speaks bpref-wire on stdin/stdout "
+                      "(docs/protocol.md), e.g. --exec ./mybp or --exec 'node mybp.js'; options "
+                      "not given (activations, losses, dtype, layout, reduction) are what it "
+                      "declares in its hello")
+  p.add_argument("--replay", metavar="WIRE",
+                 help="with --exec: judge the program on the one case of a reproducer file "
+                      "(written by --reproducer after a failed --exec check) and print its errors")
   d = p.add_argument_group("domain (what the candidate claims to handle)")
-  d.add_argument("--activations", default="identity,relu,tanh,sigmoid",
-                 help="comma-separated activation names (default: %(default)s)")
-  d.add_argument("--losses", default="squared_error",
-                 help="comma-separated loss names (default: %(default)s)")
+  d.add_argument("--activations",
+                 help="comma-separated activation names (default: identity,relu,tanh,sigmoid; "
+                      "with --exec, those the program declares)")
+  d.add_argument("--losses",
+                 help="comma-separated loss names (default: squared_error; with --exec, those the "
+                      "program declares)")
   d.add_argument("--output-activations", action="append", default=[], metavar="LOSS=ACT,ACT",
                  help="output activations allowed after LOSS (repeatable)")
-  d.add_argument("--reduction", choices=("mean", "sum"), default="mean")
+  d.add_argument("--reduction", choices=("mean", "sum"), help="default mean")
   d.add_argument("--max-depth", type=int, default=3)
   d.add_argument("--max-width", type=int, default=5)
   d.add_argument("--max-batch", type=int, default=4)
-  d.add_argument("--dtype", choices=("float64", "float32"), default="float64")
-  d.add_argument("--layout", choices=("out_in", "in_out"), default="out_in",
-                 help="out_in: W_l is (n_l, n_(l-1)); in_out: (n_(l-1), n_l)")
+  d.add_argument("--dtype", choices=("float64", "float32"), help="default float64")
+  d.add_argument("--layout", choices=("out_in", "in_out"),
+                 help="out_in (the default): W_l is (n_l, n_(l-1)); in_out: (n_(l-1), n_l)")
   d.add_argument("--no-bias", action="store_true", help="layers have no biases (biases=None)")
   s = p.add_argument_group("search")
   s.add_argument("--examples", type=int, default=40, help="random networks after the probes (default 40)")
@@ -81,7 +94,9 @@ def _parser() -> argparse.ArgumentParser:
   o = p.add_argument_group("output")
   o.add_argument("--json", action="store_true", help="print the report as JSON")
   o.add_argument("--plot", metavar="PNG", help="write the per-layer errors of a failing candidate")
-  o.add_argument("--reproducer", metavar="PY", help="write the reproducer script of a failure here")
+  o.add_argument("--reproducer", metavar="FILE",
+                 help="write the reproducer of a failure here: a Python script, or with --exec the "
+                      "minimal case in the bpref-wire format (replay it with --replay FILE)")
   o.add_argument("--no-progress", action="store_true")
   return p
 
@@ -173,13 +188,20 @@ def main(argv=None) -> int:
   chosen = [(fw, getattr(args, fw)) for fw in _isolation.BRIDGES if getattr(args, fw)]
   if args.candidate:
     chosen.insert(0, ("function", args.candidate))
+  if args.exec_command is not None:
+    chosen.append(("exec", args.exec_command))
   if len(chosen) != 1:
     parser.print_usage(sys.stderr)
     print("bpref check: error: name exactly one candidate: module:function, path.py:function, "
-          f"or one of {', '.join('--' + fw for fw in _isolation.BRIDGES)} MODULE:FACTORY",
-          file=sys.stderr)
+          f"one of {', '.join('--' + fw for fw in _isolation.BRIDGES)} MODULE:FACTORY, or "
+          "--exec COMMAND", file=sys.stderr)
     return EXIT_USAGE
   kind, ref = chosen[0]
+  if args.replay and kind != "exec":
+    parser.print_usage(sys.stderr)
+    print("bpref check: error: --replay FILE replays a bpref-wire reproducer on a program: give "
+          "it with --exec COMMAND", file=sys.stderr)
+    return EXIT_USAGE
   if args.in_process and args.workers > 1:
     parser.print_usage(sys.stderr)
     print(f"bpref check: error: --workers {args.workers} runs the candidate in subprocesses; "
@@ -204,6 +226,8 @@ def main(argv=None) -> int:
       strict_kinks=args.strict_kinks, timeout=args.timeout, isolate=not args.in_process,
       workers=args.workers, shrink_budget=args.shrink_budget)
   show = not (args.no_progress or args.json) and sys.stderr.isatty()
+  if kind == "exec":
+    return _main_exec(args, ref, options, show)
   guard = _ExitGuard() if args.in_process else contextlib.nullcontext()
   with guard:
     try:
@@ -242,6 +266,59 @@ def main(argv=None) -> int:
         print("bpref check: --plot needs matplotlib (pip install 'bpref[plot]'); no picture written",
               file=sys.stderr)
   return code
+
+
+def _main_exec(args, command, options, show) -> int:
+  """``bpref check --exec COMMAND``: the oracle on a program speaking bpref-wire."""
+  from bpref import compilation
+  from bpref.oracle import exec as _exec
+
+  if args.replay:
+    try:
+      passed, text = _exec.replay(command, args.replay, timeout=args.timeout)
+    except ValueError as exc:
+      print(f"bpref check: error: {exc}", file=sys.stderr)
+      return EXIT_USAGE
+    print(text)
+    return EXIT_PASS if passed else EXIT_BUG
+  if args.in_process or args.isolate:
+    print("bpref check: note: --exec always runs the program in its own process; --isolate and "
+          "--in-process are ignored", file=sys.stderr)
+  options = {k: v for k, v in options.items() if k != "isolate"}
+  try:
+    with compilation.count() as seen:
+      report = _exec.check(command, progress=_progress if show else None, **options)
+    report.compilation = seen.to_json()
+  except (ValueError, TypeError) as exc:
+    if show:
+      sys.stderr.write("\n")
+    print(f"bpref check: error: {exc}", file=sys.stderr)
+    return EXIT_USAGE
+  if show:
+    sys.stderr.write("\n")
+  replay = ""
+  if report.verdict == "fail" and args.reproducer:
+    try:
+      replay = _exec.write_reproducer(report, args.reproducer, command)
+      report.reproducer = replay
+    except OSError as exc:
+      print(f"bpref check: error: --reproducer {args.reproducer}: cannot be written "
+            f"({exc.strerror or exc})", file=sys.stderr)
+  print(report.json() if args.json else report.text())
+  if report.verdict == "fail" and not args.json:
+    if replay:
+      print(f"\nreproducer: {args.reproducer} (the minimal case in bpref-wire); replay it with")
+      print("  " + replay.rstrip("\n").replace("\n", "\n  "))
+    else:
+      print("\nreproducer: --reproducer FILE writes the minimal case in bpref-wire, to replay with "
+            f"bpref check --exec {shlex.quote(command)} --replay FILE")
+  if report.verdict == "fail" and args.plot:
+    try:
+      plot_layers(report, args.plot)
+    except ImportError:
+      print("bpref check: --plot needs matplotlib (pip install 'bpref[plot]'); no picture written",
+            file=sys.stderr)
+  return _status(report)
 
 
 def _status(report) -> int:
