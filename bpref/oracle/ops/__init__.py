@@ -1,0 +1,286 @@
+"""Check one layer at a time: an oracle for the backward function of a single operation.
+
+``check_op(kind, candidate, name=..., ...)`` searches shapes and values for an input on
+which the candidate's backward function differs from bpref's own handwritten piece, shrinks
+it to the fewest entries and the plainest values, and names the likely bug. The candidate
+is called on NumPy arrays of the declared dtype, rows are examples:
+
+============  =======================================  =======================================
+kind          candidate(...)                           returns
+============  =======================================  =======================================
+dense         (x, W, b, dout); b is None without bias  (dx, dW, db): dout W, dout^T x, sum_b dout
+activation    (z, dout), or (a, dout) with takes="a"   dz = dout * f'(z)
+softmax       (z, dout), or (y, dout) with takes="y"   dz = y * (dout - <dout, y>)
+loss          (y, t); t: class indices with            dC/dy of the reduced loss, or
+              targets="labels"                         (C, dC/dy); takes="logits"/"probs": dC/dz
+layer         (x, W, b, dout) for a = f(x W^T + b)     (dx, dW, db) with delta = dout * f'(z)
+============  =======================================  =======================================
+
+x is (B, n_in), W is (n_out, n_in) (``layout="in_out"``: (n_in, n_out), as cs231n's
+``affine_forward``), b is (n_out,), dout and z are (B, n). For a loss, ``takes`` says what the
+candidate is handed: "y", the loss's own input (probabilities for cross_entropy and
+binary_cross_entropy, logits for softmax_cross_entropy and sigmoid_binary_cross_entropy);
+"logits" or "probs" for the fused dC/dz of the probability losses (llm.c's
+``crossentropy_softmax_backward`` takes probs).
+
+The candidate may be a plain callable, an ``OpCandidate(backward, forward)`` (the forward is
+then checked against bpref's too), a ``torch.autograd.Function`` subclass or a
+``jax.custom_vjp`` function (see ``bpref.oracle.ops.adapters``).
+
+>>> import numpy as np
+>>> from bpref.oracle.ops import check_op
+>>> def relu_backward(dout, cache):  # cs231n style: cache is the input z
+...   return dout * (cache > 0)
+>>> report = check_op("activation", lambda z, dout: relu_backward(dout, z), name="relu")
+>>> report.verdict
+'pass'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+
+from bpref.oracle.diagnosis import Finding
+from bpref.oracle.ops import _diagnosis, _judge, _kinds, _search
+from bpref.oracle.ops._judge import OpCandidate as OpCandidate
+from bpref.oracle.ops._kinds import KINDS as KINDS
+from bpref.oracle.ops._kinds import OpSpec as OpSpec
+from bpref.oracle.ops.adapters import from_custom_vjp as from_custom_vjp
+from bpref.oracle.ops.adapters import from_torch_function as from_torch_function
+from bpref.oracle.ops.cli import add_op_arguments as add_op_arguments
+from bpref.oracle.ops.cli import run_op_command as run_op_command
+from bpref.oracle.report import Report
+
+
+@dataclasses.dataclass
+class OpReport(Report):
+  """What ``check_op`` found: a ``bpref.oracle.Report`` with the op's own fields.
+
+  Attributes (beyond ``Report``'s):
+    op: the op checked, in words.
+    skipped: cases left out because they check nothing (an all-zero answer passes them) or
+      lie outside the op's domain (bpref's own answer is not finite there).
+    forward_checked: cases on which the candidate's forward function was checked too.
+  """
+  op: str = ""
+  skipped: int = 0
+  forward_checked: int = 0
+
+  def text(self) -> str:
+    """The report for people."""
+    lines = []
+    if self.verdict == "pass":
+      fwd = f"; its forward on {self.forward_checked}" if self.forward_checked else ""
+      lines.append(f"PASS: the candidate matches bpref's {self.op} on all {self.cases} cases"
+                   f"{fwd} ({self.skipped} cases that check nothing skipped; {self.calls} calls, "
+                   f"seed {self.seed}, {self.seconds:.1f} s)")
+      lines.append("  searched: batch 1, one unit, non-square, wide; plain, normal, spread, kink "
+                   "(0 and -0), saturated, huge, tiny and float32-limit values where the op has them")
+      lines += [f"  note: {n}" for n in self.notes]
+      return "\n".join(lines + _output_lines(self))
+    if self.verdict == "error":
+      return f"ERROR: the oracle could not run the candidate: {self.message}"
+    head, *rest = (self.message or self.kind).splitlines() or [""]
+    if head.endswith(":") and rest:
+      head, rest = f"{head} {rest[0].strip()}", rest[1:]
+    lines.append(f"FAIL ({self.op}): {head}")
+    lines += [f"    {line}" for line in rest[:12]]
+    lines.append(f"  found at case {self.examples_to_failure} (seed {self.seed}); {self.calls} calls, "
+                 f"{self.seconds:.1f} s")
+    if self.diagnosis:
+      lines += ["", "diagnosis (most likely first):"]
+      for f in self.diagnosis:
+        lines.append(f"  * {f.summary}  [{f.code}]")
+        if f.detail and f.detail != f.summary:
+          lines += [f"      {d}" for d in f.detail.splitlines()[:6]]
+    if self.case:
+      lines += ["", f"minimal failing case ({self.case['shapes']}):"]
+      if self.errors:
+        lines.append(f"  normwise error per output (tolerance {self.tolerance:.1e}): " + "  ".join(
+            f"{k}: {v:.2e}{' *' if not v <= self.tolerance else ''}" for k, v in self.errors.items()))
+      with np.printoptions(precision=6, suppress=False, linewidth=100):
+        for key, value in self.case["arrays"].items():
+          arr = np.asarray(value)
+          if arr.size <= 16:
+            lines.append(f"    {key} = " + np.array2string(arr, prefix=f"    {key} = "))
+        for key, value in self.case.get("candidate", {}).items():
+          mine, ours = np.asarray(value), np.asarray(self.case["bpref"][key])
+          if mine.size <= 16:
+            lines.append(f"    {key}: candidate {np.array2string(mine.ravel())}  bpref "
+                         f"{np.array2string(ours.ravel())}")
+    lines += [f"  note: {n}" for n in self.notes]
+    return "\n".join(lines + _output_lines(self))
+
+
+def _output_lines(report) -> list:
+  out = report.output or {}
+  lines = []
+  for stream in ("stdout", "stderr"):
+    text = out.get(stream, "")
+    if text:
+      shown = text.rstrip("\n").splitlines()
+      lines.append(f"  the candidate's {stream} ({len(shown)} lines; --json has it): "
+                   f"{shown[0][:120]}")
+  return lines
+
+
+def as_candidate(spec: OpSpec, candidate) -> OpCandidate:
+  """The candidate as an ``OpCandidate``: torch Functions and custom_vjp functions adapted."""
+  from bpref.oracle.ops import adapters
+
+  if isinstance(candidate, OpCandidate):
+    return candidate
+  if adapters.is_torch_function(candidate):
+    return adapters.from_torch_function(candidate, spec.kind, name=spec.name, dtype=spec.dtype,
+                                        layout=spec.layout, bias=spec.bias, reduction=spec.reduction)
+  if adapters.is_custom_vjp(candidate):
+    return adapters.from_custom_vjp(candidate, spec.kind, name=spec.name, dtype=spec.dtype,
+                                    layout=spec.layout, bias=spec.bias, reduction=spec.reduction)
+  if not callable(candidate):
+    raise TypeError(f"the candidate must be callable (see bpref.oracle.ops for each kind's "
+                    f"arguments); got {type(candidate).__name__}")
+  return OpCandidate(candidate)
+
+
+def check_op(kind: str, candidate, name: str | None = None, **options) -> OpReport:
+  """Check one operation's backward function against bpref's; never raises for what it does.
+
+  Args:
+    kind: "dense", "activation", "softmax", "loss" or "layer".
+    candidate: the backward function (module docstring), an ``OpCandidate``, a
+      ``torch.autograd.Function`` subclass or a ``jax.custom_vjp`` function.
+    name: the activation (activation, layer) or the loss (loss).
+    **options: the ``OpSpec`` fields: takes, layout, bias, reduction, targets, dtype, examples,
+      seed, max_batch, max_width, strict_conventions, timeout, shrink_budget.
+
+  Returns:
+    an ``OpReport``: verdict ("pass" or "fail"), cases checked, the minimal failing case
+    with the candidate's answer beside bpref's, the errors per output, the diagnosis
+    (``report.codes``) and convention notes.
+
+  Raises:
+    ValueError or TypeError for a bad kind, name or option, or a candidate that is not
+    callable.
+  """
+  spec = _kinds.make_spec(kind, name, **options)
+  cand = as_candidate(spec, candidate)
+  start = time.perf_counter()
+  ev = _search.Evaluator(cand, spec)
+  found = _search.search(ev)
+  rep = OpReport("pass", spec.to_json(), found.checked, ev.calls, spec.seed, 0.0,
+                 notes=sorted(ev.notes), op=spec.describe(), skipped=found.skipped,
+                 forward_checked=ev.forward_checked)
+  if found.first is None:
+    if ev.stopped:
+      rep.verdict, rep.kind, rep.message = "fail", "timeout", ev.stopped
+  elif found.checked == 0:
+    rep.verdict, rep.kind = "error", "error"
+  else:
+    minimal = found.minimal
+    origin = ev.origin if ev.origin is not None else minimal.case.label
+    try:
+      findings = _diagnosis.diagnose(ev, minimal, origin)
+    except Exception as exc:  # a diagnosis that cannot run must not hide the verdict
+      findings = [Finding("undiagnosed", "the candidate is wrong; the diagnosis could not run",
+                          f"{type(exc).__name__}: {exc}")]
+    v = minimal.verdict
+    rep.verdict, rep.kind, rep.message = "fail", v.kind, v.message
+    rep.examples_to_failure = found.position
+    rep.errors, rep.tolerance, rep.diagnosis = dict(v.errors), v.tol, findings
+    rep.case = _case_json(spec, minimal)
+    rep.first_case = {"label": found.first.case.label._asdict()}
+    rep.reproducer = reproducer(spec, minimal.case)
+    rep.notes = sorted(ev.notes)
+  if found.checked == 0 and rep.verdict != "fail":
+    rep.verdict, rep.kind = "error", "error"
+    rep.message = "every case drawn checks nothing (an all-zero answer passes it); nothing was checked"
+  rep.calls = ev.calls
+  rep.output = ev.transcript.to_json()
+  rep.seconds = time.perf_counter() - start
+  return rep
+
+
+def _case_json(spec, run) -> dict:
+  arrays = {k: np.asarray(v).tolist() for k, v in run.case.arrays.items()}
+  label = run.case.label
+  dims = label.dims if label is not None else tuple(
+      run.case.arrays["dout" if "dout" in run.case.arrays else "t"].shape)
+  shapes = ", ".join(f"{k} {np.shape(v)}" for k, v in run.case.arrays.items())
+  out = {"dims": list(dims), "shapes": shapes, "arrays": arrays,
+         "label": None if label is None else label._asdict(), "dtype": spec.dtype}
+  if run.verdict.outputs is not None:
+    out["candidate"] = {k: np.asarray(v).tolist() for k, v in run.verdict.outputs.items()}
+    out["bpref"] = {k: np.asarray(run.truth.expected[k]).tolist() for k in run.verdict.outputs}
+  return out
+
+
+def expected(kind: str, name: str | None = None, *, takes: str | None = None,
+             layout: str = "out_in", reduction: str = "mean", targets: str = "probabilities",
+             dtype: str = "float64", **arrays) -> dict:
+  """bpref's answer for one op on given arrays: {"dx", "dW", "db"} / {"dz"} / {"dy"}.
+
+  Args:
+    kind, name, takes, layout, reduction, targets, dtype: as for ``check_op``.
+    **arrays: x, W (in ``layout``), b, dout (dense, layer); z, dout (activation, softmax); for
+      a loss: y and t (squared_error, half_squared_error, huber), else z (the logits) and t,
+      or labels with targets="labels".
+
+  >>> import numpy as np
+  >>> expected("activation", "relu", z=np.array([[-1.0, 2.0]]), dout=np.array([[3.0, 4.0]]))["dz"]
+  array([[0., 4.]])
+  """
+  bias = arrays.get("b") is not None
+  spec = _kinds.make_spec(kind, name, takes=takes or "", layout=layout, bias=bias,
+                          reduction=reduction, targets=targets, dtype=dtype)
+  arr = {k: np.asarray(v, np.float64) for k, v in arrays.items() if v is not None}
+  if "W" in arr and layout == "in_out":
+    arr["W"] = arr["W"].T
+  missing = [k for k in _required(spec) if k not in arr]
+  if missing:
+    raise ValueError(f"{kind}{f' {name}' if name else ''} needs the array(s) {', '.join(missing)}; "
+                     f"got {', '.join(sorted(arr)) or 'none'}")
+  truth = _kinds.compute(spec, _kinds.OpCase(None, _kinds.derive(spec, arr)))
+  out = {k: v for k, v in truth.expected.items()}
+  if "dW" in out and layout == "in_out":
+    out["dW"] = out["dW"].T
+  return out
+
+
+def _required(spec) -> tuple:
+  if spec.kind in ("dense", "layer"):
+    return ("x", "W", "dout")
+  if spec.kind in ("activation", "softmax"):
+    return ("z", "dout")
+  first = "y" if spec.name in _kinds.REGRESSION else "z"
+  return (first, "labels" if spec.targets == "labels" else "t")
+
+
+def reproducer(spec, case) -> str:
+  """A standalone script: the minimal case, the candidate called on it, bpref's answer beside."""
+  arrays = {k: np.asarray(v).tolist() for k, v in case.arrays.items()
+            if k in _kinds.PRIMARY[spec.kind]}
+  if "W" in arrays and spec.layout == "in_out":
+    arrays["W"] = np.asarray(case.arrays["W"]).T.tolist()
+  args = {k: f"np.array({v!r}, {'np.int64' if k == 'labels' else 'dtype'})" for k, v in arrays.items()}
+  lines = ",\n    ".join(f"{k}={v}" for k, v in args.items())
+  call = {"dense": "x, W, b, dout", "layer": "x, W, b, dout", "activation": "arrays['z'], dout",
+          "softmax": "arrays['z'], dout"}.get(spec.kind, "...")
+  return f'''"""Reproduce check_op's minimal failing case: {spec.describe()}."""
+import numpy as np
+
+from bpref.oracle.ops import expected
+
+dtype = np.{spec.dtype}
+arrays = dict(
+    {lines})
+print("bpref:", expected({spec.kind!r}, {spec.name!r}, takes={spec.takes!r}, layout={spec.layout!r},
+               reduction={spec.reduction!r}, targets={spec.targets!r}, dtype={spec.dtype!r}, **arrays))
+# candidate = ...  # your backward function; call it as check_op does ({call}) and compare
+'''
+
+
+__all__ = ["KINDS", "OpCandidate", "OpReport", "OpSpec", "add_op_arguments", "check_op", "expected",
+           "from_custom_vjp", "from_torch_function", "run_op_command"]

@@ -1,0 +1,391 @@
+"""Diagnosis of a failing op: from the minimal case to the most likely bug.
+
+As for whole networks (``bpref.oracle.diagnosis``), each finding is a tested hypothesis:
+
+* a bug model (``models``) is the op's backward pass rerun with one deliberate change (f' at
+  a instead of z, an a-form derivative fed z, f' missing, a derivative wrong on one side of a
+  kink, the softmax Jacobian's diagonal only, dW transposed, the first example's term in place
+  of a sum over the batch, a sum over the batch that should not be there, a fused loss form
+  where dC/dy was asked for...). It is the diagnosis when it reproduces every output the
+  candidate got wrong, to within FIT_SLACK tolerances, while it differs from bpref's answer
+  there, and does so again on other cases (another value seed, a larger batch);
+* a constant factor c with answer = c * bpref's is fitted on each wrong output, then refitted
+  with other batch sizes B (and output widths K for a loss): c = c0 B^p K^q names the cause
+  (a sign flip, the 1/2 convention, a 1/B factor from a mean taken twice, a mean over outputs);
+* a candidate within FIT_SLACK tolerances of bpref's answer is reported as near_tolerance.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from bpref import activations as _activations
+from bpref.oracle.diagnosis import FIT_SLACK, Finding
+from bpref.oracle.ops import _judge, _kinds
+from bpref.oracle.ops._kinds import Label
+
+A_FORMS = {
+    "tanh": ("1 - a^2", lambda v: 1 - v * v),
+    "sigmoid": ("a (1 - a)", lambda v: v * (1 - v)),
+    "softplus": ("1 - exp(-a)", lambda v: 1 - np.exp(-v)),
+    "elu": ("a + 1 below 0", lambda v: np.where(v > 0, 1.0, v + 1)),
+    "selu": ("a + scale alpha below 0", lambda v: np.where(
+        v > 0, _activations.SELU_SCALE, v + _activations.SELU_SCALE * _activations.SELU_ALPHA)),
+    "softsign": ("(1 - |a|)^2", lambda v: (1 - np.abs(v)) ** 2),
+}
+"""f' written in terms of a = f(z): the form that gets fed z by mistake."""
+
+CONFIRMATIONS = 2
+"""Other cases a fitting model must reproduce too."""
+
+
+def _softmax_rows(z, axis=-1):
+  e = np.exp(z - np.max(z, axis=axis, keepdims=True))
+  return e / np.sum(e, axis=axis, keepdims=True)
+
+
+def _side_models(name, z, df):
+  """Derivatives wrong on one side of the kink at 0, as (summary, f' values)."""
+  if name not in _activations.KINKED:
+    return []
+  pos = float(_kinds.fprime(name, np.ones((1, 1)))[0, 0])
+  out = []
+  if not np.allclose(df[z < 0], pos):
+    out.append((f"{name}' is {pos:g} for z < 0 too (the z > 0 branch used on both sides, e.g. "
+                f"a test z != 0)", np.where(z < 0, pos, df)))
+  if np.any(df[z < 0] != 0):
+    out.append((f"{name}' is 0 for z < 0 (relu's derivative below the kink)",
+                np.where(z < 0, 0.0, df)))
+  mirrored = _kinds.fprime(name, -z)
+  out.append((f"{name}' mirrored: f'(-z), the comparison at the kink turned around", mirrored))
+  return out
+
+
+def _elementwise_models(spec, case, truth):
+  """(code, summary, f' values) for an elementwise activation."""
+  name, z = spec.name, truth.z
+  df = _kinds.fprime(name, z)
+  a = truth.a
+  out = [("fprime_at_a", f"the derivative is taken at a = {name}(z), not at z: f'(a) in place of f'(z)",
+          _kinds.fprime(name, a))]
+  if name in A_FORMS and not (spec.kind == "activation" and spec.takes == "a"):
+    text, form = A_FORMS[name]
+    out.append(("activation_derivative", f"the a-form of {name}', {text}, is fed z instead of a",
+                form(z)))
+  out.append(("fprime_missing", f"{name}' is missing: dz = dout, as for the identity",
+              np.ones_like(z)))
+  for summary, values in _side_models(name, z, df):
+    out.append(("kink_side", summary, values))
+  return out
+
+
+def _softmax_models(z, y, dout):
+  """(code, summary, dz) for a softmax's VJP."""
+  inner = np.sum(dout * y, axis=-1, keepdims=True)
+  y0 = _softmax_rows(z, axis=0)
+  return [
+      ("softmax_jacobian_diagonal", "only the diagonal y (1 - y) of the softmax Jacobian "
+       "diag(y) - y y^T is used", dout * y * (1 - y)),
+      ("softmax_jacobian_missing", "the softmax Jacobian is missing: dz = dout",
+       dout.copy()),
+      ("softmax_jacobian_offdiagonal", "only the -y y^T part of the softmax Jacobian is used: "
+       "dz = -y <dout, y>, the diag(y) term missing", -y * inner),
+      ("batch_sum_extra", "<dout, y> is summed over the whole batch, not per example",
+       y * (dout - np.sum(dout * y))),
+      ("transposed", "the softmax is taken over the batch axis (axis 0), not over each row",
+       y0 * (dout - np.sum(dout * y0, axis=0, keepdims=True))),
+  ]
+
+
+def models(spec, case, truth) -> list:
+  """(code, summary, {output: array}) bug models for this case; each changes one thing."""
+  arr = case.arrays
+  out = []
+  if spec.kind in ("activation", "layer") and spec.name != "softmax":
+    dout = arr["dout"]
+    for code, summary, fp in _elementwise_models(spec, case, truth):
+      out.append((code, summary, _judge.from_delta(spec, case, dout * fp)))
+  if spec.kind == "softmax" or (spec.kind == "layer" and spec.name == "softmax"):
+    y = truth.a if spec.kind == "layer" or spec.takes == "z" else arr["y"]
+    for code, summary, delta in _softmax_models(truth.z, y, arr["dout"]):
+      out.append((code, summary, _judge.from_delta(spec, case, delta)))
+  if spec.kind in ("dense", "layer"):
+    out += _dense_models(spec, case, truth)
+  if spec.kind == "loss":
+    out += _loss_models(spec, case, truth)
+  return out
+
+
+def _dense_models(spec, case, truth):
+  arr = case.arrays
+  x, W = arr["x"], arr["W"]
+  e = truth.expected
+  delta = arr["dout"] if spec.kind == "dense" else _delta(spec, case, truth)
+  B = x.shape[0]
+  out = []
+  if W.shape[0] == W.shape[1]:
+    out.append(("transposed", "dW is transposed: x^T dout in place of dout^T x (39)",
+                {"dW": e["dW"].T}))
+    out.append(("transposed", "dx uses W^T where W belongs: the layout of W confused, dout W^T in "
+                "place of dout W (26)", {"dx": delta @ W.T}))
+    if spec.kind == "layer":
+      out.append(("dW_from_output", "dW is built from the layer's output a, not its input x: "
+                  "delta^T a in place of delta^T x", {"dW": delta.T @ truth.a}))
+  if spec.kind == "layer" and spec.name != "softmax":
+    out.append(("fprime_missing", f"dx skips {spec.name}': dout W in place of delta W "
+                "(dW and db right)", {"dx": arr["dout"] @ W}))
+  if B > 1:
+    for which, row in (("first", 0), ("last", -1)):
+      how = "" if which == "first" else " (an assignment where += was meant)"
+      out.append(("batch_sum_missing", f"dW is the {which} example's term only, not the sum over "
+                  f"the batch{how}", {"dW": np.outer(delta[row], x[row])}))
+      if spec.bias:
+        out.append(("batch_sum_missing", f"db is the {which} example's delta only, not the sum "
+                    f"over the batch{how}", {"db": delta[row].copy()}))
+    out.append(("batch_sum_extra", "dx is summed over the batch: every row holds sum_b dx_b",
+                {"dx": np.broadcast_to(e["dx"].sum(axis=0), e["dx"].shape).copy()}))
+  if spec.bias:
+    out.append(("bias_missing", "db is zero: the bias gradient is missing", {"db": np.zeros_like(e["db"])}))
+  return out
+
+
+def _delta(spec, case, truth):
+  """bpref's delta = dout f'(z) of a layer (34)."""
+  return _kinds.activation_vjp(spec.name, truth.z, truth.a, case.arrays["dout"])
+
+
+def _loss_models(spec, case, truth):
+  arr = case.arrays
+  t = arr["t"]
+  B = t.shape[0]
+  scale = 1.0 / B if spec.reduction == "mean" else 1.0
+  name = spec.name
+  out = []
+  out_name = _kinds.output_names(spec)[0]
+  if name in ("cross_entropy", "binary_cross_entropy"):
+    z = arr["z"]
+    y = _softmax_rows(z) if name == "cross_entropy" else 1 / (1 + np.exp(-z))
+    if not _kinds.fused(spec):
+      yy = arr["y"]
+      fused = yy * t.sum(axis=-1, keepdims=True) - t if name == "cross_entropy" else yy - t
+      out.append(("fused_form", "the candidate returns the fused dC/dz (y - t, the gradient on "
+                  "the logits), not dC/dy; declare takes='probs' for that form",
+                  {out_name: scale * fused}))
+    else:
+      with np.errstate(divide="ignore", invalid="ignore"):
+        dy = -t / y if name == "cross_entropy" else -t / y + (1 - t) / (1 - y)
+      out.append(("softmax_jacobian_missing", "the candidate returns dC/dy (the gradient on the "
+                  "probabilities), not the fused dC/dz it declared", {out_name: scale * dy}))
+      if name == "cross_entropy":
+        out.append(("softmax_jacobian_diagonal", "dC/dy times the diagonal y (1 - y) of the softmax "
+                    "Jacobian only: -t (1 - y)", {out_name: scale * (-t * (1 - y))}))
+  if name in ("softmax_cross_entropy", "sigmoid_binary_cross_entropy") and spec.takes != "probs":
+    z = arr["z"]
+    out.append(("fprime_missing", f"the {'softmax' if name[0] == 's' and name[1] == 'o' else 'sigmoid'}"
+                " of the logits is missing: z - t in place of f(z) - t", {out_name: scale * (z - t)}))
+  return out
+
+
+# ---------------------------------------------------------------- testing the hypotheses
+
+def _explains(model: dict, outputs: dict, truth, wrong) -> bool:
+  """Whether the model reproduces every wrong output and every output it changes."""
+  if not set(wrong) <= set(model):
+    return False
+  slack = FIT_SLACK * truth.tol
+  for k, v in model.items():
+    if not _kinds.error(outputs[k], v, truth.bounds[k]) <= slack:
+      return False
+  return any(_kinds.error(v, truth.expected[k], truth.bounds[k]) > slack for k, v in model.items())
+
+
+def _consistent(model: dict, outputs: dict, truth) -> bool:
+  """On a confirmation case: the model reproduces what it changes (wherever it differs from
+  bpref, the candidate must too; where it agrees with bpref, so must the candidate)."""
+  slack = FIT_SLACK * truth.tol
+  return all(_kinds.error(outputs[k], v, truth.bounds[k]) <= slack for k, v in model.items())
+
+
+def _confirmation_labels(spec, label: Label | None) -> list:
+  if label is None:
+    return []
+  B = label.dims[0]
+  dims = (B + 1,) + tuple(d + 1 for d in label.dims[1:])
+  return [label._replace(seed=label.seed + 1), Label(dims, label.family, label.seed + 2)]
+
+
+def _runs(ev, labels):
+  out = []
+  for label in labels:
+    run = ev.run(_kinds.draw(ev.spec, label), forward=False)
+    if run.verdict is not None and run.verdict.outputs is not None:
+      out.append(run)
+  return out
+
+
+def _fit(cand, true):
+  c_flat, t_flat = cand.ravel(), true.ravel()
+  denom = float(t_flat @ t_flat)
+  return math.nan if denom == 0 else float(c_flat @ t_flat) / denom
+
+
+_NAMED = ((1.0, ""), (2.0, "2"), (0.5, "1/2"), (4.0, "4"), (0.25, "1/4"))
+
+
+def _factor(ev, spec, minimal, wrong, origin) -> list:
+  """A constant factor shared by the wrong outputs, named by refitting at other B (and K)."""
+  truth, outputs = minimal.truth, minimal.verdict.outputs
+  cs = []
+  for k in wrong:
+    c = _fit(outputs[k], truth.expected[k])
+    if not math.isfinite(c) or not _kinds.error(outputs[k], c * truth.expected[k],
+                                                truth.bounds[k]) <= FIT_SLACK * truth.tol:
+      return []
+    cs.append(c)
+  c = cs[0]
+  if any(abs(ci - c) > 1e-6 * abs(c) for ci in cs):
+    return []
+  B = minimal.case.arrays["dout" if "dout" in minimal.case.arrays else "t"].shape[0]
+  if origin is None:
+    return [Finding("constant_factor", f"{', '.join(wrong)} off by a constant factor {c:.6g}",
+                    "fitted on the minimal case only")]
+  fits = {}  # B or K -> c
+  labels = [origin._replace(dims=(b,) + origin.dims[1:]) for b in (B + 1, B + 3)]
+  for run in _runs(ev, labels):
+    k = wrong[0]
+    fits[("B", run.case.arrays["dout" if "dout" in run.case.arrays else "t"].shape[0])] = \
+        _fit(run.verdict.outputs[k], run.truth.expected[k])
+  if spec.kind == "loss":
+    K = origin.dims[1]
+    for run in _runs(ev, [origin._replace(dims=(B, K + 1)), origin._replace(dims=(B, K + 2))]):
+      k = wrong[0]
+      fits[("K", run.case.arrays["t"].shape[1])] = _fit(run.verdict.outputs[k], run.truth.expected[k])
+  fits[("B", B)] = c
+  p = _power({n: v for (axis, n), v in fits.items() if axis == "B"})
+  q = _power({n: v for (axis, n), v in fits.items() if axis == "K"}) if spec.kind == "loss" else 0
+  if p is None or q is None:
+    return [Finding("constant_factor", f"{', '.join(wrong)} off by a factor {c:.6g} that changes "
+                    "with the batch size in no simple way", f"fits: {fits}")]
+  K0 = origin.dims[1] if spec.kind == "loss" else 1
+  c0 = c / (B ** p) / (K0 ** q)
+  named = None
+  for value, text in _NAMED:
+    for sign in (1, -1):
+      if abs(c0 - sign * value) <= 1e-6 * value:
+        named = (sign, value, text)
+  if named is None:
+    return [Finding("constant_factor", f"{', '.join(wrong)} off by a constant factor {c0:.6g}"
+                    f"{' B' if p == 1 else ' / B' if p == -1 else ''}", f"fits: {fits}")]
+  sign, value, text = named
+  parts = []
+  if value != 1.0:
+    parts.append(text)
+  if p == -1:
+    parts.append("1/B")
+  if p == 1:
+    parts.append("B")
+  if q == -1:
+    parts.append("1/K")
+  out = []
+  if sign < 0:
+    out.append(Finding("sign_flip", f"{', '.join(wrong)} has the wrong sign",
+                       "the answer is -1 times bpref's" + (f" times {' '.join(parts)}" if parts else "")))
+  if parts:
+    why = []
+    if p == -1:
+      why.append("1/B: a mean over the batch taken where the reduction is already in dout "
+                 "(or a mean where the sum was declared)")
+    if p == 1:
+      why.append("B: the mean over the batch missing (or a sum where the mean was declared)")
+    if q == -1:
+      why.append("1/K: a mean over the outputs as well as over the batch")
+    if value in (2.0, 0.5):
+      why.append("2 or 1/2: the 1/2 convention of the squared error (squared_error has no 1/2, "
+                 "half_squared_error has it)")
+    out.append(Finding("constant_factor", f"{', '.join(wrong)} off by a factor {' '.join(parts)}",
+                       "; ".join(why) + f" (fitted factors: {_show(fits)})"))
+  return out
+
+
+def _show(fits) -> str:
+  return ", ".join(f"{axis}={n}: {v:.4g}" for (axis, n), v in sorted(fits.items()))
+
+
+def _power(fits: dict):
+  """p in {-1, 0, 1} with c_n = c0 n^p over the fits, or None."""
+  if len(fits) < 2:
+    return 0
+  items = sorted(fits.items())
+  for p in (0, -1, 1):
+    base = [v / n ** p for n, v in items]
+    if all(math.isfinite(b) and abs(b - base[0]) <= 1e-6 * abs(base[0]) for b in base):
+      return p
+  return None
+
+
+def diagnose(ev, minimal, origin) -> list:
+  """Findings for the minimal failing run, the most specific first."""
+  spec, verdict, truth = ev.spec, minimal.verdict, minimal.truth
+  if verdict.findings:
+    return list(verdict.findings)
+  if verdict.kind != "numeric" or verdict.outputs is None:
+    return []
+  outputs = verdict.outputs
+  wrong = [k for k, e in verdict.errors.items() if not e <= truth.tol]
+  worst = max(verdict.errors.values())
+  if worst <= FIT_SLACK * truth.tol:
+    return [Finding("near_tolerance", f"within {FIT_SLACK:g} tolerances of bpref's answer: no bug "
+                    "model can be told apart from it (a formula that loses digits, or arithmetic "
+                    "in a lower precision)", f"worst error {worst:.2e}, tolerance {truth.tol:.1e}")]
+  fitting = [(code, summary) for code, summary, model in models(spec, minimal.case, truth)
+             if _explains(model, outputs, truth, wrong)]
+  findings = []
+  if fitting:
+    others = _runs(ev, _confirmation_labels(spec, origin))[:CONFIRMATIONS]
+    for code, summary in fitting:
+      confirmed = True
+      for run in others:
+        model = {s: m for _, s, m in models(spec, run.case, run.truth)}.get(summary)
+        if model is not None and not _consistent(model, run.verdict.outputs, run.truth):
+          confirmed = False
+          break
+      if confirmed:
+        findings.append(Finding(code, summary, f"reproduces the candidate on the minimal case "
+                                f"and on {len(others)} other case(s)"))
+  if not findings:
+    findings = _factor(ev, spec, minimal, wrong, origin)
+  if not findings and spec.kind == "activation":
+    findings = _one_side(spec, minimal)
+  if not findings:
+    findings = [Finding("undiagnosed", f"{', '.join(wrong)} wrong; no bug model reproduces it",
+                        _implied(spec, minimal))]
+  return findings
+
+
+def _one_side(spec, minimal) -> list:
+  """An elementwise derivative right on one side of 0 and wrong on the other."""
+  z, dout = minimal.truth.z, minimal.case.arrays["dout"]
+  cand, true, bound = minimal.verdict.outputs["dz"], minimal.truth.expected["dz"], minimal.truth.bounds["dz"]
+  bad = np.abs(cand - true) > FIT_SLACK * minimal.truth.tol * np.maximum(bound, 1e-300)
+  for side, mask in (("z < 0", z < 0), ("z > 0", z > 0)):
+    other = ~mask & (z != 0)
+    if np.any(bad) and not np.any(bad & ~mask) and np.any(other):
+      implied = np.unique(np.round((cand / np.where(dout == 0, 1, dout))[bad], 6))[:6]
+      return [Finding("kink_side" if spec.name in _activations.KINKED else "one_side",
+                      f"{spec.name}' is wrong for {side} only, right on the other side",
+                      f"the candidate's implied f' there: {implied.tolist()}")]
+  return []
+
+
+def _implied(spec, minimal) -> str:
+  if spec.kind != "activation":
+    return ""
+  dout = minimal.case.arrays["dout"]
+  cand = minimal.verdict.outputs["dz"]
+  with np.errstate(divide="ignore", invalid="ignore"):
+    implied = np.where(dout == 0, np.nan, cand / dout)
+  return (f"implied f' at z = {np.round(minimal.truth.z.ravel()[:6], 6).tolist()}: "
+          f"{np.round(implied.ravel()[:6], 6).tolist()} (bpref: "
+          f"{np.round(_kinds.fprime(spec.name, minimal.truth.z).ravel()[:6], 6).tolist()})")

@@ -1,0 +1,669 @@
+"""The five ops, their inputs, bpref's answer on them and the magnitude bound of every output.
+
+Each op is one Jacobian-transpose product of the backward pass (rows are examples):
+
+* ``dense``: z = x W^T + b (7); dx = dout W (26), dW = dout^T x (39), db = sum_b dout.
+* ``activation NAME``: a = f(z) (8); dz = dout * f'(z) (34), f' from ``bpref.activations``.
+* ``softmax``: y = softmax(z); dz = dout (diag(y) - y y^T) = y * (dout - <dout, y>), bpref's VJP.
+* ``loss NAME``: dC/dy of the reduced loss (``bpref.losses``), or for the probability losses
+  the fused dC/dz of their logit twin, softmax(z) sum_k t_k - t or sigmoid(z) - t.
+* ``layer``: one dense layer and its activation: delta = dout * f'(z) (34), then
+  dx = delta W, dW = delta^T x (39), db = sum_b delta: the seed's (37) and (39) at one layer.
+
+The values handed to a candidate are exact in its dtype; bpref computes on exactly those
+values in float64. The error of each returned array X is measured normwise against a
+magnitude bound M_X, the size of the terms summed into each entry, as in ``bpref.oracle.truth``:
+
+  e(X) = ||X_candidate - X_bpref||_F / ||M_X||_F  <=  tol = c u 3 k          (T) with L = 1
+
+with k the longest sum of the op (the batch or a width). The magnitude factor m of (T) is
+applied per entry rather than per case: an op's inputs are exact, so only the arguments a
+candidate rounds inside the op (z in a layer, z - max z in a softmax, the argument of tanh in
+gelu_tanh) move f', each by |f''| times its own size. So
+
+  M_dz = |dout| (|f'(z)| + rho_f(z, a) s + lambda / u) + lambda / u,   s = max(1, |z|)
+
+where rho_f (``Activation.df_error``) is the absolute error of the standard forms of f'
+(1 - a^2, a (1 - a), ...) and of a rounded z (its |f''| term), in units of u
+(proofs/tolerance.md). The last terms are an underflow floor (U): an operation may lose up to
+the smallest normal number lambda absolutely (gradual underflow, or a flush to zero as XLA
+does on CPU), which a first-order model in u does not see. A softmax output carries
+Y = y (s + <y, s>) (the rounding of exp(z - max z)) in place of y, a layer s = max(1, Z) with
+Z = |x| |W|^T + |b| the terms of (7).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bpref import activations as _activations
+from bpref import backprop as _backprop
+from bpref import fast as _fast
+from bpref import losses as _losses
+from bpref import tolerance as _tolerance
+from bpref.network import DEFAULT_PRECISION, Layer, Tape
+from bpref.oracle import truth as _truth
+
+KINDS = ("dense", "activation", "softmax", "loss", "layer")
+
+TAKES = {
+    "dense": ("x",),
+    "activation": ("z", "a"),
+    "softmax": ("z", "y"),
+    "loss": ("y", "logits", "probs"),
+    "layer": ("x",),
+}
+"""What the candidate is handed, per kind; the first is the default."""
+
+A_INVERTIBLE = ("identity", "relu", "leaky_relu", "elu", "selu", "sigmoid", "tanh", "softplus",
+                "softsign")
+"""Activations whose f'(z) is a function of a = f(z), so that takes="a" can be checked."""
+
+PIECEWISE_LINEAR = ("identity", "relu", "leaky_relu")
+"""Activations searched up to the float32 limits: their f' needs no transcendental function.
+The others are searched for |z| <= 1e3, where bpref's f' is documented accurate."""
+
+REGRESSION = ("squared_error", "half_squared_error", "huber")
+SOFTMAX_LOSSES = ("softmax_cross_entropy", "cross_entropy")
+SIGMOID_LOSSES = ("sigmoid_binary_cross_entropy", "binary_cross_entropy")
+
+FAMILIES = ("plain", "normal", "spread", "kink", "saturated", "huge", "tiny", "limit",
+            "limit_tiny")
+"""Value families, plainest first: the shrinker moves a failure towards the front.
+
+plain: entries from {+-1/2, +-1, +-2}; normal: N(0, 1); spread: N(0, 1) times 10^U(-3, 3);
+kink: exact zeros, negative zeros included, planted (a zero row of W and b in a layer);
+saturated: |z| from 4 to 40; huge and tiny: |values| near 1e3 and 1e-30 for transcendental
+activations, near 1e15 and 1e-15 (1e100 and 1e-100 in float64) for products; limit and
+limit_tiny: values near the float32 limits (products near 1e36 and 1e-36, z near 3e38 and
+1e-37), for products and piecewise-linear activations only.
+"""
+
+
+class OpSpec(NamedTuple):
+  """What one op check claims and how hard it looks.
+
+  Attributes:
+    kind: one of ``KINDS``.
+    name: the activation (activation, layer) or loss (loss) name; None for dense and softmax.
+    takes: what the candidate is handed (``TAKES``).
+    layout: "out_in" (W of shape (n_out, n_in), bpref's) or "in_out" (its transpose).
+    bias: whether the dense layer has a bias (dense, layer).
+    reduction: "mean" or "sum" (loss).
+    targets: "probabilities" (t of the shape of y) or "labels" (one class index per row,
+      softmax losses only).
+    dtype: "float64" or "float32".
+    examples: random cases after the probes.
+    seed: names the search.
+    max_batch, max_width: largest B and width of the random cases.
+    strict_conventions: a kink convention or gelu's tanh approximation counts as a bug.
+    timeout: seconds one candidate call may take.
+    shrink_budget: most candidate calls spent shrinking.
+  """
+  kind: str
+  name: str | None = None
+  takes: str = ""
+  layout: str = "out_in"
+  bias: bool = True
+  reduction: str = "mean"
+  targets: str = "probabilities"
+  dtype: str = "float64"
+  examples: int = 40
+  seed: int = 0
+  max_batch: int = 5
+  max_width: int = 6
+  strict_conventions: bool = False
+  timeout: float = 60.0
+  shrink_budget: int = 150
+
+  def to_json(self) -> dict:
+    return dict(self._asdict())
+
+  def describe(self) -> str:
+    what = self.kind + (f" {self.name}" if self.name else "")
+    extra = [f"takes {self.takes}", self.dtype]
+    if self.kind in ("dense", "layer"):
+      extra += [f"layout {self.layout}"] + ([] if self.bias else ["no bias"])
+    if self.kind == "loss":
+      extra += [f"reduction {self.reduction}", f"targets {self.targets}"]
+    return f"{what} ({', '.join(extra)})"
+
+
+def make_spec(kind, name=None, **options) -> OpSpec:
+  """An ``OpSpec`` with every option checked; ValueError or TypeError says what was expected."""
+  if kind not in KINDS:
+    raise ValueError(f"unknown op kind {kind!r}; valid kinds: {', '.join(KINDS)}")
+  unknown = sorted(set(options) - set(OpSpec._fields))
+  if unknown:
+    raise TypeError(f"unknown option(s) {', '.join(unknown)}; valid: "
+                    f"{', '.join(f for f in OpSpec._fields if f not in ('kind', 'name'))}")
+  if kind in ("activation", "layer"):
+    if name is None:
+      raise ValueError(f"an op of kind {kind!r} needs the activation's name: name='relu', say; "
+                       f"valid names: {', '.join(_activations.ACTIVATIONS)}")
+    _activations.get(name)
+  elif kind == "loss":
+    if name is None:
+      raise ValueError(f"an op of kind 'loss' needs the loss's name: name='squared_error', say; "
+                       f"valid names: {', '.join(_losses.LOSSES)}")
+    _losses.get(name)
+  elif name is not None:
+    raise ValueError(f"an op of kind {kind!r} takes no name; got name={name!r}")
+  if kind == "activation" and name == "softmax":
+    raise ValueError("softmax is not elementwise: check it as kind 'softmax', not 'activation'")
+  spec = OpSpec(kind, name, **options)
+  takes = spec.takes or TAKES[kind][0]
+  if takes not in TAKES[kind]:
+    raise ValueError(f"takes={takes!r} is not valid for kind {kind!r}; valid: "
+                     f"{', '.join(TAKES[kind])}")
+  if kind == "activation" and takes == "a" and name not in A_INVERTIBLE:
+    raise ValueError(f"{name}'(z) is not a function of a = {name}(z), so a candidate cannot take "
+                     f"a; use takes='z' (takes='a' is for {', '.join(A_INVERTIBLE)})")
+  if kind == "loss" and takes in ("logits", "probs") and name in REGRESSION:
+    raise ValueError(f"takes={takes!r} is for the probability losses "
+                     f"({', '.join(SOFTMAX_LOSSES + SIGMOID_LOSSES)}); {name} takes y")
+  targets = spec.targets
+  if targets not in ("probabilities", "labels"):
+    raise ValueError(f"targets must be 'probabilities' or 'labels'; got {targets!r}")
+  if targets == "labels" and not (kind == "loss" and name in SOFTMAX_LOSSES):
+    raise ValueError(f"targets='labels' (a class index per row) is for the softmax losses "
+                     f"({', '.join(SOFTMAX_LOSSES)}); got kind {kind!r}"
+                     f"{f' {name}' if name else ''}")
+  if spec.layout not in ("out_in", "in_out"):
+    raise ValueError(f"layout must be 'out_in' (W of shape (n_out, n_in)) or 'in_out' (its "
+                     f"transpose); got {spec.layout!r}")
+  _losses.check_reduction(spec.reduction)
+  if spec.dtype not in ("float64", "float32"):
+    raise ValueError(f"dtype must be 'float64' or 'float32'; got {spec.dtype!r}")
+  for field, least in (("examples", 0), ("max_batch", 1), ("max_width", 1), ("shrink_budget", 0)):
+    value = getattr(spec, field)
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < least:
+      raise ValueError(f"{field} must be an integer >= {least}; got {value!r}")
+  if not isinstance(spec.seed, (int, np.integer)) or isinstance(spec.seed, bool):
+    raise TypeError(f"seed must be an integer; got {spec.seed!r}")
+  if not spec.timeout > 0:
+    raise ValueError(f"timeout must be a positive number of seconds; got {spec.timeout!r}")
+  return spec._replace(takes=takes, examples=int(spec.examples), seed=int(spec.seed))
+
+
+class Label(NamedTuple):
+  """A case's name: its values are a function of it alone.
+
+  dims: (B, n_in, n_out) for dense and layer, (B, n) otherwise.
+  """
+  dims: tuple
+  family: str
+  seed: int
+
+  def describe(self) -> str:
+    return f"dims {self.dims}, {self.family} values, value seed {self.seed}"
+
+
+class OpCase(NamedTuple):
+  """One case: its name (None once the shrinker changed its values) and its arrays.
+
+  ``arrays`` holds float64 copies of exactly the values handed to the candidate, W in the
+  (n_out, n_in) layout: x, W, b, dout (dense, layer); z, a, dout (activation); z, y, dout
+  (softmax); y or z, t, labels (loss). ``primary`` names the arrays the others derive from.
+  """
+  label: Label | None
+  arrays: dict
+
+
+# ---------------------------------------------------------------- drawing the values
+
+def _rng(spec: OpSpec, label: Label) -> np.random.Generator:
+  return np.random.default_rng([label.seed, *label.dims, FAMILIES.index(label.family),
+                                KINDS.index(spec.kind)])
+
+
+def families(spec: OpSpec) -> tuple:
+  """The value families searched for this op."""
+  if spec.kind == "dense":
+    return ("plain", "normal", "spread", "kink", "huge", "tiny", "limit", "limit_tiny")
+  if spec.kind == "activation":
+    base = ("plain", "normal", "spread", "kink", "saturated", "huge", "tiny")
+    if spec.name in PIECEWISE_LINEAR:
+      base += ("limit",) + (("limit_tiny",) if spec.takes == "z" else ())
+    return base
+  if spec.kind == "softmax":
+    return ("plain", "normal", "spread", "kink", "saturated", "huge")
+  if spec.kind == "loss":
+    return ("plain", "normal", "spread", "kink", "saturated", "huge")
+  return ("plain", "normal", "spread", "kink", "saturated", "tiny")
+
+
+def _plain(rng, shape):
+  return rng.choice(np.array([-2.0, -1.0, -0.5, 0.5, 1.0, 2.0]), size=shape)
+
+
+def _signs(rng, shape):
+  return np.where(rng.random(shape) < 0.5, -1.0, 1.0)
+
+
+def _scaled(rng, shape, low, high):
+  """Signed values with |v| log-uniform in [low, high]."""
+  return _signs(rng, shape) * np.exp(rng.uniform(math.log(low), math.log(high), shape))
+
+
+def _entries(rng, shape, family, dtype, role):
+  """One array of a family; role "z" (an activation's argument), "product" (a factor of a
+  dense product) or "small" (weights, kept moderate)."""
+  f64 = dtype == "float64"
+  if family == "plain":
+    return _plain(rng, shape)
+  if family == "normal" or (family == "saturated" and role != "z"):
+    return rng.normal(size=shape)
+  if family == "spread":
+    return rng.normal(size=shape) * 10.0 ** rng.uniform(-3, 3, shape)
+  if family == "kink":
+    v = rng.normal(size=shape)
+    pick = rng.random(shape)
+    v[pick < 0.25] = 0.0
+    v[(pick >= 0.25) & (pick < 0.45)] = -0.0
+    return v
+  if family == "saturated":
+    return _scaled(rng, shape, 4.0, 40.0)
+  if family == "huge":
+    if role == "z":
+      return _scaled(rng, shape, 1e2, 1e3)
+    return _scaled(rng, shape, 0.5e15, 1e15) if not f64 else _scaled(rng, shape, 0.5e100, 1e100)
+  if family == "tiny":
+    if role == "z":
+      return _scaled(rng, shape, 1e-31, 1e-29)
+    return _scaled(rng, shape, 0.5e-15, 1e-15) if not f64 else _scaled(rng, shape, 0.5e-100, 1e-100)
+  if family == "limit":
+    if role == "z":
+      return _scaled(rng, shape, 1e37, 3e38)
+    return _scaled(rng, shape, 0.5e18, 1e18)
+  if family == "limit_tiny":
+    if role == "z":
+      return _scaled(rng, shape, 2e-38, 1e-37)
+    return _scaled(rng, shape, 0.5e-18, 1e-18)
+  raise ValueError(f"unknown value family {family!r}")
+
+
+def _exact(values, dtype) -> np.ndarray:
+  """The values rounded to ``dtype``, held in float64."""
+  return np.asarray(np.asarray(values, np.float64).astype(dtype), np.float64)
+
+
+def draw(spec: OpSpec, label: Label) -> OpCase:
+  """The case named ``label``: its primary arrays drawn, the rest derived."""
+  rng = _rng(spec, label)
+  fam, dt = label.family, spec.dtype
+  arrays = {}
+  if spec.kind in ("dense", "layer"):
+    B, n_in, n_out = label.dims
+    if spec.kind == "dense":
+      weight_family = {"limit": "limit_w", "limit_tiny": "limit_tiny_w"}.get(fam, fam)
+      arrays["x"] = _entries(rng, (B, n_in), fam, dt, "product")
+      arrays["W"] = _weights(rng, (n_out, n_in), weight_family, dt)
+      arrays["dout"] = _entries(rng, (B, n_out), fam, dt, "product")
+      if spec.bias:
+        arrays["b"] = _entries(rng, (n_out,), fam, dt, "product")
+    else:
+      x_family = "normal" if fam in ("kink", "saturated") else fam
+      arrays["x"] = _entries(rng, (B, n_in), x_family, dt, "product")
+      W = _entries(rng, (n_out, n_in), "plain" if fam == "plain" else "normal", dt, "small")
+      if fam == "saturated":
+        W = W * 20.0 / math.sqrt(n_in)
+      arrays["W"] = W
+      arrays["dout"] = _entries(rng, (B, n_out), "plain" if fam == "plain" else "normal", dt,
+                                "product")
+      if spec.bias:
+        arrays["b"] = _entries(rng, (n_out,), "plain" if fam == "plain" else "normal", dt, "small")
+      if fam == "kink":  # unit 0 (and every third) gets z = 0 exactly: a zero row of W and b
+        rows = np.arange(n_out) % 3 == 0
+        arrays["W"][rows] = 0.0
+        if spec.bias:
+          arrays["b"][rows] = 0.0
+  elif spec.kind in ("activation", "softmax"):
+    B, n = label.dims
+    arrays["z"] = _entries(rng, (B, n), fam, dt, "z")
+    arrays["dout"] = _entries(rng, (B, n), "plain" if fam == "plain" else "normal", dt, "product")
+  else:
+    B, K = label.dims
+    if spec.name in REGRESSION:
+      arrays["y"] = _entries(rng, (B, K), fam, dt, "product" if fam != "huge" else "z")
+      arrays["t"] = _entries(rng, (B, K), "plain" if fam == "plain" else "normal", dt, "product")
+      if fam == "kink" and spec.name == "huber":  # |y - t| = 1 exactly, huber's joint
+        arrays["t"] = arrays["y"] - np.where(rng.random((B, K)) < 0.5, 1.0, -1.0)
+      elif fam == "kink":
+        arrays["t"] = np.where(rng.random((B, K)) < 0.4, arrays["y"], arrays["t"])
+    else:
+      arrays["z"] = _entries(rng, (B, K), fam, dt, "z")
+      if spec.targets == "labels":
+        arrays["labels"] = rng.integers(0, K, size=B).astype(np.float64)
+      elif spec.name in SOFTMAX_LOSSES:
+        r = rng.random((B, K)) + (fam == "plain")
+        if fam == "kink":
+          r[:, 1:] = 0.0  # one-hot rows
+        arrays["t"] = r / r.sum(axis=1, keepdims=True)
+      else:
+        arrays["t"] = (rng.integers(0, 2, (B, K)).astype(np.float64) if fam in ("plain", "kink")
+                       else rng.random((B, K)))
+  arrays = {k: _exact(v, dt) for k, v in arrays.items()}
+  return OpCase(label, derive(spec, arrays))
+
+
+def _weights(rng, shape, family, dtype):
+  if family == "limit_w":  # products near 1e36 in dW; dx = dout W stays near 1e-2
+    return _scaled(rng, shape, 0.5e-20, 1e-20)
+  if family == "limit_tiny_w":  # dW near 1e-36, dx near 1e1
+    return _scaled(rng, shape, 0.5e19, 1e19)
+  return _entries(rng, shape, family, dtype, "product")
+
+
+def loss_input(spec: OpSpec) -> str:
+  """"z" when a loss candidate is handed logits, "y" when it is handed the loss's input y."""
+  if spec.name in REGRESSION:
+    return "y"
+  if spec.name in ("softmax_cross_entropy", "sigmoid_binary_cross_entropy"):
+    return "y" if spec.takes == "probs" else "z"
+  return "z" if spec.takes == "logits" else "y"
+
+
+PRIMARY = {
+    "dense": ("x", "W", "b", "dout"),
+    "layer": ("x", "W", "b", "dout"),
+    "activation": ("z", "dout"),
+    "softmax": ("z", "dout"),
+    "loss": ("y", "z", "t", "labels"),
+}
+
+
+def derive(spec: OpSpec, arrays: dict) -> dict:
+  """The primary arrays with the derived ones added: a = f(z), y = softmax(z) or sigmoid(z)
+  in the candidate's dtype where the candidate is handed them, one-hot t from labels."""
+  out = {k: v for k, v in arrays.items() if k in PRIMARY[spec.kind]}
+  dt = spec.dtype
+  if spec.kind == "activation" and spec.takes == "a":
+    out["a"] = _exact(forward_activation(spec.name, out["z"]), dt)
+  if spec.kind == "softmax" and spec.takes == "y":
+    out["y"] = _exact(forward_activation("softmax", out["z"]), dt)
+  if spec.kind == "loss":
+    if "labels" in out:
+      K = out["z"].shape[1]
+      out["t"] = (out["labels"][:, None] == np.arange(K)[None, :]).astype(np.float64)
+    if spec.name not in REGRESSION and loss_input(spec) == "y":  # probabilities from the logits
+      f = "softmax" if spec.name in SOFTMAX_LOSSES else "sigmoid"
+      out["y"] = _exact(forward_activation(f, out["z"]), dt)
+  return out
+
+
+# ---------------------------------------------------------------- bpref's pieces, in float64
+
+def _bucket(n: int) -> int:
+  size = 8
+  while size < n:
+    size *= 2
+  return size
+
+
+def _pad(v, rows, cols, fill=0.0):
+  out = np.full((rows, cols), fill)
+  out[:v.shape[0], :v.shape[1]] = v
+  return out
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _f_padded(name, z):
+  return _activations.get(name).f(z)  # (8)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _vjp_padded(name, z, a, g):
+  return _activations.vjp(name, z, a, g)  # (34): g (da/dz), diag f'(z) or the softmax Jacobian
+
+
+@jax.jit
+def _dense_padded(x, W, delta):
+  layer = Layer(W, jnp.zeros(W.shape[:1], W.dtype), "identity")
+  (grads,) = _backprop._layer_grads((layer,), Tape(z=(None,), a=(x, None)), (delta,),
+                                    DEFAULT_PRECISION)  # (39) and dC/db = sum_b delta
+  dx = jnp.matmul(delta, W, precision=DEFAULT_PRECISION)  # (26), corrected: dC/dx = delta W
+  return dx, grads.W, grads.b
+
+
+def forward_activation(name: str, z) -> np.ndarray:
+  """bpref's f(z) in float64, rows of z padded to a bucket (softmax: pad logits add 0)."""
+  z = np.asarray(z, np.float64)
+  rows, cols = _bucket(z.shape[0]), _bucket(z.shape[1])
+  fill = _fast.pad_logit(np.float64) if name == "softmax" else 0.0
+  with jax.enable_x64(True):
+    out = np.asarray(_f_padded(name, _pad(z, rows, cols, fill)), np.float64)
+  return out[:z.shape[0], :z.shape[1]]
+
+
+def activation_vjp(name: str, z, a, g) -> np.ndarray:
+  """bpref's g (da/dz) in float64 (``bpref.activations.vjp``): g f'(z), or the softmax VJP."""
+  z = np.asarray(z, np.float64)
+  rows, cols = _bucket(z.shape[0]), _bucket(z.shape[1])
+  fill = _fast.pad_logit(np.float64) if name == "softmax" else 0.0
+  with jax.enable_x64(True):
+    out = _vjp_padded(name, _pad(z, rows, cols, fill), _pad(np.asarray(a, np.float64), rows, cols),
+                      _pad(np.asarray(g, np.float64), rows, cols))
+  return np.asarray(out, np.float64)[:z.shape[0], :z.shape[1]]
+
+
+def dense_products(x, W, delta) -> tuple:
+  """bpref's (dx, dW, db) = (delta W, delta^T x, sum_b delta) in float64 (``bpref.backprop``)."""
+  B, n_in = x.shape
+  n_out = W.shape[0]
+  rb, ri, ro = _bucket(B), _bucket(n_in), _bucket(n_out)
+  with jax.enable_x64(True):
+    dx, dW, db = _dense_padded(_pad(x, rb, ri), _pad(W, ro, ri), _pad(delta, rb, ro))
+  return (np.asarray(dx, np.float64)[:B, :n_in], np.asarray(dW, np.float64)[:n_out, :n_in],
+          np.asarray(db, np.float64)[:n_out])
+
+
+def fprime(name: str, z) -> np.ndarray:
+  """bpref's f'(z) in float64."""
+  return _truth._df(name, z)
+
+
+def fprime_error(name: str, z, a) -> np.ndarray:
+  """rho_f(z, a) of ``Activation.df_error`` (0 where f' is exact)."""
+  error = _activations.get(name).df_error
+  return np.zeros_like(np.asarray(z, np.float64)) if error is None else _truth.pointwise(error, z, a)
+
+
+# ---------------------------------------------------------------- the truth of one case
+
+class OpTruth(NamedTuple):
+  """bpref's answer on one case and how far a correct candidate may be from it.
+
+  Attributes:
+    expected: {output name: float64 array}: dx, dW, db / dz / dy.
+    bounds: {output name: M_X}, the magnitude bound of each output.
+    tol: tol of (T) for the op.
+    value: the reduced loss (loss only), else None; value_bound its magnitude.
+    forward: bpref's forward output (y, a, softmax(z), or the loss value); forward_bound M.
+    forward_tol: the forward pass's tolerance.
+    z: the pre-activations (activation, softmax, layer, fused losses), float64; else None.
+    a: f(z) where there is an activation, else None.
+  """
+  expected: dict
+  bounds: dict
+  tol: float
+  value: float | None
+  value_bound: float
+  forward: object
+  forward_bound: object
+  forward_tol: float
+  z: np.ndarray | None = None
+  a: np.ndarray | None = None
+
+
+def unit_and_floor(dtype) -> tuple:
+  """(u, lambda / u): the unit roundoff and the underflow floor (U) of the module docstring."""
+  u = _tolerance.unit_roundoff(dtype)
+  return u, float(np.finfo(dtype).tiny) / u
+
+
+def output_names(spec: OpSpec) -> tuple:
+  if spec.kind in ("dense", "layer"):
+    return ("dx", "dW", "db") if spec.bias else ("dx", "dW")
+  if spec.kind == "loss":
+    return ("dz",) if fused(spec) else ("dy",)
+  return ("dz",)
+
+
+def fused(spec: OpSpec) -> bool:
+  """Whether a loss candidate returns the fused dC/dz (takes logits or probs)."""
+  return spec.kind == "loss" and spec.takes in ("logits", "probs")
+
+
+def _softmax_bounds(y, g, s):
+  """M of y * (g - <g, y>) with y carrying Y = y (s + <y, s>): the terms and their rounding."""
+  ag = np.abs(g)
+  Y = y * (s + np.sum(y * s, axis=-1, keepdims=True))
+  return (Y * (ag + np.sum(ag * y, axis=-1, keepdims=True)) + y * np.sum(ag * Y, axis=-1, keepdims=True)
+          + y * (ag + np.sum(ag * y, axis=-1, keepdims=True)))
+
+
+def compute(spec: OpSpec, case: OpCase, name: str | None = None) -> OpTruth:
+  """bpref's answer on ``case`` with its bounds; ``name`` overrides the activation (gelu's twin)."""
+  arr = case.arrays
+  u, floor = unit_and_floor(spec.dtype)
+  name = name or spec.name
+  if spec.kind == "dense":
+    x, W, dout = arr["x"], arr["W"], arr["dout"]
+    B, n_in = x.shape
+    n_out = W.shape[0]
+    dx, dW, db = dense_products(x, W, dout)
+    expected = {"dx": dx, "dW": dW, "db": db}
+    ad = np.abs(dout)
+    bounds = {"dx": ad @ np.abs(W) + n_out * floor, "dW": ad.T @ np.abs(x) + B * floor,
+              "db": ad.sum(axis=0) + B * floor}
+    b = arr.get("b")
+    forward = x @ W.T + (0.0 if b is None else b[None, :])  # (7)
+    forward_bound = np.abs(x) @ np.abs(W).T + (0.0 if b is None else np.abs(b)) + n_in * floor
+    k = max(B, n_in, n_out)
+    zz = aa = None
+  elif spec.kind == "layer":
+    x, W, dout = arr["x"], arr["W"], arr["dout"]
+    b = arr.get("b")
+    B, n_in = x.shape
+    n_out = W.shape[0]
+    zz = x @ W.T + (0.0 if b is None else b[None, :])  # (7)
+    Z = np.abs(x) @ np.abs(W).T + (0.0 if b is None else np.abs(b)[None, :])
+    aa = forward_activation(name, zz)  # (8)
+    delta = activation_vjp(name, zz, aa, dout)  # (34): delta = dout f'(z)
+    dx, dW, db = dense_products(x, W, delta)  # (26), (39)
+    expected = {"dx": dx, "dW": dW, "db": db}
+    s = np.maximum(1.0, Z)
+    if name == "softmax":
+      D = _softmax_bounds(aa, dout, s) + n_out * floor
+      forward_bound = aa * (s + np.sum(aa * s, axis=-1, keepdims=True)) + floor
+    else:
+      df = np.abs(fprime(name, zz))
+      rho = fprime_error(name, zz, aa)
+      D = np.abs(dout) * (df + rho * s + floor) + floor
+      forward_bound = np.abs(aa) + (df + rho) * Z + floor
+    bounds = {"dx": D @ np.abs(W) + n_out * floor, "dW": D.T @ np.abs(x) + B * floor,
+              "db": D.sum(axis=0) + B * floor}
+    forward = aa
+    k = max(B, n_in, n_out)
+  elif spec.kind in ("activation", "softmax"):
+    act = "softmax" if spec.kind == "softmax" else name
+    zz, dout = arr["z"], arr["dout"]
+    if spec.kind == "softmax":
+      aa = arr["y"] if spec.takes == "y" else forward_activation("softmax", zz)
+      s = np.ones_like(zz) if spec.takes == "y" else np.maximum(1.0, np.abs(zz))
+      expected = {"dz": activation_vjp("softmax", zz, aa, dout)}  # y * (dout - <dout, y>)
+      bounds = {"dz": _softmax_bounds(aa, dout, s) + zz.shape[1] * floor}
+      forward_bound = aa * (s + np.sum(aa * s, axis=-1, keepdims=True)) + floor
+      k = zz.shape[1]
+    else:
+      aa = forward_activation(act, zz)
+      expected = {"dz": activation_vjp(act, zz, aa, dout)}  # (34): dout * f'(z)
+      df = np.abs(fprime(act, zz))
+      rho = fprime_error(act, zz, aa)
+      s = np.maximum(1.0, np.abs(zz)) if spec.takes == "z" else np.ones_like(zz)
+      bounds = {"dz": np.abs(dout) * (df + rho * s + floor) + floor}
+      forward_bound = np.abs(aa) + (df + rho) * np.abs(zz) + floor
+      k = 1
+    forward = aa
+  else:
+    return _loss_truth(spec, case, u, floor)
+  tol = _tolerance.tolerance(spec.dtype, depth=1, inner=k)
+  if not spec.bias and "db" in expected:
+    expected.pop("db"), bounds.pop("db")
+  ftol = _tolerance.forward_tolerance(spec.dtype, depth=1, inner=k)
+  return OpTruth(expected, bounds, tol, None, 0.0, forward, forward_bound, ftol, zz, aa)
+
+
+def _loss_truth(spec, case, u, floor) -> OpTruth:
+  arr = case.arrays
+  name = spec.name
+  t = arr["t"]
+  B, K = t.shape
+  scale = _losses.reduce_scale(B, spec.reduction)
+  zz = arr.get("z")
+  logits = _losses.get(name).logits
+  on_logits = name in ("softmax_cross_entropy", "sigmoid_binary_cross_entropy") or fused(spec)
+  if on_logits:
+    twin = logits or name  # the fused form: the loss written on z
+    dz, per_example = _truth._loss_terms(twin, zz, t)
+    g = dz * scale  # (34), corrected, with f_L and C fused
+    s = np.maximum(1.0, np.abs(zz))
+    if twin == "softmax_cross_entropy":
+      p = forward_activation("softmax", zz)
+      P = p * (s + np.sum(p * s, axis=-1, keepdims=True))
+      M = scale * (P * np.abs(t).sum(axis=-1, keepdims=True) + np.abs(t))
+    else:
+      M = scale * (forward_activation("sigmoid", zz) * s + np.abs(t))
+    arg = zz
+  else:
+    y = arr["y"]
+    dy, per_example = _truth._loss_terms(name, y, t)
+    g = dy * scale  # (14) and its batch reduction
+    if name == "squared_error":
+      M = scale * 2 * (np.abs(y) + np.abs(t))
+    elif name in ("half_squared_error", "huber"):
+      M = scale * (np.abs(y) + np.abs(t))
+    elif name == "cross_entropy":
+      M = scale * np.where(t == 0, 0.0, np.abs(t) / np.where(y == 0, 1.0, y))
+    else:
+      M = scale * (np.where(t == 0, 0.0, np.abs(t) / np.where(y == 0, 1.0, y))
+                   + np.where(t == 1, 0.0, np.abs(1 - t) / np.where(y == 1, 1.0, 1 - y)))
+    arg = y
+  M = M + floor
+  out = "dz" if fused(spec) else "dy"
+  value = float(scale * per_example.sum())
+  value_bound = float(scale * np.abs(per_example).sum() + np.sum(M * np.maximum(1.0, np.abs(arg))))
+  tol = _tolerance.tolerance(spec.dtype, depth=1, inner=K)
+  ftol = _tolerance.forward_tolerance(spec.dtype, depth=1, inner=K)
+  return OpTruth({out: g}, {out: M}, tol, value, value_bound, value, value_bound, ftol, zz, None)
+
+
+def finite(truth: OpTruth) -> bool:
+  """Whether bpref's answer is finite here (binary cross-entropy of a y rounded to 1 is not)."""
+  return all(np.all(np.isfinite(v)) for v in truth.expected.values()) and \
+      all(np.all(np.isfinite(v)) for v in truth.bounds.values()) and \
+      (truth.value is None or math.isfinite(truth.value))
+
+
+def error(actual, expected, bound) -> float:
+  """||actual - expected||_F / ||M||_F, the op's error measure (both norms taken after a common
+  rescaling by max |M|, so that entries near 1e200 do not overflow the sum of squares)."""
+  diff = (np.asarray(actual, np.float64) - np.asarray(expected, np.float64)).ravel()
+  bound = np.asarray(bound, np.float64).ravel()
+  top = float(np.max(np.abs(bound))) if bound.size else 0.0
+  if not top > 0 or not np.isfinite(top):
+    return float(np.linalg.norm(diff))
+  return float(np.linalg.norm(diff / top)) / float(np.linalg.norm(bound / top))
+
+
+def vacuous(truth: OpTruth) -> list:
+  """The outputs an all-zero answer would pass (e(0) <= tol): such a case checks nothing there."""
+  return [k for k, v in truth.expected.items()
+          if not error(np.zeros_like(v), v, truth.bounds[k]) > truth.tol]

@@ -1,0 +1,223 @@
+"""The search over shapes and values, and the shrinking of a failure."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from bpref.oracle import isolation as _isolation
+from bpref.oracle.ops import _judge
+from bpref.oracle.ops import _kinds
+from bpref.oracle.ops._kinds import Label, OpCase
+
+PLAIN_VALUES = (0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5)
+"""What the shrinker tries in place of each entry, plainest first."""
+
+
+class Run(NamedTuple):
+  """One case run: the case, bpref's answer, the verdict (None for a case that checks nothing)."""
+  case: OpCase
+  truth: object
+  verdict: object
+
+
+class Evaluator:
+  """Runs the candidate on cases and judges it; counts calls; keeps what the candidate printed."""
+
+  def __init__(self, candidate, spec):
+    self.candidate, self.spec = candidate, spec
+    self.calls = 0
+    self.transcript = _isolation.Transcript()
+    self.stopped = ""
+    self.notes = set()
+    self.forward_checked = 0
+    self.origin = None  # the name of the minimal case before its values were made plainer
+
+  def truth(self, case):
+    """bpref's answer, or None when the case checks nothing (vacuous or not finite)."""
+    truth = _kinds.compute(self.spec, case)
+    if not _kinds.finite(truth) or _kinds.vacuous(truth):
+      return None
+    return truth
+
+  def call(self, fn, args):
+    self.calls += 1
+    outcome = _judge.call(fn, args, self.spec.timeout, self.transcript)
+    if outcome.status == "timeout":
+      self.stopped = outcome.error
+    return outcome
+
+  def run(self, case, *, forward: bool = True) -> Run:
+    truth = self.truth(case)
+    if truth is None:
+      return Run(case, None, None)
+    outcome = self.call(self.candidate.backward, _judge.candidate_args(self.spec, case))
+    verdict = _judge.judge(self.spec, case, truth, outcome)
+    if verdict.passed and forward and self.candidate.forward is not None and not self.stopped:
+      twin = None
+      if self.spec.name in _judge.GELU_TWINS and self.spec.kind in ("activation", "layer"):
+        twin = _kinds.compute(self.spec, case, name=_judge.GELU_TWINS[self.spec.name])
+      fwd = self.call(self.candidate.forward, _judge.forward_args(self.spec, case))
+      bad = _judge.judge_forward(self.spec, case, truth, fwd, twin)
+      self.forward_checked += 1
+      if bad is not None:
+        verdict = bad
+    if verdict.note:
+      self.notes.add(verdict.note)
+    return Run(case, truth, verdict)
+
+
+def probes(spec) -> list:
+  """The targeted cases: each shape class once, then each value family once."""
+  if spec.kind in ("dense", "layer"):
+    shapes = [(1, 3, 2), (3, 1, 2), (3, 2, 1), (2, 3, 4), (4, 3, 2), (3, 3, 3), (4, 4, 2),
+              (3, 32, 24)]
+    family_dims = [(2, 3, 4), (3, 3, 3)]
+  else:
+    shapes = [(1, 3), (3, 1), (4, 3), (2, 5), (3, 32)]
+    family_dims = [(3, 4), (1, 2)]
+  out = [Label(d, "normal", spec.seed) for d in shapes]
+  for dims in family_dims:
+    out += [Label(dims, f, spec.seed) for f in _kinds.families(spec)]
+  return out
+
+
+def random_labels(spec) -> list:
+  """``spec.examples`` cases drawn from the seed: any shape within the limits, any family."""
+  rng = np.random.default_rng([spec.seed, 7919])
+  fams = _kinds.families(spec)
+  out = []
+  for _ in range(spec.examples):
+    B = int(rng.integers(1, spec.max_batch + 1))
+    widths = tuple(int(w) for w in rng.integers(1, spec.max_width + 1,
+                                                2 if spec.kind in ("dense", "layer") else 1))
+    out.append(Label((B,) + widths, fams[int(rng.integers(len(fams)))], int(rng.integers(1 << 30))))
+  return out
+
+
+class Found(NamedTuple):
+  """What the search found: the first failure and its shrunk form (None on a pass)."""
+  first: Run | None
+  minimal: Run | None
+  position: int
+  checked: int
+  skipped: int
+
+
+def search(ev: Evaluator) -> Found:
+  """Probes, then random cases, until the first failure; then shrink it."""
+  checked = skipped = 0
+  for label in probes(ev.spec) + random_labels(ev.spec):
+    run = ev.run(_kinds.draw(ev.spec, label))
+    if run.verdict is None:
+      skipped += 1
+      continue
+    checked += 1
+    if checked == 1 and run.verdict.passed and not ev.stopped:
+      again = ev.run(run.case, forward=False)  # a second call on the same inputs must agree
+      if again.verdict is not None and not _same(run.verdict, again.verdict, run.truth):
+        bad = again.verdict._replace(
+            passed=False, kind="nondeterministic",
+            message="two calls on the same inputs returned different answers (state kept between "
+                    "calls, such as a gradient accumulated with += into a buffer?)")
+        return Found(run, Run(run.case, run.truth, bad), checked, checked, skipped)
+    if not run.verdict.passed or ev.stopped:
+      if ev.stopped and run.verdict.passed:
+        return Found(None, None, 0, checked, skipped)
+      minimal = shrink(ev, run)
+      return Found(run, minimal, checked, checked, skipped)
+  return Found(None, None, 0, checked, skipped)
+
+
+def _same(first, second, truth) -> bool:
+  if first.outputs is None or second.outputs is None:
+    return first.kind == second.kind
+  return all(_kinds.error(first.outputs[k], second.outputs[k], truth.bounds[k]) <= truth.tol
+             for k in first.outputs)
+
+
+def _size(case) -> int:
+  return sum(v.size for k, v in case.arrays.items() if k in _kinds.PRIMARY["dense"] + ("z", "y"))
+
+
+def neighbours(spec, label) -> list:
+  """Simpler names than ``label``: a smaller batch or width, a plainer family, value seed 0."""
+  out = []
+  for i, d in enumerate(label.dims):
+    for smaller in sorted({1, d - 1}):
+      if 1 <= smaller < d:
+        dims = label.dims[:i] + (smaller,) + label.dims[i + 1:]
+        out.append(label._replace(dims=dims))
+  fams = _kinds.families(spec)
+  for f in fams[:fams.index(label.family)]:
+    out.append(label._replace(family=f))
+  if label.seed != 0:
+    out.append(label._replace(seed=0))
+  return out
+
+
+def _same_failure(verdict, kind) -> bool:
+  return verdict is not None and not verdict.passed and verdict.kind == kind
+
+
+def shrink(ev: Evaluator, failing: Run) -> Run:
+  """The failure moved greedily to fewer entries and plainer values, keeping its kind."""
+  kind = failing.verdict.kind
+  if kind in ("timeout", "nondeterministic"):
+    return failing
+  budget = ev.spec.shrink_budget
+  best = failing
+  improved = True
+  while improved and budget > 0 and failing.case.label is not None:
+    improved = False
+    for label in neighbours(ev.spec, best.case.label):
+      if budget <= 0:
+        break
+      budget -= 1
+      run = ev.run(_kinds.draw(ev.spec, label), forward=kind == "forward")
+      if _same_failure(run.verdict, kind):
+        best, improved = run, True
+        break
+  ev.origin = best.case.label
+  return _plainer_values(ev, best, kind, budget)
+
+
+def _shrinkable(spec) -> tuple:
+  names = ("x", "W", "b", "dout", "z", "y")
+  if spec.kind == "loss" and spec.name in _kinds.REGRESSION:
+    names += ("t",)
+  if spec.kind == "loss" and spec.targets == "labels":
+    names += ("labels",)
+  if spec.kind == "loss" and spec.name in _kinds.SIGMOID_LOSSES and spec.targets == "probabilities":
+    names += ("t",)
+  return names
+
+
+def _replacements(spec, name, value) -> tuple:
+  if name == "labels":
+    return (0.0,) if value != 0 else ()
+  if name == "t" and spec.kind == "loss" and spec.name in _kinds.SIGMOID_LOSSES:
+    return tuple(v for v in (0.0, 1.0, 0.5) if v != value)
+  return tuple(v for v in PLAIN_VALUES if not (v == value and np.signbit(v) == np.signbit(value)))
+
+
+def _plainer_values(ev: Evaluator, best: Run, kind: str, budget: int) -> Run:
+  """Each entry replaced by the plainest value in ``PLAIN_VALUES`` that keeps the failure."""
+  spec = ev.spec
+  for name in _shrinkable(spec):
+    if name not in best.case.arrays or name not in _kinds.PRIMARY[spec.kind]:
+      continue
+    for index in np.ndindex(best.case.arrays[name].shape):
+      for value in _replacements(spec, name, best.case.arrays[name][index]):
+        if budget <= 0:
+          return best
+        budget -= 1
+        arrays = {k: v.copy() for k, v in best.case.arrays.items()}
+        arrays[name][index] = value
+        case = OpCase(None, _kinds.derive(spec, arrays))
+        run = ev.run(case, forward=kind == "forward")
+        if _same_failure(run.verdict, kind):
+          best = run
+          break
+  return best
