@@ -10,6 +10,12 @@ Case file ``case_0000.npz`` (plain numeric arrays, W_l of shape (n_l, n_{l-1})):
   inputs:   W1..WL, b1..bL (absent without biases), x (B, n_0), t (B, n_L)
   expected: loss (scalar), dW1..dWL, db1..dbL
 
+With ``--format wire`` each case is ``case_0000.wire`` instead, in the bpref-wire format
+of ``bpref check --exec`` (docs/protocol.md): a ``case`` message (id = the case's index)
+followed by an ``expected`` message holding loss, dW1..dWL, db1..dbL; the manifest is the
+same, with ``"format": "wire"``, and hashes these files. A result may then be a
+``.wire`` file holding the candidate's ``grads`` reply.
+
 Result file, same name under RESULTS: dW1..dWL, db1..dbL (and optionally loss),
 listed in RESULTS/manifest.json as {"schema": "bpref-results/1", "files":
 {"case_0000.npz": "<sha256>", ...}}.
@@ -48,6 +54,7 @@ import numpy as np
 SCHEMA = "bpref-vectors/2"
 RESULTS_SCHEMA = "bpref-results/1"
 DTYPES = ("float64", "float32")
+FORMATS = ("npz", "wire")
 
 VACUOUS_MARGIN = 100.0
 """An array checks something only if an all-zero answer misses it by more than this many
@@ -106,6 +113,8 @@ def _load(path, expected_sha) -> dict:
     raise VectorsError(f"{path}: sha256 {digest[:16]}... does not match the manifest's "
                        f"{str(expected_sha)[:16]}...; the file changed after it was written: "
                        "export it again or fetch an intact copy")
+  if str(path).endswith(".wire"):
+    return _load_wire(path)
   try:
     with np.load(path, allow_pickle=False) as data:
       arrays = {k: np.asarray(data[k]) for k in data.files}
@@ -119,6 +128,29 @@ def _load(path, expected_sha) -> dict:
   for k, v in arrays.items():
     if v.dtype.kind not in "fiu":
       raise VectorsError(f"{path}: array {k!r} has dtype {v.dtype}; only numeric arrays are allowed")
+  return arrays
+
+
+def _load_wire(path) -> dict:
+  """The arrays of a bpref-wire vectors or results file: its case, expected and grads messages."""
+  from bpref.oracle import wire
+
+  try:
+    with open(path, "rb") as fh:
+      messages = wire.read_messages(fh.read())
+  except OSError as exc:
+    raise VectorsError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+  except wire.WireError as exc:
+    raise VectorsError(f"{path}: not a readable bpref-wire file: {exc}") from None
+  arrays = {}
+  for header, found in messages:
+    if header["type"] not in ("case", "expected", "grads"):
+      continue
+    twice = sorted(set(found) & set(arrays))
+    if twice:
+      raise VectorsError(f"{path}: array {twice[0]!r} appears in two messages; a vectors file "
+                         "holds one case and its expected gradients, a results file one reply")
+    arrays.update(found)
   return arrays
 
 
@@ -302,8 +334,11 @@ def vacuous_arrays(truth, tol) -> list:
 
 
 def export(directory, cases: int = 20, seed: int = 0, dtype: str = "float64", losses=None,
-           activations=None, max_depth: int = 3) -> dict:
+           activations=None, max_depth: int = 3, fmt: str = "npz") -> dict:
   """Write ``cases`` golden vectors and the manifest into ``directory``; return the manifest.
+
+  ``fmt`` "npz" writes ``case_0000.npz``, ...; "wire" writes ``case_0000.wire``, ... in the
+  bpref-wire format (a case message, then an expected message; docs/protocol.md).
 
   Draws are skipped, deterministically, when a layer's true gradient is vacuous
   (``vacuous_arrays``) or the output activation is not the one the loss takes; the
@@ -326,6 +361,8 @@ def export(directory, cases: int = 20, seed: int = 0, dtype: str = "float64", lo
     raise VectorsError(f"seed must be an integer >= 0; got {seed!r}")
   if dtype not in DTYPES:
     raise VectorsError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
+  if fmt not in FORMATS:
+    raise VectorsError(f"format must be one of {', '.join(FORMATS)}; got {fmt!r}")
   for name in losses or ():
     _losses.get(name)  # a ValueError lists the valid names
   for name in activations or ():
@@ -358,7 +395,7 @@ def export(directory, cases: int = 20, seed: int = 0, dtype: str = "float64", lo
       continue  # e.g. cross_entropy (needs softmax) after an output drawn from the activations
     L = len(p.params)
     sizes = [int(p.params[0].W.shape[1])] + [int(layer.W.shape[0]) for layer in p.params]
-    entry = {"file": f"case_{len(entries):04d}.npz", "sizes": sizes,
+    entry = {"file": f"case_{len(entries):04d}.{fmt}", "sizes": sizes,
              "activations": [layer.activation for layer in p.params], "loss": p.loss,
              "reduction": p.reduction, "dtype": dtype, "bias": p.params[0].b is not None,
              "layout": "out_in"}
@@ -378,14 +415,17 @@ def export(directory, cases: int = 20, seed: int = 0, dtype: str = "float64", lo
     path = os.path.join(directory, entry["file"])
     try:
       with open(path, "wb") as fh:
-        np.savez(fh, **arrays)
+        if fmt == "wire":
+          fh.write(_wire_case(case, arrays, len(entries)))
+        else:
+          np.savez(fh, **arrays)
     except OSError as exc:
       raise VectorsError(f"{path}: cannot be written ({exc.strerror or exc})") from None
     entry["tolerance"] = tol
     entry["sha256"] = sha256(path)
     entries.append(entry)
   manifest = {"schema": SCHEMA, "bpref_version": __version__, "seed": seed, "count": len(entries),
-              "cases": entries,
+              **({"format": "wire"} if fmt == "wire" else {}), "cases": entries,
               "error_measure": "||X - X_bpref||_F / ||M_X||_F per array, M_X the magnitude bound "
                                "of bpref.oracle.truth (see docs/oracle.md)"}
   try:
@@ -397,14 +437,33 @@ def export(directory, cases: int = 20, seed: int = 0, dtype: str = "float64", lo
   return manifest
 
 
+def _wire_case(case, arrays, index: int) -> bytes:
+  """A wire vectors file: the case message, then the expected loss and gradients."""
+  from bpref.oracle import wire
+
+  L = case.arch.depth
+  names = ["loss"] + [f"dW{l}" for l in range(1, L + 1)] + \
+      ([f"db{l}" for l in range(1, L + 1)] if case.biases is not None else [])
+  return wire.case_message(case, "out_in", index) + wire.encode(
+      {"type": "expected", "id": index}, [(n, np.asarray(arrays[n], np.float64)) for n in names])
+
+
 def write_results(directory, results: dict) -> None:
-  """Write a foreign implementation's gradients: {"case_0000.npz": {"dW1": ..., "db1": ...}}."""
+  """Write a foreign implementation's gradients: {"case_0000.npz": {"dW1": ..., "db1": ...}}.
+
+  A name ending in ``.wire`` is written as a bpref-wire ``grads`` message (docs/protocol.md).
+  """
+  from bpref.oracle import wire
+
   os.makedirs(directory, exist_ok=True)
   files = {}
   for name, arrays in results.items():
     path = os.path.join(directory, name)
     with open(path, "wb") as fh:
-      np.savez(fh, **{k: np.asarray(v) for k, v in arrays.items()})
+      if name.endswith(".wire"):
+        fh.write(wire.encode({"type": "grads", "id": 0}, [(k, np.asarray(v)) for k, v in arrays.items()]))
+      else:
+        np.savez(fh, **{k: np.asarray(v) for k, v in arrays.items()})
     files[name] = sha256(path)
   with open(os.path.join(directory, "manifest.json"), "w") as fh:
     json.dump({"schema": RESULTS_SCHEMA, "files": files}, fh, indent=2)
@@ -562,8 +621,8 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog="bpref vectors",
                                    description="Golden test vectors for other implementations.")
   sub = parser.add_subparsers(dest="command")
-  ex = sub.add_parser("export", help="write golden vectors (.npz + manifest.json) into DIR and "
-                                     "print the manifest's sha256")
+  ex = sub.add_parser("export", help="write golden vectors (.npz or .wire + manifest.json) into "
+                                     "DIR and print the manifest's sha256")
   ex.add_argument("dir")
   ex.add_argument("--cases", type=int, default=20)
   ex.add_argument("--seed", type=int, default=0)
@@ -571,6 +630,9 @@ def main(argv=None) -> int:
   ex.add_argument("--losses", help="comma-separated loss names (default: all)")
   ex.add_argument("--activations", help="comma-separated hidden activation names (default: all)")
   ex.add_argument("--max-depth", type=int, default=3)
+  ex.add_argument("--format", choices=FORMATS, default="npz",
+                  help="npz: NumPy archives; wire: the bpref-wire format of bpref check --exec "
+                       "(docs/protocol.md), for code that cannot run as a process")
   ck = sub.add_parser("check", help="compare RESULTS (same format) with the vectors in DIR")
   ck.add_argument("dir")
   ck.add_argument("results")
@@ -588,7 +650,7 @@ def main(argv=None) -> int:
     if args.command == "export":
       split = (lambda s: tuple(v.strip() for v in s.split(",") if v.strip()) if s else None)
       manifest = export(args.dir, args.cases, args.seed, args.dtype, split(args.losses),
-                        split(args.activations), args.max_depth)
+                        split(args.activations), args.max_depth, args.format)
       digest = sha256(os.path.join(args.dir, "manifest.json"))
       print(f"wrote {manifest['count']} cases and manifest.json to {args.dir}\n"
             f"manifest sha256: {digest}\n"

@@ -47,9 +47,6 @@ from bpref.oracle import search as _search
 from bpref.oracle import spec as _spec
 from bpref.oracle import wire
 
-HELLO_TIMEOUT = 30.0
-"""Seconds a starting process may take to answer bpref's hello (or ``timeout``, if longer)."""
-
 BYE_GRACE = 2.0
 """Seconds a process may take to exit after bpref's bye before it is killed."""
 
@@ -112,8 +109,7 @@ class ExecPool:
     command: the command line, split like a POSIX shell would (``shlex``), run without a shell
       in its own process group.
     workers: processes running cases at the same time.
-    timeout: seconds one case may take; also how long a starting process may take to say hello
-      (at least ``HELLO_TIMEOUT``).
+    timeout: seconds one case may take; also how long a starting process may take to say hello.
     cwd, env: for the process.
     transcript: an ``isolation.Transcript`` that collects the processes' stderr.
   """
@@ -162,7 +158,7 @@ class ExecPool:
     """
     proc = self._spawn()
     self._procs[i] = proc
-    deadline = time.monotonic() + max(HELLO_TIMEOUT, self.timeout)
+    deadline = time.monotonic() + self.timeout
     try:
       self._write_all(proc, wire.hello(), deadline, "bpref's hello")
       header, _ = self._read_reply(proc, deadline, "its hello")
@@ -313,7 +309,7 @@ class ExecPool:
       left = deadline - time.monotonic()
       if left <= 0 or not select.select([fd], [], [], left)[0]:
         raise _Failed("timeout", f"the candidate's process ({self.command}) did not send {what} "
-                      f"within {max(HELLO_TIMEOUT, self.timeout):g} s; it was killed")
+                      f"within {self.timeout:g} s; it was killed")
       data = os.read(fd, _READ)
       if not data:
         raise self._died(proc, f"it sent {what}")
