@@ -37,7 +37,7 @@ A_FORMS = {
 }
 """f' written in terms of a = f(z): the form that gets fed z by mistake."""
 
-CONFIRMATIONS = 2
+CONFIRMATIONS = 3
 """Other cases a fitting model must reproduce too."""
 
 
@@ -77,7 +77,12 @@ def _elementwise_models(spec, case, truth):
   out.append(("fprime_missing", f"{name}' is missing: dz = dout, as for the identity",
               np.ones_like(z)))
   for summary, values in _side_models(name, z, df):
-    out.append(("kink_side", summary, values))
+    if not np.any(z == 0):
+      out.append(("kink_side", summary, values))
+      continue
+    sides = {float(v) for v in np.concatenate([values[z < 0][:1], values[z > 0][:1], df[z == 0][:1]])}
+    for v in sorted(sides):  # f'(0) is the candidate's own choice: any one-sided value will do
+      out.append(("kink_side", summary, np.where(z == 0, v, values)))
   return out
 
 
@@ -209,11 +214,16 @@ def _consistent(model: dict, outputs: dict, truth) -> bool:
 
 
 def _confirmation_labels(spec, label: Label | None) -> list:
+  """Other value seeds, a larger case, and planted kinks (which tell f' missing from a
+  derivative wrong below the kink)."""
   if label is None:
     return []
   B = label.dims[0]
   dims = (B + 1,) + tuple(d + 1 for d in label.dims[1:])
-  return [label._replace(seed=label.seed + 1), Label(dims, label.family, label.seed + 2)]
+  out = [label._replace(seed=label.seed + 1), Label(dims, label.family, label.seed + 2)]
+  if "kink" in _kinds.families(spec) and label.family != "kink":
+    out.append(Label(dims, "kink", label.seed + 3))
+  return out
 
 
 def _runs(ev, labels):
@@ -245,7 +255,7 @@ def _factor(ev, spec, minimal, wrong, origin) -> list:
       return []
     cs.append(c)
   c = cs[0]
-  if any(abs(ci - c) > 1e-6 * abs(c) for ci in cs):
+  if abs(c) < 1e-3 or any(abs(ci - c) > 1e-6 * abs(c) for ci in cs):
     return []
   B = minimal.case.arrays["dout" if "dout" in minimal.case.arrays else "t"].shape[0]
   if origin is None:
@@ -253,15 +263,19 @@ def _factor(ev, spec, minimal, wrong, origin) -> list:
                     "fitted on the minimal case only")]
   fits = {}  # B or K -> c
   labels = [origin._replace(dims=(b,) + origin.dims[1:]) for b in (B + 1, B + 3)]
-  for run in _runs(ev, labels):
-    k = wrong[0]
-    fits[("B", run.case.arrays["dout" if "dout" in run.case.arrays else "t"].shape[0])] = \
-        _fit(run.verdict.outputs[k], run.truth.expected[k])
+  refits = [("B", run) for run in _runs(ev, labels)]
   if spec.kind == "loss":
     K = origin.dims[1]
-    for run in _runs(ev, [origin._replace(dims=(B, K + 1)), origin._replace(dims=(B, K + 2))]):
-      k = wrong[0]
-      fits[("K", run.case.arrays["t"].shape[1])] = _fit(run.verdict.outputs[k], run.truth.expected[k])
+    refits += [("K", run) for run in _runs(ev, [origin._replace(dims=(B, K + 1)),
+                                                  origin._replace(dims=(B, K + 2))])]
+  for axis, run in refits:  # each refit must be a constant factor too
+    k = wrong[0]
+    ck = _fit(run.verdict.outputs[k], run.truth.expected[k])
+    if not math.isfinite(ck) or not _kinds.error(run.verdict.outputs[k], ck * run.truth.expected[k],
+                                                 run.truth.bounds[k]) <= FIT_SLACK * run.truth.tol:
+      return []
+    shape = run.case.arrays["dout" if "dout" in run.case.arrays else "t"].shape
+    fits[(axis, shape[0] if axis == "B" else shape[1])] = ck
   fits[("B", B)] = c
   p = _power({n: v for (axis, n), v in fits.items() if axis == "B"})
   q = _power({n: v for (axis, n), v in fits.items() if axis == "K"}) if spec.kind == "loss" else 0
@@ -330,6 +344,13 @@ def diagnose(ev, minimal, origin) -> list:
   spec, verdict, truth = ev.spec, minimal.verdict, minimal.truth
   if verdict.findings:
     return list(verdict.findings)
+  if verdict.kind == "shape" and origin is not None and origin.dims[0] < 3:
+    run = ev.run(_kinds.draw(spec, origin._replace(dims=(3,) + origin.dims[1:])), forward=False)
+    if run.verdict is not None and run.verdict.findings:  # B = 1 hides a missing batch sum
+      return [f._replace(detail=f"{f.detail} (seen with B = 3; with B = 1 the shape alone cannot "
+                         "tell)") for f in run.verdict.findings]
+  if verdict.kind in ("exception", "shape") and spec.kind in ("dense", "layer"):
+    return _where_it_runs(ev, verdict.kind)
   if verdict.kind != "numeric" or verdict.outputs is None:
     return []
   outputs = verdict.outputs
@@ -339,16 +360,18 @@ def diagnose(ev, minimal, origin) -> list:
     return [Finding("near_tolerance", f"within {FIT_SLACK:g} tolerances of bpref's answer: no bug "
                     "model can be told apart from it (a formula that loses digits, or arithmetic "
                     "in a lower precision)", f"worst error {worst:.2e}, tolerance {truth.tol:.1e}")]
-  fitting = [(code, summary) for code, summary, model in models(spec, minimal.case, truth)
-             if _explains(model, outputs, truth, wrong)]
+  fitting = []  # a summary may come with variants (f'(0) at a kink): any one of them will do
+  for code, summary, model in models(spec, minimal.case, truth):
+    if (code, summary) not in fitting and _explains(model, outputs, truth, wrong):
+      fitting.append((code, summary))
   findings = []
   if fitting:
     others = _runs(ev, _confirmation_labels(spec, origin))[:CONFIRMATIONS]
     for code, summary in fitting:
       confirmed = True
       for run in others:
-        model = {s: m for _, s, m in models(spec, run.case, run.truth)}.get(summary)
-        if model is not None and not _consistent(model, run.verdict.outputs, run.truth):
+        variants = [m for _, s, m in models(spec, run.case, run.truth) if s == summary]
+        if variants and not any(_consistent(m, run.verdict.outputs, run.truth) for m in variants):
           confirmed = False
           break
       if confirmed:
@@ -357,7 +380,7 @@ def diagnose(ev, minimal, origin) -> list:
   if not findings:
     findings = _factor(ev, spec, minimal, wrong, origin)
   if not findings and spec.kind == "activation":
-    findings = _one_side(spec, minimal)
+    findings = _kink_value(spec, minimal) or _one_side(spec, minimal)
   if not findings:
     findings = [Finding("undiagnosed", f"{', '.join(wrong)} wrong; no bug model reproduces it",
                         _implied(spec, minimal))]
@@ -389,3 +412,33 @@ def _implied(spec, minimal) -> str:
   return (f"implied f' at z = {np.round(minimal.truth.z.ravel()[:6], 6).tolist()}: "
           f"{np.round(implied.ravel()[:6], 6).tolist()} (bpref: "
           f"{np.round(_kinds.fprime(spec.name, minimal.truth.z).ravel()[:6], 6).tolist()})")
+
+
+def _where_it_runs(ev, kind) -> list:
+  """A candidate that fails to run on non-square W may run on a square one: diagnose it there."""
+  for family in ("normal", "plain"):
+    run = ev.run(_kinds.draw(ev.spec, Label((2, 3, 3), family, ev.spec.seed)), forward=False)
+    if run.verdict is not None and run.verdict.kind == "numeric":
+      found = diagnose(ev, run, run.case.label)
+      return [f._replace(summary=f"{f.summary} (seen on a square W, where it runs; on the minimal "
+                         f"non-square case it ends in {'an exception' if kind == 'exception' else 'a wrong shape'})")
+              for f in found if f.code not in ("undiagnosed", "near_tolerance")]
+  return []
+
+
+def _kink_value(spec, minimal) -> list:
+  """Wrong only at exact kinks, with an f'(0) that no convention uses (outside the subdifferential)."""
+  z, dout = minimal.truth.z, minimal.case.arrays["dout"]
+  if spec.name not in _activations.KINKED or not np.any(z == 0):
+    return []
+  cand, true, bound = minimal.verdict.outputs["dz"], minimal.truth.expected["dz"], minimal.truth.bounds["dz"]
+  bad = np.abs(cand - true) > FIT_SLACK * minimal.truth.tol * np.maximum(bound, 1e-300)
+  if not np.any(bad) or np.any(bad & (z != 0)) or np.any(dout[bad] == 0):
+    return []
+  values = np.unique(np.round(cand[bad] / dout[bad], 6))
+  left = float(_kinds.fprime(spec.name, -np.ones((1, 1)) * 1e-300)[0, 0])
+  right = float(_kinds.fprime(spec.name, np.ones((1, 1)) * 1e-300)[0, 0])
+  lo, hi = min(left, right), max(left, right)
+  return [Finding("kink_value", f"{spec.name}'(0) = {values.tolist()} at the kink, outside the "
+                  f"subdifferential [{lo:g}, {hi:g}]: no convention, a bug",
+                  "every other entry is right")]

@@ -1,0 +1,34 @@
+"""``assert_op_correct``: the op oracle as one assertion for a user's own pytest suite."""
+
+from __future__ import annotations
+
+
+def assert_op_correct(kind, candidate, name=None, **options):
+  """Assert that one operation's backward function matches bpref's on every case searched.
+
+  Args:
+    kind: "dense", "activation", "softmax", "loss" or "layer".
+    candidate: the backward function (``bpref.oracle.ops`` gives each kind's arguments), an
+      ``OpCandidate``, a ``torch.autograd.Function`` subclass or a ``jax.custom_vjp`` function.
+    name: the activation (activation, layer) or loss (loss).
+    **options: ``check_op``'s options (takes, layout, bias, reduction, targets, dtype, examples,
+      seed, max_batch, max_width, strict_conventions, timeout).
+
+  Returns:
+    the passing ``OpReport`` (its notes name any convention met).
+
+  Raises:
+    AssertionError with the report (minimal failing case, errors, diagnosis) when the candidate
+    is wrong somewhere.
+
+  >>> import numpy as np
+  >>> from bpref.testing import assert_op_correct
+  >>> _ = assert_op_correct("activation", lambda z, dout: dout * (z > 0), name="relu", examples=5)
+  """
+  from bpref.oracle.ops import check_op
+
+  report = check_op(kind, candidate, name=name, **options)
+  if not report.passed:
+    raise AssertionError("bpref op oracle: the candidate's backward is wrong\n" + report.text()
+                         + "\n\nreproducer:\n" + report.reproducer)
+  return report

@@ -1,0 +1,477 @@
+"""check_op on layer functions written as courses and C trainers write them, and on their mutants.
+
+The layer functions below are independent of bpref: a cs231n-style course (``affine_backward(dout,
+cache)``, ``relu_backward``, ``softmax_loss`` with integer labels, cache tuples) and an llm.c-style
+C trainer in NumPy (``matmul_backward`` accumulating into output buffers with loops,
+``gelu_backward`` with the tanh approximation and cosh, ``crossentropy_softmax_backward`` from
+probabilities and labels). The correct ones must pass; each mutant is one realistic bug, and it
+must be caught with its finding. ``python tests/test_ops.py`` prints the measured table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import numpy as np
+import pytest
+
+from bpref.oracle.ops import add_op_arguments, check_op, expected, run_op_command
+from bpref.testing import assert_op_correct
+
+# ---------------------------------------------------------------- a course's layers (cs231n style)
+
+
+def affine_forward(x, w, b):
+  out = x.reshape(x.shape[0], -1) @ w + b
+  return out, (x, w, b)
+
+
+def affine_backward(dout, cache):
+  x, w, b = cache
+  dx = (dout @ w.T).reshape(x.shape)
+  dw = x.reshape(x.shape[0], -1).T @ dout
+  db = np.sum(dout, axis=0)
+  return dx, dw, db
+
+
+def relu_forward(x):
+  return np.maximum(0, x), x
+
+
+def relu_backward(dout, cache):
+  x = cache
+  dx = dout.copy()
+  dx[x <= 0] = 0
+  return dx
+
+
+def affine_relu_forward(x, w, b):
+  a, fc_cache = affine_forward(x, w, b)
+  out, relu_cache = relu_forward(a)
+  return out, (fc_cache, relu_cache)
+
+
+def affine_relu_backward(dout, cache):
+  fc_cache, relu_cache = cache
+  da = relu_backward(dout, relu_cache)
+  return affine_backward(da, fc_cache)
+
+
+def softmax_loss(x, y):
+  shifted = x - np.max(x, axis=1, keepdims=True)
+  Z = np.sum(np.exp(shifted), axis=1, keepdims=True)
+  log_probs = shifted - np.log(Z)
+  probs = np.exp(log_probs)
+  N = x.shape[0]
+  loss = -np.sum(log_probs[np.arange(N), y]) / N
+  dx = probs.copy()
+  dx[np.arange(N), y] -= 1
+  dx /= N
+  return loss, dx
+
+
+def tanh_backward_from_output(dout, next_h):  # an RNN step's tanh, from its saved output
+  return (1 - next_h ** 2) * dout
+
+
+def sigmoid(x):
+  with np.errstate(over="ignore"):  # exp(-x) = inf for x far below 0 gives 1 / inf = 0, as it should
+    return 1 / (1 + np.exp(-x))
+
+
+def sigmoid_backward(dout, x):
+  s = sigmoid(x)
+  return dout * s * (1 - s)
+
+
+# ---------------------------------------------------------------- a C trainer's layers (llm.c style)
+
+GELU_SCALING_FACTOR = math.sqrt(2.0 / math.pi)
+
+
+def matmul_backward(dinp, dweight, dbias, dout, inp, weight, B, C, OC):
+  for b in range(B):
+    for o in range(OC):
+      d = dout[b, o]
+      dinp[b] += weight[o] * d
+      dweight[o] += inp[b] * d
+      if dbias is not None:
+        dbias[o] += d
+
+
+def gelu_backward(dinp, inp, dout, N):
+  with np.errstate(over="ignore"):
+    for i in range(N):
+      x = inp[i]
+      cube = 0.044715 * x * x * x
+      tanh_arg = GELU_SCALING_FACTOR * (x + cube)
+      tanh_out = np.tanh(tanh_arg)
+      coshf_out = np.cosh(tanh_arg)
+      sech_out = 1 / (coshf_out * coshf_out)
+      local_grad = 0.5 * (1 + tanh_out) + x * 0.5 * sech_out * GELU_SCALING_FACTOR * (
+          1 + 3 * 0.044715 * x * x)
+      dinp[i] += local_grad * dout[i]
+
+
+def crossentropy_softmax_backward(dlogits, dlosses, probs, targets, B, V):
+  for b in range(B):
+    ix = targets[b]
+    for i in range(V):
+      indicator = 1 if i == ix else 0
+      dlogits[b, i] += (probs[b, i] - indicator) * dlosses[b]
+
+
+def softmax_backward_loops(dinp, out, dout, B, V):
+  for b in range(B):
+    for i in range(V):
+      s = 0 * out[b, i]
+      for j in range(V):
+        s += out[b, j] * ((1 if i == j else 0) - out[b, i]) * dout[b, j]
+      dinp[b, i] = s
+
+
+# ---------------------------------------------------------------- op candidates built on them
+
+def cs_dense(x, W, b, dout):
+  return affine_backward(dout, (x, W, b))
+
+
+def cs_relu(z, dout):
+  return relu_backward(dout, z)
+
+
+def cs_layer(x, W, b, dout):
+  _, cache = affine_relu_forward(x, W, b)
+  return affine_relu_backward(dout, cache)
+
+
+def cs_softmax_loss(y, t):
+  return softmax_loss(y, t)
+
+
+def cs_tanh_a(a, dout):
+  return tanh_backward_from_output(dout, a)
+
+
+def cs_sigmoid(z, dout):
+  return sigmoid_backward(dout, z)
+
+
+def c_dense(x, W, b, dout):
+  dinp, dweight = np.zeros_like(x), np.zeros_like(W)
+  dbias = None if b is None else np.zeros_like(b)
+  matmul_backward(dinp, dweight, dbias, dout, x, W, x.shape[0], x.shape[1], W.shape[0])
+  return (dinp, dweight, dbias) if b is not None else (dinp, dweight)
+
+
+def c_gelu(z, dout):
+  dinp = np.zeros(z.size, z.dtype)
+  gelu_backward(dinp, z.ravel(), dout.ravel(), z.size)
+  return dinp.reshape(z.shape)
+
+
+def c_crossentropy(probs, labels):
+  B, V = probs.shape
+  dlogits = np.zeros_like(probs)
+  dlosses = np.full(B, 1.0 / B, probs.dtype)
+  crossentropy_softmax_backward(dlogits, dlosses, probs, labels, B, V)
+  return dlogits
+
+
+def c_softmax(y, dout):
+  dinp = np.zeros_like(y)
+  softmax_backward_loops(dinp, y, dout, *y.shape)
+  return dinp
+
+
+def c_layer_gelu(x, W, b, dout):
+  z = x @ W.T + b
+  dz = c_gelu(z, dout)
+  return c_dense(x, W, b, dz)
+
+
+CORRECT = {
+    "cs231n affine_backward": ("dense", None, dict(layout="in_out"), cs_dense),
+    "cs231n relu_backward": ("activation", "relu", {}, cs_relu),
+    "cs231n affine_relu_backward": ("layer", "relu", dict(layout="in_out"), cs_layer),
+    "cs231n softmax_loss": ("loss", "softmax_cross_entropy", dict(targets="labels"), cs_softmax_loss),
+    "RNN tanh from its output": ("activation", "tanh", dict(takes="a"), cs_tanh_a),
+    "cs231n sigmoid": ("activation", "sigmoid", {}, cs_sigmoid),
+    "llm.c matmul_backward": ("dense", None, {}, c_dense),
+    "llm.c matmul_backward, no bias": ("dense", None, dict(bias=False), c_dense),
+    "llm.c gelu_backward as gelu_tanh": ("activation", "gelu_tanh", {}, c_gelu),
+    "llm.c crossentropy_softmax_backward": ("loss", "cross_entropy",
+                                            dict(takes="probs", targets="labels"), c_crossentropy),
+    "C softmax backward from y": ("softmax", None, dict(takes="y"), c_softmax),
+    "C matmul + gelu layer as gelu_tanh": ("layer", "gelu_tanh", {}, c_layer_gelu),
+}
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("label", list(CORRECT))
+def test_correct_layer_functions_pass(label, dtype):
+  kind, name, options, fn = CORRECT[label]
+  report = check_op(kind, fn, name=name, dtype=dtype, examples=20, **options)
+  assert report.verdict == "pass", report.text()
+  assert report.cases >= 20  # every probe and drawn case that checks something was checked
+
+
+def test_gelu_tanh_approximation_is_a_convention_note():
+  report = check_op("activation", c_gelu, name="gelu", examples=10)
+  assert report.verdict == "pass", report.text()
+  assert any("tanh approximation" in n for n in report.notes), report.notes
+  strict = check_op("activation", c_gelu, name="gelu", examples=10, strict_conventions=True)
+  assert strict.verdict == "fail" and strict.kind == "convention"
+
+
+def test_kink_conventions_are_notes():
+  ge = check_op("activation", lambda z, dout: dout * (z >= 0), name="relu", examples=5)
+  assert ge.verdict == "pass" and any("relu'(0) = 1" in n for n in ge.notes), ge.text()
+  strict = check_op("activation", lambda z, dout: dout * (z >= 0), name="relu", examples=5,
+                    strict_conventions=True)
+  assert strict.verdict == "fail" and strict.kind == "convention"
+
+
+# ---------------------------------------------------------------- mutants
+
+
+def _mutant_dense_dw_transposed(x, W, b, dout):
+  dx, dw, db = cs_dense(x, W, b, dout)
+  return dx, dout.T @ x, db
+
+
+def _mutant_dense_db_not_summed(x, W, b, dout):
+  dx, dw, db = cs_dense(x, W, b, dout)
+  return dx, dw, dout.copy()
+
+
+def _mutant_dense_mean(x, W, b, dout):
+  dx, dw, db = cs_dense(x, W, b, dout)
+  return dx, dw / x.shape[0], db / x.shape[0]
+
+
+def _mutant_dense_sign(x, W, b, dout):
+  dx, dw, db = cs_dense(x, W, b, dout)
+  return -dx, dw, db
+
+
+def _mutant_c_dense_assign(x, W, b, dout):  # dweight[o] = ... where += was meant
+  dinp, dweight, dbias = np.zeros_like(x), np.zeros_like(W), np.zeros_like(b)
+  for bb in range(x.shape[0]):
+    for o in range(W.shape[0]):
+      d = dout[bb, o]
+      dinp[bb] += W[o] * d
+      dweight[o] = x[bb] * d
+      dbias[o] += d
+  return dinp, dweight, dbias
+
+
+def _mutant_c_dense_first_row_bias(x, W, b, dout):
+  dinp, dweight, dbias = c_dense(x, W, b, dout)
+  return dinp, dweight, dout[0].copy()
+
+
+def _mutant_c_dense_dinp_summed(x, W, b, dout):
+  dinp, dweight, dbias = c_dense(x, W, b, dout)
+  return np.broadcast_to(dinp.sum(axis=0), dinp.shape).copy(), dweight, dbias
+
+
+def _mutant_c_dense_weight_transposed(x, W, b, dout):  # dinp from W^T: runs on square W only
+  dinp, dweight, dbias = c_dense(x, W, b, dout)
+  return dout @ W.T, dweight, dbias
+
+
+def _mutant_relu_nonzero(z, dout):
+  return dout * (z != 0)
+
+
+def _mutant_relu_missing(z, dout):
+  return dout.copy()
+
+
+def _mutant_relu_mean(z, dout):
+  return relu_backward(dout, z) / z.shape[0]
+
+
+def _mutant_leaky_zero_below(z, dout):
+  return dout * np.where(z > 0, 1.0, 0.0).astype(z.dtype)
+
+
+def _mutant_tanh_a_form_fed_z(z, dout):
+  return (1 - z ** 2) * dout
+
+
+def _mutant_tanh_z_form_fed_a(a, dout):
+  return (1 - np.tanh(a) ** 2) * dout
+
+
+def _mutant_sigmoid_at_a(z, dout):
+  s = sigmoid(z)
+  return sigmoid_backward(dout, s)
+
+
+def _mutant_sigmoid_sign(z, dout):
+  return -sigmoid_backward(dout, z)
+
+
+def _mutant_softmax_diagonal(y, dout):
+  return dout * y * (1 - y)
+
+
+def _mutant_softmax_batch_sum(y, dout):
+  return y * (dout - np.sum(dout * y))
+
+
+def _mutant_softmax_axis0(z, dout):
+  e = np.exp(z - z.max(axis=0, keepdims=True))
+  y = e / e.sum(axis=0, keepdims=True)
+  return y * (dout - np.sum(dout * y, axis=0, keepdims=True))
+
+
+def _mutant_softmax_loss_no_mean(y, t):
+  loss, dx = softmax_loss(y, t)
+  return loss, dx * y.shape[0]
+
+
+def _mutant_softmax_loss_mean_twice(y, t):
+  loss, dx = softmax_loss(y, t)
+  return loss, dx / y.shape[0]
+
+
+def _mutant_crossentropy_not_fused(probs, labels):
+  B, V = probs.shape
+  onehot = (labels[:, None] == np.arange(V)[None, :]).astype(probs.dtype)
+  return -onehot / probs / B
+
+
+def _mutant_squared_error_half(y, t):
+  return (y - t) / y.shape[0]
+
+
+def _mutant_squared_error_per_output(y, t):
+  return 2 * (y - t) / y.size
+
+
+def _mutant_cs_layer_dx_unmasked(x, W, b, dout):
+  _, cache = affine_relu_forward(x, W, b)
+  dx, dw, db = affine_relu_backward(dout, cache)
+  return dout @ W.T, dw, db
+
+
+def _mutant_layer_tanh_at_a(x, W, b, dout):
+  a = np.tanh(x @ W.T + b)
+  delta = dout * (1 - np.tanh(a) ** 2)
+  return delta @ W, delta.T @ x, delta.sum(axis=0)
+
+
+def _mutant_layer_relu_mean(x, W, b, dout):
+  dx, dw, db = cs_layer(x, W, b, dout)
+  return dx, dw / x.shape[0], db / x.shape[0]
+
+
+def _mutant_layer_softmax_diagonal(x, W, b, dout):
+  z = x @ W.T + b
+  e = np.exp(z - z.max(axis=1, keepdims=True))
+  y = e / e.sum(axis=1, keepdims=True)
+  delta = dout * y * (1 - y)
+  return delta @ W, delta.T @ x, delta.sum(axis=0)
+
+
+def _mutant_gelu_missing_three(z, dout):
+  x = z
+  t = np.tanh(GELU_SCALING_FACTOR * (x + 0.044715 * x ** 3))
+  local = 0.5 * (1 + t) + x * 0.5 * (1 - t * t) * GELU_SCALING_FACTOR * (1 + 0.044715 * x * x)
+  return local * dout
+
+
+MUTANTS = {
+    # name: (kind, op name, options, function, the findings that name the bug)
+    "affine_backward: dW transposed": ("dense", None, dict(layout="in_out"),
+                                       _mutant_dense_dw_transposed, {"transposed"}),
+    "affine_backward: db not summed over the batch": ("dense", None, dict(layout="in_out"),
+                                                      _mutant_dense_db_not_summed,
+                                                      {"batch_sum_missing"}),
+    "affine_backward: dW, db averaged (1/B)": ("dense", None, dict(layout="in_out"),
+                                              _mutant_dense_mean, {"constant_factor"}),
+    "affine_backward: dx sign": ("dense", None, dict(layout="in_out"), _mutant_dense_sign,
+                                 {"sign_flip"}),
+    "matmul_backward: dweight = where += was meant": ("dense", None, {}, _mutant_c_dense_assign,
+                                                      {"batch_sum_missing"}),
+    "matmul_backward: dbias from the first example": ("dense", None, {},
+                                                      _mutant_c_dense_first_row_bias,
+                                                      {"batch_sum_missing"}),
+    "matmul_backward: dinp summed over the batch": ("dense", None, {},
+                                                    _mutant_c_dense_dinp_summed,
+                                                    {"batch_sum_extra"}),
+    "matmul_backward: dinp from W^T": ("dense", None, {}, _mutant_c_dense_weight_transposed,
+                                       {"transposed"}),
+    "relu_backward: z != 0": ("activation", "relu", {}, _mutant_relu_nonzero, {"kink_side"}),
+    "relu_backward: no mask": ("activation", "relu", {}, _mutant_relu_missing, {"fprime_missing"}),
+    "relu_backward: 1/B": ("activation", "relu", {}, _mutant_relu_mean, {"constant_factor"}),
+    "leaky_relu_backward: 0 below the kink": ("activation", "leaky_relu", {},
+                                              _mutant_leaky_zero_below, {"kink_side"}),
+    "tanh: 1 - z^2 fed z": ("activation", "tanh", {}, _mutant_tanh_a_form_fed_z,
+                            {"activation_derivative"}),
+    "tanh: 1 - tanh(a)^2 fed a": ("activation", "tanh", dict(takes="a"), _mutant_tanh_z_form_fed_a,
+                                  {"fprime_at_a"}),
+    "sigmoid_backward at a": ("activation", "sigmoid", {}, _mutant_sigmoid_at_a, {"fprime_at_a"}),
+    "sigmoid_backward sign": ("activation", "sigmoid", {}, _mutant_sigmoid_sign, {"sign_flip"}),
+    "softmax: diagonal Jacobian": ("softmax", None, dict(takes="y"), _mutant_softmax_diagonal,
+                                   {"softmax_jacobian_diagonal"}),
+    "softmax: <dout, y> summed over the batch": ("softmax", None, dict(takes="y"),
+                                                 _mutant_softmax_batch_sum, {"batch_sum_extra"}),
+    "softmax: over axis 0": ("softmax", None, {}, _mutant_softmax_axis0, {"transposed"}),
+    "softmax_loss: no /N": ("loss", "softmax_cross_entropy", dict(targets="labels"),
+                            _mutant_softmax_loss_no_mean, {"constant_factor"}),
+    "softmax_loss: /N twice": ("loss", "softmax_cross_entropy", dict(targets="labels"),
+                               _mutant_softmax_loss_mean_twice, {"constant_factor"}),
+    "crossentropy backward: dC/dy, not fused": ("loss", "cross_entropy",
+                                                dict(takes="probs", targets="labels"),
+                                                _mutant_crossentropy_not_fused,
+                                                {"softmax_jacobian_missing"}),
+    "squared_error: the 1/2 convention": ("loss", "squared_error", {}, _mutant_squared_error_half,
+                                          {"constant_factor"}),
+    "squared_error: mean over outputs too": ("loss", "squared_error", {},
+                                             _mutant_squared_error_per_output, {"constant_factor"}),
+    "affine_relu_backward: dx without the relu mask": ("layer", "relu", dict(layout="in_out"),
+                                                       _mutant_cs_layer_dx_unmasked,
+                                                       {"fprime_missing"}),
+    "tanh layer: f'(a)": ("layer", "tanh", {}, _mutant_layer_tanh_at_a, {"fprime_at_a"}),
+    "affine_relu_backward: 1/B": ("layer", "relu", dict(layout="in_out"), _mutant_layer_relu_mean,
+                                  {"constant_factor"}),
+    "softmax layer: diagonal Jacobian": ("layer", "softmax", {}, _mutant_layer_softmax_diagonal,
+                                         {"softmax_jacobian_diagonal"}),
+    "gelu_backward: the 3 of 3 k z^2 missing": ("activation", "gelu_tanh", {},
+                                                _mutant_gelu_missing_three, set()),
+}
+
+
+@pytest.mark.parametrize("label", list(MUTANTS))
+def test_mutant_caught_and_diagnosed(label):
+  kind, name, options, fn, codes = MUTANTS[label]
+  report = check_op(kind, fn, name=name, examples=20, **options)
+  assert report.verdict == "fail", report.text()
+  if codes:
+    assert codes & set(report.codes), report.text()
+
+
+def measure(dtype="float64", seed=0) -> list:
+  """(mutant, caught, diagnosed right, codes, seconds) for every mutant."""
+  rows = []
+  for label, (kind, name, options, fn, codes) in MUTANTS.items():
+    start = time.perf_counter()
+    report = check_op(kind, fn, name=name, dtype=dtype, seed=seed, **options)
+    rows.append((label, report.verdict == "fail", bool(codes & set(report.codes)), report.codes,
+                 time.perf_counter() - start))
+  return rows
+
+
+if __name__ == "__main__":
+  for dtype in ("float64", "float32"):
+    rows = measure(dtype)
+    for label, caught, right, codes, secs in rows:
+      print(f"{dtype}  {label:50s} caught={caught} right={right} {codes} {secs:.2f}s")
+    print(f"{dtype}: caught {sum(r[1] for r in rows)} of {len(rows)}, diagnosed right "
+          f"{sum(r[2] for r in rows)} of {len(rows)}")
