@@ -35,6 +35,7 @@ from bpref.oracle import report as _report
 from bpref.oracle import search as _search
 from bpref.oracle import spec as _spec
 from bpref.oracle.diagnosis import Finding as Finding
+from bpref.oracle.ops import check_op as check_op
 from bpref.oracle.report import Report as Report
 from bpref.oracle.spec import Spec as Spec
 from bpref.oracle.spec import make_spec as make_spec
