@@ -137,25 +137,28 @@ def from_custom_vjp(fn, kind: str, *, name=None, dtype="float64", layout="out_in
   def arrays(args):
     return [jnp.asarray(a) for a in args if a is not None]
 
+  def pull(*args):  # the user's bwd rule, run by jax.vjp; one compilation per shape under jit
+    if kind in ("dense", "layer"):
+      *inputs, dout = args
+      return jax.vjp(fn, *inputs)[1](dout)
+    if kind == "loss":
+      y, t = args
+      out, pullback = jax.vjp(lambda v: fn(v, t), y)
+      return pullback(jnp.ones_like(out))
+    z, dout = args
+    return jax.vjp(fn, z)[1](dout)
+
+  pull_jit, forward_jit = jax.jit(pull), jax.jit(fn)
+
   def forward(*args):
     with jax.enable_x64(x64):
-      return np.asarray(fn(*arrays(args)))
+      return np.asarray(forward_jit(*arrays(args)))
 
   def backward(*args):
     with jax.enable_x64(x64):
-      if kind in ("dense", "layer"):
-        x, W, b, dout = args
-        out, pullback = jax.vjp(fn, *arrays((x, W, b)))
-        grads = pullback(jnp.asarray(dout))
-        grads = [np.asarray(g) for g in grads]
-        return tuple(grads) if bias else (grads[0], grads[1])
-      if kind == "loss":
-        y, t = args
-        t = jnp.asarray(t)
-        out, pullback = jax.vjp(lambda v: fn(v, t), jnp.asarray(y))
-        return np.asarray(pullback(jnp.ones_like(out))[0])
-      z, dout = args
-      out, pullback = jax.vjp(fn, jnp.asarray(z))
-      return np.asarray(pullback(jnp.asarray(dout))[0])
+      grads = [np.asarray(g) for g in pull_jit(*arrays(args))]
+    if kind in ("dense", "layer"):
+      return tuple(grads) if bias else (grads[0], grads[1])
+    return grads[0]
 
   return OpCandidate(backward, forward, name=getattr(fn, "__name__", "custom_vjp function"))
