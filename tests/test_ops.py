@@ -468,10 +468,48 @@ def measure(dtype="float64", seed=0) -> list:
   return rows
 
 
+def false_alarms(seeds=range(5)) -> list:
+  """(label, dtype, seed, verdict, notes) of default searches of every correct function."""
+  rows = []
+  for label, (kind, name, options, fn) in CORRECT.items():
+    for dtype in ("float64", "float32"):
+      for seed in seeds:
+        report = check_op(kind, fn, name=name, dtype=dtype, seed=seed, **options)
+        rows.append((label, dtype, seed, report.verdict, report.cases, report.notes))
+  return rows
+
+
 if __name__ == "__main__":
-  for dtype in ("float64", "float32"):
-    rows = measure(dtype)
-    for label, caught, right, codes, secs in rows:
-      print(f"{dtype}  {label:50s} caught={caught} right={right} {codes} {secs:.2f}s")
-    print(f"{dtype}: caught {sum(r[1] for r in rows)} of {len(rows)}, diagnosed right "
-          f"{sum(r[2] for r in rows)} of {len(rows)}")
+  parser = argparse.ArgumentParser(description="measure check_op on the layer functions above")
+  parser.add_argument("what", choices=("mutants", "false-alarms", "timing"))
+  parser.add_argument("--seeds", type=int, default=5)
+  what = parser.parse_args().what
+  if what == "mutants":
+    for dtype in ("float64", "float32"):
+      rows = measure(dtype)
+      for label, caught, right, codes, secs in rows:
+        print(f"{dtype}  {label:50s} caught={caught} right={right} {codes} {secs:.2f}s")
+      print(f"{dtype}: caught {sum(r[1] for r in rows)} of {len(rows)}, diagnosed right "
+            f"{sum(r[2] for r in rows)} of {len(rows)}")
+  elif what == "false-alarms":
+    rows = false_alarms(range(parser.parse_args().seeds))
+    for row in rows:
+      if row[3] != "pass":
+        print("FALSE ALARM:", row)
+    print(f"{sum(r[3] != 'pass' for r in rows)} false alarms in {len(rows)} default searches "
+          f"({sum(r[4] for r in rows)} cases); notes: {sorted({n for r in rows for n in r[5]})}")
+  else:
+    for label, (kind, name, options, fn) in CORRECT.items():
+      start = time.perf_counter()
+      report = check_op(kind, fn, name=name, **options)
+      print(f"{label:40s} {report.verdict} {report.cases} cases {report.calls} calls "
+            f"{time.perf_counter() - start:.2f} s")
+
+
+def test_docs_five_line_example_runs(capsys):
+  import pathlib
+  text = (pathlib.Path(__file__).parent.parent / "docs" / "ops.md").read_text()
+  block = text.split("```python\n", 1)[1].split("```", 1)[0]
+  assert len(block.strip().splitlines()) == 5
+  exec(compile(block, "docs/ops.md", "exec"), {})
+  assert capsys.readouterr().out.startswith("PASS")
