@@ -386,3 +386,34 @@ def test_op_candidate_forward_checked():
   bad = OpCandidate(lambda z, dout: dout * (1 - np.tanh(z) ** 2), forward=np.sin)
   report = check_op("activation", bad, name="tanh", examples=5)
   assert report.verdict == "fail" and report.kind == "forward"
+
+
+TORCH_ACTIVATIONS = {
+    "identity": lambda z: z, "relu": torch.relu, "leaky_relu": torch.nn.functional.leaky_relu,
+    "elu": torch.nn.functional.elu, "selu": torch.selu, "gelu": torch.nn.functional.gelu,
+    "gelu_tanh": lambda z: torch.nn.functional.gelu(z, approximate="tanh"),
+    "silu": torch.nn.functional.silu, "softplus": torch.nn.functional.softplus,
+    "sigmoid": torch.sigmoid, "tanh": torch.tanh, "softsign": torch.nn.functional.softsign,
+    "sin": torch.sin,
+}
+
+
+def _torch_autograd(f):
+  def backward(z, dout):
+    zt = torch.from_numpy(z).requires_grad_(True)
+    (g,) = torch.autograd.grad(f(zt), zt, torch.from_numpy(dout))
+    return g.numpy()
+  return backward
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_torch_autograd_passes_every_activation(dtype):
+  for name, f in TORCH_ACTIVATIONS.items():
+    report = check_op("activation", _torch_autograd(f), name=name, dtype=dtype, examples=10)
+    assert report.verdict == "pass", report.text()
+    if name == "leaky_relu":  # torch's LeakyReLU has f'(0) = 0.01, jax.nn's 1
+      assert any("leaky_relu'(0) = 0.01" in n for n in report.notes), report.notes
+  softplus = check_op("activation", _torch_autograd(torch.nn.functional.softplus), name="softplus",
+                      dtype=dtype, examples=10, strict_conventions=True)
+  if dtype == "float64":  # linear above z = 20: 2e-9 off, visible in float64 only
+    assert softplus.verdict == "fail" and softplus.kind == "convention", softplus.text()

@@ -317,6 +317,15 @@ def judge_forward(spec, case, truth, outcome: Call, twin_truth=None) -> Verdict 
                  f"(error {err:.2e}, tolerance {tol:.1e})", {"forward": err}, tol)
 
 
+SOFTPLUS_THRESHOLD = 20.0
+"""torch.nn.functional.softplus (threshold=20) is linear above it, so its derivative is 1 there
+where sigmoid(z) = 1 - exp(-z) is not: 2e-9 below 1 at z = 20, seen in float64 only."""
+
+SOFTPLUS_NOTE = ("convention note: the candidate's softplus is linear for z > 20 (torch's "
+                 "threshold), so its derivative is 1 there, where bpref's is sigmoid(z) = "
+                 "1 - exp(-z) (at most 2e-9 from 1)")
+
+
 def convention(spec, case, truth, outputs) -> str:
   """A note naming the convention the candidate follows, when that is the only difference."""
   name = spec.name if spec.kind in ("activation", "layer") else None
@@ -325,6 +334,11 @@ def convention(spec, case, truth, outputs) -> str:
     if all(_kinds.error(outputs[k], twin.expected[k], np.maximum(truth.bounds[k], twin.bounds[k]))
            <= truth.tol for k in outputs):
       return GELU_NOTE[name]
+  if name == "softplus" and truth.z is not None and np.any(truth.z > SOFTPLUS_THRESHOLD):
+    fp = np.where(truth.z > SOFTPLUS_THRESHOLD, 1.0, _kinds.fprime(name, truth.z))
+    alt = from_delta(spec, case, case.arrays["dout"] * fp)
+    if all(_kinds.error(outputs[k], alt[k], truth.bounds[k]) <= truth.tol for k in outputs):
+      return SOFTPLUS_NOTE
   if name not in _network_judge.KINK_CONVENTIONS or truth.z is None or not np.any(truth.z == 0):
     return ""
   options = _network_judge.KINK_CONVENTIONS[name]
