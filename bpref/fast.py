@@ -281,7 +281,7 @@ def _as_case(problem):
   return params, x, t, loss, reduction
 
 
-def evaluate_many(problems, *, precision=DEFAULT_PRECISION) -> list:
+def evaluate_many(problems, *, precision=DEFAULT_PRECISION, shape=None) -> list:
   """bpref's loss, gradients, deltas, input gradient and prediction for many networks.
 
   Args:
@@ -290,11 +290,23 @@ def evaluate_many(problems, *, precision=DEFAULT_PRECISION) -> list:
       validates its arguments. Architectures, activations, losses, reductions,
       batch sizes and dtypes may all differ.
     precision: matmul precision, as in ``bpref.value_and_grad``.
+    shape: one bucket (D, N, M) for every problem (each must fit in it), in place of
+      the smallest bucket of each: a search over a declared domain compiles once.
 
   Returns:
     A list of ``Result``, one per problem, in order.
   """
   check_precision(precision)
+  return bucketed(problems, lambda p: _many(p, precision=precision), _unpack, shape=shape)
+
+
+def bucketed(problems, compute, unpack, *, shape=None) -> list:
+  """Validate ``problems``, pack them into buckets, ``compute`` each chunk, ``unpack`` each case.
+
+  The driver shared by bpref's buckets and the autodiff witness's (``bpref.reference``):
+  ``compute(packed: _Packed)`` returns arrays with a leading case axis, and
+  ``unpack(out, k, params, x2, single)`` the k-th case's result, sliced to its shapes.
+  """
   cases = []
   groups: dict = {}
   for i, problem in enumerate(problems):
@@ -308,20 +320,24 @@ def evaluate_many(problems, *, precision=DEFAULT_PRECISION) -> list:
     x2, t2 = np.asarray(x2), np.asarray(t2)
     cases.append((params, x2, single))
     sizes = [x2.shape[1]] + [p.W.shape[0] for p in params]
-    key = (np.dtype(x2.dtype), bucket(sizes, x2.shape[0]))
+    own = bucket(sizes, x2.shape[0])
+    if shape is not None and any(n > m for n, m in zip(own, shape)):
+      raise ValueError(f"problem {i}: depth {len(params)}, widths {tuple(sizes)} and batch "
+                       f"{x2.shape[0]} need the bucket {own}, larger than shape={tuple(shape)}")
+    key = (np.dtype(x2.dtype), own if shape is None else tuple(shape))
     groups.setdefault(key, []).append((i, (params, x2, t2, loss, reduction)))
   results = [None] * len(cases)
-  for (dtype, shape), members in groups.items():
+  for (dtype, bucket_shape), members in groups.items():
     start = 0
     while start < len(members):
       left = len(members) - start
       chunk = next((c for c in CHUNKS if c >= left), CHUNKS[-1])
       part = members[start:start + chunk]
-      packed = _pack([case for _, case in part], shape, chunk, dtype)
-      out = jax.device_get(_many(packed, precision=precision))
+      packed = _pack([case for _, case in part], bucket_shape, chunk, dtype)
+      out = jax.device_get(compute(packed))
       for k, (i, _) in enumerate(part):
         params, x2, single = cases[i]
-        results[i] = _unpack(out, k, params, x2, single)
+        results[i] = unpack(out, k, params, x2, single)
       start += chunk
   return results
 
@@ -336,7 +352,7 @@ def grads_many(problems, *, precision=DEFAULT_PRECISION) -> list:
   return [r.grads for r in evaluate_many(problems, precision=precision)]
 
 
-def per_example_grads_many(problems, *, precision=DEFAULT_PRECISION) -> list:
+def per_example_grads_many(problems, *, precision=DEFAULT_PRECISION, shape=None) -> list:
   """[grads, ...]: ``bpref.per_example_grads`` of each problem (its reduction is ignored).
 
   Each problem is evaluated with the summed loss, whose delta_l has rows dC_b/dz_l;
@@ -348,13 +364,76 @@ def per_example_grads_many(problems, *, precision=DEFAULT_PRECISION) -> list:
     params, x, t, loss, _ = _as_case(problem)
     summed.append((params, x, t, loss, "sum"))
   out = []
-  for r, (params, *_) in zip(evaluate_many(summed, precision=precision), summed):
+  for r, (params, *_) in zip(evaluate_many(summed, precision=precision, shape=shape), summed):
     grads = []
     for layer, delta, a_prev in zip(params, r.deltas, r.a):
       dW = delta[..., :, None] * a_prev[..., None, :]  # (39) per example: delta_{l,b} a_{l-1,b}^T
       grads.append(Layer(dW, None if layer.b is None else delta, layer.activation))  # dC_b/db_l = delta_{l,b}
     out.append(tuple(grads))
   return out
+
+
+def _one_case_lambdas(p: _Packed, precision):
+  """lambda_l = dy/dz_l of one padded case: (D, M, N, N), zero for l > L and padded units."""
+  def layer_forward(a_prev, layer):
+    W, b, act, live, units = layer
+    z = jnp.matmul(a_prev, W.T, precision=precision) + b[None, :]  # (7)
+    a = jax.lax.switch(act, _F_BRANCHES, z, units)  # (8)
+    a = jnp.where(units[None, :], a, jnp.zeros_like(a))
+    return jnp.where(live, a, a_prev), (z, a)
+
+  _, (zs, acts) = jax.lax.scan(layer_forward, p.x, (p.W, p.b, p.act, p.live, p.units))
+  n = p.W.shape[-1]
+  eye = jnp.broadcast_to(jnp.eye(n, dtype=p.x.dtype), (p.x.shape[0], n, n))
+  layer_index = jnp.arange(p.W.shape[0])
+
+  def layer_backward(dy_da, layer):  # dy_da: dy/da_l, (M, N, N)
+    W, act, live, units, z, a, l = layer
+    last = jax.lax.switch(act, _JACOBIAN_BRANCHES, z, a)  # (27): lambda_L = da_L/dz_L
+    f_prime = jax.lax.switch(act, _DERIVATIVE_BRANCHES, z, a)  # (24)
+    lam = jnp.where(l == p.depth - 1, last, dy_da * f_prime[:, None, :])  # (30), corrected
+    keep = live & p.rows[:, None, None] & units[None, None, :]
+    lam = jnp.where(keep, lam, jnp.zeros_like(lam))
+    back = jnp.matmul(lam, W, precision=precision)  # lambda_l W_l = dy/da_{l-1}
+    return jnp.where(live, back, dy_da), lam
+
+  _, lams = jax.lax.scan(layer_backward, eye, (p.W, p.act, p.live, p.units, zs, acts, layer_index),
+                         reverse=True)
+  return lams
+
+
+def _derivative_branch(name):
+  if _activations.get(name).elementwise:
+    return lambda z, a: _activations.derivative(name, z, a)
+  return lambda z, a: jnp.zeros_like(z)  # softmax is an output activation only (bpref.network)
+
+
+_JACOBIAN_BRANCHES = tuple(functools.partial(_activations.jacobian, n) for n in ACTIVATION_NAMES)
+_DERIVATIVE_BRANCHES = tuple(_derivative_branch(n) for n in ACTIVATION_NAMES)
+
+
+@functools.partial(jax.jit, static_argnames=("precision",))
+def _many_lambdas(p: _Packed, precision=DEFAULT_PRECISION):
+  return jax.vmap(lambda case: _one_case_lambdas(case, precision))(p)
+
+
+def _unpack_lambdas(lams, k, params, x2, single):
+  n_batch = x2.shape[0]
+  n_out = params[-1].W.shape[0]
+  out = tuple(lams[k, l, :n_batch, :n_out, :layer.W.shape[0]] for l, layer in enumerate(params))
+  return tuple(v[0] for v in out) if single else out
+
+
+def lambdas_many(problems, *, precision=DEFAULT_PRECISION, shape=None) -> list:
+  """[lambdas, ...]: ``bpref.lambdas(params, x)`` of each problem, computed in buckets.
+
+  lambda_L = da_L/dz_L (27), then lambda_{l-1} = lambda_l W_l diag f'_{l-1}(z_{l-1}) (30),
+  corrected; each lambda_l of shape (B, n_L, n_l) (no batch axis for a 1-D x). The loss and
+  t of each problem are validated but not used.
+  """
+  check_precision(precision)
+  return bucketed(problems, lambda p: _many_lambdas(p, precision=precision), _unpack_lambdas,
+                  shape=shape)
 
 
 def compiled_count() -> int:

@@ -11,12 +11,15 @@ delta_l and lambda_l are obtained by injecting an offset e_l into z_l
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
 from bpref import activations as _activations
+from bpref import fast as _fast
 from bpref import losses as _losses
-from bpref.network import DEFAULT_PRECISION, check_problem, check_x
+from bpref.network import DEFAULT_PRECISION, Layer, check_precision, check_problem, check_x
 
 
 def _injected_forward(params, x2, offsets, precision):
@@ -102,3 +105,108 @@ def predict(params, x, *, precision=DEFAULT_PRECISION):
   x2, single = check_x(params, x)
   y = _injected_forward(params, x2, _zeros_like_z(params, x2), precision)
   return y[0] if single else y
+
+
+# ---------------------------------------------------------------- many networks at once
+
+_TWO_STEP = {loss.logits: name for name, loss in _losses.LOSSES.items() if loss.logits}
+"""The loss on y = f_L(z_L) that each logit loss fuses: the witness differentiates the former."""
+
+
+def _f_padded(name):
+  act = _activations.get(name)
+  if act.elementwise:
+    return lambda z, units: act.f(z)
+  return lambda z, units: act.f(jnp.where(units[None, :], z, jnp.full_like(z, -jnp.inf)))
+
+
+def _padded_forward(p, offsets, precision):
+  """y = a_L of one padded case of ``bpref.fast`` with e_l added to z_l, shape (M, N).
+
+  The same masks as bpref.fast's forward: padded units of a_l are 0, a layer past the
+  last one passes a_{l-1} through.
+  """
+  branches = tuple(_f_padded(n) for n in _fast.ACTIVATION_NAMES)
+
+  def layer(a_prev, inputs):
+    W, b, act, live, units, e = inputs
+    z = jnp.matmul(a_prev, W.T, precision=precision) + b[None, :] + e
+    a = jax.lax.switch(act, branches, z, units)
+    a = jnp.where(units[None, :], a, jnp.zeros_like(a))
+    return jnp.where(live, a, a_prev), None
+
+  y, _ = jax.lax.scan(layer, p.x, (p.W, p.b, p.act, p.live, p.units, offsets))
+  return y
+
+
+def _padded_loss(W, b, x, offsets, p, rows, precision):
+  """C of one padded case on y, as ``_loss``: the loss the case names, two-step where fused."""
+  names = _fast.LOSS_NAMES
+  two_step = jnp.asarray([names.index(_TWO_STEP.get(n, n)) for n in names], jnp.int32)
+  y = _padded_forward(p._replace(W=W, b=b, x=x), offsets, precision)
+  # a padded output adds exactly 0: y = t = 0 (y is a probability where the loss is two-step),
+  # or bpref.fast's pad logit for a loss the case names on logits
+  fill = jnp.where(p.fused, jnp.zeros_like(p.fill), p.fill)
+  y = jnp.where(p.outputs[None, :], y, jnp.full_like(y, fill))
+  loss = jnp.where(p.fused, two_step[p.loss], p.loss)
+  per_example = jax.lax.switch(loss, tuple(_losses.get(n).value for n in names), y, p.t)
+  per_example = jnp.where(rows, per_example, jnp.zeros_like(per_example))
+  return jnp.sum(per_example) / p.divisor
+
+
+def _one_padded_case(p, precision):
+  offsets = jnp.zeros(p.W.shape[:1] + p.x.shape, p.x.dtype)  # (D, M, N)
+  value, (dW, db, dx, de) = jax.value_and_grad(_padded_loss, argnums=(0, 1, 2, 3))(
+      p.W, p.b, p.x, offsets, p, p.rows, precision)
+  summed = p._replace(divisor=jnp.ones_like(p.divisor))
+  one_row = jnp.eye(p.x.shape[0], dtype=bool) & p.rows[None, :]
+  per_W, per_b = jax.vmap(lambda rows: jax.grad(_padded_loss, argnums=(0, 1))(
+      p.W, p.b, p.x, offsets, summed, rows, precision))(one_row)  # (M, D, N, N), (M, D, N)
+  jac = jax.jacobian(lambda e: _padded_forward(p, e, precision))(offsets)  # (M, N, D, M, N)
+  m = jnp.arange(p.x.shape[0])
+  lams = jnp.moveaxis(jac[m, :, :, m, :], 2, 0)  # lambda_l[b] = dy_b/de_{l,b}: (D, M, N, N)
+  y = _padded_forward(p, offsets, precision)
+  return value, dW, db, de, dx, per_W, per_b, lams, y
+
+
+@functools.partial(jax.jit, static_argnames=("precision",))
+def _padded_many(p, precision):
+  return jax.vmap(lambda case: _one_padded_case(case, precision))(p)
+
+
+def _unpack(out, k, params, x2, single):
+  value, dW, db, de, dx, per_W, per_b, lams, y = out
+  B, n_0 = x2.shape
+  sizes = [n_0] + [layer.W.shape[0] for layer in params]
+  L = len(params)
+  cut = lambda v: v[0] if single else v  # noqa: E731  (a 1-D x has no batch axis)
+  grads = tuple(Layer(dW[k, l, :sizes[l + 1], :sizes[l]],
+                      None if layer.b is None else db[k, l, :sizes[l + 1]], layer.activation)
+                for l, layer in enumerate(params))
+  per_example = tuple(Layer(cut(per_W[k, :B, l, :sizes[l + 1], :sizes[l]]),
+                            None if layer.b is None else cut(per_b[k, :B, l, :sizes[l + 1]]),
+                            layer.activation)
+                      for l, layer in enumerate(params))
+  return {
+      "loss": value[k],
+      "predict": cut(y[k, :B, :sizes[-1]]),
+      "grad": grads,
+      "deltas": tuple(cut(de[k, l, :B, :sizes[l + 1]]) for l in range(L)),
+      "lambdas": tuple(cut(lams[k, l, :B, :sizes[-1], :sizes[l + 1]]) for l in range(L)),
+      "input_grad": cut(dx[k, :B, :n_0]),
+      "per_example_grads": per_example,
+  }
+
+
+def evaluate_many(problems, *, precision=DEFAULT_PRECISION, shape=None) -> list:
+  """The witness's value, grad, deltas, lambdas, input_grad, per_example_grads and predict of
+  many networks, in the padded buckets of ``bpref.fast`` (one compilation per bucket).
+
+  The forward pass is this module's (offsets injected into every z_l), on the padded and
+  masked arrays that ``bpref.fast`` packs; every derivative is ``jax.grad``'s or
+  ``jax.jacobian``'s of it. Returns one dict per problem, keyed as ``bpref.verify.CHECKS``,
+  each value of the shape the function of that name returns.
+  """
+  check_precision(precision)
+  return _fast.bucketed(problems, lambda p: _padded_many(p, precision=precision), _unpack,
+                        shape=shape)

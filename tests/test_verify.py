@@ -105,7 +105,11 @@ def _drawn(monkeypatch, runner, cases, seed):
     record(problem)
     return {"tolerance": 1.0, **dict.fromkeys(verify.WITNESSES, None)}
 
-  monkeypatch.setattr(verify, "check_case", record)
+  def record_many(problems):
+    return [record(problem) for problem in problems]
+
+  monkeypatch.setattr(verify, "check_many", record_many)
+  monkeypatch.setattr(verify, "check_case", lambda problem: dict.fromkeys(verify.CHECKS, 0.0))
   monkeypatch.setattr(verify, "witness_case", record_witnesses)
   runner(cases, seed)
   return drawn
@@ -148,3 +152,65 @@ def test_witness_run_spreads_its_few_cases_over_different_activations_and_losses
   assert len(acts & set(verify._problems.HIDDEN)) >= 10
   assert losses == set(verify._losses.LOSSES)
   assert all(len(p.params) <= 3 for p in problems)
+
+
+# ---------------------------------------------------------------- the buckets
+
+def _problems(seed, dtype, count):
+  rng = np.random.default_rng(seed)
+  return [verify._problems.random_problem(rng, np.dtype(dtype)) for _ in range(count)]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_bucketed_outputs_match_the_exact_shape_functions(dtype):
+  # bpref.fast's buckets against bpref's own public functions at each case's exact shapes:
+  # the same arithmetic on the real entries, up to the order of the padded sums, so within (T).
+  problems = _problems(11, dtype, 12)
+  for problem, ours in zip(problems, verify._bpref_many(problems)):
+    exact = verify._bpref_outputs(*problem)
+    tol = verify._tolerance.problem_tolerance(problem.params, problem.x)
+    for check in verify.CHECKS:
+      assert verify._worst(ours[check], exact[check]) <= tol, (check, problem.describe())
+
+
+def test_padded_witness_matches_the_exact_shape_witness():
+  # The autodiff witness on padded, masked networks against the same witness per shape (float64):
+  # every padded entry must contribute exactly 0 to the loss and to every derivative.
+  problems = _problems(12, "float64", 16)
+  for problem, padded in zip(problems, verify._reference.evaluate_many(problems)):
+    exact = verify._witness_outputs(*problem)
+    tol = verify._tolerance.problem_tolerance(problem.params, problem.x)
+    for check in verify.CHECKS:
+      assert verify._worst(padded[check], exact[check]) <= tol, (check, problem.describe())
+
+
+@pytest.mark.parametrize("check", verify.CHECKS)
+def test_a_wrong_bucketed_output_fails_its_row(monkeypatch, check):
+  # One output of the buckets off by a relative 1e-3 (its first array, first entry): that row,
+  # and only that row, fails.
+  honest = verify._bpref_many
+
+  def wrong(problems):
+    out = honest(problems)
+    for o in out:
+      leaves, tree = jax.tree_util.tree_flatten(o[check])
+      first = np.array(leaves[0], dtype=np.float64)
+      flat = first.reshape(-1)
+      flat[np.argmax(np.abs(flat))] *= 1 + 1e-3
+      leaves[0] = first.astype(np.asarray(leaves[0]).dtype)
+      o[check] = jax.tree_util.tree_unflatten(tree, leaves)
+    return out
+
+  monkeypatch.setattr(verify, "_bpref_many", wrong)
+  summary = verify.run(4, seed=1, dtypes=("float64",), exact=0)
+  verdicts = {r["check"]: r["verdict"] for r in summary["table"]}
+  assert verdicts.pop(check) == "FAIL" and not summary["passed"]
+  assert set(verdicts.values()) == {"ok"}, verdicts
+
+
+def test_verify_checks_its_first_cases_at_their_exact_shapes_too(monkeypatch):
+  seen = []
+  honest = verify.check_case
+  monkeypatch.setattr(verify, "check_case", lambda problem: seen.append(problem) or honest(problem))
+  summary = verify.run(5, seed=2, dtypes=("float64",), exact=2)
+  assert len(seen) == 2 and summary["exact_cases_per_dtype"] == 2 and summary["passed"]
