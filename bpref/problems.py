@@ -15,12 +15,11 @@ from __future__ import annotations
 import functools
 from typing import NamedTuple
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from bpref import activations as _activations
 from bpref import losses as _losses
+from bpref import tolerance as _tolerance
 from bpref.network import Layer
 
 WIDTHS = (1, 2, 3, 5, 8)
@@ -90,23 +89,9 @@ def targets(rng: np.random.Generator, loss: str, shape, *, unnormalized: float =
   return rng.normal(size=shape)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _apply(name, z):
-  return _activations.get(name).f(z)
-
-
-def _f64(name: str, z: np.ndarray) -> np.ndarray:
-  """f(z) in float64 whatever the caller's x64, padded to a power-of-two length (few compilations)."""
-  n = z.size
-  size = max(64, 1 << max(n - 1, 0).bit_length())
-  with jax.enable_x64(True):
-    out = np.asarray(_apply(name, jnp.asarray(np.pad(z.ravel(), (0, size - n)), jnp.float64)))
-  return out[:n].reshape(z.shape)
-
-
 @functools.lru_cache(maxsize=None)
 def _vanishes_at_zero(name: str) -> bool:
-  return bool(_f64(name, np.zeros(1))[0] == 0)
+  return bool(_tolerance.pointwise(_activations.get(name).f, np.zeros(1))[0] == 0)
 
 
 def vacuous(activations, loss: str, weights, biases, x) -> bool:
@@ -142,7 +127,7 @@ def vacuous(activations, loss: str, weights, biases, x) -> bool:
       break
     dead = z <= 0 if name == "relu" else np.zeros(z.shape, bool)
     live.append(~dead)  # f' != 0 off relu's half-line
-    a.append(_f64(name, z))
+    a.append(_tolerance.pointwise(_activations.get(name).f, z))
     zero.append(dead | ((z == 0) & _vanishes_at_zero(name)))
   reach = live[-1]
   for l in range(len(weights), 0, -1):

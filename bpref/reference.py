@@ -198,6 +198,31 @@ def _unpack(out, k, params, x2, single):
   }
 
 
+def _grad_one_padded_case(p, precision):
+  offsets = jnp.zeros(p.W.shape[:1] + p.x.shape, p.x.dtype)
+  return jax.grad(_padded_loss, argnums=(0, 1))(p.W, p.b, p.x, offsets, p, p.rows, precision)
+
+
+@functools.partial(jax.jit, static_argnames=("precision",))
+def _padded_grads(p, precision):
+  return jax.vmap(lambda case: _grad_one_padded_case(case, precision))(p)
+
+
+def _unpack_grads(out, k, params, x2, single):
+  dW, db = out
+  sizes = [x2.shape[1]] + [layer.W.shape[0] for layer in params]
+  return tuple(Layer(dW[k, l, :sizes[l + 1], :sizes[l]],
+                     None if layer.b is None else db[k, l, :sizes[l + 1]], layer.activation)
+               for l, layer in enumerate(params))
+
+
+def grads_many(problems, *, precision=DEFAULT_PRECISION, shape=None) -> list:
+  """[dC/dparams, ...] by ``jax.grad`` of many networks in ``bpref.fast``'s padded buckets."""
+  check_precision(precision)
+  return _fast.bucketed(problems, lambda p: _padded_grads(p, precision=precision), _unpack_grads,
+                        shape=shape)
+
+
 def evaluate_many(problems, *, precision=DEFAULT_PRECISION, shape=None) -> list:
   """The witness's value, grad, deltas, lambdas, input_grad, per_example_grads and predict of
   many networks, in the padded buckets of ``bpref.fast`` (one compilation per bucket).

@@ -47,8 +47,10 @@ is ill-conditioned the exact referee (bpref.referee) decides instead.
 
 from __future__ import annotations
 
+import functools
 import math
 
+import jax
 import numpy as np
 
 _UNIT_ROUNDOFF = {
@@ -156,10 +158,29 @@ def problem_tolerance(params, x, dtype=None, *, forward_only: bool = False) -> f
   return bound(dtype, depth=depth, inner=inner, magnitude=m)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _apply(fn, *args):
+  return fn(*args)
+
+
+def pointwise(fn, *arrays) -> np.ndarray:
+  """fn(*arrays) for an elementwise jnp function, in float64 whatever the caller's x64.
+
+  The arrays are flattened and zero-padded to a power-of-two length (at least 64), so
+  many problems compile fn once per length class rather than once per shape.
+  """
+  shape = np.shape(arrays[0])
+  n = int(np.prod(shape, dtype=np.int64))
+  size = max(64, 1 << max(n - 1, 0).bit_length())
+  flat = [np.pad(np.asarray(a, np.float64).ravel(), (0, size - n)) for a in arrays]
+  with jax.enable_x64(True):
+    out = np.asarray(_apply(fn, *flat), np.float64)
+  return out[:n].reshape(shape)
+
+
 def problem_terms(params, x) -> tuple[int, int, float]:
   """(L, k, m) of (T) for one problem: depth, longest sum, magnitude (see ``problem_tolerance``)."""
   from bpref import activations as _activations
-  import jax.numpy as jnp
 
   x = np.asarray(x)
   x2 = x[None, :] if x.ndim == 1 else x
@@ -172,7 +193,8 @@ def problem_terms(params, x) -> tuple[int, int, float]:
     if layer.b is not None:
       z = z + np.asarray(layer.b, np.float64)[None, :]
     zs.append(z)
-    a = np.asarray(_activations.get(layer.activation).f(jnp.asarray(z)), np.float64)  # (8)
+    a = pointwise(_activations.get(layer.activation).f, z) if _activations.get(
+        layer.activation).elementwise else np.asarray(_activations.get(layer.activation).f(z))  # (8)
     widths.append(W.shape[0])
   inner = max(max(widths), x2.shape[0])
   return len(params), inner, magnitude(zs, [layer.activation for layer in params])

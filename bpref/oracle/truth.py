@@ -39,6 +39,7 @@ from bpref import activations as _activations
 from bpref import fast as _fast
 from bpref import losses as _losses
 from bpref.network import Layer
+from bpref.tolerance import pointwise as pointwise
 
 
 class Truth(NamedTuple):
@@ -65,37 +66,15 @@ def _params64(case) -> tuple:
                for W, b, act in zip(case.weights, biases, case.arch.activations))
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _apply(fn, *args):
-  return fn(*args)
-
-
-def _padded_length(n: int) -> int:
-  return max(64, 1 << max(n - 1, 0).bit_length())
-
-
-def pointwise(fn, *arrays) -> np.ndarray:
-  """fn(*arrays) for an elementwise jnp function, in float64 whatever the caller's x64.
-
-  The arrays are flattened and zero-padded to a power-of-two length, so a search
-  compiles fn once per length class (64, 128, ...) rather than once per shape.
-  """
-  shape = np.shape(arrays[0])
-  n = int(np.prod(shape, dtype=np.int64))
-  size = _padded_length(n)
-  flat = [np.pad(np.asarray(a, np.float64).ravel(), (0, size - n)) for a in arrays]
-  with jax.enable_x64(True):
-    out = np.asarray(_apply(fn, *flat), np.float64)
-  return out[:n].reshape(shape)
-
-
 def _df(name, z):
   """f'(z) in float64 whatever the caller's JAX configuration."""
   return pointwise(_activations.get(name).df, z)
 
 
-def _df_bound(name, z, a):
+def _df_bound(name, z, a, forms=True):
   """|f'(z)| + rho_f(z): f' with the absolute error a correct program may make in it.
+
+  With ``forms=False``, |f'(z)| alone: the bound for bpref's own cancellation-free forms.
 
   rho_f (``Activation.df_error``, in units of u) covers the standard forms of f' in
   common use, such as 1 - a^2 for tanh, whose error is absolute, not relative to f'
@@ -103,7 +82,7 @@ def _df_bound(name, z, a):
   """
   bound = np.abs(_df(name, z))
   error = _activations.get(name).df_error
-  return bound if error is None else bound + pointwise(error, z, a)
+  return bound if error is None or not forms else bound + pointwise(error, z, a)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -162,16 +141,30 @@ def compute_many(cases, *, cache: bool = True) -> list:
 
 def _compute(case, problem, result) -> Truth:
   params, x, t, loss, reduction = problem
-  a = tuple(np.asarray(v, np.float64) for v in result.a) + (np.asarray(result.y, np.float64),)
-  z = tuple(a_prev @ layer.W.T + (0.0 if layer.b is None else layer.b[None, :])  # (7)
-            for a_prev, layer in zip(a[:-1], params))
+  z, a = _tape(params, result)
   dW = tuple(np.asarray(gr.W, np.float64) for gr in result.grads)
   db = None if case.biases is None else tuple(np.asarray(gr.b, np.float64) for gr in result.grads)
   deltas = tuple(np.asarray(d, np.float64) for d in result.deltas)
+  g, fwd, mag, mag_loss = _bounds(params, x, t, loss, reduction, z, a)
+  mag_W = tuple(m.T @ a_prev for m, a_prev in zip(mag, fwd[:-1]))  # bounds the terms of (39)
+  mag_b = None if db is None else tuple(m.sum(axis=0) for m in mag)
+  return Truth(float(result.value), dW, db, deltas, z, a, g, mag_W, mag_b, float(mag_loss))
+
+
+def _tape(params, result):
+  """z_1..z_L and a_0..a_L in float64 from a ``bpref.fast.Result`` of a float64 problem."""
+  a = tuple(np.asarray(v, np.float64) for v in result.a) + (np.asarray(result.y, np.float64),)
+  z = tuple(a_prev @ layer.W.T + (0.0 if layer.b is None else layer.b[None, :])  # (7)
+            for a_prev, layer in zip(a[:-1], params))
+  return z, a
+
+
+def _bounds(params, x, t, loss, reduction, z, a, forms=True):
+  """(g, A_0..A_L, M_1..M_L, the loss's magnitude) of one float64 problem and its tape."""
   scale = _losses.reduce_scale(x.shape[0], reduction)
   dy, per_example = _loss_terms(loss, a[-1], t)
   g = dy * scale
-  fwd = _forward_magnitudes(params, x, z, a)
+  fwd = _forward_magnitudes(params, x, z, a, forms)
   logits = _losses.get(loss).logits
   if logits is not None:  # fused (34): delta_L = (y sum_k t_k - t) scale from z_L, no f'_L
     dz, per_example = _loss_terms(logits, z[-1], t)
@@ -181,16 +174,61 @@ def _compute(case, problem, result) -> Truth:
     spread = scale * np.sum(np.abs(dz) * terms_L)
   else:
     mag_g = np.abs(g) + scale * (fwd[-1] + np.abs(t))
-    mag_L = _output_magnitude(params[-1].activation, z[-1], a[-1], mag_g)
+    mag_L = _output_magnitude(params[-1].activation, z[-1], a[-1], mag_g, forms)
     spread = np.sum(np.abs(g) * fwd[-1])
-  mag = _magnitudes(params, z, a, mag_L)
-  mag_W = tuple(m.T @ a_prev for m, a_prev in zip(mag, fwd[:-1]))  # bounds the terms of (39)
-  mag_b = None if db is None else tuple(m.sum(axis=0) for m in mag)
-  mag_loss = scale * np.abs(per_example).sum() + float(spread)
-  return Truth(float(result.value), dW, db, deltas, z, a, g, mag_W, mag_b, float(mag_loss))
+  mag = _magnitudes(params, z, a, mag_L, forms)
+  return g, fwd, mag, scale * np.abs(per_example).sum() + float(spread)
 
 
-def _forward_magnitudes(params, x, z, a) -> list:
+def output_bounds(problems, *, forms: bool = True) -> list:
+  """Magnitude bounds of every output ``bpref verify`` checks, for many float64 problems.
+
+  Each is the computation run on absolute values, as the module docstring's M_l and A_l:
+  loss: the loss's magnitude; predict: A_L; grad: Layer(M_l^T A_{l-1}, sum_b M_l);
+  deltas: M_l; input_grad: M_1 |W_1|; lambdas: Lambda_L = |da_L/dz_L| widened by rho_f,
+  then Lambda_{l-1} = (Lambda_l |W_l|) (|f'_{l-1}| + rho_f); per_example_grads: the
+  per-example terms M_{l,b}^T A_{l-1,b} of the summed loss. Returns one dict per problem,
+  keyed and shaped as ``bpref.verify.CHECKS`` (with a batch axis: 2-D x only), and the
+  tape's z_1..z_L under "z".
+
+  ``forms=False`` leaves rho_f out: the bounds of bpref's own cancellation-free f', which
+  ``bpref verify`` holds bpref to (a textbook 1 - a^2 for tanh' exceeds them).
+  """
+  problems = [(params, np.asarray(x, np.float64), np.asarray(t, np.float64), loss, reduction)
+              for params, x, t, loss, reduction in problems]
+  with jax.enable_x64(True):
+    results = _fast.evaluate_many(problems)
+  out = []
+  for (params, x, t, loss, reduction), result in zip(problems, results):
+    z, a = _tape(params, result)
+    _, fwd, mag, mag_loss = _bounds(params, x, t, loss, reduction, z, a, forms)
+    _, _, per_mag, _ = _bounds(params, x, t, loss, "sum", z, a, forms)
+    last = params[-1].activation
+    if _activations.get(last).elementwise:
+      lam = _df_bound(last, z[-1], a[-1], forms)[:, :, None] * np.eye(a[-1].shape[1])  # (27)
+    else:  # |diag(a) - a a^T| <= diag(a) + a a^T
+      lam = a[-1][:, :, None] * np.eye(a[-1].shape[1]) + a[-1][:, :, None] * a[-1][:, None, :]
+    lams = [lam]
+    for l in range(len(params) - 1, 0, -1):  # (30), on absolute values
+      lams.append((lams[-1] @ np.abs(params[l].W))
+                  * _df_bound(params[l - 1].activation, z[l - 1], a[l], forms)[:, None, :])
+    out.append({
+        "z": z,
+        "loss": float(mag_loss),
+        "predict": fwd[-1],
+        "grad": tuple(Layer(m.T @ a_prev, None if layer.b is None else m.sum(axis=0), layer.activation)
+                      for m, a_prev, layer in zip(mag, fwd[:-1], params)),
+        "deltas": tuple(mag),
+        "lambdas": tuple(reversed(lams)),
+        "input_grad": mag[0] @ np.abs(params[0].W),
+        "per_example_grads": tuple(
+            Layer(m[:, :, None] * a_prev[:, None, :], None if layer.b is None else m, layer.activation)
+            for m, a_prev, layer in zip(per_mag, fwd[:-1], params)),
+    })
+  return out
+
+
+def _forward_magnitudes(params, x, z, a, forms=True) -> list:
   """A_0..A_L: |a_l| widened by the rounding a correct forward pass carries into a_l.
 
   z_l = W_l a_{l-1} + b_l is a sum whose error scales with its terms,
@@ -203,25 +241,25 @@ def _forward_magnitudes(params, x, z, a) -> list:
     if layer.b is not None:
       terms = terms + np.abs(layer.b)[None, :]
     if _activations.get(layer.activation).elementwise:
-      spread = _df_bound(layer.activation, z[l - 1], a[l]) * terms
+      spread = _df_bound(layer.activation, z[l - 1], a[l], forms) * terms
     else:  # |d softmax| <= a (|dz| + sum_j a_j |dz_j|)
       spread = a[l] * (terms + np.sum(a[l] * terms, axis=-1, keepdims=True))
     out.append(np.abs(a[l]) + spread)
   return out
 
 
-def _output_magnitude(name, z, a, mag_g):
+def _output_magnitude(name, z, a, mag_g, forms=True):
   """M_L = |dC/dy| |da_L/dz_L|, from the bound mag_g on dC/dy."""
   if _activations.get(name).elementwise:
-    return mag_g * _df_bound(name, z, a)
+    return mag_g * _df_bound(name, z, a, forms)
   return a * mag_g + a * np.sum(mag_g * a, axis=-1, keepdims=True)  # |diag(a) - a a^T| terms
 
 
-def _magnitudes(params, z, a, mag_L) -> list:
+def _magnitudes(params, z, a, mag_L, forms=True) -> list:
   """M_1..M_L: the backward recursion on absolute values from M_L (module docstring)."""
   out = [mag_L]
   for l in range(len(params) - 1, 0, -1):
-    out.append((out[-1] @ np.abs(params[l].W)) * _df_bound(params[l - 1].activation, z[l - 1], a[l]))
+    out.append((out[-1] @ np.abs(params[l].W)) * _df_bound(params[l - 1].activation, z[l - 1], a[l], forms))
   return list(reversed(out))
 
 
