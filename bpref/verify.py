@@ -3,8 +3,11 @@
 Each case draws an architecture (depth, widths including 1, per-layer
 activations, a loss and reduction, a batch) in float32 or float64. bpref runs
 in the case's dtype; the witness (``bpref.reference``) runs in float64 on the
-same values, so the error reported is bpref's own. Errors are normwise
-relative per array; the worst over the arrays of a case is recorded.
+same values, so the error reported is bpref's own. Every case runs in
+``bpref.fast``'s padded buckets against the witness's padded twin, the first few
+also at their exact shapes. Errors are ||bpref - witness||_F / ||bound||_F per
+array, the bound being the same computation on absolute values; the worst over
+the arrays of a case is recorded and held to the case's (T) (``case_tolerance``).
 
 A second table runs the independent witnesses on fewer, smaller cases (depth
 <= 3): the exact referee (bpref.referee, mpmath at 50 digits) and, measured

@@ -65,3 +65,27 @@ def test_check_help_names_the_isolation_options(capsys):
   assert cli.main(["check", "--help"]) == 0
   out = capsys.readouterr().out
   assert "--in-process" in out and "--isolate" in out
+
+
+_OP_MODULE = '''
+def relu_backward(z, dout):
+  return dout * (z > 0)
+
+def relu_backward_negated(z, dout):
+  return -dout * (z > 0)
+'''
+
+
+def test_check_op_runs_through_bpref_check(tmp_path, capsys):
+  # `bpref check --op`: a course-style relu backward passes, its sign flip fails with exit 1,
+  # and --op with a second candidate is a usage error.
+  path = tmp_path / "layers.py"
+  path.write_text(_OP_MODULE)
+  assert cli.main(["check", "--op", "activation", "--op-name", "relu", f"{path}:relu_backward"]) == 0
+  assert capsys.readouterr().out.startswith("PASS")
+  assert cli.main(["check", "--op", "activation", "--op-name", "relu",
+                   "--function", f"{path}:relu_backward_negated"]) == 1
+  assert "FAIL" in capsys.readouterr().out
+  assert cli.main(["check", "--op", "activation", "--op-name", "relu", "--exec", "./mybp",
+                   "--function", f"{path}:relu_backward"]) == 2
+  assert "drop --exec" in capsys.readouterr().err

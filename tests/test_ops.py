@@ -508,8 +508,9 @@ if __name__ == "__main__":
 
 def test_docs_five_line_example_runs(capsys):
   import pathlib
-  text = (pathlib.Path(__file__).parent.parent / "docs" / "ops.md").read_text()
-  block = text.split("```python\n", 1)[1].split("```", 1)[0]
+  text = (pathlib.Path(__file__).parent.parent / "docs" / "oracle.md").read_text()
+  section = text.split("## Checking one layer", 1)[1]
+  block = section.split("```python\n", 1)[1].split("```", 1)[0]
   assert len([line for line in block.splitlines() if line.strip()]) == 5
-  exec(compile(block, "docs/ops.md", "exec"), {})
+  exec(compile(block, "docs/oracle.md", "exec"), {})
   assert capsys.readouterr().out.startswith("PASS")

@@ -5,6 +5,7 @@
   bpref check --torch module:factory [options]     (also --flax, --equinox)
   bpref check --exec "./mybp" [options]            (any language: docs/protocol.md)
   bpref check --exec "./mybp" --replay REPRO.wire  (the minimal case of a failed check, again)
+  bpref check --op activation --op-name relu module:relu_backward   (one operation: docs/oracle.md)
 
 The candidate runs in a subprocess and the verdict is printed by this process,
 which the candidate never ran in: whatever it does (print, raise SystemExit, call
@@ -25,6 +26,7 @@ import shlex
 import sys
 
 from bpref.oracle import isolation as _isolation
+from bpref.oracle.ops import cli as _ops_cli
 
 EXIT_PASS, EXIT_BUG, EXIT_USAGE = 0, 1, 2
 
@@ -98,6 +100,7 @@ def _parser() -> argparse.ArgumentParser:
                  help="write the reproducer of a failure here: a Python script, or with --exec the "
                       "minimal case in the bpref-wire format (replay it with --replay FILE)")
   o.add_argument("--no-progress", action="store_true")
+  _ops_cli.add_op_arguments(p)
   return p
 
 
@@ -185,6 +188,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
   except SystemExit as exc:
     return int(exc.code or 0)
+  if args.op:
+    return _main_op(args, parser)
   chosen = [(fw, getattr(args, fw)) for fw in _isolation.BRIDGES if getattr(args, fw)]
   if args.candidate:
     chosen.insert(0, ("function", args.candidate))
@@ -266,6 +271,27 @@ def main(argv=None) -> int:
         print("bpref check: --plot needs matplotlib (pip install 'bpref[plot]'); no picture written",
               file=sys.stderr)
   return code
+
+
+def _main_op(args, parser) -> int:
+  """``bpref check --op KIND``: one operation's backward function (``bpref.oracle.ops``)."""
+  others = [f"--{fw}" for fw in _isolation.BRIDGES if getattr(args, fw)]
+  others += ["--exec"] if args.exec_command is not None else []
+  if args.candidate and args.function:
+    others.append(args.candidate)
+  if others:
+    parser.print_usage(sys.stderr)
+    print(f"bpref check: error: --op checks the one function --function names; drop "
+          f"{', '.join(others)}", file=sys.stderr)
+    return EXIT_USAGE
+  args.function = args.function or args.candidate
+  args.reduction = args.reduction or "mean"
+  args.dtype = args.dtype or "float64"
+  args.layout = args.layout or "out_in"
+  import jax
+
+  jax.config.update("jax_enable_x64", True)
+  return _ops_cli.run_op_command(args)
 
 
 def _main_exec(args, command, options, show) -> int:
