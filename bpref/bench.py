@@ -307,6 +307,181 @@ def format_table(result) -> str:
   return "\n".join(lines)
 
 
+# ---------------------------------------------------------------- checkers
+
+_CANDIDATE = '''
+import numpy as np
+F = {"identity": (lambda z: z, lambda z, a: np.ones_like(z)), "relu": (lambda z: np.maximum(z, 0), lambda z, a: (z > 0) * 1.0),
+     "tanh": (np.tanh, lambda z, a: 1 - a * a), "sigmoid": (lambda z: 1 / (1 + np.exp(-z)), lambda z, a: a * (1 - a))}
+def grads(weights, biases, activations, loss, x, t):  # textbook NumPy, squared error, mean
+  a, tape = x, []
+  for W, b, f in zip(weights, biases, activations):
+    z = a @ W.T + b
+    tape.append((a, z, F[f][0](z)))
+    a = tape[-1][2]
+  g = 2 * (a - t) / x.shape[0]
+  dW, db = [None] * len(weights), [None] * len(weights)
+  for l in reversed(range(len(weights))):
+    a_prev, z, a_l = tape[l]
+    delta = g * F[activations[l]][1](z, a_l)
+    dW[l], db[l] = delta.T @ a_prev, delta.sum(axis=0)
+    g = delta @ weights[l]
+  return dW, db
+'''
+
+_NETWORK = '''
+rng = np.random.default_rng(0)
+SIZES, ACTS, B = (4, 8, 8, 3), ("tanh", "relu", "sigmoid"), 8
+Ws = [rng.normal(size=(m, n)) / np.sqrt(n) for n, m in zip(SIZES, SIZES[1:])]
+bs = [rng.normal(size=m) * 0.1 for m in SIZES[1:]]
+x, t = rng.normal(size=(B, SIZES[0])), rng.normal(size=(B, SIZES[-1]))
+'''
+
+_SCRIPTS = {
+    "bpref_one_network": _CANDIDATE + '''
+import json, time
+import jax
+jax.config.update("jax_enable_x64", True)
+import bpref
+from bpref import compilation, tolerance
+''' + _NETWORK + '''
+with compilation.count() as seen:
+  start = time.perf_counter()
+  params = bpref.from_arrays(Ws, bs, ACTS)
+  dW, db = grads(Ws, bs, ACTS, "squared_error", x, t)
+  _, truth = jax.jit(bpref.value_and_grad, static_argnums=(3, 4))(params, x, t, "squared_error", "mean")
+  mine = tuple(bpref.Layer(w, b, f) for w, b, f in zip(dW, db, ACTS))
+  ok = tolerance.worst_error(mine, truth) <= tolerance.problem_tolerance(params, x)
+  seconds = time.perf_counter() - start
+print(json.dumps({"seconds": seconds, "passed": bool(ok), "compilations": seen.compilations}))
+''',
+    "jax_check_grads": '''
+import json, time
+import numpy as np
+import jax
+import jax.numpy as jnp
+jax.config.update("jax_enable_x64", True)
+from jax.test_util import check_grads
+from bpref import compilation
+F = {"tanh": jnp.tanh, "relu": jax.nn.relu, "sigmoid": jax.nn.sigmoid}
+''' + _NETWORK + '''
+def loss(params):
+  a = x
+  for (W, b), f in zip(params, ACTS):
+    a = F[f](a @ W.T + b)
+  return jnp.sum((a - t) ** 2) / B
+with compilation.count() as seen:
+  start = time.perf_counter()
+  check_grads(loss, ([(jnp.asarray(W), jnp.asarray(b)) for W, b in zip(Ws, bs)],), order=1, modes=("rev",))
+  seconds = time.perf_counter() - start
+print(json.dumps({"seconds": seconds, "passed": True, "compilations": seen.compilations}))
+''',
+    "torch_gradcheck": '''
+import json, time
+import numpy as np
+import torch
+F = {"tanh": torch.tanh, "relu": torch.relu, "sigmoid": torch.sigmoid}
+''' + _NETWORK + '''
+def loss(*flat):
+  a = torch.as_tensor(x)
+  for l, f in enumerate(ACTS):
+    a = F[f](a @ flat[2 * l].T + flat[2 * l + 1])
+  return ((a - torch.as_tensor(t)) ** 2).sum() / B
+inputs = []
+for W, b in zip(Ws, bs):
+  inputs += [torch.tensor(W, requires_grad=True), torch.tensor(b, requires_grad=True)]
+start = time.perf_counter()
+ok = torch.autograd.gradcheck(loss, tuple(inputs))
+print(json.dumps({"seconds": time.perf_counter() - start, "passed": bool(ok)}))
+''',
+    "bpref_default_check": _CANDIDATE + '''
+import json, time
+import jax
+jax.config.update("jax_enable_x64", True)
+import bpref.oracle
+from bpref import compilation
+with compilation.count() as seen:
+  start = time.perf_counter()
+  cold = bpref.oracle.check(grads, examples=40, seed=0)
+  cold_s = time.perf_counter() - start
+start = time.perf_counter()
+warm = bpref.oracle.check(grads, examples=40, seed=1)
+warm_s = time.perf_counter() - start
+print(json.dumps({"passed": cold.passed and warm.passed, "compilations": seen.compilations,
+                  "cold": {"cases": cold.cases, "calls": cold.calls, "seconds": cold_s},
+                  "warm": {"cases": warm.cases, "calls": warm.calls, "seconds": warm_s}}))
+''',
+}
+"""Fresh-process scripts: the one-network checks (after imports) and a default oracle check."""
+
+
+def _fresh(script: str, timeout: float = 600) -> dict:
+  import subprocess
+  try:
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=timeout)
+  except subprocess.TimeoutExpired:
+    return {"error": f"timed out after {timeout:.0f} s"}
+  if proc.returncode != 0:
+    return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def bench_checkers(verify_quick: bool = False) -> dict:
+  """Checking, each in a fresh process: one fixed network (4, 8, 8, 3), tanh, relu, sigmoid,
+  B = 8, float64, checked by bpref (a textbook candidate against bpref's gradient and (T)),
+  by ``jax.test_util.check_grads`` and by ``torch.autograd.gradcheck`` (where torch is
+  installed), timed after the imports; a default ``bpref.oracle.check`` cold and warm, with
+  its compilations; and with ``verify_quick`` the wall time of ``bpref verify --quick``."""
+  import importlib.util
+
+  out = {}
+  for name in ("bpref_one_network", "jax_check_grads", "torch_gradcheck"):
+    if name == "torch_gradcheck" and importlib.util.find_spec("torch") is None:
+      out[name] = {"skipped": "torch is not installed"}
+      continue
+    out[name] = _fresh(_SCRIPTS[name])
+  check = _fresh(_SCRIPTS["bpref_default_check"])
+  for phase in ("cold", "warm"):
+    if phase in check:
+      check[phase]["calls_per_second"] = check[phase]["calls"] / check[phase]["seconds"]
+  out["bpref_default_check"] = check
+  if verify_quick:
+    import subprocess
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "bpref", "verify", "--quick", "--json",
+                           "--no-progress"], capture_output=True, text=True, timeout=1800)
+    summary = json.loads(proc.stdout) if proc.returncode in (0, 1) and proc.stdout.strip() else {}
+    out["verify_quick"] = {"wall_seconds": time.perf_counter() - start,
+                           "passed": summary.get("passed"),
+                           "compilations": summary.get("compilation", {}).get("compilations")}
+  return out
+
+
+def format_checkers(result: dict) -> str:
+  lines = ["checking one network (4, 8, 8, 3) tanh/relu/sigmoid, B = 8, float64, fresh process, after imports:"]
+  for name in ("bpref_one_network", "jax_check_grads", "torch_gradcheck"):
+    r = result[name]
+    if "seconds" in r:
+      extra = f", {r['compilations']} compilations" if "compilations" in r else ""
+      lines.append(f"  {name:20s} {r['seconds']:7.3f} s{extra}")
+    else:
+      lines.append(f"  {name:20s} {r.get('skipped') or r.get('error')}")
+  c = result["bpref_default_check"]
+  if "cold" in c:
+    lines.append(f"default bpref.oracle.check: {c['compilations']} compilations; cold {c['cold']['calls']} "
+                 f"candidate calls in {c['cold']['seconds']:.2f} s ({c['cold']['calls_per_second']:.0f}/s), "
+                 f"warm {c['warm']['calls']} in {c['warm']['seconds']:.2f} s "
+                 f"({c['warm']['calls_per_second']:.0f}/s)")
+  else:
+    lines.append(f"default bpref.oracle.check: {c.get('error')}")
+  if "verify_quick" in result:
+    v = result["verify_quick"]
+    lines.append(f"bpref verify --quick: {v['wall_seconds']:.1f} s wall, {v['compilations']} compilations, "
+                 f"passed {v['passed']}")
+  return "\n".join(lines)
+
+
 def _has_matplotlib() -> bool:
   import importlib.util
   return importlib.util.find_spec("matplotlib") is not None
@@ -369,8 +544,18 @@ def main(argv=None) -> int:
                       help="seconds for each of the jit-per-architecture and eager baselines")
   parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
   parser.add_argument("--plot", metavar="PNG", default=None, help="write a bar chart of the ratios")
+  parser.add_argument("--checkers", action="store_true",
+                      help="only the checking figures: one network checked by bpref, "
+                           "jax.test_util.check_grads and torch.autograd.gradcheck, and a default "
+                           "bpref.oracle.check cold and warm, each in a fresh process")
+  parser.add_argument("--verify", action="store_true",
+                      help="with --checkers: also time bpref verify --quick")
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
+  if args.checkers:
+    result = bench_checkers(verify_quick=args.verify)
+    print(json.dumps(result, indent=2) if args.json else format_checkers(result))
+    return 0
   jax.config.update("jax_enable_x64", True)
   cells = tuple(args.cells.split(",")) if args.cells else (QUICK_CELLS if args.quick else tuple(GRID))
   unknown = [c for c in cells if c not in GRID]

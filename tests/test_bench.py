@@ -63,3 +63,17 @@ def test_bench_json_structure(capsys, tmp_path):
 def test_bench_rejects_unknown_cell():
   with pytest.raises(SystemExit):
     bench.main(["--cells", "huge"])
+
+
+def test_checkers_runs_each_checker_on_the_same_network(capsys):
+  # Each checker runs in its own fresh process; the textbook candidate passes bpref's checks,
+  # and the default oracle check reports its compilations and both of its runs.
+  assert bench.main(["--checkers", "--json"]) == 0
+  out = json.loads(capsys.readouterr().out)
+  assert out["bpref_one_network"]["passed"] is True and out["bpref_one_network"]["seconds"] > 0
+  assert out["jax_check_grads"]["passed"] is True
+  assert out["torch_gradcheck"].get("passed") is True or "skipped" in out["torch_gradcheck"]
+  check = out["bpref_default_check"]
+  assert check["passed"] is True and check["compilations"] >= 1
+  for phase in ("cold", "warm"):
+    assert check[phase]["calls"] >= 40 and check[phase]["calls_per_second"] > 0
