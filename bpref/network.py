@@ -313,11 +313,6 @@ def from_arrays(weights, biases, activations) -> Params:
   return params
 
 
-def sizes(params) -> tuple:
-  """(n_0, ..., n_L) of a valid network."""
-  return check_params(params)
-
-
 # ---------------------------------------------------------------- forward pass
 
 def _forward(params, x2, precision) -> Tape:

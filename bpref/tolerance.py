@@ -200,11 +200,6 @@ def problem_terms(params, x) -> tuple[int, int, float]:
   return len(params), inner, magnitude(zs, [layer.activation for layer in params])
 
 
-def within(actual, expected, tol) -> bool:
-  """Whether every array pair of two trees meets ``max_norm_error <= tol``."""
-  return worst_error(actual, expected) <= tol
-
-
 def worst_error(actual, expected) -> float:
   """The largest ``max_norm_error`` over the leaves of two trees of the same structure."""
   import jax

@@ -8,9 +8,6 @@ import os
 
 import numpy as np
 
-VERDICTS = ("pass", "fail", "error")
-
-
 @dataclasses.dataclass
 class Report:
   """What ``bpref.oracle.check`` found.
