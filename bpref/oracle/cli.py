@@ -236,14 +236,10 @@ def main(argv=None) -> int:
   guard = _ExitGuard() if args.in_process else contextlib.nullcontext()
   with guard:
     try:
-      with compilation.count() as seen:
-        report = oracle.check(target=(kind, ref), progress=_progress if show else None, **options)
-      report.compilation = seen.to_json()
-    except (ValueError, TypeError) as exc:
-      if show:
-        sys.stderr.write("\n")
-      print(f"bpref check: error: {exc}", file=sys.stderr)
-      return EXIT_USAGE
+      report = _counted(lambda: oracle.check(target=(kind, ref), progress=_progress if show else None,
+                                             **options), show)
+      if report is None:
+        return EXIT_USAGE
     except SystemExit as exc:  # raised in this thread by the candidate (from a signal handler, say)
       print(f"\nbpref check: the candidate raised SystemExit({exc.code!r}) in bpref's own thread "
             "before the verdict: that is not a pass", file=sys.stderr)
@@ -273,6 +269,22 @@ def main(argv=None) -> int:
   return code
 
 
+def _counted(check, show):
+  """check() with its compilations in the report, or None after printing a usage error."""
+  from bpref import compilation
+
+  try:
+    with compilation.count() as seen:
+      report = check()
+  except (ValueError, TypeError) as exc:
+    if show:
+      sys.stderr.write("\n")
+    print(f"bpref check: error: {exc}", file=sys.stderr)
+    return None
+  report.compilation = seen.to_json()
+  return report
+
+
 def _main_op(args, parser) -> int:
   """``bpref check --op KIND``: one operation's backward function (``bpref.oracle.ops``)."""
   others = [f"--{fw}" for fw in _isolation.BRIDGES if getattr(args, fw)]
@@ -296,7 +308,6 @@ def _main_op(args, parser) -> int:
 
 def _main_exec(args, command, options, show) -> int:
   """``bpref check --exec COMMAND``: the oracle on a program speaking bpref-wire."""
-  from bpref import compilation
   from bpref.oracle import exec as _exec
 
   if args.replay:
@@ -311,14 +322,9 @@ def _main_exec(args, command, options, show) -> int:
     print("bpref check: note: --exec always runs the program in its own process; --isolate and "
           "--in-process are ignored", file=sys.stderr)
   options = {k: v for k, v in options.items() if k != "isolate"}
-  try:
-    with compilation.count() as seen:
-      report = _exec.check(command, progress=_progress if show else None, **options)
-    report.compilation = seen.to_json()
-  except (ValueError, TypeError) as exc:
-    if show:
-      sys.stderr.write("\n")
-    print(f"bpref check: error: {exc}", file=sys.stderr)
+  report = _counted(lambda: _exec.check(command, progress=_progress if show else None, **options),
+                    show)
+  if report is None:
     return EXIT_USAGE
   if show:
     sys.stderr.write("\n")

@@ -443,15 +443,7 @@ class ExecEvaluator(_search.Evaluator):
     spec = spec or self.spec
     prepared = [self.case_and_truth(a) for a in archs]
     outcomes = self.pool.map([case for case, _ in prepared], spec.layout)
-    results = []
-    for (case, truth), outcome in zip(prepared, outcomes):
-      result = _judge.judge(case, truth, outcome, spec)
-      results.append(result)
-      self.history.append((phase, result))
-    self.calls += len(outcomes)
-    if self.progress:
-      self.progress(phase, self.calls)
-    return results
+    return self.judge_all(prepared, outcomes, phase, spec)
 
 
 _PREFERRED = {"dtypes": ("dtype", "float64"), "layouts": ("layout", "out_in"),

@@ -76,6 +76,10 @@ class Evaluator:
           self.stopped = ("the candidate hung in this process and cannot be stopped here; "
                           "isolate=True (--isolate) runs it in a subprocess that can be")
           break
+    return self.judge_all(prepared, outcomes, phase, spec)
+
+  def judge_all(self, prepared, outcomes, phase: str, spec) -> list:
+    """Judge each (case, truth) by its outcome; record them in the history and count the calls."""
     results = []
     for (case, truth), outcome in zip(prepared, outcomes):
       result = _judge.judge(case, truth, outcome, spec)
