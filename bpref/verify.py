@@ -198,11 +198,20 @@ def run(cases: int, seed: int, dtypes=("float32", "float64"), progress=None,
                    "tolerance": None, "failures": 0}
           for d in dtypes for c in CHECKS}
   done = 0
+  crashes = []
   for dtype in dtypes:
-    bucketed = check_many(drawn[dtype]) if drawn[dtype] else []
+    try:
+      bucketed = check_many(drawn[dtype]) if drawn[dtype] else []
+    except Exception as exc:  # a broken bpref fails its rows, it does not end the run
+      crashes.append(f"{dtype}, the buckets: {_first_line(exc)}")
+      bucketed = [(dict.fromkeys(CHECKS, float("inf")), 1.0)] * len(drawn[dtype])
     for i, (problem, (errors, tol)) in enumerate(zip(drawn[dtype], bucketed)):
       if i < exact:  # the exact-shape path too, a check of the buckets
-        exact_errors, _ = check_case(problem)
+        try:
+          exact_errors, _ = check_case(problem)
+        except Exception as exc:
+          crashes.append(f"{dtype}, {problem.describe()} at its exact shapes: {_first_line(exc)}")
+          exact_errors = dict.fromkeys(CHECKS, float("inf"))
         errors = {c: max(errors[c], exact_errors[c]) for c in CHECKS}
       for check, err in errors.items():
         row = rows[(dtype, check)]
@@ -220,7 +229,13 @@ def run(cases: int, seed: int, dtypes=("float32", "float64"), progress=None,
             "verdict": "ok" if rows[(d, c)]["failures"] == 0 else "FAIL"}
            for d in dtypes for c in CHECKS]
   return {"seed": seed, "cases_per_dtype": cases, "exact_cases_per_dtype": min(exact, cases),
-          "table": table, "passed": all(r["verdict"] == "ok" for r in table)}
+          "table": table, "crashes": crashes,
+          "passed": not crashes and all(r["verdict"] == "ok" for r in table)}
+
+
+def _first_line(exc) -> str:
+  text = str(exc).strip().splitlines()
+  return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
 # ---------------------------------------------------------------- independent witnesses
@@ -402,6 +417,7 @@ def format_table(summary: dict) -> str:
     lines.append(f"{r['dtype']:8} {r['check']:18} {r['cases']:6d} {r['max_error']:14.3e} "
                  f"{r['max_ratio']:14.3f}  {r['verdict']}")
   lines.append("-" * 74)
+  lines.extend(f"crashed: {c}" for c in summary.get("crashes", ()))
   lines.append("PASS: every function agrees with the witness" if summary["passed"]
                else "FAIL: see the rows marked FAIL")
   return "\n".join(lines)

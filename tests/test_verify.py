@@ -217,3 +217,16 @@ def test_verify_checks_its_first_cases_at_their_exact_shapes_too(monkeypatch):
   monkeypatch.setattr(verify, "check_case", lambda problem: seen.append(problem) or honest(problem))
   summary = verify.run(5, seed=2, dtypes=("float64",), exact=2)
   assert len(seen) == 2 and summary["exact_cases_per_dtype"] == 2 and summary["passed"]
+
+
+def test_a_crashing_bpref_fails_verify_with_the_error_named(monkeypatch):
+  # A bpref whose exact-shape functions raise (a broken backprop.py) fails every row of the cases
+  # it reaches and names the exception; the run goes on to the end.
+  def broken(*problem):
+    raise ValueError("layer 2: broken on purpose")
+
+  monkeypatch.setattr(verify, "_bpref_outputs", broken)
+  summary = verify.run(3, seed=4, dtypes=("float64",), exact=1)
+  assert not summary["passed"] and all(r["verdict"] == "FAIL" for r in summary["table"])
+  assert len(summary["crashes"]) == 1 and "ValueError: layer 2: broken on purpose" in summary["crashes"][0]
+  assert "crashed: float64" in verify.format_table(summary)
