@@ -131,7 +131,7 @@ class Report:
           for l, e in enumerate(self.implied_delta_errors, start=1)))
     if self.case and self.case.get("arrays"):
       lines.append("")
-      lines.append("  arrays of the minimal case (rerun them with the reproducer: --json has it):")
+      lines.append("  arrays of the minimal case (rerun them: --reproducer FILE, or the report's reproducer):")
       with np.printoptions(precision=4, suppress=True, linewidth=100):
         for name, value in self.case["arrays"].items():
           arr = np.asarray(value)
