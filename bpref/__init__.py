@@ -7,10 +7,13 @@ from bpref import activations as activations
 from bpref import losses as losses
 from bpref.backprop import Deltas as Deltas
 from bpref.backprop import Lambdas as Lambdas
+from bpref.backprop import backward as backward
 from bpref.backprop import deltas as deltas
 from bpref.backprop import grad as grad
 from bpref.backprop import input_grad as input_grad
 from bpref.backprop import lambdas as lambdas
+from bpref.backprop import output_delta as output_delta
+from bpref.backprop import param_grads as param_grads
 from bpref.backprop import per_example_grads as per_example_grads
 from bpref.backprop import value_and_grad as value_and_grad
 from bpref.network import DEFAULT_PRECISION as DEFAULT_PRECISION
@@ -29,7 +32,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_PRECISION", "Deltas", "Grads", "Lambdas", "Layer", "Params", "Tape",
-    "activations", "deltas", "forward", "from_arrays", "grad", "init", "input_grad",
-    "lambdas", "loss_value", "losses", "per_example_grads", "predict", "shard_batch",
-    "value_and_grad",
+    "activations", "backward", "deltas", "forward", "from_arrays", "grad", "init", "input_grad",
+    "lambdas", "loss_value", "losses", "output_delta", "param_grads", "per_example_grads",
+    "predict", "shard_batch", "value_and_grad",
 ]

@@ -14,6 +14,15 @@ No JAX autodiff is used here. With rows as examples and the tape of
 
 For a softmax output layer diag f'_L is replaced by the Jacobian diag(a_L) - a_L a_L^T,
 applied as a vector-Jacobian product.
+
+The stages are public, on a batch x of shape (B, n_0) (rows are examples):
+
+  tape = bpref.forward(params, x)                            # z_l, a_l: (7), (8)
+  C, delta_L = output_delta(params, tape, t, loss, reduction)  # (13), (14), (34)
+  deltas = backward(params, tape, delta_L)                   # (37)
+  grads = param_grads(params, tape, deltas)                  # (39), dC/db_l = delta_l
+
+and ``value_and_grad`` is their composition, after validating its arguments once.
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ import jax.numpy as jnp
 
 from bpref import activations as _activations
 from bpref import losses as _losses
-from bpref.network import (DEFAULT_PRECISION, Layer, Tape, _forward, check_problem, check_x)
+from bpref.network import DEFAULT_PRECISION, Layer, Tape, check_problem, check_x, forward
 
 Array = jax.Array
 Deltas = tuple  # (delta_1, ..., delta_L), delta_l of shape (B, n_l)
@@ -39,8 +48,8 @@ def _output_cotangent(tape: Tape, t2, loss, reduction) -> tuple[Array, Array]:
   return value, loss_obj.dy(y, t2) * jnp.asarray(scale, y.dtype)  # (14) and its batch reduction
 
 
-def _output_delta(params, tape: Tape, t2, loss, reduction) -> tuple[Array, Array]:
-  """(C, delta_L) for the reduced loss.
+def output_delta(params, tape: Tape, t, loss, reduction) -> tuple[Array, Array]:
+  """(C, delta_L) for the reduced loss: delta_L = dC/dz_L of shape (B, n_L), t of shape (B, n_L).
 
   cross_entropy after softmax and binary_cross_entropy after sigmoid are the logit losses of
   z_L, so C and delta_L come from z_L directly: softmax(z_L) sum_k t_k - t and sigma(z_L) - t.
@@ -49,21 +58,21 @@ def _output_delta(params, tape: Tape, t2, loss, reduction) -> tuple[Array, Array
   """
   logits = _losses.get(loss).logits
   if logits is None:
-    value, g = _output_cotangent(tape, t2, loss, reduction)
+    value, g = _output_cotangent(tape, t, loss, reduction)
     return value, _output_vjp(params, tape, g)
   z = tape.z[-1]
   fused = _losses.get(logits)
-  value = _losses.reduce(fused.value(z, t2), reduction)
+  value = _losses.reduce(fused.value(z, t), reduction)
   scale = jnp.asarray(_losses.reduce_scale(z.shape[0], reduction), z.dtype)
-  return value, fused.dy(z, t2) * scale  # (34), corrected, with f_L and C fused
+  return value, fused.dy(z, t) * scale  # (34), corrected, with f_L and C fused
 
 
 def _output_vjp(params, tape: Tape, g: Array) -> Array:
   return _activations.vjp(params[-1].activation, tape.z[-1], tape.a[-1], g)  # (34), corrected
 
 
-def _recurse(params, tape: Tape, delta: Array, precision) -> Deltas:
-  """delta_1, ..., delta_L from delta_L (rows are examples)."""
+def backward(params, tape: Tape, delta: Array, precision=DEFAULT_PRECISION) -> Deltas:
+  """(delta_1, ..., delta_L) from delta_L of shape (B, n_L), each delta_l of shape (B, n_l)."""
   out = [delta]
   for l in range(len(params) - 1, 0, -1):  # l = L-1, ..., 1
     back = jnp.matmul(delta, params[l].W, precision=precision)  # delta_{l+1} W_{l+1}
@@ -73,12 +82,13 @@ def _recurse(params, tape: Tape, delta: Array, precision) -> Deltas:
   return tuple(reversed(out))
 
 
-def _deltas(params, tape: Tape, g: Array, precision) -> Deltas:
+def deltas_from_cotangent(params, tape: Tape, g: Array, precision=DEFAULT_PRECISION) -> Deltas:
   """delta_1, ..., delta_L from the output cotangent g = dC/dy: a linear map of g."""
-  return _recurse(params, tape, _output_vjp(params, tape, g), precision)
+  return backward(params, tape, _output_vjp(params, tape, g), precision)
 
 
-def _layer_grads(params, tape: Tape, deltas: Deltas, precision) -> tuple:
+def param_grads(params, tape: Tape, deltas: Deltas, precision=DEFAULT_PRECISION) -> tuple:
+  """dC/dparams from the tape and the deltas: a tree with the structure of ``params``."""
   grads = []
   for layer, delta, a_prev in zip(params, deltas, tape.a[:-1]):
     dW = jnp.matmul(delta.T, a_prev, precision=precision)  # (39), corrected: rows D_l^T A_{l-1}
@@ -90,8 +100,8 @@ def _layer_grads(params, tape: Tape, deltas: Deltas, precision) -> tuple:
 def _prepare(params, x, t, loss, reduction, precision):
   """Validate, run the forward pass and start the backward one: (tape, C, delta_L, single)."""
   x2, t2, single = check_problem(params, x, t, loss, reduction)
-  tape = _forward(params, x2, precision)
-  value, delta_L = _output_delta(params, tape, t2, loss, reduction)
+  tape = forward(params, x2, precision=precision)
+  value, delta_L = output_delta(params, tape, t2, loss, reduction)
   return tape, value, delta_L, single
 
 
@@ -117,8 +127,8 @@ def value_and_grad(params, x, t, loss: str = "squared_error", reduction: str = "
   (3, 2)
   """
   tape, value, delta_L, _ = _prepare(params, x, t, loss, reduction, precision)
-  deltas = _recurse(params, tape, delta_L, precision)
-  return value, _layer_grads(params, tape, deltas, precision)
+  deltas = backward(params, tape, delta_L, precision)
+  return value, param_grads(params, tape, deltas, precision)
 
 
 def grad(params, x, t, loss: str = "squared_error", reduction: str = "mean", *,
@@ -131,7 +141,7 @@ def deltas(params, x, t, loss: str = "squared_error", reduction: str = "mean", *
            precision=DEFAULT_PRECISION) -> Deltas:
   """(delta_1, ..., delta_L), delta_l = dC/dz_l of the reduced loss, each (B, n_l)."""
   tape, _, delta_L, single = _prepare(params, x, t, loss, reduction, precision)
-  out = _recurse(params, tape, delta_L, precision)
+  out = backward(params, tape, delta_L, precision)
   return tuple(d[0] for d in out) if single else out
 
 
@@ -139,7 +149,7 @@ def input_grad(params, x, t, loss: str = "squared_error", reduction: str = "mean
                precision=DEFAULT_PRECISION) -> Array:
   """dC/dx = delta_1 W_1, shape (B, n_0) or (n_0,)."""
   tape, _, delta_L, single = _prepare(params, x, t, loss, reduction, precision)
-  delta_1 = _recurse(params, tape, delta_L, precision)[0]
+  delta_1 = backward(params, tape, delta_L, precision)[0]
   dx = jnp.matmul(delta_1, params[0].W, precision=precision)  # (26), corrected: dC/dx = delta_1 W_1
   return dx[0] if single else dx
 
@@ -153,7 +163,7 @@ def per_example_grads(params, x, t, loss: str = "squared_error", *,
   """
   tape, _, delta_L, single = _prepare(params, x, t, loss, "sum", precision)
   out = []
-  for layer, delta, a_prev in zip(params, _recurse(params, tape, delta_L, precision), tape.a[:-1]):
+  for layer, delta, a_prev in zip(params, backward(params, tape, delta_L, precision), tape.a[:-1]):
     dW = delta[:, :, None] * a_prev[:, None, :]  # (39) per example: delta_{l,b}^T a_{l-1,b}^T (delta a row, a a column)
     db = None if layer.b is None else delta  # dC_b/db_l = delta_{l,b}
     out.append(Layer(dW, db, layer.activation))
@@ -168,7 +178,7 @@ def lambdas(params, x, *, precision=DEFAULT_PRECISION) -> Lambdas:
   lambda_{l-1} = lambda_l W_l diag f'_{l-1}(z_{l-1}) (30), corrected.
   """
   x2, single = check_x(params, x)
-  tape = _forward(params, x2, precision)
+  tape = forward(params, x2, precision=precision)
   last = params[-1]
   lam = _activations.jacobian(last.activation, tape.z[-1], tape.a[-1])  # (27)
   out = [lam]

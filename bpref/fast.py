@@ -242,7 +242,7 @@ def _pack(cases, shape, chunk, dtype) -> _Packed:
     n_layers[k] = len(params)
     vjp[k] = act[k]
     logits = _losses.get(name).logits
-    if logits is not None:  # as bpref.backprop._output_delta: C(f_L(z_L)) is a loss of z_L
+    if logits is not None:  # as bpref.backprop.output_delta: C(f_L(z_L)) is a loss of z_L
       name = logits
       fused[k] = True
       vjp[k, len(params) - 1] = FUSED

@@ -26,7 +26,6 @@ import jax.numpy as jnp
 import numpy as np
 
 import bpref
-from bpref import backprop as _backprop
 
 LOSS = "squared_error"
 
@@ -109,11 +108,12 @@ FUNCTIONS = {
 
 
 def _grads_and_input_grad(params, x, t):
-  # One backward pass for the weight gradients and dC/dx = delta_1 W_1, from bpref's own
-  # stages (bpref has no public function returning both; two calls would redo the deltas).
-  tape, value, delta_L, _ = _backprop._prepare(params, x, t, LOSS, "sum", bpref.DEFAULT_PRECISION)
-  deltas = _backprop._recurse(params, tape, delta_L, bpref.DEFAULT_PRECISION)
-  grads = _backprop._layer_grads(params, tape, deltas, bpref.DEFAULT_PRECISION)
+  # One backward pass for the weight gradients and dC/dx = delta_1 W_1, from bpref's public
+  # stages (two calls of value_and_grad and input_grad would redo the deltas).
+  tape = bpref.forward(params, x)
+  value, delta_L = bpref.output_delta(params, tape, t, LOSS, "sum")
+  deltas = bpref.backward(params, tape, delta_L)
+  grads = bpref.param_grads(params, tape, deltas)
   dx = jnp.matmul(deltas[0], params[0].W, precision=bpref.DEFAULT_PRECISION)  # dC/dx = delta_1 W_1
   return value, grads, dx
 

@@ -183,7 +183,7 @@ def test_batch_additivity_and_rank(problem):
 @functools.partial(jax.jit, static_argnums=(5,))
 def _linear_bundle(params, x, g1, g2, alpha, loss_unused=None):
   tape = _forward(params, x, bpref.DEFAULT_PRECISION)
-  d = lambda g: _backprop._deltas(params, tape, g, bpref.DEFAULT_PRECISION)  # noqa: E731
+  d = lambda g: _backprop.deltas_from_cotangent(params, tape, g, bpref.DEFAULT_PRECISION)  # noqa: E731
   return d(g1), d(g2), d(alpha * g1 + g2)
 
 

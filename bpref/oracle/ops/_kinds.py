@@ -426,7 +426,7 @@ def _vjp_padded(name, z, a, g):
 @jax.jit
 def _dense_padded(x, W, delta):
   layer = Layer(W, jnp.zeros(W.shape[:1], W.dtype), "identity")
-  (grads,) = _backprop._layer_grads((layer,), Tape(z=(None,), a=(x, None)), (delta,),
+  (grads,) = _backprop.param_grads((layer,), Tape(z=(None,), a=(x, None)), (delta,),
                                     DEFAULT_PRECISION)  # (39) and dC/db = sum_b delta
   dx = jnp.matmul(delta, W, precision=DEFAULT_PRECISION)  # (26), corrected: dC/dx = delta W
   return dx, grads.W, grads.b
