@@ -259,3 +259,14 @@ def test_padded_logits_add_exactly_zero(dtype):
     np.testing.assert_array_equal(loss.value(z_pad, t_pad), loss.value(z, t), err_msg=name)
     np.testing.assert_array_equal(loss.dy(z_pad, t_pad)[:, :3], loss.dy(z, t), err_msg=name)
     np.testing.assert_array_equal(loss.dy(z_pad, t_pad)[:, 3:], 0, err_msg=name)
+
+
+def test_one_declared_bucket_gives_the_same_results_and_refuses_what_does_not_fit():
+  rng = np.random.default_rng(21)
+  cases = [problems.random_problem(rng, np.float64) for _ in range(6)]
+  own = fast.evaluate_many(cases)
+  wide = fast.evaluate_many(cases, shape=(8, 16, 16))
+  for a, b in zip(own, wide):
+    assert tolerance.worst_error(b.grads, a.grads) <= tolerance.gradient_tolerance(np.float64)
+  with pytest.raises(ValueError, match=r"problem 0: depth .* larger than shape=\(1, 1, 1\)"):
+    fast.evaluate_many(cases[:1], shape=(1, 1, 1))
