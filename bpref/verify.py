@@ -125,11 +125,11 @@ def case_tolerance(problem, z) -> float:
   """(T) of the case's dtype, depth, longest sum and magnitude; twice that in float64.
 
   Errors are measured against the magnitude bounds of ``bpref.oracle.truth.output_bounds``
-  (the same computation on absolute values) for bpref's own cancellation-free f' (no rho_f:
-  a textbook form of f' such as 1 - a^2 must fail here), so cancellation in a result does not make a
-  correct one fail: with half squared error summed over 8 examples after a 2-unit softmax,
-  bpref's float32 dW is 1.0e-4 from the exact referee relative to |dW|, and well within
-  (T) relative to its terms. A float32 case is compared with the witness in float64, whose
+  (the same computation on absolute values) with bpref's own cancellation-free f': no room
+  is left for the absolute error a textbook form such as 1 - a^2 makes once a unit
+  saturates. Cancellation in a result does not make a correct one fail: with half squared
+  error summed over 8 examples after a 2-unit softmax, bpref's float32 dW is 1.0e-4 from
+  the exact referee relative to |dW|, and well within (T) relative to its terms. A float32 case is compared with the witness in float64, whose
   error is negligible; a float64 case with the witness in float64, each within (T).
   """
   dtype = np.dtype(problem.x.dtype)

@@ -192,7 +192,7 @@ def output_bounds(problems, *, forms: bool = True) -> list:
   tape's z_1..z_L under "z".
 
   ``forms=False`` leaves rho_f out: the bounds of bpref's own cancellation-free f', which
-  ``bpref verify`` holds bpref to (a textbook 1 - a^2 for tanh' exceeds them).
+  ``bpref verify`` holds bpref to (no room for a textbook 1 - a^2 once tanh saturates).
   """
   problems = [(params, np.asarray(x, np.float64), np.asarray(t, np.float64), loss, reduction)
               for params, x, t, loss, reduction in problems]
