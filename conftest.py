@@ -1,5 +1,6 @@
 """Strict test environment: x64 on, rank promotion raises, hypothesis profiles by BPREF_PROFILE."""
 
+import importlib.util
 import os
 
 import jax
@@ -19,3 +20,9 @@ settings.register_profile(
     "thorough", max_examples=500, deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.load_profile(os.environ.get("BPREF_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+# The bridges' modules import their framework at the top: without the `bridges` extra the
+# doctest collection leaves them out (their tests skip on their own).
+collect_ignore = [f"bpref/bridges/{name}.py" for name, module in
+                  (("torch", "torch"), ("equinox", "equinox"), ("flax", "flax"))
+                  if importlib.util.find_spec(module) is None]
