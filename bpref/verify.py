@@ -140,15 +140,18 @@ def case_tolerance(problem, z) -> float:
   return 2 * tol if dtype == np.float64 else tol
 
 
+def compare(problem, ours, theirs) -> tuple:
+  """(errors, tolerance) of two sets of outputs of one problem (2-D x), each a dict keyed by
+  some of ``CHECKS``: the errors are ||ours - theirs||_F / ||magnitude bound||_F per array,
+  the worst array of each output; the tolerance is ``case_tolerance``."""
+  bounds = _truth.output_bounds([_as_float64(problem)], forms=False)[0]
+  errors = {check: _worst(ours[check], theirs[check], bounds[check]) for check in ours}
+  return errors, case_tolerance(problem, bounds["z"])
+
+
 def check_case(problem) -> tuple:
-  """(errors, tolerance) of one problem at its exact shapes, against the witness: the errors
-  are ||bpref - witness||_F / ||magnitude bound||_F per array, the worst array of each output;
-  the tolerance is ``case_tolerance``."""
-  w = _as_float64(problem)
-  ours = _bpref_outputs(*problem)
-  theirs = _witness_outputs(*w)
-  bounds = _truth.output_bounds([w], forms=False)[0]
-  return _errors(ours, theirs, bounds), case_tolerance(problem, bounds["z"])
+  """``compare`` of bpref and the witness on one problem at its exact shapes."""
+  return compare(problem, _bpref_outputs(*problem), _witness_outputs(*_as_float64(problem)))
 
 
 EXACT_CASES = 3
