@@ -19,6 +19,7 @@ import math
 from typing import Callable, NamedTuple
 
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.special import erfc
 
 Array = jnp.ndarray
@@ -36,18 +37,33 @@ class Activation(NamedTuple):
       bit for bit (identity, relu); the backward pass then needs a_l alone, not z_l.
       tanh and sigmoid are left out on purpose: 1 - a^2 and a (1 - a) cancel once
       the unit saturates, since a carries an error of u in a value near 1.
-    df_error: (z, a) -> rho_f(z) >= 0, the absolute error of f'(z) in units of the unit
-      roundoff u that a correct program may make: the standard forms of f' in common use
-      (1 - a^2, a (1 - a), a + alpha, 1 + erf, ...) and a z rounded in the forward pass
-      (|f''(z)|). ``None`` where f' is exact (identity, relu, leaky_relu). Derived in
-      proofs/tolerance.md; the oracle adds it to |f'(z)| in its magnitude bound.
+    df_forms: (z, a) -> the absolute error, in units of the unit roundoff u, that the
+      standard forms of f' in common use make beyond bpref's own (1 - a^2, a (1 - a),
+      a + alpha, 1 + erf, 1 - exp(-a), ...); ``None`` where every form is exact up to a
+      relative u (identity, relu, leaky_relu, sin).
+    d2f: (z, a) -> a bound on |f''(z)|: a z rounded in the forward pass moves f' by it,
+      bpref's own f' included; ``None`` where f' is piecewise constant.
+      rho_f = df_forms + d2f is derived in proofs/tolerance.md; the oracle adds it to
+      |f'(z)| in its magnitude bound, and ``bpref verify`` adds d2f alone.
+    kink: what jumps at z = 0, where the probes plant exact zeros: "f'" (a convention
+      decides f'(0)), "f''" (f' is continuous, its formula branches), or ``None`` (smooth).
+    kink_values: for a jump in f', the values of f'(0) in use, as (value, who uses it);
+      the first is bpref's. Any value between the one-sided derivatives is a subgradient.
+    a_form: f' as textbooks write it from a = f(z), as (formula, function of a); ``None``
+      where f' is not a function of a. A NumPy function: the oracle's diagnoses use it.
+    piecewise_linear: f' takes finitely many values and needs no transcendental function.
   """
   name: str
   f: Callable[[Array], Array]
   df: Callable[[Array], Array] | None
   elementwise: bool = True
   df_out: Callable[[Array], Array] | None = None
-  df_error: Callable[[Array, Array], Array] | None = None
+  df_forms: Callable[[Array, Array], Array] | None = None
+  d2f: Callable[[Array, Array], Array] | None = None
+  kink: str | None = None
+  kink_values: tuple = ()
+  a_form: tuple | None = None
+  piecewise_linear: bool = False
 
 
 def _sigmoid(z):
@@ -62,9 +78,14 @@ def _sigmoid_prime(z):
   return e / (1 + e) ** 2
 
 
-def _sigmoid_prime_error(z, a):
-  # a (1 - a) from a carrying 3u: 1 - a is off by 3u a absolute (R2); f'' = f' (1 - 2a) (R1).
-  return 3 * a * a + _sigmoid_prime(z)
+def _sigmoid_forms_error(z, a):
+  # a (1 - a) from a carrying 3u: 1 - a is off by 3u a absolute (R2).
+  return 3 * a * a
+
+
+def _sigmoid_second(z, a):
+  # |f''| = sigma' |1 - 2 sigma| <= sigma' (R1).
+  return _sigmoid_prime(z)
 
 
 # identity: f(z) = z, f'(z) = 1.
@@ -114,9 +135,14 @@ def _elu_prime(z):
   return jnp.where(z > 0, jnp.ones_like(z), jnp.exp(jnp.minimum(z, 0)))
 
 
-def _elu_prime_error(z, a):
-  # z <= 0: a + alpha, or exp(z) - 1 + 1, is off by 2u alpha absolute (R3); f'' = f' there (R1).
-  return jnp.where(z > 0, jnp.zeros_like(z), 2 + _elu_prime(z))
+def _elu_forms_error(z, a):
+  # z <= 0: a + alpha, or exp(z) - 1 + 1, is off by 2u alpha absolute (R3).
+  return jnp.where(z > 0, jnp.zeros_like(z), jnp.full_like(z, 2.0))
+
+
+def _elu_second(z, a):
+  # f'' = f' for z <= 0, 0 above (R1).
+  return jnp.where(z > 0, jnp.zeros_like(z), _elu_prime(z))
 
 
 SELU_ALPHA = 1.6732632423543772848170429916717
@@ -132,9 +158,14 @@ def _selu_prime(z):
   return SELU_SCALE * jnp.where(z > 0, jnp.ones_like(z), SELU_ALPHA * jnp.exp(jnp.minimum(z, 0)))
 
 
-def _selu_prime_error(z, a):
-  # z <= 0: a + scale alpha is off by 2u scale alpha absolute (R3); f'' = f' there (R1).
-  return jnp.where(z > 0, jnp.zeros_like(z), 2 * SELU_SCALE * SELU_ALPHA + _selu_prime(z))
+def _selu_forms_error(z, a):
+  # z <= 0: a + scale alpha is off by 2u scale alpha absolute (R3).
+  return jnp.where(z > 0, jnp.zeros_like(z), jnp.full_like(z, 2 * SELU_SCALE * SELU_ALPHA))
+
+
+def _selu_second(z, a):
+  # f'' = f' for z <= 0, 0 above (R1).
+  return jnp.where(z > 0, jnp.zeros_like(z), _selu_prime(z))
 
 
 _SQRT_HALF = math.sqrt(0.5)
@@ -155,10 +186,14 @@ def _gelu_prime(z):
   return _normal_cdf(z) + z * _INV_SQRT_2PI * jnp.exp(-0.5 * z * z)
 
 
-def _gelu_prime_error(z, a):
-  # Phi as (1 + erf(z / sqrt 2)) / 2 is off by u absolute in the left tail (R4);
+def _gelu_forms_error(z, a):
+  # Phi as (1 + erf(z / sqrt 2)) / 2 is off by u absolute in the left tail (R4).
+  return jnp.ones_like(z)
+
+
+def _gelu_second(z, a):
   # f'' = phi(z) (2 - z^2) (R1), unbounded against f' near f'(z) = 0 at z = -0.75.
-  return 1 + _INV_SQRT_2PI * jnp.exp(-0.5 * z * z) * jnp.abs(2 - z * z)
+  return _INV_SQRT_2PI * jnp.exp(-0.5 * z * z) * jnp.abs(2 - z * z)
 
 
 _GELU_C = math.sqrt(2 / math.pi)
@@ -179,14 +214,17 @@ def _gelu_tanh_prime(z):
   return _sigmoid(u2) + tail
 
 
-def _gelu_tanh_prime_error(z, a):
+def _gelu_tanh_forms_error(z, a):
   # (1 + tanh u) / 2 is off by u absolute (R4); the tail z (1 - tanh^2 u) u' / 2 carries
-  # 5u tanh^2 u <= 5u absolute in 1 - tanh^2 u (R2); f'' (R1) is bounded by
-  # sech^2 u (u' + |z| u'^2 + |z| |u''| / 2), with u' = c (1 + 3 k z^2), u'' = 6 c k z.
+  # 5u tanh^2 u <= 5u absolute in 1 - tanh^2 u (R2).
+  return 1 + 2.5 * jnp.abs(z) * _GELU_C * (1 + 3 * _GELU_K * z * z)
+
+
+def _gelu_tanh_second(z, a):
+  # |f''| <= sech^2 u (u' + |z| u'^2 + |z| |u''| / 2), u' = c (1 + 3 k z^2), u'' = 6 c k z (R1).
   du = _GELU_C * (1 + 3 * _GELU_K * z * z)
   sech2 = _tanh_prime(_GELU_C * (z + _GELU_K * z ** 3))
-  f2 = sech2 * (du + jnp.abs(z) * du * du + 3 * _GELU_C * _GELU_K * z * z)
-  return 1 + 2.5 * jnp.abs(z) * du + f2
+  return sech2 * (du + jnp.abs(z) * du * du + 3 * _GELU_C * _GELU_K * z * z)
 
 
 # silu: f(z) = z sigma(z); f'(z) = sigma(z) (1 + z sigma(-z)).
@@ -198,16 +236,25 @@ def _silu_prime(z):
   return _sigmoid(z) * (1 + z * _sigmoid(-z))
 
 
-def _silu_prime_error(z, a):
-  # sigma (1 + z (1 - sigma)): 1 - sigma is off by 3u sigma absolute (R2), times |z| sigma;
-  # f'' = sigma'(z) (2 + z (1 - 2 sigma)) (R1).
+def _silu_forms_error(z, a):
+  # sigma (1 + z (1 - sigma)): 1 - sigma is off by 3u sigma absolute (R2), times |z| sigma.
   s = _sigmoid(z)
-  return 3 * jnp.abs(z) * s * s + _sigmoid_prime(z) * (2 + jnp.abs(z))
+  return 3 * jnp.abs(z) * s * s
 
 
-def _softplus_prime_error(z, a):
-  # From a: 1 - exp(-a) is off by 2u exp(-a) = 2u sigma(-z) absolute (R2); f'' = sigma' (R1).
-  return 2 * _sigmoid(-z) + _sigmoid_prime(z)
+def _silu_second(z, a):
+  # |f''| = sigma'(z) |2 + z (1 - 2 sigma)| <= sigma'(z) (2 + |z|) (R1).
+  return _sigmoid_prime(z) * (2 + jnp.abs(z))
+
+
+def _softplus_forms_error(z, a):
+  # From a: 1 - exp(-a) is off by 2u exp(-a) = 2u sigma(-z) absolute (R2).
+  return 2 * _sigmoid(-z)
+
+
+def _softplus_second(z, a):
+  # f'' = sigma' (R1).
+  return _sigmoid_prime(z)
 
 
 # softplus: f(z) = log(1 + e^z) = logaddexp(z, 0); f'(z) = sigma(z).
@@ -221,9 +268,14 @@ def _tanh_prime(z):
   return 4 * e / (1 + e) ** 2
 
 
-def _tanh_prime_error(z, a):
-  # 1 - a^2 from a carrying 2u: off by 5u a^2 absolute (R2); f'' = -2 a f' (R1).
-  return 5 * a * a + 2 * jnp.abs(a) * _tanh_prime(z)
+def _tanh_forms_error(z, a):
+  # 1 - a^2 from a carrying 2u: off by 5u a^2 absolute (R2).
+  return 5 * a * a
+
+
+def _tanh_second(z, a):
+  # |f''| = 2 |a| f' (R1).
+  return 2 * jnp.abs(a) * _tanh_prime(z)
 
 
 # softsign: f(z) = z / (1 + |z|); f'(z) = 1 / (1 + |z|)^2.
@@ -235,14 +287,41 @@ def _softsign_prime(z):
   return 1 / (1 + jnp.abs(z)) ** 2
 
 
-def _softsign_prime_error(z, a):
-  # (1 - |a|)^2 from a carrying 2u: 1 - |a| is off by 2u |a|, squared 4u |a| (1 - |a|) (R2);
+def _softsign_forms_error(z, a):
+  # (1 - |a|)^2 from a carrying 2u: 1 - |a| is off by 2u |a|, squared 4u |a| (1 - |a|) (R2).
+  return 4 * jnp.abs(a) / (1 + jnp.abs(z))
+
+
+def _softsign_second(z, a):
   # |f''| = 2 (1 - |a|)^3 (R1).
-  r = 1 / (1 + jnp.abs(z))
-  return 4 * jnp.abs(a) * r + 2 * r ** 3
+  return 2 / (1 + jnp.abs(z)) ** 3
 
 
-def _sin_prime_error(z, a):
+# mish: f(z) = z tanh(s), s = softplus(z); f'(z) = tanh(s) + z sech^2(s) sigma(z).
+def _mish(z):
+  return z * jnp.tanh(_softplus(z))
+
+
+def _mish_prime(z):
+  s = _softplus(z)
+  return jnp.tanh(s) + z * _tanh_prime(s) * _sigmoid(z)
+
+
+def _mish_forms_error(z, a):
+  # tanh(s) + z sigma (1 - tanh(s)^2): 1 - t^2 from t carrying 2u is off by 5u t^2 absolute
+  # (R2), times |z| sigma.
+  t = jnp.tanh(_softplus(z))
+  return 5 * jnp.abs(z) * _sigmoid(z) * t * t
+
+
+def _mish_second(z, a):
+  # |f''| = sech^2(s) sigma |2 + z (sigma(-z) - 2 t sigma)| <= sech^2(s) sigma (2 + |z| (sigma(-z) + 2 t sigma)) (R1).
+  s = _softplus(z)
+  t, sig = jnp.tanh(s), _sigmoid(z)
+  return _tanh_prime(s) * sig * (2 + jnp.abs(z) * (_sigmoid(-z) + 2 * t * sig))
+
+
+def _sin_second(z, a):
   # cos is accurate to an ulp of itself; a z rounded in the forward pass moves it by |sin z| (R1).
   return jnp.abs(a)
 
@@ -253,33 +332,58 @@ def _softmax(z):
   return e / jnp.sum(e, axis=-1, keepdims=True)
 
 
+_RELU_KINK = ((0.0, "relu'(0) = 0 (jax.nn.relu, torch)"),
+              (0.5, "relu'(0) = 1/2 (code built on maximum, whose two branches share the gradient)"),
+              (1.0, "relu'(0) = 1 (code testing z >= 0)"))
+_LEAKY_RELU_KINK = ((1.0, "leaky_relu'(0) = 1 (jax.nn)"),
+                    (0.505, "leaky_relu'(0) = (1 + 0.01) / 2 (maximum-based code)"),
+                    (0.01, "leaky_relu'(0) = 0.01 (code testing z > 0)"))
+_SELU_KINK = ((SELU_SCALE * SELU_ALPHA, "selu'(0) = scale * alpha (jax.nn)"),
+              (SELU_SCALE, "selu'(0) = scale (torch)"))
+
 ACTIVATIONS: dict[str, Activation] = {
     act.name: act
     for act in (
-        Activation("identity", _identity, _identity_prime, df_out=_identity_prime_from_output),
-        Activation("relu", _relu, _relu_prime, df_out=_relu_prime_from_output),
-        Activation("leaky_relu", _leaky_relu, _leaky_relu_prime),
-        Activation("elu", _elu, _elu_prime, df_error=_elu_prime_error),
-        Activation("selu", _selu, _selu_prime, df_error=_selu_prime_error),
-        Activation("gelu", _gelu, _gelu_prime, df_error=_gelu_prime_error),
-        Activation("gelu_tanh", _gelu_tanh, _gelu_tanh_prime, df_error=_gelu_tanh_prime_error),
-        Activation("silu", _silu, _silu_prime, df_error=_silu_prime_error),
-        Activation("softplus", _softplus, _sigmoid, df_error=_softplus_prime_error),
-        Activation("sigmoid", _sigmoid, _sigmoid_prime, df_error=_sigmoid_prime_error),
-        Activation("tanh", jnp.tanh, _tanh_prime, df_error=_tanh_prime_error),
-        Activation("softsign", _softsign, _softsign_prime, df_error=_softsign_prime_error),
-        Activation("sin", jnp.sin, jnp.cos, df_error=_sin_prime_error),
+        Activation("identity", _identity, _identity_prime, df_out=_identity_prime_from_output,
+                   piecewise_linear=True),
+        Activation("relu", _relu, _relu_prime, df_out=_relu_prime_from_output, kink="f'",
+                   kink_values=_RELU_KINK, piecewise_linear=True),
+        Activation("leaky_relu", _leaky_relu, _leaky_relu_prime, kink="f'",
+                   kink_values=_LEAKY_RELU_KINK, piecewise_linear=True),
+        Activation("elu", _elu, _elu_prime, df_forms=_elu_forms_error, d2f=_elu_second, kink="f''",
+                   a_form=("a + 1 below 0", lambda a: (a > 0) * 1.0 + (a <= 0) * (a + 1))),
+        Activation("selu", _selu, _selu_prime, df_forms=_selu_forms_error, d2f=_selu_second, kink="f'",
+                   kink_values=_SELU_KINK,
+                   a_form=("a + scale alpha below 0", lambda a: (a > 0) * SELU_SCALE
+                           + (a <= 0) * (a + SELU_SCALE * SELU_ALPHA))),
+        Activation("gelu", _gelu, _gelu_prime, df_forms=_gelu_forms_error, d2f=_gelu_second),
+        Activation("gelu_tanh", _gelu_tanh, _gelu_tanh_prime, df_forms=_gelu_tanh_forms_error, d2f=_gelu_tanh_second),
+        Activation("silu", _silu, _silu_prime, df_forms=_silu_forms_error, d2f=_silu_second),
+        Activation("mish", _mish, _mish_prime, df_forms=_mish_forms_error, d2f=_mish_second),
+        Activation("softplus", _softplus, _sigmoid, df_forms=_softplus_forms_error, d2f=_softplus_second,
+                   a_form=("1 - exp(-a)", lambda a: 1 - np.exp(-a))),
+        Activation("sigmoid", _sigmoid, _sigmoid_prime, df_forms=_sigmoid_forms_error, d2f=_sigmoid_second,
+                   a_form=("a (1 - a)", lambda a: a * (1 - a))),
+        Activation("tanh", jnp.tanh, _tanh_prime, df_forms=_tanh_forms_error, d2f=_tanh_second,
+                   a_form=("1 - a^2", lambda a: 1 - a * a)),
+        Activation("softsign", _softsign, _softsign_prime, df_forms=_softsign_forms_error, d2f=_softsign_second,
+                   kink="f''", a_form=("(1 - |a|)^2", lambda a: (1 - abs(a)) ** 2)),
+        Activation("sin", jnp.sin, jnp.cos, d2f=_sin_second),
         Activation("softmax", _softmax, None, elementwise=False),
     )
 }
-"""Every activation by name."""
+"""Every activation by name: each record holds every fact about it that bpref uses
+(``tests/test_registry.py`` lists what a new one still lacks elsewhere)."""
 
-KINKED = ("relu", "leaky_relu", "elu", "selu")
-"""Activations with a kink at z = 0, where the probes plant exact zeros: f' jumps there
-(relu, leaky_relu, selu: a convention decides f'(0)), or f'' does (elu with alpha = 1 is
-C^1, f'(0) = 1 from both sides, so it has no convention)."""
+KINKED = tuple(name for name, act in ACTIVATIONS.items() if act.kink)
+"""Activations whose formula branches at z = 0, where the probes plant exact zeros: f' jumps
+there (relu, leaky_relu, selu: a convention decides f'(0)), or f'' does (elu with alpha = 1
+and softsign are C^1: f'(0) = 1 from both sides, no convention)."""
 
-OUTPUT_ONLY = ("softmax",)
+SMOOTH = tuple(name for name, act in ACTIVATIONS.items() if act.elementwise and not act.kink)
+"""Elementwise activations with every derivative continuous (finite differences' premise)."""
+
+OUTPUT_ONLY = tuple(name for name, act in ACTIVATIONS.items() if not act.elementwise)
 """Activations allowed only in the output layer."""
 
 

@@ -143,6 +143,7 @@ COMPLEX_ACTIVATIONS: dict[str, Callable] = {
         _re(z) > 0, z, _activations.SELU_ALPHA * _c_expm1_neg(z)),
     "gelu_tanh": lambda z: z * _c_sigmoid(2 * _GELU_C * (z + _GELU_K * z ** 3)),
     "silu": lambda z: z * _c_sigmoid(z),
+    "mish": lambda z: z * jnp.tanh(_c_softplus(z)),
     "softplus": _c_softplus,
     "sigmoid": _c_sigmoid,
     "tanh": jnp.tanh,
@@ -150,7 +151,10 @@ COMPLEX_ACTIVATIONS: dict[str, Callable] = {
     "sin": jnp.sin,
     "softmax": lambda z: _c_softmax(z),
 }
-"""Complex-capable activations (gelu has none: JAX's erfc is real only)."""
+"""Complex-capable activations: the analytic continuation of each f, for the complex step."""
+
+NO_COMPLEX_FORM = {"gelu": "JAX's erfc is real only"}
+"""Activations without a complex form, and why: the complex step leaves their networks out."""
 
 
 def _c_softmax(z):

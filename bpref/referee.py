@@ -82,6 +82,10 @@ _SCALAR = {
                   + z * mpmath.sech(_gelu_tanh_u(z)) ** 2 * _gelu_c() * (1 + 3 * GELU_K * z * z) / 2),
     # silu: f = z sigma(z), f' = sigma(z) + z sigma(z) (1 - sigma(z))
     "silu": (lambda z: z * _sig(z), lambda z: _sig(z) + z * _sig(z) * _sig(-z)),
+    # mish: f = z tanh(s), s = log(1 + e^z); f' = tanh(s) + z sech^2(s) sigma(z)
+    "mish": (lambda z: z * mpmath.tanh(mpmath.log1p(mpmath.exp(z))),
+             lambda z: mpmath.tanh(mpmath.log1p(mpmath.exp(z)))
+             + z * mpmath.sech(mpmath.log1p(mpmath.exp(z))) ** 2 * _sig(z)),
     "softplus": (lambda z: mpmath.log1p(mpmath.exp(z)), _sig),
     "sigmoid": (_sig, lambda z: _sig(z) * _sig(-z)),
     "tanh": (mpmath.tanh, lambda z: mpmath.sech(z) ** 2),

@@ -267,12 +267,9 @@ def _adjoint_and_taylor(params, x, t, loss, reduction, v, use_complex):
           jnp.vdot(jnp.abs(g), jnp.abs(v), precision=DEFAULT_PRECISION))
 
 
-_NOT_SMOOTH = frozenset(_activations.KINKED) | {"softsign"}
-
-
 def _smooth(problem) -> bool:
   # Richardson's estimate and the Taylor order assume C is smooth along the line they probe
-  return problem.loss != "huber" and not any(p.activation in _NOT_SMOOTH for p in problem.params)
+  return problem.loss != "huber" and not any(_activations.get(p.activation).kink for p in problem.params)
 
 
 def witness_case(problem, rng) -> dict:

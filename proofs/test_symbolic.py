@@ -30,7 +30,7 @@ import pytest
 import sympy as sp
 
 import bpref
-from bpref.tolerance import gradient_tolerance, max_norm_error, normwise_error, problem_tolerance
+from bpref.tolerance import gradient_tolerance, max_norm_error, normwise_error, pointwise, problem_tolerance
 
 
 @functools.lru_cache(maxsize=None)
@@ -277,13 +277,16 @@ MP_ACTIVATIONS = {
                              + z * mpmath.sech(_gelu_tanh_u(z)) ** 2 * mpmath.sqrt(2 / mpmath.pi)
                              * (1 + 3 * _GELU_K * z * z) / 2)),
     "silu": (lambda z: z * _sig(z), lambda z: _sig(z) * (1 + z * (1 - _sig(z)))),
+    "mish": (lambda z: z * mpmath.tanh(mpmath.log1p(mpmath.exp(z))),
+             lambda z: (mpmath.tanh(mpmath.log1p(mpmath.exp(z)))
+                        + z * mpmath.sech(mpmath.log1p(mpmath.exp(z))) ** 2 * _sig(z))),
     "softplus": (lambda z: mpmath.log1p(mpmath.exp(z)), _sig),
     "sigmoid": (_sig, lambda z: _sig(z) * (1 - _sig(z))),
     "tanh": (mpmath.tanh, lambda z: mpmath.sech(z) ** 2),
     "softsign": (lambda z: z / (1 + abs(z)), lambda z: 1 / (1 + abs(z)) ** 2),
     "sin": (mpmath.sin, mpmath.cos),
 }
-KINK_CONVENTION = {"relu": 0, "leaky_relu": 1, "elu": 1, "selu": _SELU_SCALE * _SELU_ALPHA}
+KINK_CONVENTION = {"relu": 0, "leaky_relu": 1, "elu": 1, "selu": _SELU_SCALE * _SELU_ALPHA, "softsign": 1}
 
 
 def test_every_elementwise_activation_family_is_covered():
@@ -339,8 +342,10 @@ def _exact(evaluate, acts, Ws, bs, x, t):
 
   Also the magnitudes M_X of the terms summed into each entry of X (the scale of the
   inner-product bound behind (T), proofs/tolerance.md (R1)): A_0 = |x|,
-  A_l = |a_l| + |f'_l(z_l)| (|W_l| A_{l-1} + |b_l|); M_delta_L = |u| |f'_L|,
-  M_delta_{l-1} = (M_delta_l |W_l|) |f'_{l-1}|; M_dW_l = M_delta_l^T A_{l-1}^T; M_dx = M_delta_1 |W_1|.
+  A_l = |a_l| + |f'_l(z_l)| (|W_l| A_{l-1} + |b_l|); M_delta_L = |u| F_L,
+  M_delta_{l-1} = (M_delta_l |W_l|) F_{l-1}; M_dW_l = M_delta_l^T A_{l-1}^T; M_dx = M_delta_1 |W_1|,
+  with F_l = |f'_l(z_l)| + |f''_l(z_l)| (``Activation.d2f``): a z_l rounded in the forward pass
+  moves f'_l by |f''_l| times its rounding (R1), which next to a root of f' is all there is.
   """
   y, *_ = evaluate(acts, Ws, bs, x, [0] * len(t))
   with mpmath.workdps(60):
@@ -349,12 +354,16 @@ def _exact(evaluate, acts, Ws, bs, x, t):
   _, dW, db, dx, fwd = evaluate(acts, Ws, bs, x, u)
   df = [np.abs(_floats(d)) for d in fwd["df"]]
   A = [np.abs(np.asarray(x, float))]
+  F = []
   for l, (W, b) in enumerate(zip(Ws, bs)):
-    A.append(np.abs(_floats(fwd["a"][l + 1])) + df[l] * (np.abs(W) @ A[-1] + np.abs(b)))
+    a_prev, a_l = (np.asarray(x, float) if l == 0 else _floats(fwd["a"][l])), _floats(fwd["a"][l + 1])
+    d2f = bpref.activations.get(acts[l]).d2f
+    F.append(df[l] + (0.0 if d2f is None else pointwise(d2f, W @ a_prev + b, a_l)))
+    A.append(np.abs(a_l) + df[l] * (np.abs(W) @ A[-1] + np.abs(b)))
   M_delta = [None] * len(Ws)
-  M_delta[-1] = np.abs(_floats(u)) * df[-1]
+  M_delta[-1] = np.abs(_floats(u)) * F[-1]
   for l in range(len(Ws) - 1, 0, -1):
-    M_delta[l - 1] = (M_delta[l] @ np.abs(Ws[l])) * df[l - 1]
+    M_delta[l - 1] = (M_delta[l] @ np.abs(Ws[l])) * F[l - 1]
   exact = dict(C=float(C), dW=[_floats(d) for d in dW], db=[_floats(d) for d in db], dx=_floats(dx))
   scale = dict(C=abs(float(C)), dW=[np.outer(m, a) for m, a in zip(M_delta, A)], db=M_delta,
                dx=M_delta[0] @ np.abs(Ws[0]))

@@ -114,8 +114,8 @@ def bt(torch):
   return bridge
 
 
-TORCH_ACTIVATIONS = ("identity", "relu", "tanh", "sigmoid", "gelu", "gelu_tanh", "silu", "elu", "selu",
-                     "leaky_relu", "softplus", "softsign", "softmax")
+TORCH_ACTIVATIONS = ("identity", "relu", "tanh", "sigmoid", "gelu", "gelu_tanh", "silu", "mish", "elu",
+                     "selu", "leaky_relu", "softplus", "softsign", "softmax")
 
 
 def _every_torch_activation(torch):
@@ -123,7 +123,7 @@ def _every_torch_activation(torch):
   nn = torch.nn
   torch.manual_seed(0)
   hidden = [(nn.ReLU(), "relu"), (nn.Tanh(), "tanh"), (nn.Sigmoid(), "sigmoid"), (nn.GELU(), "gelu"),
-            (nn.GELU(approximate="tanh"), "gelu_tanh"), (nn.SiLU(), "silu"), (nn.ELU(), "elu"),
+            (nn.GELU(approximate="tanh"), "gelu_tanh"), (nn.SiLU(), "silu"), (nn.Mish(), "mish"), (nn.ELU(), "elu"),
             (nn.SELU(), "selu"), (nn.LeakyReLU(0.01), "leaky_relu"), (nn.Softplus(), "softplus"),
             (nn.Softsign(), "softsign"), (nn.Identity(), "identity")]
   modules, names = [], []
@@ -151,8 +151,9 @@ def test_torch_round_trip_is_exact_and_computes_the_same_function(torch, bt):
   assert [p.activation for p in again] == names
   for p, q in zip(params, again):
     assert np.array_equal(p.W, q.W) and (p.b is None and q.b is None or np.array_equal(p.b, q.b))
-  assert bt.describe(model) == Architecture((3,) + (4,) * 12 + (3,), tuple(names),
-                                            (True,) * 12 + (False,), "float64")
+  hidden = len(names) - 1
+  assert bt.describe(model) == Architecture((3,) + (4,) * hidden + (3,), tuple(names),
+                                            (True,) * hidden + (False,), "float64")
   x = np.random.default_rng(0).normal(size=(7, 3))
   y_torch = model(torch.from_numpy(x)).detach().numpy()
   assert tolerance.normwise_error(bpref.predict(params, x), y_torch) <= TOL64
@@ -259,7 +260,7 @@ def _mlp_loss(model, x, t):
 @pytest.mark.parametrize("activation, name", [
     (jax.nn.relu, "relu"), (jax.nn.gelu, "gelu_tanh"),
     (functools.partial(jax.nn.gelu, approximate=False), "gelu"), (jax.nn.swish, "silu"),
-    (jnp.tanh, "tanh"), (jax.nn.soft_sign, "softsign"),
+    (jnp.tanh, "tanh"), (jax.nn.soft_sign, "softsign"), (jax.nn.mish, "mish"),
 ])
 def test_equinox_mlp_round_trip_and_gradients(eqx, be, activation, name):
   mlp = eqx.nn.MLP(3, 2, 4, 2, activation=activation, final_activation=jax.nn.sigmoid,

@@ -17,7 +17,6 @@ from hypothesis import given, settings
 import bpref
 from bpref import finite_diff as fd
 from bpref import referee, tolerance
-from bpref.network import Layer
 from bpref.problems import random_problem
 from bpref.testing import strategies as bst
 
@@ -25,7 +24,7 @@ EXAMPLES = max(3, settings.default.max_examples // 3)
 few = settings(max_examples=EXAMPLES)
 
 COMPLEX_OK = tuple(a for a in bst.HIDDEN if a in fd.COMPLEX_ACTIVATIONS)
-SMOOTH = ("identity", "sigmoid", "tanh", "sin", "softplus", "silu", "gelu", "gelu_tanh")
+SMOOTH = bst.SMOOTH
 SMOOTH_LOSSES = ("squared_error", "half_squared_error", "softmax_cross_entropy",
                  "sigmoid_binary_cross_entropy")
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import sys
 import textwrap
 import time
 
@@ -392,7 +390,7 @@ TORCH_ACTIVATIONS = {
     "identity": lambda z: z, "relu": torch.relu, "leaky_relu": torch.nn.functional.leaky_relu,
     "elu": torch.nn.functional.elu, "selu": torch.selu, "gelu": torch.nn.functional.gelu,
     "gelu_tanh": lambda z: torch.nn.functional.gelu(z, approximate="tanh"),
-    "silu": torch.nn.functional.silu, "softplus": torch.nn.functional.softplus,
+    "silu": torch.nn.functional.silu, "mish": torch.nn.functional.mish, "softplus": torch.nn.functional.softplus,
     "sigmoid": torch.sigmoid, "tanh": torch.tanh, "softsign": torch.nn.functional.softsign,
     "sin": torch.sin,
 }

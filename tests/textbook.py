@@ -44,6 +44,8 @@ def forward_f(name, z):
     return z / (1 + np.abs(z))
   if name == "silu":
     return z / (1 + np.exp(-z))
+  if name == "mish":
+    return z * np.tanh(np.logaddexp(z, 0))
   if name == "gelu":
     return 0.5 * z * (1 + _erf(z / math.sqrt(2)).astype(z.dtype))
   if name == "gelu_tanh":
@@ -80,6 +82,10 @@ def derivative(name, z, a):
   if name == "silu":
     s = 1 / (1 + np.exp(-z))
     return s * (1 + z * (1 - s))
+  if name == "mish":  # torch's mish backward
+    s = 1 / (1 + np.exp(-z))
+    th = np.tanh(np.logaddexp(z, 0))
+    return th + z * s * (1 - th * th)
   if name == "gelu":
     cdf = 0.5 * (1 + _erf(z / math.sqrt(2)).astype(z.dtype))
     return cdf + z * np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)

@@ -24,6 +24,7 @@ FUNCTIONS = {
     "gelu": functools.partial(jax.nn.gelu, approximate=False),
     "gelu_tanh": jax.nn.gelu,
     "silu": jax.nn.silu,
+    "mish": jax.nn.mish,
     "softplus": jax.nn.softplus,
     "sigmoid": jax.nn.sigmoid,
     "tanh": jnp.tanh,
@@ -35,7 +36,7 @@ FUNCTIONS = {
 the tanh approximation by default, so it is bpref's gelu_tanh)."""
 
 SUPPORTED = ("jax.nn.identity, relu, leaky_relu (slope 0.01), elu, selu, "
-             "gelu (approximate=True: gelu_tanh; approximate=False: gelu), silu/swish, softplus, "
+             "gelu (approximate=True: gelu_tanh; approximate=False: gelu), silu/swish, mish, softplus, "
              "sigmoid, soft_sign, softmax (last layer), jnp.tanh, jnp.sin")
 
 

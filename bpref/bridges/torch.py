@@ -49,6 +49,7 @@ MODULES = {
     "gelu": nn.GELU,
     "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
     "silu": nn.SiLU,
+    "mish": nn.Mish,
     "elu": nn.ELU,
     "selu": nn.SELU,
     "leaky_relu": lambda: nn.LeakyReLU(0.01),
@@ -56,9 +57,12 @@ MODULES = {
     "softsign": nn.Softsign,
     "softmax": lambda: nn.Softmax(dim=-1),
 }
-"""A fresh torch module for each bpref activation name (identity needs none)."""
+"""A fresh torch module for each bpref activation name."""
 
-SUPPORTED = ("Linear, ReLU, Tanh, Sigmoid, GELU, GELU(approximate='tanh'), SiLU, ELU(alpha=1), SELU, "
+NO_MODULE = {"identity": "no module, or nn.Identity", "sin": "torch.nn has no sine module"}
+"""bpref activations without an entry in ``MODULES``, and why."""
+
+SUPPORTED = ("Linear, ReLU, Tanh, Sigmoid, GELU, GELU(approximate='tanh'), SiLU, Mish, ELU(alpha=1), SELU, "
              "LeakyReLU(0.01), Softplus(beta=1), Softsign, Identity, Softmax(dim=-1) (last only)")
 
 
@@ -69,7 +73,7 @@ def _where(index, module) -> str:
 def activation_name(module, index=0) -> str:
   """The bpref name of an activation module; ValueError naming the layer when unsupported."""
   where = _where(index, module)
-  simple = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", nn.SiLU: "silu", nn.SELU: "selu",
+  simple = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", nn.SiLU: "silu", nn.Mish: "mish", nn.SELU: "selu",
             nn.Softsign: "softsign", nn.Identity: "identity"}
   if type(module) in simple:
     return simple[type(module)]

@@ -13,11 +13,18 @@ which bounds the size of every term summed into a gradient entry. A_l is |a_l|
 widened by the rounding of the forward sums z_l, whose error scales with their
 terms |W_l| A_{l-1} + |b_l| rather than with |z_l| (``_forward_magnitudes``);
 |g| is widened the same way through A_L. Each |f'_l| is widened by rho_f
-(``bpref.activations.Activation.df_error``): the absolute error that the standard
+(``rho``: ``Activation.df_forms`` and ``d2f``): the absolute error that the standard
 ways of computing f' carry (1 - a^2 for tanh loses all relative accuracy once the
 unit saturates, yet is correct). Rounding errors scale with these terms, not with
 the (possibly cancelled) result, so errors are measured normwise against this
 bound (proofs/tolerance.md).
+
+Below the smallest normal number lambda of the candidate's dtype a first-order model in u
+sees nothing: any operation may lose up to lambda absolutely (gradual underflow, or a flush
+to zero, as XLA does on CPU). So every f' bound, every M_l and every gradient bound gets
+lambda / u added (the underflow floor (U) of proofs/tolerance.md, as in
+``bpref.oracle.ops``). In float32 it is 2e-31: a gradient whose entries are subnormal
+cannot be told from 0, and such a case is skipped as vacuous.
 
 The gradients come from ``bpref.fast``, many cases per compiled call; the rest is
 NumPy, but for the few jnp functions (f', rho_f, the loss) run at padded lengths.
@@ -71,18 +78,26 @@ def _df(name, z):
   return pointwise(_activations.get(name).df, z)
 
 
+def underflow_floor(dtype) -> float:
+  """lambda / u of ``dtype``: the smallest normal number over the unit roundoff (module docstring)."""
+  info = np.finfo(np.dtype(dtype))
+  return float(info.tiny / (info.eps / 2))
+
+
+def rho(name, z, a, forms=True):
+  """rho_f(z, a) in units of u, float64: the absolute error of f'(z) that a correct program
+  may make. It is ``Activation.d2f`` (a z rounded in the forward pass moves f' by |f''|)
+  plus, with ``forms``, ``Activation.df_forms``: the standard forms of f' in common use,
+  such as 1 - a^2 for tanh, whose error is absolute, not relative to f'
+  (proofs/tolerance.md). ``forms=False`` is the allowance of bpref's own f'."""
+  act = _activations.get(name)
+  out = np.zeros(np.shape(z)) if act.d2f is None else pointwise(act.d2f, z, a)
+  return out + pointwise(act.df_forms, z, a) if forms and act.df_forms is not None else out
+
+
 def _df_bound(name, z, a, forms=True):
-  """|f'(z)| + rho_f(z): f' with the absolute error a correct program may make in it.
-
-  With ``forms=False``, |f'(z)| alone: the bound for bpref's own cancellation-free forms.
-
-  rho_f (``Activation.df_error``, in units of u) covers the standard forms of f' in
-  common use, such as 1 - a^2 for tanh, whose error is absolute, not relative to f'
-  (proofs/tolerance.md).
-  """
-  bound = np.abs(_df(name, z))
-  error = _activations.get(name).df_error
-  return bound if error is None or not forms else bound + pointwise(error, z, a)
+  """|f'(z)| + rho_f(z, a): f' with the absolute error a correct program may make in it."""
+  return np.abs(_df(name, z)) + rho(name, z, a, forms)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -145,9 +160,10 @@ def _compute(case, problem, result) -> Truth:
   dW = tuple(np.asarray(gr.W, np.float64) for gr in result.grads)
   db = None if case.biases is None else tuple(np.asarray(gr.b, np.float64) for gr in result.grads)
   deltas = tuple(np.asarray(d, np.float64) for d in result.deltas)
-  g, fwd, mag, mag_loss = _bounds(params, x, t, loss, reduction, z, a)
-  mag_W = tuple(m.T @ a_prev for m, a_prev in zip(mag, fwd[:-1]))  # bounds the terms of (39)
-  mag_b = None if db is None else tuple(m.sum(axis=0) for m in mag)
+  floor = underflow_floor(case.dtype)
+  g, fwd, mag, mag_loss = _bounds(params, x, t, loss, reduction, z, a, floor=floor)
+  mag_W = tuple(m.T @ a_prev + floor for m, a_prev in zip(mag, fwd[:-1]))  # bounds the terms of (39)
+  mag_b = None if db is None else tuple(m.sum(axis=0) + floor for m in mag)
   return Truth(float(result.value), dW, db, deltas, z, a, g, mag_W, mag_b, float(mag_loss))
 
 
@@ -159,8 +175,9 @@ def _tape(params, result):
   return z, a
 
 
-def _bounds(params, x, t, loss, reduction, z, a, forms=True):
-  """(g, A_0..A_L, M_1..M_L, the loss's magnitude) of one float64 problem and its tape."""
+def _bounds(params, x, t, loss, reduction, z, a, forms=True, floor=0.0):
+  """(g, A_0..A_L, M_1..M_L, the loss's magnitude) of one float64 problem and its tape;
+  ``floor`` is the underflow floor lambda / u (module docstring), 0 for none."""
   scale = _losses.reduce_scale(x.shape[0], reduction)
   dy, per_example = _loss_terms(loss, a[-1], t)
   g = dy * scale
@@ -176,7 +193,7 @@ def _bounds(params, x, t, loss, reduction, z, a, forms=True):
     mag_g = np.abs(g) + scale * (fwd[-1] + np.abs(t))
     mag_L = _output_magnitude(params[-1].activation, z[-1], a[-1], mag_g, forms)
     spread = np.sum(np.abs(g) * fwd[-1])
-  mag = _magnitudes(params, z, a, mag_L, forms)
+  mag = _magnitudes(params, z, a, mag_L + floor, forms, floor)
   return g, fwd, mag, scale * np.abs(per_example).sum() + float(spread)
 
 
@@ -255,11 +272,13 @@ def _output_magnitude(name, z, a, mag_g, forms=True):
   return a * mag_g + a * np.sum(mag_g * a, axis=-1, keepdims=True)  # |diag(a) - a a^T| terms
 
 
-def _magnitudes(params, z, a, mag_L, forms=True) -> list:
-  """M_1..M_L: the backward recursion on absolute values from M_L (module docstring)."""
+def _magnitudes(params, z, a, mag_L, forms=True, floor=0.0) -> list:
+  """M_1..M_L: the backward recursion on absolute values from M_L (module docstring), with
+  the underflow floor in f' and in each M_l."""
   out = [mag_L]
   for l in range(len(params) - 1, 0, -1):
-    out.append((out[-1] @ np.abs(params[l].W)) * _df_bound(params[l - 1].activation, z[l - 1], a[l], forms))
+    df = _df_bound(params[l - 1].activation, z[l - 1], a[l], forms) + floor
+    out.append((out[-1] @ np.abs(params[l].W)) * df + floor)
   return list(reversed(out))
 
 

@@ -61,8 +61,8 @@ BATCHES = (1, 2, 4)
 HIDDEN = tuple(n for n in _activations.ACTIVATIONS if n not in _activations.OUTPUT_ONLY)
 """Activations allowed in every layer."""
 
-SMOOTH = tuple(n for n in HIDDEN if n not in _activations.KINKED)
-"""Hidden activations without a kink."""
+SMOOTH = _activations.SMOOTH
+"""Hidden activations whose every derivative is continuous (no kink in f' or f'')."""
 
 MODES = ("default", "saturated", "kink")
 

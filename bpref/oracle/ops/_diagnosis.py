@@ -26,15 +26,7 @@ from bpref.oracle.diagnosis import FIT_SLACK, Finding
 from bpref.oracle.ops import _judge, _kinds
 from bpref.oracle.ops._kinds import Label
 
-A_FORMS = {
-    "tanh": ("1 - a^2", lambda v: 1 - v * v),
-    "sigmoid": ("a (1 - a)", lambda v: v * (1 - v)),
-    "softplus": ("1 - exp(-a)", lambda v: 1 - np.exp(-v)),
-    "elu": ("a + 1 below 0", lambda v: np.where(v > 0, 1.0, v + 1)),
-    "selu": ("a + scale alpha below 0", lambda v: np.where(
-        v > 0, _activations.SELU_SCALE, v + _activations.SELU_SCALE * _activations.SELU_ALPHA)),
-    "softsign": ("(1 - |a|)^2", lambda v: (1 - np.abs(v)) ** 2),
-}
+A_FORMS = {name: act.a_form for name, act in _activations.ACTIVATIONS.items() if act.a_form}
 """f' written in terms of a = f(z): the form that gets fed z by mistake."""
 
 CONFIRMATIONS = 3

@@ -23,7 +23,7 @@ gelu_tanh) move f', each by |f''| times its own size. So
 
   M_dz = |dout| (|f'(z)| + rho_f(z, a) s + lambda / u) + lambda / u,   s = max(1, |z|)
 
-where rho_f (``Activation.df_error``) is the absolute error of the standard forms of f'
+where rho_f (``bpref.oracle.truth.rho``) is the absolute error of the standard forms of f'
 (1 - a^2, a (1 - a), ...) and of a rounded z (its |f''| term), in units of u
 (proofs/tolerance.md). The last terms are an underflow floor (U): an operation may lose up to
 the smallest normal number lambda absolutely (gradual underflow, or a flush to zero as XLA
@@ -61,11 +61,12 @@ TAKES = {
 }
 """What the candidate is handed, per kind; the first is the default."""
 
-A_INVERTIBLE = ("identity", "relu", "leaky_relu", "elu", "selu", "sigmoid", "tanh", "softplus",
-                "softsign")
+A_INVERTIBLE = tuple(name for name, act in _activations.ACTIVATIONS.items()
+                     if act.elementwise and (act.piecewise_linear or act.a_form))
 """Activations whose f'(z) is a function of a = f(z), so that takes="a" can be checked."""
 
-PIECEWISE_LINEAR = ("identity", "relu", "leaky_relu")
+PIECEWISE_LINEAR = tuple(name for name, act in _activations.ACTIVATIONS.items()
+                         if act.piecewise_linear)
 """Activations searched up to the float32 limits: their f' needs no transcendental function.
 The others are searched for |z| <= 1e3, where bpref's f' is documented accurate."""
 
@@ -470,9 +471,8 @@ def fprime(name: str, z) -> np.ndarray:
 
 
 def fprime_error(name: str, z, a) -> np.ndarray:
-  """rho_f(z, a) of ``Activation.df_error`` (0 where f' is exact)."""
-  error = _activations.get(name).df_error
-  return np.zeros_like(np.asarray(z, np.float64)) if error is None else _truth.pointwise(error, z, a)
+  """rho_f(z, a) of ``bpref.oracle.truth.rho`` (0 where f' is exact)."""
+  return _truth.rho(name, np.asarray(z, np.float64), a)
 
 
 # ---------------------------------------------------------------- the truth of one case
