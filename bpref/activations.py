@@ -66,7 +66,7 @@ class Activation(NamedTuple):
   piecewise_linear: bool = False
 
 
-def _sigmoid(z):
+def sigmoid(z):
   # sigma(z) from e = exp(-|z|): no overflow for any z.
   e = jnp.exp(-jnp.abs(z))
   return jnp.where(z >= 0, 1 / (1 + e), e / (1 + e))
@@ -203,7 +203,7 @@ _GELU_K = 0.044715
 # gelu_tanh: f(z) = z (1 + tanh u) / 2 = z sigma(2u), u = c (z + k z^3).
 # f'(z) = sigma(2u) + z sigma'(2u) 2 c (1 + 3 k z^2); the tail term is set to 0 once sigma'(2u) underflows.
 def _gelu_tanh(z):
-  return z * _sigmoid(2 * _GELU_C * (z + _GELU_K * z ** 3))
+  return z * sigmoid(2 * _GELU_C * (z + _GELU_K * z ** 3))
 
 
 def _gelu_tanh_prime(z):
@@ -211,7 +211,7 @@ def _gelu_tanh_prime(z):
   s_prime = _sigmoid_prime(u2)
   du2 = 2 * _GELU_C * (1 + 3 * _GELU_K * z * z)
   tail = jnp.where(s_prime > 0, z * s_prime * du2, jnp.zeros_like(z))
-  return _sigmoid(u2) + tail
+  return sigmoid(u2) + tail
 
 
 def _gelu_tanh_forms_error(z, a):
@@ -229,16 +229,16 @@ def _gelu_tanh_second(z, a):
 
 # silu: f(z) = z sigma(z); f'(z) = sigma(z) (1 + z sigma(-z)).
 def _silu(z):
-  return z * _sigmoid(z)
+  return z * sigmoid(z)
 
 
 def _silu_prime(z):
-  return _sigmoid(z) * (1 + z * _sigmoid(-z))
+  return sigmoid(z) * (1 + z * sigmoid(-z))
 
 
 def _silu_forms_error(z, a):
   # sigma (1 + z (1 - sigma)): 1 - sigma is off by 3u sigma absolute (R2), times |z| sigma.
-  s = _sigmoid(z)
+  s = sigmoid(z)
   return 3 * jnp.abs(z) * s * s
 
 
@@ -249,7 +249,7 @@ def _silu_second(z, a):
 
 def _softplus_forms_error(z, a):
   # From a: 1 - exp(-a) is off by 2u exp(-a) = 2u sigma(-z) absolute (R2).
-  return 2 * _sigmoid(-z)
+  return 2 * sigmoid(-z)
 
 
 def _softplus_second(z, a):
@@ -304,21 +304,22 @@ def _mish(z):
 
 def _mish_prime(z):
   s = _softplus(z)
-  return jnp.tanh(s) + z * _tanh_prime(s) * _sigmoid(z)
+  return jnp.tanh(s) + z * _tanh_prime(s) * sigmoid(z)
 
 
 def _mish_forms_error(z, a):
   # tanh(s) + z sigma (1 - tanh(s)^2): 1 - t^2 from t carrying 2u is off by 5u t^2 absolute
   # (R2), times |z| sigma.
   t = jnp.tanh(_softplus(z))
-  return 5 * jnp.abs(z) * _sigmoid(z) * t * t
+  return 5 * jnp.abs(z) * sigmoid(z) * t * t
 
 
 def _mish_second(z, a):
-  # |f''| = sech^2(s) sigma |2 + z (sigma(-z) - 2 t sigma)| <= sech^2(s) sigma (2 + |z| (sigma(-z) + 2 t sigma)) (R1).
+  # |f''| = sech^2(s) sigma |2 + z (sigma(-z) - 2 t sigma)|
+  #       <= sech^2(s) sigma (2 + |z| (sigma(-z) + 2 t sigma)) (R1).
   s = _softplus(z)
-  t, sig = jnp.tanh(s), _sigmoid(z)
-  return _tanh_prime(s) * sig * (2 + jnp.abs(z) * (_sigmoid(-z) + 2 * t * sig))
+  t, sig = jnp.tanh(s), sigmoid(z)
+  return _tanh_prime(s) * sig * (2 + jnp.abs(z) * (sigmoid(-z) + 2 * t * sig))
 
 
 def _sin_second(z, a):
@@ -327,7 +328,7 @@ def _sin_second(z, a):
 
 
 # softmax over the last axis: a = exp(z - max z) / sum(exp(z - max z)).
-def _softmax(z):
+def softmax(z):
   e = jnp.exp(z - jnp.max(z, axis=-1, keepdims=True))
   return e / jnp.sum(e, axis=-1, keepdims=True)
 
@@ -350,26 +351,29 @@ ACTIVATIONS: dict[str, Activation] = {
                    kink_values=_RELU_KINK, piecewise_linear=True),
         Activation("leaky_relu", _leaky_relu, _leaky_relu_prime, kink="f'",
                    kink_values=_LEAKY_RELU_KINK, piecewise_linear=True),
-        Activation("elu", _elu, _elu_prime, df_forms=_elu_forms_error, d2f=_elu_second, kink="f''",
+        Activation("elu", _elu, _elu_prime, df_forms=_elu_forms_error, d2f=_elu_second,
+                   kink="f''",
                    a_form=("a + 1 below 0", lambda a: (a > 0) * 1.0 + (a <= 0) * (a + 1))),
-        Activation("selu", _selu, _selu_prime, df_forms=_selu_forms_error, d2f=_selu_second, kink="f'",
-                   kink_values=_SELU_KINK,
+        Activation("selu", _selu, _selu_prime, df_forms=_selu_forms_error, d2f=_selu_second,
+                   kink="f'", kink_values=_SELU_KINK,
                    a_form=("a + scale alpha below 0", lambda a: (a > 0) * SELU_SCALE
                            + (a <= 0) * (a + SELU_SCALE * SELU_ALPHA))),
         Activation("gelu", _gelu, _gelu_prime, df_forms=_gelu_forms_error, d2f=_gelu_second),
-        Activation("gelu_tanh", _gelu_tanh, _gelu_tanh_prime, df_forms=_gelu_tanh_forms_error, d2f=_gelu_tanh_second),
+        Activation("gelu_tanh", _gelu_tanh, _gelu_tanh_prime, df_forms=_gelu_tanh_forms_error,
+                   d2f=_gelu_tanh_second),
         Activation("silu", _silu, _silu_prime, df_forms=_silu_forms_error, d2f=_silu_second),
         Activation("mish", _mish, _mish_prime, df_forms=_mish_forms_error, d2f=_mish_second),
-        Activation("softplus", _softplus, _sigmoid, df_forms=_softplus_forms_error, d2f=_softplus_second,
-                   a_form=("1 - exp(-a)", lambda a: 1 - np.exp(-a))),
-        Activation("sigmoid", _sigmoid, _sigmoid_prime, df_forms=_sigmoid_forms_error, d2f=_sigmoid_second,
-                   a_form=("a (1 - a)", lambda a: a * (1 - a))),
+        Activation("softplus", _softplus, sigmoid, df_forms=_softplus_forms_error,
+                   d2f=_softplus_second, a_form=("1 - exp(-a)", lambda a: 1 - np.exp(-a))),
+        Activation("sigmoid", sigmoid, _sigmoid_prime, df_forms=_sigmoid_forms_error,
+                   d2f=_sigmoid_second, a_form=("a (1 - a)", lambda a: a * (1 - a))),
         Activation("tanh", jnp.tanh, _tanh_prime, df_forms=_tanh_forms_error, d2f=_tanh_second,
                    a_form=("1 - a^2", lambda a: 1 - a * a)),
-        Activation("softsign", _softsign, _softsign_prime, df_forms=_softsign_forms_error, d2f=_softsign_second,
-                   kink="f''", a_form=("(1 - |a|)^2", lambda a: (1 - abs(a)) ** 2)),
+        Activation("softsign", _softsign, _softsign_prime, df_forms=_softsign_forms_error,
+                   d2f=_softsign_second, kink="f''",
+                   a_form=("(1 - |a|)^2", lambda a: (1 - abs(a)) ** 2)),
         Activation("sin", jnp.sin, jnp.cos, d2f=_sin_second),
-        Activation("softmax", _softmax, None, elementwise=False),
+        Activation("softmax", softmax, None, elementwise=False),
     )
 }
 """Every activation by name: each record holds every fact about it that bpref uses

@@ -14,7 +14,7 @@ from typing import Callable, NamedTuple
 
 import jax.numpy as jnp
 
-from bpref.activations import _sigmoid, _softmax
+from bpref.activations import sigmoid, softmax
 
 Array = jnp.ndarray
 
@@ -70,7 +70,7 @@ def _softmax_cross_entropy(y, t):
 
 
 def _softmax_cross_entropy_dy(y, t):
-  p = _softmax(y)
+  p = softmax(y)
   s = jnp.sum(t, axis=-1, keepdims=True)
   k = jnp.arange(y.shape[-1]).reshape((1,) * (y.ndim - 1) + (y.shape[-1],))
   at_k = k == jnp.argmax(y, axis=-1)[..., None]
@@ -86,7 +86,7 @@ def _sigmoid_binary_cross_entropy(y, t):
 
 
 def _sigmoid_binary_cross_entropy_dy(y, t):
-  return jnp.where(y > 0, (1 - t) - _sigmoid(-y), _sigmoid(y) - t)
+  return jnp.where(y > 0, (1 - t) - sigmoid(-y), sigmoid(y) - t)
 
 
 def _xlogy(x, y):

@@ -98,7 +98,7 @@ def _check(candidate, target, progress, spec, start) -> Report:
     ev = _search.Evaluator(None if pool else candidate, spec, pool, progress)
     try:
       found = _search.search(ev)
-      return _build(ev, spec, found, target, candidate, start)
+      return build_report(ev, spec, found, target, candidate, start)
     except _isolation.MainReimportError:
       raise
     except (ValueError, RuntimeError) as exc:
@@ -115,7 +115,7 @@ def _notes(ev) -> list:
   return sorted({r.note for _, r in ev.history if r.note})
 
 
-def _build(ev, spec, found, target, candidate, start) -> Report:
+def build_report(ev, spec, found, target, candidate, start) -> Report:
   if found.first is None:
     verdict = "pass"
     if ev.stopped:

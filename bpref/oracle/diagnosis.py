@@ -148,7 +148,7 @@ def _net(case, truth) -> _Net:
 
 def _fprime(net, l, name=None):
   """f'(z_l) of layer l (1-based), of activation ``name`` if given, else the layer's own."""
-  return _truth._df(name or net.activations[l - 1], net.z[l - 1])
+  return _truth.df(name or net.activations[l - 1], net.z[l - 1])
 
 
 def _softmax_vjp(a, v):
@@ -203,7 +203,7 @@ _NEGATIVE_BRANCH = {"relu": "0", "leaky_relu": "0.01", "elu": "exp(z)", "selu": 
 
 def _kink_models(name) -> list:
   """One-sided errors of a kinked f': each side's branch used on the other side."""
-  pos = float(np.asarray(_truth._df(name, np.ones(1)))[0])  # f' right of the kink
+  pos = float(np.asarray(_truth.df(name, np.ones(1)))[0])  # f' right of the kink
   neg = _NEGATIVE_BRANCH.get(name, f"{name}'s negative branch")
   out = [_Model(Finding(
       "kink_side", f"{name}' is wrong on the negative side of its kink: {pos:g} for z < 0",
@@ -221,7 +221,7 @@ def _kink_models(name) -> list:
       f"{name}'(z) was computed as {name}'(-z) (a comparison the wrong way round, e.g. "
       "relu' = (z < 0))"),
       _hidden_override(name, lambda net, l: np.where(
-          net.z[l - 1] == 0, _fprime(net, l, name), _truth._df(name, -net.z[l - 1])))))
+          net.z[l - 1] == 0, _fprime(net, l, name), _truth.df(name, -net.z[l - 1])))))
   return out
 
 
@@ -315,7 +315,7 @@ def _models(arch) -> list:
                                                                                "softmax")]
       if not layers:
         return None
-      fprime = lambda l: _truth._df(net.activations[l - 1], net.a[l]) if l in layers else \
+      fprime = lambda l: _truth.df(net.activations[l - 1], net.a[l]) if l in layers else \
           _fprime(net, l)
       return _backward(net, net.g * fprime(L) if L in layers else None, fprime)
 
@@ -329,7 +329,7 @@ def _models(arch) -> list:
     out.append(_Model(Finding(
         "fprime_at_a", f"f' of {name} is evaluated at a_l instead of z_l",
         f"{name}'(a_l) = {name}'({name}(z_l)) was used where (37) needs {name}'(z_l)"),
-        _hidden_override(name, lambda net, l, name=name: _truth._df(name, net.a[l]))))
+        _hidden_override(name, lambda net, l, name=name: _truth.df(name, net.a[l]))))
     if name in A_FORM_DERIVATIVES:
       form = A_FORM_DERIVATIVES[name]
       out.append(_Model(Finding(
@@ -689,8 +689,8 @@ class Diagnoser:
       d = g1 - g0
       if not d @ d > 0:
         continue
-      right = float(np.asarray(_truth._df(name, np.ones(1)))[0])
-      left = float(np.asarray(_truth._df(name, -np.full(1, 1e-300)))[0])
+      right = float(np.asarray(_truth.df(name, np.ones(1)))[0])
+      left = float(np.asarray(_truth.df(name, -np.full(1, 1e-300)))[0])
       lo, hi = min(left, right), max(left, right)
       fitted = float((cand - g0) @ d / (d @ d))  # exact when one layer has kinks
       for v in (fitted, 0.0, 0.5, 1.0, lo, hi, (lo + hi) / 2):
@@ -782,7 +782,7 @@ class Diagnoser:
       if not np.any(ok):
         continue
       implied = r.db[l - 1][ok] / back[ok]
-      true = _truth._df(name, z[ok])
+      true = _truth.df(name, z[ok])
       pairs = ", ".join(f"z={zz:.3g}: {ii:.4g} (should be {tt:.4g})"
                         for zz, ii, tt in list(zip(z[ok], implied, true))[:3])
       missing = " (all 1: the f' factor is missing)" if np.allclose(implied, 1, rtol=1e-6) else ""

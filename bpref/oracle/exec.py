@@ -230,7 +230,7 @@ class ExecPool:
     self.close()
 
   def _take_stderr(self, proc) -> str:
-    text, proc.err_offset = _isolation._read_from(proc.err, proc.err_offset)
+    text, proc.err_offset = _isolation.read_from(proc.err, proc.err_offset)
     if text and self.transcript is not None:
       self.transcript.add("", text)
     return text
@@ -252,7 +252,7 @@ class ExecPool:
       part = (f"; it wrote a partial reply: the header and {got} of the {proc.need} bytes of "
               "arrays it announced")
     elif got:
-      part = f"; it wrote {got} bytes of a header line and no newline: {wire._shown(bytes(proc.buf))}"
+      part = f"; it wrote {got} bytes of a header line and no newline: {wire.shown(bytes(proc.buf))}"
     else:
       part = ""
     hint = " (an exit with status 0: did it stop reading cases early?)" if code == 0 else ""
@@ -286,7 +286,7 @@ class ExecPool:
       if end < 0:
         if len(buf) >= wire.MAX_HEADER:
           raise wire.WireError(f"no header line ends within {wire.MAX_HEADER} bytes: "
-                               f"{wire._shown(bytes(buf))}")
+                               f"{wire.shown(bytes(buf))}")
         return None
       header = wire.parse_header(buf[:end])
       layout = wire.array_layout(header)
@@ -424,7 +424,7 @@ class ExecPool:
       result = wire.grads_result(header, arrays, cases[call.item])
       if proc.buf:
         raise wire.WireError(f"{len(proc.buf)} bytes followed the reply: "
-                             f"{wire._shown(bytes(proc.buf))}")
+                             f"{wire.shown(bytes(proc.buf))}")
     except wire.WireError as exc:
       self._finish(i, call, busy, results, "protocol",
                    f"the candidate broke the bpref-wire protocol on case {call.ident}: {exc}. Its "
@@ -504,7 +504,7 @@ def check(command: str, *, progress=None, cwd=None, env=None, **options):
         raise ExecError(str(exc)) from None
       ev = ExecEvaluator(None, spec, pool, progress)
       found = _search.search(ev)
-      report = _oracle._build(ev, spec, found, None, None, start)
+      report = _oracle.build_report(ev, spec, found, None, None, start)
     finally:
       pool.close()
   report.output = transcript.to_json()

@@ -188,7 +188,7 @@ def _flush_streams() -> None:
       pass
 
 
-def _read_from(fh, offset: int) -> tuple:
+def read_from(fh, offset: int) -> tuple:
   """(text written to the open file ``fh`` from ``offset`` on, at most OUTPUT_LIMIT bytes; its end)."""
   try:
     end = os.fstat(fh.fileno()).st_size
@@ -236,7 +236,7 @@ class Captured:
     for fd, saved, tmp in self._saved:
       os.dup2(saved, fd)
       os.close(saved)
-      texts.append(_read_from(tmp, 0)[0])
+      texts.append(read_from(tmp, 0)[0])
       tmp.close()
     self._saved = []
     return texts
@@ -664,8 +664,8 @@ class Isolated:
   def _take_output(self, i) -> tuple:
     """(stdout, stderr) that worker ``i`` wrote since the last look."""
     w = self._procs[i]
-    out, w.offsets[0] = _read_from(w.out, w.offsets[0])
-    err, w.offsets[1] = _read_from(w.err, w.offsets[1])
+    out, w.offsets[0] = read_from(w.out, w.offsets[0])
+    err, w.offsets[1] = read_from(w.err, w.offsets[1])
     return out, err
 
   def _kill(self, i):

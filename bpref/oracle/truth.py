@@ -73,7 +73,7 @@ def _params64(case) -> tuple:
                for W, b, act in zip(case.weights, biases, case.arch.activations))
 
 
-def _df(name, z):
+def df(name, z):
   """f'(z) in float64 whatever the caller's JAX configuration."""
   return pointwise(_activations.get(name).df, z)
 
@@ -97,7 +97,7 @@ def rho(name, z, a, forms=True):
 
 def _df_bound(name, z, a, forms=True):
   """|f'(z)| + rho_f(z, a): f' with the absolute error a correct program may make in it."""
-  return np.abs(_df(name, z)) + rho(name, z, a, forms)
+  return np.abs(df(name, z)) + rho(name, z, a, forms)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -106,7 +106,7 @@ def _loss_terms_padded(loss, y, t):
   return record.dy(y, t), record.value(y, t)
 
 
-def _loss_terms(loss, y, t):
+def loss_terms(loss, y, t):
   """(dC_b/dy, C_b) of bpref's ``loss`` in float64, on rows and units padded to a bucket.
 
   Padded units hold a value on which the loss adds exactly 0 (``bpref.fast``'s pad),
@@ -179,12 +179,12 @@ def _bounds(params, x, t, loss, reduction, z, a, forms=True, floor=0.0):
   """(g, A_0..A_L, M_1..M_L, the loss's magnitude) of one float64 problem and its tape;
   ``floor`` is the underflow floor lambda / u (module docstring), 0 for none."""
   scale = _losses.reduce_scale(x.shape[0], reduction)
-  dy, per_example = _loss_terms(loss, a[-1], t)
+  dy, per_example = loss_terms(loss, a[-1], t)
   g = dy * scale
   fwd = _forward_magnitudes(params, x, z, a, forms)
   logits = _losses.get(loss).logits
   if logits is not None:  # fused (34): delta_L = (y sum_k t_k - t) scale from z_L, no f'_L
-    dz, per_example = _loss_terms(logits, z[-1], t)
+    dz, per_example = loss_terms(logits, z[-1], t)
     total = np.abs(t).sum(axis=-1, keepdims=True) if params[-1].activation == "softmax" else 1.0
     mag_L = scale * (fwd[-1] * total + np.abs(t))
     terms_L = fwd[-2] @ np.abs(params[-1].W).T + (0.0 if params[-1].b is None else np.abs(params[-1].b))
@@ -277,8 +277,8 @@ def _magnitudes(params, z, a, mag_L, forms=True, floor=0.0) -> list:
   the underflow floor in f' and in each M_l."""
   out = [mag_L]
   for l in range(len(params) - 1, 0, -1):
-    df = _df_bound(params[l - 1].activation, z[l - 1], a[l], forms) + floor
-    out.append((out[-1] @ np.abs(params[l].W)) * df + floor)
+    bound = _df_bound(params[l - 1].activation, z[l - 1], a[l], forms) + floor
+    out.append((out[-1] @ np.abs(params[l].W)) * bound + floor)
   return list(reversed(out))
 
 
@@ -305,7 +305,7 @@ def backprop_variant(case, truth: Truth, *, df_at: str = "z", output_fprime: boo
     name = params[l - 1].activation
     z = truth.z[l - 1]
     at = truth.a[l] if (df_at == "a" and applies(l)) else z
-    d = _df(name, at)
+    d = df(name, at)
     if df_override and name in df_override and applies(l):
       d = np.asarray(df_override[name](z, truth.a[l]), np.float64)
     if kink_values and name in kink_values and applies(l):

@@ -42,7 +42,7 @@ class WireError(ValueError):
   """A message that does not follow the format; the text says what came and what was expected."""
 
 
-def _shown(data: bytes, limit: int = 80) -> str:
+def shown(data: bytes, limit: int = 80) -> str:
   """The first ``limit`` bytes of ``data`` as a Python bytes literal, for messages."""
   text = repr(bytes(data[:limit]))
   return text + (f" ... ({len(data)} bytes)" if len(data) > limit else "")
@@ -78,13 +78,13 @@ def parse_header(line: bytes) -> dict:
   try:
     header = json.loads(bytes(line).decode("utf-8"))
   except UnicodeDecodeError:
-    raise WireError(f"the header line is not UTF-8 text: {_shown(line)}") from None
+    raise WireError(f"the header line is not UTF-8 text: {shown(line)}") from None
   except (json.JSONDecodeError, RecursionError):
-    raise WireError(f"the header line is not a JSON object: {_shown(line)}") from None
+    raise WireError(f"the header line is not a JSON object: {shown(line)}") from None
   if not isinstance(header, dict):
-    raise WireError(f"the header line is JSON but not an object ({{...}}): {_shown(line)}")
+    raise WireError(f"the header line is JSON but not an object ({{...}}): {shown(line)}")
   if not isinstance(header.get("type"), str):
-    raise WireError(f"the header has no \"type\" string: {_shown(line)}")
+    raise WireError(f"the header has no \"type\" string: {shown(line)}")
   return header
 
 
@@ -137,7 +137,7 @@ def read_messages(data: bytes) -> list:
     end = data.find(b"\n", at, at + MAX_HEADER)
     if end < 0:
       raise WireError(f"at byte {at}: no header line ends within {MAX_HEADER} bytes: "
-                      f"{_shown(data[at:])}")
+                      f"{shown(data[at:])}")
     header = parse_header(data[at:end])
     layout = array_layout(header)
     size = payload_size(layout)

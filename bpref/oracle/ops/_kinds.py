@@ -467,7 +467,7 @@ def dense_products(x, W, delta) -> tuple:
 
 def fprime(name: str, z) -> np.ndarray:
   """bpref's f'(z) in float64."""
-  return _truth._df(name, z)
+  return _truth.df(name, z)
 
 
 def fprime_error(name: str, z, a) -> np.ndarray:
@@ -612,7 +612,7 @@ def _loss_truth(spec, case, u, floor) -> OpTruth:
   on_logits = name in ("softmax_cross_entropy", "sigmoid_binary_cross_entropy") or fused(spec)
   if on_logits:
     twin = logits or name  # the fused form: the loss written on z
-    dz, per_example = _truth._loss_terms(twin, zz, t)
+    dz, per_example = _truth.loss_terms(twin, zz, t)
     g = dz * scale  # (34), corrected, with f_L and C fused
     s = np.maximum(1.0, np.abs(zz))
     if twin == "softmax_cross_entropy":
@@ -624,7 +624,7 @@ def _loss_truth(spec, case, u, floor) -> OpTruth:
     arg = zz
   else:
     y = arr["y"]
-    dy, per_example = _truth._loss_terms(name, y, t)
+    dy, per_example = _truth.loss_terms(name, y, t)
     g = dy * scale  # (14) and its batch reduction
     if name == "squared_error":
       M = scale * 2 * (np.abs(y) + np.abs(t))
