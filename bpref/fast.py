@@ -61,7 +61,7 @@ from bpref.network import DEFAULT_PRECISION, Layer, check_precision, check_probl
 
 ACTIVATION_NAMES = tuple(_activations.ACTIVATIONS)
 LOSS_NAMES = tuple(_losses.LOSSES)
-LOGIT_LOSSES = tuple(sorted({loss.logits for loss in _losses.LOSSES.values() if loss.logits}))
+LOGIT_LOSSES = tuple(name for name, loss in _losses.LOSSES.items() if loss.on_logits)
 """Losses on logits (those the fused losses name): a padded output gets ``pad_logit``."""
 
 MIN_DEPTH, MIN_WIDTH, MIN_BATCH = 8, 8, 8

@@ -30,12 +30,24 @@ class Loss(NamedTuple):
     logits: for a loss tied to its output activation, the name of the same loss written on
       the pre-activation z_L (C(f_L(z_L)) is that loss of z_L); the backward pass uses it so
       that delta_L stays finite and accurate when the output saturates.
+    targets: what t may hold: "real" (any real), "distribution" (rows t >= 0: the
+      cross-entropies are defined for any nonnegative row, not only rows that sum to 1) or
+      "probabilities" (each entry in [0, 1]).
+    on_logits: y are logits (z_L itself): a padded output unit is given a very negative
+      logit rather than 0 (``bpref.fast.pad_logit``).
+    smooth: C is infinitely differentiable in y (huber's joint at |y - t| = 1 is not).
+    min_outputs: the fewest outputs K for which C depends on y at all (log softmax of one
+      unit is 0).
   """
   name: str
   value: Callable[[Array, Array], Array]
   dy: Callable[[Array, Array], Array]
   output: str | None = None
   logits: str | None = None
+  targets: str = "real"
+  on_logits: bool = False
+  smooth: bool = True
+  min_outputs: int = 1
 
 
 # squared_error: C = sum_k (t_k - y_k)^2 (13); dC/dy = -2 (t - y) (14).
@@ -136,16 +148,19 @@ LOSSES: dict[str, Loss] = {
     for loss in (
         Loss("squared_error", _squared_error, _squared_error_dy),
         Loss("half_squared_error", _half_squared_error, _half_squared_error_dy),
-        Loss("softmax_cross_entropy", _softmax_cross_entropy, _softmax_cross_entropy_dy),
+        Loss("softmax_cross_entropy", _softmax_cross_entropy, _softmax_cross_entropy_dy,
+             targets="distribution", on_logits=True, min_outputs=2),
         Loss("sigmoid_binary_cross_entropy", _sigmoid_binary_cross_entropy,
-             _sigmoid_binary_cross_entropy_dy),
+             _sigmoid_binary_cross_entropy_dy, targets="probabilities", on_logits=True),
         Loss("binary_cross_entropy", _binary_cross_entropy, _binary_cross_entropy_dy, "sigmoid",
-             "sigmoid_binary_cross_entropy"),
-        Loss("cross_entropy", _cross_entropy, _cross_entropy_dy, "softmax", "softmax_cross_entropy"),
-        Loss("huber", _huber, _huber_dy),
+             "sigmoid_binary_cross_entropy", targets="probabilities"),
+        Loss("cross_entropy", _cross_entropy, _cross_entropy_dy, "softmax", "softmax_cross_entropy",
+             targets="distribution"),
+        Loss("huber", _huber, _huber_dy, smooth=False),
     )
 }
-"""Every loss by name."""
+"""Every loss by name: each record holds every fact about it that bpref uses
+(``tests/test_registry.py`` lists what a new one still lacks elsewhere)."""
 
 REDUCTIONS = ("mean", "sum")
 

@@ -177,7 +177,7 @@ def check_problem(params, x, t, loss, reduction):
     raise TypeError(f"t must be an array of shape {expect}; got {type(t).__name__}")
   if not jnp.issubdtype(t.dtype, jnp.floating):
     hint = (" (class labels must be one-hot encoded rows of probabilities)"
-            if "cross_entropy" in loss else "")
+            if loss_obj.targets != "real" else "")
     raise TypeError(f"t must have the parameters' floating dtype {params_dtype(params)}; "
                     f"got {t.dtype}{hint}")
   if t.dtype != params_dtype(params):
@@ -185,7 +185,8 @@ def check_problem(params, x, t, loss, reduction):
                     "cast one of them so that they agree")
   t2 = t[None, :] if (single and t.ndim == 1) else t
   if t2.ndim != 2 or t2.shape != (batch, n_out):
-    what = "targets" if "entropy" not in loss else f"{loss} targets (one row of K = {n_out} per example)"
+    what = ("targets" if loss_obj.targets == "real"
+            else f"{loss} targets (one row of K = {n_out} per example)")
     if t2.ndim == 2 and t2.shape[0] != batch:
       raise ValueError(f"t has batch size {t2.shape[0]} but x has {batch}; {what} must have shape {expect}")
     raise ValueError(f"{what}: t must have shape {expect} to match the output layer; got {_describe(t)}")

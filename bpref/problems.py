@@ -26,7 +26,7 @@ WIDTHS = (1, 2, 3, 5, 8)
 BATCHES = (1, 2, 3, 5, 8)
 HIDDEN = tuple(n for n in _activations.ACTIVATIONS if n not in _activations.OUTPUT_ONLY)
 
-SOFT_TARGETS = ("softmax_cross_entropy", "cross_entropy")
+SOFT_TARGETS = tuple(name for name, loss in _losses.LOSSES.items() if loss.targets == "distribution")
 """Losses defined for any nonnegative target row, not only rows that sum to 1."""
 
 UNNORMALIZED = 0.5
@@ -66,7 +66,7 @@ def min_output_width(output: str, loss: str) -> int:
   A softmax of one unit is the constant 1, on the output layer (its Jacobian is 0)
   or inside softmax_cross_entropy (log softmax(z) = 0): every gradient would be 0.
   """
-  return 2 if output == "softmax" or loss == "softmax_cross_entropy" else 1
+  return 2 if output == "softmax" else _losses.get(loss).min_outputs
 
 
 def targets(rng: np.random.Generator, loss: str, shape, *, unnormalized: float = 0.0) -> np.ndarray:
@@ -84,7 +84,7 @@ def targets(rng: np.random.Generator, loss: str, shape, *, unnormalized: float =
     if unnormalized and rng.random() < unnormalized:
       t = t * rng.uniform(0.25, 2.5, size=tuple(shape[:-1]) + (1,))
     return t
-  if loss in ("binary_cross_entropy", "sigmoid_binary_cross_entropy"):
+  if _losses.get(loss).targets == "probabilities":
     return rng.uniform(size=shape)
   return rng.normal(size=shape)
 

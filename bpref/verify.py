@@ -125,12 +125,14 @@ def case_tolerance(problem, z) -> float:
   """(T) of the case's dtype, depth, longest sum and magnitude; twice that in float64.
 
   Errors are measured against the magnitude bounds of ``bpref.oracle.truth.output_bounds``
-  (the same computation on absolute values) with bpref's own cancellation-free f': no room
-  is left for the absolute error a textbook form such as 1 - a^2 makes once a unit
-  saturates. Cancellation in a result does not make a correct one fail: with half squared
-  error summed over 8 examples after a 2-unit softmax, bpref's float32 dW is 1.0e-4 from
-  the exact referee relative to |dW|, and well within (T) relative to its terms. A float32 case is compared with the witness in float64, whose
-  error is negligible; a float64 case with the witness in float64, each within (T).
+  (the same computation on absolute values) with bpref's own cancellation-free f', widened
+  only by |f''| for the rounding of z: no room is left for the absolute error a textbook
+  form such as 1 - a^2 makes once a unit saturates. Cancellation in a result does not make
+  a correct one fail: with half squared error summed over 8 examples after a 2-unit
+  softmax, bpref's float32 dW is 1.0e-4 from the exact referee relative to |dW|, and well
+  within (T) relative to its terms. A float32 case is compared with the witness in
+  float64, whose error is negligible; a float64 case with the witness in float64, each
+  within (T).
   """
   dtype = np.dtype(problem.x.dtype)
   sizes = [problem.params[0].W.shape[1]] + [p.W.shape[0] for p in problem.params]
@@ -269,7 +271,8 @@ def _adjoint_and_taylor(params, x, t, loss, reduction, v, use_complex):
 
 def _smooth(problem) -> bool:
   # Richardson's estimate and the Taylor order assume C is smooth along the line they probe
-  return problem.loss != "huber" and not any(_activations.get(p.activation).kink for p in problem.params)
+  return (_losses.get(problem.loss).smooth
+          and not any(_activations.get(p.activation).kink for p in problem.params))
 
 
 def witness_case(problem, rng) -> dict:

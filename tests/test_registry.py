@@ -13,6 +13,7 @@ import pathlib
 
 import bpref
 from bpref import activations as A
+from bpref import losses as L
 
 ROOT = pathlib.Path(bpref.__file__).parent.parent
 
@@ -27,12 +28,12 @@ def _dict_keys(path: str, name: str) -> set:
   raise AssertionError(f"{path} has no dict literal {name}")
 
 
-def _compared_names(path: str, function: str) -> set:
-  """The names ``function`` in ``path`` tests for with ``name == "..."``."""
+def _compared_names(path: str, function: str, variable: str = "name") -> set:
+  """The names ``function`` in ``path`` tests for with ``variable == "..."``."""
   tree = ast.parse((ROOT / path).read_text())
   fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == function)
   return {c.comparators[0].value for c in ast.walk(fn)
-          if isinstance(c, ast.Compare) and isinstance(c.left, ast.Name) and c.left.id == "name"
+          if isinstance(c, ast.Compare) and isinstance(c.left, ast.Name) and c.left.id == variable
           and isinstance(c.comparators[0], ast.Constant)}
 
 
@@ -68,16 +69,49 @@ def _places() -> dict:
   }
 
 
+def _loss_places() -> dict:
+  """Where each loss name must be known: place -> the names it knows."""
+  return {
+      "the complex step's form (bpref/finite_diff.py COMPLEX_LOSSES)":
+          _dict_keys("bpref/finite_diff.py", "COMPLEX_LOSSES"),
+      "the mpmath referee (bpref/referee.py _loss_rows)":
+          _compared_names("bpref/referee.py", "_loss_rows", "loss"),
+      "torch's loss function (bpref/bridges/torch.py loss_per_example)":
+          _compared_names("bpref/bridges/torch.py", "loss_per_example", "loss"),
+      "the textbook loss (tests/textbook.py loss_and_dy)":
+          _compared_names("tests/textbook.py", "loss_and_dy", "loss"),
+  }
+
+
 def test_every_activation_is_known_wherever_names_are_mapped():
   missing = [f"{name}: {place}" for place, (needed, known) in _places().items()
              for name in sorted(needed - known)]
   assert not missing, "registered activations missing elsewhere:\n  " + "\n  ".join(missing)
 
 
+def test_every_loss_is_known_wherever_names_are_mapped():
+  missing = [f"{name}: {place}" for place, known in _loss_places().items()
+             for name in sorted(set(L.LOSSES) - known)]
+  assert not missing, "registered losses missing elsewhere:\n  " + "\n  ".join(missing)
+
+
 def test_no_place_knows_a_name_that_is_not_registered():
   stray = [f"{name}: {place}" for place, (_, known) in _places().items()
            for name in sorted(known - set(A.ACTIVATIONS))]
-  assert not stray, "names that are not registered activations:\n  " + "\n  ".join(stray)
+  stray += [f"{name}: {place}" for place, known in _loss_places().items()
+            for name in sorted(known - set(L.LOSSES))]
+  assert not stray, "names that are not registered:\n  " + "\n  ".join(stray)
+
+
+def test_every_loss_record_is_complete():
+  for name, loss in L.LOSSES.items():
+    assert loss.targets in ("real", "distribution", "probabilities"), name
+    assert loss.min_outputs >= 1, name
+    if loss.output is not None:  # a loss on probabilities names its twin on logits
+      twin = L.get(loss.logits)
+      assert twin.on_logits and twin.targets == loss.targets, name
+    if loss.on_logits:
+      assert loss.output is None and loss.targets != "real", name
 
 
 def test_every_record_is_complete():

@@ -70,9 +70,9 @@ PIECEWISE_LINEAR = tuple(name for name, act in _activations.ACTIVATIONS.items()
 """Activations searched up to the float32 limits: their f' needs no transcendental function.
 The others are searched for |z| <= 1e3, where bpref's f' is documented accurate."""
 
-REGRESSION = ("squared_error", "half_squared_error", "huber")
-SOFTMAX_LOSSES = ("softmax_cross_entropy", "cross_entropy")
-SIGMOID_LOSSES = ("sigmoid_binary_cross_entropy", "binary_cross_entropy")
+REGRESSION = tuple(n for n, loss in _losses.LOSSES.items() if loss.targets == "real")
+SOFTMAX_LOSSES = tuple(n for n, loss in _losses.LOSSES.items() if loss.targets == "distribution")
+SIGMOID_LOSSES = tuple(n for n, loss in _losses.LOSSES.items() if loss.targets == "probabilities")
 
 FAMILIES = ("plain", "normal", "spread", "kink", "saturated", "huge", "tiny", "limit",
             "limit_tiny")
