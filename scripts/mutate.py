@@ -15,8 +15,10 @@ baseline run) does not count as a kill. Parametrized cases of one test
 function count as one test: "tests" in the table are distinct test functions.
 
 It is slow (minutes per mutation, all of it XLA compilation and hypothesis) and it
-does not run in CI. A shared XLA compilation cache (``--cache-dir``) lets every
-mutation reuse the compilations that it does not change.
+does not run in CI. The tests run under the hypothesis profile ``mutate`` (the ``dev``
+draws, with failing examples reported unshrunk: shrinking a killed mutation's failures
+would cost more than the run). A shared XLA compilation cache (``--cache-dir``) lets
+every mutation reuse the compilations that it does not change.
 
 Usage:
 
@@ -221,6 +223,7 @@ def _copy_tree(dest: Path, ref: str | None) -> None:
 def _env(copy: Path, cache_dir: str | None) -> dict:
   env = dict(os.environ)
   env["PYTHONPATH"] = str(copy)
+  env.setdefault("BPREF_PROFILE", "mutate")  # a failing example is not shrunk: kills cost no more
   env.pop("CI", None)
   env.setdefault("JAX_PLATFORMS", "cpu")
   if cache_dir:
