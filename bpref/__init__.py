@@ -5,8 +5,6 @@ Data flow: params -> forward tape (z, a) -> backward (delta, lambda) -> gradient
 
 from bpref import activations as activations
 from bpref import losses as losses
-from bpref.backprop import Deltas as Deltas
-from bpref.backprop import Lambdas as Lambdas
 from bpref.backprop import backward as backward
 from bpref.backprop import deltas as deltas
 from bpref.backprop import grad as grad
@@ -17,16 +15,18 @@ from bpref.backprop import param_grads as param_grads
 from bpref.backprop import per_example_grads as per_example_grads
 from bpref.backprop import value_and_grad as value_and_grad
 from bpref.network import DEFAULT_PRECISION as DEFAULT_PRECISION
-from bpref.network import Grads as Grads
-from bpref.network import Layer as Layer
-from bpref.network import Params as Params
-from bpref.network import Tape as Tape
 from bpref.network import forward as forward
 from bpref.network import from_arrays as from_arrays
 from bpref.network import init as init
 from bpref.network import loss_value as loss_value
 from bpref.network import predict as predict
 from bpref.sharding import shard_batch as shard_batch
+from bpref.structures import Deltas as Deltas
+from bpref.structures import Grads as Grads
+from bpref.structures import Lambdas as Lambdas
+from bpref.structures import Layer as Layer
+from bpref.structures import Params as Params
+from bpref.structures import Tape as Tape
 
 __version__ = "0.1.0"
 

@@ -32,11 +32,11 @@ import jax.numpy as jnp
 
 from bpref import activations as _activations
 from bpref import losses as _losses
-from bpref.network import DEFAULT_PRECISION, Layer, Tape, check_problem, check_x, forward
+from bpref.network import DEFAULT_PRECISION, forward
+from bpref.structures import Deltas, Lambdas, Layer, Tape
+from bpref.validation import check_problem, check_x
 
 Array = jax.Array
-Deltas = tuple  # (delta_1, ..., delta_L), delta_l of shape (B, n_l)
-Lambdas = tuple  # (lambda_1, ..., lambda_L), lambda_l of shape (B, n_L, n_l)
 
 
 def _output_cotangent(tape: Tape, t2, loss, reduction) -> tuple[Array, Array]:

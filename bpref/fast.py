@@ -57,7 +57,9 @@ import numpy as np
 
 from bpref import activations as _activations
 from bpref import losses as _losses
-from bpref.network import DEFAULT_PRECISION, Layer, check_precision, check_problem
+from bpref.network import DEFAULT_PRECISION
+from bpref.structures import Layer
+from bpref.validation import check_precision, check_problem
 
 ACTIVATION_NAMES = tuple(_activations.ACTIVATIONS)
 LOSS_NAMES = tuple(_losses.LOSSES)

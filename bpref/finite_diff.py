@@ -42,7 +42,9 @@ import numpy as np
 
 from bpref import activations as _activations
 from bpref import losses as _losses
-from bpref.network import DEFAULT_PRECISION, Layer, check_problem
+from bpref.network import DEFAULT_PRECISION
+from bpref.structures import Layer
+from bpref.validation import check_problem
 
 Array = jax.Array
 

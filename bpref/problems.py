@@ -20,7 +20,7 @@ import numpy as np
 from bpref import activations as _activations
 from bpref import losses as _losses
 from bpref import tolerance as _tolerance
-from bpref.network import Layer
+from bpref.structures import Layer
 
 WIDTHS = (1, 2, 3, 5, 8)
 BATCHES = (1, 2, 3, 5, 8)

@@ -30,7 +30,7 @@ from typing import NamedTuple
 import mpmath
 import numpy as np
 
-from bpref.network import Layer
+from bpref.structures import Layer
 
 DEFAULT_DPS = 50
 

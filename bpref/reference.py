@@ -19,7 +19,9 @@ import jax.numpy as jnp
 from bpref import activations as _activations
 from bpref import fast as _fast
 from bpref import losses as _losses
-from bpref.network import DEFAULT_PRECISION, Layer, check_precision, check_problem, check_x
+from bpref.network import DEFAULT_PRECISION
+from bpref.structures import Layer
+from bpref.validation import check_precision, check_problem, check_x
 
 
 def _injected_forward(params, x2, offsets, precision):

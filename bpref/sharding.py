@@ -41,7 +41,9 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from bpref.network import Layer, check_params
+from bpref.structures import Layer
+
+from bpref.validation import check_params
 
 DATA = "data"
 """Default name of the mesh axis that splits the batch."""

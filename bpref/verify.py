@@ -44,9 +44,10 @@ from bpref import problems as _problems
 from bpref import reference as _reference
 from bpref import referee as _referee
 from bpref import tolerance as _tolerance
+from bpref.network import DEFAULT_PRECISION
 from bpref.oracle import judge as _judge
 from bpref.oracle import truth as _truth
-from bpref.network import DEFAULT_PRECISION, Layer
+from bpref.structures import Layer
 
 CHECKS = ("loss", "predict", "grad", "deltas", "lambdas", "input_grad", "per_example_grads")
 

@@ -64,7 +64,7 @@ def _problems(quick):
   ones (widths 32-64, B = 32; the referee takes ~10 s on the widest) where XLA certainly sends float32 products to TF32."""
   import numpy as np
   from bpref import problems
-  from bpref.network import Layer
+  from bpref.structures import Layer
   rng = np.random.default_rng(SEED)
   out = [problems.random_problem(rng, np.float32) for _ in range(4 if quick else 20)]
   for width in ((16,) if quick else (32, 32, 64)):

@@ -20,8 +20,8 @@ import bpref
 from bpref import losses as L
 from bpref import problems
 from bpref import reference
-from bpref.network import Layer
 from bpref import verify
+from bpref.structures import Layer
 from bpref.tolerance import gradient_tolerance, normwise_error
 
 HIDDEN = problems.HIDDEN

@@ -18,7 +18,7 @@ import pytest
 import bpref
 from bpref import fast, problems, reference, tolerance
 from bpref import losses as _losses
-from bpref.network import Layer
+from bpref.structures import Layer
 
 
 @functools.partial(jax.jit, static_argnums=(3, 4))

@@ -26,7 +26,6 @@ from bpref import activations as _activations
 from bpref import backprop as _backprop
 from bpref import losses as _losses
 from bpref import tolerance
-from bpref.network import _forward
 from bpref.testing import strategies as bst
 
 EXAMPLES = max(3, settings.default.max_examples // 3)
@@ -182,7 +181,7 @@ def test_batch_additivity_and_rank(problem):
 
 @functools.partial(jax.jit, static_argnums=(5,))
 def _linear_bundle(params, x, g1, g2, alpha, loss_unused=None):
-  tape = _forward(params, x, bpref.DEFAULT_PRECISION)
+  tape = bpref.forward(params, x)
   d = lambda g: _backprop.deltas_from_cotangent(params, tape, g, bpref.DEFAULT_PRECISION)  # noqa: E731
   return d(g1), d(g2), d(alpha * g1 + g2)
 

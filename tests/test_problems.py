@@ -12,10 +12,10 @@ import pytest
 from hypothesis import find, given, settings
 
 from bpref import losses as _losses
-from bpref.activations import KINKED
 from bpref import problems
 from bpref import referee
-from bpref.network import Layer
+from bpref.activations import KINKED
+from bpref.structures import Layer
 from bpref.testing import strategies as bst
 
 EXAMPLES = max(5, settings.default.max_examples // 2)

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 
 import bpref
 from bpref import referee, tolerance
-from bpref.network import Layer
+from bpref.structures import Layer
 from bpref.testing import strategies as bst
 
 EXAMPLES = max(3, settings.default.max_examples // 3)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from bpref import verify
-from bpref.network import Layer
+from bpref.structures import Layer
 
 
 def _run(capsys, *argv):

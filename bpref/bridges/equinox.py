@@ -28,7 +28,8 @@ import numpy as np
 
 from bpref.bridges import Architecture, check_arrays
 from bpref.bridges import _jax_autodiff
-from bpref.network import Layer, check_params
+from bpref.structures import Layer
+from bpref.validation import check_params
 
 try:
   from equinox.nn._mlp import _identity as _EQX_IDENTITY

@@ -27,7 +27,9 @@ import numpy as np
 
 from bpref.bridges import Architecture, check_arrays
 from bpref.bridges import _jax_autodiff
-from bpref.network import DEFAULT_PRECISION, Layer, check_params
+from bpref.network import DEFAULT_PRECISION
+from bpref.structures import Layer
+from bpref.validation import check_params
 
 try:
   import flax.linen as nn

@@ -38,7 +38,8 @@ import jax.numpy as jnp
 
 from bpref import losses as _losses
 from bpref.bridges import Architecture, check_arrays
-from bpref.network import Layer, check_params
+from bpref.structures import Layer
+from bpref.validation import check_params
 
 _TORCH_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 

@@ -45,7 +45,7 @@ import numpy as np
 from bpref import activations as _activations
 from bpref import fast as _fast
 from bpref import losses as _losses
-from bpref.network import Layer
+from bpref.structures import Layer
 from bpref.tolerance import pointwise as pointwise
 
 

@@ -48,9 +48,9 @@ from hypothesis import strategies as st
 
 from bpref import activations as _activations
 from bpref import losses as _losses
-from bpref.network import Layer
 from bpref import problems as _problems
 from bpref.problems import Problem, targets
+from bpref.structures import Layer
 
 WIDTHS = (1, 2, 3, 5)
 """Layer widths n_l (1 included)."""

@@ -47,8 +47,9 @@ from bpref import backprop as _backprop
 from bpref import fast as _fast
 from bpref import losses as _losses
 from bpref import tolerance as _tolerance
-from bpref.network import DEFAULT_PRECISION, Layer, Tape
+from bpref.network import DEFAULT_PRECISION
 from bpref.oracle import truth as _truth
+from bpref.structures import Layer, Tape
 
 KINDS = ("dense", "activation", "softmax", "loss", "layer")
 
