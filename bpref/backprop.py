@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from bpref import activations as _activations
 from bpref import losses as _losses
 from bpref.network import DEFAULT_PRECISION, forward
-from bpref.structures import Deltas, Lambdas, Layer, Tape
+from bpref.structures import Deltas, Lambdas, Layer, Tape, unbatched
 from bpref.validation import check_problem, check_x
 
 Array = jax.Array
@@ -141,8 +141,7 @@ def deltas(params, x, t, loss: str = "squared_error", reduction: str = "mean", *
            precision=DEFAULT_PRECISION) -> Deltas:
   """(delta_1, ..., delta_L), delta_l = dC/dz_l of the reduced loss, each (B, n_l)."""
   tape, _, delta_L, single = _prepare(params, x, t, loss, reduction, precision)
-  out = backward(params, tape, delta_L, precision)
-  return tuple(d[0] for d in out) if single else out
+  return unbatched(backward(params, tape, delta_L, precision), single)
 
 
 def input_grad(params, x, t, loss: str = "squared_error", reduction: str = "mean", *,
@@ -151,7 +150,7 @@ def input_grad(params, x, t, loss: str = "squared_error", reduction: str = "mean
   tape, _, delta_L, single = _prepare(params, x, t, loss, reduction, precision)
   delta_1 = backward(params, tape, delta_L, precision)[0]
   dx = jnp.matmul(delta_1, params[0].W, precision=precision)  # (26), corrected: dC/dx = delta_1 W_1
-  return dx[0] if single else dx
+  return unbatched(dx, single)
 
 
 def per_example_grads(params, x, t, loss: str = "squared_error", *,
@@ -167,8 +166,7 @@ def per_example_grads(params, x, t, loss: str = "squared_error", *,
     dW = delta[:, :, None] * a_prev[:, None, :]  # (39) per example: delta_{l,b}^T a_{l-1,b}^T (delta a row, a a column)
     db = None if layer.b is None else delta  # dC_b/db_l = delta_{l,b}
     out.append(Layer(dW, db, layer.activation))
-  out = tuple(out)
-  return jax.tree_util.tree_map(lambda leaf: leaf[0], out) if single else out
+  return unbatched(tuple(out), single)
 
 
 def lambdas(params, x, *, precision=DEFAULT_PRECISION) -> Lambdas:
@@ -187,5 +185,4 @@ def lambdas(params, x, *, precision=DEFAULT_PRECISION) -> Lambdas:
     f_prime = _activations.derivative(params[l - 1].activation, tape.z[l - 1], tape.a[l])  # (24)
     lam = back * f_prime[:, None, :]  # (30), corrected; its last step, l = 1, is (31), corrected
     out.append(lam)
-  out = tuple(reversed(out))
-  return tuple(v[0] for v in out) if single else out
+  return unbatched(tuple(reversed(out)), single)

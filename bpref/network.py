@@ -15,7 +15,7 @@ import numpy as np
 
 from bpref import activations as _activations
 from bpref import losses as _losses
-from bpref.structures import Array, Layer, Params, Tape
+from bpref.structures import Array, Layer, Params, Tape, unbatched
 from bpref.validation import check_key, check_params, check_precision, check_problem, check_sizes, check_x
 
 DEFAULT_PRECISION = jax.lax.Precision.HIGHEST
@@ -117,10 +117,6 @@ def _forward(params, x2, precision) -> Tape:
   return Tape(tuple(zs), tuple(acts))
 
 
-def _squeeze_tape(tape: Tape) -> Tape:
-  return Tape(tuple(z[0] for z in tape.z), tuple(a[0] for a in tape.a))
-
-
 def forward(params, x, *, precision=DEFAULT_PRECISION) -> Tape:
   """The forward pass (4)-(10), saving every z_l and a_l.
 
@@ -135,7 +131,7 @@ def forward(params, x, *, precision=DEFAULT_PRECISION) -> Tape:
   """
   x2, single = check_x(params, x)
   tape = _forward(params, x2, precision)
-  return _squeeze_tape(tape) if single else tape
+  return unbatched(tape, single)
 
 
 def predict(params, x, *, precision=DEFAULT_PRECISION) -> Array:

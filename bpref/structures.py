@@ -60,3 +60,9 @@ class Tape(NamedTuple):
   """
   z: tuple
   a: tuple
+
+
+def unbatched(out, single: bool):
+  """``out`` without its leading batch axis when the caller gave one example (a 1-D x):
+  the one place where a single example's results lose the axis the pipeline works on."""
+  return jax.tree_util.tree_map(lambda leaf: leaf[0], out) if single else out
