@@ -30,21 +30,17 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from bpref import activations as _activations
 from bpref import backprop as _backprop
 from bpref import compilation
 from bpref import fast as _fast
-from bpref import finite_diff as _fd
 from bpref import losses as _losses
 from bpref import network as _network
 from bpref import problems as _problems
 from bpref import reference as _reference
-from bpref import referee as _referee
 from bpref import tolerance as _tolerance
-from bpref.network import DEFAULT_PRECISION
+from bpref import witnesses as _witnesses
 from bpref.oracle import judge as _judge
 from bpref.oracle import truth as _truth
 from bpref.structures import Layer
@@ -246,78 +242,23 @@ def _first_line(exc) -> str:
 
 # ---------------------------------------------------------------- independent witnesses
 
-WITNESSES = ("bpref_vs_referee", "jax_grad_vs_referee", "complex_step", "richardson", "central",
-             "adjoint", "taylor_order")
-"""Rows of the witness table; every error is measured against the exact referee."""
-
-
-def _bpref_grad(problem):
-  """bpref's gradient in the problem's dtype, through the buckets (no compilation per shape)."""
-  return _fast.grads_many([problem])[0]
-
-
-def _witness_grad(problem):
-  """The autodiff witness's gradient in the problem's dtype, through its padded twin."""
-  return _reference.grads_many([problem])[0]
-
-
-@functools.partial(jax.jit, static_argnums=(3, 4, 6))
-def _adjoint_and_taylor(params, x, t, loss, reduction, v, use_complex):
-  theta, fun = _fd.loss_function(params, x, t, loss, reduction)
-  fun_c = _fd.complex_loss_function(params, x, t, loss, reduction)[1] if use_complex else None
-  g = _fd.flatten(_backprop.grad(params, x, t, loss, reduction))
-  return (_fd.directional(fun, theta, g, v, fun_c=fun_c), _fd.taylor_test(fun, theta, g, v).order,
-          jnp.vdot(jnp.abs(g), jnp.abs(v), precision=DEFAULT_PRECISION))
-
-
-def _smooth(problem) -> bool:
-  # Richardson's estimate and the Taylor order assume C is smooth along the line they probe
-  return (_losses.get(problem.loss).smooth
-          and not any(_activations.get(p.activation).kink for p in problem.params))
+WITNESSES = _witnesses.NAMES
+"""Rows of the witness table (``bpref.witnesses``); every error is measured against the exact
+referee."""
 
 
 def witness_case(problem, rng) -> dict:
-  """Each witness's error on one problem (None where a witness does not apply)."""
-  exact = _referee.exact(*problem)
-  tol = _tolerance.problem_tolerance(problem.params, problem.x)
-  out = {"tolerance": tol}
-  out["bpref_vs_referee"] = _referee.worst_error(_bpref_grad(problem), exact.grads)
-  out["jax_grad_vs_referee"] = _referee.worst_error(_witness_grad(problem), exact.grads)
-  if _fd.supports_complex_step(problem.params, problem.loss):
-    out["complex_step"] = _referee.worst_error(_fd.gradient(*problem, method="complex"), exact.grads)
-  else:
-    out["complex_step"] = None
-  out["richardson"] = _referee.worst_error(_fd.gradient(*problem, method="richardson")[0], exact.grads)
-  out["central"] = _referee.worst_error(_fd.gradient(*problem, method="central"), exact.grads)
-  size = sum(p.W.size + (0 if p.b is None else p.b.size) for p in problem.params)  # theta's
-  v = rng.normal(size=size).astype(problem.x.dtype)
-  use_complex = out["complex_step"] is not None
-  adj, order, size = _adjoint_and_taylor(*problem, v, use_complex)
-  size = max(float(size), 1e-300)  # |<|g|, |v|>|, in float64: a float32 zero stays a zero
-  out["adjoint"] = abs(float(adj.claimed) - float(adj.measured)) / size
-  out["adjoint_estimate"] = float(adj.error) / size
-  out["adjoint_judged"] = use_complex or _smooth(problem)
-  out["taylor_order"] = float(order)
-  out["taylor_judged"] = _smooth(problem)
+  """Each witness's value on one problem (None where a witness does not apply), the case's
+  tolerance, and whether each witness's assumptions hold (``judged``)."""
+  ctx = _witnesses.Context(problem, rng)
+  out = {"tolerance": ctx.tolerance}
+  for w in _witnesses.WITNESSES:
+    out[w.name] = w.value(ctx)
+    out["judged"] = {**out.get("judged", {}), w.name: bool(w.judged(ctx))}
+    out["ok"] = {**out.get("ok", {}), w.name: (
+        None if w.ok is None or out[w.name] is None or not out["judged"][w.name]
+        else bool(w.ok(out[w.name], ctx)))}
   return out
-
-
-def _witness_ok(name, value, case) -> bool:
-  if value is None:
-    return True
-  tol = case["tolerance"]
-  if name in ("bpref_vs_referee", "complex_step"):
-    return value <= tol  # (T)
-  if name == "adjoint":  # complex step: (T); Richardson: its own estimate plus (T), if C is smooth
-    return not case["adjoint_judged"] or value <= 2 * case["adjoint_estimate"] + tol
-  if name == "taylor_order":
-    # a correct gradient leaves r(h) = O(h^2): slope 2, or more where the h^3 term still shows
-    # (float32 cannot reach small h); a wrong one slope 1. nan: C linear along v to rounding.
-    return not case["taylor_judged"] or not np.isfinite(value) or value >= 1.8
-  return True  # the autodiff witness and plain differences: reported, not judged
-
-
-_JUDGED_FLAG = {"adjoint": "adjoint_judged", "taylor_order": "taylor_judged"}
 
 
 def run_witnesses(cases: int, seed: int, dtypes=("float32", "float64"), progress=None) -> dict:
@@ -337,33 +278,30 @@ def run_witnesses(cases: int, seed: int, dtypes=("float32", "float64"), progress
     for dtype in dtypes:
       problem = _case(rng, dtype, next(plan), max_depth=3)
       case = witness_case(problem, rng)
-      for w in WITNESSES:
-        value = case[w]
-        row = rows[(dtype, w)]
+      for w in _witnesses.WITNESSES:
+        value = case[w.name]
+        row = rows[(dtype, w.name)]
         if value is None:
           continue
         row["cases"] += 1
         row["values"].append(value)
-        if not case.get(_JUDGED_FLAG.get(w), True):
+        if not case["judged"][w.name]:
           row["unjudged"] += 1  # outside the witness's assumptions: plotted, not ranked or judged
           continue
-        score = -value if w == "taylor_order" else value  # the lowest order is the worst
-        worst = None if row["worst"] is None else (
-            -row["worst"] if w == "taylor_order" else row["worst"])
-        if np.isfinite(score) and (worst is None or score > worst):
+        sign = -1 if w.worst_is_lowest else 1
+        if np.isfinite(value) and (row["worst"] is None or sign * value > sign * row["worst"]):
           row["worst"] = value
           row["worst_case"] = problem.describe()
-        row["failures"] += int(not _witness_ok(w, value, case))
+        row["failures"] += int(case["ok"][w.name] is False)
       done += 1
       if progress:
         progress(done, cases * len(dtypes))
   table = []
   for d in dtypes:
-    for w in WITNESSES:
-      r = rows[(d, w)]
-      judged = w in ("bpref_vs_referee", "complex_step", "adjoint", "taylor_order")
-      verdict = ("ok" if r["failures"] == 0 else "FAIL") if judged else "info"
-      table.append({"dtype": d, "witness": w, **r, "verdict": verdict})
+    for w in _witnesses.WITNESSES:
+      r = rows[(d, w.name)]
+      verdict = "info" if w.ok is None else ("ok" if r["failures"] == 0 else "FAIL")
+      table.append({"dtype": d, "witness": w.name, **r, "verdict": verdict})
   return {"cases_per_dtype": cases, "table": table,
           "passed": all(r["verdict"] != "FAIL" for r in table)}
 

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from bpref import verify
+from bpref import verify, witnesses
 from bpref.structures import Layer
 
 
@@ -30,13 +30,13 @@ def test_verify_reports_every_witness_worst_error(capsys):
 
 def test_witness_table_fails_a_wrong_gradient(monkeypatch):
   """A bpref whose gradient is off by 1e-6 in one layer is caught by the referee row."""
-  real = verify._bpref_grad
+  real = witnesses.bpref_grad
 
   def wrong(problem):
     grads = real(problem)
     return (Layer(grads[0].W * (1 + 1e-6), grads[0].b, grads[0].activation),) + tuple(grads[1:])
 
-  monkeypatch.setattr(verify, "_bpref_grad", wrong)
+  monkeypatch.setattr(witnesses, "bpref_grad", wrong)
   summary = verify.run_witnesses(2, seed=5, dtypes=("float64",))
   rows = {r["witness"]: r for r in summary["table"]}
   assert rows["bpref_vs_referee"]["verdict"] == "FAIL"
