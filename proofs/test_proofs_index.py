@@ -1,5 +1,6 @@
-"""The index of proofs/README.md stays true: every quoted tag is on a line of its file and
-every named test exists (and every erratum of errata.md names an existing test)."""
+"""The index of proofs/README.md stays true both ways: every quoted tag is on a line of its
+file, every named test exists (and every erratum of errata.md names an existing test), and
+every equation that a comment in bpref/ cites has a row."""
 
 import pathlib
 import re
@@ -16,7 +17,7 @@ def _index_rows():
     if len(cells) == 3 and cells[1].startswith("`bpref/"):
       path = re.match(r"`([^`]+)`", cells[1]).group(1)
       tag = re.search(r'"([^"]+)"', cells[1]).group(1)
-      tests = re.findall(r"`(proofs/[^`:]+)::(\w+)`", cells[2])
+      tests = re.findall(r"`((?:proofs|tests)/[^`:]+)::(\w+)`", cells[2])
       rows.append((cells[0], path, tag, tests))
   return rows
 
@@ -51,3 +52,23 @@ def test_every_erratum_names_an_existing_test():
     where = "proofs/test_scaling.py" if "[scaling]" in row else "proofs/test_errata.py"
     for name in names:
       assert _defines(where, name), f"{row.split('|')[1]}: {name} not in {where}"
+
+
+def test_every_equation_cited_in_the_code_has_a_row():
+  indexed = set()
+  for result, _, tag, _ in _index_rows():
+    indexed |= set(re.findall(r"\((\d{1,2})\)", result + " " + tag))
+  missing = []
+  for path in sorted((ROOT / "bpref").rglob("*.py")):
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+      if "#" not in line:
+        continue
+      for n in re.findall(r"\((\d{1,2})\)", line.split("#", 1)[1]):
+        if 1 <= int(n) <= 39 and n not in indexed:  # the seed's equations are (1)-(39)
+          missing.append(f"{path.relative_to(ROOT)}:{i} cites ({n})")
+  assert not missing, "equations cited in bpref/ without an index row:\n  " + "\n  ".join(missing)
+
+
+def test_some_rows_name_tests_of_the_suite():
+  named = [path for *_, tests in _index_rows() for path, _ in tests]
+  assert any(path.startswith("tests/") for path in named)
