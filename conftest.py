@@ -1,4 +1,5 @@
-"""Strict test environment: x64 on, rank promotion raises, hypothesis profiles by BPREF_PROFILE."""
+"""Strict test environment: x64 on, rank and dtype promotion strict, warnings are errors
+(pyproject.toml), hypothesis profiles by BPREF_PROFILE."""
 
 import importlib.util
 import os
@@ -7,6 +8,7 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
+jax.config.update("jax_numpy_dtype_promotion", "strict")
 
 from hypothesis import HealthCheck, Phase, settings  # noqa: E402
 

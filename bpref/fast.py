@@ -387,7 +387,7 @@ def _one_case_lambdas(p: _Packed, precision):
   _, (zs, acts) = jax.lax.scan(layer_forward, p.x, (p.W, p.b, p.act, p.live, p.units))
   n = p.W.shape[-1]
   eye = jnp.broadcast_to(jnp.eye(n, dtype=p.x.dtype), (p.x.shape[0], n, n))
-  layer_index = jnp.arange(p.W.shape[0])
+  layer_index = jnp.arange(p.W.shape[0], dtype=p.depth.dtype)
 
   def layer_backward(dy_da, layer):  # dy_da: dy/da_l, (M, N, N)
     W, act, live, units, z, a, l = layer

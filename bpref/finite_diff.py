@@ -160,12 +160,12 @@ NO_COMPLEX_FORM = {"gelu": "JAX's erfc is real only"}
 
 
 def _c_softmax(z):
-  e = jnp.exp(z - jnp.max(_re(z), axis=-1, keepdims=True))  # shift by a real constant
+  e = jnp.exp(z - jnp.max(_re(z), axis=-1, keepdims=True).astype(z.dtype))  # shift by a real constant
   return e / jnp.sum(e, axis=-1, keepdims=True)
 
 
 def _c_log_softmax(y):
-  shifted = y - jnp.max(_re(y), axis=-1, keepdims=True)
+  shifted = y - jnp.max(_re(y), axis=-1, keepdims=True).astype(y.dtype)
   return shifted - jnp.log(jnp.sum(jnp.exp(shifted), axis=-1, keepdims=True))
 
 
@@ -199,6 +199,11 @@ def supports_complex_step(params, loss: str) -> bool:
           and all(layer.activation in COMPLEX_ACTIVATIONS for layer in params))
 
 
+def _complex_of(dtype):
+  """The complex dtype of a real one's precision (no implicit promotion: strict mode allows none)."""
+  return jnp.complex128 if jnp.dtype(dtype) == jnp.float64 else jnp.complex64
+
+
 def complex_loss_function(params, x, t, loss="squared_error", reduction="mean", *,
                           precision=DEFAULT_PRECISION) -> tuple[Array, Callable[[Array], Array]]:
   """(theta0, C): C(theta) for complex theta, for the complex step.
@@ -215,7 +220,7 @@ def complex_loss_function(params, x, t, loss="squared_error", reduction="mean", 
   if loss not in COMPLEX_LOSSES:
     raise ValueError(f"loss {loss!r} has no complex form; use method='richardson'")
   loss_fn = COMPLEX_LOSSES[loss]
-  cdtype = jnp.result_type(x2.dtype, jnp.complex64)
+  cdtype = _complex_of(x2.dtype)
 
   def fun(theta):
     y = _forward(unflatten(theta, params), x2.astype(cdtype), COMPLEX_ACTIVATIONS, precision)
@@ -283,7 +288,7 @@ def complex_derivative(fun_c, theta, v, h=None) -> Array:
   """Im C(theta + i h v) / h: the derivative along v, exact to rounding, for analytic C."""
   if h is None:
     h = complex_step(theta.dtype)
-  cdtype = jnp.result_type(theta.dtype, jnp.complex64)
+  cdtype = _complex_of(theta.dtype)
   return jnp.imag(fun_c(theta.astype(cdtype) + 1j * h * v.astype(cdtype))) / h
 
 

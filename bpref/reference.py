@@ -144,7 +144,7 @@ def _padded_forward(p, offsets, precision):
 def _padded_loss(W, b, x, offsets, p, rows, precision):
   """C of one padded case on y, as ``_loss``: the loss the case names, two-step where fused."""
   names = _fast.LOSS_NAMES
-  two_step = jnp.asarray([names.index(_TWO_STEP.get(n, n)) for n in names], jnp.int32)
+  two_step = jnp.asarray([names.index(_TWO_STEP.get(n, n)) for n in names], p.loss.dtype)
   y = _padded_forward(p._replace(W=W, b=b, x=x), offsets, precision)
   # a padded output adds exactly 0: y = t = 0 (y is a probability where the loss is two-step),
   # or bpref.fast's pad logit for a loss the case names on logits

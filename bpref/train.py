@@ -194,8 +194,9 @@ def fit(value_and_grad, params, x, t, batch_rows, optimizer, loss="softmax_cross
     def step(carry, rows):
       theta, state = carry
       value, g = value_and_grad(theta, x[rows], t[rows], loss, reduction)
-      updates, state = optimizer.update(g, state, theta)
-      return (optax.apply_updates(theta, updates), state), value
+      with jax.numpy_dtype_promotion("standard"):  # optax mixes its int32 step count with floats
+        updates, state = optimizer.update(g, state, theta)
+        return (optax.apply_updates(theta, updates), state), value
 
     (theta, _), values = jax.lax.scan(step, (theta, optimizer.init(theta)), batch_rows)
     return theta, values

@@ -24,6 +24,7 @@ import os
 import re
 import sys
 import time
+from pathlib import Path
 
 SEED = 17
 PLANTED = 1e-3  # the relative bug the TF32 model must not let through
@@ -36,7 +37,7 @@ def step_env(args) -> dict:
   import jaxlib
   smi = {}
   if args.nvidia_smi and os.path.exists(args.nvidia_smi):
-    text = open(args.nvidia_smi).read()
+    text = Path(args.nvidia_smi).read_text()
     m = re.search(r"Driver Version:\s*([\d.]+).*?CUDA Version:\s*([\d.]+)", text, re.S)
     if m:
       smi = {"driver": m.group(1), "cuda": m.group(2)}
@@ -319,7 +320,7 @@ def _headline(name, res) -> str:
 
 
 def record(args) -> dict:
-  text = open(args.stdout).read() if os.path.exists(args.stdout) else ""
+  text = Path(args.stdout).read_text() if os.path.exists(args.stdout) else ""
   try:
     res = json.loads(text) if text.strip() else None
   except json.JSONDecodeError:
@@ -332,7 +333,7 @@ def record(args) -> dict:
     status = "ok" if res.get("passed", True) else "fail"
   else:
     status = "fail" if res is not None else "error"
-  log = open(args.log).read().splitlines()[-15:] if args.log and os.path.exists(args.log) else []
+  log = Path(args.log).read_text().splitlines()[-15:] if args.log and os.path.exists(args.log) else []
   headline = _headline(args.name, res) if isinstance(res, dict) else ""
   if status in ("timeout", "error") and not headline:
     headline = (f"killed after {args.limit} s" if status == "timeout"

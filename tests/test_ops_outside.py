@@ -17,6 +17,17 @@ from bpref.oracle.ops import (OpCandidate, add_op_arguments, check_op, expected,
                               run_op_command)
 from bpref.testing import assert_op_correct
 
+
+@pytest.fixture(autouse=True)
+def _standard_promotion_for_outside_code():
+  """The code checked here is written as the world writes it, for JAX's default ("standard")
+  dtype promotion: the suite's strict promotion (conftest.py) is for bpref's own code."""
+  before = jax.config.jax_numpy_dtype_promotion
+  jax.config.update("jax_numpy_dtype_promotion", "standard")
+  yield
+  jax.config.update("jax_numpy_dtype_promotion", before)
+
+
 torch = pytest.importorskip("torch")
 
 # ---------------------------------------------------------------- torch.autograd.Function rules

@@ -1,6 +1,7 @@
 """bpref train: optax training with bpref's gradients follows jax.grad's training step by step."""
 
 import json
+import pathlib
 
 import jax
 import numpy as np
@@ -63,7 +64,7 @@ def test_cli_float64_curve_matches_jax_grad_step_by_step(capsys):
 def test_plot_writes_a_png_of_both_curves(float32_run, tmp_path):
   pytest.importorskip("matplotlib")
   png = train_mod.plot(float32_run, str(tmp_path / "curves.png"))
-  data = open(png, "rb").read()
+  data = pathlib.Path(png).read_bytes()
   assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
 
 

@@ -148,7 +148,8 @@ if nn is not None:
       bias = self.use_bias if isinstance(self.use_bias, (tuple, list)) else (self.use_bias,) * len(self.features)
       for l, (n, act) in enumerate(zip(self.features, self.activations)):
         fn = _jax_autodiff.FUNCTIONS[act] if isinstance(act, str) else act
-        z = nn.Dense(n, use_bias=bias[l], precision=DEFAULT_PRECISION, name=f"Dense_{l}")(x)  # z_l
+        z = nn.Dense(n, use_bias=bias[l], precision=DEFAULT_PRECISION, param_dtype=x.dtype,
+                     name=f"Dense_{l}")(x)  # z_l
         x = fn(z)  # a_l = f_l(z_l)
       return x
 

@@ -90,9 +90,18 @@ def rho(name, z, a, forms=True):
   plus, with ``forms``, ``Activation.df_forms``: the standard forms of f' in common use,
   such as 1 - a^2 for tanh, whose error is absolute, not relative to f'
   (proofs/tolerance.md). ``forms=False`` is the allowance of bpref's own f'."""
+  fn = _rho_function(name, forms)
+  return np.zeros(np.shape(z)) if fn is None else pointwise(fn, z, a)
+
+
+@functools.lru_cache(maxsize=None)
+def _rho_function(name, forms):
+  """One function per (activation, forms): ``pointwise`` compiles each once."""
   act = _activations.get(name)
-  out = np.zeros(np.shape(z)) if act.d2f is None else pointwise(act.d2f, z, a)
-  return out + pointwise(act.df_forms, z, a) if forms and act.df_forms is not None else out
+  parts = [f for f in (act.d2f, act.df_forms if forms else None) if f is not None]
+  if not parts:
+    return None
+  return parts[0] if len(parts) == 1 else (lambda z, a: parts[0](z, a) + parts[1](z, a))
 
 
 def _df_bound(name, z, a, forms=True):
