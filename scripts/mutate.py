@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TESTS = (
     "tests/test_backprop.py", "tests/test_identities.py", "tests/test_activations.py",
     "tests/test_losses.py", "tests/test_finite_diff.py", "proofs/test_errata.py",
-    "proofs/test_symbolic.py", "tests/test_network.py", "tests/test_fast.py")
+    "proofs/test_symbolic.py", "tests/test_network.py", "tests/test_fast.py", "tests/test_referee.py")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -373,7 +373,8 @@ def markdown(results, mutations, args) -> str:
     else:
       verify_cell = "**survives**"
     acc = " (accuracy only)" if m.accuracy_only else ""
-    lines.append(f"| {i} | `{m.name}`: {m.what}{acc} | {m.file.split('/')[-1]} | "
+    what = m.what.replace("|", "\\|")  # a |z| in the text is not a column
+    lines.append(f"| {i} | `{m.name}`: {what}{acc} | {m.file.split('/')[-1]} | "
                  f"{test_cell} | {verify_cell} |")
   two = sum(len(r.test_functions) >= 2 for r in results)
   lines.append("")
