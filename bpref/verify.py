@@ -251,13 +251,12 @@ def witness_case(problem, rng) -> dict:
   """Each witness's value on one problem (None where a witness does not apply), the case's
   tolerance, and whether each witness's assumptions hold (``judged``)."""
   ctx = _witnesses.Context(problem, rng)
-  out = {"tolerance": ctx.tolerance}
+  out = {"tolerance": ctx.tolerance, "judged": {}, "ok": {}}
   for w in _witnesses.WITNESSES:
-    out[w.name] = w.value(ctx)
-    out["judged"] = {**out.get("judged", {}), w.name: bool(w.judged(ctx))}
-    out["ok"] = {**out.get("ok", {}), w.name: (
-        None if w.ok is None or out[w.name] is None or not out["judged"][w.name]
-        else bool(w.ok(out[w.name], ctx)))}
+    value = out[w.name] = w.value(ctx)
+    judged = out["judged"][w.name] = bool(w.judged(ctx))
+    out["ok"][w.name] = (None if w.ok is None or value is None or not judged
+                         else bool(w.ok(value, ctx)))
   return out
 
 
