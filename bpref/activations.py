@@ -15,6 +15,8 @@ materialized on the gradient path.
 
 from __future__ import annotations
 
+import functools
+
 import math
 from typing import Callable, NamedTuple
 
@@ -398,6 +400,18 @@ def get(name: str) -> Activation:
   except (KeyError, TypeError):
     raise ValueError(
         f"unknown activation {name!r}; valid names: {', '.join(ACTIVATIONS)}") from None
+
+
+@functools.lru_cache(maxsize=None)
+def rho(name: str, forms: bool = True):
+  """rho_f as one function (z, a) -> units of u, or None where it is 0: ``d2f`` plus, with
+  ``forms``, ``df_forms`` (the record's fields; derived in proofs/tolerance.md). The same
+  function object for the same arguments, so that compiled uses of it are shared."""
+  act = get(name)
+  parts = [f for f in (act.d2f, act.df_forms if forms else None) if f is not None]
+  if not parts:
+    return None
+  return parts[0] if len(parts) == 1 else (lambda z, a: parts[0](z, a) + parts[1](z, a))
 
 
 def _argmax_mask(a: Array) -> Array:

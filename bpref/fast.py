@@ -208,10 +208,25 @@ def _many(p: _Packed, precision=DEFAULT_PRECISION):
 
 # ---------------------------------------------------------------- packing and unpacking
 
-def _pack(cases, shape, chunk, dtype) -> _Packed:
-  depth, width, batch = shape
+def pack_params(trees, shape, chunk, dtype) -> tuple:
+  """(W, b) of shapes (K, D, N, N) and (K, D, N): each parameter-shaped tree (a tuple of
+  ``Layer``) in the top-left corners, zeros elsewhere (and for a None bias); copies of the
+  last tree fill the chunk of K = ``chunk`` cases, as in ``bucketed``."""
+  depth, width, _ = shape
   W = np.zeros((chunk, depth, width, width), dtype)
   b = np.zeros((chunk, depth, width), dtype)
+  for k in range(chunk):
+    for l, layer in enumerate(trees[min(k, len(trees) - 1)]):
+      n_out, n_in = np.shape(layer.W)
+      W[k, l, :n_out, :n_in] = layer.W
+      if layer.b is not None:
+        b[k, l, :n_out] = layer.b
+  return W, b
+
+
+def _pack(cases, shape, chunk, dtype) -> _Packed:
+  depth, width, batch = shape
+  W, b = pack_params([case[0] for case in cases], shape, chunk, dtype)
   act = np.zeros((chunk, depth), np.int32)
   vjp = np.zeros((chunk, depth), np.int32)
   live = np.zeros((chunk, depth), bool)
@@ -229,10 +244,7 @@ def _pack(cases, shape, chunk, dtype) -> _Packed:
   for k in range(chunk):
     params, x2, t2, name, reduction = cases[min(k, len(cases) - 1)]  # copies of a case fill the chunk
     for l, layer in enumerate(params):
-      n_out, n_in = layer.W.shape
-      W[k, l, :n_out, :n_in] = layer.W
-      if layer.b is not None:
-        b[k, l, :n_out] = layer.b
+      n_out = layer.W.shape[0]
       act[k, l] = ACTIVATION_NAMES.index(layer.activation)
       live[k, l] = True
       units[k, l, :n_out] = True
@@ -274,7 +286,7 @@ def _unpack(out, k, params, x2, single):
   return Result(value[k], grads, ds, dx_k, y_k, a_k)
 
 
-def _as_case(problem):
+def as_case(problem):
   if hasattr(problem, "params"):
     return problem.params, problem.x, problem.t, problem.loss, problem.reduction
   params, x, t, *rest = problem
@@ -283,7 +295,7 @@ def _as_case(problem):
   return params, x, t, loss, reduction
 
 
-def evaluate_many(problems, *, precision=DEFAULT_PRECISION, shape=None) -> list:
+def evaluate_many(problems, *, precision=DEFAULT_PRECISION, shape=None, chunk=None) -> list:
   """bpref's loss, gradients, deltas, input gradient and prediction for many networks.
 
   Args:
@@ -294,25 +306,31 @@ def evaluate_many(problems, *, precision=DEFAULT_PRECISION, shape=None) -> list:
     precision: matmul precision, as in ``bpref.value_and_grad``.
     shape: one bucket (D, N, M) for every problem (each must fit in it), in place of
       the smallest bucket of each: a search over a declared domain compiles once.
+    chunk: cases per call, in place of the smallest of ``CHUNKS`` that holds them: a
+      caller whose calls differ in size shares one compiled function between them.
 
   Returns:
     A list of ``Result``, one per problem, in order.
   """
   check_precision(precision)
-  return bucketed(problems, lambda p: _many(p, precision=precision), _unpack, shape=shape)
+  return bucketed(problems, lambda p: _many(p, precision=precision), _unpack, shape=shape,
+                  chunk=chunk)
 
 
-def bucketed(problems, compute, unpack, *, shape=None) -> list:
+def bucketed(problems, compute, unpack, *, shape=None, extras=(), chunk=None) -> list:
   """Validate ``problems``, pack them into buckets, ``compute`` each chunk, ``unpack`` each case.
 
-  The driver shared by bpref's buckets and the autodiff witness's (``bpref.reference``):
-  ``compute(packed: _Packed)`` returns arrays with a leading case axis, and
-  ``unpack(out, k, params, x2, single)`` the k-th case's result, sliced to its shapes.
+  The driver shared by bpref's buckets and the witnesses' (``bpref.reference``,
+  ``bpref.finite_diff``): ``compute(packed: _Packed, *extra)`` returns arrays with a leading
+  case axis, and ``unpack(out, k, params, x2, single)`` the k-th case's result, sliced to its
+  shapes. Each of ``extras`` is a list of parameter-shaped trees, one per problem (a claimed
+  gradient, a direction), passed to ``compute`` packed as the parameters are (``pack_params``).
+  ``shape`` and ``chunk`` are ``evaluate_many``'s.
   """
   cases = []
   groups: dict = {}
   for i, problem in enumerate(problems):
-    params, x, t, loss, reduction = _as_case(problem)
+    params, x, t, loss, reduction = as_case(problem)
     try:
       x2, t2, single = check_problem(params, x, t, loss, reduction)
     except (TypeError, ValueError) as err:
@@ -323,9 +341,11 @@ def bucketed(problems, compute, unpack, *, shape=None) -> list:
     cases.append((params, x2, single))
     sizes = [x2.shape[1]] + [p.W.shape[0] for p in params]
     own = bucket(sizes, x2.shape[0])
-    if shape is not None and any(n > m for n, m in zip(own, shape)):
+    need = (len(params), max(sizes), x2.shape[0])
+    if shape is not None and any(n > m for n, m in zip(need, shape)):
       raise ValueError(f"problem {i}: depth {len(params)}, widths {tuple(sizes)} and batch "
-                       f"{x2.shape[0]} need the bucket {own}, larger than shape={tuple(shape)}")
+                       f"{x2.shape[0]} need a bucket of at least {need}, larger than "
+                       f"shape={tuple(shape)}")
     key = (np.dtype(x2.dtype), own if shape is None else tuple(shape))
     groups.setdefault(key, []).append((i, (params, x2, t2, loss, reduction)))
   results = [None] * len(cases)
@@ -333,14 +353,15 @@ def bucketed(problems, compute, unpack, *, shape=None) -> list:
     start = 0
     while start < len(members):
       left = len(members) - start
-      chunk = next((c for c in CHUNKS if c >= left), CHUNKS[-1])
-      part = members[start:start + chunk]
-      packed = _pack([case for _, case in part], bucket_shape, chunk, dtype)
-      out = jax.device_get(compute(packed))
+      size = chunk or next((c for c in CHUNKS if c >= left), CHUNKS[-1])
+      part = members[start:start + size]
+      packed = _pack([case for _, case in part], bucket_shape, size, dtype)
+      extra = [pack_params([trees[i] for i, _ in part], bucket_shape, size, dtype) for trees in extras]
+      out = jax.device_get(compute(packed, *extra))
       for k, (i, _) in enumerate(part):
         params, x2, single = cases[i]
         results[i] = unpack(out, k, params, x2, single)
-      start += chunk
+      start += size
   return results
 
 
@@ -349,9 +370,9 @@ def value_and_grad_many(problems, *, precision=DEFAULT_PRECISION) -> list:
   return [(r.value, r.grads) for r in evaluate_many(problems, precision=precision)]
 
 
-def grads_many(problems, *, precision=DEFAULT_PRECISION) -> list:
-  """[grads, ...]: ``bpref.grad`` of each problem, computed in buckets."""
-  return [r.grads for r in evaluate_many(problems, precision=precision)]
+def grads_many(problems, *, precision=DEFAULT_PRECISION, chunk=None) -> list:
+  """[grads, ...]: ``bpref.grad`` of each problem, computed in buckets (``evaluate_many``)."""
+  return [r.grads for r in evaluate_many(problems, precision=precision, chunk=chunk)]
 
 
 def per_example_grads_many(problems, *, precision=DEFAULT_PRECISION, shape=None) -> list:
@@ -363,7 +384,7 @@ def per_example_grads_many(problems, *, precision=DEFAULT_PRECISION, shape=None)
   """
   summed = []
   for problem in problems:
-    params, x, t, loss, _ = _as_case(problem)
+    params, x, t, loss, _ = as_case(problem)
     summed.append((params, x, t, loss, "sum"))
   out = []
   for r, (params, *_) in zip(evaluate_many(summed, precision=precision, shape=shape), summed):

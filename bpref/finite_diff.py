@@ -41,10 +41,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from bpref import activations as _activations
+from bpref import compilation
+from bpref import fast as _fast
 from bpref import losses as _losses
 from bpref.network import DEFAULT_PRECISION
 from bpref.structures import Layer
-from bpref.validation import check_problem
+from bpref.validation import check_precision, check_problem
 
 Array = jax.Array
 
@@ -265,14 +267,23 @@ def richardson(fun, theta, v, h=None, levels: int = 4) -> Estimate:
   smooth (2 levels + 1 times differentiable) between theta - h v and theta + h v:
   near a kink (relu, huber, softsign's f'') it can be too small.
   """
+  hs = richardson_steps(theta, v, h, levels)
+  values = jax.vmap(lambda s: fun(theta + s * v))(jnp.concatenate([hs, -hs]))  # one trace
+  return richardson_table(values, hs)
+
+
+def richardson_steps(theta, v, h=None, levels: int = 4) -> Array:
+  """The steps h, h/2, ..., h/2^(levels-1) of ``richardson`` along v."""
   dtype = theta.dtype
-  u = _unit_roundoff(dtype)
-  scale = jnp.maximum(1.0, jnp.max(jnp.abs(theta))) / jnp.maximum(jnp.max(jnp.abs(v)), 1e-300)
   if h is None:
-    h = (u ** (1 / (2 * levels + 1))) * scale
-  hs = h * (0.5 ** jnp.arange(levels, dtype=dtype))
-  both = jnp.concatenate([hs, -hs])
-  values = jax.vmap(lambda s: fun(theta + s * v))(both)  # C(theta +- h_i v), one trace
+    scale = jnp.maximum(1.0, jnp.max(jnp.abs(theta))) / jnp.maximum(jnp.max(jnp.abs(v)), 1e-300)
+    h = (_unit_roundoff(dtype) ** (1 / (2 * levels + 1))) * scale
+  return h * (0.5 ** jnp.arange(levels, dtype=dtype))
+
+
+def richardson_table(values, hs) -> Estimate:
+  """``richardson``'s estimate from C(theta + h_i v) for the steps hs, then C(theta - h_i v)."""
+  levels = hs.shape[0]
   table = [(values[i] - values[levels + i]) / (2 * hs[i]) for i in range(levels)]  # T[i, 0] = D_{h_i}
   best_prev, best = table[0], table[0]
   for j in range(1, levels):
@@ -280,7 +291,7 @@ def richardson(fun, theta, v, h=None, levels: int = 4) -> Estimate:
     table = [table[i] + (table[i] - table[i - 1]) / (4 ** j - 1) for i in range(1, len(table))]
     best_prev, best = best, table[-1]
   c0 = jnp.max(jnp.abs(values))
-  rounding = 4 * u * c0 / hs[-1]  # u |C| / h_min, amplified by the extrapolation weights
+  rounding = 4 * _unit_roundoff(hs.dtype) * c0 / hs[-1]  # u |C| / h_min, amplified by the weights
   return Estimate(best, jnp.abs(best - best_prev) + rounding)
 
 
@@ -391,14 +402,23 @@ def taylor_test(fun, theta, g, v, *, h0=None, steps: int = 24, fit: int = 4) -> 
     steps: number of steps h0 / 2^k.
     fit: how many of the smallest usable steps enter the fit.
   """
-  dtype = theta.dtype
-  u = _unit_roundoff(dtype)
+  hs = taylor_steps(theta, v, h0, steps)
+  values = jax.vmap(lambda h: fun(theta + h * v))(hs)
+  return taylor_fit(hs, fun(theta), values, jnp.vdot(g, v, precision=DEFAULT_PRECISION), fit)
+
+
+def taylor_steps(theta, v, h0=None, steps: int = 24) -> Array:
+  """The steps h0 / 2^k of ``taylor_test``."""
   if h0 is None:
     h0 = 0.125 * jnp.maximum(1.0, jnp.max(jnp.abs(theta))) / jnp.maximum(jnp.max(jnp.abs(v)), 1e-300)
-  hs = h0 * (0.5 ** jnp.arange(steps, dtype=dtype))
-  c0 = fun(theta)
-  slope = jnp.vdot(g, v, precision=DEFAULT_PRECISION)
-  values = jax.vmap(lambda h: fun(theta + h * v))(hs)
+  return h0 * (0.5 ** jnp.arange(steps, dtype=theta.dtype))
+
+
+def taylor_fit(hs, c0, values, slope, fit: int = 4) -> Taylor:
+  """``taylor_test``'s residuals and fitted order from C(theta) = c0, C(theta + h v) for the
+  steps hs, and the claimed slope <g, v>."""
+  dtype = hs.dtype
+  u = _unit_roundoff(dtype)
   residual = jnp.abs(values - c0 - hs * slope)  # |C(p + h v) - C(p) - h <g, v>|
   floor = 8 * u * (jnp.abs(c0) + jnp.abs(hs * slope) + jnp.abs(values))
   usable = residual > 16 * floor
@@ -415,3 +435,163 @@ def taylor_test(fun, theta, g, v, *, h0=None, steps: int = 24, fit: int = 4) -> 
   var = jnp.sum(w * (log_h - mean_h) ** 2)
   order = jnp.where(count >= 2, cov / jnp.where(var > 0, var, 1.0), jnp.nan)
   return Taylor(hs, residual, floor, used, order)
+
+
+# ---------------------------------------------------------------- many networks at once
+
+def _padded_activation(name, complex_step):
+  f = (COMPLEX_ACTIVATIONS.get(name, _no_complex_form) if complex_step
+       else _activations.get(name).f)
+  if _activations.get(name).elementwise:
+    return lambda z, units: f(z)
+  # softmax over the real units only: a padded unit's exp underflows to exactly 0
+  return lambda z, units: f(jnp.where(units[None, :], z, jnp.full_like(z, _fast.pad_logit(z.real.dtype))))
+
+
+def _no_complex_form(y, t=None):
+  # a branch a case without complex forms never takes (``estimates_many`` drops its values)
+  return jnp.full(y.shape if t is None else y.shape[:1], jnp.nan, y.dtype)
+
+
+def padded_loss_function(p, *, complex_step: bool = False, precision=DEFAULT_PRECISION):
+  """(theta0, C) of one padded case of ``bpref.fast`` (its packed arrays without the case axis).
+
+  theta is W (D, N, N) then b (D, N), raveled: the padded network's parameters. C is the
+  case's loss, as ``loss_function``'s, from the forward pass (4)-(10) with ``bpref.fast``'s
+  masks; nothing is differentiated. A padded entry of theta does not change C: its row
+  feeds a unit that is masked to 0 (or out of a softmax), its column meets an input that is 0.
+  A fused loss (cross_entropy after softmax, binary_cross_entropy after sigmoid) is
+  evaluated as its logit loss of z_L, the same function of theta. With ``complex_step``, C
+  takes complex theta (the forms of ``COMPLEX_ACTIVATIONS`` and ``COMPLEX_LOSSES``; NaN for
+  a case without them).
+  """
+  depth, width = p.b.shape
+  dtype = _complex_of(p.x.dtype) if complex_step else p.x.dtype
+  acts = tuple(_padded_activation(n, complex_step) for n in _fast.ACTIVATION_NAMES)
+  losses = tuple(COMPLEX_LOSSES.get(n, _no_complex_form) if complex_step else _losses.get(n).value
+                 for n in _fast.LOSS_NAMES)
+  x, t = p.x.astype(dtype), p.t.astype(dtype)
+
+  def fun(theta):
+    W = theta[:depth * width * width].reshape(depth, width, width)
+    b = theta[depth * width * width:].reshape(depth, width)
+
+    def layer(a_prev, inputs):
+      W_l, b_l, act, live, units = inputs
+      z = jnp.matmul(a_prev, W_l.T, precision=precision) + b_l[None, :]  # (7)
+      a = jax.lax.switch(act, acts, z, units)  # (8)
+      a = jnp.where(units[None, :], a, jnp.zeros_like(a))
+      return jnp.where(live, a, a_prev), z  # a layer past the last one passes a_{l-1} through
+
+    y, zs = jax.lax.scan(layer, x, (W, b, p.act, p.live, p.units))
+    y = jnp.where(p.fused, zs[p.depth - 1], y)  # a fused loss: its logit loss of z_L
+    y = jnp.where(p.outputs[None, :], y, jnp.full_like(y, p.fill.astype(dtype)))
+    per_example = jax.lax.switch(p.loss, losses, y, t)  # C_b (13)
+    per_example = jnp.where(p.rows, per_example, jnp.zeros_like(per_example))
+    return jnp.sum(per_example) / p.divisor.astype(dtype)
+
+  return jnp.concatenate([p.W.ravel(), p.b.ravel()]), fun
+
+
+class Estimates(NamedTuple):
+  """Every finite-difference witness of one problem (``estimates_many``).
+
+  Attributes:
+    central, richardson, richardson_error: per-coordinate estimates of dC/dparams (trees
+      shaped like params), Richardson's with its error estimate.
+    complex: the complex-step gradient, or None where the problem has no complex form.
+    directional: the adjoint check of the claimed gradient along the direction (complex
+      step where it applies, else Richardson).
+    taylor_order: the fitted order of ``taylor_test`` along the direction.
+  """
+  central: tuple
+  richardson: tuple
+  richardson_error: tuple
+  complex: tuple | None
+  directional: Directional
+  taylor_order: float
+
+
+def _estimates_one(p, g_W, g_b, v_W, v_b, precision):
+  """Every estimate of one padded case from one batch of real values of C and one of complex
+  values: C is traced twice, whatever the number of witnesses (a small program to compile)."""
+  theta, fun = padded_loss_function(p, precision=precision)
+  _, fun_c = padded_loss_function(p, complex_step=True, precision=precision)
+  g = jnp.concatenate([g_W.ravel(), g_b.ravel()])
+  v = jnp.concatenate([v_W.ravel(), v_b.ravel()])
+  n, dtype = theta.shape[0], theta.dtype
+  basis = jnp.eye(n, dtype=dtype)
+  h = central_step(dtype, jnp.maximum(1.0, jnp.max(jnp.abs(theta))))
+  hs = richardson_steps(theta, basis[0])  # the same for every coordinate direction
+  hs_v = richardson_steps(theta, v)
+  taylor_hs = taylor_steps(theta, v)
+  along_e = jnp.concatenate([jnp.stack([h, -h]), hs, -hs])  # central, then Richardson
+  along_v = jnp.concatenate([hs_v, -hs_v, taylor_hs, jnp.zeros((1,), dtype)])
+  on_basis = theta[None, None, :] + along_e[None, :, None] * basis[:, None, :]  # (n, steps, n)
+  points = jnp.concatenate([on_basis.reshape(-1, n), theta[None, :] + along_v[:, None] * v[None, :]])
+  values = jax.vmap(fun)(points)
+  on_e = values[:n * along_e.shape[0]].reshape(n, along_e.shape[0])
+  on_v = values[n * along_e.shape[0]:]
+  levels = hs.shape[0]
+  central_ = (on_e[:, 0] - on_e[:, 1]) / (2 * h)
+  rich = jax.vmap(lambda row: richardson_table(row, hs))(on_e[:, 2:])
+  slope = jnp.vdot(g, v, precision=DEFAULT_PRECISION)
+  rich_v = richardson_table(on_v[:2 * levels], hs_v)
+  order = taylor_fit(taylor_hs, on_v[-1], on_v[2 * levels:-1], slope).order
+  # the complex step: Im C(theta + i h e) / h along every coordinate, then along v
+  step = complex_step(dtype)
+  cdtype = _complex_of(dtype)
+  directions = jnp.concatenate([basis, v[None, :]]).astype(cdtype)
+  imag = jnp.imag(jax.vmap(lambda d: fun_c(theta.astype(cdtype) + 1j * step * d))(directions)) / step
+  u = _unit_roundoff(dtype)
+  by_complex = Directional(slope, imag[-1], 8 * u * jnp.abs(slope))
+  by_richardson = Directional(slope, rich_v.value, rich_v.error)
+  depth, width = p.b.shape
+  split = lambda flat: (flat[:depth * width * width].reshape(depth, width, width),  # noqa: E731
+                        flat[depth * width * width:].reshape(depth, width))
+  return (split(central_), split(rich.value), split(rich.error), split(imag[:-1]), by_complex,
+          by_richardson, order)
+
+
+@compilation.witness_jit(static_argnames=("precision",))
+def _estimates_padded(p, grads, directions, precision):
+  # one case at a time (lax.map): P steps per coordinate of each case stay in memory, not K P
+  return jax.lax.map(lambda case: _estimates_one(*case, precision), (p, *grads, *directions))
+
+
+def _tree(W, b, k, params) -> tuple:
+  """The k-th case's (K, D, N, N) and (K, D, N) values, sliced to the shapes of ``params``."""
+  return tuple(Layer(W[k, l, :n_out, :n_in], None if layer.b is None else b[k, l, :n_out],
+                     layer.activation)
+               for l, layer in enumerate(params) for n_out, n_in in [np.shape(layer.W)])
+
+
+def _unpack_estimates(out, k, params, x2, single):
+  central, value, error, complex_, by_complex, by_richardson, order = out
+  return (_tree(*central, k, params), _tree(*value, k, params), _tree(*error, k, params),
+          _tree(*complex_, k, params), Directional(*(np.asarray(f[k]) for f in by_complex)),
+          Directional(*(np.asarray(f[k]) for f in by_richardson)), float(order[k]))
+
+
+def estimates_many(problems, grads, directions, *, precision=DEFAULT_PRECISION,
+                   shape=None) -> list:
+  """``Estimates`` of many problems in ``bpref.fast``'s padded buckets: one compilation per
+  bucket and dtype, whatever the architectures, activations and losses.
+
+  Args:
+    problems: as ``bpref.fast.evaluate_many`` takes them.
+    grads: one claimed gradient per problem (shaped like its params) for the directional
+      and Taylor checks.
+    directions: one direction per problem, shaped like its params.
+    shape: one bucket (D, N, M) for every problem, as in ``bpref.fast.evaluate_many``.
+  """
+  check_precision(precision)
+  out = _fast.bucketed(problems, lambda p, g, v: _estimates_padded(p, g, v, precision=precision),
+                       _unpack_estimates, shape=shape, extras=(grads, directions))
+  estimates = []
+  for problem, (central, value, error, complex_, by_complex, by_richardson, order) in zip(problems, out):
+    params, _, _, loss, _ = _fast.as_case(problem)
+    ok = supports_complex_step(params, loss)
+    estimates.append(Estimates(central, value, error, complex_ if ok else None,
+                               by_complex if ok else by_richardson, order))
+  return estimates

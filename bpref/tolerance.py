@@ -163,19 +163,58 @@ def _apply(fn, *args):
   return fn(*args)
 
 
+@functools.lru_cache(maxsize=None)
+def _table():
+  """(index, apply): every elementwise f, f' and rho_f of ``bpref.activations`` in one
+  compiled function, ``apply(i, z, a)`` picking the i-th by ``jax.lax.switch``: one
+  compilation per length class for all of them."""
+  from bpref import activations as _activations
+
+  branches, index = [], {}
+  for name, act in _activations.ACTIVATIONS.items():
+    if not act.elementwise:
+      continue
+    unary = [act.f, act.df]
+    binary = [r for r in (_activations.rho(name, False), _activations.rho(name, True)) if r is not None]
+    for fn in unary + binary:
+      if fn not in index:
+        index[fn] = len(branches)
+        branches.append((lambda z, a, fn=fn: fn(z)) if fn in unary else fn)
+  branches = tuple(branches)
+  return index, jax.jit(lambda i, z, a: jax.lax.switch(i, branches, z, a))
+
+
 def pointwise(fn, *arrays) -> np.ndarray:
   """fn(*arrays) for an elementwise jnp function, in float64 whatever the caller's x64.
 
   The arrays are flattened and zero-padded to a power-of-two length (at least 64), so
-  many problems compile fn once per length class rather than once per shape.
+  many problems compile once per length class rather than once per shape; bpref's f, f'
+  and rho_f (``bpref.activations.rho``) share one compiled function per length class.
   """
   shape = np.shape(arrays[0])
   n = int(np.prod(shape, dtype=np.int64))
   size = max(64, 1 << max(n - 1, 0).bit_length())
   flat = [np.pad(np.asarray(a, np.float64).ravel(), (0, size - n)) for a in arrays]
+  index, apply = _table()
   with jax.enable_x64(True):
-    out = np.asarray(_apply(fn, *flat), np.float64)
+    if fn in index and len(flat) <= 2:
+      out = apply(np.int32(index[fn]), flat[0], flat[-1])
+    else:
+      out = _apply(fn, *flat)
+    out = np.asarray(out, np.float64)
   return out[:n].reshape(shape)
+
+
+def rowwise(fn, z) -> np.ndarray:
+  """fn(z) in float64 for a function of each row of z that gives an entry of -inf no weight
+  (softmax), on rows and columns padded to powers of two (at least 8): one compilation per
+  size class."""
+  rows, cols = np.shape(z)
+  size = lambda n: max(8, 1 << max(n - 1, 0).bit_length())  # noqa: E731
+  padded = np.full((size(rows), size(cols)), -np.inf)
+  padded[:rows, :cols] = z
+  with jax.enable_x64(True):
+    return np.asarray(_apply(fn, padded), np.float64)[:rows, :cols]
 
 
 def problem_terms(params, x) -> tuple[int, int, float]:
@@ -193,8 +232,8 @@ def problem_terms(params, x) -> tuple[int, int, float]:
     if layer.b is not None:
       z = z + np.asarray(layer.b, np.float64)[None, :]
     zs.append(z)
-    a = pointwise(_activations.get(layer.activation).f, z) if _activations.get(
-        layer.activation).elementwise else np.asarray(_activations.get(layer.activation).f(z))  # (8)
+    act = _activations.get(layer.activation)
+    a = pointwise(act.f, z) if act.elementwise else rowwise(act.f, z)  # (8)
     widths.append(W.shape[0])
   inner = max(max(widths), x2.shape[0])
   return len(params), inner, magnitude(zs, [layer.activation for layer in params])

@@ -103,15 +103,31 @@ def _bpref_many(problems) -> list:
           for r, lam, g in zip(results, lams, per_example)]
 
 
-def check_many(problems) -> list:
-  """``check_case`` of many problems at once: bpref through bpref.fast's buckets, the witness
-  through its padded twin (``bpref.reference.evaluate_many``), one compilation per bucket."""
+def check_many(problems, exact: int = 0, crashes: list | None = None) -> list:
+  """[(errors, tolerance), ...] of many problems: bpref through bpref.fast's buckets, the
+  witness through its padded twin (``bpref.reference.evaluate_many``), one compilation per
+  bucket. The first ``exact`` problems also run through bpref's public functions at their
+  exact shapes against the same witness outputs (a check of the buckets), and a row's error
+  is the larger of the two; an exception there is appended to ``crashes`` and fails the
+  case's rows.
+  """
   wide = [_as_float64(p) for p in problems]
   ours = _bpref_many(problems)
   theirs = _reference.evaluate_many(wide)
   bounds = _truth.output_bounds(wide, forms=False)
-  return [(_errors(o, w, m), case_tolerance(p, m["z"]))
-          for p, o, w, m in zip(problems, ours, theirs, bounds)]
+  out = []
+  for i, (p, o, w, m) in enumerate(zip(problems, ours, theirs, bounds)):
+    errors = _errors(o, w, m)
+    if i < exact:
+      try:
+        at_shape = _errors(_bpref_outputs(*p), w, m)
+      except Exception as exc:  # a broken bpref fails its rows, it does not end the run
+        if crashes is not None:
+          crashes.append(f"{p.x.dtype}, {p.describe()} at its exact shapes: {_first_line(exc)}")
+        at_shape = dict.fromkeys(CHECKS, float("inf"))
+      errors = {c: max(errors[c], at_shape[c]) for c in CHECKS}
+    out.append((errors, case_tolerance(p, m["z"])))
+  return out
 
 
 def _errors(ours, theirs, bounds) -> dict:
@@ -154,7 +170,7 @@ def check_case(problem) -> tuple:
 
 
 EXACT_CASES = 3
-"""Cases per dtype that ``run`` also checks at their exact shapes (two compilations each)."""
+"""Cases per dtype that ``run`` also checks at their exact shapes (one compilation each)."""
 
 LOSS_STRATA = tuple((name, 0.0) for name in _losses.LOSSES) + tuple(
     (name, 1.0) for name in _problems.SOFT_TARGETS)
@@ -187,8 +203,8 @@ def run(cases: int, seed: int, dtypes=("float32", "float64"), progress=None,
 
   Every case runs through ``bpref.fast``'s buckets against the witness's padded twin
   (``check_many``: a few compilations per dtype, whatever the shapes); the first ``exact``
-  cases of each dtype also run at their exact shapes (``check_case``), and a row's error
-  is the larger of the two.
+  cases of each dtype also run through bpref's public functions at their exact shapes, and
+  a row's error is the larger of the two.
   """
   rng = np.random.default_rng(seed)
   plans = {d: _plan(rng, cases) for d in dtypes}
@@ -203,18 +219,11 @@ def run(cases: int, seed: int, dtypes=("float32", "float64"), progress=None,
   crashes = []
   for dtype in dtypes:
     try:
-      bucketed = check_many(drawn[dtype]) if drawn[dtype] else []
+      bucketed = check_many(drawn[dtype], exact, crashes) if drawn[dtype] else []
     except Exception as exc:  # a broken bpref fails its rows, it does not end the run
       crashes.append(f"{dtype}, the buckets: {_first_line(exc)}")
       bucketed = [(dict.fromkeys(CHECKS, float("inf")), 1.0)] * len(drawn[dtype])
-    for i, (problem, (errors, tol)) in enumerate(zip(drawn[dtype], bucketed)):
-      if i < exact:  # the exact-shape path too, a check of the buckets
-        try:
-          exact_errors, _ = check_case(problem)
-        except Exception as exc:
-          crashes.append(f"{dtype}, {problem.describe()} at its exact shapes: {_first_line(exc)}")
-          exact_errors = dict.fromkeys(CHECKS, float("inf"))
-        errors = {c: max(errors[c], exact_errors[c]) for c in CHECKS}
+    for problem, (errors, tol) in zip(drawn[dtype], bucketed):
       for check, err in errors.items():
         row = rows[(dtype, check)]
         row["cases"] += 1
@@ -247,17 +256,33 @@ WITNESSES = _witnesses.NAMES
 referee."""
 
 
-def witness_case(problem, rng) -> dict:
-  """Each witness's value on one problem (None where a witness does not apply), the case's
-  tolerance, and whether each witness's assumptions hold (``judged``)."""
-  ctx = _witnesses.Context(problem, rng)
-  out = {"tolerance": ctx.tolerance, "judged": {}, "ok": {}}
-  for w in _witnesses.WITNESSES:
-    value = out[w.name] = w.value(ctx)
-    judged = out["judged"][w.name] = bool(w.judged(ctx))
-    out["ok"][w.name] = (None if w.ok is None or value is None or not judged
-                         else bool(w.ok(value, ctx)))
+def witness_cases(contexts, progress=None) -> list:
+  """Each witness's value on each context's problem (None where a witness does not apply),
+  the case's tolerance, and whether each witness's assumptions hold (``judged``).
+
+  The exact referee runs case by case (``progress(done, total)`` after each); every other
+  witness runs on all the problems at once, in ``bpref.fast``'s padded buckets.
+  """
+  for done, ctx in enumerate(contexts, start=1):
+    ctx.exact  # noqa: B018  (the referee, mpmath at 50 digits: the slow part, case by case)
+    if progress:
+      progress(done, len(contexts))
+  values = {w.name: w.value(contexts) for w in _witnesses.WITNESSES}
+  out = []
+  for i, ctx in enumerate(contexts):
+    case = {"tolerance": ctx.tolerance, "judged": {}, "ok": {}}
+    for w in _witnesses.WITNESSES:
+      value = case[w.name] = values[w.name][i]
+      judged = case["judged"][w.name] = bool(w.judged(ctx))
+      case["ok"][w.name] = (None if w.ok is None or value is None or not judged
+                            else bool(w.ok(value, ctx)))
+    out.append(case)
   return out
+
+
+def witness_case(problem, rng) -> dict:
+  """``witness_cases`` of one problem, its random direction drawn from ``rng``."""
+  return witness_cases([_witnesses.Context(problem, rng)])[0]
 
 
 def run_witnesses(cases: int, seed: int, dtypes=("float32", "float64"), progress=None) -> dict:
@@ -272,29 +297,28 @@ def run_witnesses(cases: int, seed: int, dtypes=("float32", "float64"), progress
   rows = {(d, w): {"cases": 0, "worst": None, "failures": 0, "worst_case": None, "values": [],
                    "unjudged": 0}
           for d in dtypes for w in WITNESSES}
-  done = 0
+  contexts = []
   for _ in range(cases):
     for dtype in dtypes:
       problem = _case(rng, dtype, next(plan), max_depth=3)
-      case = witness_case(problem, rng)
-      for w in _witnesses.WITNESSES:
-        value = case[w.name]
-        row = rows[(dtype, w.name)]
-        if value is None:
-          continue
-        row["cases"] += 1
-        row["values"].append(value)
-        if not case["judged"][w.name]:
-          row["unjudged"] += 1  # outside the witness's assumptions: plotted, not ranked or judged
-          continue
-        sign = -1 if w.worst_is_lowest else 1
-        if np.isfinite(value) and (row["worst"] is None or sign * value > sign * row["worst"]):
-          row["worst"] = value
-          row["worst_case"] = problem.describe()
-        row["failures"] += int(case["ok"][w.name] is False)
-      done += 1
-      if progress:
-        progress(done, cases * len(dtypes))
+      contexts.append(_witnesses.Context(problem, rng))
+  for ctx, case in zip(contexts, witness_cases(contexts, progress)):
+    dtype = str(ctx.problem.x.dtype)
+    for w in _witnesses.WITNESSES:
+      value = case[w.name]
+      row = rows[(dtype, w.name)]
+      if value is None:
+        continue
+      row["cases"] += 1
+      row["values"].append(value)
+      if not case["judged"][w.name]:
+        row["unjudged"] += 1  # outside the witness's assumptions: plotted, not ranked or judged
+        continue
+      sign = -1 if w.worst_is_lowest else 1
+      if np.isfinite(value) and (row["worst"] is None or sign * value > sign * row["worst"]):
+        row["worst"] = value
+        row["worst_case"] = ctx.problem.describe()
+      row["failures"] += int(case["ok"][w.name] is False)
   table = []
   for d in dtypes:
     for w in _witnesses.WITNESSES:

@@ -14,29 +14,28 @@ from __future__ import annotations
 import functools
 from typing import Callable, NamedTuple
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from bpref import activations as _activations
-from bpref import backprop as _backprop
 from bpref import fast as _fast
 from bpref import finite_diff as _fd
 from bpref import losses as _losses
+from bpref import problems as _problems
 from bpref import reference as _reference
 from bpref import referee as _referee
 from bpref import tolerance as _tolerance
-from bpref.network import DEFAULT_PRECISION
+from bpref.structures import Layer
 
 
-def bpref_grad(problem):
-  """bpref's gradient in the problem's dtype, through the buckets (no compilation per shape)."""
-  return _fast.grads_many([problem])[0]
+def bpref_grads(problems) -> list:
+  """bpref's gradient of each problem in its dtype, through the buckets (no compilation per
+  shape), in chunks of ``bpref verify``'s main table: its compiled functions serve again."""
+  return _fast.grads_many(problems, chunk=_fast.CHUNKS[-1])
 
 
-def autodiff_grad(problem):
-  """The autodiff witness's gradient in the problem's dtype, through its padded twin."""
-  return _reference.grads_many([problem])[0]
+def autodiff_grads(problems) -> list:
+  """The autodiff witness's gradient of each problem in its dtype, through its padded twin."""
+  return _reference.grads_many(problems)
 
 
 def smooth(problem) -> bool:
@@ -45,39 +44,93 @@ def smooth(problem) -> bool:
           and not any(_activations.get(p.activation).kink for p in problem.params))
 
 
-@functools.partial(jax.jit, static_argnums=(3, 4, 6))
-def _adjoint_and_taylor(params, x, t, loss, reduction, v, use_complex):
-  theta, fun = _fd.loss_function(params, x, t, loss, reduction)
-  fun_c = _fd.complex_loss_function(params, x, t, loss, reduction)[1] if use_complex else None
-  g = _fd.flatten(_backprop.grad(params, x, t, loss, reduction))
-  return (_fd.directional(fun, theta, g, v, fun_c=fun_c), _fd.taylor_test(fun, theta, g, v).order,
-          jnp.vdot(jnp.abs(g), jnp.abs(v), precision=DEFAULT_PRECISION))
+DOMAIN = (3, max(_problems.WIDTHS), max(_problems.BATCHES))
+"""The bucket (D, N, M) of the finite-difference estimates: ``bpref verify``'s witness cases
+(depth <= 3) all fit, so a run compiles them once per dtype; a larger problem widens it."""
 
 
 class Context:
-  """What the witnesses of one problem share: the exact referee, (T), whether the complex
-  step applies and C is smooth, and one random direction v for the directional checks."""
+  """One problem and what its witnesses share: one random direction v (drawn at once, so the
+  draws do not depend on what is computed), and, computed when first asked, the exact referee,
+  (T), whether the complex step applies and whether C is smooth. Estimates computed for many
+  contexts together are kept in ``shared``."""
 
   def __init__(self, problem, rng):
     self.problem = problem
-    self.exact = _referee.exact(*problem)
-    self.tolerance = _tolerance.problem_tolerance(problem.params, problem.x)
-    self.complex = _fd.supports_complex_step(problem.params, problem.loss)
-    self.smooth = smooth(problem)
     size = sum(p.W.size + (0 if p.b is None else p.b.size) for p in problem.params)  # theta's
-    self.v = rng.normal(size=size).astype(problem.x.dtype)
+    v = rng.normal(size=size).astype(problem.x.dtype)
+    self.v = tuple(Layer(np.asarray(l.W), None if l.b is None else np.asarray(l.b), l.activation)
+                   for l in _fd.unflatten(v, problem.params))
+    self.shared: dict = {}
+
+  @functools.cached_property
+  def exact(self):
+    return _referee.exact(*self.problem)
+
+  @functools.cached_property
+  def tolerance(self) -> float:
+    return _tolerance.problem_tolerance(self.problem.params, self.problem.x)
+
+  @functools.cached_property
+  def complex(self) -> bool:
+    return _fd.supports_complex_step(self.problem.params, self.problem.loss)
+
+  @functools.cached_property
+  def smooth(self) -> bool:
+    return smooth(self.problem)
 
   def error(self, grads) -> float:
     return _referee.worst_error(grads, self.exact.grads)
 
-  @functools.cached_property
-  def directional(self) -> dict:
-    """The adjoint check of bpref's gradient along v (complex step where it applies, else
-    Richardson, with its error estimate) and the Taylor remainder's fitted order."""
-    adj, order, scale = _adjoint_and_taylor(*self.problem, self.v, self.complex)
-    scale = max(float(scale), 1e-300)  # |<|g|, |v|>|, in float64: a float32 zero stays a zero
-    return {"adjoint": abs(float(adj.claimed) - float(adj.measured)) / scale,
-            "adjoint_estimate": float(adj.error) / scale, "taylor_order": float(order)}
+
+def _shared(contexts, key, compute) -> list:
+  """``compute(contexts)`` for the contexts that lack ``key``, once, kept on each context."""
+  todo = [c for c in contexts if key not in c.shared]
+  if todo:
+    for c, value in zip(todo, compute(todo)):
+      c.shared[key] = value
+  return [c.shared[key] for c in contexts]
+
+
+def _claimed(contexts) -> list:
+  """bpref's gradients: the bpref row's estimate and the claim the directional checks test."""
+  return _shared(contexts, "bpref", lambda cs: bpref_grads([c.problem for c in cs]))
+
+
+def _estimates(contexts) -> list:
+  """``bpref.finite_diff.estimates_many`` of every context, computed together once."""
+  def compute(cs):
+    problems = [c.problem for c in cs]
+    need = [(len(p.params), max([p.params[0].W.shape[1]] + [l.W.shape[0] for l in p.params]),
+             np.atleast_2d(p.x).shape[0]) for p in problems]
+    shape = tuple(max(d, *n) for d, n in zip(DOMAIN, zip(*need)))
+    return _fd.estimates_many(problems, _claimed(cs), [c.v for c in cs], shape=shape)
+  return _shared(contexts, "finite_diff", compute)
+
+
+def _directional(contexts) -> list:
+  """The adjoint check of bpref's gradient along v (complex step where it applies, else
+  Richardson, with its error estimate) and the Taylor remainder's fitted order, per context."""
+  out = []
+  for c, e, g in zip(contexts, _estimates(contexts), _claimed(contexts)):
+    pairs = [(gl.W, vl.W) for gl, vl in zip(g, c.v)] + [
+        (gl.b, vl.b) for gl, vl in zip(g, c.v) if vl.b is not None]
+    scale = max(sum(float(np.vdot(np.abs(np.asarray(a, np.float64)), np.abs(np.asarray(b, np.float64))))
+                    for a, b in pairs), 1e-300)  # |<|g|, |v|>|, in float64
+    d = e.directional
+    out.append({"adjoint": abs(float(d.claimed) - float(d.measured)) / scale,
+                "adjoint_estimate": float(d.error) / scale, "taylor_order": e.taylor_order})
+  return out
+
+
+def _errors(estimate, applies=lambda c: True):
+  """The value of a witness that estimates the gradient: its error against the referee, on
+  the contexts where it applies (None elsewhere), estimated for all of them at once."""
+  def value(contexts):
+    use = [c for c in contexts if applies(c)]
+    grads = dict(zip(map(id, use), estimate(use) if use else ()))
+    return [c.error(grads[id(c)]) if id(c) in grads else None for c in contexts]
+  return value
 
 
 class Witness(NamedTuple):
@@ -85,35 +138,34 @@ class Witness(NamedTuple):
 
   Attributes:
     name: the row's name.
-    value: Context -> the witness's value on the problem, or None where it does not apply.
+    value: [Context] -> the witness's value on each problem, or None where it does not apply
+      (the values of many problems are computed together: a few compilations per dtype).
     judged: Context -> whether the witness's assumptions hold on the problem.
     ok: (value, Context) -> its verdict; None for a witness that is reported, not judged.
     worst_is_lowest: the worst value is the lowest (a fitted order), not the highest error.
   """
   name: str
-  value: Callable[[Context], float | None]
+  value: Callable[[list], list]
   judged: Callable[[Context], bool] = lambda ctx: True
   ok: Callable[[float, Context], bool] | None = None
   worst_is_lowest: bool = False
 
 
 WITNESSES = (
-    Witness("bpref_vs_referee", lambda ctx: ctx.error(bpref_grad(ctx.problem)),
-            ok=lambda value, ctx: value <= ctx.tolerance),  # (T)
-    Witness("jax_grad_vs_referee", lambda ctx: ctx.error(autodiff_grad(ctx.problem))),
-    Witness("complex_step", lambda ctx: ctx.error(_fd.gradient(*ctx.problem, method="complex"))
-            if ctx.complex else None,
+    Witness("bpref_vs_referee", _errors(_claimed), ok=lambda value, ctx: value <= ctx.tolerance),  # (T)
+    Witness("jax_grad_vs_referee", _errors(lambda cs: autodiff_grads([c.problem for c in cs]))),
+    Witness("complex_step", _errors(lambda cs: [e.complex for e in _estimates(cs)],
+                                    applies=lambda ctx: ctx.complex),
             ok=lambda value, ctx: value <= ctx.tolerance),  # exact to rounding: (T)
-    Witness("richardson",
-            lambda ctx: ctx.error(_fd.gradient(*ctx.problem, method="richardson")[0])),
-    Witness("central", lambda ctx: ctx.error(_fd.gradient(*ctx.problem, method="central"))),
+    Witness("richardson", _errors(lambda cs: [e.richardson for e in _estimates(cs)])),
+    Witness("central", _errors(lambda cs: [e.central for e in _estimates(cs)])),
     # complex step: (T); Richardson: its own error estimate plus (T), where C is smooth
-    Witness("adjoint", lambda ctx: ctx.directional["adjoint"],
+    Witness("adjoint", lambda cs: [d["adjoint"] for d in _directional(cs)],
             judged=lambda ctx: ctx.complex or ctx.smooth,
-            ok=lambda value, ctx: value <= 2 * ctx.directional["adjoint_estimate"] + ctx.tolerance),
+            ok=lambda value, ctx: value <= 2 * _directional([ctx])[0]["adjoint_estimate"] + ctx.tolerance),
     # a correct gradient leaves r(h) = O(h^2): slope 2, or more where the h^3 term still shows
     # (float32 cannot reach small h); a wrong one slope 1. nan: C linear along v to rounding.
-    Witness("taylor_order", lambda ctx: ctx.directional["taylor_order"],
+    Witness("taylor_order", lambda cs: [d["taylor_order"] for d in _directional(cs)],
             judged=lambda ctx: ctx.smooth,
             ok=lambda value, ctx: not np.isfinite(value) or value >= 1.8, worst_is_lowest=True),
 )

@@ -48,6 +48,22 @@ def test_a_default_check_compiles_within_its_budget(dtype, examples):
   assert 1 <= seen["compilations"] <= DEFAULT_CHECK_BUDGET, seen
 
 
+VERIFY_QUICK_BUDGET = 20
+"""bpref verify --quick's functions: bpref's buckets and its lambdas in each dtype, the autodiff
+witness's padded twin (float64), 3 exact-shape cases per dtype, the pointwise table and the
+loss terms of the magnitude bounds, and per dtype the finite-difference estimates and the
+autodiff witness's padded gradient; a few to spare (it was 258, then 116, all per shape)."""
+
+
+def test_verify_quick_compiles_within_its_budget():
+  proc = subprocess.run([sys.executable, "-m", "bpref", "verify", "--quick", "--json", "--no-progress"],
+                        capture_output=True, text=True, timeout=900)
+  summary = json.loads(proc.stdout)
+  assert proc.returncode == 0 and summary["passed"], proc.stderr[-3000:]
+  assert summary["witnesses"]["cases_per_dtype"] == 5 and summary["cases_per_dtype"] == 20
+  assert 1 <= summary["compilation"]["compilations"] <= VERIFY_QUICK_BUDGET, summary["compilation"]
+
+
 def test_count_sees_a_compilation_and_nothing_else():
   import jax
   import jax.numpy as jnp

@@ -30,13 +30,13 @@ def test_verify_reports_every_witness_worst_error(capsys):
 
 def test_witness_table_fails_a_wrong_gradient(monkeypatch):
   """A bpref whose gradient is off by 1e-6 in one layer is caught by the referee row."""
-  real = witnesses.bpref_grad
+  real = witnesses.bpref_grads
 
-  def wrong(problem):
-    grads = real(problem)
-    return (Layer(grads[0].W * (1 + 1e-6), grads[0].b, grads[0].activation),) + tuple(grads[1:])
+  def wrong(problems):
+    return [(Layer(grads[0].W * (1 + 1e-6), grads[0].b, grads[0].activation),) + tuple(grads[1:])
+            for grads in real(problems)]
 
-  monkeypatch.setattr(witnesses, "bpref_grad", wrong)
+  monkeypatch.setattr(witnesses, "bpref_grads", wrong)
   summary = verify.run_witnesses(2, seed=5, dtypes=("float64",))
   rows = {r["witness"]: r for r in summary["table"]}
   assert rows["bpref_vs_referee"]["verdict"] == "FAIL"
@@ -101,16 +101,15 @@ def _drawn(monkeypatch, runner, cases, seed):
     drawn[str(problem.x.dtype)].append(problem)
     return dict.fromkeys(verify.CHECKS, 0.0)
 
-  def record_witnesses(problem, rng):
-    record(problem)
-    return {"tolerance": 1.0, **dict.fromkeys(verify.WITNESSES, None)}
+  def record_witnesses(contexts, progress=None):
+    return [{"tolerance": 1.0, "judged": {}, "ok": {}, **dict.fromkeys(verify.WITNESSES, None)}
+            for ctx in contexts if record(ctx.problem) is not None]
 
-  def record_many(problems):
+  def record_many(problems, *args):
     return [(record(problem), 1.0) for problem in problems]
 
   monkeypatch.setattr(verify, "check_many", record_many)
-  monkeypatch.setattr(verify, "check_case", lambda problem: (dict.fromkeys(verify.CHECKS, 0.0), 1.0))
-  monkeypatch.setattr(verify, "witness_case", record_witnesses)
+  monkeypatch.setattr(verify, "witness_cases", record_witnesses)
   runner(cases, seed)
   return drawn
 
@@ -213,8 +212,8 @@ def test_a_wrong_bucketed_output_fails_its_row(monkeypatch, check):
 
 def test_verify_checks_its_first_cases_at_their_exact_shapes_too(monkeypatch):
   seen = []
-  honest = verify.check_case
-  monkeypatch.setattr(verify, "check_case", lambda problem: seen.append(problem) or honest(problem))
+  honest = verify._bpref_outputs
+  monkeypatch.setattr(verify, "_bpref_outputs", lambda *problem: seen.append(problem) or honest(*problem))
   summary = verify.run(5, seed=2, dtypes=("float64",), exact=2)
   assert len(seen) == 2 and summary["exact_cases_per_dtype"] == 2 and summary["passed"]
 

@@ -36,7 +36,6 @@ the diagnosis compares the candidate with these variants.
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import jax
@@ -90,18 +89,8 @@ def rho(name, z, a, forms=True):
   plus, with ``forms``, ``Activation.df_forms``: the standard forms of f' in common use,
   such as 1 - a^2 for tanh, whose error is absolute, not relative to f'
   (proofs/tolerance.md). ``forms=False`` is the allowance of bpref's own f'."""
-  fn = _rho_function(name, forms)
+  fn = _activations.rho(name, forms)
   return np.zeros(np.shape(z)) if fn is None else pointwise(fn, z, a)
-
-
-@functools.lru_cache(maxsize=None)
-def _rho_function(name, forms):
-  """One function per (activation, forms): ``pointwise`` compiles each once."""
-  act = _activations.get(name)
-  parts = [f for f in (act.d2f, act.df_forms if forms else None) if f is not None]
-  if not parts:
-    return None
-  return parts[0] if len(parts) == 1 else (lambda z, a: parts[0](z, a) + parts[1](z, a))
 
 
 def _df_bound(name, z, a, forms=True):
@@ -109,10 +98,15 @@ def _df_bound(name, z, a, forms=True):
   return np.abs(df(name, z)) + rho(name, z, a, forms)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _loss_terms_padded(loss, y, t):
-  record = _losses.get(loss)
-  return record.dy(y, t), record.value(y, t)
+def _loss_terms_branch(name):
+  record = _losses.get(name)
+  return lambda y, t: (record.dy(y, t), record.value(y, t))
+
+
+_LOSS_TERMS = tuple(_loss_terms_branch(name) for name in _losses.LOSSES)
+_loss_terms_padded = jax.jit(lambda index, y, t: jax.lax.switch(index, _LOSS_TERMS, y, t))
+"""(dC_b/dy, C_b) of the loss with that index in ``bpref.losses.LOSSES``: one compilation per
+bucket for every loss."""
 
 
 def loss_terms(loss, y, t):
@@ -129,7 +123,8 @@ def loss_terms(loss, y, t):
   t_pad = np.zeros((n_rows, n_cols))
   t_pad[:rows, :cols] = t
   with jax.enable_x64(True):
-    dy, value = jax.device_get(_loss_terms_padded(loss, y_pad, t_pad))
+    dy, value = jax.device_get(_loss_terms_padded(np.int32(list(_losses.LOSSES).index(loss)),
+                                                  y_pad, t_pad))
   return np.asarray(dy, np.float64)[:rows, :cols], np.asarray(value, np.float64)[:rows]
 
 
