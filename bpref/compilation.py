@@ -104,18 +104,20 @@ def use_cache(path: str | None = None) -> str | None:
 
 
 QUICK_TO_COMPILE = {"xla_backend_optimization_level": 0}
-"""XLA options of ``witness_jit`` on the CPU: LLVM's optimizations off."""
+"""XLA options of ``quick_jit`` on the CPU: LLVM's optimizations off."""
 
 
-def witness_jit(fun=None, **jit_kwargs):
-  """``jax.jit`` for a witness's program, which runs once or twice per process on small
-  padded networks: on the CPU it is compiled with LLVM's optimizations off
-  (``QUICK_TO_COMPILE``), measured at about half the compile time for about twice the run
-  time. XLA's graph passes are unchanged; the last bits of a result may differ (LLVM selects
-  other instructions), which each witness's error model allows. Elsewhere it is ``jax.jit``.
+def quick_jit(fun=None, **jit_kwargs):
+  """``jax.jit`` for a program that runs on small arrays once or a few times per process (a
+  witness, the oracle's float64 helpers), where compiling is nearly all the cost: on the CPU
+  it is compiled with LLVM's optimizations off (``QUICK_TO_COMPILE``), measured at about half
+  the compile time for about twice the run time. XLA's graph passes are unchanged; the last
+  bits of a result may differ (LLVM selects other instructions), which the error model of
+  each use allows. bpref's own gradient programs are never compiled this way. Elsewhere it
+  is ``jax.jit``.
   """
   if fun is None:
-    return lambda f: witness_jit(f, **jit_kwargs)
+    return lambda f: quick_jit(f, **jit_kwargs)
   import functools
 
   import jax

@@ -553,7 +553,7 @@ def _estimates_one(p, g_W, g_b, v_W, v_b, precision):
           by_richardson, order)
 
 
-@compilation.witness_jit(static_argnames=("precision",))
+@compilation.quick_jit(static_argnames=("precision",))
 def _estimates_padded(p, grads, directions, precision):
   # one case at a time (lax.map): P steps per coordinate of each case stay in memory, not K P
   return jax.lax.map(lambda case: _estimates_one(*case, precision), (p, *grads, *directions))
@@ -587,7 +587,8 @@ def estimates_many(problems, grads, directions, *, precision=DEFAULT_PRECISION,
   """
   check_precision(precision)
   out = _fast.bucketed(problems, lambda p, g, v: _estimates_padded(p, g, v, precision=precision),
-                       _unpack_estimates, shape=shape, extras=(grads, directions))
+                       _unpack_estimates, shape=shape, extras=(grads, directions),
+                       chunk=_fast.CHUNKS[0])  # the cases run one by one: no larger chunk
   estimates = []
   for problem, (central, value, error, complex_, by_complex, by_richardson, order) in zip(problems, out):
     params, _, _, loss, _ = _fast.as_case(problem)

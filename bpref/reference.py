@@ -170,7 +170,7 @@ def _one_padded_case(p, precision):
   return value, dW, db, de, dx, per_W, per_b, lams, y
 
 
-@compilation.witness_jit(static_argnames=("precision",))
+@compilation.quick_jit(static_argnames=("precision",))
 def _padded_many(p, precision):
   return jax.vmap(lambda case: _one_padded_case(case, precision))(p)
 
@@ -204,7 +204,7 @@ def _grad_one_padded_case(p, precision):
   return jax.grad(_padded_loss, argnums=(0, 1))(p.W, p.b, p.x, offsets, p, p.rows, precision)
 
 
-@compilation.witness_jit(static_argnames=("precision",))
+@compilation.quick_jit(static_argnames=("precision",))
 def _padded_grads(p, precision):
   return jax.vmap(lambda case: _grad_one_padded_case(case, precision))(p)
 

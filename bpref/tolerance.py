@@ -53,6 +53,8 @@ import math
 import jax
 import numpy as np
 
+from bpref import compilation as _compilation
+
 _UNIT_ROUNDOFF = {
     np.dtype(np.float64): 2.0 ** -53,
     np.dtype(np.float32): 2.0 ** -24,
@@ -181,7 +183,7 @@ def _table():
         index[fn] = len(branches)
         branches.append((lambda z, a, fn=fn: fn(z)) if fn in unary else fn)
   branches = tuple(branches)
-  return index, jax.jit(lambda i, z, a: jax.lax.switch(i, branches, z, a))
+  return index, _compilation.quick_jit(lambda i, z, a: jax.lax.switch(i, branches, z, a))
 
 
 def pointwise(fn, *arrays) -> np.ndarray:

@@ -388,6 +388,44 @@ def format_table(summary: dict) -> str:
   return "\n".join(lines)
 
 
+_WITNESS_LABELS = {"bpref_vs_referee": "bpref", "jax_grad_vs_referee": "`jax.grad`",
+                   "complex_step": "complex step", "adjoint": "adjoint test ⟨∇C, v⟩",
+                   "central": "central differences", "richardson": "Richardson",
+                   "taylor_order": "Taylor remainder, fitted order (2 = correct)"}
+_MARKDOWN_ORDER = ("bpref_vs_referee", "jax_grad_vs_referee", "complex_step", "adjoint", "central",
+                   "richardson", "taylor_order")
+
+
+def _short(value: float) -> str:
+  return "0" if value == 0 else f"{value:.1e}".replace("e-0", "e-").replace("e+0", "e+")
+
+
+def format_markdown(summary: dict) -> str:
+  """The README's tables: per dtype each check's worst error and that error over (T); then,
+  if the run had them, each witness's worst error against the referee."""
+  dtypes = [d for d in ("float64", "float32") if any(r["dtype"] == d for r in summary["table"])]
+  rows = {(r["dtype"], r["check"]): r for r in summary["table"]}
+  lines = ["| | " + " | ".join(CHECKS) + " |", "|---" * (len(CHECKS) + 1) + "|"]
+  for d in dtypes:
+    lines.append(f"| {d} | " + " | ".join(_short(rows[(d, c)]["max_error"]) for c in CHECKS) + " |")
+    lines.append(f"| {d}, of (T) | " + " | ".join(
+        "0" if rows[(d, c)]["max_ratio"] == 0 else f"{rows[(d, c)]['max_ratio']:.3f}" for c in CHECKS) + " |")
+  if "witnesses" in summary:
+    found = {(r["dtype"], r["witness"]): r for r in summary["witnesses"]["table"]}
+    lines += ["", "| witness | " + " | ".join(reversed(dtypes)) + " |", "|---" * (len(dtypes) + 1) + "|"]
+    for name in _MARKDOWN_ORDER:
+      cells = []
+      for d in reversed(dtypes):
+        r = found[(d, name)]
+        if r["worst"] is None:
+          cells.append("-")
+          continue
+        value = f"{r['worst']:.2f}" if name == "taylor_order" else _short(r["worst"])
+        cells.append(value + (f" ({r['unjudged']} not judged)" if r.get("unjudged") else ""))
+      lines.append(f"| {_WITNESS_LABELS[name]} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(
       prog="bpref verify",
@@ -397,6 +435,8 @@ def main(argv=None) -> int:
   parser.add_argument("--quick", action="store_true", help="20 cases per dtype")
   parser.add_argument("--dtype", choices=("float32", "float64", "both"), default="both")
   parser.add_argument("--json", action="store_true", help="print a JSON summary instead of a table")
+  parser.add_argument("--markdown", action="store_true",
+                      help="print the README's tables (Markdown) instead of the text tables")
   parser.add_argument("--no-progress", action="store_true")
   parser.add_argument("--witness-cases", type=int, default=None,
                       help="random networks per dtype for the independent witnesses "
@@ -427,7 +467,7 @@ def main(argv=None) -> int:
     parser.error("--plot needs the witnesses: give --witness-cases >= 1")
   dtypes = ("float32", "float64") if args.dtype == "both" else (args.dtype,)
   start = time.perf_counter()
-  show = not (args.no_progress or args.json) and sys.stderr.isatty()  # no \r frames in logs
+  show = not (args.no_progress or args.json or args.markdown) and sys.stderr.isatty()  # no \r frames in logs
   try:
     compilation.use_cache(args.cache_dir)
   except ValueError as err:
@@ -447,6 +487,11 @@ def main(argv=None) -> int:
     for r in summary.get("witnesses", {}).get("table", []):
       r.pop("values")
     print(json.dumps(summary, indent=2, default=float))
+  elif args.markdown:
+    print(format_markdown(summary))
+    print(f"\n`bpref verify {' '.join(argv if argv is not None else sys.argv[1:])}`: "
+          f"{summary['compilation']['compilations']} compilations, {summary['seconds']} s on "
+          f"{summary['backend']}; {'PASS' if passed else 'FAIL'}")
   else:
     print(format_table(summary))
     if witness_cases:
