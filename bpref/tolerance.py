@@ -166,24 +166,27 @@ def _apply(fn, *args):
 
 
 @functools.lru_cache(maxsize=None)
-def _table():
-  """(index, apply): every elementwise f, f' and rho_f of ``bpref.activations`` in one
-  compiled function, ``apply(i, z, a)`` picking the i-th by ``jax.lax.switch``: one
-  compilation per length class for all of them."""
+def _tables() -> dict:
+  """fn -> (apply, i) for every elementwise f, f' and rho_f of ``bpref.activations``: one
+  compiled function per role (the f's, the f''s, the rho_f's), ``apply(i, z, a)`` picking
+  the i-th by ``jax.lax.switch``, so a role compiles once per length class for every
+  activation, and a caller compiles only the roles it uses."""
   from bpref import activations as _activations
 
-  branches, index = [], {}
-  for name, act in _activations.ACTIVATIONS.items():
-    if not act.elementwise:
-      continue
-    unary = [act.f, act.df]
-    binary = [r for r in (_activations.rho(name, False), _activations.rho(name, True)) if r is not None]
-    for fn in unary + binary:
-      if fn not in index:
-        index[fn] = len(branches)
-        branches.append((lambda z, a, fn=fn: fn(z)) if fn in unary else fn)
-  branches = tuple(branches)
-  return index, _compilation.quick_jit(lambda i, z, a: jax.lax.switch(i, branches, z, a))
+  elementwise = [(name, act) for name, act in _activations.ACTIVATIONS.items() if act.elementwise]
+  roles = (
+      [(act.f, lambda z, a, fn=act.f: fn(z)) for _, act in elementwise],
+      [(act.df, lambda z, a, fn=act.df: fn(z)) for _, act in elementwise],
+      [(r, r) for name, _ in elementwise
+       for r in (_activations.rho(name, False), _activations.rho(name, True)) if r is not None],
+  )
+  found = {}
+  for role in roles:
+    branches = tuple(branch for _, branch in role)
+    apply = _compilation.quick_jit(lambda i, z, a, branches=branches: jax.lax.switch(i, branches, z, a))
+    for i, (fn, _) in enumerate(role):
+      found.setdefault(fn, (apply, i))
+  return found
 
 
 def pointwise(fn, *arrays) -> np.ndarray:
@@ -191,16 +194,17 @@ def pointwise(fn, *arrays) -> np.ndarray:
 
   The arrays are flattened and zero-padded to a power-of-two length (at least 64), so
   many problems compile once per length class rather than once per shape; bpref's f, f'
-  and rho_f (``bpref.activations.rho``) share one compiled function per length class.
+  and rho_f (``bpref.activations.rho``) share one compiled function per role and length class.
   """
   shape = np.shape(arrays[0])
   n = int(np.prod(shape, dtype=np.int64))
   size = max(64, 1 << max(n - 1, 0).bit_length())
   flat = [np.pad(np.asarray(a, np.float64).ravel(), (0, size - n)) for a in arrays]
-  index, apply = _table()
+  tables = _tables()
   with jax.enable_x64(True):
-    if fn in index and len(flat) <= 2:
-      out = apply(np.int32(index[fn]), flat[0], flat[-1])
+    if fn in tables and len(flat) <= 2:
+      apply, i = tables[fn]
+      out = apply(np.int32(i), flat[0], flat[-1])
     else:
       out = _apply(fn, *flat)
     out = np.asarray(out, np.float64)

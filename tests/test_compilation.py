@@ -48,11 +48,12 @@ def test_a_default_check_compiles_within_its_budget(dtype, examples):
   assert 1 <= seen["compilations"] <= DEFAULT_CHECK_BUDGET, seen
 
 
-VERIFY_QUICK_BUDGET = 20
-"""bpref verify --quick's functions: bpref's buckets and its lambdas in each dtype, the autodiff
-witness's padded twin (float64), 3 exact-shape cases per dtype, the pointwise table and the
-loss terms of the magnitude bounds, and per dtype the finite-difference estimates and the
-autodiff witness's padded gradient; a few to spare (it was 258, then 116, all per shape)."""
+VERIFY_QUICK_BUDGET = 24
+"""bpref verify --quick's functions, 20 in all: bpref's buckets and its lambdas in each dtype (4),
+the autodiff witness's padded twin in float64 (1), 3 exact-shape cases per dtype (6), the
+truth's tables of f, f' and rho_f, its loss terms and its softmax (5), and per dtype the
+finite-difference estimates and the autodiff witness's padded gradient (4); a few to spare
+(it was 258, then 116, nearly all per network shape)."""
 
 
 def test_verify_quick_compiles_within_its_budget():
