@@ -166,8 +166,8 @@ MUTATIONS = (
              "  dx = jnp.matmul(delta_1, params[0].W.T, precision=precision)",
              "dC/dx = delta_1 W_1^T"),
     Mutation("lambdas_order", B,
-             "  out = tuple(reversed(out))\n  return tuple(v[0] for v in out)",
-             "  out = tuple(out)\n  return tuple(v[0] for v in out)",
+             "  return unbatched(tuple(reversed(out)), single)",
+             "  return unbatched(tuple(out), single)",
              "lambdas returned in recursion order (lambda_L first)"),
     # ------------------------------------------------------------ accuracy only
     Mutation("tanh_prime_cancels", A,
