@@ -74,7 +74,7 @@ def sigmoid(z):
   return jnp.where(z >= 0, 1 / (1 + e), e / (1 + e))
 
 
-def _sigmoid_prime(z):
+def _sigmoid_df(z):
   # sigma'(z) = sigma(z) sigma(-z) = e / (1 + e)^2 with e = exp(-|z|); no 1 - sigma cancellation.
   e = jnp.exp(-jnp.abs(z))
   return e / (1 + e) ** 2
@@ -87,7 +87,7 @@ def _sigmoid_forms_error(z, a):
 
 def _sigmoid_second(z, a):
   # |f''| = sigma' |1 - 2 sigma| <= sigma' (R1).
-  return _sigmoid_prime(z)
+  return _sigmoid_df(z)
 
 
 # identity: f(z) = z, f'(z) = 1.
@@ -95,11 +95,11 @@ def _identity(z):
   return z
 
 
-def _identity_prime(z):
+def _identity_df(z):
   return jnp.ones_like(z)
 
 
-def _identity_prime_from_output(a):
+def _identity_df_from_output(a):
   return jnp.ones_like(a)  # f'(z) = 1
 
 
@@ -108,11 +108,11 @@ def _relu(z):
   return jnp.where(z > 0, z, jnp.zeros_like(z))
 
 
-def _relu_prime(z):
+def _relu_df(z):
   return jnp.where(z > 0, jnp.ones_like(z), jnp.zeros_like(z))
 
 
-def _relu_prime_from_output(a):
+def _relu_df_from_output(a):
   return jnp.where(a > 0, jnp.ones_like(a), jnp.zeros_like(a))  # a > 0 exactly when z > 0
 
 
@@ -124,7 +124,7 @@ def _leaky_relu(z):
   return jnp.where(z >= 0, z, LEAKY_RELU_SLOPE * z)
 
 
-def _leaky_relu_prime(z):
+def _leaky_relu_df(z):
   return jnp.where(z >= 0, jnp.ones_like(z), jnp.full_like(z, LEAKY_RELU_SLOPE))
 
 
@@ -133,7 +133,7 @@ def _elu(z):
   return jnp.where(z > 0, z, jnp.expm1(jnp.minimum(z, 0)))
 
 
-def _elu_prime(z):
+def _elu_df(z):
   return jnp.where(z > 0, jnp.ones_like(z), jnp.exp(jnp.minimum(z, 0)))
 
 
@@ -144,7 +144,7 @@ def _elu_forms_error(z, a):
 
 def _elu_second(z, a):
   # f'' = f' for z <= 0, 0 above (R1).
-  return jnp.where(z > 0, jnp.zeros_like(z), _elu_prime(z))
+  return jnp.where(z > 0, jnp.zeros_like(z), _elu_df(z))
 
 
 SELU_ALPHA = 1.6732632423543772848170429916717
@@ -156,7 +156,7 @@ def _selu(z):
   return SELU_SCALE * jnp.where(z > 0, z, SELU_ALPHA * jnp.expm1(jnp.minimum(z, 0)))
 
 
-def _selu_prime(z):
+def _selu_df(z):
   return SELU_SCALE * jnp.where(z > 0, jnp.ones_like(z), SELU_ALPHA * jnp.exp(jnp.minimum(z, 0)))
 
 
@@ -167,7 +167,7 @@ def _selu_forms_error(z, a):
 
 def _selu_second(z, a):
   # f'' = f' for z <= 0, 0 above (R1).
-  return jnp.where(z > 0, jnp.zeros_like(z), _selu_prime(z))
+  return jnp.where(z > 0, jnp.zeros_like(z), _selu_df(z))
 
 
 _SQRT_HALF = math.sqrt(0.5)
@@ -184,7 +184,7 @@ def _gelu(z):
   return z * _normal_cdf(z)
 
 
-def _gelu_prime(z):
+def _gelu_df(z):
   return _normal_cdf(z) + z * _INV_SQRT_2PI * jnp.exp(-0.5 * z * z)
 
 
@@ -208,9 +208,9 @@ def _gelu_tanh(z):
   return z * sigmoid(2 * _GELU_C * (z + _GELU_K * z ** 3))
 
 
-def _gelu_tanh_prime(z):
+def _gelu_tanh_df(z):
   u2 = 2 * _GELU_C * (z + _GELU_K * z ** 3)
-  s_prime = _sigmoid_prime(u2)
+  s_prime = _sigmoid_df(u2)
   du2 = 2 * _GELU_C * (1 + 3 * _GELU_K * z * z)
   tail = jnp.where(s_prime > 0, z * s_prime * du2, jnp.zeros_like(z))
   return sigmoid(u2) + tail
@@ -225,7 +225,7 @@ def _gelu_tanh_forms_error(z, a):
 def _gelu_tanh_second(z, a):
   # |f''| <= sech^2 u (u' + |z| u'^2 + |z| |u''| / 2), u' = c (1 + 3 k z^2), u'' = 6 c k z (R1).
   du = _GELU_C * (1 + 3 * _GELU_K * z * z)
-  sech2 = _tanh_prime(_GELU_C * (z + _GELU_K * z ** 3))
+  sech2 = _tanh_df(_GELU_C * (z + _GELU_K * z ** 3))
   return sech2 * (du + jnp.abs(z) * du * du + 3 * _GELU_C * _GELU_K * z * z)
 
 
@@ -234,7 +234,7 @@ def _silu(z):
   return z * sigmoid(z)
 
 
-def _silu_prime(z):
+def _silu_df(z):
   return sigmoid(z) * (1 + z * sigmoid(-z))
 
 
@@ -246,7 +246,7 @@ def _silu_forms_error(z, a):
 
 def _silu_second(z, a):
   # |f''| = sigma'(z) |2 + z (1 - 2 sigma)| <= sigma'(z) (2 + |z|) (R1).
-  return _sigmoid_prime(z) * (2 + jnp.abs(z))
+  return _sigmoid_df(z) * (2 + jnp.abs(z))
 
 
 def _softplus_forms_error(z, a):
@@ -256,7 +256,7 @@ def _softplus_forms_error(z, a):
 
 def _softplus_second(z, a):
   # f'' = sigma' (R1).
-  return _sigmoid_prime(z)
+  return _sigmoid_df(z)
 
 
 # softplus: f(z) = log(1 + e^z) = logaddexp(z, 0); f'(z) = sigma(z).
@@ -265,7 +265,7 @@ def _softplus(z):
 
 
 # tanh: f'(z) = sech^2 z = 4 e / (1 + e)^2 with e = exp(-2|z|); no 1 - tanh^2 cancellation.
-def _tanh_prime(z):
+def _tanh_df(z):
   e = jnp.exp(-2 * jnp.abs(z))
   return 4 * e / (1 + e) ** 2
 
@@ -277,7 +277,7 @@ def _tanh_forms_error(z, a):
 
 def _tanh_second(z, a):
   # |f''| = 2 |a| f' (R1).
-  return 2 * jnp.abs(a) * _tanh_prime(z)
+  return 2 * jnp.abs(a) * _tanh_df(z)
 
 
 # softsign: f(z) = z / (1 + |z|); f'(z) = 1 / (1 + |z|)^2.
@@ -285,7 +285,7 @@ def _softsign(z):
   return z / (1 + jnp.abs(z))
 
 
-def _softsign_prime(z):
+def _softsign_df(z):
   return 1 / (1 + jnp.abs(z)) ** 2
 
 
@@ -304,9 +304,9 @@ def _mish(z):
   return z * jnp.tanh(_softplus(z))
 
 
-def _mish_prime(z):
+def _mish_df(z):
   s = _softplus(z)
-  return jnp.tanh(s) + z * _tanh_prime(s) * sigmoid(z)
+  return jnp.tanh(s) + z * _tanh_df(s) * sigmoid(z)
 
 
 def _mish_forms_error(z, a):
@@ -321,7 +321,7 @@ def _mish_second(z, a):
   #       <= sech^2(s) sigma (2 + |z| (sigma(-z) + 2 t sigma)) (R1).
   s = _softplus(z)
   t, sig = jnp.tanh(s), sigmoid(z)
-  return _tanh_prime(s) * sig * (2 + jnp.abs(z) * (sigmoid(-z) + 2 * t * sig))
+  return _tanh_df(s) * sig * (2 + jnp.abs(z) * (sigmoid(-z) + 2 * t * sig))
 
 
 def _sin_second(z, a):
@@ -347,31 +347,31 @@ _SELU_KINK = ((SELU_SCALE * SELU_ALPHA, "selu'(0) = scale * alpha (jax.nn)"),
 ACTIVATIONS: dict[str, Activation] = {
     act.name: act
     for act in (
-        Activation("identity", _identity, _identity_prime, df_out=_identity_prime_from_output,
+        Activation("identity", _identity, _identity_df, df_out=_identity_df_from_output,
                    piecewise_linear=True),
-        Activation("relu", _relu, _relu_prime, df_out=_relu_prime_from_output, kink="f'",
+        Activation("relu", _relu, _relu_df, df_out=_relu_df_from_output, kink="f'",
                    kink_values=_RELU_KINK, piecewise_linear=True),
-        Activation("leaky_relu", _leaky_relu, _leaky_relu_prime, kink="f'",
+        Activation("leaky_relu", _leaky_relu, _leaky_relu_df, kink="f'",
                    kink_values=_LEAKY_RELU_KINK, piecewise_linear=True),
-        Activation("elu", _elu, _elu_prime, df_forms=_elu_forms_error, d2f=_elu_second,
+        Activation("elu", _elu, _elu_df, df_forms=_elu_forms_error, d2f=_elu_second,
                    kink="f''",
                    a_form=("a + 1 below 0", lambda a: (a > 0) * 1.0 + (a <= 0) * (a + 1))),
-        Activation("selu", _selu, _selu_prime, df_forms=_selu_forms_error, d2f=_selu_second,
+        Activation("selu", _selu, _selu_df, df_forms=_selu_forms_error, d2f=_selu_second,
                    kink="f'", kink_values=_SELU_KINK,
                    a_form=("a + scale alpha below 0", lambda a: (a > 0) * SELU_SCALE
                            + (a <= 0) * (a + SELU_SCALE * SELU_ALPHA))),
-        Activation("gelu", _gelu, _gelu_prime, df_forms=_gelu_forms_error, d2f=_gelu_second),
-        Activation("gelu_tanh", _gelu_tanh, _gelu_tanh_prime, df_forms=_gelu_tanh_forms_error,
+        Activation("gelu", _gelu, _gelu_df, df_forms=_gelu_forms_error, d2f=_gelu_second),
+        Activation("gelu_tanh", _gelu_tanh, _gelu_tanh_df, df_forms=_gelu_tanh_forms_error,
                    d2f=_gelu_tanh_second),
-        Activation("silu", _silu, _silu_prime, df_forms=_silu_forms_error, d2f=_silu_second),
-        Activation("mish", _mish, _mish_prime, df_forms=_mish_forms_error, d2f=_mish_second),
+        Activation("silu", _silu, _silu_df, df_forms=_silu_forms_error, d2f=_silu_second),
+        Activation("mish", _mish, _mish_df, df_forms=_mish_forms_error, d2f=_mish_second),
         Activation("softplus", _softplus, sigmoid, df_forms=_softplus_forms_error,
                    d2f=_softplus_second, a_form=("1 - exp(-a)", lambda a: 1 - np.exp(-a))),
-        Activation("sigmoid", sigmoid, _sigmoid_prime, df_forms=_sigmoid_forms_error,
+        Activation("sigmoid", sigmoid, _sigmoid_df, df_forms=_sigmoid_forms_error,
                    d2f=_sigmoid_second, a_form=("a (1 - a)", lambda a: a * (1 - a))),
-        Activation("tanh", jnp.tanh, _tanh_prime, df_forms=_tanh_forms_error, d2f=_tanh_second,
+        Activation("tanh", jnp.tanh, _tanh_df, df_forms=_tanh_forms_error, d2f=_tanh_second,
                    a_form=("1 - a^2", lambda a: 1 - a * a)),
-        Activation("softsign", _softsign, _softsign_prime, df_forms=_softsign_forms_error,
+        Activation("softsign", _softsign, _softsign_df, df_forms=_softsign_forms_error,
                    d2f=_softsign_second, kink="f''",
                    a_form=("(1 - |a|)^2", lambda a: (1 - abs(a)) ** 2)),
         Activation("sin", jnp.sin, jnp.cos, d2f=_sin_second),

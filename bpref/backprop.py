@@ -76,8 +76,8 @@ def backward(params, tape: Tape, delta: Array, precision=DEFAULT_PRECISION) -> D
   out = [delta]
   for l in range(len(params) - 1, 0, -1):  # l = L-1, ..., 1
     back = jnp.matmul(delta, params[l].W, precision=precision)  # delta_{l+1} W_{l+1}
-    f_prime = _activations.derivative(params[l - 1].activation, tape.z[l - 1], tape.a[l])  # (24)
-    delta = back * f_prime  # (37), corrected
+    df = _activations.derivative(params[l - 1].activation, tape.z[l - 1], tape.a[l])  # (24)
+    delta = back * df  # (37), corrected
     out.append(delta)
   return tuple(reversed(out))
 
@@ -182,7 +182,7 @@ def lambdas(params, x, *, precision=DEFAULT_PRECISION) -> Lambdas:
   out = [lam]
   for l in range(len(params) - 1, 0, -1):
     back = jnp.matmul(lam, params[l].W, precision=precision)  # lambda_{l+1} W_{l+1}
-    f_prime = _activations.derivative(params[l - 1].activation, tape.z[l - 1], tape.a[l])  # (24)
-    lam = back * f_prime[:, None, :]  # (30), corrected; its last step, l = 1, is (31), corrected
+    df = _activations.derivative(params[l - 1].activation, tape.z[l - 1], tape.a[l])  # (24)
+    lam = back * df[:, None, :]  # (30), corrected; its last step, l = 1, is (31), corrected
     out.append(lam)
   return unbatched(tuple(reversed(out)), single)

@@ -413,8 +413,8 @@ def _one_case_lambdas(p: _Packed, precision):
   def layer_backward(dy_da, layer):  # dy_da: dy/da_l, (M, N, N)
     W, act, live, units, z, a, l = layer
     last = jax.lax.switch(act, _JACOBIAN_BRANCHES, z, a)  # (27): lambda_L = da_L/dz_L
-    f_prime = jax.lax.switch(act, _DERIVATIVE_BRANCHES, z, a)  # (24)
-    lam = jnp.where(l == p.depth - 1, last, dy_da * f_prime[:, None, :])  # (30), corrected
+    df = jax.lax.switch(act, _DERIVATIVE_BRANCHES, z, a)  # (24)
+    lam = jnp.where(l == p.depth - 1, last, dy_da * df[:, None, :])  # (30), corrected
     keep = live & p.rows[:, None, None] & units[None, None, :]
     lam = jnp.where(keep, lam, jnp.zeros_like(lam))
     back = jnp.matmul(lam, W, precision=precision)  # lambda_l W_l = dy/da_{l-1}

@@ -122,7 +122,7 @@ def _act(name, z):
   return _map(_SCALAR[name][0], z)
 
 
-def _act_prime(name, z):
+def _act_df(name, z):
   return _map(_SCALAR[name][1], z)
 
 
@@ -134,7 +134,7 @@ def _vjp(name, z, a, g):
       dot = mpmath.fsum(gi * ai for gi, ai in zip(g[b], a[b]))
       out[b] = [ai * (gi - dot) for gi, ai in zip(g[b], a[b])]
     return out
-  return g * _act_prime(name, z)
+  return g * _act_df(name, z)
 
 
 def _jacobian(name, z, a):
@@ -300,7 +300,7 @@ def exact(params, x, t, loss="squared_error", reduction="mean", *, dps: int = DE
     deltas = [delta]
     for l in range(n_layers - 1, 0, -1):
       back = _matmul(delta, mp_params[l][0])  # delta_{l+1} W_{l+1}
-      delta = back * _act_prime(mp_params[l - 1][2], tape.z[l - 1])  # (37)
+      delta = back * _act_df(mp_params[l - 1][2], tape.z[l - 1])  # (37)
       deltas.append(delta)
     deltas = tuple(reversed(deltas))
     grads = []
@@ -322,11 +322,11 @@ def lambdas(params, x, *, dps: int = DEFAULT_DPS) -> tuple:
     out = [lam]
     for l in range(len(mp_params) - 1, 0, -1):
       W = mp_params[l][0]
-      fp = _act_prime(mp_params[l - 1][2], tape.z[l - 1])
+      df = _act_df(mp_params[l - 1][2], tape.z[l - 1])
       B, K, _ = lam.shape
       new = np.empty((B, K, W.shape[1]), dtype=object)
       for b in range(B):
-        new[b] = _matmul(lam[b], W) * fp[b][None, :]  # (30): lambda_l W_l diag f'(z_{l-1})
+        new[b] = _matmul(lam[b], W) * df[b][None, :]  # (30): lambda_l W_l diag f'(z_{l-1})
       lam = new
       out.append(lam)
     return tuple(reversed(out))
@@ -384,12 +384,12 @@ def check_derivatives(points=(-30, -3, -0.7, 0.3, 2, 25), *, dps: int = DEFAULT_
   """
   gaps = {}
   with mpmath.workdps(dps):
-    for name, (f, fp) in _SCALAR.items():
+    for name, (f, df) in _SCALAR.items():
       worst = mpmath.mpf(0)
       for p in points:
         z = mpmath.mpf(p)
         numeric = mpmath.diff(f, z)
-        exact_value = fp(z)
+        exact_value = df(z)
         scale = max(abs(exact_value), mpmath.mpf(10) ** (-dps // 2))
         worst = max(worst, abs(numeric - exact_value) / scale)
       gaps[name] = float(worst)

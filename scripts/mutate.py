@@ -98,7 +98,7 @@ MUTATIONS = (
              "silu'(z) = sigma(z) (1 + z sigma(z)): sigma(z) in place of 1 - sigma(z)"),
     Mutation("softplus_prime_is_sigmoid_prime", A,
              'Activation("softplus", _softplus, sigmoid,',
-             'Activation("softplus", _softplus, _sigmoid_prime,',
+             'Activation("softplus", _softplus, _sigmoid_df,',
              "softplus'(z) = sigma'(z), one derivative too many"),
     Mutation("softsign_prime_unsquared", A,
              "  return 1 / (1 + jnp.abs(z)) ** 2",
@@ -171,7 +171,7 @@ MUTATIONS = (
              "lambdas returned in recursion order (lambda_L first)"),
     # ------------------------------------------------------------ accuracy only
     Mutation("tanh_prime_cancels", A,
-             'Activation("tanh", jnp.tanh, _tanh_prime,',
+             'Activation("tanh", jnp.tanh, _tanh_df,',
              'Activation("tanh", jnp.tanh, lambda z: 1 - jnp.tanh(z) ** 2,',
              "tanh'(z) = 1 - tanh(z)^2: right, but 0 once tanh(z) rounds to 1", True),
     Mutation("sigmoid_prime_cancels", A,

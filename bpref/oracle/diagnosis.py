@@ -146,7 +146,7 @@ def _net(case, truth) -> _Net:
               truth.z, truth.a, truth.g, case.biases is not None)
 
 
-def _fprime(net, l, name=None):
+def _df(net, l, name=None):
   """f'(z_l) of layer l (1-based), of activation ``name`` if given, else the layer's own."""
   return _truth.df(name or net.activations[l - 1], net.z[l - 1])
 
@@ -159,17 +159,17 @@ def _output_delta(net):
   """delta_L = J_L^T dC/dy (34), the softmax through its Jacobian."""
   if net.activations[-1] == "softmax":
     return _softmax_vjp(net.a[-1], net.g)
-  return net.g * _fprime(net, len(net.weights))
+  return net.g * _df(net, len(net.weights))
 
 
-def _backward(net, delta_L=None, fprime=None) -> list:
-  """[dW_1..dW_L, db_1..db_L] from delta_L down through (37) with f'_l = fprime(l)."""
+def _backward(net, delta_L=None, df_l=None) -> list:
+  """[dW_1..dW_L, db_1..db_L] from delta_L down through (37) with f'_l = df_l(l)."""
   L = len(net.weights)
-  fprime = fprime or (lambda l: _fprime(net, l))
+  df_l = df_l or (lambda l: _df(net, l))
   delta = _output_delta(net) if delta_L is None else delta_L
   deltas = [delta]
   for l in range(L - 1, 0, -1):
-    delta = (delta @ net.weights[l]) * fprime(l)  # (37)
+    delta = (delta @ net.weights[l]) * df_l(l)  # (37)
     deltas.insert(0, delta)
   dW = [d.T @ a for d, a in zip(deltas, net.a[:-1])]  # (39)
   return dW + ([d.sum(axis=0) for d in deltas] if net.bias else [])
@@ -191,9 +191,9 @@ def _hidden_override(name, df):
     if not layers:
       return None
     L = len(net.weights)
-    fprime = lambda l: df(net, l) if l in layers else _fprime(net, l)
+    df_l = lambda l: df(net, l) if l in layers else _df(net, l)
     delta_L = net.g * df(net, L) if L in layers else None
-    return _backward(net, delta_L, fprime)
+    return _backward(net, delta_L, df_l)
   return grads
 
 
@@ -210,18 +210,18 @@ def _kink_models(name) -> list:
       f"{name}'(z) for z < 0 is {neg}; the candidate gives it the positive side's value {pos:g} "
       "there (e.g. relu' = (z != 0), or a comparison that lets negative z through)"),
       _hidden_override(name, lambda net, l: np.where(
-          net.z[l - 1] < 0, pos, _fprime(net, l, name))))]
+          net.z[l - 1] < 0, pos, _df(net, l, name))))]
   if neg != "0":
     out.append(_Model(Finding(
         "kink_side", f"{name}' is wrong on the negative side of its kink: 0 for z < 0",
         f"{name}'(z) for z < 0 is {neg}; the candidate gives it relu's 0 there"),
-        _hidden_override(name, lambda net, l: np.where(net.z[l - 1] < 0, 0.0, _fprime(net, l, name)))))
+        _hidden_override(name, lambda net, l: np.where(net.z[l - 1] < 0, 0.0, _df(net, l, name)))))
   out.append(_Model(Finding(
       "kink_side", f"{name}' is mirrored: each side of the kink has the other side's derivative",
       f"{name}'(z) was computed as {name}'(-z) (a comparison the wrong way round, e.g. "
       "relu' = (z < 0))"),
       _hidden_override(name, lambda net, l: np.where(
-          net.z[l - 1] == 0, _fprime(net, l, name), _truth.df(name, -net.z[l - 1])))))
+          net.z[l - 1] == 0, _df(net, l, name), _truth.df(name, -net.z[l - 1])))))
   return out
 
 
@@ -282,7 +282,7 @@ def _models(arch) -> list:
     def twice(net):
       if net.activations[-1] in ("identity", "softmax"):
         return None
-      return _backward(net, _output_delta(net) * _fprime(net, len(net.weights)))
+      return _backward(net, _output_delta(net) * _df(net, len(net.weights)))
 
     out += [
         _Model(Finding(
@@ -315,9 +315,9 @@ def _models(arch) -> list:
                                                                                "softmax")]
       if not layers:
         return None
-      fprime = lambda l: _truth.df(net.activations[l - 1], net.a[l]) if l in layers else \
-          _fprime(net, l)
-      return _backward(net, net.g * fprime(L) if L in layers else None, fprime)
+      df_l = lambda l: _truth.df(net.activations[l - 1], net.a[l]) if l in layers else \
+          _df(net, l)
+      return _backward(net, net.g * df_l(L) if L in layers else None, df_l)
 
     out.append(_Model(Finding(
         "fprime_at_a", "f' is evaluated at a_l instead of z_l, for every activation",
@@ -345,7 +345,7 @@ def _df_form(net, l, name, form):
   output a_l (form "a": 1 - a^2, a (1 - a), ...; what a-form code computes with the wrong name)."""
   if form == "a" and name in A_FORM_DERIVATIVES:
     return A_FORM_DERIVATIVES[name](net.a[l])
-  return _fprime(net, l, name)
+  return _df(net, l, name)
 
 
 def _index_models(arch) -> list:
@@ -684,7 +684,7 @@ class Diagnoser:
       if name not in _activations.KINKED or not any(np.any(net.z[l - 1] == 0) for l in layers):
         continue
       at = lambda v, name=name: _hidden_override(name, lambda n, l: np.where(
-          n.z[l - 1] == 0, v, _fprime(n, l, name)))(net)
+          n.z[l - 1] == 0, v, _df(n, l, name)))(net)
       g0, g1 = _flat(at(0.0)), _flat(at(1.0))
       d = g1 - g0
       if not d @ d > 0:

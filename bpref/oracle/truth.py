@@ -306,7 +306,7 @@ def backprop_variant(case, truth: Truth, *, df_at: str = "z", output_fprime: boo
   n_layers = len(params)
   applies = (lambda l: True) if layers is None else (lambda l: l in layers)
 
-  def fprime(l):  # f'_l at the chosen point, with the chosen kink convention
+  def df_l(l):  # f'_l at the chosen point, with the chosen kink convention
     name = params[l - 1].activation
     z = truth.z[l - 1]
     at = truth.a[l] if (df_at == "a" and applies(l)) else z
@@ -328,10 +328,10 @@ def backprop_variant(case, truth: Truth, *, df_at: str = "z", output_fprime: boo
     else:
       delta = a * (g - np.sum(g * a, axis=-1, keepdims=True))  # (34) with the softmax Jacobian
   else:
-    delta = g * fprime(n_layers)  # (34)
+    delta = g * df_l(n_layers)  # (34)
   deltas = [delta]
   for l in range(n_layers - 1, 0, -1):
-    delta = (delta @ params[l].W) * fprime(l)  # (37)
+    delta = (delta @ params[l].W) * df_l(l)  # (37)
     deltas.append(delta)
   deltas = list(reversed(deltas))
   dW = tuple(d.T @ a_prev for d, a_prev in zip(deltas, truth.a[:-1]))  # (39)

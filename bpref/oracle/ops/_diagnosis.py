@@ -42,7 +42,7 @@ def _side_models(name, z, df):
   """Derivatives wrong on one side of the kink at 0, as (summary, f' values)."""
   if name not in _activations.KINKED:
     return []
-  pos = float(_kinds.fprime(name, np.ones((1, 1)))[0, 0])
+  pos = float(_kinds.df(name, np.ones((1, 1)))[0, 0])
   out = []
   if not np.allclose(df[z < 0], pos):
     out.append((f"{name}' is {pos:g} for z < 0 too (the z > 0 branch used on both sides, e.g. "
@@ -50,7 +50,7 @@ def _side_models(name, z, df):
   if np.any(df[z < 0] != 0):
     out.append((f"{name}' is 0 for z < 0 (relu's derivative below the kink)",
                 np.where(z < 0, 0.0, df)))
-  mirrored = _kinds.fprime(name, -z)
+  mirrored = _kinds.df(name, -z)
   out.append((f"{name}' mirrored: f'(-z), the comparison at the kink turned around", mirrored))
   return out
 
@@ -58,10 +58,10 @@ def _side_models(name, z, df):
 def _elementwise_models(spec, case, truth):
   """(code, summary, f' values) for an elementwise activation."""
   name, z = spec.name, truth.z
-  df = _kinds.fprime(name, z)
+  df = _kinds.df(name, z)
   a = truth.a
   out = [("fprime_at_a", f"the derivative is taken at a = {name}(z), not at z: f'(a) in place of f'(z)",
-          _kinds.fprime(name, a))]
+          _kinds.df(name, a))]
   if name in A_FORMS and not (spec.kind == "activation" and spec.takes == "a"):
     text, form = A_FORMS[name]
     out.append(("activation_derivative", f"the a-form of {name}', {text}, is fed z instead of a",
@@ -102,8 +102,8 @@ def models(spec, case, truth) -> list:
   out = []
   if spec.kind in ("activation", "layer") and spec.name != "softmax":
     dout = arr["dout"]
-    for code, summary, fp in _elementwise_models(spec, case, truth):
-      out.append((code, summary, _judge.from_delta(spec, case, dout * fp)))
+    for code, summary, df in _elementwise_models(spec, case, truth):
+      out.append((code, summary, _judge.from_delta(spec, case, dout * df)))
   if spec.kind == "softmax" or (spec.kind == "layer" and spec.name == "softmax"):
     y = truth.a if spec.kind == "layer" or spec.takes == "z" else arr["y"]
     for code, summary, delta in _softmax_models(truth.z, y, arr["dout"]):
@@ -403,7 +403,7 @@ def _implied(spec, minimal) -> str:
     implied = np.where(dout == 0, np.nan, cand / dout)
   return (f"implied f' at z = {np.round(minimal.truth.z.ravel()[:6], 6).tolist()}: "
           f"{np.round(implied.ravel()[:6], 6).tolist()} (bpref: "
-          f"{np.round(_kinds.fprime(spec.name, minimal.truth.z).ravel()[:6], 6).tolist()})")
+          f"{np.round(_kinds.df(spec.name, minimal.truth.z).ravel()[:6], 6).tolist()})")
 
 
 def _where_it_runs(ev, kind) -> list:
@@ -428,8 +428,8 @@ def _kink_value(spec, minimal) -> list:
   if not np.any(bad) or np.any(bad & (z != 0)) or np.any(dout[bad] == 0):
     return []
   values = np.unique(np.round(cand[bad] / dout[bad], 6))
-  left = float(_kinds.fprime(spec.name, -np.ones((1, 1)) * 1e-300)[0, 0])
-  right = float(_kinds.fprime(spec.name, np.ones((1, 1)) * 1e-300)[0, 0])
+  left = float(_kinds.df(spec.name, -np.ones((1, 1)) * 1e-300)[0, 0])
+  right = float(_kinds.df(spec.name, np.ones((1, 1)) * 1e-300)[0, 0])
   lo, hi = min(left, right), max(left, right)
   return [Finding("kink_value", f"{spec.name}'(0) = {values.tolist()} at the kink, outside the "
                   f"subdifferential [{lo:g}, {hi:g}]: no convention, a bug",

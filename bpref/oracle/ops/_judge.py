@@ -335,16 +335,16 @@ def convention(spec, case, truth, outputs) -> str:
            <= truth.tol for k in outputs):
       return GELU_NOTE[name]
   if name == "softplus" and truth.z is not None and np.any(truth.z > SOFTPLUS_THRESHOLD):
-    fp = np.where(truth.z > SOFTPLUS_THRESHOLD, 1.0, _kinds.fprime(name, truth.z))
-    alt = from_delta(spec, case, case.arrays["dout"] * fp)
+    df = np.where(truth.z > SOFTPLUS_THRESHOLD, 1.0, _kinds.df(name, truth.z))
+    alt = from_delta(spec, case, case.arrays["dout"] * df)
     if all(_kinds.error(outputs[k], alt[k], truth.bounds[k]) <= truth.tol for k in outputs):
       return SOFTPLUS_NOTE
   if name not in _network_judge.KINK_CONVENTIONS or truth.z is None or not np.any(truth.z == 0):
     return ""
   options = _network_judge.KINK_CONVENTIONS[name]
   for value, text in options[1:]:
-    fp = np.where(truth.z == 0, value, _kinds.fprime(name, truth.z))
-    alt = from_delta(spec, case, case.arrays["dout"] * fp)
+    df = np.where(truth.z == 0, value, _kinds.df(name, truth.z))
+    alt = from_delta(spec, case, case.arrays["dout"] * df)
     if all(_kinds.error(outputs[k], alt[k], truth.bounds[k]) <= truth.tol for k in outputs):
       return (f"convention note: at exact kinks the candidate uses {text}, bpref uses "
               f"{options[0][1]}; both are valid subgradients")

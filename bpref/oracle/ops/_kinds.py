@@ -466,12 +466,12 @@ def dense_products(x, W, delta) -> tuple:
           np.asarray(db, np.float64)[:n_out])
 
 
-def fprime(name: str, z) -> np.ndarray:
+def df(name: str, z) -> np.ndarray:
   """bpref's f'(z) in float64."""
   return _truth.df(name, z)
 
 
-def fprime_error(name: str, z, a) -> np.ndarray:
+def rho(name: str, z, a) -> np.ndarray:
   """rho_f(z, a) of ``bpref.oracle.truth.rho`` (0 where f' is exact)."""
   return _truth.rho(name, np.asarray(z, np.float64), a)
 
@@ -565,10 +565,10 @@ def compute(spec: OpSpec, case: OpCase, name: str | None = None) -> OpTruth:
       D = _softmax_bounds(aa, dout, s) + n_out * floor
       forward_bound = aa * (s + np.sum(aa * s, axis=-1, keepdims=True)) + floor
     else:
-      df = np.abs(fprime(name, zz))
-      rho = fprime_error(name, zz, aa)
-      D = np.abs(dout) * (df + rho * s + floor) + floor
-      forward_bound = np.abs(aa) + (df + rho) * Z + floor
+      abs_df = np.abs(df(name, zz))
+      rho_f = rho(name, zz, aa)
+      D = np.abs(dout) * (abs_df + rho_f * s + floor) + floor
+      forward_bound = np.abs(aa) + (abs_df + rho_f) * Z + floor
     bounds = {"dx": D @ np.abs(W) + n_out * floor, "dW": D.T @ np.abs(x) + B * floor,
               "db": D.sum(axis=0) + B * floor}
     forward = aa
@@ -586,11 +586,11 @@ def compute(spec: OpSpec, case: OpCase, name: str | None = None) -> OpTruth:
     else:
       aa = forward_activation(act, zz)
       expected = {"dz": activation_vjp(act, zz, aa, dout)}  # (34): dout * f'(z)
-      df = np.abs(fprime(act, zz))
-      rho = fprime_error(act, zz, aa)
+      abs_df = np.abs(df(act, zz))
+      rho_f = rho(act, zz, aa)
       s = np.maximum(1.0, np.abs(zz)) if spec.takes == "z" else np.ones_like(zz)
-      bounds = {"dz": np.abs(dout) * (df + rho * s + floor) + floor}
-      forward_bound = np.abs(aa) + (df + rho) * np.abs(zz) + floor
+      bounds = {"dz": np.abs(dout) * (abs_df + rho_f * s + floor) + floor}
+      forward_bound = np.abs(aa) + (abs_df + rho_f) * np.abs(zz) + floor
       k = 1
     forward = aa
   else:
