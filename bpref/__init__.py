@@ -20,7 +20,7 @@ from bpref.network import from_arrays as from_arrays
 from bpref.network import init as init
 from bpref.network import loss_value as loss_value
 from bpref.network import predict as predict
-from bpref.sharding import shard_batch as shard_batch
+from bpref.scale.sharding import shard_batch as shard_batch
 from bpref.structures import Deltas as Deltas
 from bpref.structures import Grads as Grads
 from bpref.structures import Lambdas as Lambdas
@@ -36,3 +36,23 @@ __all__ = [
     "lambdas", "loss_value", "losses", "output_delta", "param_grads", "per_example_grads",
     "predict", "shard_batch", "value_and_grad",
 ]
+
+_MOVED = {
+    "fast": "bpref.scale.fast", "sharding": "bpref.scale.sharding", "verify": "bpref.tools.verify",
+    "bench": "bpref.tools.bench", "train": "bpref.tools.train", "vectors": "bpref.oracle.vectors",
+    "problems": "bpref.testing.problems", "finite_diff": "bpref.witnesses.finite_diff",
+    "referee": "bpref.witnesses.referee", "reference": "bpref.witnesses.autodiff",
+}
+"""Modules of bpref 0.1's flat layout and where they are now."""
+
+
+def __getattr__(name: str):
+  # ``bpref.fast`` and ``from bpref import fast`` of the flat layout: the module, with a warning
+  if name in _MOVED:
+    import importlib
+    import warnings
+
+    warnings.warn(f"bpref.{name} is now {_MOVED[name]}; import it from there",
+                  DeprecationWarning, stacklevel=2)
+    return importlib.import_module(_MOVED[name])
+  raise AttributeError(f"module 'bpref' has no attribute {name!r}")

@@ -16,11 +16,11 @@ EXIT_BROKEN_PIPE = 141
 """128 + SIGPIPE: stdout's reader closed the pipe before everything was written."""
 
 SUBCOMMANDS = {
-    "verify": ("bpref.verify", "compare bpref with its witnesses on random networks"),
+    "verify": ("bpref.tools.verify", "compare bpref with its witnesses on random networks"),
     "check": ("bpref.oracle.cli", "check another backprop implementation"),
-    "vectors": ("bpref.vectors", "export or check golden test vectors"),
-    "bench": ("bpref.bench", "benchmark bpref against the autodiff witness"),
-    "train": ("bpref.train", "train an MLP with bpref's gradients and optax"),
+    "vectors": ("bpref.oracle.vectors", "export or check golden test vectors"),
+    "bench": ("bpref.tools.bench", "benchmark bpref against the autodiff witness"),
+    "train": ("bpref.tools.train", "train an MLP with bpref's gradients and optax"),
 }
 
 

@@ -34,7 +34,7 @@ class Loss(NamedTuple):
       cross-entropies are defined for any nonnegative row, not only rows that sum to 1) or
       "probabilities" (each entry in [0, 1]).
     on_logits: y are logits (z_L itself): a padded output unit is given a very negative
-      logit rather than 0 (``bpref.fast.pad_logit``).
+      logit rather than 0 (``bpref.scale.fast.pad_logit``).
     smooth: C is infinitely differentiable in y (huber's joint at |y - t| = 1 is not).
     min_outputs: the fewest outputs K for which C depends on y at all (log softmax of one
       unit is 0).

@@ -39,7 +39,7 @@ scale relative to X, as every normwise test must.
 (T) assumes a well-conditioned loss: no cancellation between examples in a
 batch-mean gradient and no catastrophic cancellation in dC/dy (the losses in
 bpref.losses are written so that y near t costs no accuracy). Where a problem
-is ill-conditioned the exact referee (bpref.referee) decides instead.
+is ill-conditioned the exact referee (bpref.witnesses.referee) decides instead.
 
 ``GRADIENT_BOUND`` keeps the single coarse bound per dtype used by
 ``bpref verify``'s table for well-conditioned nets of depth <= 4 and widths <= 8.

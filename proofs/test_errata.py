@@ -3,7 +3,7 @@
 Each test evaluates the seed's formula *literally*, in NumPy, on a random network,
 and shows it failing where errata.md says it fails (a shape error, or a value far
 from the witness), while the corrected formula and bpref's own code path agree
-with the witness ``bpref.reference`` (``jax.grad``) to rounding. Where errata.md
+with the witness ``bpref.witnesses.autodiff`` (``jax.grad``) to rounding. Where errata.md
 names a condition under which the seed's version happens to be right, the test
 checks that too.
 
@@ -27,8 +27,8 @@ import numpy as np
 import pytest
 
 import bpref
-from bpref import reference
 from bpref.tolerance import gradient_tolerance, normwise_error
+from bpref.witnesses import autodiff as reference
 
 TOL = gradient_tolerance(np.float64)
 GAP = 1e-2

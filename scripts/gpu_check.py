@@ -64,8 +64,8 @@ def _problems(quick):
   """The random networks of the precision and sharding steps: small ones, and a few wide
   ones (widths 32-64, B = 32; the referee takes ~10 s on the widest) where XLA certainly sends float32 products to TF32."""
   import numpy as np
-  from bpref import problems
   from bpref.structures import Layer
+  from bpref.testing import problems
   rng = np.random.default_rng(SEED)
   out = [problems.random_problem(rng, np.float32) for _ in range(4 if quick else 20)]
   for width in ((16,) if quick else (32, 32, 64)):
@@ -97,7 +97,8 @@ def step_precision(args) -> dict:
   import jax
   import numpy as np
   import bpref
-  from bpref import precision, referee, tolerance
+  from bpref import precision, tolerance
+  from bpref.witnesses import referee
   P = jax.lax.Precision
   backend = jax.default_backend()
   vg = jax.jit(bpref.value_and_grad, static_argnames=("loss", "reduction", "precision"))
@@ -238,7 +239,9 @@ def step_sharding(args) -> dict:
   import jax
   import numpy as np
   import bpref
-  from bpref import problems, sharding, tolerance
+  from bpref import tolerance
+  from bpref.scale import sharding
+  from bpref.testing import problems
   k = len(jax.devices())
   if k < 2:
     return {"status": "skipped", "headline": "skipped: 1 device", "devices": k}

@@ -3,7 +3,7 @@
 bpref runs in the case's dtype; the witness runs in float64 on the same values, so the
 error measured is bpref's own. It is measured as ``bpref verify`` measures it: per array,
 ||bpref - witness||_F / ||magnitude bound||_F, where the bound is the same computation on
-absolute values, held to the rounding model (T) of the case (``bpref.verify.compare``).
+absolute values, held to the rounding model (T) of the case (``bpref.tools.verify.compare``).
 A fixed normwise bound relative to the result would call a correct gradient wrong when its
 sum cancels (sizes (1, 8, 1, 1), float32: 1.2e-5 of |dW_1|, within 0.01 of (T)).
 """
@@ -18,11 +18,11 @@ from hypothesis import strategies as st
 
 import bpref
 from bpref import losses as L
-from bpref import problems
-from bpref import reference
-from bpref import verify
 from bpref.structures import Layer
+from bpref.testing import problems
 from bpref.tolerance import gradient_tolerance, normwise_error
+from bpref.tools import verify
+from bpref.witnesses import autodiff as reference
 
 HIDDEN = problems.HIDDEN
 
@@ -155,7 +155,7 @@ def test_handwritten_path_does_not_import_autodiff():
         assert not (node.value.id == "jax" and node.attr in banned), (name, node.attr)
       if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("jax"):
         assert not {a.name for a in node.names} & banned, name
-      if isinstance(node, ast.ImportFrom) and node.module == "bpref.reference":
+      if isinstance(node, ast.ImportFrom) and node.module == "bpref.witnesses.autodiff":
         raise AssertionError(f"{name} imports the witness")
 
 

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from bpref import bench
+from bpref.tools import bench
 
 
 def test_dot_flops_counts_two_m_n_k_per_matmul():

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 import bpref
-from bpref import problems, tolerance
+from bpref import tolerance
 from bpref.bridges import Architecture, check_arrays
+from bpref.testing import problems
 
 TOL64 = tolerance.gradient_tolerance(np.float64)
 TOL32 = tolerance.gradient_tolerance(np.float32)

@@ -16,9 +16,12 @@ import numpy as np
 import pytest
 
 import bpref
-from bpref import fast, problems, reference, tolerance
 from bpref import losses as _losses
+from bpref import tolerance
+from bpref.scale import fast
 from bpref.structures import Layer
+from bpref.testing import problems
+from bpref.witnesses import autodiff as reference
 
 
 @functools.partial(jax.jit, static_argnums=(3, 4))

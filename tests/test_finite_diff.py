@@ -15,10 +15,11 @@ import pytest
 from hypothesis import given, settings
 
 import bpref
-from bpref import finite_diff as fd
-from bpref import referee, tolerance
-from bpref.problems import random_problem
+from bpref import tolerance
 from bpref.testing import strategies as bst
+from bpref.testing.problems import random_problem
+from bpref.witnesses import finite_diff as fd
+from bpref.witnesses import referee
 
 EXAMPLES = max(3, settings.default.max_examples // 3)
 few = settings(max_examples=EXAMPLES)

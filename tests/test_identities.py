@@ -233,7 +233,7 @@ def test_positive_homogeneity(problem):
 @pytest.mark.parametrize("mode", ["eager", "jit"])
 def test_identities_hold_eager_and_under_jit(mode):
   """The delta identities on one fixed problem, with bpref run eagerly and under jax.jit."""
-  from bpref.problems import random_problem
+  from bpref.testing.problems import random_problem
   problem = random_problem(np.random.default_rng(7), np.float64, max_depth=3)
   tol = tolerance.problem_tolerance(problem.params, problem.x)
   run = (lambda f: f) if mode == "eager" else (lambda f: jax.jit(f, static_argnums=(3, 4)))

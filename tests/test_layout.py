@@ -76,3 +76,16 @@ def test_the_check_sees_a_private_import():
       "from bpref.activations import _x", "from bpref.oracle.ops import _kinds",
       "bpref.oracle.truth._y", "bpref.oracle.ops._kinds"]
   assert _reaches("from bpref.oracle.ops import _kinds\n", "bpref.oracle.ops.cli", "bpref.oracle.ops") == []
+
+
+def test_a_module_of_the_flat_layout_is_found_with_a_warning():
+  import importlib
+
+  import pytest
+
+  for old, new in bpref._MOVED.items():
+    with pytest.warns(DeprecationWarning, match=f"bpref.{old} is now {new}"):
+      module = getattr(bpref, old)
+    assert module is importlib.import_module(new)
+  with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
+    bpref.nonexistent  # noqa: B018

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bpref import losses as L
-from bpref import problems
+from bpref.testing import problems
 
 U64 = 2.0 ** -53
 ULPS = 64  # a handful of operations per element, each rounding by at most u

@@ -219,5 +219,5 @@ def test_an_unknown_precision_is_named_before_tracing(call):
     elif call == "forward":
       bpref.forward(params, x, precision="garbage")
     else:
-      from bpref import fast
+      from bpref.scale import fast
       fast.evaluate_many([(params, x, t)], precision="garbage")

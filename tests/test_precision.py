@@ -20,8 +20,8 @@ import pytest
 
 import bpref
 from bpref import precision as bprec
-from bpref import reference
 from bpref import tolerance
+from bpref.witnesses import autodiff as reference
 
 HIGHEST, HIGH, DEFAULT = jax.lax.Precision.HIGHEST, jax.lax.Precision.HIGH, jax.lax.Precision.DEFAULT
 DOT = re.compile(r"stablehlo\.dot(_general)?\b")

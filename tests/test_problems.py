@@ -1,9 +1,9 @@
-"""The generators of bpref.problems and bpref.testing.strategies: no vacuous case, targets of
+"""The generators of bpref.testing.problems and bpref.testing.strategies: no vacuous case, targets of
 every kind the losses accept, stratified draws.
 
 A case whose true gradient is identically zero in some layer checks nothing there, so every
 generator redraws it; the witness of "identically zero" here is the exact referee
-(bpref.referee, mpmath), not the generators' own ``vacuous``. (JAX autodiff is no witness
+(bpref.witnesses.referee, mpmath), not the generators' own ``vacuous``. (JAX autodiff is no witness
 for it: jax.grad of elu at z = -60.5 is 0, from expm1's derivative taken as expm1(z) + 1.)
 """
 
@@ -12,11 +12,11 @@ import pytest
 from hypothesis import find, given, settings
 
 from bpref import losses as _losses
-from bpref import problems
-from bpref import referee
 from bpref.activations import KINKED
 from bpref.structures import Layer
+from bpref.testing import problems
 from bpref.testing import strategies as bst
+from bpref.witnesses import referee
 
 EXAMPLES = max(5, settings.default.max_examples // 2)
 

@@ -244,7 +244,7 @@ def test_case_message_keys_come_before_the_arrays_list():
 
 
 def test_vectors_export_wire_writes_cases_bpref_reads_back(tmp_path):
-  from bpref import vectors
+  from bpref.oracle import vectors
   directory = str(tmp_path / "golden")
   manifest = vectors.export(directory, cases=3, seed=0, fmt="wire")
   assert manifest["format"] == "wire"

@@ -14,9 +14,11 @@ import pytest
 from hypothesis import given, settings
 
 import bpref
-from bpref import reference, referee, tolerance
+from bpref import tolerance
 from bpref.structures import Layer
 from bpref.testing import strategies as bst
+from bpref.witnesses import autodiff as reference
+from bpref.witnesses import referee
 
 EXAMPLES = max(3, settings.default.max_examples // 3)
 

@@ -43,12 +43,12 @@ def _places() -> dict:
   elementwise = {n for n, a in A.ACTIVATIONS.items() if a.elementwise}
   torch_known = _dict_keys("bpref/bridges/torch.py", "MODULES") | _dict_keys(
       "bpref/bridges/torch.py", "NO_MODULE")
-  complex_known = _dict_keys("bpref/finite_diff.py", "COMPLEX_ACTIVATIONS") | _dict_keys(
-      "bpref/finite_diff.py", "NO_COMPLEX_FORM")
+  complex_known = _dict_keys("bpref/witnesses/finite_diff.py", "COMPLEX_ACTIVATIONS") | _dict_keys(
+      "bpref/witnesses/finite_diff.py", "NO_COMPLEX_FORM")
   return {
-      "the mpmath referee (bpref/referee.py _SCALAR)":
-          (elementwise, _dict_keys("bpref/referee.py", "_SCALAR")),
-      "a complex form or an exclusion (bpref/finite_diff.py COMPLEX_ACTIVATIONS, NO_COMPLEX_FORM)":
+      "the mpmath referee (bpref/witnesses/referee.py _SCALAR)":
+          (elementwise, _dict_keys("bpref/witnesses/referee.py", "_SCALAR")),
+      "a complex form or an exclusion (bpref/witnesses/finite_diff.py COMPLEX_ACTIVATIONS, NO_COMPLEX_FORM)":
           (every, complex_known),
       "the JAX function (bpref/bridges/_jax_autodiff.py FUNCTIONS)":
           (every, _dict_keys("bpref/bridges/_jax_autodiff.py", "FUNCTIONS")),
@@ -72,10 +72,10 @@ def _places() -> dict:
 def _loss_places() -> dict:
   """Where each loss name must be known: place -> the names it knows."""
   return {
-      "the complex step's form (bpref/finite_diff.py COMPLEX_LOSSES)":
-          _dict_keys("bpref/finite_diff.py", "COMPLEX_LOSSES"),
-      "the mpmath referee (bpref/referee.py _loss_rows)":
-          _compared_names("bpref/referee.py", "_loss_rows", "loss"),
+      "the complex step's form (bpref/witnesses/finite_diff.py COMPLEX_LOSSES)":
+          _dict_keys("bpref/witnesses/finite_diff.py", "COMPLEX_LOSSES"),
+      "the mpmath referee (bpref/witnesses/referee.py _loss_rows)":
+          _compared_names("bpref/witnesses/referee.py", "_loss_rows", "loss"),
       "torch's loss function (bpref/bridges/torch.py loss_per_example)":
           _compared_names("bpref/bridges/torch.py", "loss_per_example", "loss"),
       "the textbook loss (tests/textbook.py loss_and_dy)":

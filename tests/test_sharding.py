@@ -1,4 +1,4 @@
-"""bpref.sharding: the batch (and W_l's rows) split over a device mesh, reductions by XLA.
+"""bpref.scale.sharding: the batch (and W_l's rows) split over a device mesh, reductions by XLA.
 
 JAX fixes the device count when it starts, so the multi-device checks run this file
 as a child process with XLA_FLAGS=--xla_force_host_platform_device_count=k (k = 4, 8),
@@ -27,8 +27,8 @@ import numpy as np
 import pytest
 
 import bpref
-from bpref import sharding
 from bpref import tolerance
+from bpref.scale import sharding
 
 SHARDED_BOUND = 1e-12  # float64, from the issue; the observed errors are near 2^-53
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute", "all-to-all")

@@ -15,9 +15,10 @@ import pytest
 from hypothesis import given, settings
 
 import bpref
-from bpref import referee, tolerance
+from bpref import tolerance
 from bpref.structures import Layer
 from bpref.testing import strategies as bst
+from bpref.witnesses import referee
 
 EXAMPLES = max(3, settings.default.max_examples // 3)
 

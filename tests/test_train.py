@@ -9,8 +9,9 @@ import pytest
 
 pytest.importorskip("optax")
 
-from bpref import backprop, network, reference, tolerance  # noqa: E402
-from bpref import train as train_mod  # noqa: E402
+from bpref import backprop, network, tolerance  # noqa: E402
+from bpref.tools import train as train_mod  # noqa: E402
+from bpref.witnesses import autodiff  # noqa: E402
 
 
 def test_synthetic_dataset_has_one_hot_targets_and_disjoint_split():
@@ -34,17 +35,17 @@ def float32_run():
 
 def test_float32_training_curve_matches_jax_grad_step_by_step(float32_run):
   result = float32_run
-  assert result.bpref_loss.shape == result.reference_loss.shape == (80,)
+  assert result.bpref_loss.shape == result.autodiff_loss.shape == (80,)
   assert result.bpref_loss.dtype == np.float64  # widened for the report, computed in float32
   assert result.tolerance == 80 * tolerance.gradient_tolerance("float32")
-  gap = np.abs(result.bpref_loss - result.reference_loss) / np.abs(result.reference_loss)
+  gap = np.abs(result.bpref_loss - result.autodiff_loss) / np.abs(result.autodiff_loss)
   assert gap.max() == result.max_rel_diff
   assert result.max_rel_diff <= result.tolerance, result.max_rel_diff
   assert result.matched
   # The run really trains: the late losses are well below the first one.
   assert result.bpref_loss[-10:].mean() < 0.7 * result.bpref_loss[0]
   assert result.bpref_accuracy > 0.6
-  assert abs(result.bpref_accuracy - result.reference_accuracy) <= 1 / result.config["test_rows"]
+  assert abs(result.bpref_accuracy - result.autodiff_accuracy) <= 1 / result.config["test_rows"]
 
 
 def test_cli_float64_curve_matches_jax_grad_step_by_step(capsys):
@@ -52,7 +53,7 @@ def test_cli_float64_curve_matches_jax_grad_step_by_step(capsys):
                          "--json"])
   out = json.loads(capsys.readouterr().out)
   assert code == 0
-  ours, theirs = np.array(out["bpref_loss"]), np.array(out["reference_loss"])
+  ours, theirs = np.array(out["bpref_loss"]), np.array(out["autodiff_loss"])
   assert ours.shape == theirs.shape == (80,)
   assert out["tolerance"] == 80 * tolerance.gradient_tolerance("float64")
   assert np.max(np.abs(ours - theirs) / np.abs(theirs)) == out["max_rel_diff"] <= out["tolerance"]
@@ -82,7 +83,7 @@ def test_a_wrong_gradient_is_visible_in_the_curve():
     return value, g[:-1] + (network.Layer(0.5 * last.W, 0.5 * last.b, last.activation),)
 
   _, wrong = train_mod.fit(halved, params, data.x_train, data.t_train, rows, optax.sgd(0.1))
-  _, right = train_mod.fit(reference.value_and_grad, params, data.x_train, data.t_train, rows,
+  _, right = train_mod.fit(autodiff.value_and_grad, params, data.x_train, data.t_train, rows,
                            optax.sgd(0.1))
   gap = np.max(np.abs(np.asarray(wrong) - np.asarray(right)) / np.abs(np.asarray(right)))
   assert gap > train_mod.curve_tolerance(40, "float64") * 1e3

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from bpref import vectors
+from bpref.oracle import vectors
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_oracle import row_major  # noqa: E402  (an independent NumPy implementation)

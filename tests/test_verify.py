@@ -6,8 +6,9 @@ import jax
 import numpy as np
 import pytest
 
-from bpref import verify, witnesses
+from bpref import witnesses
 from bpref.structures import Layer
+from bpref.tools import verify
 
 
 def _run(capsys, *argv):
@@ -162,7 +163,7 @@ def _problems(seed, dtype, count):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_bucketed_outputs_match_the_exact_shape_functions(dtype):
-  # bpref.fast's buckets against bpref's own public functions at each case's exact shapes:
+  # bpref.scale.fast's buckets against bpref's own public functions at each case's exact shapes:
   # the same arithmetic on the real entries, up to the order of the padded sums, so within (T).
   # Each is within (T) of the truth, measured against the magnitude bounds: so within 2 (T).
   problems = _problems(11, dtype, 12)
@@ -179,7 +180,7 @@ def test_padded_witness_matches_the_exact_shape_witness():
   # every padded entry must contribute exactly 0 to the loss and to every derivative.
   problems = _problems(12, "float64", 16)
   bounds = verify._truth.output_bounds(problems, forms=False)
-  for problem, padded, mag in zip(problems, verify._reference.evaluate_many(problems), bounds):
+  for problem, padded, mag in zip(problems, verify._autodiff.evaluate_many(problems), bounds):
     exact = verify._witness_outputs(*problem)
     tol = 2 * verify._tolerance.problem_tolerance(problem.params, problem.x)
     for check in verify.CHECKS:

@@ -35,7 +35,11 @@ from bpref import activations as _activations
 from bpref import losses as _losses
 from bpref import network as _network
 
-__all__ = ["Architecture", "check_arrays"]
+__all__ = ["Architecture", "BRIDGES", "check_arrays"]
+
+BRIDGES = ("torch", "flax", "equinox")
+"""The bridge modules, ``bpref.bridges.<name>``: the candidate kinds ``bpref check`` takes
+besides a plain function (``--torch``, ``--flax``, ``--equinox``)."""
 
 
 class Architecture(NamedTuple):

@@ -26,8 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bpref.bridges import Architecture, check_arrays
 from bpref.bridges import _jax_autodiff
+from bpref.bridges import Architecture, check_arrays
 from bpref.structures import Layer
 from bpref.validation import check_params
 

@@ -25,8 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bpref.bridges import Architecture, check_arrays
 from bpref.bridges import _jax_autodiff
+from bpref.bridges import Architecture, check_arrays
 from bpref.network import DEFAULT_PRECISION
 from bpref.structures import Layer
 from bpref.validation import check_params

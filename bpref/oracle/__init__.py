@@ -37,8 +37,8 @@ from bpref.oracle import spec as _spec
 from bpref.oracle.diagnosis import Finding as Finding
 from bpref.oracle.ops import check_op as check_op
 from bpref.oracle.report import Report as Report
-from bpref.oracle.spec import Spec as Spec
 from bpref.oracle.spec import make_spec as make_spec
+from bpref.oracle.spec import Spec as Spec
 
 
 def check(candidate=None, *, target=None, progress=None, **options) -> Report:
@@ -84,7 +84,7 @@ def _check(candidate, target, progress, spec, start) -> Report:
     kind, ref = target
     if candidate is None and not (spec.isolate or spec.workers > 1):
       candidate = _isolation.load_captured(kind, ref, spec.reduction)
-    pool_target = ("reference", kind, ref, spec.reduction)
+    pool_target = ("named", kind, ref, spec.reduction)
   else:
     if not callable(candidate):
       raise TypeError(f"candidate must be callable grads(weights, biases, activations, loss, x, t); "
@@ -134,7 +134,7 @@ def build_report(ev, spec, found, target, candidate, start) -> Report:
                         f"{type(exc).__name__}: {exc}")]
     per_layer, implied = [], []
   if target is not None:
-    target = (target[0], _isolation.absolute_reference(target[1]))
+    target = (target[0], _isolation.absolute_target(target[1]))
   rep = Report(
       "fail", spec.to_json(), found.cases, ev.calls, spec.seed, 0.0,
       examples_to_failure=found.examples_to_failure, kind=minimal.kind, message=minimal.message,

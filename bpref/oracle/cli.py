@@ -25,7 +25,7 @@ import os
 import shlex
 import sys
 
-from bpref.oracle import isolation as _isolation
+from bpref import bridges as _bridges
 from bpref.oracle.ops import cli as _ops_cli
 
 EXIT_PASS, EXIT_BUG, EXIT_USAGE = 0, 1, 2
@@ -46,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
                   "grads(weights, biases, activations, loss, x, t) -> (dW, db) on NumPy arrays.",
       epilog="exit codes: 0 pass, 1 bug found, 2 usage error")
   p.add_argument("candidate", nargs="?", help="module:function or path/to/file.py:function")
-  for fw in _isolation.BRIDGES:
+  for fw in _bridges.BRIDGES:
     p.add_argument(f"--{fw}", metavar="MODULE:FACTORY",
                    help=f"check {fw}'s gradients for the model FACTORY() returns (needs the {fw} bridge)")
   p.add_argument("--exec", metavar="COMMAND", dest="exec_command",
@@ -190,7 +190,7 @@ def main(argv=None) -> int:
     return int(exc.code or 0)
   if args.op:
     return _main_op(args, parser)
-  chosen = [(fw, getattr(args, fw)) for fw in _isolation.BRIDGES if getattr(args, fw)]
+  chosen = [(fw, getattr(args, fw)) for fw in _bridges.BRIDGES if getattr(args, fw)]
   if args.candidate:
     chosen.insert(0, ("function", args.candidate))
   if args.exec_command is not None:
@@ -198,7 +198,7 @@ def main(argv=None) -> int:
   if len(chosen) != 1:
     parser.print_usage(sys.stderr)
     print("bpref check: error: name exactly one candidate: module:function, path.py:function, "
-          f"one of {', '.join('--' + fw for fw in _isolation.BRIDGES)} MODULE:FACTORY, or "
+          f"one of {', '.join('--' + fw for fw in _bridges.BRIDGES)} MODULE:FACTORY, or "
           "--exec COMMAND", file=sys.stderr)
     return EXIT_USAGE
   kind, ref = chosen[0]
@@ -287,7 +287,7 @@ def _counted(check, show):
 
 def _main_op(args, parser) -> int:
   """``bpref check --op KIND``: one operation's backward function (``bpref.oracle.ops``)."""
-  others = [f"--{fw}" for fw in _isolation.BRIDGES if getattr(args, fw)]
+  others = [f"--{fw}" for fw in _bridges.BRIDGES if getattr(args, fw)]
   others += ["--exec"] if args.exec_command is not None else []
   if args.candidate and args.function:
     others.append(args.candidate)

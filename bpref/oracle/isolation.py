@@ -49,8 +49,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-BRIDGES = ("torch", "flax", "equinox")
-
 OUTPUT_LIMIT = 4000
 """Bytes of the candidate's stdout, and of its stderr, kept per call (and in the report)."""
 
@@ -333,7 +331,7 @@ def _is_path(where: str) -> bool:
   return where.endswith(".py") or os.sep in where
 
 
-def absolute_reference(ref: str) -> str:
+def absolute_target(ref: str) -> str:
   """``ref`` with a file path made absolute (``module:attr`` is returned as it is)."""
   where, sep, attr = ref.rpartition(":")
   if sep and where and _is_path(where):
@@ -341,7 +339,7 @@ def absolute_reference(ref: str) -> str:
   return ref
 
 
-def load_reference(ref: str):
+def load_target(ref: str):
   """The object named by ``module:attr`` or ``path/to/file.py:attr``.
 
   Raises ValueError (a usage error) when it cannot be found, or when importing it raised
@@ -390,13 +388,15 @@ def load_candidate(kind: str, ref: str, reduction: str = "mean"):
   For a bridge, ``ref`` names a factory returning the model, and the candidate is
   ``bpref.bridges.<kind>.make_candidate(model, reduction=reduction)``.
   """
-  obj = load_reference(ref)
+  obj = load_target(ref)
   if not callable(obj):
     raise ValueError(f"{ref} is a {type(obj).__name__}, not a callable")
   if kind == "function":
     return obj
-  if kind not in BRIDGES:
-    raise ValueError(f"unknown candidate kind {kind!r}; valid: function, {', '.join(BRIDGES)}")
+  from bpref import bridges as _bridges  # only a bridge candidate needs the bridges
+
+  if kind not in _bridges.BRIDGES:
+    raise ValueError(f"unknown candidate kind {kind!r}; valid: function, {', '.join(_bridges.BRIDGES)}")
   try:
     bridge = importlib.import_module(f"bpref.bridges.{kind}")
   except ImportError as exc:
@@ -540,7 +540,7 @@ def _worker_main(conn, target, out_path, err_path) -> None:
   _redirect_output(out_path, err_path)
   faulthandler.enable()
   try:
-    if isinstance(target, tuple) and target and target[0] == "reference":
+    if isinstance(target, tuple) and target and target[0] == "named":
       candidate = load_candidate(*target[1:])
     else:
       candidate = pickle.loads(target)
@@ -598,7 +598,7 @@ class Isolated:
   parent's stdout.
 
   Args:
-    target: the candidate pickled (bytes), or ("reference", kind, "module:function").
+    target: the candidate pickled (bytes), or ("named", kind, "module:function").
     workers: number of subprocesses.
     timeout: seconds one call may take; the process is then killed and replaced.
   """

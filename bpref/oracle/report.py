@@ -264,8 +264,8 @@ def reproducer(case, spec, target=None, name: str = "") -> str:
     path = "" if where.endswith(".py") or os.sep in where else \
         f"sys.path.insert(0, {os.getcwd()!r})  # where bpref check found module {where!r}\n"
     if kind == "function":
-      load = (f"{path}from bpref.oracle.isolation import load_reference\n"
-              f"candidate = load_reference({ref!r})\n")
+      load = (f"{path}from bpref.oracle.isolation import load_target\n"
+              f"candidate = load_target({ref!r})\n")
     else:
       load = (f"{path}from bpref.oracle.isolation import load_candidate\n"
               f"candidate = load_candidate({kind!r}, {ref!r}, {case.reduction!r})  # the {kind} bridge\n")

@@ -122,7 +122,7 @@ def vacuous(case, truth) -> list:
 
   e(0) = ||X_bpref||_F / ||M_X||_F <= tol: a layer silenced by dead relu units, a softmax
   output with one unit, or (in float32) a layer behind units so saturated that its gradient
-  is below the rounding of f'. Such a case checks nothing there. (``bpref.vectors`` asks
+  is below the rounding of f'. Such a case checks nothing there. (``bpref.oracle.vectors`` asks
   more of the cases it exports, a margin of 100 tolerances; the search would lose a fifth
   of its float32 cases to that margin, so it leaves out only the cases a zero passes.)
   """

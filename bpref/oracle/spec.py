@@ -20,7 +20,7 @@ import numpy as np
 
 from bpref import activations as _activations
 from bpref import losses as _losses
-from bpref import problems as _problems
+from bpref.testing import problems as _problems
 
 LAYOUTS = ("out_in", "in_out")
 DTYPES = ("float64", "float32")
@@ -229,7 +229,7 @@ def build_case(arch: Arch, spec: Spec) -> Case:
 
 
 def vacuous(arch: Arch, weights, biases, x) -> bool:
-  """Whether some dW_l or db_l is zero whatever the loss (``bpref.problems.vacuous``)."""
+  """Whether some dW_l or db_l is zero whatever the loss (``bpref.testing.problems.vacuous``)."""
   return _problems.vacuous(arch.activations, arch.loss, weights, biases, x)
 
 

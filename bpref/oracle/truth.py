@@ -26,7 +26,7 @@ lambda / u added (the underflow floor (U) of proofs/tolerance.md, as in
 ``bpref.oracle.ops``). In float32 it is 2e-31: a gradient whose entries are subnormal
 cannot be told from 0, and such a case is skipped as vacuous.
 
-The gradients come from ``bpref.fast``, many cases per compiled call; the rest is
+The gradients come from ``bpref.scale.fast``, many cases per compiled call; the rest is
 NumPy, but for the few jnp functions (f', rho_f, the loss) run at padded lengths.
 
 ``backprop_variant`` reruns the backward pass with one deliberate change (f'
@@ -43,8 +43,8 @@ import numpy as np
 
 from bpref import activations as _activations
 from bpref import compilation
-from bpref import fast as _fast
 from bpref import losses as _losses
+from bpref.scale import fast as _fast
 from bpref.structures import Layer
 from bpref.tolerance import pointwise as pointwise
 
@@ -113,7 +113,7 @@ bucket for every loss."""
 def loss_terms(loss, y, t):
   """(dC_b/dy, C_b) of bpref's ``loss`` in float64, on rows and units padded to a bucket.
 
-  Padded units hold a value on which the loss adds exactly 0 (``bpref.fast``'s pad),
+  Padded units hold a value on which the loss adds exactly 0 (``bpref.scale.fast``'s pad),
   and padded rows are dropped, so one compilation serves every shape of a bucket.
   """
   rows, cols = y.shape
@@ -139,7 +139,7 @@ def compute(case) -> Truth:
 
 
 def compute_many(cases, *, cache: bool = True) -> list:
-  """``compute`` of many cases, their gradients evaluated together in ``bpref.fast``'s buckets.
+  """``compute`` of many cases, their gradients evaluated together in ``bpref.scale.fast``'s buckets.
 
   With ``cache=False`` nothing is read from or written to the cache, which is keyed by
   the case's ``Arch`` (its name for the values): for cases whose values were changed.
@@ -173,7 +173,7 @@ def _compute(case, problem, result) -> Truth:
 
 
 def _tape(params, result):
-  """z_1..z_L and a_0..a_L in float64 from a ``bpref.fast.Result`` of a float64 problem."""
+  """z_1..z_L and a_0..a_L in float64 from a ``bpref.scale.fast.Result`` of a float64 problem."""
   a = tuple(np.asarray(v, np.float64) for v in result.a) + (np.asarray(result.y, np.float64),)
   z = tuple(a_prev @ layer.W.T + (0.0 if layer.b is None else layer.b[None, :])  # (7)
             for a_prev, layer in zip(a[:-1], params))
@@ -210,7 +210,7 @@ def output_bounds(problems, *, forms: bool = True) -> list:
   deltas: M_l; input_grad: M_1 |W_1|; lambdas: Lambda_L = |da_L/dz_L| widened by rho_f,
   then Lambda_{l-1} = (Lambda_l |W_l|) (|f'_{l-1}| + rho_f); per_example_grads: the
   per-example terms M_{l,b}^T A_{l-1,b} of the summed loss. Returns one dict per problem,
-  keyed and shaped as ``bpref.verify.CHECKS`` (with a batch axis: 2-D x only), and the
+  keyed and shaped as ``bpref.tools.verify.CHECKS`` (with a batch axis: 2-D x only), and the
   tape's z_1..z_L under "z".
 
   ``forms=False`` leaves rho_f out: the bounds of bpref's own cancellation-free f', which

@@ -20,11 +20,11 @@ Three modes shape the values:
   the kink convention. ``problems`` gives such layers at least 2 units; a layer
   of one unit gets no planted zero (it would silence the whole layer).
 
-No problem is vacuous (``bpref.problems.vacuous``): a softmax, on the output
+No problem is vacuous (``bpref.testing.problems.vacuous``): a softmax, on the output
 layer or inside softmax_cross_entropy, has at least 2 units, and values in
 which some layer's true gradient is identically zero (an all-dead relu layer,
 say) are drawn again from the same seeded generator. Cross-entropy targets
-(``bpref.problems.SOFT_TARGETS``) are drawn both as probability rows and as
+(``bpref.testing.problems.SOFT_TARGETS``) are drawn both as probability rows and as
 rows that do not sum to 1.
 
 Example (a property test in a user's suite)::
@@ -48,9 +48,9 @@ from hypothesis import strategies as st
 
 from bpref import activations as _activations
 from bpref import losses as _losses
-from bpref import problems as _problems
-from bpref.problems import Problem, targets
 from bpref.structures import Layer
+from bpref.testing import problems as _problems
+from bpref.testing.problems import Problem, targets
 
 WIDTHS = (1, 2, 3, 5)
 """Layer widths n_l (1 included)."""
@@ -152,7 +152,7 @@ def _output_for(loss, hidden):
 def problems(draw, *, dtype=np.float64, mode: str = "default", losses=None, hidden=None,
              depths=(1, 2, 3), widths=WIDTHS, batch_sizes=BATCHES, bias=None,
              reductions=_losses.REDUCTIONS) -> Problem:
-  """Whole problems (params, x, t, loss, reduction), a ``bpref.problems.Problem``, never vacuous.
+  """Whole problems (params, x, t, loss, reduction), a ``bpref.testing.problems.Problem``, never vacuous.
 
   The output activation suits the loss (sigmoid for binary_cross_entropy,
   softmax for cross_entropy); targets are valid for it (nonnegative rows for the

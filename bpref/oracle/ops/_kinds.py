@@ -44,11 +44,11 @@ import numpy as np
 
 from bpref import activations as _activations
 from bpref import backprop as _backprop
-from bpref import fast as _fast
 from bpref import losses as _losses
 from bpref import tolerance as _tolerance
 from bpref.network import DEFAULT_PRECISION
 from bpref.oracle import truth as _truth
+from bpref.scale import fast as _fast
 from bpref.structures import Layer, Tape
 
 KINDS = ("dense", "activation", "softmax", "loss", "layer")

@@ -73,7 +73,7 @@ def run_op_command(args: argparse.Namespace) -> int:
           file=sys.stderr)
     return EXIT_USAGE
   try:
-    candidate = _isolation.load_reference(args.function)
+    candidate = _isolation.load_target(args.function)
     options = dict(takes=args.takes, layout=args.layout, bias=not args.no_bias,
                    reduction=args.reduction, targets=args.targets, dtype=args.dtype,
                    examples=args.examples, seed=args.seed, timeout=args.timeout,

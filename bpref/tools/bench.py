@@ -15,10 +15,10 @@ Two benchmarks:
   of the optimized program: on a GPU, XLA hands large products to cuBLAS as
   custom calls, which neither ``cost_analysis()`` nor the dot count sees.
 * **Architectures per second.** Random small networks (depth 1-5, widths 1-8,
-  batch 1-4, random activations and losses) evaluated by ``bpref.fast`` in
+  batch 1-4, random activations and losses) evaluated by ``bpref.scale.fast`` in
   buckets, by ``jax.jit`` per architecture, and eagerly; compilation counted.
 
-The witness is ``bpref.reference.value_and_grad`` (``jax.value_and_grad`` of
+The witness is ``bpref.witnesses.autodiff.value_and_grad`` (``jax.value_and_grad`` of
 the same loss), jitted. Timings on a shared machine are noisy; compare the
 ratios within one run.
 """
@@ -42,8 +42,8 @@ from bpref import activations as _activations
 from bpref import backprop as _backprop
 from bpref import losses as _losses
 from bpref import network as _network
-from bpref import problems as _problems
-from bpref import reference as _reference
+from bpref.testing import problems as _problems
+from bpref.witnesses import autodiff as _autodiff
 
 GRID = {
     # name: (layers, width, batch)
@@ -77,7 +77,7 @@ def _ours(params, x, t):
 
 
 def _theirs(params, x, t):
-  return _reference.value_and_grad(params, x, t, LOSS, REDUCTION)
+  return _autodiff.value_and_grad(params, x, t, LOSS, REDUCTION)
 
 
 def _forward(params, x, t):
@@ -227,8 +227,8 @@ def _rate(run_one, cases, budget_s):
 
 
 def bench_architectures(count, seed, budget_s):
-  """Distinct architectures per second: bpref.fast, jit per architecture, eager."""
-  from bpref import fast
+  """Distinct architectures per second: bpref.scale.fast, jit per architecture, eager."""
+  from bpref.scale import fast
   rng = np.random.default_rng(seed)
   cases = [random_architecture(rng) for _ in range(count)]
   distinct = len({_architecture(c) for c in cases})
@@ -531,7 +531,7 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(
       prog="bpref bench",
       description="Time bpref's jitted value_and_grad against jax.jit(jax.value_and_grad) and count "
-                  "FLOPs and memory; then architectures per second through bpref.fast.")
+                  "FLOPs and memory; then architectures per second through bpref.scale.fast.")
   parser.add_argument("--quick", action="store_true",
                       help=f"cells {', '.join(QUICK_CELLS)}, float32, 5 repeats, 1000 architectures")
   parser.add_argument("--cells", default=None, help=f"comma-separated subset of {', '.join(GRID)}")

@@ -2,7 +2,7 @@
 
 Each witness either estimates the gradient of a problem by other means than bpref, or
 measures bpref's gradient by a property it must have. Its value on one problem is compared
-with the exact referee (``bpref.referee``, mpmath at 50 digits): ||X - exact||_inf /
+with the exact referee (``bpref.witnesses.referee``, mpmath at 50 digits): ||X - exact||_inf /
 ||exact||_inf per array, the worst array. A record says when the witness applies (its value
 is None otherwise), when its assumptions hold (``judged``: outside them a value is reported
 but neither ranked nor judged) and its verdict rule (``ok``; None: reported, never judged).
@@ -17,14 +17,14 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from bpref import activations as _activations
-from bpref import fast as _fast
-from bpref import finite_diff as _fd
 from bpref import losses as _losses
-from bpref import problems as _problems
-from bpref import reference as _reference
-from bpref import referee as _referee
 from bpref import tolerance as _tolerance
+from bpref.scale import fast as _fast
 from bpref.structures import Layer
+from bpref.testing import problems as _problems
+from bpref.witnesses import autodiff as _autodiff
+from bpref.witnesses import finite_diff as _fd
+from bpref.witnesses import referee as _referee
 
 
 def bpref_grads(problems) -> list:
@@ -35,7 +35,7 @@ def bpref_grads(problems) -> list:
 
 def autodiff_grads(problems) -> list:
   """The autodiff witness's gradient of each problem in its dtype, through its padded twin."""
-  return _reference.grads_many(problems)
+  return _autodiff.grads_many(problems)
 
 
 def smooth(problem) -> bool:
@@ -98,7 +98,7 @@ def _claimed(contexts) -> list:
 
 
 def _estimates(contexts) -> list:
-  """``bpref.finite_diff.estimates_many`` of every context, computed together once."""
+  """``bpref.witnesses.finite_diff.estimates_many`` of every context, computed together once."""
   def compute(cs):
     problems = [c.problem for c in cs]
     need = [(len(p.params), max([p.params[0].W.shape[1]] + [l.W.shape[0] for l in p.params]),

@@ -16,9 +16,9 @@ import jax.numpy as jnp
 
 from bpref import activations as _activations
 from bpref import compilation
-from bpref import fast as _fast
 from bpref import losses as _losses
 from bpref.network import DEFAULT_PRECISION
+from bpref.scale import fast as _fast
 from bpref.structures import Layer
 from bpref.validation import check_precision, check_problem, check_x
 
@@ -122,9 +122,9 @@ def _f_padded(name):
 
 
 def _padded_forward(p, offsets, precision):
-  """y = a_L of one padded case of ``bpref.fast`` with e_l added to z_l, shape (M, N).
+  """y = a_L of one padded case of ``bpref.scale.fast`` with e_l added to z_l, shape (M, N).
 
-  The same masks as bpref.fast's forward: padded units of a_l are 0, a layer past the
+  The same masks as bpref.scale.fast's forward: padded units of a_l are 0, a layer past the
   last one passes a_{l-1} through.
   """
   branches = tuple(_f_padded(n) for n in _fast.ACTIVATION_NAMES)
@@ -146,7 +146,7 @@ def _padded_loss(W, b, x, offsets, p, rows, precision):
   two_step = jnp.asarray([names.index(_TWO_STEP.get(n, n)) for n in names], p.loss.dtype)
   y = _padded_forward(p._replace(W=W, b=b, x=x), offsets, precision)
   # a padded output adds exactly 0: y = t = 0 (y is a probability where the loss is two-step),
-  # or bpref.fast's pad logit for a loss the case names on logits
+  # or bpref.scale.fast's pad logit for a loss the case names on logits
   fill = jnp.where(p.fused, jnp.zeros_like(p.fill), p.fill)
   y = jnp.where(p.outputs[None, :], y, jnp.full_like(y, fill))
   loss = jnp.where(p.fused, two_step[p.loss], p.loss)
@@ -218,7 +218,7 @@ def _unpack_grads(out, k, params, x2, single):
 
 
 def grads_many(problems, *, precision=DEFAULT_PRECISION, shape=None) -> list:
-  """[dC/dparams, ...] by ``jax.grad`` of many networks in ``bpref.fast``'s padded buckets."""
+  """[dC/dparams, ...] by ``jax.grad`` of many networks in ``bpref.scale.fast``'s padded buckets."""
   check_precision(precision)
   return _fast.bucketed(problems, lambda p: _padded_grads(p, precision=precision), _unpack_grads,
                         shape=shape)
@@ -226,11 +226,11 @@ def grads_many(problems, *, precision=DEFAULT_PRECISION, shape=None) -> list:
 
 def evaluate_many(problems, *, precision=DEFAULT_PRECISION, shape=None) -> list:
   """The witness's value, grad, deltas, lambdas, input_grad, per_example_grads and predict of
-  many networks, in the padded buckets of ``bpref.fast`` (one compilation per bucket).
+  many networks, in the padded buckets of ``bpref.scale.fast`` (one compilation per bucket).
 
   The forward pass is this module's (offsets injected into every z_l), on the padded and
-  masked arrays that ``bpref.fast`` packs; every derivative is ``jax.grad``'s or
-  ``jax.jacobian``'s of it. Returns one dict per problem, keyed as ``bpref.verify.CHECKS``,
+  masked arrays that ``bpref.scale.fast`` packs; every derivative is ``jax.grad``'s or
+  ``jax.jacobian``'s of it. Returns one dict per problem, keyed as ``bpref.tools.verify.CHECKS``,
   each value of the shape the function of that name returns.
   """
   check_precision(precision)

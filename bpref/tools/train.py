@@ -4,7 +4,7 @@ The same network is trained twice from the same initial parameters, on the
 same sequence of minibatches, with the same optimizer:
 
 * once with ``bpref.value_and_grad`` (the handwritten delta recursion), and
-* once with ``bpref.reference.value_and_grad`` (``jax.grad``, the witness).
+* once with ``bpref.witnesses.autodiff.value_and_grad`` (``jax.grad``, the witness).
 
 Both loss curves are returned step by step. The gradients agree to rounding
 (a normwise relative error of order u per step, see ``bpref.tolerance``), so
@@ -36,8 +36,8 @@ import numpy as np
 
 from bpref import backprop as _backprop
 from bpref import network as _network
-from bpref import reference as _reference
 from bpref import tolerance as _tolerance
+from bpref.witnesses import autodiff as _autodiff
 
 DATASETS = ("auto", "digits", "synthetic")
 OPTIMIZERS = ("adam", "sgd", "momentum")
@@ -64,17 +64,17 @@ class TrainResult(NamedTuple):
   Attributes:
     config: the settings of the run (dataset, sizes, activations, optimizer, ...).
     bpref_loss: minibatch loss before each step with bpref's gradients, shape (steps,).
-    reference_loss: the same with ``jax.grad``'s gradients, shape (steps,).
-    bpref_accuracy, reference_accuracy: test-set accuracy of the final parameters.
-    max_abs_diff: max_k |bpref_loss[k] - reference_loss[k]|.
-    max_rel_diff: max_k of that difference over |reference_loss[k]|.
+    autodiff_loss: the same with ``jax.grad``'s gradients, shape (steps,).
+    bpref_accuracy, autodiff_accuracy: test-set accuracy of the final parameters.
+    max_abs_diff: max_k |bpref_loss[k] - autodiff_loss[k]|.
+    max_rel_diff: max_k of that difference over |autodiff_loss[k]|.
     tolerance: the accepted ``max_rel_diff`` (``curve_tolerance``).
   """
   config: dict
   bpref_loss: np.ndarray
-  reference_loss: np.ndarray
+  autodiff_loss: np.ndarray
   bpref_accuracy: float
-  reference_accuracy: float
+  autodiff_accuracy: float
   max_abs_diff: float
   max_rel_diff: float
   tolerance: float
@@ -87,9 +87,9 @@ class TrainResult(NamedTuple):
     return {
         "config": self.config,
         "bpref_loss": [float(v) for v in self.bpref_loss],
-        "reference_loss": [float(v) for v in self.reference_loss],
+        "autodiff_loss": [float(v) for v in self.autodiff_loss],
         "bpref_accuracy": self.bpref_accuracy,
-        "reference_accuracy": self.reference_accuracy,
+        "autodiff_accuracy": self.autodiff_accuracy,
         "max_abs_diff": self.max_abs_diff,
         "max_rel_diff": self.max_rel_diff,
         "tolerance": self.tolerance,
@@ -178,7 +178,7 @@ def fit(value_and_grad, params, x, t, batch_rows, optimizer, loss="softmax_cross
   """Run the optimizer over every minibatch; return (final params, loss before each step).
 
   Args:
-    value_and_grad: ``bpref.value_and_grad`` or ``bpref.reference.value_and_grad``.
+    value_and_grad: ``bpref.value_and_grad`` or ``bpref.witnesses.autodiff.value_and_grad``.
     params: initial network.
     x, t: training inputs (N, n_0) and targets (N, K).
     batch_rows: integer rows of each minibatch, shape (steps, B).
@@ -238,7 +238,7 @@ def train(*, dataset: str = "auto", hidden=(32,), activation: str = "tanh",
   rows = _batches(x.shape[0], steps, batch, seed)
   opt = _optimizer(optimizer, learning_rate)
   ours, ours_curve = fit(_backprop.value_and_grad, params, x, t, rows, opt)
-  theirs, theirs_curve = fit(_reference.value_and_grad, params, x, t, rows, opt)
+  theirs, theirs_curve = fit(_autodiff.value_and_grad, params, x, t, rows, opt)
   ours_curve = np.asarray(ours_curve, np.float64)
   theirs_curve = np.asarray(theirs_curve, np.float64)
   gap = np.abs(ours_curve - theirs_curve)
@@ -248,9 +248,9 @@ def train(*, dataset: str = "auto", hidden=(32,), activation: str = "tanh",
             "learning_rate": learning_rate, "steps": steps, "batch": batch, "seed": seed,
             "dtype": dtype, "train_rows": int(x.shape[0]), "test_rows": int(x_test.shape[0])}
   return TrainResult(
-      config=config, bpref_loss=ours_curve, reference_loss=theirs_curve,
+      config=config, bpref_loss=ours_curve, autodiff_loss=theirs_curve,
       bpref_accuracy=accuracy(ours, x_test, t_test),
-      reference_accuracy=accuracy(theirs, x_test, t_test),
+      autodiff_accuracy=accuracy(theirs, x_test, t_test),
       max_abs_diff=float(gap.max()),
       max_rel_diff=float(np.max(gap / np.abs(theirs_curve))),
       tolerance=curve_tolerance(steps, dtype))
@@ -269,14 +269,14 @@ def plot(result: TrainResult, path: str) -> str:
   steps = np.arange(len(result.bpref_loss))
   fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True,
                                     gridspec_kw={"height_ratios": (2, 1)})
-  top.plot(steps, result.reference_loss, color="0.6", linewidth=3, label="jax.grad (witness)")
+  top.plot(steps, result.autodiff_loss, color="0.6", linewidth=3, label="jax.grad (witness)")
   top.plot(steps, result.bpref_loss, color="C0", linewidth=1, label="bpref (handwritten)")
   top.set_ylabel("minibatch loss")
   top.set_yscale("log")
   c = result.config
   top.set_title(f"{c['dataset']} {c['sizes']} {c['optimizer']} lr={c['learning_rate']} {c['dtype']}")
   top.legend()
-  gap = np.abs(result.bpref_loss - result.reference_loss) / np.abs(result.reference_loss)
+  gap = np.abs(result.bpref_loss - result.autodiff_loss) / np.abs(result.autodiff_loss)
   floor = _tolerance.unit_roundoff(c["dtype"]) / 16
   bottom.semilogy(steps, np.maximum(gap, floor), color="C3", linewidth=1,
                   label="|bpref - jax.grad| / loss (0 drawn at u/16)")
@@ -300,9 +300,9 @@ def format_result(result: TrainResult) -> str:
   ]
   shown = sorted(set(np.linspace(0, c["steps"] - 1, 6).round().astype(int).tolist()))
   for k in shown:
-    lines.append(f"{k:6d} {result.bpref_loss[k]:14.8f} {result.reference_loss[k]:14.8f}")
+    lines.append(f"{k:6d} {result.bpref_loss[k]:14.8f} {result.autodiff_loss[k]:14.8f}")
   lines += [
-      f"test accuracy: bpref {result.bpref_accuracy:.4f}, jax.grad {result.reference_accuracy:.4f}",
+      f"test accuracy: bpref {result.bpref_accuracy:.4f}, jax.grad {result.autodiff_accuracy:.4f}",
       f"largest gap between the curves: {result.max_abs_diff:.3e} absolute, "
       f"{result.max_rel_diff:.3e} relative (tolerance {result.tolerance:.1e})",
       "MATCH: the curves agree step by step" if result.matched

@@ -38,7 +38,8 @@ XLA may sum a length-8 axis in a different order than a length-3 one): the
 tests bound the difference by a rounding model and check against the witness.
 
 >>> import numpy as np, bpref
->>> from bpref import fast, problems
+>>> from bpref.scale import fast
+>>> from bpref.testing import problems
 >>> rng = np.random.default_rng(0)
 >>> cases = [problems.random_problem(rng) for _ in range(3)]
 >>> results = fast.value_and_grad_many(cases)
@@ -299,7 +300,7 @@ def evaluate_many(problems, *, precision=DEFAULT_PRECISION, shape=None, chunk=No
   """bpref's loss, gradients, deltas, input gradient and prediction for many networks.
 
   Args:
-    problems: a sequence of ``bpref.problems.Problem`` or tuples
+    problems: a sequence of ``bpref.testing.problems.Problem`` or tuples
       (params, x, t[, loss[, reduction]]), each validated as ``bpref.value_and_grad``
       validates its arguments. Architectures, activations, losses, reductions,
       batch sizes and dtypes may all differ.
@@ -320,8 +321,8 @@ def evaluate_many(problems, *, precision=DEFAULT_PRECISION, shape=None, chunk=No
 def bucketed(problems, compute, unpack, *, shape=None, extras=(), chunk=None) -> list:
   """Validate ``problems``, pack them into buckets, ``compute`` each chunk, ``unpack`` each case.
 
-  The driver shared by bpref's buckets and the witnesses' (``bpref.reference``,
-  ``bpref.finite_diff``): ``compute(packed: _Packed, *extra)`` returns arrays with a leading
+  The driver shared by bpref's buckets and the witnesses' (``bpref.witnesses.autodiff``,
+  ``bpref.witnesses.finite_diff``): ``compute(packed: _Packed, *extra)`` returns arrays with a leading
   case axis, and ``unpack(out, k, params, x2, single)`` the k-th case's result, sliced to its
   shapes. Each of ``extras`` is a list of parameter-shaped trees, one per problem (a claimed
   gradient, a direction), passed to ``compute`` packed as the parameters are (``pack_params``).

@@ -24,7 +24,7 @@ choice of intermediate layouts to XLA. Shapes are global: x is (B, n_0) across a
 devices, and B must be a multiple of the size of the data axis.
 
 >>> import jax, numpy as np, bpref
->>> from bpref import sharding
+>>> from bpref.scale import sharding
 >>> mesh = sharding.make_mesh((len(jax.devices()),), ("data",))
 >>> params = sharding.shard_params(mesh, bpref.init(jax.random.key(0), (3, 4, 2), "tanh"))
 >>> x, t = sharding.shard_batch(mesh, np.ones((8, 3)), np.zeros((8, 2)))
@@ -82,12 +82,12 @@ def make_mesh(shape, names, *, devices=None) -> Mesh:
 
 def _check_mesh(mesh, *axes) -> None:
   if not isinstance(mesh, Mesh):
-    raise TypeError(f"mesh must be a jax.sharding.Mesh (see bpref.sharding.make_mesh); "
+    raise TypeError(f"mesh must be a jax.sharding.Mesh (see bpref.scale.sharding.make_mesh); "
                     f"got {type(mesh).__name__}")
   explicit = [n for n, kind in zip(mesh.axis_names, mesh.axis_types) if kind != AxisType.Auto]
   if explicit:
     raise ValueError(f"mesh axes {explicit} are not AxisType.Auto; bpref lets XLA choose the "
-                     "intermediate layouts, so build the mesh with bpref.sharding.make_mesh or "
+                     "intermediate layouts, so build the mesh with bpref.scale.sharding.make_mesh or "
                      "jax.make_mesh(..., axis_types=(jax.sharding.AxisType.Auto,) * ndim)")
   for axis in axes:
     if axis not in mesh.axis_names:
@@ -198,7 +198,7 @@ def output_shardings(fn, mesh: Mesh, *, axis: str = DATA, params_layout=None):
   if name in PER_EXAMPLE_OUTPUTS:
     return batch
   raise TypeError(f"no known output layout for {name!r}; data_parallel takes one of "
-                  f"{REDUCED_OUTPUTS + PER_EXAMPLE_OUTPUTS} (from bpref or bpref.reference). "
+                  f"{REDUCED_OUTPUTS + PER_EXAMPLE_OUTPUTS} (from bpref or bpref.witnesses.autodiff). "
                   "For another function use jax.jit(fn, out_shardings=...) directly")
 
 
@@ -206,7 +206,7 @@ def data_parallel(fn, mesh: Mesh, *, axis: str = DATA, params_layout=None):
   """``fn`` compiled to run with the batch split over the mesh axis ``axis``.
 
   ``fn`` is one of bpref's public functions (or the same-named function of
-  ``bpref.reference``); its arguments are unchanged. Place the inputs first with
+  ``bpref.witnesses.autodiff``); its arguments are unchanged. Place the inputs first with
   ``shard_batch`` and ``shard_params`` (uncommitted arrays are moved by JAX). The
   outputs come back in the layout of ``output_shardings``: gradients and losses are
   summed over the batch by an XLA all-reduce and replicated (or split like the

@@ -2,17 +2,17 @@
 
 Each case draws an architecture (depth, widths including 1, per-layer
 activations, a loss and reduction, a batch) in float32 or float64. bpref runs
-in the case's dtype; the witness (``bpref.reference``) runs in float64 on the
+in the case's dtype; the witness (``bpref.witnesses.autodiff``) runs in float64 on the
 same values, so the error reported is bpref's own. Every case runs in
-``bpref.fast``'s padded buckets against the witness's padded twin, the first few
+``bpref.scale.fast``'s padded buckets against the witness's padded twin, the first few
 also at their exact shapes. Errors are ||bpref - witness||_F / ||bound||_F per
 array, the bound being the same computation on absolute values; the worst over
 the arrays of a case is recorded and held to the case's (T) (``case_tolerance``).
 
 A second table runs the independent witnesses on fewer, smaller cases (depth
-<= 3): the exact referee (bpref.referee, mpmath at 50 digits) and, measured
+<= 3): the exact referee (bpref.witnesses.referee, mpmath at 50 digits) and, measured
 against it, bpref, the autodiff witness, the complex step, Richardson and central
-differences (bpref.finite_diff); the adjoint check of bpref's gradient along a
+differences (bpref.witnesses.finite_diff); the adjoint check of bpref's gradient along a
 random direction (complex step where it applies, else Richardson); and the
 fitted order of the Taylor-remainder test. Errors are ||X - exact||_inf /
 ||exact||_inf per array (bpref.tolerance's measure), and each row's verdict
@@ -34,16 +34,16 @@ import numpy as np
 
 from bpref import backprop as _backprop
 from bpref import compilation
-from bpref import fast as _fast
 from bpref import losses as _losses
 from bpref import network as _network
-from bpref import problems as _problems
-from bpref import reference as _reference
 from bpref import tolerance as _tolerance
 from bpref import witnesses as _witnesses
 from bpref.oracle import judge as _judge
 from bpref.oracle import truth as _truth
+from bpref.scale import fast as _fast
 from bpref.structures import Layer
+from bpref.testing import problems as _problems
+from bpref.witnesses import autodiff as _autodiff
 
 CHECKS = ("loss", "predict", "grad", "deltas", "lambdas", "input_grad", "per_example_grads")
 
@@ -90,11 +90,11 @@ def _bpref_outputs(params, x, t, loss, reduction):
 
 @functools.partial(jax.jit, static_argnums=(3, 4))
 def _witness_outputs(params, x, t, loss, reduction):
-  return _outputs(_reference, _reference.predict, params, x, t, loss, reduction)
+  return _outputs(_autodiff, _autodiff.predict, params, x, t, loss, reduction)
 
 
 def _bpref_many(problems) -> list:
-  """bpref's outputs (as ``_outputs``) for many problems, through bpref.fast's buckets."""
+  """bpref's outputs (as ``_outputs``) for many problems, through bpref.scale.fast's buckets."""
   results = _fast.evaluate_many(problems)
   lams = _fast.lambdas_many(problems)
   per_example = _fast.per_example_grads_many(problems)
@@ -104,8 +104,8 @@ def _bpref_many(problems) -> list:
 
 
 def check_many(problems, exact: int = 0, crashes: list | None = None) -> list:
-  """[(errors, tolerance), ...] of many problems: bpref through bpref.fast's buckets, the
-  witness through its padded twin (``bpref.reference.evaluate_many``), one compilation per
+  """[(errors, tolerance), ...] of many problems: bpref through bpref.scale.fast's buckets, the
+  witness through its padded twin (``bpref.witnesses.autodiff.evaluate_many``), one compilation per
   bucket. The first ``exact`` problems also run through bpref's public functions at their
   exact shapes against the same witness outputs (a check of the buckets), and a row's error
   is the larger of the two; an exception there is appended to ``crashes`` and fails the
@@ -113,7 +113,7 @@ def check_many(problems, exact: int = 0, crashes: list | None = None) -> list:
   """
   wide = [_as_float64(p) for p in problems]
   ours = _bpref_many(problems)
-  theirs = _reference.evaluate_many(wide)
+  theirs = _autodiff.evaluate_many(wide)
   bounds = _truth.output_bounds(wide, forms=False)
   out = []
   for i, (p, o, w, m) in enumerate(zip(problems, ours, theirs, bounds)):
@@ -201,7 +201,7 @@ def run(cases: int, seed: int, dtypes=("float32", "float64"), progress=None,
   len(problems.HIDDEN) = 13 cases or more per dtype use every hidden activation and every
   loss, the cross-entropies also with targets that do not sum to 1.
 
-  Every case runs through ``bpref.fast``'s buckets against the witness's padded twin
+  Every case runs through ``bpref.scale.fast``'s buckets against the witness's padded twin
   (``check_many``: a few compilations per dtype, whatever the shapes); the first ``exact``
   cases of each dtype also run through bpref's public functions at their exact shapes, and
   a row's error is the larger of the two.
@@ -261,7 +261,7 @@ def witness_cases(contexts, progress=None) -> list:
   the case's tolerance, and whether each witness's assumptions hold (``judged``).
 
   The exact referee runs case by case (``progress(done, total)`` after each); every other
-  witness runs on all the problems at once, in ``bpref.fast``'s padded buckets.
+  witness runs on all the problems at once, in ``bpref.scale.fast``'s padded buckets.
   """
   for done, ctx in enumerate(contexts, start=1):
     ctx.exact  # noqa: B018  (the referee, mpmath at 50 digits: the slow part, case by case)

@@ -42,9 +42,9 @@ import numpy as np
 
 from bpref import activations as _activations
 from bpref import compilation
-from bpref import fast as _fast
 from bpref import losses as _losses
 from bpref.network import DEFAULT_PRECISION
+from bpref.scale import fast as _fast
 from bpref.structures import Layer
 from bpref.validation import check_precision, check_problem
 
@@ -454,10 +454,10 @@ def _no_complex_form(y, t=None):
 
 
 def padded_loss_function(p, *, complex_step: bool = False, precision=DEFAULT_PRECISION):
-  """(theta0, C) of one padded case of ``bpref.fast`` (its packed arrays without the case axis).
+  """(theta0, C) of one padded case of ``bpref.scale.fast`` (its packed arrays without the case axis).
 
   theta is W (D, N, N) then b (D, N), raveled: the padded network's parameters. C is the
-  case's loss, as ``loss_function``'s, from the forward pass (4)-(10) with ``bpref.fast``'s
+  case's loss, as ``loss_function``'s, from the forward pass (4)-(10) with ``bpref.scale.fast``'s
   masks; nothing is differentiated. A padded entry of theta does not change C: its row
   feeds a unit that is masked to 0 (or out of a softmax), its column meets an input that is 0.
   A fused loss (cross_entropy after softmax, binary_cross_entropy after sigmoid) is
@@ -575,15 +575,15 @@ def _unpack_estimates(out, k, params, x2, single):
 
 def estimates_many(problems, grads, directions, *, precision=DEFAULT_PRECISION,
                    shape=None) -> list:
-  """``Estimates`` of many problems in ``bpref.fast``'s padded buckets: one compilation per
+  """``Estimates`` of many problems in ``bpref.scale.fast``'s padded buckets: one compilation per
   bucket and dtype, whatever the architectures, activations and losses.
 
   Args:
-    problems: as ``bpref.fast.evaluate_many`` takes them.
+    problems: as ``bpref.scale.fast.evaluate_many`` takes them.
     grads: one claimed gradient per problem (shaped like its params) for the directional
       and Taylor checks.
     directions: one direction per problem, shaped like its params.
-    shape: one bucket (D, N, M) for every problem, as in ``bpref.fast.evaluate_many``.
+    shape: one bucket (D, N, M) for every problem, as in ``bpref.scale.fast.evaluate_many``.
   """
   check_precision(precision)
   out = _fast.bucketed(problems, lambda p, g, v: _estimates_padded(p, g, v, precision=precision),
