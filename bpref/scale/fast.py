@@ -225,6 +225,14 @@ def pack_params(trees, shape, chunk, dtype) -> tuple:
   return W, b
 
 
+def unpack_params(W, b, k, params) -> tuple:
+  """The inverse of ``pack_params``: the k-th case's (K, D, N, N) and (K, D, N) values sliced to
+  the shapes of ``params``, a tuple of ``Layer`` (db None where ``params`` has no bias)."""
+  return tuple(Layer(W[k, l, :n_out, :n_in], None if layer.b is None else b[k, l, :n_out],
+                     layer.activation)
+               for l, layer in enumerate(params) for n_out, n_in in [np.shape(layer.W)])
+
+
 def _pack(cases, shape, chunk, dtype) -> _Packed:
   depth, width, batch = shape
   W, b = pack_params([case[0] for case in cases], shape, chunk, dtype)
@@ -274,10 +282,7 @@ def _unpack(out, k, params, x2, single):
   value, dW, db, deltas, dx, y, a_prevs = out
   n_batch, n_0 = x2.shape
   sizes = [n_0] + [layer.W.shape[0] for layer in params]
-  grads = tuple(
-      Layer(dW[k, l, :sizes[l + 1], :sizes[l]],
-            None if layer.b is None else db[k, l, :sizes[l + 1]], layer.activation)
-      for l, layer in enumerate(params))
+  grads = unpack_params(dW, db, k, params)
   ds = tuple(deltas[k, l, :n_batch, :sizes[l + 1]] for l in range(len(params)))
   dx_k = dx[k, :n_batch, :n_0]
   y_k = y[k, :n_batch, :sizes[-1]]

@@ -111,16 +111,18 @@ def _estimates(contexts) -> list:
 def _directional(contexts) -> list:
   """The adjoint check of bpref's gradient along v (complex step where it applies, else
   Richardson, with its error estimate) and the Taylor remainder's fitted order, per context."""
-  out = []
-  for c, e, g in zip(contexts, _estimates(contexts), _claimed(contexts)):
-    pairs = [(gl.W, vl.W) for gl, vl in zip(g, c.v)] + [
-        (gl.b, vl.b) for gl, vl in zip(g, c.v) if vl.b is not None]
-    scale = max(sum(float(np.vdot(np.abs(np.asarray(a, np.float64)), np.abs(np.asarray(b, np.float64))))
-                    for a, b in pairs), 1e-300)  # |<|g|, |v|>|, in float64
-    d = e.directional
-    out.append({"adjoint": abs(float(d.claimed) - float(d.measured)) / scale,
-                "adjoint_estimate": float(d.error) / scale, "taylor_order": e.taylor_order})
-  return out
+  def compute(cs):
+    out = []
+    for c, e, g in zip(cs, _estimates(cs), _claimed(cs)):
+      pairs = [(gl.W, vl.W) for gl, vl in zip(g, c.v)] + [
+          (gl.b, vl.b) for gl, vl in zip(g, c.v) if vl.b is not None]
+      scale = max(sum(float(np.vdot(np.abs(np.asarray(a, np.float64)), np.abs(np.asarray(b, np.float64))))
+                      for a, b in pairs), 1e-300)  # |<|g|, |v|>|, in float64
+      d = e.directional
+      out.append({"adjoint": abs(float(d.claimed) - float(d.measured)) / scale,
+                  "adjoint_estimate": float(d.error) / scale, "taylor_order": e.taylor_order})
+    return out
+  return _shared(contexts, "directional", compute)
 
 
 def _errors(estimate, applies=lambda c: True):

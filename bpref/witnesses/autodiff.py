@@ -181,9 +181,7 @@ def _unpack(out, k, params, x2, single):
   sizes = [n_0] + [layer.W.shape[0] for layer in params]
   L = len(params)
   cut = lambda v: v[0] if single else v  # noqa: E731  (a 1-D x has no batch axis)
-  grads = tuple(Layer(dW[k, l, :sizes[l + 1], :sizes[l]],
-                      None if layer.b is None else db[k, l, :sizes[l + 1]], layer.activation)
-                for l, layer in enumerate(params))
+  grads = _fast.unpack_params(dW, db, k, params)
   per_example = tuple(Layer(cut(per_W[k, :B, l, :sizes[l + 1], :sizes[l]]),
                             None if layer.b is None else cut(per_b[k, :B, l, :sizes[l + 1]]),
                             layer.activation)
@@ -210,11 +208,7 @@ def _padded_grads(p, precision):
 
 
 def _unpack_grads(out, k, params, x2, single):
-  dW, db = out
-  sizes = [x2.shape[1]] + [layer.W.shape[0] for layer in params]
-  return tuple(Layer(dW[k, l, :sizes[l + 1], :sizes[l]],
-                     None if layer.b is None else db[k, l, :sizes[l + 1]], layer.activation)
-               for l, layer in enumerate(params))
+  return _fast.unpack_params(*out, k, params)
 
 
 def grads_many(problems, *, precision=DEFAULT_PRECISION, shape=None) -> list:

@@ -559,17 +559,11 @@ def _estimates_padded(p, grads, directions, precision):
   return jax.lax.map(lambda case: _estimates_one(*case, precision), (p, *grads, *directions))
 
 
-def _tree(W, b, k, params) -> tuple:
-  """The k-th case's (K, D, N, N) and (K, D, N) values, sliced to the shapes of ``params``."""
-  return tuple(Layer(W[k, l, :n_out, :n_in], None if layer.b is None else b[k, l, :n_out],
-                     layer.activation)
-               for l, layer in enumerate(params) for n_out, n_in in [np.shape(layer.W)])
-
-
 def _unpack_estimates(out, k, params, x2, single):
   central, value, error, complex_, by_complex, by_richardson, order = out
-  return (_tree(*central, k, params), _tree(*value, k, params), _tree(*error, k, params),
-          _tree(*complex_, k, params), Directional(*(np.asarray(f[k]) for f in by_complex)),
+  tree = lambda W, b: _fast.unpack_params(W, b, k, params)  # noqa: E731
+  return (tree(*central), tree(*value), tree(*error), tree(*complex_),
+          Directional(*(np.asarray(f[k]) for f in by_complex)),
           Directional(*(np.asarray(f[k]) for f in by_richardson)), float(order[k]))
 
 
