@@ -101,35 +101,3 @@ def use_cache(path: str | None = None) -> str | None:
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
   return path
-
-
-QUICK_TO_COMPILE = {"xla_backend_optimization_level": 0}
-"""XLA options of ``quick_jit`` on the CPU: LLVM's optimizations off."""
-
-
-def quick_jit(fun=None, **jit_kwargs):
-  """``jax.jit`` for a program that runs on small arrays once or a few times per process (a
-  witness, the oracle's float64 helpers), where compiling is nearly all the cost: on the CPU
-  it is compiled with LLVM's optimizations off (``QUICK_TO_COMPILE``), measured at about half
-  the compile time for about twice the run time. XLA's graph passes are unchanged; the last
-  bits of a result may differ (LLVM selects other instructions), which the error model of
-  each use allows. bpref's own gradient programs are never compiled this way. Elsewhere it
-  is ``jax.jit``.
-  """
-  if fun is None:
-    return lambda f: quick_jit(f, **jit_kwargs)
-  import functools
-
-  import jax
-
-  plain = jax.jit(fun, **jit_kwargs)
-  try:
-    quick = jax.jit(fun, compiler_options=QUICK_TO_COMPILE, **jit_kwargs)
-  except TypeError:  # a JAX without per-function compiler options
-    quick = plain
-
-  @functools.wraps(fun)
-  def call(*args, **kwargs):
-    return (quick if jax.default_backend() == "cpu" else plain)(*args, **kwargs)
-
-  return call

@@ -53,7 +53,6 @@ import math
 import jax
 import numpy as np
 
-from bpref import compilation as _compilation
 
 _UNIT_ROUNDOFF = {
     np.dtype(np.float64): 2.0 ** -53,
@@ -183,7 +182,7 @@ def _tables() -> dict:
   found = {}
   for role in roles:
     branches = tuple(branch for _, branch in role)
-    apply = _compilation.quick_jit(lambda i, z, a, branches=branches: jax.lax.switch(i, branches, z, a))
+    apply = jax.jit(lambda i, z, a, branches=branches: jax.lax.switch(i, branches, z, a))
     for i, (fn, _) in enumerate(role):
       found.setdefault(fn, (apply, i))
   return found

@@ -19,6 +19,10 @@ ROOT = Path(__file__).resolve().parents[1]
 HELPER = ROOT / "scripts" / "gpu_check.py"
 STEPS = ("env", "precision", "oracle", "sharding", "matmul")
 
+# The module's fixtures build once: under `pytest -n` (with --dist loadgroup, pyproject.toml)
+# every test of this file runs on one worker.
+pytestmark = pytest.mark.xdist_group("gpu_check")
+
 
 def _env(**extra):
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))

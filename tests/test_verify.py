@@ -187,6 +187,25 @@ def test_padded_witness_matches_the_exact_shape_witness():
       assert verify._worst(padded[check], exact[check], mag[check]) <= tol, (check, problem.describe())
 
 
+def test_every_witness_program_is_right_on_a_deep_identity_softmax_net():
+  # Found by the property suite: with XLA's CPU backend at optimization level 0 the autodiff
+  # witness returned inf and NaN for dC/db_4 of this plain network (level 0 was once used for
+  # the witness programs to compile faster). Each compiled witness, exact-shape and padded,
+  # must equal bpref within (T).
+  params = (Layer(np.array([[0.12573022]]), np.array([-0.01321049]), "identity"),
+            Layer(np.array([[0.64042265]]), np.array([0.01049001]), "identity"),
+            Layer(np.array([[-0.53566937]]), np.array([0.03615951]), "identity"),
+            Layer(np.array([[1.30400005], [0.94708096]]), np.array([-0.07037352, -0.12654215]),
+                  "softmax"))
+  problem = verify._problems.Problem(params, np.array([[-0.62327446]]),
+                                     np.array([[0.9142256, 0.0857744]]), "cross_entropy", "mean")
+  ours = verify._bpref_outputs(*problem)
+  for name, theirs in (("exact-shape", verify._witness_outputs(*problem)),
+                       ("padded", verify._autodiff.evaluate_many([problem])[0])):
+    errors, tol = verify.compare(problem, ours, theirs)
+    assert all(err <= tol for err in errors.values()), (name, errors, tol)
+
+
 @pytest.mark.parametrize("check", verify.CHECKS)
 def test_a_wrong_bucketed_output_fails_its_row(monkeypatch, check):
   # One output of the buckets off by a relative 1e-3 (its first array, first entry): that row,

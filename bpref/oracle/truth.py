@@ -42,7 +42,6 @@ import jax
 import numpy as np
 
 from bpref import activations as _activations
-from bpref import compilation
 from bpref import losses as _losses
 from bpref.scale import fast as _fast
 from bpref.structures import Layer
@@ -105,7 +104,7 @@ def _loss_terms_branch(name):
 
 
 _LOSS_TERMS = tuple(_loss_terms_branch(name) for name in _losses.LOSSES)
-_loss_terms_padded = compilation.quick_jit(lambda index, y, t: jax.lax.switch(index, _LOSS_TERMS, y, t))
+_loss_terms_padded = jax.jit(lambda index, y, t: jax.lax.switch(index, _LOSS_TERMS, y, t))
 """(dC_b/dy, C_b) of the loss with that index in ``bpref.losses.LOSSES``: one compilation per
 bucket for every loss."""
 

@@ -41,7 +41,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from bpref import activations as _activations
-from bpref import compilation
 from bpref import losses as _losses
 from bpref.network import DEFAULT_PRECISION
 from bpref.scale import fast as _fast
@@ -553,7 +552,7 @@ def _estimates_one(p, g_W, g_b, v_W, v_b, precision):
           by_richardson, order)
 
 
-@compilation.quick_jit(static_argnames=("precision",))
+@functools.partial(jax.jit, static_argnames=("precision",))
 def _estimates_padded(p, grads, directions, precision):
   # one case at a time (lax.map): P steps per coordinate of each case stay in memory, not K P
   return jax.lax.map(lambda case: _estimates_one(*case, precision), (p, *grads, *directions))
