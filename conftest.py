@@ -1,14 +1,28 @@
 """Strict test environment: x64 on, rank and dtype promotion strict, warnings are errors
-(pyproject.toml), hypothesis profiles by BPREF_PROFILE."""
+(pyproject.toml), hypothesis profiles by BPREF_PROFILE.
 
+The suite runs ``bpref check`` and ``bpref verify`` in many fresh interpreters, each compiling
+the same handful of programs. They share one persistent compilation cache (BPREF_CACHE_DIR,
+docs/performance.md), a directory made for this run and removed after it, unless the caller
+names one. A hit returns the executable that the same program compiled to; compilations are
+counted with the hits, so the budgets of tests/test_compilation.py hold either way.
+"""
+
+import atexit
 import importlib.util
 import os
+import shutil
+import tempfile
 
 import jax
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_numpy_dtype_promotion", "strict")
+
+if "BPREF_CACHE_DIR" not in os.environ and "PYTEST_XDIST_WORKER" not in os.environ:
+  os.environ["BPREF_CACHE_DIR"] = tempfile.mkdtemp(prefix="bpref-test-xla-")  # the workers inherit it
+  atexit.register(shutil.rmtree, os.environ["BPREF_CACHE_DIR"], ignore_errors=True)
 
 from hypothesis import HealthCheck, Phase, settings  # noqa: E402
 

@@ -18,10 +18,6 @@ import pytest
 from bpref.oracle import cli as oracle_cli
 from bpref.oracle import exec as ex
 
-# The module's fixtures build once: under `pytest -n` (with --dist loadgroup, pyproject.toml)
-# every test of this file runs on one worker.
-pytestmark = pytest.mark.xdist_group("exec_clients")
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
 SMALL = dict(examples=6, seed=0)

@@ -6,6 +6,7 @@ steps run as the script runs them (a subprocess each, JAX_PLATFORMS=cpu), then `
 the float32 model and must reject the planted 1e-3 bug.
 """
 
+import fcntl
 import json
 import math
 import os
@@ -18,10 +19,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 HELPER = ROOT / "scripts" / "gpu_check.py"
 STEPS = ("env", "precision", "oracle", "sharding", "matmul")
-
-# The module's fixtures build once: under `pytest -n` (with --dist loadgroup, pyproject.toml)
-# every test of this file runs on one worker.
-pytestmark = pytest.mark.xdist_group("gpu_check")
 
 
 def _env(**extra):
@@ -42,16 +39,28 @@ def _record(out, name, rc, stdout, log=""):
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-  """Each step as the shell script runs it; sharding with two host devices so that it runs."""
-  out = tmp_path_factory.mktemp("gpu_out")
-  for name in STEPS:
-    extra = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"} if name == "sharding" else {}
-    proc = subprocess.run([sys.executable, str(HELPER), name, "--quick"], capture_output=True,
-                          text=True, env=_env(**extra), cwd=ROOT, timeout=600)
-    _record(out, name, proc.returncode, proc.stdout, proc.stderr)
-  summary = subprocess.run([sys.executable, str(HELPER), "summary", "--out", str(out)],
-                           capture_output=True, text=True, check=True, cwd=ROOT)
-  return out, summary.stdout
+  """Each step as the shell script runs it; sharding with two host devices so that it runs.
+
+  Run once per test session: under ``pytest -n`` the first worker to get here runs the steps
+  in the session's shared temporary directory while the others wait on the lock, then read.
+  """
+  shared = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    shared = shared.parent  # this session's directory, the same for every worker
+  out = shared / "gpu_out"
+  with open(shared / "gpu_out.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not (out / "summary.txt").exists():
+      out.mkdir(exist_ok=True)
+      for name in STEPS:
+        extra = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"} if name == "sharding" else {}
+        proc = subprocess.run([sys.executable, str(HELPER), name, "--quick"], capture_output=True,
+                              text=True, env=_env(**extra), cwd=ROOT, timeout=600)
+        _record(out, name, proc.returncode, proc.stdout, proc.stderr)
+      summary = subprocess.run([sys.executable, str(HELPER), "summary", "--out", str(out)],
+                               capture_output=True, text=True, check=True, cwd=ROOT)
+      (out / "summary.txt").write_text(summary.stdout)
+  return out, (out / "summary.txt").read_text()
 
 
 def test_every_step_has_a_status(run):
