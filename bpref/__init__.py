@@ -42,6 +42,7 @@ _MOVED = {
     "bench": "bpref.tools.bench", "train": "bpref.tools.train", "vectors": "bpref.oracle.vectors",
     "problems": "bpref.testing.problems", "finite_diff": "bpref.witnesses.finite_diff",
     "referee": "bpref.witnesses.referee", "reference": "bpref.witnesses.autodiff",
+    "precision": "bpref.tolerance",
 }
 """Modules of bpref 0.1's flat layout and where they are now."""
 

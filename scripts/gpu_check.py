@@ -97,7 +97,7 @@ def step_precision(args) -> dict:
   import jax
   import numpy as np
   import bpref
-  from bpref import precision, tolerance
+  from bpref import tolerance
   from bpref.witnesses import referee
   P = jax.lax.Precision
   backend = jax.default_backend()
@@ -109,9 +109,9 @@ def step_precision(args) -> dict:
     got = {lvl: jax.device_get(vg(p.params, p.x, p.t, p.loss, p.reduction, precision=lvl))
            for lvl in (P.DEFAULT, P.HIGHEST)}
     base = tolerance.problem_tolerance(p.params, p.x, np.float32)  # (T) at float32's u
-    tol = {lvl: precision.problem_tolerance(p.params, p.x, lvl, backend) for lvl in got}  # (T')
+    tol = {lvl: tolerance.problem_tolerance(p.params, p.x, precision=lvl, backend=backend) for lvl in got}  # (T')
     row = {"problem": p.describe(),
-           "u_default": precision.precision_unit_roundoff(np.float32, P.DEFAULT, backend),
+           "u_default": tolerance.precision_unit_roundoff(np.float32, P.DEFAULT, backend),
            "tol_default": tol[P.DEFAULT], "tol_highest": tol[P.HIGHEST],
            "err_default_vs_referee": referee.worst_error(got[P.DEFAULT], exact),
            "err_highest_vs_referee": referee.worst_error(got[P.HIGHEST], exact),
@@ -123,8 +123,8 @@ def step_precision(args) -> dict:
     row["planted_rejected"] = row["err_planted_vs_referee"] > row["tol_default"]
     # the TF32 model itself, whatever the backend (on the GPU this is tol_default), and the
     # cruder (T) at u = 2^-10 it replaced
-    row["tol_tf32_model"] = precision.problem_tolerance(p.params, p.x, P.DEFAULT, "gpu")
-    row["tol_tf32_crude"] = base * precision.tolerance_factor(np.float32, P.DEFAULT, "gpu")
+    row["tol_tf32_model"] = tolerance.problem_tolerance(p.params, p.x, precision=P.DEFAULT, backend="gpu")
+    row["tol_tf32_crude"] = base * tolerance.tolerance_factor(np.float32, P.DEFAULT, "gpu")
     row["planted_rejected_by_tf32_model"] = row["err_planted_vs_referee"] > row["tol_tf32_model"]
     rows.append(row)
   n = len(rows)

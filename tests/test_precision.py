@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 
 import bpref
-from bpref import precision as bprec
 from bpref import tolerance
 from bpref.witnesses import autodiff as reference
 
@@ -140,7 +139,7 @@ EPS_TF32 = float(np.finfo(np.float16).eps)  # TF32 keeps float16's 10 fraction b
 
 
 def test_unit_roundoff_follows_the_formats_of_each_backend():
-  u = bprec.precision_unit_roundoff
+  u = tolerance.precision_unit_roundoff
   for backend in ("cpu", "gpu", "cuda", "rocm", "tpu"):
     assert u(np.float64, DEFAULT, backend) == U64
     assert u(ml_dtypes.bfloat16, DEFAULT, backend) == U_BF16
@@ -158,7 +157,7 @@ def test_unit_roundoff_follows_the_formats_of_each_backend():
 
 
 def test_precision_argument_forms():
-  u = bprec.precision_unit_roundoff
+  u = tolerance.precision_unit_roundoff
   assert u(np.float32, "highest", "gpu") == u(np.float32, "float32", "gpu") == U32
   assert u(np.float32, "tensorfloat32", "gpu") == EPS_TF32
   assert u(np.float32, (HIGHEST, DEFAULT), "tpu") == U_BF16  # the less precise operand counts
@@ -169,8 +168,8 @@ def test_precision_argument_forms():
   assert u(np.float32, None, "tpu") == U_BF16  # unset: DEFAULT
   # The defaults: bpref's precision (HIGHEST) on the backend JAX runs on.
   assert u(np.float32) == u(np.float32, HIGHEST, jax.default_backend())
-  assert bprec.tolerance_factor(np.float32, DEFAULT, "gpu") == EPS_TF32 / U32
-  assert bprec.tolerance_factor(np.float64, DEFAULT, "tpu") == 1.0
+  assert tolerance.tolerance_factor(np.float32, DEFAULT, "gpu") == EPS_TF32 / U32
+  assert tolerance.tolerance_factor(np.float64, DEFAULT, "tpu") == 1.0
   with pytest.raises(ValueError, match="unknown backend 'metal'"):
     u(np.float32, HIGHEST, "metal")
   with pytest.raises(ValueError, match="unknown precision 'fast'"):
@@ -196,7 +195,7 @@ def test_cpu_float32_products_obey_the_float32_model_at_every_setting():
     product = jax.jit(lambda a, b: jnp.matmul(a, b, precision=level))
     got = np.asarray(product(jax.device_put(a, cpu), jax.device_put(b, cpu)), np.float64)
     if bound is None:
-      bound = _inner_product_bound(a, b, bprec.precision_unit_roundoff(np.float32, level, "cpu"))
+      bound = _inner_product_bound(a, b, tolerance.precision_unit_roundoff(np.float32, level, "cpu"))
     assert np.all(np.abs(got - exact) <= bound), f"CPU float32 product at {level.name} exceeds gamma_k"
 
 
@@ -215,14 +214,14 @@ def test_truncated_tf32_needs_the_larger_unit_roundoff():
   error = abs(float(xt) * float(xt) - exact) / exact
   two_operands = lambda u: 2 * u + u * u  # noqa: E731  (1 + d_a)(1 + d_b) - 1 with |d| <= u
   assert error > two_operands(2.0 ** -11), "round-to-nearest's u would not cover truncation"
-  assert error <= two_operands(bprec.precision_unit_roundoff(np.float32, DEFAULT, "gpu"))
+  assert error <= two_operands(tolerance.precision_unit_roundoff(np.float32, DEFAULT, "gpu"))
   # A whole product with truncated operands stays within gamma_k plus the operand errors at that u.
   rng = np.random.default_rng(1)
   a = rng.normal(size=(16, 64)).astype(np.float32)
   b = rng.normal(size=(64, 8)).astype(np.float32)
   got = _truncate_to_tf32(a).astype(np.float64) @ _truncate_to_tf32(b).astype(np.float64)
   exact = a.astype(np.float64) @ b.astype(np.float64)
-  u_t = bprec.precision_unit_roundoff(np.float32, DEFAULT, "gpu")
+  u_t = tolerance.precision_unit_roundoff(np.float32, DEFAULT, "gpu")
   assert np.all(np.abs(got - exact) <= two_operands(u_t) * (np.abs(a) @ np.abs(b)))
   assert np.max(np.abs(got - exact) / (np.abs(a) @ np.abs(b))) > 64 * U32  # beyond float32's gamma_k
 
@@ -254,7 +253,7 @@ def _textbook_grads(Ws, bs, acts, x, t, matmul):
 def test_emulated_tf32_networks_stay_within_the_split_model():
   # Every float32 product of a textbook backprop takes truncated TF32 operands (the worse of the
   # two roundings the model allows) and sums in float32; its gradients, against the same code in
-  # float64, stay within (T') of bpref.precision, while plain float32 products stay within (T).
+  # float64, stay within (T') of bpref.tolerance, while plain float32 products stay within (T).
   rng = np.random.default_rng(5)
   tf32 = lambda a, b: _truncate_to_tf32(a) @ _truncate_to_tf32(b)  # noqa: E731
   ratios, visible = [], 0
@@ -271,7 +270,7 @@ def test_emulated_tf32_networks_stay_within_the_split_model():
     got = _textbook_grads(f32(Ws), f32(bs), acts, np.float32(x), np.float32(t), tf32)
     plain = _textbook_grads(f32(Ws), f32(bs), acts, np.float32(x), np.float32(t), np.matmul)
     params = bpref.from_arrays(f32(Ws), f32(bs), tuple(acts))
-    tol_tf32 = bprec.problem_tolerance(params, np.float32(x), DEFAULT, "gpu")
+    tol_tf32 = tolerance.problem_tolerance(params, np.float32(x), precision=DEFAULT, backend="gpu")
     tol_f32 = tolerance.problem_tolerance(params, np.float32(x))
     err = tolerance.worst_error(got, exact)
     assert tolerance.worst_error(plain, exact) <= tol_f32, (case, sizes, acts)
