@@ -22,17 +22,16 @@ from bpref.network import DEFAULT_PRECISION
 from bpref.scale import fast as _fast
 from bpref.structures import Layer
 from bpref.validation import check_precision, check_problem, check_x
+from bpref.witnesses import forward as _forward
+
+
+def _f(name):
+  return _activations.get(name).f
 
 
 def _injected_forward(params, x2, offsets, precision):
   """y with e_l added to z_l in every layer; the offsets have the shapes of z_l."""
-  a = x2
-  for layer, e in zip(params, offsets):
-    z = jnp.matmul(a, layer.W.T, precision=precision)
-    if layer.b is not None:
-      z = z + layer.b[None, :]
-    a = _activations.get(layer.activation).f(z + e)
-  return a
+  return _forward.exact(params, x2, _f, offsets, precision)
 
 
 def _zeros_like_z(params, x2):
@@ -115,30 +114,9 @@ _TWO_STEP = {loss.logits: name for name, loss in _losses.LOSSES.items() if loss.
 """The loss on y = f_L(z_L) that each logit loss fuses: the witness differentiates the former."""
 
 
-def _f_padded(name):
-  act = _activations.get(name)
-  if act.elementwise:
-    return lambda z, units: act.f(z)
-  return lambda z, units: act.f(jnp.where(units[None, :], z, jnp.full_like(z, -jnp.inf)))
-
-
 def _padded_forward(p, offsets, precision):
-  """y = a_L of one padded case of ``bpref.scale.fast`` with e_l added to z_l, shape (M, N).
-
-  The same masks as bpref.scale.fast's forward: padded units of a_l are 0, a layer past the
-  last one passes a_{l-1} through.
-  """
-  branches = tuple(_f_padded(n) for n in _fast.ACTIVATION_NAMES)
-
-  def layer(a_prev, inputs):
-    W, b, act, live, units, e = inputs
-    z = jnp.matmul(a_prev, W.T, precision=precision) + b[None, :] + e
-    a = jax.lax.switch(act, branches, z, units)
-    a = jnp.where(units[None, :], a, jnp.zeros_like(a))
-    return jnp.where(live, a, a_prev), None
-
-  y, _ = jax.lax.scan(layer, p.x, (p.W, p.b, p.act, p.live, p.units, offsets))
-  return y
+  """y = a_L of one padded case of ``bpref.scale.fast`` with e_l added to z_l, shape (M, N)."""
+  return _forward.padded(p.W, p.b, p.x, p, _forward.padded_branches(_f), offsets, precision)[0]
 
 
 def _padded_loss(W, b, x, offsets, p, rows, precision):

@@ -46,6 +46,7 @@ from bpref.network import DEFAULT_PRECISION
 from bpref.scale import fast as _fast
 from bpref.structures import Layer
 from bpref.validation import check_precision, check_problem
+from bpref.witnesses import forward as _witness_forward
 
 Array = jax.Array
 
@@ -79,13 +80,7 @@ def unflatten(theta: Array, like) -> tuple:
 
 
 def _forward(params, x, act_fns, precision):
-  a = x  # a_0 = x (4)
-  for layer in params:
-    z = jnp.matmul(a, layer.W.T, precision=precision)  # (7): Z_l = A_{l-1} W_l^T
-    if layer.b is not None:
-      z = z + layer.b[None, :]  # (7) with bias
-    a = act_fns[layer.activation](z)  # (8)
-  return a
+  return _witness_forward.exact(params, x, act_fns.__getitem__, None, precision)
 
 
 def _real_act(name):
@@ -438,13 +433,10 @@ def taylor_fit(hs, c0, values, slope, fit: int = 4) -> Taylor:
 
 # ---------------------------------------------------------------- many networks at once
 
-def _padded_activation(name, complex_step):
-  f = (COMPLEX_ACTIVATIONS.get(name, _no_complex_form) if complex_step
-       else _activations.get(name).f)
-  if _activations.get(name).elementwise:
-    return lambda z, units: f(z)
-  # softmax over the real units only: a padded unit's exp underflows to exactly 0
-  return lambda z, units: f(jnp.where(units[None, :], z, jnp.full_like(z, _fast.pad_logit(z.real.dtype))))
+def _padded_f(complex_step):
+  if complex_step:
+    return lambda name: COMPLEX_ACTIVATIONS.get(name, _no_complex_form)
+  return lambda name: _activations.get(name).f
 
 
 def _no_complex_form(y, t=None):
@@ -466,7 +458,7 @@ def padded_loss_function(p, *, complex_step: bool = False, precision=DEFAULT_PRE
   """
   depth, width = p.b.shape
   dtype = _complex_of(p.x.dtype) if complex_step else p.x.dtype
-  acts = tuple(_padded_activation(n, complex_step) for n in _fast.ACTIVATION_NAMES)
+  acts = _witness_forward.padded_branches(_padded_f(complex_step))
   losses = tuple(COMPLEX_LOSSES.get(n, _no_complex_form) if complex_step else _losses.get(n).value
                  for n in _fast.LOSS_NAMES)
   x, t = p.x.astype(dtype), p.t.astype(dtype)
@@ -475,14 +467,7 @@ def padded_loss_function(p, *, complex_step: bool = False, precision=DEFAULT_PRE
     W = theta[:depth * width * width].reshape(depth, width, width)
     b = theta[depth * width * width:].reshape(depth, width)
 
-    def layer(a_prev, inputs):
-      W_l, b_l, act, live, units = inputs
-      z = jnp.matmul(a_prev, W_l.T, precision=precision) + b_l[None, :]  # (7)
-      a = jax.lax.switch(act, acts, z, units)  # (8)
-      a = jnp.where(units[None, :], a, jnp.zeros_like(a))
-      return jnp.where(live, a, a_prev), z  # a layer past the last one passes a_{l-1} through
-
-    y, zs = jax.lax.scan(layer, x, (W, b, p.act, p.live, p.units))
+    y, zs = _witness_forward.padded(W, b, x, p, acts, None, precision)  # (4)-(10), masked
     y = jnp.where(p.fused, zs[p.depth - 1], y)  # a fused loss: its logit loss of z_L
     y = jnp.where(p.outputs[None, :], y, jnp.full_like(y, p.fill.astype(dtype)))
     per_example = jax.lax.switch(p.loss, losses, y, t)  # C_b (13)
