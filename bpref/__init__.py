@@ -21,6 +21,7 @@ from bpref.network import init as init
 from bpref.network import loss_value as loss_value
 from bpref.network import predict as predict
 from bpref.scale.sharding import shard_batch as shard_batch
+from bpref.structures import Architecture as Architecture
 from bpref.structures import Deltas as Deltas
 from bpref.structures import Grads as Grads
 from bpref.structures import Lambdas as Lambdas
@@ -31,7 +32,7 @@ from bpref.structures import Tape as Tape
 __version__ = "0.1.0"
 
 __all__ = [
-    "DEFAULT_PRECISION", "Deltas", "Grads", "Lambdas", "Layer", "Params", "Tape",
+    "Architecture", "DEFAULT_PRECISION", "Deltas", "Grads", "Lambdas", "Layer", "Params", "Tape",
     "activations", "backward", "deltas", "forward", "from_arrays", "grad", "init", "input_grad",
     "lambdas", "loss_value", "losses", "output_delta", "param_grads", "per_example_grads",
     "predict", "shard_batch", "value_and_grad",

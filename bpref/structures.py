@@ -11,6 +11,11 @@ examples):
 * ``Deltas``: delta_l = dC/dz_l of shape (B, n_l) (35).
 * ``Lambdas``: lambda_l = dy/dz_l of shape (B, n_L, n_l) (26).
 * ``Grads``: the tree of ``Params``, Layer(W=dC/dW_l, b=dC/db_l).
+
+The network's shape without its values is an ``Architecture``. Two nouns hold a whole test
+case: ``bpref.testing.problems.Problem``, its arrays (params, x, t, loss, reduction), and
+``bpref.oracle.spec.Arch``, an oracle case by name (sizes, activations, loss, batch, seed),
+from which ``bpref.oracle.spec.build_case`` draws the arrays.
 """
 
 from __future__ import annotations
@@ -60,6 +65,25 @@ class Tape(NamedTuple):
   """
   z: tuple
   a: tuple
+
+
+class Architecture(NamedTuple):
+  """A network's shape: what the strategies draw and what a bridge reads off a model.
+
+  Attributes:
+    sizes: (n_0, n_1, ..., n_L).
+    activations: (f_1, ..., f_L) as bpref names.
+    bias: per layer, whether it carries a bias.
+    dtype: the parameters' NumPy dtype name, or None where the shape alone is meant.
+  """
+  sizes: tuple
+  activations: tuple
+  bias: tuple
+  dtype: str | None = None
+
+  @property
+  def depth(self) -> int:
+    return len(self.activations)
 
 
 def unbatched(out, single: bool):

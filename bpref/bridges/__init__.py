@@ -27,34 +27,19 @@ the K outputs as in ``bpref.losses``.
 
 from __future__ import annotations
 
-from typing import NamedTuple
 
 import numpy as np
 
 from bpref import activations as _activations
 from bpref import losses as _losses
 from bpref import network as _network
+from bpref.structures import Architecture
 
 __all__ = ["Architecture", "BRIDGES", "check_arrays"]
 
 BRIDGES = ("torch", "flax", "equinox")
 """The bridge modules, ``bpref.bridges.<name>``: the candidate kinds ``bpref check`` takes
 besides a plain function (``--torch``, ``--flax``, ``--equinox``)."""
-
-
-class Architecture(NamedTuple):
-  """What a model computes, in bpref's terms.
-
-  Attributes:
-    sizes: (n_0, n_1, ..., n_L).
-    activations: (f_1, ..., f_L) as bpref names.
-    bias: per layer, whether it carries a bias.
-    dtype: the parameters' NumPy dtype name, "float32" or "float64".
-  """
-  sizes: tuple
-  activations: tuple
-  bias: tuple
-  dtype: str
 
 
 def check_arrays(weights, biases, activations, loss, x, t, reduction="mean"):

@@ -40,7 +40,6 @@ Example (a property test in a user's suite)::
 
 from __future__ import annotations
 
-from typing import NamedTuple
 
 import numpy as np
 import hypothesis
@@ -48,7 +47,7 @@ from hypothesis import strategies as st
 
 from bpref import activations as _activations
 from bpref import losses as _losses
-from bpref.structures import Layer
+from bpref.structures import Architecture, Layer
 from bpref.testing import problems as _problems
 from bpref.testing.problems import Problem, targets
 
@@ -68,17 +67,6 @@ MODES = ("default", "saturated", "kink")
 
 DRAWS = 16
 """Value draws ``problems`` makes from one seed before it rejects the example as vacuous."""
-
-
-class Architecture(NamedTuple):
-  """A network's shape: (n_0, ..., n_L), the L activation names, and whether layers have biases."""
-  sizes: tuple
-  activations: tuple
-  bias: bool
-
-  @property
-  def depth(self) -> int:
-    return len(self.activations)
 
 
 def _check_mode(mode):
@@ -103,7 +91,7 @@ def architectures(draw, *, depths=(1, 2, 3), widths=WIDTHS, hidden=HIDDEN, outpu
   acts = [draw(st.sampled_from(tuple(hidden))) for _ in range(depth - 1)]
   acts.append(draw(st.sampled_from(tuple(output or hidden))))
   has_bias = draw(st.booleans()) if bias is None else bool(bias)
-  return Architecture(sizes, tuple(acts), has_bias)
+  return Architecture(sizes, tuple(acts), (has_bias,) * depth)
 
 
 def _values(rng, arch: Architecture, dtype, mode, gain=None):
@@ -115,7 +103,7 @@ def _values(rng, arch: Architecture, dtype, mode, gain=None):
     if mode == "saturated" and arch.depth == 1:
       g = gain
     W = rng.normal(size=(n_out, n_in)) * g / np.sqrt(n_in)
-    b = rng.normal(size=(n_out,)) * 0.1 if arch.bias else None
+    b = rng.normal(size=(n_out,)) * 0.1 if arch.bias[l - 1] else None
     if mode == "kink" and arch.activations[l - 1] in _activations.KINKED and n_out > 1:
       i = int(rng.integers(n_out))
       W[i, :] = 0.0
