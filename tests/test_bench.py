@@ -53,6 +53,9 @@ def test_bench_json_structure(capsys, tmp_path):
     assert r["flops_bpref"] >= r["dot_flops_bpref"] and r["temp_bytes_bpref"] >= 0
   assert set(result["summary"]) >= {"ratio_geomean", "ratio_max", "cells_temp_not_above_jax"}
   assert result["summary"]["cells"] == 2
+  table = bench.markdown_table(result).splitlines()  # docs/performance.md's table, from this run
+  assert [line.split(" | ")[:3] for line in table[2:4]] == [["| tiny", "tanh", "32"], ["| tiny", "relu", "32"]]
+  assert [line.split(" | ")[5] for line in table[2:4]] == [f"{r['ratio']:.2f}" for r in rows]
   arch = result["architectures"]
   assert arch["fast"]["cases"] == 20 and arch["fast"]["compiled_functions"] >= 1
   assert arch["jit_per_architecture"]["cases"] >= 2 and arch["eager"]["cases"] >= 2

@@ -307,6 +307,25 @@ def format_table(result) -> str:
   return "\n".join(lines)
 
 
+def markdown_table(result) -> str:
+  """The cells as docs/performance.md prints them (``bpref bench --markdown``)."""
+  lines = ["| cell | f | dtype | bpref ms | jax ms | ratio | XLA MFLOP bpref / jax | "
+           "matmul MFLOP (= minimum?) | temp KiB bpref / jax | GFLOP/s bpref / plain matmul |",
+           "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+  for r in result["grid"]:
+    at_min = "=" if r["dot_flops_bpref"] == r["dot_flops_minimum"] else f"(min {r['dot_flops_minimum'] / 1e6:.3f})"
+    lines.append(
+        f"| {r['cell']} | {r['activation']} | {r['dtype'][-2:]} | {r['seconds_bpref'] * 1e3:.3f} | "
+        f"{r['seconds_jax'] * 1e3:.3f} | {r['ratio']:.2f} | {r['flops_bpref'] / 1e6:.3f} / "
+        f"{r['flops_jax'] / 1e6:.3f} | {r['dot_flops_bpref'] / 1e6:.3f} {at_min} | "
+        f"{r['temp_bytes_bpref'] // 1024} / {r['temp_bytes_jax'] // 1024} | "
+        f"{r['gflops_bpref']:.1f} / {r['gflops_matmul']:.1f} |")
+  s = result["summary"]
+  lines += ["", f"Geometric mean of the ratios {s['ratio_geomean']:.3f}, largest {s['ratio_max']:.2f} "
+            f"({s['cells']} cells; {result['machine']})."]
+  return "\n".join(lines)
+
+
 # ---------------------------------------------------------------- checkers
 
 _CANDIDATE = '''
@@ -543,6 +562,8 @@ def main(argv=None) -> int:
   parser.add_argument("--arch-budget", type=float, default=None,
                       help="seconds for each of the jit-per-architecture and eager baselines")
   parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+  parser.add_argument("--markdown", action="store_true",
+                      help="print the table of docs/performance.md (Markdown) instead")
   parser.add_argument("--plot", metavar="PNG", default=None, help="write a bar chart of the ratios")
   parser.add_argument("--checkers", action="store_true",
                       help="only the checking figures: one network checked by bpref, "
@@ -590,5 +611,5 @@ def main(argv=None) -> int:
   if args.json:
     print(json.dumps(result, indent=2))
   else:
-    print(format_table(result))
+    print(markdown_table(result) if args.markdown else format_table(result))
   return 0
