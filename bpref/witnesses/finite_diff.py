@@ -467,7 +467,7 @@ def padded_loss_function(p, *, complex_step: bool = False, precision=DEFAULT_PRE
     W = theta[:depth * width * width].reshape(depth, width, width)
     b = theta[depth * width * width:].reshape(depth, width)
 
-    y, zs = _witness_forward.padded(W, b, x, p, acts, None, precision)  # (4)-(10), masked
+    y, zs = _witness_forward.padded(W, b, x, p, acts, None, precision)  # (7), (8), masked
     y = jnp.where(p.fused, zs[p.depth - 1], y)  # a fused loss: its logit loss of z_L
     y = jnp.where(p.outputs[None, :], y, jnp.full_like(y, p.fill.astype(dtype)))
     per_example = jax.lax.switch(p.loss, losses, y, t)  # C_b (13)
