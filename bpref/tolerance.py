@@ -47,9 +47,10 @@ is ill-conditioned the exact referee (bpref.witnesses.referee) decides instead.
 Reduced-precision matmuls (T')
 ------------------------------
 The unit roundoff a matrix product really has depends on the dtype, the precision
-setting and the backend. Every matmul in bpref passes an explicit ``precision`` (``jax.lax.Precision.HIGHEST``
-unless the caller chooses another). What a precision level means depends on the
-hardware, and only for float32 operands (JAX's ``jax.lax.Precision`` docstring):
+setting and the backend. Every matmul in bpref passes an explicit ``precision``
+(``jax.lax.Precision.HIGHEST`` unless the caller chooses another). What a precision level
+means depends on the hardware, and only for float32 operands (JAX's ``jax.lax.Precision``
+docstring):
 
 ========  =======================================  =========================================
 backend   DEFAULT / HIGH                           HIGHEST
