@@ -74,6 +74,8 @@ def _witness(problem):
   """The witness's outputs in float64, keyed as ``_bundle``: its padded twin, one compilation
   for every case drawn here; ``tests/test_verify.py`` checks it against the exact-shape witness."""
   return reference.evaluate_many([_to64(problem)])[0]
+
+
 _per_example_jit = jax.jit(bpref.per_example_grads, static_argnums=(3,))
 
 
