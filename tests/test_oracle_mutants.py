@@ -415,7 +415,9 @@ def test_a_vacuous_case_is_not_counted():
   arch = spec_module.Arch((1, 1), ("relu",), "squared_error", 1, 0)
   dead = spec_module.Case(arch, (np.ones((1, 1)),), (np.full(1, -5.0),), np.full((1, 1), 0.5),
                           np.zeros((1, 1)), "mean", "float64")
-  assert search.vacuous(dead, truth_module.compute(dead)) == ["W1", "b1"]
+  # values made by hand, not by build_case from the Arch: the truth's cache (keyed by the Arch)
+  # may hold another search's case of the same name, so it is left out
+  assert search.vacuous(dead, truth_module.compute_many([dead], cache=False)[0]) == ["W1", "b1"]
   assert spec_module.vacuous(arch, dead.weights, dead.biases, dead.x)
 
 
