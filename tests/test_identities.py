@@ -5,7 +5,9 @@ every activation, every loss) and checks identities between bpref's public
 functions and witnesses computed here with JAX autodiff (jax.grad, jax.jacobian
 and jax.vjp of the forward pass and the loss values), so a shared mistake in
 bpref's derivatives cannot hide. All comparisons are in float64 with the
-rounding model of bpref.tolerance: ||X_hat - X||_inf <= tol ||X||_inf.
+rounding model of bpref.tolerance: ||X_hat - X||_inf <= tol ||M||_inf, where M is X
+itself or, for an identity that sums terms, the same sum of their absolute values
+(a sum that cancels is exact to rounding of its terms, not of its result).
 
 Compilation dominates the cost, so each test compiles one jitted bundle per
 problem and checks a family of related identities on it; the number of
@@ -32,9 +34,19 @@ EXAMPLES = max(3, settings.default.max_examples // 3)
 few = settings(max_examples=EXAMPLES)
 
 
-def _check(name, actual, expected, tol):
-  err = tolerance.max_norm_error(actual, expected)
+def _check(name, actual, expected, magnitude, tol):
+  """max |actual - expected| <= tol max |magnitude| (max |expected| when magnitude is None)."""
+  actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+  assert actual.shape == expected.shape, f"identity {name}: shape {actual.shape} != {expected.shape}"
+  scale = np.max(np.abs(expected if magnitude is None else magnitude), initial=0.0)
+  err = np.max(np.abs(actual - expected), initial=0.0) / (scale if scale > 0 else 1.0)
   assert err <= tol, f"identity {name}: error {err:.3e} > tolerance {tol:.3e}"
+
+
+def _with_magnitude(fn, *arrays):
+  """fn of the arrays and fn of their absolute values: (expected, magnitude) for ``_check``."""
+  arrays = [np.asarray(a, np.float64) for a in arrays]
+  return fn(*arrays), fn(*map(np.abs, arrays))
 
 
 def _f(name):
@@ -76,26 +88,28 @@ def _delta_bundle(params, x, t, loss, reduction):
 def test_delta_identities(problem):
   """delta_L = dC/dy J_f(z_L); delta recursion; dC/dW_l = delta_l^T a_{l-1}; dC/db_l = sum_b delta_l;
   delta_l = dC/dy lambda_l; dC/dx = delta_1 W_1."""
-  params, x, t = problem.params, problem.x, problem.t
+  params, x = problem.params, problem.x
   tol = tolerance.problem_tolerance(params, x)
   q = _delta_bundle(*problem)
   d, g, tape = q["deltas"], q["g"], q["tape"]
   # (34): delta_L = (dC/dy) J_f(z_L), a vector-Jacobian product (softmax included)
-  _check("delta_L = dC/dy f'_L", d[-1], jnp.einsum("bk,bkn->bn", g, q["jac_L"]), tol)
+  vjp = lambda g, jac: np.einsum("bk,bkn->bn", g, jac)  # noqa: E731
+  _check("delta_L = dC/dy f'_L", d[-1], *_with_magnitude(vjp, g, q["jac_L"]), tol)
   for l in range(len(params) - 1, 0, -1):
     # (37): delta_l = (delta_{l+1} W_{l+1}) * f'_l(z_l)
-    expected = (np.asarray(d[l]) @ np.asarray(params[l].W)) * np.asarray(q["fprime"][l - 1])
-    _check(f"delta recursion l={l}", d[l - 1], expected, tol)
+    expected = _with_magnitude(lambda d, W, fp: (d @ W) * fp, d[l], params[l].W, q["fprime"][l - 1])
+    _check(f"delta recursion l={l}", d[l - 1], *expected, tol)
   for l, (layer, gl) in enumerate(zip(params, q["grads"]), start=1):
     # (39): dC/dW_l = delta_l^T A_{l-1}; dC/db_l = sum_b delta_l
-    _check(f"dC/dW_{l} = delta^T a", gl.W, np.asarray(d[l - 1]).T @ np.asarray(tape.a[l - 1]), tol)
+    _check(f"dC/dW_{l} = delta^T a", gl.W, *_with_magnitude(lambda d, a: d.T @ a, d[l - 1], tape.a[l - 1]),
+           tol)
     if layer.b is not None:
-      _check(f"dC/db_{l} = delta", gl.b, np.sum(np.asarray(d[l - 1]), axis=0), tol)
+      _check(f"dC/db_{l} = delta", gl.b, *_with_magnitude(lambda d: np.sum(d, axis=0), d[l - 1]), tol)
     # delta_l = (dC/dy) lambda_l
-    _check(f"delta_{l} = dC/dy lambda_{l}", d[l - 1],
-           np.einsum("bk,bkn->bn", np.asarray(g), np.asarray(q["lambdas"][l - 1])), tol)
+    _check(f"delta_{l} = dC/dy lambda_{l}", d[l - 1], *_with_magnitude(vjp, g, q["lambdas"][l - 1]), tol)
   # dC/dx = delta_1 W_1
-  _check("dC/dx = delta_1 W_1", q["input_grad"], np.asarray(d[0]) @ np.asarray(params[0].W), tol)
+  _check("dC/dx = delta_1 W_1", q["input_grad"], *_with_magnitude(lambda d, W: d @ W, d[0], params[0].W),
+         tol)
 
 
 def _injected_y(params, x, offsets):
@@ -137,16 +151,19 @@ def test_lambda_identities(problem):
   tol = tolerance.problem_tolerance(params, x)
   q = _lambda_bundle(params, x)
   lam = q["lambdas"]
-  _check("lambda_L = f'_L(z_L)", lam[-1], q["jac_L"], tol)  # (27)
+  _check("lambda_L = f'_L(z_L)", lam[-1], q["jac_L"], None, tol)  # (27)
+  step = lambda lam, W, fp: np.einsum("bkn,nm->bkm", lam, W) * fp[:, None, :]  # noqa: E731
+  # the magnitude of every lambda_l: the recursion (30) on absolute values, from |J_f(z_L)| down
+  magnitudes = [np.abs(np.asarray(q["jac_L"], np.float64))]
   for l in range(len(params) - 1, 0, -1):
     # (30): lambda_l = lambda_{l+1} W_{l+1} diag f'_l(z_l)
-    expected = np.einsum("bkn,nm->bkm", np.asarray(lam[l]), np.asarray(params[l].W)) \
-        * np.asarray(q["fprime"][l - 1])[:, None, :]
-    _check(f"lambda recursion l={l}", lam[l - 1], expected, tol)
+    expected = _with_magnitude(step, lam[l], params[l].W, q["fprime"][l - 1])
+    _check(f"lambda recursion l={l}", lam[l - 1], *expected, tol)
+    magnitudes.insert(0, step(magnitudes[0], np.abs(params[l].W), np.abs(q["fprime"][l - 1])))
   for l in range(len(params)):
-    _check(f"lambda_{l + 1} = dy/dz_{l + 1} (injection)", lam[l], q["injected"][l], tol)
+    _check(f"lambda_{l + 1} = dy/dz_{l + 1} (injection)", lam[l], q["injected"][l], magnitudes[l], tol)
   _check("dy/dx = lambda_1 W_1", q["dy_dx"],
-         np.einsum("bkn,nm->bkm", np.asarray(lam[0]), np.asarray(params[0].W)), tol)
+         *_with_magnitude(lambda lam, W: np.einsum("bkn,nm->bkm", lam, W), lam[0], params[0].W), tol)
 
 
 @functools.partial(jax.jit, static_argnums=(3,))
@@ -165,13 +182,14 @@ def test_batch_additivity_and_rank(problem):
   tol = tolerance.problem_tolerance(params, x)
   q = _batch_bundle(params, x, t, loss)
   batch = x.shape[0]
-  summed = jax.tree_util.tree_map(lambda v: np.sum(np.asarray(v), axis=0), q["vmapped"])
+  summed = jax.tree_util.tree_map(lambda v: _with_magnitude(lambda v: np.sum(v, axis=0), v), q["vmapped"])
   for l in range(len(params)):
-    _check(f"sum additivity W_{l + 1}", q["sum"][l].W, summed[l].W, tol)
-    _check(f"mean additivity W_{l + 1}", q["mean"][l].W, summed[l].W / batch, tol)
-    _check(f"per_example_grads W_{l + 1}", q["per_example"][l].W, q["vmapped"][l].W, tol)
+    (W_sum, W_terms) = summed[l].W
+    _check(f"sum additivity W_{l + 1}", q["sum"][l].W, W_sum, W_terms, tol)
+    _check(f"mean additivity W_{l + 1}", q["mean"][l].W, W_sum / batch, W_terms / batch, tol)
+    _check(f"per_example_grads W_{l + 1}", q["per_example"][l].W, q["vmapped"][l].W, None, tol)
     if params[l].b is not None:
-      _check(f"sum additivity b_{l + 1}", q["sum"][l].b, summed[l].b, tol)
+      _check(f"sum additivity b_{l + 1}", q["sum"][l].b, *summed[l].b, tol)
     dW = np.asarray(q["sum"][l].W)
     # rank(dC/dW_l) <= B: the singular values past the B-th are rounding noise
     s = np.linalg.svd(dW, compute_uv=False)
@@ -242,4 +260,4 @@ def test_identities_hold_eager_and_under_jit(mode):
   tape = bpref.forward(problem.params, problem.x)
   for l in range(len(problem.params)):
     _check(f"dC/dW_{l + 1} = delta^T a ({mode})", grads[l].W,
-           np.asarray(d[l]).T @ np.asarray(tape.a[l]), tol)
+           *_with_magnitude(lambda d, a: d.T @ a, d[l], tape.a[l]), tol)
