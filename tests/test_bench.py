@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+import scripts
 from bpref.tools import bench
 
 
@@ -57,6 +58,8 @@ def test_bench_json_structure(capsys, tmp_path):
   assert [line.split(" | ")[:3] for line in table[2:4]] == [["| tiny", "tanh", "32"], ["| tiny", "relu", "32"]]
   assert [line.split(" | ")[5] for line in table[2:4]] == [f"{r['ratio']:.2f}" for r in rows]
   arch = result["architectures"]
+  assert table[-1].startswith(f"Random architectures a second ({arch['cases']} cases, ")
+  assert f"`bpref.scale.fast` {arch['fast']['per_second']:.0f} (" in table[-1]
   assert arch["fast"]["cases"] == 20 and arch["fast"]["compiled_functions"] >= 1
   assert arch["jit_per_architecture"]["cases"] >= 2 and arch["eager"]["cases"] >= 2
   if bench._has_matplotlib():
@@ -80,3 +83,8 @@ def test_checkers_runs_each_checker_on_the_same_network(capsys):
   assert check["passed"] is True and check["compilations"] >= 1
   for phase in ("cold", "warm"):
     assert check[phase]["calls"] >= 40 and check[phase]["calls_per_second"] > 0
+  # docs/performance.md's block of these figures, rendered from this run
+  rows = scripts.load("figures").FIGURES["checkers"].render([json.dumps(out)]).splitlines()
+  assert f"| {check['compilations']} | cold {check['cold']['seconds']:.2f} s ({check['cold']['calls']} " in rows[2]
+  assert rows[3].endswith(f"| {out['bpref_one_network']['compilations']} | "
+                          f"{out['bpref_one_network']['seconds']:.2f} s |")

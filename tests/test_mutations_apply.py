@@ -5,21 +5,14 @@ an exact text of a core file. A refactoring that changes that text would leave t
 unable to run, and the table unmeasurable, without any test failing: this test fails first.
 """
 
-import importlib.util
-import pathlib
-import sys
-
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+import scripts
+from scripts import ROOT
 
 
 def _mutations():
-  spec = importlib.util.spec_from_file_location("bpref_mutate", ROOT / "scripts" / "mutate.py")
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = module  # its dataclasses look their module up there
-  spec.loader.exec_module(module)
-  return module.MUTATIONS
+  return scripts.load("mutate").MUTATIONS
 
 
 @pytest.mark.parametrize("mutation", _mutations(), ids=lambda m: m.name)

@@ -322,7 +322,14 @@ def markdown_table(result) -> str:
         f"{r['gflops_bpref']:.1f} / {r['gflops_matmul']:.1f} |")
   s = result["summary"]
   lines += ["", f"Geometric mean of the ratios {s['ratio_geomean']:.3f}, largest {s['ratio_max']:.2f} "
-            f"({s['cells']} cells; {result['machine']})."]
+            f"({s['cells']} cells, {result['repeats']} repeats; {result['machine']}; {result['date']})."]
+  if "architectures" in result:
+    arch = result["architectures"]
+    lines += ["", f"Random architectures a second ({arch['cases']} cases, {arch['distinct_architectures']} "
+              f"distinct, compilation counted): `bpref.scale.fast` {arch['fast']['per_second']:.0f} "
+              f"({arch['fast']['compiled_functions']} compiled, {arch['fast']['warm_per_second']:.0f} a second "
+              f"once compiled); jit per architecture {arch['jit_per_architecture']['per_second']:.1f}; "
+              f"eager {arch['eager']['per_second']:.1f}."]
   return "\n".join(lines)
 
 
