@@ -86,6 +86,17 @@ def per_layer(n_layers: int, biases, activations) -> tuple[list, tuple]:
   return biases, activations
 
 
+def _device_array(v, what: str):
+  # A JAX array (or tracer) as it is; anything else through device_put, which canonicalizes the
+  # dtype as jnp.asarray does but, unlike it, compiles nothing (jnp.asarray compiles once per shape).
+  if isinstance(v, jax.Array):
+    return v
+  v = np.asarray(v)
+  if v.dtype.kind not in "biufc":
+    raise TypeError(f"{what} must have a floating dtype; got {v.dtype}")
+  return jax.device_put(v)
+
+
 def from_arrays(weights, biases, activations) -> Params:
   """Parameters from plain arrays.
 
@@ -97,8 +108,8 @@ def from_arrays(weights, biases, activations) -> Params:
   weights = list(weights)
   biases, activations = per_layer(len(weights), biases, activations)
   params = tuple(
-      Layer(jnp.asarray(W), None if b is None else jnp.asarray(b), act)
-      for W, b, act in zip(weights, biases, activations))
+      Layer(_device_array(W, f"layer {l}: W"), None if b is None else _device_array(b, f"layer {l}: b"), act)
+      for l, (W, b, act) in enumerate(zip(weights, biases, activations), start=1))
   check_params(params)
   return params
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import bpref
-from bpref import Layer
+from bpref import Layer, compilation
 
 
 def _net(dtype=jnp.float64, acts=("tanh", "identity"), sizes=(3, 4, 2), bias=True):
@@ -42,6 +42,19 @@ def test_from_arrays_round_trip_and_no_bias():
   assert params[0].b is None and params[1].W.shape == (2, 4)
   with pytest.raises(ValueError, match="2 weight arrays but 1 biases"):
     bpref.from_arrays(W, [np.ones(4)], "tanh")
+  with pytest.raises(TypeError, match="layer 2: b must have a floating dtype; got <U1"):
+    bpref.from_arrays(W, [np.ones(4), np.array(["a", "b"])], "tanh")
+
+
+def test_from_arrays_compiles_nothing():
+  # NumPy arrays go to the device by device_put; jnp.asarray would compile a program per shape.
+  W = [np.ones((5, 7)), np.ones((3, 5))]
+  with compilation.count() as seen:
+    params = bpref.from_arrays(W, [np.zeros(5), np.zeros(3)], "tanh")
+  assert seen.compilations == 0, seen
+  assert all(isinstance(p.W, jax.Array) and p.W.dtype == np.float64 for p in params)
+  traced = jax.jit(lambda W: bpref.from_arrays([W], None, "tanh")[0].W * 2)(W[0])
+  np.testing.assert_array_equal(traced, 2 * W[0])
 
 
 def test_forward_tape_holds_every_z_and_a():
