@@ -107,6 +107,8 @@ True
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import math
 
@@ -345,15 +347,39 @@ def _apply(fn, *args):
   return fn(*args)
 
 
+_DECLARED = contextvars.ContextVar("bpref_tolerance_declared", default=None)
+
+
+@contextlib.contextmanager
+def declared(activations=None, losses=None):
+  """Within it, the tables of ``pointwise`` (and the oracle's loss terms) hold only these
+  activations (and losses): a search that declares 4 of the 14 activations compiles a
+  table of 4 branches, not 14 (measured: 0.25 s against 0.86 s for the f' table). A
+  function outside them still gets its value, from the table of every name."""
+  token = _DECLARED.set((None if activations is None else tuple(sorted(set(activations))),
+                         None if losses is None else tuple(sorted(set(losses)))))
+  try:
+    yield
+  finally:
+    _DECLARED.reset(token)
+
+
+def declared_losses():
+  """The losses of the innermost ``declared`` block, or None (every loss)."""
+  found = _DECLARED.get()
+  return None if found is None else found[1]
+
+
 @functools.lru_cache(maxsize=None)
-def _tables() -> dict:
-  """fn -> (apply, i) for every elementwise f, f' and rho_f of ``bpref.activations``: one
-  compiled function per role (the f's, the f''s, the rho_f's), ``apply(i, z, a)`` picking
-  the i-th by ``jax.lax.switch``, so a role compiles once per length class for every
-  activation, and a caller compiles only the roles it uses."""
+def _tables(names=None) -> dict:
+  """fn -> (apply, i) for every elementwise f, f' and rho_f of ``bpref.activations`` (of
+  ``names`` alone if given): one compiled function per role (the f's, the f''s, the
+  rho_f's), ``apply(i, z, a)`` picking the i-th by ``jax.lax.switch``, so a role compiles
+  once per length class for every activation, and a caller compiles only the roles it uses."""
   from bpref import activations as _activations
 
-  elementwise = [(name, act) for name, act in _activations.ACTIVATIONS.items() if act.elementwise]
+  elementwise = [(name, act) for name, act in _activations.ACTIVATIONS.items()
+                 if act.elementwise and (names is None or name in names)]
   roles = (
       [(act.f, lambda z, a, fn=act.f: fn(z)) for _, act in elementwise],
       [(act.df, lambda z, a, fn=act.df: fn(z)) for _, act in elementwise],
@@ -380,7 +406,10 @@ def pointwise(fn, *arrays) -> np.ndarray:
   n = int(np.prod(shape, dtype=np.int64))
   size = max(64, 1 << max(n - 1, 0).bit_length())
   flat = [np.pad(np.asarray(a, np.float64).ravel(), (0, size - n)) for a in arrays]
-  tables = _tables()
+  declared_names = (_DECLARED.get() or (None,))[0]
+  tables = _tables(declared_names)
+  if fn not in tables:
+    tables = _tables()
   with jax.enable_x64(True):
     if fn in tables and len(flat) <= 2:
       apply, i = tables[fn]

@@ -130,3 +130,44 @@ def test_low_precision_forward_within_the_model(dtype, data):
   exact = referee.forward(as64.params, as64.x).a[-1]
   err = referee.error(np.asarray(y, np.float64), exact)
   assert err <= tol, f"{np.dtype(dtype).name} forward off by {err:.2e} > (T) = {tol:.2e}"
+
+
+def test_declared_tables_hold_the_declared_names_alone_and_give_the_same_values(monkeypatch):
+  """A search that declares a few activations and losses compiles switch tables of those
+  alone; their values are those of the full tables, and a name outside them still works."""
+  from bpref import activations
+  from bpref.oracle import truth
+
+  z = np.linspace(-30.0, 30.0, 301)
+  a = np.tanh(z)
+  full = {name: (tolerance.pointwise(activations.get(name).df, z),
+                 tolerance.pointwise(activations.rho(name), z, a)) for name in ("tanh", "sigmoid", "elu")}
+  y, t = np.random.default_rng(0).normal(size=(2, 5, 3))
+  loss_full = truth.loss_terms("huber", y, t)
+  asked = []
+  tables = tolerance._tables
+  monkeypatch.setattr(tolerance, "_tables", lambda names=None: asked.append(names) or tables(names))
+  with tolerance.declared(("tanh", "relu", "elu"), ("huber",)):
+    tolerance.pointwise(activations.get("tanh").df, z)
+    assert asked == [("elu", "relu", "tanh")]
+    assert set(tables(("elu", "relu", "tanh"))) == {
+        fn for name in ("elu", "relu", "tanh") for fn in
+        (activations.get(name).f, activations.get(name).df, activations.rho(name, False),
+         activations.rho(name, True)) if fn is not None}
+    for name, (df, rho) in full.items():  # sigmoid is not declared: the full table answers
+      np.testing.assert_array_max_ulp(tolerance.pointwise(activations.get(name).df, z), df, maxulp=2)
+      np.testing.assert_array_max_ulp(tolerance.pointwise(activations.rho(name), z, a), rho, maxulp=2)
+    for declared, every in zip(truth.loss_terms("huber", y, t), loss_full):
+      np.testing.assert_array_max_ulp(declared, every, maxulp=2)
+    assert tolerance.declared_losses() == ("huber",)
+  assert tolerance.declared_losses() is None
+
+
+def test_a_search_declares_its_spec_with_the_output_activations_and_fused_losses():
+  from bpref import oracle
+
+  spec = oracle.make_spec(activations=("tanh", "relu"), losses=("cross_entropy", "squared_error"))
+  with oracle._declared(spec):
+    names, losses = tolerance._DECLARED.get()
+  assert set(names) >= {"tanh", "relu", "softmax"}
+  assert set(losses) == {"cross_entropy", "softmax_cross_entropy", "squared_error"}

@@ -36,6 +36,7 @@ the diagnosis compares the candidate with these variants.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -43,6 +44,7 @@ import numpy as np
 
 from bpref import activations as _activations
 from bpref import losses as _losses
+from bpref import tolerance as _tolerance
 from bpref.scale import fast as _fast
 from bpref.structures import Layer
 from bpref.tolerance import pointwise as pointwise
@@ -103,10 +105,12 @@ def _loss_terms_branch(name):
   return lambda y, t: (record.dy(y, t), record.value(y, t))
 
 
-_LOSS_TERMS = tuple(_loss_terms_branch(name) for name in _losses.LOSSES)
-_loss_terms_padded = jax.jit(lambda index, y, t: jax.lax.switch(index, _LOSS_TERMS, y, t))
-"""(dC_b/dy, C_b) of the loss with that index in ``bpref.losses.LOSSES``: one compilation per
-bucket for every loss."""
+@functools.lru_cache(maxsize=None)
+def _loss_terms_table(names) -> jax.stages.Wrapped:
+  """(dC_b/dy, C_b) of the loss with that index in ``names``: one compilation per bucket for
+  every loss in it."""
+  branches = tuple(_loss_terms_branch(name) for name in names)
+  return jax.jit(lambda index, y, t: jax.lax.switch(index, branches, y, t))
 
 
 def loss_terms(loss, y, t):
@@ -122,9 +126,10 @@ def loss_terms(loss, y, t):
   y_pad[:rows, :cols] = y
   t_pad = np.zeros((n_rows, n_cols))
   t_pad[:rows, :cols] = t
+  names = _tolerance.declared_losses()
+  names = names if names is not None and loss in names else tuple(_losses.LOSSES)
   with jax.enable_x64(True):
-    dy, value = jax.device_get(_loss_terms_padded(np.int32(list(_losses.LOSSES).index(loss)),
-                                                  y_pad, t_pad))
+    dy, value = jax.device_get(_loss_terms_table(names)(np.int32(names.index(loss)), y_pad, t_pad))
   return np.asarray(dy, np.float64)[:rows, :cols], np.asarray(value, np.float64)[:rows]
 
 
