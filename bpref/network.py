@@ -108,7 +108,8 @@ def from_arrays(weights, biases, activations) -> Params:
   weights = list(weights)
   biases, activations = per_layer(len(weights), biases, activations)
   params = tuple(
-      Layer(_device_array(W, f"layer {l}: W"), None if b is None else _device_array(b, f"layer {l}: b"), act)
+      Layer(_device_array(W, f"layer {l}: W"),
+            None if b is None else _device_array(b, f"layer {l}: b"), act)
       for l, (W, b, act) in enumerate(zip(weights, biases, activations), start=1))
   check_params(params)
   return params
