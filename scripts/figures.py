@@ -67,7 +67,7 @@ def _train_table(outputs) -> str:
   for extra, out in zip(TRAIN_RUNS, outputs):
     r = json.loads(out)
     c = r["config"]
-    what = (f"{c['dataset']}, {c['optimizer']}, {', '.join(c['activations'][:-1])}, "
+    what = (f"{c['dataset']}, {c['optimizer']}, {', '.join(dict.fromkeys(c['activations'][:-1]))}, "
             f"{c['steps']} steps, {c['dtype']}")
     lines.append(f"| `{' '.join(('bpref', 'train') + extra)}` ({what}) | {_e(r['max_rel_diff'])} | "
                  f"{_e(r['tolerance'], 0)} |")
