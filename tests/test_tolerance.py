@@ -167,7 +167,7 @@ def test_a_search_declares_its_spec_with_the_output_activations_and_fused_losses
   from bpref import oracle
 
   spec = oracle.make_spec(activations=("tanh", "relu"), losses=("cross_entropy", "squared_error"))
-  with oracle._declared(spec):
+  with spec.declared():
     names, losses = tolerance._DECLARED.get()
   assert set(names) >= {"tanh", "relu", "softmax"}
   assert set(losses) == {"cross_entropy", "softmax_cross_entropy", "squared_error"}

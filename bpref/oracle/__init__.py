@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import time
 
-from bpref import losses as _losses
-from bpref import tolerance as _tolerance
 from bpref.oracle import diagnosis as _diagnosis
 from bpref.oracle import isolation as _isolation
 from bpref.oracle import report as _report
@@ -99,7 +97,7 @@ def _check(candidate, target, progress, spec, start) -> Report:
       pool = _isolation.Isolated(pool_target, spec.workers, spec.timeout)
     ev = _search.Evaluator(None if pool else candidate, spec, pool, progress)
     try:
-      with _declared(spec):
+      with spec.declared():
         found = _search.search(ev)
         return build_report(ev, spec, found, target, candidate, start)
     except _isolation.MainReimportError:
@@ -112,14 +110,6 @@ def _check(candidate, target, progress, spec, start) -> Report:
   finally:
     if pool is not None:
       pool.close()
-
-
-def _declared(spec):
-  """The truth's tables over what the spec declares: its activations, its output activations,
-  its losses and the logit losses they fuse into (``bpref.tolerance.declared``)."""
-  outputs = {name for _, names in spec.output_activations for name in names}
-  logits = {_losses.get(loss).logits for loss in spec.losses} - {None}
-  return _tolerance.declared(set(spec.activations) | outputs, set(spec.losses) | logits)
 
 
 def _notes(ev) -> list:

@@ -20,6 +20,7 @@ import numpy as np
 
 from bpref import activations as _activations
 from bpref import losses as _losses
+from bpref import tolerance as _tolerance
 from bpref.testing import problems as _problems
 
 LAYOUTS = ("out_in", "in_out")
@@ -78,6 +79,14 @@ class Spec:
   @property
   def hidden(self) -> tuple:
     return tuple(a for a in self.activations if a not in _activations.OUTPUT_ONLY)
+
+  def declared(self):
+    """A context in which the truth's tables hold what this spec declares: its activations,
+    its output activations, its losses and the logit losses they fuse into
+    (``bpref.tolerance.declared``); a search runs in it."""
+    outputs = {name for _, names in self.output_activations for name in names}
+    logits = {_losses.get(loss).logits for loss in self.losses} - {None}
+    return _tolerance.declared(set(self.activations) | outputs, set(self.losses) | logits)
 
   def to_json(self) -> dict:
     out = dataclasses.asdict(self)
