@@ -364,6 +364,12 @@ def declared(activations=None, losses=None):
     _DECLARED.reset(token)
 
 
+def declared_activations():
+  """The activations of the innermost ``declared`` block, or None (every activation)."""
+  found = _DECLARED.get()
+  return None if found is None else found[0]
+
+
 def declared_losses():
   """The losses of the innermost ``declared`` block, or None (every loss)."""
   found = _DECLARED.get()
@@ -406,8 +412,7 @@ def pointwise(fn, *arrays) -> np.ndarray:
   n = int(np.prod(shape, dtype=np.int64))
   size = max(64, 1 << max(n - 1, 0).bit_length())
   flat = [np.pad(np.asarray(a, np.float64).ravel(), (0, size - n)) for a in arrays]
-  declared_names = (_DECLARED.get() or (None,))[0]
-  tables = _tables(declared_names)
+  tables = _tables(declared_activations())
   if fn not in tables:
     tables = _tables()
   with jax.enable_x64(True):

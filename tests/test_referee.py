@@ -92,10 +92,6 @@ def _bpref_all(params, x, t, loss, reduction):
           bpref.input_grad(params, x, t, loss, reduction), bpref.lambdas(params, x))
 
 
-def _float64(tree):
-  return jax.tree_util.tree_map(lambda a: np.asarray(a, dtype=np.float64), tree)
-
-
 # A sum that cancels: dC/dx = delta_1 W_1 is -3.7e-4 from terms near 0.1, so bpref's float64
 # dC/dx is 2.3e-14 of itself from the exact one (against (T) = 1.1e-14), and within (T) of its
 # magnitude bound, which is what the rounding model bounds.
@@ -125,7 +121,7 @@ def test_bpref_within_the_rounding_model_of_the_referee(dtype, data):
   tol = tolerance.problem_tolerance(problem.params, problem.x)
   exact = referee.exact(*problem)
   ours = dict(zip(("grad", "deltas", "input_grad", "lambdas"), _bpref_all(*problem)))
-  theirs = _float64({"grad": exact.grads, "deltas": exact.deltas, "input_grad": exact.input_grad,
+  theirs = referee.to_float({"grad": exact.grads, "deltas": exact.deltas, "input_grad": exact.input_grad,
                      "lambdas": referee.lambdas(problem.params, problem.x)})
   errors, _ = verify.compare(problem, ours, theirs)
   for check, err in errors.items():
