@@ -2,10 +2,11 @@
 (pyproject.toml), hypothesis profiles by BPREF_PROFILE.
 
 The suite runs ``bpref check`` and ``bpref verify`` in many fresh interpreters, each compiling
-the same handful of programs. They share one persistent compilation cache (BPREF_CACHE_DIR,
-docs/performance.md), a directory made for this run and removed after it, unless the caller
-names one. A hit returns the executable that the same program compiled to; compilations are
-counted with the hits, so the budgets of tests/test_compilation.py hold either way.
+the same handful of programs, and pytest-xdist's workers compile many of the same programs too.
+They all share one persistent compilation cache (BPREF_CACHE_DIR, docs/performance.md), a
+directory made for this run and removed after it, unless the caller names one. A hit returns
+the executable that the same program compiled to; compilations are counted with the hits, so
+the budgets of tests/test_compilation.py hold either way.
 """
 
 import atexit
@@ -23,6 +24,10 @@ jax.config.update("jax_numpy_dtype_promotion", "strict")
 if "BPREF_CACHE_DIR" not in os.environ and "PYTEST_XDIST_WORKER" not in os.environ:
   os.environ["BPREF_CACHE_DIR"] = tempfile.mkdtemp(prefix="bpref-test-xla-")  # the workers inherit it
   atexit.register(shutil.rmtree, os.environ["BPREF_CACHE_DIR"], ignore_errors=True)
+if "BPREF_CACHE_DIR" in os.environ:
+  from bpref import compilation  # noqa: E402
+
+  compilation.use_cache()  # the workers share it with each other and with the fresh interpreters
 
 from hypothesis import HealthCheck, Phase, settings  # noqa: E402
 
