@@ -352,10 +352,13 @@ _DECLARED = contextvars.ContextVar("bpref_tolerance_declared", default=None)
 
 @contextlib.contextmanager
 def declared(activations=None, losses=None):
-  """Within it, the tables of ``pointwise`` (and the oracle's loss terms) hold only these
-  activations (and losses): a search that declares 4 of the 14 activations compiles a
-  table of 4 branches, not 14 (measured: 0.25 s against 0.86 s for the f' table). A
-  function outside them still gets its value, from the table of every name."""
+  """Within it, ``pointwise`` evaluates through tables (and the oracle's loss terms through
+  its table) that hold only these activations (and losses), None meaning every name: a
+  search that declares 4 of the 14 activations compiles a table of 4 branches, not 14
+  (measured: 0.25 s against 0.86 s for the f' table). A function outside them still gets
+  its value, from the table of every name. Outside any such block each function compiles
+  on its own: one network with three activations compiles three small programs, not a
+  table of all of them."""
   token = _DECLARED.set((None if activations is None else tuple(sorted(set(activations))),
                          None if losses is None else tuple(sorted(set(losses)))))
   try:
@@ -405,15 +408,16 @@ def pointwise(fn, *arrays) -> np.ndarray:
   """fn(*arrays) for an elementwise jnp function, in float64 whatever the caller's x64.
 
   The arrays are flattened and zero-padded to a power-of-two length (at least 64), so
-  many problems compile once per length class rather than once per shape; bpref's f, f'
-  and rho_f (``bpref.activations.rho``) share one compiled function per role and length class.
+  many problems compile once per length class rather than once per shape. Inside a
+  ``declared`` block, bpref's f, f' and rho_f (``bpref.activations.rho``) share one compiled
+  function per role and length class; outside, ``fn`` compiles alone.
   """
   shape = np.shape(arrays[0])
   n = int(np.prod(shape, dtype=np.int64))
   size = max(64, 1 << max(n - 1, 0).bit_length())
   flat = [np.pad(np.asarray(a, np.float64).ravel(), (0, size - n)) for a in arrays]
-  tables = _tables(declared_activations())
-  if fn not in tables:
+  tables = {} if _DECLARED.get() is None else _tables(declared_activations())
+  if tables and fn not in tables:
     tables = _tables()
   with jax.enable_x64(True):
     if fn in tables and len(flat) <= 2:

@@ -163,6 +163,22 @@ def test_declared_tables_hold_the_declared_names_alone_and_give_the_same_values(
   assert tolerance.declared_losses() is None
 
 
+def test_outside_a_declared_block_each_function_compiles_alone(monkeypatch):
+  """One network's tolerance compiles its own few f's, not a table of every activation."""
+  from bpref import activations
+
+  asked = []
+  tables = tolerance._tables
+  monkeypatch.setattr(tolerance, "_tables", lambda names=None: asked.append(names) or tables(names))
+  z = np.linspace(-3.0, 3.0, 7)
+  alone = tolerance.pointwise(activations.get("tanh").f, z)
+  assert asked == []
+  with tolerance.declared():
+    every = tolerance.pointwise(activations.get("tanh").f, z)
+  assert asked == [None]
+  np.testing.assert_array_max_ulp(alone, every, maxulp=2)
+
+
 def test_a_search_declares_its_spec_with_the_output_activations_and_fused_losses():
   from bpref import oracle
 

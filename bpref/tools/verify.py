@@ -48,6 +48,16 @@ from bpref.witnesses import autodiff as _autodiff
 CHECKS = ("loss", "predict", "grad", "deltas", "lambdas", "input_grad", "per_example_grads")
 
 
+def _every_activation(fn):
+  """``fn`` inside ``bpref.tolerance.declared()``: many problems, with any activations, share
+  one compiled table of every activation's f, f' and rho_f."""
+  @functools.wraps(fn)
+  def wrapped(*args, **kwargs):
+    with _tolerance.declared():
+      return fn(*args, **kwargs)
+  return wrapped
+
+
 def _as_float64(problem):
   params = tuple(Layer(np.asarray(p.W, np.float64), None if p.b is None else np.asarray(p.b, np.float64),
                        p.activation) for p in problem.params)
@@ -103,6 +113,7 @@ def _bpref_many(problems) -> list:
           for r, lam, g in zip(results, lams, per_example)]
 
 
+@_every_activation
 def check_many(problems, exact: int = 0, crashes: list | None = None) -> list:
   """[(errors, tolerance), ...] of many problems: bpref through bpref.scale.fast's buckets, the
   witness through its padded twin (``bpref.witnesses.autodiff.evaluate_many``), one compilation per
@@ -192,6 +203,7 @@ def _case(rng, dtype, plan, max_depth=4):
                                   uses=act, unnormalized=soft)
 
 
+@_every_activation
 def run(cases: int, seed: int, dtypes=("float32", "float64"), progress=None,
         exact: int = EXACT_CASES) -> dict:
   """Verify ``cases`` random problems per dtype; return a JSON-ready summary.
@@ -256,6 +268,7 @@ WITNESSES = _witnesses.NAMES
 referee."""
 
 
+@_every_activation
 def witness_cases(contexts, progress=None) -> list:
   """Each witness's value on each context's problem (None where a witness does not apply),
   the case's tolerance, and whether each witness's assumptions hold (``judged``).
@@ -285,6 +298,7 @@ def witness_case(problem, rng) -> dict:
   return witness_cases([_witnesses.Context(problem, rng)])[0]
 
 
+@_every_activation
 def run_witnesses(cases: int, seed: int, dtypes=("float32", "float64"), progress=None) -> dict:
   """The witness table over ``cases`` random problems (depth <= 3) per dtype.
 
