@@ -275,3 +275,29 @@ def test_one_declared_bucket_gives_the_same_results_and_refuses_what_does_not_fi
     assert tolerance.worst_error(b.grads, a.grads) <= tolerance.gradient_tolerance(np.float64)
   with pytest.raises(ValueError, match=r"problem 0: depth .* larger than shape=\(1, 1, 1\)"):
     fast.evaluate_many(cases[:1], shape=(1, 1, 1))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_function_of_fewer_names_gives_the_same_results(monkeypatch, dtype):
+  # The names compiled in decide which branches exist, not the arithmetic of the one taken:
+  # the results equal every name's within the rounding model of this file. Names that miss
+  # one of a problem's activations or losses fall back to every name.
+  cases = _cases(8, 6, dtype)
+  used = sorted({layer.activation for case in cases for layer in case.params})
+  losses = {case.loss for case in cases} | {_losses.get(case.loss).logits for case in cases}
+  names = fast.Branches(tuple(used), tuple(sorted(losses - {None})))
+  compiled = []
+  many = fast._many
+  monkeypatch.setattr(fast, "_many", lambda p, **kw: compiled.append(kw["names"]) or many(p, **kw))
+  runs = []
+  for given in (fast.EVERY, names, names._replace(activations=tuple(used[1:]))):
+    runs.append(fast.evaluate_many(cases, names=given))
+    assert set(compiled) == {names if given == names else fast.EVERY}, given
+    compiled.clear()
+  every, fewer, missing = runs
+  assert len(names.activations) < len(fast.ACTIVATION_NAMES)
+  for case, a, b, c in zip(cases, every, fewer, missing):
+    for result in (b, c):
+      _assert_close_tree((result.value, result.grads, result.deltas, result.input_grad, result.y),
+                         (a.value, a.grads, a.deltas, a.input_grad, a.y), _rounding_bound(case),
+                         case.describe())

@@ -175,3 +175,20 @@ def test_elu_half_at_zero_is_a_bug_not_a_convention():
                               losses=("squared_error",), examples=10)
   assert report.verdict == "fail", report.text()
   assert not any("elu'(0)" in note for note in report.notes)
+
+
+def test_a_search_compiles_its_bucket_function_over_its_declared_names(monkeypatch):
+  # A default check declares 4 activations and one loss: the truth's bucket function switches
+  # over those (and the output activations the spec allows), not over all 14 activations.
+  from bpref.scale import fast
+
+  asked = []
+  evaluate = fast.evaluate_many
+  monkeypatch.setattr(fast, "evaluate_many",
+                      lambda problems, **kw: asked.append(kw.get("names")) or evaluate(problems, **kw))
+  report = bpref.oracle.check(textbook.grads, examples=5, seed=3)
+  assert report.passed and asked
+  spec = _spec.make_spec()
+  for names in asked:
+    assert set(spec.activations) <= set(names.activations) < set(fast.ACTIVATION_NAMES)
+    assert set(names.losses) == set(spec.losses)

@@ -142,6 +142,15 @@ def compute(case) -> Truth:
   return compute_many([case])[0]
 
 
+def _branches() -> "_fast.Branches":
+  """The bucket function's activations and losses: what the innermost
+  ``bpref.tolerance.declared`` block holds (a search's spec), else every name."""
+  activations, losses = _tolerance.declared_activations(), _tolerance.declared_losses()
+  if activations is None or losses is None:
+    return _fast.EVERY
+  return _fast.Branches(tuple(activations), tuple(losses))
+
+
 def compute_many(cases, *, cache: bool = True) -> list:
   """``compute`` of many cases, their gradients evaluated together in ``bpref.scale.fast``'s buckets.
 
@@ -152,7 +161,7 @@ def compute_many(cases, *, cache: bool = True) -> list:
   problems = [(_params64(case), np.asarray(case.x, np.float64), np.asarray(case.t, np.float64),
                case.arch.loss, case.reduction) for case in todo]
   with jax.enable_x64(True):
-    results = _fast.evaluate_many(problems)
+    results = _fast.evaluate_many(problems, names=_branches())
   fresh = [_compute(case, problem, result) for case, problem, result in zip(todo, problems, results)]
   if not cache:
     return fresh
@@ -223,7 +232,7 @@ def output_bounds(problems, *, forms: bool = True) -> list:
   problems = [(params, np.asarray(x, np.float64), np.asarray(t, np.float64), loss, reduction)
               for params, x, t, loss, reduction in problems]
   with jax.enable_x64(True):
-    results = _fast.evaluate_many(problems)
+    results = _fast.evaluate_many(problems, names=_branches())
   out = []
   for (params, x, t, loss, reduction), result in zip(problems, results):
     z, a = _tape(params, result)
