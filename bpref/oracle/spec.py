@@ -80,13 +80,17 @@ class Spec:
   def hidden(self) -> tuple:
     return tuple(a for a in self.activations if a not in _activations.OUTPUT_ONLY)
 
-  def declared(self):
-    """A context in which the truth's tables hold what this spec declares: its activations,
-    its output activations, its losses and the logit losses they fuse into
-    (``bpref.tolerance.declared``); a search runs in it."""
+  def names(self) -> tuple[tuple, tuple]:
+    """(activations, losses) this spec declares, each sorted: its activations and output
+    activations, its losses and the logit losses they fuse into."""
     outputs = {name for _, names in self.output_activations for name in names}
     logits = {_losses.get(loss).logits for loss in self.losses} - {None}
-    return _tolerance.declared(set(self.activations) | outputs, set(self.losses) | logits)
+    return tuple(sorted(set(self.activations) | outputs)), tuple(sorted(set(self.losses) | logits))
+
+  def declared(self):
+    """A context in which the truth's tables hold what this spec declares (``names``,
+    ``bpref.tolerance.declared``); a search runs in it."""
+    return _tolerance.declared(*self.names())
 
   def to_json(self) -> dict:
     out = dataclasses.asdict(self)

@@ -45,6 +45,7 @@ import numpy as np
 from bpref import activations as _activations
 from bpref import losses as _losses
 from bpref import tolerance as _tolerance
+from bpref.oracle import spec as _spec
 from bpref.scale import fast as _fast
 from bpref.structures import Layer
 from bpref.tolerance import pointwise as pointwise
@@ -142,13 +143,21 @@ def compute(case) -> Truth:
   return compute_many([case])[0]
 
 
+COMMON = _fast.Branches(*_spec.make_spec().names())
+"""The names of a default search: a search within them compiles its bucket function over
+them alone, any other search over every name."""
+
+
 def _branches() -> "_fast.Branches":
-  """The bucket function's activations and losses: what the innermost
-  ``bpref.tolerance.declared`` block holds (a search's spec), else every name."""
+  """The bucket function's activations and losses: ``COMMON`` if the innermost
+  ``bpref.tolerance.declared`` block (a search's spec) lies within it, else every name.
+  Names round up to one of two sets, as shapes round up to buckets, so that a process
+  running searches of many specs compiles at most two bucket functions per bucket."""
   activations, losses = _tolerance.declared_activations(), _tolerance.declared_losses()
-  if activations is None or losses is None:
+  if (activations is None or losses is None or not set(activations) <= set(COMMON.activations)
+      or not set(losses) <= set(COMMON.losses)):
     return _fast.EVERY
-  return _fast.Branches(tuple(activations), tuple(losses))
+  return COMMON
 
 
 def compute_many(cases, *, cache: bool = True) -> list:
