@@ -27,7 +27,8 @@ of compilations:
 * **Runtime activations and losses.** The activation of each layer and the
   loss are integers; ``jax.lax.switch`` picks ``bpref.activations`` f and its
   vjp, and ``bpref.losses`` C and dC/dy. Every branch is bpref's own function,
-  so the arithmetic on the real entries is bpref's.
+  so the arithmetic on the real entries is bpref's. The switch holds every name,
+  or only those given (``Branches``), which compiles in a fraction of the time.
 * **Batching.** K cases of one bucket run in one call (``jax.vmap`` over
   cases); K is padded up to a fixed chunk size with copies of a case whose
   results are dropped. ``jax.jit`` caches one executable per (bucket, K, dtype).
@@ -173,7 +174,7 @@ class _Packed(NamedTuple):
   """One bucket's cases as stacked, padded arrays (leading axis: the K cases)."""
   W: np.ndarray  # (K, D, N, N): W_l in the top-left (n_l, n_{l-1}) corner
   b: np.ndarray  # (K, D, N)
-  act: np.ndarray  # (K, D) int32: index into ACTIVATION_NAMES
+  act: np.ndarray  # (K, D) int32: index into Branches.activations
   vjp: np.ndarray  # (K, D) int32: act, or Branches.fused for the output layer of a fused loss
   live: np.ndarray  # (K, D) bool: layer l <= L
   units: np.ndarray  # (K, D, N) bool: unit j < n_l
@@ -181,7 +182,7 @@ class _Packed(NamedTuple):
   t: np.ndarray  # (K, M, N)
   rows: np.ndarray  # (K, M) bool: example b < B
   outputs: np.ndarray  # (K, N) bool: output unit k < n_L
-  loss: np.ndarray  # (K,) int32: index into LOSS_NAMES (the logit loss for a fused one)
+  loss: np.ndarray  # (K,) int32: index into Branches.losses (the logit loss for a fused one)
   fused: np.ndarray  # (K,) bool: the loss is taken of z_L, not of y = a_L
   depth: np.ndarray  # (K,) int32: L
   fill: np.ndarray  # (K,) the padded outputs' value
@@ -443,6 +444,7 @@ def per_example_grads_many(problems, *, precision=DEFAULT_PRECISION, shape=None)
 def _one_case_lambdas(p: _Packed, precision):
   """lambda_l = dy/dz_l of one padded case: (D, M, N, N), zero for l > L and padded units."""
   f_branches = tuple(_f_branch(n) for n in ACTIVATION_NAMES)
+
   def layer_forward(a_prev, layer):
     W, b, act, live, units = layer
     z = jnp.matmul(a_prev, W.T, precision=precision) + b[None, :]  # (7)
