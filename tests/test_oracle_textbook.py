@@ -182,6 +182,7 @@ def test_a_search_compiles_its_bucket_function_over_its_declared_names(monkeypat
   # over those alone, not over all 14 activations; a search of any other spec, over every name.
   from bpref.scale import fast
 
+  monkeypatch.setattr(_truth, "_CACHE", {})  # every case's truth computed here, none cached earlier
   asked = []
   evaluate = fast.evaluate_many
   monkeypatch.setattr(fast, "evaluate_many",
