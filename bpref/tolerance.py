@@ -416,9 +416,11 @@ def pointwise(fn, *arrays) -> np.ndarray:
   n = int(np.prod(shape, dtype=np.int64))
   size = max(64, 1 << max(n - 1, 0).bit_length())
   flat = [np.pad(np.asarray(a, np.float64).ravel(), (0, size - n)) for a in arrays]
-  tables = {} if _DECLARED.get() is None else _tables(declared_activations())
-  if tables and fn not in tables:
-    tables = _tables()
+  tables = {}  # outside a declared block, fn compiles alone
+  if _DECLARED.get() is not None:
+    tables = _tables(declared_activations())
+    if fn not in tables:
+      tables = _tables()
   with jax.enable_x64(True):
     if fn in tables and len(flat) <= 2:
       apply, i = tables[fn]

@@ -121,8 +121,9 @@ def test_bpref_within_the_rounding_model_of_the_referee(dtype, data):
   tol = tolerance.problem_tolerance(problem.params, problem.x)
   exact = referee.exact(*problem)
   ours = dict(zip(("grad", "deltas", "input_grad", "lambdas"), _bpref_all(*problem)))
-  theirs = referee.to_float({"grad": exact.grads, "deltas": exact.deltas, "input_grad": exact.input_grad,
-                     "lambdas": referee.lambdas(problem.params, problem.x)})
+  theirs = referee.to_float({"grad": exact.grads, "deltas": exact.deltas,
+                             "input_grad": exact.input_grad,
+                             "lambdas": referee.lambdas(problem.params, problem.x)})
   errors, _ = verify.compare(problem, ours, theirs)
   for check, err in errors.items():
     assert err <= tol, f"{check}: error {err:.3e} of the magnitude bound > (T) = {tol:.2e}"
