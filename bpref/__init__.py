@@ -10,6 +10,7 @@ from bpref.backprop import deltas as deltas
 from bpref.backprop import grad as grad
 from bpref.backprop import input_grad as input_grad
 from bpref.backprop import lambdas as lambdas
+from bpref.backprop import loss_value as loss_value
 from bpref.backprop import output_delta as output_delta
 from bpref.backprop import param_grads as param_grads
 from bpref.backprop import per_example_grads as per_example_grads
@@ -18,7 +19,6 @@ from bpref.network import DEFAULT_PRECISION as DEFAULT_PRECISION
 from bpref.network import forward as forward
 from bpref.network import from_arrays as from_arrays
 from bpref.network import init as init
-from bpref.network import loss_value as loss_value
 from bpref.network import predict as predict
 from bpref.scale.sharding import shard_batch as shard_batch
 from bpref.structures import Architecture as Architecture

@@ -15,8 +15,6 @@ materialized on the gradient path.
 
 from __future__ import annotations
 
-import functools
-
 import math
 from typing import Callable, NamedTuple
 
@@ -86,7 +84,7 @@ def _sigmoid_forms_error(z, a):
 
 
 def _sigmoid_second(z, a):
-  # |f''| = sigma' |1 - 2 sigma| <= sigma' (R1).
+  # |f''| = sigma' |1 - 2 sigma| <= sigma' (R1); softplus, whose f' is sigma, has f'' = sigma'.
   return _sigmoid_df(z)
 
 
@@ -99,10 +97,6 @@ def _identity_df(z):
   return jnp.ones_like(z)
 
 
-def _identity_df_from_output(a):
-  return jnp.ones_like(a)  # f'(z) = 1
-
-
 # relu: f(z) = max(z, 0); f'(z) = 1 for z > 0, else 0 (relu'(0) = 0 as jax.nn.relu).
 def _relu(z):
   return jnp.where(z > 0, z, jnp.zeros_like(z))
@@ -110,10 +104,6 @@ def _relu(z):
 
 def _relu_df(z):
   return jnp.where(z > 0, jnp.ones_like(z), jnp.zeros_like(z))
-
-
-def _relu_df_from_output(a):
-  return jnp.where(a > 0, jnp.ones_like(a), jnp.zeros_like(a))  # a > 0 exactly when z > 0
 
 
 LEAKY_RELU_SLOPE = 0.01
@@ -254,11 +244,6 @@ def _softplus_forms_error(z, a):
   return 2 * sigmoid(-z)
 
 
-def _softplus_second(z, a):
-  # f'' = sigma' (R1).
-  return _sigmoid_df(z)
-
-
 # softplus: f(z) = log(1 + e^z) = logaddexp(z, 0); f'(z) = sigma(z).
 def _softplus(z):
   return jnp.logaddexp(z, jnp.zeros_like(z))
@@ -347,9 +332,9 @@ _SELU_KINK = ((SELU_SCALE * SELU_ALPHA, "selu'(0) = scale * alpha (jax.nn)"),
 ACTIVATIONS: dict[str, Activation] = {
     act.name: act
     for act in (
-        Activation("identity", _identity, _identity_df, df_out=_identity_df_from_output,
-                   piecewise_linear=True),
-        Activation("relu", _relu, _relu_df, df_out=_relu_df_from_output, kink="f'",
+        # identity' and relu' read from a equal f'(z) bit for bit: 1, and a > 0 exactly when z > 0.
+        Activation("identity", _identity, _identity_df, df_out=_identity_df, piecewise_linear=True),
+        Activation("relu", _relu, _relu_df, df_out=_relu_df, kink="f'",
                    kink_values=_RELU_KINK, piecewise_linear=True),
         Activation("leaky_relu", _leaky_relu, _leaky_relu_df, kink="f'",
                    kink_values=_LEAKY_RELU_KINK, piecewise_linear=True),
@@ -366,7 +351,7 @@ ACTIVATIONS: dict[str, Activation] = {
         Activation("silu", _silu, _silu_df, df_forms=_silu_forms_error, d2f=_silu_second),
         Activation("mish", _mish, _mish_df, df_forms=_mish_forms_error, d2f=_mish_second),
         Activation("softplus", _softplus, sigmoid, df_forms=_softplus_forms_error,
-                   d2f=_softplus_second, a_form=("1 - exp(-a)", lambda a: 1 - np.exp(-a))),
+                   d2f=_sigmoid_second, a_form=("1 - exp(-a)", lambda a: 1 - np.exp(-a))),
         Activation("sigmoid", sigmoid, _sigmoid_df, df_forms=_sigmoid_forms_error,
                    d2f=_sigmoid_second, a_form=("a (1 - a)", lambda a: a * (1 - a))),
         Activation("tanh", jnp.tanh, _tanh_df, df_forms=_tanh_forms_error, d2f=_tanh_second,
@@ -402,27 +387,15 @@ def get(name: str) -> Activation:
         f"unknown activation {name!r}; valid names: {', '.join(ACTIVATIONS)}") from None
 
 
-@functools.lru_cache(maxsize=None)
-def rho(name: str, forms: bool = True):
-  """rho_f as one function (z, a) -> units of u, or None where it is 0: ``d2f`` plus, with
-  ``forms``, ``df_forms`` (the record's fields; derived in proofs/tolerance.md). The same
-  function object for the same arguments, so that compiled uses of it are shared."""
-  act = get(name)
-  parts = [f for f in (act.d2f, act.df_forms if forms else None) if f is not None]
-  if not parts:
-    return None
-  return parts[0] if len(parts) == 1 else (lambda z, a: parts[0](z, a) + parts[1](z, a))
-
-
-def _argmax_mask(a: Array) -> Array:
-  # True at k = argmax a (the first one on ties) in each row of a.
+def argmax_mask(a: Array) -> Array:
+  """True at k = argmax a (the first one on ties) in each row of a."""
   k = jnp.arange(a.shape[-1]).reshape((1,) * (a.ndim - 1) + (a.shape[-1],))
   return k == jnp.argmax(a, axis=-1)[..., None]
 
 
 def _replace_argmax_by_minus_rest(v: Array, a: Array) -> Array:
   # v_k = -sum_{j != k} v_j at k = argmax a, for rows v that sum to 0 exactly.
-  at_k = _argmax_mask(a)
+  at_k = argmax_mask(a)
   rest = jnp.sum(jnp.where(at_k, jnp.zeros_like(v), v), axis=-1, keepdims=True)
   return jnp.where(at_k, -rest, v)
 
@@ -473,7 +446,7 @@ def jacobian(name: str, z: Array, a: Array) -> Array:
   if act.elementwise:
     return act.df(z)[..., :, None] * eye
   jac = a[..., :, None] * eye - a[..., :, None] * a[..., None, :]  # diag(a) - a a^T
-  at_k = _argmax_mask(a)
+  at_k = argmax_mask(a)
   rest = jnp.sum(jnp.where(at_k, jnp.zeros_like(a), a), axis=-1)  # sum_{j != k} a_j = 1 - a_k
   diag_k = jnp.max(a, axis=-1) * rest  # a_k (1 - a_k)
   return jnp.where(at_k[..., :, None] & at_k[..., None, :], diag_k[..., None, None], jac)

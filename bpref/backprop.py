@@ -39,13 +39,11 @@ from bpref.validation import check_problem, check_x
 Array = jax.Array
 
 
-def _output_cotangent(tape: Tape, t2, loss, reduction) -> tuple[Array, Array]:
-  """(C, dC/dy) for the reduced loss; dC/dy has shape (B, n_L)."""
-  loss_obj = _losses.get(loss)
-  y = tape.a[-1]
-  value = _losses.reduce(loss_obj.value(y, t2), reduction)
-  scale = _losses.reduce_scale(y.shape[0], reduction)
-  return value, loss_obj.dy(y, t2) * jnp.asarray(scale, y.dtype)  # (14) and its batch reduction
+def _reduced(loss: _losses.Loss, y: Array, t: Array, reduction: str) -> tuple[Array, Array]:
+  """(C, dC/dy) of ``loss`` reduced over the batch, y and t of shape (B, K)."""
+  value = _losses.reduce(loss.value(y, t), reduction)
+  scale = jnp.asarray(_losses.reduce_scale(y.shape[0], reduction), y.dtype)
+  return value, loss.dy(y, t) * scale  # (14) and its batch reduction
 
 
 def output_delta(params, tape: Tape, t, loss, reduction) -> tuple[Array, Array]:
@@ -56,35 +54,26 @@ def output_delta(params, tape: Tape, t, loss, reduction) -> tuple[Array, Array]:
   The two-step route divides by y_L, which underflows to 0 or rounds to 1 once the output
   saturates.
   """
-  logits = _losses.get(loss).logits
-  if logits is None:
-    value, g = _output_cotangent(tape, t, loss, reduction)
-    return value, _output_vjp(params, tape, g)
-  z = tape.z[-1]
-  fused = _losses.get(logits)
-  value = _losses.reduce(fused.value(z, t), reduction)
-  scale = jnp.asarray(_losses.reduce_scale(z.shape[0], reduction), z.dtype)
-  return value, fused.dy(z, t) * scale  # (34), corrected, with f_L and C fused
-
-
-def _output_vjp(params, tape: Tape, g: Array) -> Array:
-  return _activations.vjp(params[-1].activation, tape.z[-1], tape.a[-1], g)  # (34), corrected
+  loss_obj = _losses.get(loss)
+  if loss_obj.logits is not None:
+    return _reduced(_losses.get(loss_obj.logits), tape.z[-1], t, reduction)  # (34), corrected, with f_L and C fused
+  value, g = _reduced(loss_obj, tape.a[-1], t, reduction)
+  return value, _activations.vjp(params[-1].activation, tape.z[-1], tape.a[-1], g)  # (34), corrected
 
 
 def backward(params, tape: Tape, delta: Array, precision=DEFAULT_PRECISION) -> Deltas:
-  """(delta_1, ..., delta_L) from delta_L of shape (B, n_L), each delta_l of shape (B, n_l)."""
+  """(delta_1, ..., delta_L) from delta_L of shape (B, n_L), each delta_l of shape (B, n_l).
+
+  delta_L may carry axes between the batch and the units, (B, ..., n_L): each row is pulled back
+  on its own. ``lambdas`` pulls back the rows of lambda_L so, since (30) is (37) row by row.
+  """
   out = [delta]
   for l in range(len(params) - 1, 0, -1):  # l = L-1, ..., 1
     back = jnp.matmul(delta, params[l].W, precision=precision)  # delta_{l+1} W_{l+1}
     df = _activations.derivative(params[l - 1].activation, tape.z[l - 1], tape.a[l])  # (24)
-    delta = back * df  # (37), corrected
+    delta = back * jnp.expand_dims(df, range(1, back.ndim - 1))  # (37), corrected; (30) on rows of lambda
     out.append(delta)
   return tuple(reversed(out))
-
-
-def deltas_from_cotangent(params, tape: Tape, g: Array, precision=DEFAULT_PRECISION) -> Deltas:
-  """delta_1, ..., delta_L from the output cotangent g = dC/dy: a linear map of g."""
-  return backward(params, tape, _output_vjp(params, tape, g), precision)
 
 
 def param_grads(params, tape: Tape, deltas: Deltas, precision=DEFAULT_PRECISION) -> tuple:
@@ -129,6 +118,14 @@ def value_and_grad(params, x, t, loss: str = "squared_error", reduction: str = "
   tape, value, delta_L, _ = _prepare(params, x, t, loss, reduction, precision)
   deltas = backward(params, tape, delta_L, precision)
   return value, param_grads(params, tape, deltas, precision)
+
+
+def loss_value(params, x, t, loss: str = "squared_error", reduction: str = "mean", *,
+               precision=DEFAULT_PRECISION) -> Array:
+  """The reduced loss C of the network's prediction: the first half of ``value_and_grad``."""
+  x2, t2, _ = check_problem(params, x, t, loss, reduction)
+  y = forward(params, x2, precision=precision).a[-1]
+  return _losses.reduce(_losses.get(loss).value(y, t2), reduction)
 
 
 def grad(params, x, t, loss: str = "squared_error", reduction: str = "mean", *,
@@ -177,12 +174,6 @@ def lambdas(params, x, *, precision=DEFAULT_PRECISION) -> Lambdas:
   """
   x2, single = check_x(params, x)
   tape = forward(params, x2, precision=precision)
-  last = params[-1]
-  lam = _activations.jacobian(last.activation, tape.z[-1], tape.a[-1])  # (27)
-  out = [lam]
-  for l in range(len(params) - 1, 0, -1):
-    back = jnp.matmul(lam, params[l].W, precision=precision)  # lambda_{l+1} W_{l+1}
-    df = _activations.derivative(params[l - 1].activation, tape.z[l - 1], tape.a[l])  # (24)
-    lam = back * df[:, None, :]  # (30), corrected; its last step, l = 1, is (31), corrected
-    out.append(lam)
-  return unbatched(tuple(reversed(out)), single)
+  lam_L = _activations.jacobian(params[-1].activation, tape.z[-1], tape.a[-1])  # (27)
+  lams = backward(params, tape, lam_L, precision)  # (30), corrected, row by row; its l = 1 step is (31)
+  return unbatched(lams, single)

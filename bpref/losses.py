@@ -14,7 +14,7 @@ from typing import Callable, NamedTuple
 
 import jax.numpy as jnp
 
-from bpref.activations import sigmoid, softmax
+from bpref.activations import argmax_mask, sigmoid, softmax
 
 Array = jnp.ndarray
 
@@ -84,8 +84,7 @@ def _softmax_cross_entropy(y, t):
 def _softmax_cross_entropy_dy(y, t):
   p = softmax(y)
   s = jnp.sum(t, axis=-1, keepdims=True)
-  k = jnp.arange(y.shape[-1]).reshape((1,) * (y.ndim - 1) + (y.shape[-1],))
-  at_k = k == jnp.argmax(y, axis=-1)[..., None]
+  at_k = argmax_mask(y)
   rest = jnp.sum(jnp.where(at_k, jnp.zeros_like(p), p), axis=-1, keepdims=True)  # 1 - p_k
   return jnp.where(at_k, (s - t) - s * rest, p * s - t)
 
@@ -171,12 +170,6 @@ def get(name: str) -> Loss:
     return LOSSES[name]
   except (KeyError, TypeError):
     raise ValueError(f"unknown loss {name!r}; valid names: {', '.join(LOSSES)}") from None
-
-
-def check_reduction(reduction: str) -> str:
-  if reduction not in REDUCTIONS:
-    raise ValueError(f"unknown reduction {reduction!r}; valid: {', '.join(REDUCTIONS)}")
-  return reduction
 
 
 def reduce(per_example: Array, reduction: str) -> Array:

@@ -14,17 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from bpref import activations as _activations
-from bpref import losses as _losses
 from bpref.structures import Array, Layer, Params, Tape, unbatched
-from bpref.validation import check_key, check_params, check_precision, check_problem, check_sizes, check_x
+from bpref.validation import check_key, check_params, check_precision, check_sizes, check_x, per_layer
 
 DEFAULT_PRECISION = jax.lax.Precision.HIGHEST
 """Matmul precision of the reference: full precision on every backend (no TF32, no bf16 passes)."""
-
-
-def _matmul_t(a, W, precision):
-  # a W^T for rows a of shape (B, n_{l-1}) and W of shape (n_l, n_{l-1}).
-  return jnp.matmul(a, W.T, precision=precision)
 
 
 # ---------------------------------------------------------------- constructors
@@ -73,19 +67,6 @@ def init(key, sizes: Sequence[int], activations, *, bias: bool = True, dtype=Non
   return params
 
 
-def per_layer(n_layers: int, biases, activations) -> tuple[list, tuple]:
-  """``biases`` (None for none) and ``activations`` (one name for all) as one entry per layer."""
-  biases = [None] * n_layers if biases is None else list(biases)
-  if len(biases) != n_layers:
-    raise ValueError(f"{n_layers} weight arrays but {len(biases)} biases; give one per layer or None")
-  if isinstance(activations, str):
-    activations = (activations,) * n_layers
-  activations = tuple(activations)
-  if len(activations) != n_layers:
-    raise ValueError(f"{n_layers} weight arrays but {len(activations)} activations: {activations}")
-  return biases, activations
-
-
 def _device_array(v, what: str):
   # A JAX array (or tracer) as it is; anything else through device_put, which canonicalizes the
   # dtype as jnp.asarray does but, unlike it, compiles nothing (jnp.asarray compiles once per shape).
@@ -117,18 +98,6 @@ def from_arrays(weights, biases, activations) -> Params:
 
 # ---------------------------------------------------------------- forward pass
 
-def _forward(params, x2, precision) -> Tape:
-  check_precision(precision)
-  zs, acts = [], [x2]  # a_0 = x (4)
-  for layer in params:
-    z = _matmul_t(acts[-1], layer.W, precision)  # (7): z_l = W_l a_{l-1}, rows: A_{l-1} W_l^T
-    if layer.b is not None:
-      z = z + layer.b[None, :]  # (7) with bias: z_l = W_l a_{l-1} + b_l
-    zs.append(z)
-    acts.append(_activations.get(layer.activation).f(z))  # (8): a_l = f_l(z_l)
-  return Tape(tuple(zs), tuple(acts))
-
-
 def forward(params, x, *, precision=DEFAULT_PRECISION) -> Tape:
   """The forward pass (4)-(10), saving every z_l and a_l.
 
@@ -142,18 +111,18 @@ def forward(params, x, *, precision=DEFAULT_PRECISION) -> Tape:
     batch axis when x is 1-D.
   """
   x2, single = check_x(params, x)
-  tape = _forward(params, x2, precision)
-  return unbatched(tape, single)
+  check_precision(precision)
+  zs, acts = [], [x2]  # a_0 = x (4)
+  for layer in params:
+    z = jnp.matmul(acts[-1], layer.W.T, precision=precision)  # (7): z_l = W_l a_{l-1}, rows: A_{l-1} W_l^T
+    if layer.b is not None:
+      z = z + layer.b[None, :]  # (7) with bias: z_l = W_l a_{l-1} + b_l
+    zs.append(z)
+    acts.append(_activations.get(layer.activation).f(z))  # (8): a_l = f_l(z_l)
+  return unbatched(Tape(tuple(zs), tuple(acts)), single)
 
 
 def predict(params, x, *, precision=DEFAULT_PRECISION) -> Array:
   """y = a_L = f_L(W_L f_{L-1}(... f_1(W_1 x))) (1), shape (B, n_L) or (n_L,)."""
   return forward(params, x, precision=precision).a[-1]
 
-
-def loss_value(params, x, t, loss="squared_error", reduction="mean", *,
-               precision=DEFAULT_PRECISION) -> Array:
-  """The reduced loss C of the network's prediction."""
-  x2, t2, _ = check_problem(params, x, t, loss, reduction)
-  y = _forward(params, x2, precision).a[-1]
-  return _losses.reduce(_losses.get(loss).value(y, t2), reduction)

@@ -380,6 +380,20 @@ def declared_losses():
 
 
 @functools.lru_cache(maxsize=None)
+def rho_function(name: str, forms: bool = True):
+  """rho_f of activation ``name`` as one function (z, a) -> units of u, or None where it is 0:
+  the record's ``d2f`` plus, with ``forms``, its ``df_forms`` (derived in proofs/tolerance.md).
+  The same function object for the same arguments, so that compiled uses of it are shared."""
+  from bpref import activations as _activations
+
+  act = _activations.get(name)
+  parts = [f for f in (act.d2f, act.df_forms if forms else None) if f is not None]
+  if not parts:
+    return None
+  return parts[0] if len(parts) == 1 else (lambda z, a: parts[0](z, a) + parts[1](z, a))
+
+
+@functools.lru_cache(maxsize=None)
 def _tables(names=None) -> dict:
   """fn -> (apply, i) for every elementwise f, f' and rho_f of ``bpref.activations`` (of
   ``names`` alone if given): one compiled function per role (the f's, the f''s, the
@@ -393,7 +407,7 @@ def _tables(names=None) -> dict:
       [(act.f, lambda z, a, fn=act.f: fn(z)) for _, act in elementwise],
       [(act.df, lambda z, a, fn=act.df: fn(z)) for _, act in elementwise],
       [(r, r) for name, _ in elementwise
-       for r in (_activations.rho(name, False), _activations.rho(name, True)) if r is not None],
+       for r in (rho_function(name, False), rho_function(name, True)) if r is not None],
   )
   found = {}
   for role in roles:
@@ -409,7 +423,7 @@ def pointwise(fn, *arrays) -> np.ndarray:
 
   The arrays are flattened and zero-padded to a power-of-two length (at least 64), so
   many problems compile once per length class rather than once per shape. Inside a
-  ``declared`` block, bpref's f, f' and rho_f (``bpref.activations.rho``) share one compiled
+  ``declared`` block, bpref's f, f' and rho_f (``rho_function``) share one compiled
   function per role and length class; outside, ``fn`` compiles alone.
   """
   shape = np.shape(arrays[0])

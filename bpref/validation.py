@@ -106,13 +106,32 @@ def check_x(params, x) -> tuple:
   return x2, single
 
 
+def check_reduction(reduction: str) -> str:
+  if reduction not in _losses.REDUCTIONS:
+    raise ValueError(f"unknown reduction {reduction!r}; valid: {', '.join(_losses.REDUCTIONS)}")
+  return reduction
+
+
+def per_layer(n_layers: int, biases, activations) -> tuple[list, tuple]:
+  """``biases`` (None for none) and ``activations`` (one name for all) as one entry per layer."""
+  biases = [None] * n_layers if biases is None else list(biases)
+  if len(biases) != n_layers:
+    raise ValueError(f"{n_layers} weight arrays but {len(biases)} biases; give one per layer or None")
+  if isinstance(activations, str):
+    activations = (activations,) * n_layers
+  activations = tuple(activations)
+  if len(activations) != n_layers:
+    raise ValueError(f"{n_layers} weight arrays but {len(activations)} activations: {activations}")
+  return biases, activations
+
+
 def check_problem(params, x, t, loss, reduction):
   """Validate a whole (params, x, t, loss, reduction) problem.
 
   Returns (x2, t2, single): x and t with a batch axis, and whether it was added.
   """
   loss_obj = _losses.get(loss)
-  _losses.check_reduction(reduction)
+  check_reduction(reduction)
   x2, single = check_x(params, x)
   n_out = params[-1].W.shape[0]
   batch = x2.shape[0]

@@ -166,8 +166,8 @@ MUTATIONS = (
              "  dx = jnp.matmul(delta_1, params[0].W.T, precision=precision)",
              "dC/dx = delta_1 W_1^T"),
     Mutation("lambdas_order", B,
-             "  return unbatched(tuple(reversed(out)), single)",
-             "  return unbatched(tuple(out), single)",
+             "  return unbatched(lams, single)",
+             "  return unbatched(lams[::-1], single)",
              "lambdas returned in recursion order (lambda_L first)"),
     # ------------------------------------------------------------ accuracy only
     Mutation("tanh_prime_cancels", A,

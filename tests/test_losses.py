@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from bpref import losses as L
+from bpref import validation
 from bpref.testing import problems
 
 U64 = 2.0 ** -53
@@ -106,4 +107,4 @@ def test_unknown_loss_and_reduction_are_rejected():
   with pytest.raises(ValueError, match="valid names: squared_error"):
     L.get("mse")
   with pytest.raises(ValueError, match="valid: mean, sum"):
-    L.check_reduction("avg")
+    validation.check_reduction("avg")

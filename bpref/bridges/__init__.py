@@ -32,7 +32,7 @@ import numpy as np
 
 from bpref import activations as _activations
 from bpref import losses as _losses
-from bpref import network as _network
+from bpref import validation as _validation
 from bpref.structures import Architecture
 
 __all__ = ["Architecture", "BRIDGES", "check_arrays"]
@@ -51,7 +51,7 @@ def check_arrays(weights, biases, activations, loss, x, t, reduction="mean"):
   n_layers = len(weights)
   if n_layers == 0:
     raise ValueError("weights is empty; a network needs at least one layer")
-  biases, activations = _network.per_layer(n_layers, biases, activations)
+  biases, activations = _validation.per_layer(n_layers, biases, activations)
   biases = [None if b is None else np.array(b) for b in biases]
   for l, name in enumerate(activations, start=1):
     try:
@@ -59,7 +59,7 @@ def check_arrays(weights, biases, activations, loss, x, t, reduction="mean"):
     except ValueError as err:
       raise ValueError(f"layer {l}: {err}") from None
   _losses.get(loss)
-  _losses.check_reduction(reduction)
+  _validation.check_reduction(reduction)
   x, t = np.array(x), np.array(t)
   dtype = x.dtype
   if dtype not in (np.float32, np.float64):

@@ -92,7 +92,7 @@ def rho(name, z, a, forms=True):
   plus, with ``forms``, ``Activation.df_forms``: the standard forms of f' in common use,
   such as 1 - a^2 for tanh, whose error is absolute, not relative to f'
   (proofs/tolerance.md). ``forms=False`` is the allowance of bpref's own f'."""
-  fn = _activations.rho(name, forms)
+  fn = _tolerance.rho_function(name, forms)
   return np.zeros(np.shape(z)) if fn is None else pointwise(fn, z, a)
 
 

@@ -81,7 +81,7 @@ def _theirs(params, x, t):
 
 
 def _forward(params, x, t):
-  return _network.loss_value(params, x, t, LOSS, REDUCTION)
+  return _backprop.loss_value(params, x, t, LOSS, REDUCTION)
 
 
 _SHAPE = re.compile(r"%([\w.\-]+) = \w+\[([\d,]*)\]")

@@ -46,6 +46,7 @@ from bpref import activations as _activations
 from bpref import backprop as _backprop
 from bpref import losses as _losses
 from bpref import tolerance as _tolerance
+from bpref import validation as _validation
 from bpref.network import DEFAULT_PRECISION
 from bpref.oracle import truth as _truth
 from bpref.scale import fast as _fast
@@ -180,7 +181,7 @@ def make_spec(kind, name=None, **options) -> OpSpec:
   if spec.layout not in ("out_in", "in_out"):
     raise ValueError(f"layout must be 'out_in' (W of shape (n_out, n_in)) or 'in_out' (its "
                      f"transpose); got {spec.layout!r}")
-  _losses.check_reduction(spec.reduction)
+  _validation.check_reduction(spec.reduction)
   if spec.dtype not in ("float64", "float32"):
     raise ValueError(f"dtype must be 'float64' or 'float32'; got {spec.dtype!r}")
   for field, least in (("examples", 0), ("max_batch", 1), ("max_width", 1), ("shrink_budget", 0)):
