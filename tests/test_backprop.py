@@ -149,6 +149,27 @@ def test_single_example_results_carry_no_batch_axis():
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_backward_pulls_back_each_row_of_a_stacked_cotangent_and_matches_the_witness():
+  # delta_L of shape (B, K, n_L): row k of every delta_l is backward of row k alone, and each
+  # is the witness's vector-Jacobian product of dC/dz_L = G[:, k] through the layers below.
+  rng = np.random.default_rng(1)
+  params = bpref.init(jax.random.key(2), (3, 5, 4, 2), ("tanh", "gelu", "sigmoid"))
+  x, G = jnp.asarray(rng.normal(size=(6, 3))), jnp.asarray(rng.normal(size=(6, 3, 2)))
+  tape = bpref.forward(params, x)
+  stacked = bpref.backward(params, tape, G)
+  assert [d.shape for d in stacked] == [(6, 3, 5), (6, 3, 4), (6, 3, 2)]
+  for k in range(3):
+    one = bpref.backward(params, tape, G[:, k])
+    _assert_close(tuple(d[:, k] for d in stacked), one, np.float64, f"row {k}")
+
+    def z_L(z_1):  # z_L as a function of z_1 on the same tape, by the witness's forward pass
+      a = jax.nn.tanh(z_1)
+      a = jax.nn.gelu(a @ params[1].W.T + params[1].b[None], approximate=False)
+      return a @ params[2].W.T + params[2].b[None]
+    _, pullback = jax.vjp(z_L, tape.z[0])
+    _assert_close(stacked[0][:, k], pullback(G[:, k])[0], np.float64, f"witness, row {k}")
+
+
 def test_handwritten_path_does_not_import_autodiff():
   import ast
   import pathlib
