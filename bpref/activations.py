@@ -106,6 +106,10 @@ def _relu_df(z):
   return jnp.where(z > 0, jnp.ones_like(z), jnp.zeros_like(z))
 
 
+def _relu_df_from_output(a):
+  return jnp.where(a > 0, jnp.ones_like(a), jnp.zeros_like(a))  # a > 0 exactly when z > 0
+
+
 LEAKY_RELU_SLOPE = 0.01
 
 
@@ -332,9 +336,8 @@ _SELU_KINK = ((SELU_SCALE * SELU_ALPHA, "selu'(0) = scale * alpha (jax.nn)"),
 ACTIVATIONS: dict[str, Activation] = {
     act.name: act
     for act in (
-        # identity' and relu' read from a equal f'(z) bit for bit: 1, and a > 0 exactly when z > 0.
         Activation("identity", _identity, _identity_df, df_out=_identity_df, piecewise_linear=True),
-        Activation("relu", _relu, _relu_df, df_out=_relu_df, kink="f'",
+        Activation("relu", _relu, _relu_df, df_out=_relu_df_from_output, kink="f'",
                    kink_values=_RELU_KINK, piecewise_linear=True),
         Activation("leaky_relu", _leaky_relu, _leaky_relu_df, kink="f'",
                    kink_values=_LEAKY_RELU_KINK, piecewise_linear=True),
