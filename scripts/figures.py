@@ -13,13 +13,15 @@ figures in it cannot drift from the code that made them; the prose around it say
 measured. ``--list`` names each block, its commands and the files that hold it.
 
 Figures that need what this machine lacks (the GPU figures of docs/scale.md) are not blocks:
-they carry the date and command of their run beside them.
+they carry the date and command of their run beside them. The sharding figures are: their
+devices are simulated on the CPU (``tests/test_sharding.py --child``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import re
 import subprocess
@@ -34,7 +36,9 @@ BLOCK = re.compile(r"(<!-- figures: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /f
 
 
 class Figure(NamedTuple):
-  """A block's commands (each the arguments of ``bpref``) and how their outputs read in it."""
+  """A block's commands and how their outputs read in it. A command is the arguments of
+  ``bpref``, or of ``python`` when its first word is a script of this repository (``*.py``);
+  words of the form NAME=value before it are set in its environment."""
   commands: tuple[tuple[str, ...], ...]
   render: Callable[[list[str]], str]
 
@@ -102,6 +106,51 @@ def _checkers_table(outputs) -> str:
   return "\n".join(lines)
 
 
+SHARDING_DEVICES = (4, 8)
+"""The simulated device counts of docs/scale.md's sharding table."""
+
+SHARDING_FUNCTIONS = ("value_and_grad", "deltas", "lambdas", "input_grad", "per_example_grads")
+
+
+def _sharding_command(devices: int) -> tuple[str, ...]:
+  return (f"XLA_FLAGS=--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS=cpu",
+          "tests/test_sharding.py", "--child")
+
+
+def _sharding_reports(outputs) -> list[dict]:
+  return [json.loads(out.strip().splitlines()[-1]) for out in outputs]
+
+
+def _sharding_error(value: float) -> str:
+  return "0" if value == 0 else _e(value)
+
+
+def _sharding_table(outputs) -> str:
+  # One row per device count and mesh; a cell is "regression / classifier" where both ran.
+  lines = ["| devices | mesh | " + " | ".join(SHARDING_FUNCTIONS) + " |",
+           "|---|---|" + "---|" * len(SHARDING_FUNCTIONS)]
+  worst = 0.0
+  for report in _sharding_reports(outputs):
+    meshes = dict.fromkeys(r["mesh"] for r in report["records"])
+    for mesh in meshes:
+      records = [r for r in report["records"] if r["mesh"] == mesh]
+      shape = " × ".join(f"{axis} {size}" for axis, size in records[0]["mesh_shape"].items())
+      cells = [" / ".join(_sharding_error(r["error"]) for r in records if r["fn"] == fn)
+               for fn in SHARDING_FUNCTIONS]
+      lines.append(f"| {report['devices']} | {shape} | " + " | ".join(cells) + " |")
+      worst = max([worst] + [r["error"] for r in records])
+  units = worst / 2.0 ** -53
+  return "\n".join(lines) + (f"\n\n(regression / classifier where both were run.) The worst error is "
+                             f"{_e(worst)}, about {units:.0f} units of 2⁻⁵³.")
+
+
+def _sharding_sentence(outputs) -> str:
+  worst = max(r["error"] for report in _sharding_reports(outputs) for r in report["records"])
+  counts = " and ".join(str(report["devices"]) for report in _sharding_reports(outputs))
+  return (f"**Sharded** value_and_grad on {counts} simulated devices equals unsharded to "
+          f"{_e(worst)}\n([docs/scale.md](docs/scale.md)).")
+
+
 FIGURES: dict[str, Figure] = {
     "verify-quick": Figure((("verify", "--quick", "--markdown", "--no-progress"),), _first_table),
     "verify-witnesses": Figure((("verify", "--cases", "20", "--witness-cases", "30", "--seed", "1",
@@ -111,6 +160,8 @@ FIGURES: dict[str, Figure] = {
     "train": Figure(tuple(("train", "--json") + extra for extra in TRAIN_RUNS), _train_table),
     "train-sentence": Figure(tuple(("train", "--json") + extra for extra in TRAIN_RUNS[:2]),
                              _train_sentence),
+    "sharding": Figure(tuple(_sharding_command(k) for k in SHARDING_DEVICES), _sharding_table),
+    "sharding-sentence": Figure(tuple(_sharding_command(k) for k in SHARDING_DEVICES), _sharding_sentence),
 }
 """Every block by name."""
 
@@ -138,10 +189,22 @@ def replace(text: str, bodies: dict) -> str:
   return BLOCK.sub(body, text)
 
 
-def _bpref(args) -> str:
-  proc = subprocess.run([sys.executable, "-m", "bpref", *args], capture_output=True, text=True, cwd=ROOT)
+def shell(command) -> str:
+  """A command as one would type it."""
+  n = sum(1 for word in command if re.fullmatch(r"[A-Z_]+=\S*", word))
+  program = "python" if command[n:][:1] and command[n].endswith(".py") else "bpref"
+  return " ".join((*command[:n], program, *command[n:]))
+
+
+def _run(command) -> str:
+  n = sum(1 for word in command if re.fullmatch(r"[A-Z_]+=\S*", word))
+  env = dict(os.environ, **dict(word.split("=", 1) for word in command[:n]))
+  env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))  # this tree's bpref
+  args = command[n:]
+  argv = [sys.executable, *args] if args[0].endswith(".py") else [sys.executable, "-m", "bpref", *args]
+  proc = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, env=env)
   if proc.returncode != 0:
-    raise SystemExit(f"bpref {' '.join(args)} exited with {proc.returncode}:\n{proc.stderr[-2000:]}")
+    raise SystemExit(f"{shell(command)} exited with {proc.returncode}:\n{proc.stderr[-2000:]}")
   return proc.stdout
 
 
@@ -151,8 +214,8 @@ def render(names) -> dict:
   for name in names:
     for command in FIGURES[name].commands:
       if command not in outputs:
-        print(f"running bpref {' '.join(command)}", file=sys.stderr, flush=True)
-        outputs[command] = _bpref(command)
+        print(f"running {shell(command)}", file=sys.stderr, flush=True)
+        outputs[command] = _run(command)
   return {name: FIGURES[name].render([outputs[c] for c in FIGURES[name].commands]) for name in names}
 
 
@@ -166,7 +229,7 @@ def main(argv=None) -> int:
   if args.list:
     for name, figure in FIGURES.items():
       where = [str(p.relative_to(ROOT)) for p, names in found.items() if name in names]
-      print(f"{name}: {'; '.join('bpref ' + ' '.join(c) for c in figure.commands)} -> {', '.join(where)}")
+      print(f"{name}: {'; '.join(shell(c) for c in figure.commands)} -> {', '.join(where)}")
     return 0
   unknown = sorted(set(args.names) - set(FIGURES))
   if unknown:

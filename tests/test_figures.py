@@ -47,3 +47,24 @@ def test_the_train_blocks_read_the_runs_json():
   assert len(table) == 2 + len(figures.TRAIN_RUNS)
   sentence = figures.FIGURES["train-sentence"].render(runs[:2])
   assert "differ by 5.0e-16 relative at most in float64 (2.6e-7 in float32)" in sentence
+
+
+def test_the_sharding_blocks_read_the_childrens_reports():
+  def record(problem, fn, mesh, shape, error):
+    return {"problem": problem, "fn": fn, "mesh": mesh, "mesh_shape": shape, "error": error}
+
+  reports = []
+  for k, worst in zip(figures.SHARDING_DEVICES, (1.1e-15, 8.0e-16)):
+    reports.append(json.dumps({"devices": k, "records": [
+        record("regression", "value_and_grad", "data", {"data": k}, 6.6e-16),
+        record("classifier", "value_and_grad", "data", {"data": k}, 2.5e-16),
+        record("regression", "lambdas", "data", {"data": k}, 0.0),
+        record("regression", "value_and_grad", "data+model", {"data": 2, "model": k // 2}, worst)]}))
+  table = figures.FIGURES["sharding"].render(["progress line\n" + r for r in reports]).splitlines()
+  assert table[0] == "| devices | mesh | " + " | ".join(figures.SHARDING_FUNCTIONS) + " |"
+  assert table[2] == "| 4 | data 4 | 6.6e-16 / 2.5e-16 |  | 0 |  |  |"
+  assert table[3] == "| 4 | data 2 × model 2 | 1.1e-15 |  |  |  |  |"
+  assert table[5] == "| 8 | data 2 × model 4 | 8.0e-16 |  |  |  |  |"
+  assert table[-1].endswith("The worst error is 1.1e-15, about 10 units of 2⁻⁵³.")  # 1.1e-15 / 2^-53 = 9.9
+  sentence = figures.FIGURES["sharding-sentence"].render(reports)
+  assert sentence.startswith("**Sharded** value_and_grad on 4 and 8 simulated devices equals unsharded to 1.1e-15")
