@@ -34,7 +34,7 @@ from bpref import activations as _activations
 from bpref import losses as _losses
 from bpref.network import DEFAULT_PRECISION, forward
 from bpref.structures import Deltas, Lambdas, Layer, Tape, unbatched
-from bpref.validation import check_problem, check_x
+from bpref.validation import check_delta_L, check_deltas, check_problem, check_tape, check_x
 
 Array = jax.Array
 
@@ -54,6 +54,8 @@ def output_delta(params, tape: Tape, t, loss, reduction) -> tuple[Array, Array]:
   The two-step route divides by y_L, which underflows to 0 or rounds to 1 once the output
   saturates.
   """
+  check_tape(params, tape)
+  check_problem(params, tape.a[0], t, loss, reduction)
   loss_obj = _losses.get(loss)
   if loss_obj.logits is not None:
     return _reduced(_losses.get(loss_obj.logits), tape.z[-1], t, reduction)  # (34), corrected, with f_L and C fused
@@ -67,6 +69,7 @@ def backward(params, tape: Tape, delta: Array, precision=DEFAULT_PRECISION) -> D
   delta_L may carry axes between the batch and the units, (B, ..., n_L): each row is pulled back
   on its own. ``lambdas`` pulls back the rows of lambda_L so, since (30) is (37) row by row.
   """
+  check_delta_L(params, tape, delta)
   out = [delta]
   for l in range(len(params) - 1, 0, -1):  # l = L-1, ..., 1
     back = jnp.matmul(delta, params[l].W, precision=precision)  # delta_{l+1} W_{l+1}
@@ -78,6 +81,7 @@ def backward(params, tape: Tape, delta: Array, precision=DEFAULT_PRECISION) -> D
 
 def param_grads(params, tape: Tape, deltas: Deltas, precision=DEFAULT_PRECISION) -> tuple:
   """dC/dparams from the tape and the deltas: a tree with the structure of ``params``."""
+  check_deltas(params, tape, deltas)
   grads = []
   for layer, delta, a_prev in zip(params, deltas, tape.a[:-1]):
     dW = jnp.matmul(delta.T, a_prev, precision=precision)  # (39), corrected: rows D_l^T A_{l-1}

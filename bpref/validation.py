@@ -15,7 +15,7 @@ import numpy as np
 
 from bpref import activations as _activations
 from bpref import losses as _losses
-from bpref.structures import Layer
+from bpref.structures import Layer, Tape
 
 
 def describe(x) -> str:
@@ -157,6 +157,53 @@ def check_problem(params, x, t, loss, reduction):
     raise ValueError(f"loss {loss!r} takes probabilities from a {loss_obj.output} output layer; "
                      f"layer {len(params)} has activation {params[-1].activation!r}")
   return x2, t2, single
+
+
+def check_tape(params, tape) -> tuple:
+  """Validate a batch's tape against ``params``; return the sizes (n_0, ..., n_L) and B.
+
+  The pipeline's stages work on the tape of a batch: z_l and a_l of shape (B, n_l).
+  """
+  sizes = check_params(params)
+  if not isinstance(tape, Tape):
+    raise TypeError(f"tape must be the Tape(z, a) of bpref.forward; got {type(tape).__name__}")
+  if len(tape.z) != len(params) or len(tape.a) != len(params) + 1:
+    raise ValueError(f"the tape has {len(tape.z)} z's and {len(tape.a)} a's but the network has "
+                     f"{len(params)} layers; expected {len(params)} and {len(params) + 1}")
+  a_0 = tape.a[0]
+  if len(getattr(a_0, "shape", ())) != 2:
+    raise ValueError(f"the tape must be a batch's, a_0 of shape (B, {sizes[0]}); got a_0 with "
+                     f"{describe(a_0)} (for one example, give bpref.forward x[None, :])")
+  batch = a_0.shape[0]
+  for l, n in enumerate(sizes):
+    for name, arr in ((f"a_{l}", tape.a[l]),) + (((f"z_{l}", tape.z[l - 1]),) if l else ()):
+      if tuple(getattr(arr, "shape", ())) != (batch, n):
+        raise ValueError(f"the tape's {name} must have shape (B, n_{l}) = ({batch}, {n}); got {describe(arr)}")
+  return sizes, batch
+
+
+def check_deltas(params, tape, deltas) -> None:
+  """Validate (delta_1, ..., delta_L) against ``params`` and the batch's tape: each (B, n_l)."""
+  sizes, batch = check_tape(params, tape)
+  if not isinstance(deltas, (tuple, list)) or len(deltas) != len(params):
+    got = f"{len(deltas)} arrays" if isinstance(deltas, (tuple, list)) else type(deltas).__name__
+    raise ValueError(f"deltas must be (delta_1, ..., delta_L), one per layer ({len(params)}); got {got}")
+  for l, delta in enumerate(deltas, start=1):
+    if tuple(getattr(delta, "shape", ())) != (batch, sizes[l]):
+      raise ValueError(f"delta_{l} must have shape (B, n_{l}) = ({batch}, {sizes[l]}); got {describe(delta)}")
+    if delta.dtype != params_dtype(params):
+      raise TypeError(f"delta_{l} has dtype {delta.dtype} but the parameters have {params_dtype(params)}")
+
+
+def check_delta_L(params, tape, delta) -> None:
+  """Validate delta_L against ``params`` and the batch's tape: shape (B, ..., n_L)."""
+  sizes, batch = check_tape(params, tape)
+  shape = tuple(getattr(delta, "shape", ()))
+  if len(shape) < 2 or shape[0] != batch or shape[-1] != sizes[-1]:
+    raise ValueError(f"delta_L must have shape (B, n_L) = ({batch}, {sizes[-1]}), or (B, ..., n_L) for "
+                     f"rows pulled back alone; got {describe(delta)}")
+  if delta.dtype != params_dtype(params):
+    raise TypeError(f"delta_L has dtype {delta.dtype} but the parameters have {params_dtype(params)}")
 
 
 def check_sizes(sizes) -> tuple:

@@ -184,6 +184,38 @@ def test_params_of_the_wrong_type():
     bpref.init(jax.random.key(0), (3, 4, 2), ("tanh",))
 
 
+def test_the_pipeline_stages_refuse_what_does_not_fit_the_tape():
+  params = _net()  # sizes (3, 4, 2)
+  x = jnp.ones((5, 3))
+  tape = bpref.forward(params, x)
+  t = jnp.zeros((5, 2))
+  with pytest.raises(ValueError, match=r"t must have shape \(B, n_L\) = \(5, 2\) .* got shape \(5, 3\)"):
+    bpref.output_delta(params, tape, jnp.zeros((5, 3)), "squared_error", "mean")
+  with pytest.raises(ValueError, match="unknown reduction 'avg'; valid: mean, sum"):
+    bpref.output_delta(params, tape, t, "squared_error", "avg")
+  with pytest.raises(ValueError, match=r"a batch's, a_0 of shape \(B, 3\); got a_0 with shape \(3,\).*x\[None, :\]"):
+    bpref.output_delta(params, bpref.forward(params, x[0]), t[0], "squared_error", "mean")
+  with pytest.raises(ValueError, match="the tape has 1 z's and 2 a's but the network has 2 layers"):
+    bpref.output_delta(params, bpref.forward(params[:1], jnp.ones((5, 3))), t, "squared_error", "mean")
+  with pytest.raises(TypeError, match="tape must be the Tape"):
+    bpref.backward(params, {"z": tape.z, "a": tape.a}, t)
+  with pytest.raises(ValueError, match=r"delta_L must have shape \(B, n_L\) = \(5, 2\).*got shape \(5, 3\)"):
+    bpref.backward(params, tape, jnp.ones((5, 3)))
+  with pytest.raises(TypeError, match="delta_L has dtype float32 but the parameters have float64"):
+    bpref.backward(params, tape, jnp.ones((5, 2), jnp.float32))
+  with pytest.raises(ValueError, match=r"deltas must be \(delta_1, ..., delta_L\), one per layer \(2\); got 1 arrays"):
+    bpref.param_grads(params, tape, (jnp.ones((5, 4)),))
+  with pytest.raises(ValueError, match=r"delta_2 must have shape \(B, n_2\) = \(5, 2\); got shape \(4, 2\)"):
+    bpref.param_grads(params, tape, (jnp.ones((5, 4)), jnp.ones((4, 2))))
+  # what the stages accept, composed, is value_and_grad
+  C, delta_L = bpref.output_delta(params, tape, t, "squared_error", "mean")
+  grads = bpref.param_grads(params, tape, bpref.backward(params, tape, delta_L))
+  C2, grads2 = bpref.value_and_grad(params, x, t)
+  assert float(C) == float(C2)
+  for a, b in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(grads2)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_errors_are_raised_under_jit_before_lowering():
   params = _net()
   f = jax.jit(bpref.value_and_grad, static_argnames=("loss", "reduction"))
