@@ -172,12 +172,21 @@ def get(name: str) -> Loss:
     raise ValueError(f"unknown loss {name!r}; valid names: {', '.join(LOSSES)}") from None
 
 
+def check_reduction(reduction: str) -> str:
+  """``reduction`` if it is one of ``REDUCTIONS``; a ValueError lists them otherwise."""
+  if reduction not in REDUCTIONS:
+    raise ValueError(f"unknown reduction {reduction!r}; valid: {', '.join(REDUCTIONS)}")
+  return reduction
+
+
 def reduce(per_example: Array, reduction: str) -> Array:
   """C = sum_b C_b, or (1/B) sum_b C_b for ``"mean"``."""
+  check_reduction(reduction)
   total = jnp.sum(per_example, axis=0)
   return total / per_example.shape[0] if reduction == "mean" else total
 
 
 def reduce_scale(batch: int, reduction: str) -> float:
   """dC/dC_b: 1/B for ``"mean"``, 1 for ``"sum"``."""
+  check_reduction(reduction)
   return 1.0 / batch if reduction == "mean" else 1.0

@@ -106,12 +106,6 @@ def check_x(params, x) -> tuple:
   return x2, single
 
 
-def check_reduction(reduction: str) -> str:
-  if reduction not in _losses.REDUCTIONS:
-    raise ValueError(f"unknown reduction {reduction!r}; valid: {', '.join(_losses.REDUCTIONS)}")
-  return reduction
-
-
 def per_layer(n_layers: int, biases, activations) -> tuple[list, tuple]:
   """``biases`` (None for none) and ``activations`` (one name for all) as one entry per layer."""
   biases = [None] * n_layers if biases is None else list(biases)
@@ -131,7 +125,7 @@ def check_problem(params, x, t, loss, reduction):
   Returns (x2, t2, single): x and t with a batch axis, and whether it was added.
   """
   loss_obj = _losses.get(loss)
-  check_reduction(reduction)
+  _losses.check_reduction(reduction)
   x2, single = check_x(params, x)
   n_out = params[-1].W.shape[0]
   batch = x2.shape[0]

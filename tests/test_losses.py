@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from bpref import losses as L
-from bpref import validation
 from bpref.testing import problems
 
 U64 = 2.0 ** -53
@@ -107,4 +106,8 @@ def test_unknown_loss_and_reduction_are_rejected():
   with pytest.raises(ValueError, match="valid names: squared_error"):
     L.get("mse")
   with pytest.raises(ValueError, match="valid: mean, sum"):
-    validation.check_reduction("avg")
+    L.check_reduction("avg")
+  with pytest.raises(ValueError, match="valid: mean, sum"):
+    L.reduce(jnp.ones(3), "avg")  # not silently a sum
+  with pytest.raises(ValueError, match="valid: mean, sum"):
+    L.reduce_scale(3, "Mean")

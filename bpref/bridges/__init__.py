@@ -59,7 +59,7 @@ def check_arrays(weights, biases, activations, loss, x, t, reduction="mean"):
     except ValueError as err:
       raise ValueError(f"layer {l}: {err}") from None
   _losses.get(loss)
-  _validation.check_reduction(reduction)
+  _losses.check_reduction(reduction)
   x, t = np.array(x), np.array(t)
   dtype = x.dtype
   if dtype not in (np.float32, np.float64):

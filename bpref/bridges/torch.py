@@ -39,7 +39,7 @@ import jax.numpy as jnp
 from bpref import losses as _losses
 from bpref.bridges import Architecture, check_arrays
 from bpref.structures import Layer
-from bpref.validation import check_params, check_reduction
+from bpref.validation import check_params
 
 _TORCH_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 
@@ -250,7 +250,7 @@ def make_candidate(model, reduction: str = "mean"):
   arrays: dW[l] of shape (n_l, n_{l-1}), db[l] of shape (n_l,) (None without bias).
   The input arrays are never modified.
   """
-  check_reduction(reduction)
+  _losses.check_reduction(reduction)
   own = {}
   for index, module in enumerate(model if isinstance(model, nn.Sequential) else []):
     if not isinstance(module, (nn.Linear, nn.Identity)):

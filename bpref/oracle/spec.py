@@ -21,7 +21,6 @@ import numpy as np
 from bpref import activations as _activations
 from bpref import losses as _losses
 from bpref import tolerance as _tolerance
-from bpref import validation as _validation
 from bpref.testing import problems as _problems
 
 LAYOUTS = ("out_in", "in_out")
@@ -146,7 +145,7 @@ def make_spec(**options) -> Spec:
   if not hidden and spec.max_depth > 1:
     raise ValueError("activations: hidden layers need an elementwise activation; "
                      f"got only {acts}; add one (e.g. 'identity') or set max_depth=1")
-  _validation.check_reduction(spec.reduction)
+  _losses.check_reduction(spec.reduction)
   if spec.dtype not in DTYPES:
     raise ValueError(f"dtype must be one of {DTYPES}; got {spec.dtype!r}")
   if spec.layout not in LAYOUTS:

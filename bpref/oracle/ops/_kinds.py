@@ -46,7 +46,6 @@ from bpref import activations as _activations
 from bpref import backprop as _backprop
 from bpref import losses as _losses
 from bpref import tolerance as _tolerance
-from bpref import validation as _validation
 from bpref.network import DEFAULT_PRECISION
 from bpref.oracle import truth as _truth
 from bpref.scale import fast as _fast
@@ -181,7 +180,7 @@ def make_spec(kind, name=None, **options) -> OpSpec:
   if spec.layout not in ("out_in", "in_out"):
     raise ValueError(f"layout must be 'out_in' (W of shape (n_out, n_in)) or 'in_out' (its "
                      f"transpose); got {spec.layout!r}")
-  _validation.check_reduction(spec.reduction)
+  _losses.check_reduction(spec.reduction)
   if spec.dtype not in ("float64", "float32"):
     raise ValueError(f"dtype must be 'float64' or 'float32'; got {spec.dtype!r}")
   for field, least in (("examples", 0), ("max_batch", 1), ("max_width", 1), ("shrink_budget", 0)):
@@ -429,7 +428,8 @@ def _vjp_padded(name, z, a, g):
 @jax.jit
 def _dense_padded(x, W, delta):
   layer = Layer(W, jnp.zeros(W.shape[:1], W.dtype), "identity")
-  (grads,) = _backprop.param_grads((layer,), Tape(z=(None,), a=(x, None)), (delta,),
+  unread = jnp.zeros_like(delta)  # z_1 and a_1: (39) reads a_0 = x and delta alone
+  (grads,) = _backprop.param_grads((layer,), Tape(z=(unread,), a=(x, unread)), (delta,),
                                     DEFAULT_PRECISION)  # (39) and dC/db = sum_b delta
   dx = jnp.matmul(delta, W, precision=DEFAULT_PRECISION)  # (26), corrected: dC/dx = delta W
   return dx, grads.W, grads.b
