@@ -22,7 +22,8 @@ The stages are public, on a batch x of shape (B, n_0) (rows are examples):
   deltas = backward(params, tape, delta_L)                   # (37)
   grads = param_grads(params, tape, deltas)                  # (39), dC/db_l = delta_l
 
-and ``value_and_grad`` is their composition, after validating its arguments once.
+and ``value_and_grad`` is their composition. Each stage checks that it has the tape of a batch
+and arguments that fit it (``bpref.validation``), at trace time, so a jitted call pays nothing.
 """
 
 from __future__ import annotations
