@@ -189,19 +189,24 @@ def replace(text: str, bodies: dict) -> str:
   return BLOCK.sub(body, text)
 
 
+def _split(command) -> tuple[tuple, tuple, str]:
+  # (the leading NAME=value words, the arguments, the program: python for a script, else bpref)
+  n = next((i for i, word in enumerate(command) if not re.fullmatch(r"[A-Z_]+=\S*", word)), len(command))
+  args = tuple(command[n:])
+  return tuple(command[:n]), args, "python" if args and args[0].endswith(".py") else "bpref"
+
+
 def shell(command) -> str:
   """A command as one would type it."""
-  n = sum(1 for word in command if re.fullmatch(r"[A-Z_]+=\S*", word))
-  program = "python" if command[n:][:1] and command[n].endswith(".py") else "bpref"
-  return " ".join((*command[:n], program, *command[n:]))
+  env_words, args, program = _split(command)
+  return " ".join((*env_words, program, *args))
 
 
 def _run(command) -> str:
-  n = sum(1 for word in command if re.fullmatch(r"[A-Z_]+=\S*", word))
-  env = dict(os.environ, **dict(word.split("=", 1) for word in command[:n]))
+  env_words, args, program = _split(command)
+  env = dict(os.environ, **dict(word.split("=", 1) for word in env_words))
   env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))  # this tree's bpref
-  args = command[n:]
-  argv = [sys.executable, *args] if args[0].endswith(".py") else [sys.executable, "-m", "bpref", *args]
+  argv = [sys.executable, *args] if program == "python" else [sys.executable, "-m", "bpref", *args]
   proc = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, env=env)
   if proc.returncode != 0:
     raise SystemExit(f"{shell(command)} exited with {proc.returncode}:\n{proc.stderr[-2000:]}")

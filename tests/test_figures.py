@@ -66,5 +66,8 @@ def test_the_sharding_blocks_read_the_childrens_reports():
   assert table[3] == "| 4 | data 2 × model 2 | 1.1e-15 |  |  |  |  |"
   assert table[5] == "| 8 | data 2 × model 4 | 8.0e-16 |  |  |  |  |"
   assert table[-1].endswith("The worst error is 1.1e-15, about 10 units of 2⁻⁵³.")  # 1.1e-15 / 2^-53 = 9.9
+  assert figures.shell(figures.FIGURES["sharding"].commands[0]) == (
+      "XLA_FLAGS=--xla_force_host_platform_device_count=4 JAX_PLATFORMS=cpu python tests/test_sharding.py --child")
+  assert figures.shell(figures.FIGURES["bench"].commands[0]).startswith("bpref bench ")
   sentence = figures.FIGURES["sharding-sentence"].render(reports)
   assert sentence.startswith("**Sharded** value_and_grad on 4 and 8 simulated devices equals unsharded to 1.1e-15")
