@@ -22,8 +22,9 @@ The stages are public, on a batch x of shape (B, n_0) (rows are examples):
   deltas = backward(params, tape, delta_L)                   # (37)
   grads = param_grads(params, tape, deltas)                  # (39), dC/db_l = delta_l
 
-and ``value_and_grad`` is their composition. Each stage checks that it has the tape of a batch
-and arguments that fit it (``bpref.validation``), at trace time, so a jitted call pays nothing.
+and ``value_and_grad`` is their composition. Each public stage checks that it has the tape of a
+batch and arguments that fit it (``bpref.validation``); the compositions check their own arguments
+once and call the stages' unchecked bodies.
 """
 
 from __future__ import annotations
@@ -57,6 +58,10 @@ def output_delta(params, tape: Tape, t, loss, reduction) -> tuple[Array, Array]:
   """
   check_tape(params, tape)
   check_problem(params, tape.a[0], t, loss, reduction)
+  return _output_delta(params, tape, t, loss, reduction)
+
+
+def _output_delta(params, tape: Tape, t, loss, reduction) -> tuple[Array, Array]:
   loss_obj = _losses.get(loss)
   if loss_obj.logits is not None:
     return _reduced(_losses.get(loss_obj.logits), tape.z[-1], t, reduction)  # (34), corrected, with f_L and C fused
@@ -71,6 +76,10 @@ def backward(params, tape: Tape, delta: Array, precision=DEFAULT_PRECISION) -> D
   on its own. ``lambdas`` pulls back the rows of lambda_L so, since (30) is (37) row by row.
   """
   check_delta_L(params, tape, delta)
+  return _backward(params, tape, delta, precision)
+
+
+def _backward(params, tape: Tape, delta: Array, precision) -> Deltas:
   out = [delta]
   for l in range(len(params) - 1, 0, -1):  # l = L-1, ..., 1
     back = jnp.matmul(delta, params[l].W, precision=precision)  # delta_{l+1} W_{l+1}
@@ -83,6 +92,10 @@ def backward(params, tape: Tape, delta: Array, precision=DEFAULT_PRECISION) -> D
 def param_grads(params, tape: Tape, deltas: Deltas, precision=DEFAULT_PRECISION) -> tuple:
   """dC/dparams from the tape and the deltas: a tree with the structure of ``params``."""
   check_deltas(params, tape, deltas)
+  return _param_grads(params, tape, deltas, precision)
+
+
+def _param_grads(params, tape: Tape, deltas: Deltas, precision) -> tuple:
   grads = []
   for layer, delta, a_prev in zip(params, deltas, tape.a[:-1]):
     dW = jnp.matmul(delta.T, a_prev, precision=precision)  # (39), corrected: rows D_l^T A_{l-1}
@@ -95,7 +108,7 @@ def _prepare(params, x, t, loss, reduction, precision):
   """Validate, run the forward pass and start the backward one: (tape, C, delta_L, single)."""
   x2, t2, single = check_problem(params, x, t, loss, reduction)
   tape = forward(params, x2, precision=precision)
-  value, delta_L = output_delta(params, tape, t2, loss, reduction)
+  value, delta_L = _output_delta(params, tape, t2, loss, reduction)
   return tape, value, delta_L, single
 
 
@@ -121,8 +134,8 @@ def value_and_grad(params, x, t, loss: str = "squared_error", reduction: str = "
   (3, 2)
   """
   tape, value, delta_L, _ = _prepare(params, x, t, loss, reduction, precision)
-  deltas = backward(params, tape, delta_L, precision)
-  return value, param_grads(params, tape, deltas, precision)
+  deltas = _backward(params, tape, delta_L, precision)
+  return value, _param_grads(params, tape, deltas, precision)
 
 
 def loss_value(params, x, t, loss: str = "squared_error", reduction: str = "mean", *,
@@ -143,14 +156,14 @@ def deltas(params, x, t, loss: str = "squared_error", reduction: str = "mean", *
            precision=DEFAULT_PRECISION) -> Deltas:
   """(delta_1, ..., delta_L), delta_l = dC/dz_l of the reduced loss, each (B, n_l)."""
   tape, _, delta_L, single = _prepare(params, x, t, loss, reduction, precision)
-  return unbatched(backward(params, tape, delta_L, precision), single)
+  return unbatched(_backward(params, tape, delta_L, precision), single)
 
 
 def input_grad(params, x, t, loss: str = "squared_error", reduction: str = "mean", *,
                precision=DEFAULT_PRECISION) -> Array:
   """dC/dx = delta_1 W_1, shape (B, n_0) or (n_0,)."""
   tape, _, delta_L, single = _prepare(params, x, t, loss, reduction, precision)
-  delta_1 = backward(params, tape, delta_L, precision)[0]
+  delta_1 = _backward(params, tape, delta_L, precision)[0]
   dx = jnp.matmul(delta_1, params[0].W, precision=precision)  # (26), corrected: dC/dx = delta_1 W_1
   return unbatched(dx, single)
 
@@ -164,7 +177,7 @@ def per_example_grads(params, x, t, loss: str = "squared_error", *,
   """
   tape, _, delta_L, single = _prepare(params, x, t, loss, "sum", precision)
   out = []
-  for layer, delta, a_prev in zip(params, backward(params, tape, delta_L, precision), tape.a[:-1]):
+  for layer, delta, a_prev in zip(params, _backward(params, tape, delta_L, precision), tape.a[:-1]):
     dW = delta[:, :, None] * a_prev[:, None, :]  # (39) per example: delta_{l,b}^T a_{l-1,b}^T (delta a row, a a column)
     db = None if layer.b is None else delta  # dC_b/db_l = delta_{l,b}
     out.append(Layer(dW, db, layer.activation))
@@ -180,5 +193,5 @@ def lambdas(params, x, *, precision=DEFAULT_PRECISION) -> Lambdas:
   x2, single = check_x(params, x)
   tape = forward(params, x2, precision=precision)
   lam_L = _activations.jacobian(params[-1].activation, tape.z[-1], tape.a[-1])  # (27)
-  lams = backward(params, tape, lam_L, precision)  # (30), corrected, row by row; its l = 1 step is (31)
+  lams = _backward(params, tape, lam_L, precision)  # (30), corrected, row by row; its l = 1 step is (31)
   return unbatched(lams, single)

@@ -216,6 +216,22 @@ def test_the_pipeline_stages_refuse_what_does_not_fit_the_tape():
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_a_composition_does_not_recheck_its_arguments_at_every_stage(monkeypatch):
+  # value_and_grad checks its problem, and its forward pass its x; the stages it composes do not
+  # check again (each public stage would check the whole network once more: 6 checks, not 2).
+  from bpref import validation
+  calls = []
+  check_params = validation.check_params
+  monkeypatch.setattr(validation, "check_params", lambda p: calls.append(1) or check_params(p))
+  params = _net()
+  bpref.value_and_grad(params, jnp.ones((4, 3)), jnp.zeros((4, 2)))
+  assert len(calls) == 2
+  calls.clear()
+  tape = bpref.forward(params, jnp.ones((4, 3)))
+  bpref.backward(params, tape, jnp.ones((4, 2)))
+  assert len(calls) == 2  # forward's check of x, backward's of the tape
+
+
 def test_errors_are_raised_under_jit_before_lowering():
   params = _net()
   f = jax.jit(bpref.value_and_grad, static_argnames=("loss", "reduction"))
