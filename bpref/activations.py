@@ -8,6 +8,11 @@ Kinks follow ``jax.nn``: relu'(0) = 0, leaky_relu'(0) = 1, selu'(0) = scale * al
 These are conventions, not mathematics: at a kink any value in the subdifferential
 is a valid subgradient. elu (alpha = 1) is C^1 at 0: elu'(0) = 1 is no convention.
 
+NaN stays NaN: f(NaN) and every derivative form at NaN (f', f' from a, f'') are NaN, as
+IEEE arithmetic and torch give (torch.relu(nan) = nan). A comparison such as z > 0 is
+False at NaN, so a form whose branches are constants (relu, relu', leaky_relu', identity')
+passes a NaN z through explicitly (``_nan_through``); the others carry it in their arithmetic.
+
 ``softmax`` is not elementwise: its derivative is the Jacobian
 diag(a) - a a^T, applied as a vector-Jacobian product (see ``vjp``) and never
 materialized on the gradient path.
@@ -40,7 +45,9 @@ class Activation(NamedTuple):
     df_forms: (z, a) -> the absolute error, in units of the unit roundoff u, that the
       standard forms of f' in common use make beyond bpref's own (1 - a^2, a (1 - a),
       a + alpha, 1 + erf, 1 - exp(-a), ...); ``None`` where every form is exact up to a
-      relative u (identity, relu, leaky_relu, sin).
+      relative u (identity, relu, leaky_relu, sin). Bounded in z: where the inner tanh or
+      sigma of a form has rounded to +-1 (``TANH_SATURATED``, ``SIGMOID_SATURATED``) the form
+      is exact, and its allowance stops there.
     d2f: (z, a) -> a bound on |f''(z)|: a z rounded in the forward pass moves f' by it,
       bpref's own f' included; ``None`` where f' is piecewise constant.
       rho_f = df_forms + d2f is derived in proofs/tolerance.md; the oracle adds it to
@@ -66,6 +73,19 @@ class Activation(NamedTuple):
   piecewise_linear: bool = False
 
 
+TANH_SATURATED = 22.0
+"""|w| from which tanh(w) is +-1 exactly in every dtype (saturation, (S) of proofs/tolerance.md):
+fdlibm and glibc return +-1 outright for |w| >= 22, and their 1 - 2 / (expm1(2|w|) + 2) below it
+rounds to 1 once 2 e^(-2|w|) < u / 2, from |w| = ln(4 / u) / 2 on: 19.06 in float64, 9.01 in
+float32, earlier in any coarser dtype. A form built on a saturated tanh is exact up to the true
+value it rounded away, e^(-2|w|) < 1e-19 = 0.001 u in float64, so its error allowance stops there."""
+
+SIGMOID_SATURATED = 2 * TANH_SATURATED
+"""z from which sigma(z) is 1 exactly in every dtype (S): 1 / (1 + exp(-z)) once exp(-z) < u
+(z > 36.7 in float64), exp(z) / (1 + exp(z)) once exp(z) > 2 / u (z > 37.4), and
+(1 + tanh(z / 2)) / 2 once tanh(z / 2) = 1 (z / 2 >= ``TANH_SATURATED``)."""
+
+
 def sigmoid(z):
   # sigma(z) from e = exp(-|z|): no overflow for any z.
   e = jnp.exp(-jnp.abs(z))
@@ -88,38 +108,47 @@ def _sigmoid_second(z, a):
   return _sigmoid_df(z)
 
 
-# identity: f(z) = z, f'(z) = 1.
+def _nan_through(z, value):
+  # NaN stays NaN: z where z is NaN, value elsewhere (a branch on z > 0 would map NaN to a constant).
+  return jnp.where(jnp.isnan(z), z, value)
+
+
+# identity: f(z) = z, f'(z) = 1 (NaN at NaN).
 def _identity(z):
   return z
 
 
 def _identity_df(z):
-  return jnp.ones_like(z)
+  return _nan_through(z, jnp.ones_like(z))  # f'(z) = 1
 
 
-# relu: f(z) = max(z, 0); f'(z) = 1 for z > 0, else 0 (relu'(0) = 0 as jax.nn.relu).
+# relu: f(z) = max(z, 0); f'(z) = 1 for z > 0, else 0 (relu'(0) = 0 as jax.nn.relu, and
+# relu(-0) = +0); f(NaN) = f'(NaN) = NaN as torch.relu.
 def _relu(z):
-  return jnp.where(z > 0, z, jnp.zeros_like(z))
+  return _nan_through(z, jnp.where(z > 0, z, jnp.zeros_like(z)))  # f(z) = max(z, 0)
 
 
 def _relu_df(z):
-  return jnp.where(z > 0, jnp.ones_like(z), jnp.zeros_like(z))
+  return _nan_through(z, jnp.where(z > 0, jnp.ones_like(z), jnp.zeros_like(z)))  # f'(z) = [z > 0]
 
 
 def _relu_df_from_output(a):
-  return jnp.where(a > 0, jnp.ones_like(a), jnp.zeros_like(a))  # a > 0 exactly when z > 0
+  # f'(z) = [a > 0]: a > 0 exactly when z > 0, and a is NaN exactly when z is
+  return _nan_through(a, jnp.where(a > 0, jnp.ones_like(a), jnp.zeros_like(a)))
 
 
 LEAKY_RELU_SLOPE = 0.01
 
 
-# leaky_relu: f(z) = z for z >= 0, 0.01 z below; f'(0) = 1 as jax.nn.leaky_relu.
+# leaky_relu: f(z) = z for z >= 0, 0.01 z below; f'(0) = 1 as jax.nn.leaky_relu; f'(NaN) = NaN
+# (f(NaN) = 0.01 NaN is NaN already).
 def _leaky_relu(z):
   return jnp.where(z >= 0, z, LEAKY_RELU_SLOPE * z)
 
 
 def _leaky_relu_df(z):
-  return jnp.where(z >= 0, jnp.ones_like(z), jnp.full_like(z, LEAKY_RELU_SLOPE))
+  # f'(z) = 1 for z >= 0, 0.01 below
+  return _nan_through(z, jnp.where(z >= 0, jnp.ones_like(z), jnp.full_like(z, LEAKY_RELU_SLOPE)))
 
 
 # elu (alpha = 1): f(z) = z for z > 0, expm1(z) below; f'(z) = exp(z) for z <= 0, so f'(0) = 1.
@@ -211,9 +240,13 @@ def _gelu_tanh_df(z):
 
 
 def _gelu_tanh_forms_error(z, a):
-  # (1 + tanh u) / 2 is off by u absolute (R4); the tail z (1 - tanh^2 u) u' / 2 carries
-  # 5u tanh^2 u <= 5u absolute in 1 - tanh^2 u (R2).
-  return 1 + 2.5 * jnp.abs(z) * _GELU_C * (1 + 3 * _GELU_K * z * z)
+  # (1 + tanh w) / 2 is off by u absolute (R4); the tail z (1 - tanh^2 w) w' / 2 carries
+  # 5u tanh^2 w <= 5u absolute in 1 - tanh^2 w (R2). Once tanh w = +-1 (|w| >= 22, (S)) the
+  # forms give (1 + tanh w) / 2 in {0, 1} and a tail of 0 exactly, missing only the true
+  # (1 - |tanh w|) / 2 + |z| w' sech^2 w / 2 < 0.08 u absolute: the tail's 5u is gone (S).
+  w = _GELU_C * (z + _GELU_K * z ** 3)  # w = c (z + k z^3)
+  tail = 2.5 * jnp.abs(z) * _GELU_C * (1 + 3 * _GELU_K * z * z)  # 5u |z| w' / 2 (R2)
+  return 1 + jnp.where(jnp.abs(w) < TANH_SATURATED, tail, jnp.zeros_like(z))
 
 
 def _gelu_tanh_second(z, a):
@@ -234,8 +267,10 @@ def _silu_df(z):
 
 def _silu_forms_error(z, a):
   # sigma (1 + z (1 - sigma)): 1 - sigma is off by 3u sigma absolute (R2), times |z| sigma.
+  # Once sigma = 1 (z >= 44, (S)) the form is 1 exactly, missing only the true
+  # (z - 1) e^-z < 0.03 u absolute: u for the cap (S).
   s = sigmoid(z)
-  return 3 * jnp.abs(z) * s * s
+  return jnp.where(z < SIGMOID_SATURATED, 3 * jnp.abs(z) * s * s, jnp.ones_like(z))
 
 
 def _silu_second(z, a):
@@ -300,9 +335,11 @@ def _mish_df(z):
 
 def _mish_forms_error(z, a):
   # tanh(s) + z sigma (1 - tanh(s)^2): 1 - t^2 from t carrying 2u is off by 5u t^2 absolute
-  # (R2), times |z| sigma.
-  t = jnp.tanh(_softplus(z))
-  return 5 * jnp.abs(z) * sigmoid(z) * t * t
+  # (R2), times |z| sigma. Once t = 1 (s >= 22, (S)) the form is 1 exactly, missing only the
+  # true (1 - t) + z sigma sech^2 s < (2 + 4 z) e^-2s < 0.06 u absolute: u for the cap (S).
+  s = _softplus(z)
+  t = jnp.tanh(s)
+  return jnp.where(s < TANH_SATURATED, 5 * jnp.abs(z) * sigmoid(z) * t * t, jnp.ones_like(z))
 
 
 def _mish_second(z, a):

@@ -105,8 +105,8 @@ MUTATIONS = (
              "  return 1 / (1 + jnp.abs(z))",
              "softsign'(z) = 1 / (1 + |z|), the square missing"),
     Mutation("relu_prime_kink", A,
-             "  return jnp.where(z > 0, jnp.ones_like(z), jnp.zeros_like(z))",
-             "  return jnp.where(z >= 0, jnp.ones_like(z), jnp.zeros_like(z))",
+             "  return _nan_through(z, jnp.where(z > 0, jnp.ones_like(z), jnp.zeros_like(z)))",
+             "  return _nan_through(z, jnp.where(z >= 0, jnp.ones_like(z), jnp.zeros_like(z)))",
              "relu'(0) = 1 in relu'(z) (the z-route; the backward pass takes relu' from a)"),
     # ------------------------------------------------------------ softmax Jacobian
     Mutation("softmax_vjp_diagonal", A,

@@ -114,6 +114,37 @@ def test_activation_derivative_is_accurate_to_mpmath(name, dtype):
     assert abs(oi - exact) <= FORMULA_ULPS * u * size + tiny, (name, zi, oi, exact)
 
 
+POSITIVE_PRIME = {  # f'(z) > 0 for every real z, in closed forms written for mpmath
+    "tanh": lambda z: 1 / mpmath.cosh(z) ** 2,
+    "sigmoid": lambda z: mpmath.exp(-z) / (1 + mpmath.exp(-z)) ** 2,
+    "softplus": lambda z: 1 / (1 + mpmath.exp(-z)),
+    "softsign": lambda z: 1 / (1 + abs(z)) ** 2,
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("name", sorted(POSITIVE_PRIME))
+def test_saturated_tails_keep_their_relative_accuracy(name, dtype):
+  """Where f' is positive and its exact value a normal number, f' is that value to a few ulps.
+
+  A form such as 1 - tanh(z)^2 or sigma (1 - sigma) is right near 0 and 0 once tanh(z) or
+  sigma(z) rounds to 1 (|z| about 19 and 37 in float64): a saturated unit then passes no
+  gradient at all, where its exact f' is a normal number.
+  """
+  u, tiny = unit_roundoff(dtype), float(np.finfo(dtype).tiny)
+  mpmath.mp.dps = 50
+  zs = [s * m for m in (5.0, 10.0, 20.0, 30.0, 40.0, 80.0, 150.0, 300.0) for s in (1.0, -1.0)]
+  checked = 0
+  for zi in zs:
+    exact = POSITIVE_PRIME[name](mpmath.mpf(zi))
+    if exact < 2 * tiny:  # below the normal range f' may underflow: nothing to hold it to
+      continue
+    ours = float(A.get(name).df(jnp.asarray(zi, dtype)))
+    assert ours > 0 and abs(ours - float(exact)) <= FORMULA_ULPS * u * float(exact), (zi, ours, exact)
+    checked += 1
+  assert checked >= 6  # each activation has saturated points with a normal f' in both dtypes
+
+
 @pytest.mark.parametrize("name", ELEMENTWISE)
 def test_activation_matches_jax_nn(name):
   z = jnp.asarray(GRID)
@@ -197,3 +228,103 @@ def test_both_derivative_routes_agree_everywhere_kinks_included(name, dtype):
   # the elementwise VJP of the backward pass carries the same f'
   g = jnp.ones_like(z)
   np.testing.assert_array_equal(np.asarray(A.vjp(name, z, a, g)), from_z)
+
+
+# ---------------------------------------------------------------- NaN stays NaN (issue 28)
+# Every field of an Activation record that holds a function of z or a, and how it is evaluated
+# at the NaN inputs; a field added to the record must be sorted here or excused below.
+_NAN_FORMS = {
+    "f": lambda act, z, a: act.f(z),
+    "df": lambda act, z, a: act.df(z),
+    "df_out": lambda act, z, a: act.df_out(a),
+    "d2f": lambda act, z, a: act.d2f(z, a),
+    "a_form": lambda act, z, a: act.a_form[1](np.asarray(a)),
+}
+_NAN_EXCUSED = {
+    # an error bound in units of u, not a value of f': the oracle adds it to |f'(z)|, NaN at NaN
+    "df_forms",
+}
+_NOT_FUNCTIONS = {"name", "elementwise", "kink", "kink_values", "piecewise_linear"}
+_NANS = [np.nan, -np.nan]  # both signs of NaN
+
+
+def test_every_function_field_of_an_activation_is_checked_at_nan():
+  assert set(A.Activation._fields) == set(_NAN_FORMS) | _NAN_EXCUSED | _NOT_FUNCTIONS
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", list(A.ACTIVATIONS))
+def test_nan_stays_nan_in_f_and_every_derivative_form(name, dtype):
+  """f(NaN), f'(NaN), f' from a = f(NaN), f''(NaN) and the textbook form from a are NaN (IEEE,
+  torch.relu(nan) = nan): a NaN in x must reach the loss and the gradients, not vanish at a kink."""
+  act = A.get(name)
+  if not act.elementwise:  # softmax: a row holding a NaN is NaN wherever it feeds (f, vjp, jacobian)
+    z = jnp.asarray([[np.nan, 1.0, -2.0], [-np.nan, 0.0, 3.0]], dtype)
+    a = act.f(z)
+    assert np.all(np.isnan(np.asarray(a))), name
+    assert np.all(np.isnan(np.asarray(A.vjp(name, z, a, jnp.ones_like(z))))), name
+    assert np.all(np.isnan(np.asarray(A.jacobian(name, z, a))[:, 0, 0])), name
+    return
+  z = jnp.asarray(_NANS, dtype)
+  a = act.f(z)
+  for field, form in _NAN_FORMS.items():
+    if getattr(act, field) is None:
+      continue
+    out = np.asarray(form(act, z, a))
+    assert out.shape == z.shape and np.all(np.isnan(out)), (name, field, out)
+    if field != "a_form":
+      assert out.dtype == np.dtype(dtype), (name, field, out.dtype)
+  # what the backward pass uses: f' from whichever route, and the elementwise VJP
+  assert np.all(np.isnan(np.asarray(A.derivative(name, z, a)))), name
+  assert np.all(np.isnan(np.asarray(A.vjp(name, z, a, jnp.ones_like(z))))), name
+  assert np.all(np.isnan(np.asarray(A.jacobian(name, z[None], a[None])[0].diagonal()))), name
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_nan_handling_leaves_the_kinks_and_signed_zeros_alone(dtype):
+  """Beside a NaN, finite inputs keep their values: relu(-0) = +0, relu'(+-0) = 0, leaky_relu'(0) = 1."""
+  z = jnp.asarray([np.nan, -0.0, 0.0, -1.5, 2.5], dtype)
+  relu, leaky, ident = A.get("relu"), A.get("leaky_relu"), A.get("identity")
+  a = relu.f(z)
+  got = np.asarray(a)[1:]
+  np.testing.assert_array_equal(got, [0.0, 0.0, 0.0, 2.5])
+  assert not np.any(np.signbit(got[:3])), got  # relu(-0) = +0, as before
+  np.testing.assert_array_equal(np.asarray(relu.df(z))[1:], [0.0, 0.0, 0.0, 1.0])
+  np.testing.assert_array_equal(np.asarray(relu.df_out(a))[1:], [0.0, 0.0, 0.0, 1.0])
+  np.testing.assert_array_equal(np.asarray(leaky.df(z))[1:], np.asarray([1.0, 1.0, 0.01, 1.0], dtype))
+  np.testing.assert_array_equal(np.asarray(ident.df(z))[1:], [1.0, 1.0, 1.0, 1.0])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("acts", [("relu", "identity"), ("relu", "relu", "softmax")])
+def test_nan_in_x_makes_the_loss_and_every_gradient_nan(acts, dtype):
+  """Issue 28: a relu network with one NaN in x gave a finite loss (relu mapped NaN to 0)."""
+  import bpref
+
+  sizes = (3, 8, 2) if len(acts) == 2 else (3, 6, 5, 4)
+  params = bpref.init(jax.random.key(0), sizes, acts, dtype=dtype)
+  x = jnp.ones((4, 3), dtype).at[1, 2].set(np.nan)
+  loss = "squared_error" if acts[-1] == "identity" else "cross_entropy"
+  t = jnp.zeros((4, sizes[-1]), dtype).at[:, 0].set(1)
+  value, grads = bpref.value_and_grad(params, x, t, loss=loss, reduction="mean")
+  assert np.isnan(float(value)), value
+  for l, layer in enumerate(grads):
+    assert np.all(np.isnan(np.asarray(layer.W))), (l, layer.W)
+    assert np.all(np.isnan(np.asarray(layer.b))), (l, layer.b)
+  # the same network on the finite x is finite: the NaN, not the network, makes the NaN
+  value, grads = bpref.value_and_grad(params, jnp.ones((4, 3), dtype), t, loss=loss, reduction="mean")
+  assert np.isfinite(float(value)) and all(np.all(np.isfinite(np.asarray(g.W))) for g in grads)
+
+
+def test_the_independent_witnesses_keep_nan_too():
+  """The referee's mpmath twins and the complex step's forms of f are NaN at NaN as well, so
+  they do not certify a finite 'truth' where bpref gives NaN."""
+  from bpref.witnesses import finite_diff, referee
+
+  nan = mpmath.mpf("nan")
+  for name, (f, df) in referee._SCALAR.items():
+    assert mpmath.isnan(f(nan)) and mpmath.isnan(df(nan)), name
+  z = jnp.asarray([complex(np.nan, 1e-20), complex(-np.nan, 0.0)])
+  for name, f in finite_diff.COMPLEX_ACTIVATIONS.items():
+    out = np.asarray(f(z[None]) if name == "softmax" else f(z))
+    assert np.all(np.isnan(out.real)), (name, out)

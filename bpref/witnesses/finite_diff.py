@@ -134,7 +134,8 @@ _GELU_K = 0.044715
 
 COMPLEX_ACTIVATIONS: dict[str, Callable] = {
     "identity": lambda z: z,
-    "relu": lambda z: jnp.where(_re(z) > 0, z, jnp.zeros_like(z)),
+    # relu: 0 where Re z <= 0 (relu'(0) = 0); that test is False at NaN, so NaN stays NaN
+    "relu": lambda z: jnp.where(_re(z) <= 0, jnp.zeros_like(z), z),
     "leaky_relu": lambda z: jnp.where(_re(z) >= 0, z, _activations.LEAKY_RELU_SLOPE * z),
     "elu": lambda z: jnp.where(_re(z) > 0, z, _c_expm1_neg(z)),
     "selu": lambda z: _activations.SELU_SCALE * jnp.where(

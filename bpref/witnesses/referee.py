@@ -64,12 +64,17 @@ def _gelu_tanh_u(z):
   return _gelu_c() * (z + GELU_K * z ** 3)
 
 
+def _nan_or(z, value):
+  # NaN stays NaN (IEEE, torch.relu): a branch on z > 0 is False at NaN and would give a constant.
+  return z if mpmath.isnan(z) else value
+
+
 _SCALAR = {
-    "identity": (lambda z: z, lambda z: mpmath.mpf(1)),
-    "relu": (lambda z: z if z > 0 else mpmath.mpf(0),
-             lambda z: mpmath.mpf(1) if z > 0 else mpmath.mpf(0)),
+    "identity": (lambda z: z, lambda z: _nan_or(z, mpmath.mpf(1))),
+    "relu": (lambda z: _nan_or(z, z if z > 0 else mpmath.mpf(0)),
+             lambda z: _nan_or(z, mpmath.mpf(1) if z > 0 else mpmath.mpf(0))),
     "leaky_relu": (lambda z: z if z >= 0 else LEAKY_RELU_SLOPE * z,
-                   lambda z: mpmath.mpf(1) if z >= 0 else LEAKY_RELU_SLOPE),
+                   lambda z: _nan_or(z, mpmath.mpf(1) if z >= 0 else LEAKY_RELU_SLOPE)),
     "elu": (lambda z: z if z > 0 else mpmath.expm1(z),
             lambda z: mpmath.mpf(1) if z > 0 else mpmath.exp(z)),
     "selu": (lambda z: SELU_SCALE * (z if z > 0 else SELU_ALPHA * mpmath.expm1(z)),
