@@ -388,6 +388,45 @@ def test_loss_reported_per_output_is_1_over_K_also_when_K_is_2():
   assert "is 1/K (a mean over the K outputs) x the loss" in report.diagnosis[0].summary, report.text()
 
 
+class NoBias:
+  """``Backprop`` for networks without biases (bias=False: the oracle passes biases=None)."""
+
+  def __init__(self, bug: str = ""):
+    self.backprop = Backprop(bug)
+
+  def __call__(self, weights, biases, activations, loss, x, t):
+    assert biases is None
+    zeros = [np.zeros(W.shape[0], W.dtype) for W in weights]
+    dW, _ = self.backprop(weights, zeros, activations, loss, x, t)
+    return dW, None
+
+
+@pytest.mark.parametrize("name", ["batch_from_wrong_axis", "loop_bounds"])
+def test_no_bias_mutants_are_diagnosed(name):
+  # issue 31: without db the implied delta_l comes from dW_l = D_l^T A_(l-1) (39); solving it
+  # with pinv(A^T) for pinv(A) raised on every minimal case with n_(l-1) != B, and the
+  # report said "undiagnosed"
+  domain, code, _ = MUTANTS[name]
+  report = bpref.oracle.check(NoBias(name), **dict(domain, bias=False))
+  assert report.verdict == "fail", report.text()
+  assert "undiagnosed" not in report.codes, report.text()
+  assert report.codes[0] == code, report.text()
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["B=2", "B=2, no bias"])
+def test_implied_deltas_solved_from_dW(bias):
+  # B = 2 <= n_0 = 3, so db (B = 1 only) cannot give delta_l and dW_l = D_l^T A_(l-1) (39) is
+  # solved for it; the 1/2 of half_missing halves every delta_l: a relative error of 1/2 each
+  arch = spec_module.Arch((3, 2, 2), ("tanh", "identity"), "squared_error", 2, 0)
+  spec = bpref.oracle.make_spec(**dict(DOMAIN, bias=bias))
+  ev = search.Evaluator(Backprop("half_missing") if bias else NoBias("half_missing"), spec)
+  result = ev.run([arch], "search")[0]
+  assert not result.passed, result.message
+  findings, _, implied = diagnosis.diagnose(ev, result)
+  assert implied == pytest.approx([0.5, 0.5], rel=1e-9), implied
+  assert findings[0].code == "constant_factor", findings
+
+
 def test_kink_probes_cover_every_kinked_activation():
   spec = bpref.oracle.make_spec(**dict(DOMAIN, activations=("identity", "relu", "leaky_relu", "elu")))
   kinked = {a for arch in spec_module.probes(spec) if arch.kink for a in arch.activations}

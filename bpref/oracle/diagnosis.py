@@ -738,7 +738,9 @@ class Diagnoser:
       if r.db is not None and self.arch.batch == 1:
         est = r.db[l - 1][None, :]
       elif np.linalg.matrix_rank(A) == A.shape[0]:
-        est = (r.dW[l - 1] @ np.linalg.pinv(A.T)).T  # dW_l = D_l^T A_(l-1) (39) solved for D_l
+        # dW_l = D_l^T A_(l-1) (39) solved for D_l: A_(l-1) (B, n_(l-1)) has full row rank B,
+        # so A pinv(A) = I_B and D_l^T = dW_l pinv(A_(l-1)), of shape (n_l, B)
+        est = (r.dW[l - 1] @ np.linalg.pinv(A)).T
       else:
         out.append(None)
         continue
