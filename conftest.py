@@ -10,12 +10,14 @@ the budgets of tests/test_compilation.py hold either way.
 """
 
 import atexit
+import fnmatch
 import importlib.util
 import os
 import shutil
 import tempfile
 
 import jax
+import pytest
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
@@ -45,6 +47,141 @@ settings.register_profile(
     "thorough", max_examples=500, deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.load_profile(os.environ.get("BPREF_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+# ---------------------------------------------------------------- two tiers
+# The README's test command runs the fast tier; `--tier deep` runs the rest, `--tier all` both.
+# A test is deep when its node id matches a DEEP pattern (fnmatch) and no FAST_SAMPLE pattern:
+# the fast tier keeps one case of most deep tests, so that each piece of code stays exercised.
+# docs/verification.md has the mutation table of the fast tier alone.
+
+DEEP = {
+    # end-to-end commands in fresh interpreters, compiling the same programs again
+    "tests/test_compilation.py::test_verify_quick_compiles_within_its_budget": "verify --quick end to end",
+    "tests/test_compilation.py::test_a_default_check_compiles_within_its_budget[[]float32*": "second dtype",
+    "tests/test_compilation.py::test_an_uncreatable_cache_dir_is_a_usage_error": "fresh interpreter",
+    "tests/test_compilation.py::test_the_persistent_cache_answers_a_second_cli_run": "two interpreters",
+    "tests/test_oracle.py::test_cli_*": "fresh interpreters",
+    "tests/test_oracle.py::test_workers_give_the_serial_result": "worker processes",
+    "tests/test_oracle.py::test_isolated_hang_and_crash_become_reports": "worker processes",
+    "tests/test_oracle.py::test_assert_works_inside_a_users_given_test": "a pytest run in a subprocess",
+    "tests/test_oracle.py::test_reproducer_script_reruns_the_minimal_case": "fresh interpreter",
+    "tests/test_oracle.py::test_docs_adapters_pass": "more examples",
+    "tests/test_oracle_textbook.py::test_verdicts_do_not_depend_on_the_callers_x64_setting*": "fresh interpreters",
+    "tests/test_oracle_hostile.py::*": "the exhaustive hostile matrix (fresh interpreters)",
+    "tests/test_cli.py::test_a_closed_stdout_pipe_ends_quietly*": "fresh interpreters",
+    "tests/test_cli.py::test_a_report_into_a_closed_pipe_ends_quietly": "fresh interpreter",
+    "tests/test_bench.py::*": "benchmarks in fresh interpreters",
+    "tests/test_train.py::*": "training runs",
+    "tests/test_gpu_check.py::*": "the device script, run on CPU",
+    "tests/test_sharding.py::test_sharded_matches_unsharded_with_all_reduce_and_expected_layouts*": "simulated devices",
+    "tests/test_exec.py::test_reference_client_passes_and_its_planted_bug_is_diagnosed[[]*": "building every example client",
+    "tests/test_exec.py::test_c_client_passes_in_every_declared_dtype_layout_and_reduction*": "more examples",
+    "tests/test_exec.py::test_workers_give_the_serial_verdict_and_minimal_case": "worker processes",
+    "tests/test_oracle_outside.py::*": "200-example searches of outside code",
+    # more examples of what the fast tier checks once
+    "tests/test_oracle_mutants.py::test_oracle_catches_and_names_mutant*": "more mutants",
+    "tests/test_oracle.py::test_correct_independent_implementations_pass*": "more layouts",
+    "tests/test_oracle.py::test_misbehaving_candidate_is_reported_plainly*": "more misbehaviours",
+    "tests/test_oracle.py::test_networks_without_biases": "more examples",
+    "tests/test_oracle.py::test_maximum_based_relu_is_a_convention_note": "more examples",
+    "tests/test_oracle.py::test_wrong_dtype_is_reported": "more examples",
+    "tests/test_oracle.py::test_report_prints_enough_digits_to_show_a_small_difference": "more examples",
+    "tests/test_ops_outside.py::test_custom_vjp_rules_pass*": "more examples",
+    "tests/test_ops_outside.py::test_torch_autograd_passes_every_activation*": "more examples",
+    "tests/test_ops_outside.py::test_torch_functions_from_the_docs_pass[[]float32]": "second dtype",
+    "tests/test_bridges.py::test_flax_*": "more frameworks",
+    "tests/test_bridges.py::test_equinox_*": "more frameworks",
+    "tests/test_bridges.py::test_torch_candidate_matches_bpref_on_every_loss_and_activation": "more examples",
+    "tests/test_fast.py::test_fused_losses_match_bpref_on_random_saturated_networks*": "more examples",
+    "tests/test_fast.py::test_fused_losses_are_exact_on_a_saturated_output*": "more examples",
+    "tests/test_fast.py::test_padded_logits_add_exactly_zero*": "more dtypes",
+    "tests/test_fast.py::test_fast_matches_bpref_on_each_unpadded_network*": "more examples",
+    "tests/test_fast.py::test_a_function_of_fewer_names_gives_the_same_results*": "more examples",
+    "tests/test_fast.py::test_one_declared_bucket_gives_the_same_results_and_refuses_what_does_not_fit": "more examples",
+    "tests/test_fast.py::test_padding_changes_no_bit_when_arithmetic_is_exact": "more examples",
+    "tests/test_verify.py::test_bucketed_outputs_match_the_exact_shape_functions*": "more examples",
+    "tests/test_verify.py::test_padded_witness_matches_the_exact_shape_witness": "more examples",
+    "tests/test_verify.py::test_verify_device_cpu_runs_there": "verify end to end",
+    "tests/test_verify.py::test_verify_reports_every_witness_worst_error": "verify end to end",
+    "tests/test_verify.py::test_witness_case_on_a_saturated_tanh_net_shows_jax_grad_error": "more examples",
+    "tests/test_finite_diff.py::test_richardson_within_its_error_estimate": "more examples",
+    "tests/test_finite_diff.py::test_directional_adjoint_check": "more examples",
+    "tests/test_finite_diff.py::test_taylor_remainder_order*": "more examples",
+    "tests/test_finite_diff.py::test_central_difference_within_its_bound": "more examples",
+    "tests/test_finite_diff.py::test_complex_step_follows_the_kink_conventions": "more examples",
+    "tests/test_backprop.py::test_every_public_function_matches_the_witness_under_jit": "more examples",
+    "tests/test_backprop.py::test_vmap_over_examples_equals_per_example_grads": "more examples",
+    "tests/test_backprop.py::test_vmap_over_an_ensemble_of_params_matches_the_witness": "more examples",
+    "tests/test_identities.py::test_lambda_identities": "more examples",
+    "tests/test_backprop.py::test_eager_equals_jit_and_matches_the_witness": "more examples",
+    "tests/test_finite_diff.py::test_complex_step_gradient_is_exact_to_rounding": "more examples",
+    "tests/test_verify.py::test_verify_plot_writes_a_png": "verify end to end",
+    "tests/test_activations.py::test_nan_in_x_makes_the_loss_and_every_gradient_nan[[]acts1-*": "more networks",
+    "tests/test_activations.py::test_nan_in_x_makes_the_loss_and_every_gradient_nan[[]*float32]": "second dtype",
+    "tests/test_oracle_textbook.py::test_textbook_backprop_passes_default_searches[[][12]-*": "more seeds",
+    "tests/test_oracle_textbook.py::test_textbook_backprop_passes_default_searches[[]0-float32]": "second dtype",
+    "proofs/test_symbolic.py::test_handwritten_recursion_equals_sympy_derivative[[]*-*-*-*]": "depth 3 and more",
+    "tests/test_identities.py::test_batch_additivity_and_rank": "more examples",
+    "tests/test_tolerance.py::test_model_passes_correct_gradients_and_flags_one_wrong_coordinate[[]float64]": "second dtype",
+    "tests/test_tolerance.py::test_low_precision_forward_within_the_model[[]float16]": "second dtype",
+    "tests/test_referee.py::test_bpref_within_the_rounding_model_of_the_referee[[]float32]": "second dtype",
+    "tests/test_precision.py::test_every_dot_general_carries_the_configured_precision[[]DEFAULT*": "second precision",
+    "proofs/test_symbolic.py::test_proven_closed_form_evaluates_to_bpref[[]*-*-*]": "the sympy proofs of depth 3 to 5",
+    "proofs/test_symbolic.py::test_proven_closed_form_evaluates_to_bpref[[]3-3]": "the widest depth-2 proof",
+    "proofs/test_scaling.py::*": "cost counts of XLA programs",
+}
+"""Deep tests, by node-id pattern, with why each is deep."""
+
+FAST_SAMPLES = (
+    "tests/test_oracle_hostile.py::test_hostile_candidate_fails_with_a_nonzero_exit[[]exits-*",
+    "tests/test_oracle_mutants.py::test_oracle_catches_and_names_mutant[[]transposed]",
+    "tests/test_oracle_mutants.py::test_oracle_catches_and_names_mutant[[]hidden_fprime_missing]",
+    "tests/test_oracle_mutants.py::test_oracle_catches_and_names_mutant[[]bias_first_example]",
+    "tests/test_oracle_mutants.py::test_oracle_catches_and_names_mutant[[]mean_not_sum]",
+    "tests/test_oracle_mutants.py::test_oracle_catches_and_names_mutant[[]tanh_missing_square]",
+    "tests/test_oracle_mutants.py::test_oracle_catches_and_names_mutant[[]softmax_diagonal]",
+    "tests/test_oracle.py::test_correct_independent_implementations_pass[[]row_major-float64]",
+    "tests/test_oracle.py::test_correct_independent_implementations_pass[[]in_out-float32]",
+    "tests/test_oracle.py::test_misbehaving_candidate_is_reported_plainly[[]raises-*",
+    "tests/test_oracle.py::test_misbehaving_candidate_is_reported_plainly[[]returns_nan-*",
+    "tests/test_exec.py::test_reference_client_passes_and_its_planted_bug_is_diagnosed[[]c_client]",
+    "tests/test_bridges.py::test_equinox_mlp_round_trip_and_gradients[[]relu-relu]",
+)
+"""Cases of deep tests that the fast tier keeps."""
+
+
+def pytest_addoption(parser):
+  parser.addoption("--tier", choices=("fast", "deep", "all"), default="fast",
+                   help="bpref's test tier: fast (the default, the README's command), deep (the "
+                        "rest: more examples, fresh interpreters, exhaustive matrices) or all")
+
+
+def pytest_configure(config):
+  config.addinivalue_line("markers", "deep: in the deep tier (conftest.DEEP); run with --tier deep")
+
+
+def is_deep(nodeid: str) -> bool:
+  return (any(fnmatch.fnmatchcase(nodeid, p) for p in DEEP)
+          and not any(fnmatch.fnmatchcase(nodeid, p) for p in FAST_SAMPLES))
+
+
+def pytest_collection_modifyitems(config, items):
+  tier = config.getoption("--tier")
+  if not config.args or config.args == list(config.getini("testpaths")):  # the whole suite
+    ids = [item.nodeid for item in items]
+    stale = [p for p in (*DEEP, *FAST_SAMPLES) if not any(fnmatch.fnmatchcase(i, p) for i in ids)]
+    if stale:
+      raise pytest.UsageError(f"conftest.py: these tier patterns match no test: {', '.join(stale)}")
+  keep, drop = [], []
+  for item in items:
+    deep = is_deep(item.nodeid) or item.get_closest_marker("deep") is not None
+    if deep:
+      item.add_marker("deep")
+    (keep if tier == "all" or deep == (tier == "deep") else drop).append(item)
+  if drop:
+    config.hook.pytest_deselected(items=drop)
+    items[:] = keep
+
 
 # The bridges' modules import their framework at the top: without the `bridges` extra the
 # doctest collection leaves them out (their tests skip on their own).
