@@ -23,6 +23,10 @@ DEFAULT_PRECISION = jax.lax.Precision.HIGHEST
 
 # ---------------------------------------------------------------- constructors
 
+MAX_PARAMETERS = 2**31 - 1
+"""Most parameters ``init`` draws: XLA indexes one array with 32-bit integers on some devices."""
+
+
 def init(key, sizes: Sequence[int], activations, *, bias: bool = True, dtype=None) -> Params:
   """Random parameters, fan-in scaled: W_l ~ N(0, 1/n_{l-1}), b_l = 0.
 
@@ -53,8 +57,19 @@ def init(key, sizes: Sequence[int], activations, *, bias: bool = True, dtype=Non
                      f"were given: {activations}")
   if dtype is None:
     dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
-  if not jnp.issubdtype(dtype, jnp.floating):
-    raise TypeError(f"dtype must be floating; got {dtype}")
+  try:
+    dtype = np.dtype(dtype)
+  except TypeError:
+    raise TypeError(f"dtype must be float32 or float64; got {dtype!r}") from None
+  if dtype not in (np.float32, np.float64):
+    raise TypeError(f"dtype must be float32 or float64; got {dtype}")
+  if dtype == np.float64 and not jax.config.jax_enable_x64:
+    raise TypeError("dtype float64 needs JAX's 64-bit mode, which is off: call "
+                    "jax.config.update('jax_enable_x64', True) first (JAX would give float32)")
+  entries = sum(sizes[l] * (sizes[l - 1] + bias) for l in range(1, n_layers + 1))
+  if entries > MAX_PARAMETERS:
+    raise ValueError(f"sizes {sizes} need {entries:,} parameters ({entries * dtype.itemsize / 2**30:,.1f} "
+                     f"GiB in {dtype}); init draws at most {MAX_PARAMETERS:,}")
   keys = jax.random.split(key, n_layers)
   params = []
   for l in range(1, n_layers + 1):

@@ -6,6 +6,7 @@ what came; none returns a partly checked value.
 
 from __future__ import annotations
 
+import argparse
 import collections.abc
 import numbers
 
@@ -16,6 +17,27 @@ import numpy as np
 from bpref import activations as _activations
 from bpref import losses as _losses
 from bpref.structures import Layer, Tape
+
+
+def ranged(lo, hi, kind=int, unit: str = ""):
+  """An argparse type: a ``kind`` (int or float) from ``lo`` to ``hi``, else a usage error.
+
+  Both ends are included for integers; a float must exceed ``lo`` (a time, a rate) and be finite.
+  """
+  what = (f"an integer from {lo} to {hi}" if kind is int
+          else f"a number{f' of {unit}' if unit else ''} above {lo:g} and at most {hi:g}")
+
+  def parse(text: str):
+    try:
+      value = kind(text)
+    except (TypeError, ValueError):
+      raise argparse.ArgumentTypeError(f"takes {what}; got {text!r}") from None
+    if not (lo < value <= hi if kind is float else lo <= value <= hi):
+      raise argparse.ArgumentTypeError(f"takes {what}; got {text}")
+    return value
+
+  parse.__name__ = kind.__name__  # argparse names the type in its messages
+  return parse
 
 
 def describe(x) -> str:

@@ -26,6 +26,21 @@ def test_init_shapes_dtype_and_fan_in_scaling():
   assert all(p.b is None for p in _net(bias=False))
 
 
+def test_init_refuses_other_dtypes_and_sizes_it_cannot_allocate():
+  for dtype in ("float80", "int32", jnp.bfloat16, "complex64"):
+    with pytest.raises(TypeError, match="dtype must be float32 or float64"):
+      _net(dtype)
+  with pytest.raises(ValueError, match=r"need 6,000,000,000,002 parameters .* at most 2,147,483,647"):
+    _net(sizes=(3, 10**12, 2))
+  jax.config.update("jax_enable_x64", False)
+  try:
+    with pytest.raises(TypeError, match="jax_enable_x64"):
+      _net(jnp.float64)
+    assert _net(None)[0].W.dtype == jnp.float32  # the default follows the mode
+  finally:
+    jax.config.update("jax_enable_x64", True)
+
+
 def test_params_are_a_pytree_with_static_activations():
   params = _net()
   leaves, treedef = jax.tree_util.tree_flatten(params)

@@ -36,6 +36,9 @@ if mode == "no_hello":
   send({"type": "grads", "id": 0, "arrays": []}); time.sleep(5); sys.exit(0)
 if mode == "hello_version_2":
   send(dict(HELLO, version=2)); time.sleep(5); sys.exit(0)
+if mode == "hello_unknown_names":
+  send(dict(HELLO, activations=["relu", "swish"], losses=["squared_error", "hinge"])); time.sleep(5)
+  sys.exit(0)
 if mode == "hello_garbage":
   out.write(b"I am a backprop\n"); out.flush(); time.sleep(5); sys.exit(0)
 if mode == "hang_before_hello":
@@ -144,6 +147,7 @@ UNSTARTABLE = {
     "no_hello": "expected its hello",
     "hello_version_2": "version 2; this bpref speaks version 1",
     "hello_garbage": "not a JSON object",
+    "hello_unknown_names": "declares activations swish and losses hinge, which bpref does not know",
     "hang_before_hello": "did not send its hello within 2 s",
     "exit_before_hello": "exited with status 3",
 }

@@ -120,6 +120,19 @@ def test_export_writes_manifest_with_hashes_and_is_reproducible(golden, tmp_path
   assert [e["sha256"] for e in _manifest(again)["cases"]] == [e["sha256"] for e in manifest["cases"]]
 
 
+def test_manifest_says_which_settings_vary_and_export_prints_them(tmp_path, capsys):
+  directory = tmp_path / "mixed"
+  assert vectors.main(["export", str(directory), "--cases", "12", "--seed", "0"]) == 0
+  out = capsys.readouterr().out
+  manifest = _manifest(directory)
+  for key in ("loss", "reduction", "bias", "dtype", "layout"):
+    seen = [entry[key] for entry in manifest["cases"]]
+    assert sorted(map(str, manifest["settings"][key])) == sorted({str(v) for v in seen}), key
+  varying = [key for key, values in manifest["settings"].items() if len(values) > 1]
+  assert "reduction" in varying and "bias" in varying  # the default export mixes both
+  assert "the cases differ in " in out and all(f"{key} (" in out for key in varying)
+
+
 def _stored_gradients_differ(directory):
   """The cases whose stored dW_l, db_l differ from the independent implementation's."""
   differ = []
@@ -497,6 +510,8 @@ def test_export_to_a_file_or_an_impossible_path_is_a_clear_error(tmp_path, capsy
     (["--max-depth", "0"], "max_depth must be an integer >= 1"),
     (["--cases", "0"], "cases must be an integer >= 1"),
     (["--seed", "-1"], "seed must be an integer >= 0"),
+    (["--max-depth", "1000000000"], "max_depth must be an integer >= 1 and <= 64"),
+    (["--cases", "1000000"], "cases must be an integer >= 1 and <= 100000"),
     (["--losses", "hinge"], "unknown loss 'hinge'"),
     (["--activations", "tanh,softmax"], "softmax is allowed only in the output layer"),
 ])

@@ -456,16 +456,22 @@ def _options_from(features: dict, options: dict) -> dict:
   from bpref import losses as _losses
 
   out = dict(options)
+  unknown = [f"activations {', '.join(a for a in features['activations'] if a not in _activations.ACTIVATIONS)}"
+             ] if any(a not in _activations.ACTIVATIONS for a in features["activations"]) else []
+  unknown += [f"losses {', '.join(n for n in features['losses'] if n not in _losses.LOSSES)}"
+              ] if any(n not in _losses.LOSSES for n in features["losses"]) else []
+  if unknown:  # a misspelt name would otherwise leave part of what the program claims unchecked
+    raise ExecError(f"the candidate's hello declares {' and '.join(unknown)}, which bpref does not "
+                    f"know (activations: {', '.join(_activations.ACTIVATIONS)}; losses: "
+                    f"{', '.join(_losses.LOSSES)}); fix the hello's names")
   if out.get("activations") is None:
-    out["activations"] = tuple(a for a in features["activations"] if a in _activations.ACTIVATIONS)
+    out["activations"] = tuple(features["activations"])
     if not out["activations"]:
-      raise ExecError(f"the candidate declares activations {', '.join(features['activations'])}, "
-                      "none of which bpref knows; pass --activations")
+      raise ExecError("the candidate's hello declares no activations; declare them, or pass --activations")
   if out.get("losses") is None:
-    out["losses"] = tuple(n for n in features["losses"] if n in _losses.LOSSES)
+    out["losses"] = tuple(features["losses"])
     if not out["losses"]:
-      raise ExecError(f"the candidate declares losses {', '.join(features['losses'])}, none of "
-                      "which bpref knows; pass --losses")
+      raise ExecError("the candidate's hello declares no losses; declare them, or pass --losses")
   for key, (option, preferred) in _PREFERRED.items():
     if out.get(option) is None:
       out[option] = preferred if preferred in features[key] else features[key][0]

@@ -333,6 +333,20 @@ def vacuous_arrays(truth, tol) -> list:
   return [name for name, e in zeros.items() if not e > VACUOUS_MARGIN * tol]
 
 
+MAX_CASES, MAX_DEPTH = 100_000, 64
+"""The largest export: cases, and layers per network (the network checks' --max-depth bound)."""
+
+SETTINGS = ("loss", "reduction", "bias", "dtype", "layout")
+"""The settings a case's entry carries beside its sizes and activations."""
+
+
+def settings(entries) -> dict:
+  """{setting: the values the cases take, in order of first appearance}: what an implementation
+  must read from each case's entry rather than assume (the loss's reduction, whether the layers
+  have biases, ...)."""
+  return {key: list(dict.fromkeys(entry[key] for entry in entries)) for key in SETTINGS}
+
+
 def export(directory, cases: int = 20, seed: int = 0, dtype: str = "float64", losses=None,
            activations=None, max_depth: int = 3, fmt: str = "npz") -> dict:
   """Write ``cases`` golden vectors and the manifest into ``directory``; return the manifest.
@@ -353,12 +367,13 @@ def export(directory, cases: int = 20, seed: int = 0, dtype: str = "float64", lo
   from bpref.oracle import judge as _judge
   from bpref.testing import problems as _problems
 
-  if not _is(cases, int) or cases < 1:
-    raise VectorsError(f"cases must be an integer >= 1; got {cases!r}")
-  if not _is(max_depth, int) or max_depth < 1:
-    raise VectorsError(f"max_depth must be an integer >= 1 (layers per network); got {max_depth!r}")
-  if not _is(seed, int) or seed < 0:
-    raise VectorsError(f"seed must be an integer >= 0; got {seed!r}")
+  if not _is(cases, int) or not 1 <= cases <= MAX_CASES:
+    raise VectorsError(f"cases must be an integer >= 1 and <= {MAX_CASES}; got {cases!r}")
+  if not _is(max_depth, int) or not 1 <= max_depth <= MAX_DEPTH:
+    raise VectorsError(f"max_depth must be an integer >= 1 and <= {MAX_DEPTH} (layers per "
+                       f"network); got {max_depth!r}")
+  if not _is(seed, int) or not 0 <= seed < 2**32:
+    raise VectorsError(f"seed must be an integer >= 0 and < 2**32; got {seed!r}")
   if dtype not in DTYPES:
     raise VectorsError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
   if fmt not in FORMATS:
@@ -425,7 +440,8 @@ def export(directory, cases: int = 20, seed: int = 0, dtype: str = "float64", lo
     entry["sha256"] = sha256(path)
     entries.append(entry)
   manifest = {"schema": SCHEMA, "bpref_version": __version__, "seed": seed, "count": len(entries),
-              **({"format": "wire"} if fmt == "wire" else {}), "cases": entries,
+              **({"format": "wire"} if fmt == "wire" else {}), "settings": settings(entries),
+              "cases": entries,
               "error_measure": "||X - X_bpref||_F / ||M_X||_F per array, M_X the magnitude bound "
                                "of bpref.oracle.truth (see docs/oracle.md)"}
   try:
@@ -624,12 +640,12 @@ def main(argv=None) -> int:
   ex = sub.add_parser("export", help="write golden vectors (.npz or .wire + manifest.json) into "
                                      "DIR and print the manifest's sha256")
   ex.add_argument("dir")
-  ex.add_argument("--cases", type=int, default=20)
-  ex.add_argument("--seed", type=int, default=0)
+  ex.add_argument("--cases", type=int, default=20, help="1 to 100000 (default 20)")
+  ex.add_argument("--seed", type=int, default=0, help="0 to 2**32 - 1")
   ex.add_argument("--dtype", choices=DTYPES, default="float64")
   ex.add_argument("--losses", help="comma-separated loss names (default: all)")
   ex.add_argument("--activations", help="comma-separated hidden activation names (default: all)")
-  ex.add_argument("--max-depth", type=int, default=3)
+  ex.add_argument("--max-depth", type=int, default=3, help="1 to 64 (default 3)")
   ex.add_argument("--format", choices=FORMATS, default="npz",
                   help="npz: NumPy archives; wire: the bpref-wire format of bpref check --exec "
                        "(docs/protocol.md), for code that cannot run as a process")
@@ -652,8 +668,12 @@ def main(argv=None) -> int:
       manifest = export(args.dir, args.cases, args.seed, args.dtype, split(args.losses),
                         split(args.activations), args.max_depth, args.format)
       digest = sha256(os.path.join(args.dir, "manifest.json"))
+      varying = [f"{key} ({', '.join(map(str, values))})"
+                 for key, values in manifest["settings"].items() if len(values) > 1]
       print(f"wrote {manifest['count']} cases and manifest.json to {args.dir}\n"
-            f"manifest sha256: {digest}\n"
+            + (f"the cases differ in {'; '.join(varying)}: read each case's entry in the "
+               "manifest\n" if varying else "")
+            + f"manifest sha256: {digest}\n"
             f"check with: bpref vectors check {args.dir} RESULTS --expect-manifest {digest}")
       return 0
     summary = check(args.dir, args.results, expect_manifest=args.expect_manifest)

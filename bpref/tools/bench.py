@@ -43,6 +43,7 @@ from bpref import backprop as _backprop
 from bpref import losses as _losses
 from bpref import network as _network
 from bpref.testing import problems as _problems
+from bpref.validation import ranged
 from bpref.witnesses import autodiff as _autodiff
 
 GRID = {
@@ -563,10 +564,11 @@ def main(argv=None) -> int:
   parser.add_argument("--cells", default=None, help=f"comma-separated subset of {', '.join(GRID)}")
   parser.add_argument("--activations", default=",".join(ACTIVATIONS))
   parser.add_argument("--dtypes", default=None, help="comma-separated: float32,float64")
-  parser.add_argument("--repeats", type=int, default=None, help="timed samples per function (default 7)")
-  parser.add_argument("--arch-cases", type=int, default=None,
+  parser.add_argument("--repeats", type=ranged(1, 10_000), default=None,
+                      help="timed samples per function, 1 to 10000 (default 7)")
+  parser.add_argument("--arch-cases", type=ranged(0, 10_000_000), default=None,
                       help="random architectures for the architectures/s benchmark (0: skip)")
-  parser.add_argument("--arch-budget", type=float, default=None,
+  parser.add_argument("--arch-budget", type=ranged(0.0, 86_400.0, float, unit="seconds"), default=None,
                       help="seconds for each of the jit-per-architecture and eager baselines")
   parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
   parser.add_argument("--markdown", action="store_true",
@@ -578,7 +580,7 @@ def main(argv=None) -> int:
                            "bpref.oracle.check cold and warm, each in a fresh process")
   parser.add_argument("--verify", action="store_true",
                       help="with --checkers: also time bpref verify --quick")
-  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--seed", type=ranged(0, 2**32 - 1), default=0, help="0 to 2**32 - 1")
   args = parser.parse_args(argv)
   if args.checkers:
     result = bench_checkers(verify_quick=args.verify)

@@ -37,6 +37,7 @@ import numpy as np
 from bpref import backprop as _backprop
 from bpref import network as _network
 from bpref import tolerance as _tolerance
+from bpref.validation import ranged
 from bpref.witnesses import autodiff as _autodiff
 
 DATASETS = ("auto", "digits", "synthetic")
@@ -322,10 +323,11 @@ def main(argv=None) -> int:
   parser.add_argument("--hidden", type=int, nargs="+", default=[32], help="hidden widths (default 32)")
   parser.add_argument("--activation", default="tanh", help="hidden activation (default tanh)")
   parser.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
-  parser.add_argument("--lr", type=float, default=3e-3, help="learning rate (default 3e-3)")
-  parser.add_argument("--steps", type=int, default=300)
-  parser.add_argument("--batch", type=int, default=64)
-  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--lr", type=ranged(0.0, 1e6, float), default=3e-3,
+                      help="learning rate, above 0 and at most 1e6 (default 3e-3)")
+  parser.add_argument("--steps", type=ranged(1, 1_000_000), default=300)
+  parser.add_argument("--batch", type=ranged(1, 1_000_000), default=64)
+  parser.add_argument("--seed", type=ranged(0, 2**32 - 1), default=0, help="0 to 2**32 - 1")
   parser.add_argument("--dtype", choices=("float64", "float32"), default="float64")
   parser.add_argument("--plot", metavar="PNG", help="write both loss curves to this PNG file")
   parser.add_argument("--json", action="store_true", help="print the result as JSON")

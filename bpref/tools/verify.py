@@ -43,6 +43,7 @@ from bpref.oracle import truth as _truth
 from bpref.scale import fast as _fast
 from bpref.structures import Layer
 from bpref.testing import problems as _problems
+from bpref.validation import ranged
 from bpref.witnesses import autodiff as _autodiff
 
 CHECKS = ("loss", "predict", "grad", "deltas", "lambdas", "input_grad", "per_example_grads")
@@ -444,15 +445,16 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(
       prog="bpref verify",
       description="Compare bpref's handwritten backprop with the autodiff witness on random networks.")
-  parser.add_argument("--cases", type=int, default=100, help="random networks per dtype (default 100)")
-  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--cases", type=ranged(1, 100_000), default=100,
+                      help="random networks per dtype, 1 to 100000 (default 100)")
+  parser.add_argument("--seed", type=ranged(0, 2**32 - 1), default=0, help="0 to 2**32 - 1")
   parser.add_argument("--quick", action="store_true", help="20 cases per dtype")
   parser.add_argument("--dtype", choices=("float32", "float64", "both"), default="both")
   parser.add_argument("--json", action="store_true", help="print a JSON summary instead of a table")
   parser.add_argument("--markdown", action="store_true",
                       help="print the README's tables (Markdown) instead of the text tables")
   parser.add_argument("--no-progress", action="store_true")
-  parser.add_argument("--witness-cases", type=int, default=None,
+  parser.add_argument("--witness-cases", type=ranged(0, 100_000), default=None,
                       help="random networks per dtype for the independent witnesses "
                            "(default 10, 5 with --quick; 0 skips them)")
   parser.add_argument("--plot", metavar="PNG", default=None,
