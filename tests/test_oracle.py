@@ -512,3 +512,81 @@ def test_report_prints_enough_digits_to_show_a_small_difference():
   line = next(l for l in report.text().splitlines() if l.strip().startswith("dW1: candidate"))
   theirs, ours = line.split("candidate", 1)[1].split("bpref")
   assert theirs.strip() != ours.strip(), line
+
+
+# ---------------------------------------------------------------- a verdict counts what it checked
+
+
+def all_zeros(weights, biases, activations, loss, x, t):
+  return [np.zeros_like(W) for W in weights], [np.zeros_like(b) for b in biases]
+
+
+def wrong_from_depth_4(weights, biases, activations, loss, x, t):
+  """row_major, but dW_1 doubled in a network of 4 layers or more: right at depth <= 3 only."""
+  dW, db = row_major(weights, biases, activations, loss, x, t)
+  if len(weights) >= 4:
+    dW[0] = 2 * dW[0]
+  return dW, db
+
+
+EMPTY_DOMAIN = dict(activations=("identity",), losses=("cross_entropy",), max_width=1)
+"""A softmax output needs 2 units: with max_width 1 this domain holds no network at all."""
+
+
+def test_a_search_that_checks_no_network_is_no_pass():
+  report = bpref.oracle.check(all_zeros, **EMPTY_DOMAIN)
+  assert report.verdict == "error" and not report.passed, report.text()
+  assert report.kind == "too_few_cases" and report.cases == 0 and report.requested == 40
+  assert report.dropped == {"outside the domain": 400}  # 10 draws per example, all spent
+  assert "only 0 of the 40 networks" in report.message
+  assert "needs at least 2 units, more than max_width 1" in report.message
+  assert report.text().startswith("ERROR: no verdict") and "PASS" not in report.text()
+  data = json.loads(report.json())
+  assert data["verdict"] == "error" and data["passed"] is False
+  assert data["checked"] == 0 and data["dropped"] == {"outside the domain": 400}
+  nothing = bpref.oracle.check(row_major, probes=False, examples=0)
+  assert nothing.verdict == "error" and "nothing to check" in nothing.message, nothing.text()
+
+
+def test_cases_that_check_nothing_are_dropped_counted_and_made_up():
+  report = bpref.oracle.check(row_major, max_depth=64, examples=10)
+  assert report.verdict == "pass", report.text()
+  assert report.requested > 10 and report.cases == report.requested  # the probes and 10 draws
+  assert report.dropped["vacuous"] >= 5, report.dropped  # most deep networks check nothing
+  dropped = sum(report.dropped.values())
+  head, _, rest = report.text().partition("\n")
+  assert f"on all {report.cases} networks checked, {dropped} dropped" in head, head
+  assert f"dropped unchecked: {dropped}: {report.dropped['vacuous']} vacuous" in rest, rest
+  data = json.loads(report.json())
+  assert data["checked"] == report.cases and data["dropped"] == report.dropped
+
+
+def test_a_search_short_of_cases_when_its_draws_run_out_is_an_error(monkeypatch):
+  from bpref.oracle import search
+
+  monkeypatch.setattr(search, "DRAW_BUDGET", 1)  # no draw beyond the 10 examples asked for
+  report = bpref.oracle.check(row_major, max_depth=64, examples=10)
+  assert report.verdict == "error" and report.kind == "too_few_cases", report.text()
+  assert report.cases < report.requested and report.dropped["vacuous"] > 0
+  assert f"only {report.cases} of the {report.requested} networks" in report.message
+  assert f"{report.dropped['vacuous']} vacuous" in report.message
+  assert "draw budget" in report.message and "smaller max_depth" in report.message
+
+
+def test_a_bug_at_depth_4_is_never_a_pass():
+  assert bpref.oracle.check(wrong_from_depth_4, max_depth=3).verdict == "pass"
+  with pytest.raises(ValueError, match="max_depth must be <= 64"):
+    bpref.oracle.check(wrong_from_depth_4, max_depth=5000, examples=10)
+  report = bpref.oracle.check(wrong_from_depth_4, max_depth=64, examples=10)
+  assert report.verdict == "fail" and report.errors["W1"] > 0.1, report.text()
+  assert len(report.case["arch"]["activations"]) == 4  # shrunk to the shallowest that fails
+
+
+def test_no_verdict_on_the_command_line_exits_2_with_the_counts(tmp_path, capsys):
+  path = tmp_path / "zc.py"
+  path.write_text("import sys\nsys.path.insert(0, %r)\nfrom test_oracle import all_zeros\n" % HERE)
+  code = cli.main([f"{path}:all_zeros", "--activations", "identity", "--losses", "cross_entropy",
+                   "--max-width", "1", "--no-progress", "--in-process"])
+  out = capsys.readouterr()
+  assert code == 2, out
+  assert "PASS" not in out.out and "only 0 of the 40 networks" in out.err, out

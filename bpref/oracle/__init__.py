@@ -61,7 +61,11 @@ def check(candidate=None, *, target=None, progress=None, **options) -> Report:
 
   Returns:
     a ``Report``: verdict, minimal failing case, per-array and per-layer errors, diagnosis,
-    seed, reproducer script, and what the candidate printed (``output``).
+    seed, reproducer script, and what the candidate printed (``output``). A pass needs as many
+    networks checked as asked for (``report.requested``: the probes in the domain + examples);
+    networks dropped unchecked (``report.dropped``, per reason) are made up for by further
+    draws, at most ``search.DRAW_BUDGET`` per random network needed, and a search whose draws
+    run out first is verdict "error", kind "too_few_cases", its message giving the counts.
 
   Raises:
     ValueError / TypeError for a bad spec or a candidate that cannot be run at all (not
@@ -116,14 +120,27 @@ def _notes(ev) -> list:
   return sorted({r.note for _, r in ev.history if r.note})
 
 
+def _counts(tally) -> dict:
+  """The Report fields that count the search's cases (``search.Tally``)."""
+  if tally is None:
+    return {}
+  return {"requested": tally.requested, "dropped": dict(tally.dropped)}
+
+
 def build_report(ev, spec, found, target, candidate, start) -> Report:
+  """The report of a finished search: a pass only when ``found.tally`` checked every case asked for."""
   if found.first is None:
     verdict = "pass"
     if ev.stopped:
       verdict = "fail"
-    rep = Report(verdict, spec.to_json(), found.cases, ev.calls, spec.seed, 0.0, notes=_notes(ev))
+    elif found.tally is not None and found.tally.short:
+      verdict = "error"
+    rep = Report(verdict, spec.to_json(), found.cases, ev.calls, spec.seed, 0.0, notes=_notes(ev),
+                 **_counts(found.tally))
     if ev.stopped:
       rep.kind, rep.message = "timeout", ev.stopped
+    elif verdict == "error":
+      rep.kind, rep.message = "too_few_cases", found.tally.message()
     rep.seconds = time.perf_counter() - start
     return rep
   minimal = found.minimal
@@ -142,7 +159,7 @@ def build_report(ev, spec, found, target, candidate, start) -> Report:
       case=_report.case_json(case, minimal, truth), errors=dict(minimal.errors), layer_errors=per_layer,
       implied_delta_errors=implied, tolerance=minimal.tolerance, diagnosis=findings,
       notes=_notes(ev), reproducer=_report.reproducer(case, spec, target, _name_of(candidate)),
-      first_case=found.first.arch.to_json())
+      first_case=found.first.arch.to_json(), **_counts(found.tally))
   rep.seconds = time.perf_counter() - start
   return rep
 

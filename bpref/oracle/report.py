@@ -13,11 +13,17 @@ class Report:
   """What ``bpref.oracle.check`` found.
 
   Attributes:
-    verdict: "pass" (correct on every case), "fail" (a bug was found) or "error" (the oracle
-      could not run the candidate at all, e.g. it could not be loaded in a subprocess).
+    verdict: "pass" (correct on every case, and as many cases checked as asked for), "fail" (a
+      bug was found) or "error" (no verdict: the oracle could not run the candidate at all, e.g.
+      it could not be loaded in a subprocess; or, kind "too_few_cases", fewer cases checked than
+      asked for once the draw budget ran out, the message counting them and why each was dropped).
     passed: verdict == "pass".
     spec: the domain and search settings, as a dict.
-    cases: cases tried in the search (probes and random).
+    cases: cases checked in the search (probes and random); on a pass at least ``requested``.
+    requested: cases asked for: the probes in the domain plus ``examples`` random networks.
+    dropped: {reason: count} of the cases drawn and dropped unchecked, because they check nothing
+      ("vacuous": an all-zero gradient passes them; "not finite") or were not usable ("outside
+      the domain", "repeat", "not drawn"); see ``bpref.oracle.search.DROP_REASONS``.
     calls: candidate calls in all (search, shrinking, diagnosis).
     examples_to_failure: position of the first failing case among those tried (0 on a pass).
     kind: the failure's kind (see ``bpref.oracle.judge.FAILURE_KINDS``), or "ok".
@@ -57,6 +63,8 @@ class Report:
   first_case: dict | None = None
   output: dict = dataclasses.field(default_factory=dict)
   compilation: dict = dataclasses.field(default_factory=dict)
+  requested: int = 0
+  dropped: dict = dataclasses.field(default_factory=dict)
 
   @property
   def passed(self) -> bool:
@@ -71,6 +79,7 @@ class Report:
     out = dataclasses.asdict(self)
     out["diagnosis"] = [f.to_json() for f in self.diagnosis]
     out["passed"] = self.passed
+    out["checked"] = self.cases
     return out
 
   def json(self) -> str:
@@ -90,14 +99,21 @@ class Report:
               f"{'' if s['bias'] else ', no biases'}")
     if self.verdict == "pass":
       lines.append(f"PASS: the candidate's gradients match bpref's on all {self.cases} networks "
-                   f"({self.calls} calls, seed {self.seed}, {self.seconds:.1f} s)")
+                   f"checked, {sum(self.dropped.values())} dropped ({self.calls} calls, seed "
+                   f"{self.seed}, {self.seconds:.1f} s)")
       lines.append(f"  domain: {domain}")
+      if self.dropped:
+        lines.append(f"  dropped unchecked: {_dropped_text(self.dropped)}")
       for note in self.notes:
         lines.append(f"  note: {note}")
       lines += _output_lines(self.output)
       return "\n".join(lines)
     if self.verdict == "error":
-      lines.append(f"ERROR: the oracle could not run the candidate: {self.message}")
+      if self.kind == "too_few_cases":
+        lines.append(f"ERROR: no verdict: {self.message}")
+        lines.append(f"  domain: {domain}")
+      else:
+        lines.append(f"ERROR: the oracle could not run the candidate: {self.message}")
       lines += _output_lines(self.output)
       return "\n".join(lines)
     headline, rest = _headline(self.message or self.kind)
@@ -105,7 +121,8 @@ class Report:
     for line in rest:
       lines.append(f"    {line}")
     lines.append(f"  found after {self.examples_to_failure} of the cases tried (seed {self.seed}); "
-                 f"{self.calls} calls, {self.seconds:.1f} s")
+                 f"{self.calls} calls, {self.seconds:.1f} s"
+                 f"{f'; {sum(self.dropped.values())} dropped unchecked' if self.dropped else ''}")
     lines.append(f"  domain: {domain}")
     if self.diagnosis:
       lines.append("")
@@ -151,6 +168,14 @@ class Report:
       lines.append(f"  note: {note}")
     lines += _output_lines(self.output)
     return "\n".join(lines)
+
+
+def _dropped_text(dropped: dict) -> str:
+  """'9: 8 vacuous (...), 1 ...' from {reason: count}."""
+  from bpref.oracle.search import DROP_REASONS
+
+  parts = [f"{n} {DROP_REASONS.get(k, k)}" for k, n in sorted(dropped.items(), key=lambda kv: -kv[1])]
+  return f"{sum(dropped.values())}: {', '.join(parts)}"
 
 
 def _digits_that_differ(candidate, ours, least: int = 6) -> int:

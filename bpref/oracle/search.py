@@ -1,7 +1,8 @@
 """The search: targeted probes, then hypothesis's random architectures, then shrinking.
 
 Every case the oracle tries is an ``Arch`` from a list fixed by the spec and
-the seed (``spec.probes`` then ``spec.random_archs``), and shrinking tries the
+the seed (``spec.probes`` then ``spec.random_archs``; a case that checks nothing is
+dropped and made up for by further draws, ``find_failure``), and shrinking tries the
 neighbours of a failing case in a fixed order, taking the first that still
 fails. The calls themselves may run in this process or on ``workers``
 subprocesses; since the list and the order do not depend on where the calls
@@ -11,6 +12,7 @@ seed.
 
 from __future__ import annotations
 
+import collections
 import time
 from typing import Callable, NamedTuple
 
@@ -100,8 +102,9 @@ class SearchResult(NamedTuple):
     minimal: the shrunk failing ``CaseResult``.
     shrink_steps: accepted shrinking steps.
     rejected: neighbours of the minimal case that passed (the counterfactuals).
-    cases: cases tried in the search phase (probes + random).
+    cases: cases checked in the search phase (probes + random).
     seconds: wall time.
+    tally: the cases asked for, checked and dropped (``Tally``).
   """
   first: object
   examples_to_failure: int
@@ -110,6 +113,7 @@ class SearchResult(NamedTuple):
   rejected: tuple
   cases: int
   seconds: float
+  tally: object = None
 
 
 def _chunks(items, size):
@@ -133,21 +137,162 @@ def vacuous(case, truth) -> list:
   return [name for name, e in zeros.items() if not e > tol]
 
 
-def find_failure(ev: Evaluator) -> tuple:
-  """(first failing CaseResult or None, its 1-based index, cases tried).
+DRAW_BUDGET = 10
+"""Random networks the search may draw per random case it must check (``find_failure``)."""
 
-  Vacuous cases (``vacuous``) are left out: they are neither run nor counted.
+DROP_REASONS = {
+    "vacuous": "vacuous (an all-zero gradient passes them: some layer's true gradient is below "
+               "its rounding bound)",
+    "not finite": "with bpref's own gradient or its bound not finite (overflow)",
+    "outside the domain": "drawn outside the declared domain",
+    "repeat": "repeating a case already checked",
+    "not drawn": "asked of hypothesis but not drawn (its draws ran out or overran its buffer)",
+}
+"""Why a case is dropped unchecked, keyed as in ``Tally.dropped``."""
+
+
+class Tally:
+  """The cases of a search: asked for, checked, and dropped unchecked with the reason for each.
+
+  Attributes:
+    requested: cases a verdict needs checked: the probes in the domain plus ``spec.examples``.
+    probes: the probes in the domain.
+    checked: cases run and judged.
+    dropped: {reason: count} over ``DROP_REASONS``, the reasons met only.
+    outside: {why a draw lies outside the domain (``spec.outside``): count}.
+    budget: random draws allowed: ``DRAW_BUDGET`` per random case needed, i.e. per example
+      plus one per probe dropped.
+    drawn: random draws made (and examined) so far.
+  """
+
+  def __init__(self, probes: int, examples: int):
+    self.probes, self.requested = probes, probes + examples
+    self.checked, self.budget, self.drawn = 0, 0, 0
+    self.dropped, self.outside = collections.Counter(), collections.Counter()
+
+  @property
+  def short(self) -> bool:
+    """Whether fewer cases were checked than asked for (or none at all)."""
+    return self.checked < max(1, self.requested)
+
+  def dropped_text(self) -> str:
+    """'9 (8 vacuous ..., 1 ...)' for people; '0' when nothing was dropped."""
+    total = sum(self.dropped.values())
+    if not total:
+      return "0"
+    parts = []
+    for key, n in self.dropped.most_common():
+      why = DROP_REASONS.get(key, key)
+      if key == "outside the domain" and len(self.outside) == 1:
+        why += f": {next(iter(self.outside))}"
+      elif key == "outside the domain" and self.outside:
+        why += ": " + "; ".join(f"{w} ({c})" for w, c in self.outside.most_common(3))
+      parts.append(f"{n} {why}")
+    return f"{total} ({', '.join(parts)})"
+
+  def message(self) -> str:
+    """Why the search gives no verdict: the counts, the reasons, the budget spent."""
+    if self.requested == 0:
+      return ("nothing to check: 0 probes (probes off, or none in the domain) and examples=0, "
+              "and a verdict on 0 networks is no verdict; ask for examples > 0")
+    hint = ""
+    if self.dropped.get("vacuous", 0) and self.dropped["vacuous"] >= sum(self.dropped.values()) / 2:
+      hint = ("; deep networks (and float32 ones) have gradients below their rounding bound, so a "
+              "smaller max_depth or float64 leaves more that check something")
+    elif self.dropped.get("outside the domain"):
+      hint = "; widen the domain (max_width, losses, output_activations) so that draws fall inside it"
+    return (f"only {self.checked} of the {self.requested} networks asked for were checked "
+            f"({self.probes} probes in the domain + {self.requested - self.probes} examples), so "
+            "there is no verdict; "
+            f"dropped unchecked: {self.dropped_text()}. The draw budget, {DRAW_BUDGET} random "
+            f"draws per random case needed ({self.budget} here), ran out after {self.drawn} "
+            f"draws{hint}")
+
+  def to_json(self) -> dict:
+    return {"requested": self.requested, "probes": self.probes, "checked": self.checked,
+            "dropped": dict(self.dropped),
+            "outside": dict(self.outside), "budget": self.budget, "drawn": self.drawn}
+
+
+def drop_reason(case, truth) -> str:
+  """Why ``case`` checks nothing, a key of ``DROP_REASONS``; "" for a case that checks something."""
+  arrays = truth.dW + truth.mag_W + (truth.db or ()) + (truth.mag_b or ())
+  if not all(np.all(np.isfinite(a)) for a in arrays) or \
+      not np.isfinite(_judge.case_tolerance(case, truth)):
+    return "not finite"
+  return "vacuous" if vacuous(case, truth) else ""
+
+
+def _cases(ev: Evaluator, tally: Tally):
+  """The cases to check, in order: the probes, then random draws, each one that checks
+  something (``drop_reason``) and is new; further random rounds make up for the cases
+  dropped, up to ``tally.budget`` draws. The first round is ``spec.examples`` draws of the
+  seed; round k, 2**k times the cases still needed, draws of the seed named f"{seed}+{k}".
+  Built as the search goes."""
+  spec = ev.spec
+  seen = set()
+  kept = 0
+
+  def checks(arch) -> bool:
+    if arch in seen:
+      tally.dropped["repeat"] += 1
+      return False
+    seen.add(arch)
+    why = drop_reason(*ev.case_and_truth(arch))
+    if why:
+      tally.dropped[why] += 1
+    return not why
+
+  probes = _spec.probes(spec) if spec.probes else []
+  for arch in probes:
+    if checks(arch):
+      kept += 1
+      yield arch
+  tally.budget = DRAW_BUDGET * (spec.examples + len(probes) - kept)
+  rounds = 0
+  while kept < tally.requested and tally.drawn < tally.budget:
+    need = tally.requested - kept
+    ask = min(tally.budget - tally.drawn, spec.examples if rounds == 0 else need << rounds)
+    drawn = _spec.random_archs(spec, ask, spec.seed if rounds == 0 else f"{spec.seed}+{rounds}",
+                               keep_outside=True) if ask else []
+    rounds += 1
+    for arch in drawn:
+      if kept >= tally.requested:
+        return
+      tally.drawn += 1
+      why = _spec.outside(arch, spec)
+      if why:
+        tally.dropped["outside the domain"] += 1
+        tally.outside[why] += 1
+      elif checks(arch):
+        kept += 1
+        yield arch
+    if len(drawn) < ask:  # hypothesis drew fewer: the rest of the round counts as spent
+      tally.dropped["not drawn"] += ask - len(drawn)
+      tally.drawn += ask - len(drawn)
+
+
+def find_failure(ev: Evaluator, tally: Tally | None = None) -> tuple:
+  """(first failing CaseResult or None, its 1-based index, cases checked).
+
+  ``tally.requested`` cases are checked: the probes in the domain, then ``spec.examples``
+  random networks. A case that checks nothing (``drop_reason``: vacuous, not finite; a draw
+  outside the domain; a repeat) is neither run nor counted; it is counted in
+  ``tally.dropped``, and further random networks are drawn in its place, at most
+  ``DRAW_BUDGET`` draws per random case needed in all (10 per example, and 10 for each
+  probe dropped). When they run out first, ``tally.short`` is true: no pass can be given.
   """
   spec = ev.spec
-  archs = (_spec.probes(spec) if spec.probes else []) + \
-      _spec.random_archs(spec, spec.examples, spec.seed)
-  checked = (a for a in archs if not vacuous(*ev.case_and_truth(a)))  # built as the search goes
+  if tally is None:
+    tally = Tally(len(_spec.probes(spec)) if spec.probes else 0, spec.examples)
+  checked = _cases(ev, tally)
   size = max(1, spec.workers)
   tried = 0
   while chunk := [a for _, a in zip(range(size), checked)]:
     results = ev.run(chunk, "search")
     for r in results:
       tried += 1
+      tally.checked = tried
       if not r.passed:
         return r, tried, tried
       if tried == 1:
@@ -236,8 +381,11 @@ def shrink(ev: Evaluator, failing) -> tuple:
 
 def search(ev: Evaluator) -> SearchResult:
   start = time.perf_counter()
-  first, index, tried = find_failure(ev)
+  spec = ev.spec
+  tally = Tally(len(_spec.probes(spec)) if spec.probes else 0, spec.examples)
+  first, index, tried = find_failure(ev, tally)
   if first is None:
-    return SearchResult(None, 0, None, 0, (), tried, time.perf_counter() - start)
+    return SearchResult(None, 0, None, 0, (), tried, time.perf_counter() - start, tally)
   minimal, steps, rejected = shrink(ev, first)
-  return SearchResult(first, index, minimal, steps, rejected, tried, time.perf_counter() - start)
+  return SearchResult(first, index, minimal, steps, rejected, tried, time.perf_counter() - start,
+                      tally)
