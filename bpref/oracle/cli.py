@@ -26,9 +26,30 @@ import shlex
 import sys
 
 from bpref import bridges as _bridges
+from bpref import validation as _validation
 from bpref.oracle.ops import cli as _ops_cli
 
 EXIT_PASS, EXIT_BUG, EXIT_USAGE = 0, 1, 2
+
+
+RANGES = {  # the documented range of each numeric option, checked before anything runs
+    "max_depth": (1, 64), "max_width": (1, 1024), "max_batch": (1, 4096),
+    "examples": (0, 1_000_000), "seed": (0, 2**32 - 1), "shrink_budget": (0, 100_000),
+    "timeout": (0.0, 86_400.0), "workers": (1, 256),
+}
+"""Inclusive ranges, except that a timeout must exceed 0 s. Workers are also capped at the cores
+this process may use, unless --force-workers."""
+
+
+def _ranged(name: str, kind):
+  return _validation.ranged(*RANGES[name], kind, unit="seconds" if name == "timeout" else "")
+
+
+def _cores() -> int:
+  try:
+    return len(os.sched_getaffinity(0))
+  except (AttributeError, OSError):
+    return os.cpu_count() or 1
 
 
 class _Parser(argparse.ArgumentParser):
@@ -54,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
                       "(docs/protocol.md), e.g. --exec ./mybp or --exec 'node mybp.js'; options "
                       "not given (activations, losses, dtype, layout, reduction) are what it "
                       "declares in its hello")
+  p.add_argument("--demo", action="store_true",
+                 help="check a textbook NumPy backprop bundled with bpref, then the same code with "
+                      "a planted bug, and print both reports (bpref/oracle/demo.py)")
   p.add_argument("--replay", metavar="WIRE",
                  help="with --exec: judge the program on the one case of a reproducer file "
                       "(written by --reproducer after a failed --exec check) and print its errors")
@@ -67,21 +91,29 @@ def _parser() -> argparse.ArgumentParser:
   d.add_argument("--output-activations", action="append", default=[], metavar="LOSS=ACT,ACT",
                  help="output activations allowed after LOSS (repeatable)")
   d.add_argument("--reduction", choices=("mean", "sum"), help="default mean")
-  d.add_argument("--max-depth", type=int, default=3)
-  d.add_argument("--max-width", type=int, default=5)
-  d.add_argument("--max-batch", type=int, default=4)
+  d.add_argument("--max-depth", type=_ranged("max_depth", int), default=None,
+                 help="largest number of layers, 1 to 64 (default 3)")
+  d.add_argument("--max-width", type=_ranged("max_width", int), default=None,
+                 help="largest layer width, 1 to 1024 (default 5; --op: 6)")
+  d.add_argument("--max-batch", type=_ranged("max_batch", int), default=None,
+                 help="largest batch, 1 to 4096 (default 4; --op: 5)")
   d.add_argument("--dtype", choices=("float64", "float32"), help="default float64")
   d.add_argument("--layout", choices=("out_in", "in_out"),
                  help="out_in (the default): W_l is (n_l, n_(l-1)); in_out: (n_(l-1), n_l)")
   d.add_argument("--no-bias", action="store_true", help="layers have no biases (biases=None)")
   s = p.add_argument_group("search")
-  s.add_argument("--examples", type=int, default=40, help="random networks after the probes (default 40)")
-  s.add_argument("--seed", type=int, default=0)
-  s.add_argument("--cache-dir", metavar="DIR", default=None,
-                 help="keep XLA compilations in DIR between runs (default: $BPREF_CACHE_DIR, "
-                      "else no cache)")
+  s.add_argument("--examples", type=_ranged("examples", int), default=40,
+                 help="random cases after the probes, 0 to 1000000 (default 40)")
+  s.add_argument("--seed", type=_ranged("seed", int), default=0, help="0 to 2**32 - 1 (default 0)")
+  cache = s.add_mutually_exclusive_group()
+  cache.add_argument("--cache-dir", metavar="DIR", default=None,
+                     help="keep XLA compilations in DIR between runs (default: $BPREF_CACHE_DIR, "
+                          "else $XDG_CACHE_HOME/bpref/xla)")
+  cache.add_argument("--no-cache", action="store_true",
+                     help="no persistent compilation cache (also BPREF_NO_CACHE=1)")
   s.add_argument("--strict-kinks", action="store_true", help="a different f'(0) at a kink is a bug")
-  s.add_argument("--timeout", type=float, default=60.0, help="seconds per candidate call")
+  s.add_argument("--timeout", type=_ranged("timeout", float), default=60.0,
+                 help="seconds per candidate call, above 0 and at most 86400 (default 60)")
   where = s.add_mutually_exclusive_group()
   where.add_argument("--isolate", action="store_true",
                      help="run the candidate in a subprocess (the default): a crash, an early exit "
@@ -91,8 +123,13 @@ def _parser() -> argparse.ArgumentParser:
                      help="run the candidate in this process: quicker to start, but it trusts the "
                           "candidate (code that patches bpref when imported changes the verdict; "
                           "a hang ends the search)")
-  s.add_argument("--workers", type=int, default=1, help="subprocesses running candidate calls")
-  s.add_argument("--shrink-budget", type=int, default=120)
+  s.add_argument("--workers", type=_ranged("workers", int), default=1,
+                 help="subprocesses running candidate calls, at most the cores available "
+                      "(default 1)")
+  s.add_argument("--force-workers", action="store_true",
+                 help="allow more --workers than cores (up to 256)")
+  s.add_argument("--shrink-budget", type=_ranged("shrink_budget", int), default=None,
+                 help="most candidate calls spent shrinking a failure (default 120; --op: 150)")
   o = p.add_argument_group("output")
   o.add_argument("--json", action="store_true", help="print the report as JSON")
   o.add_argument("--plot", metavar="PNG", help="write the per-layer errors of a failing candidate")
@@ -188,8 +225,22 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
   except SystemExit as exc:
     return int(exc.code or 0)
+  if args.workers > _cores() and not args.force_workers:
+    return _usage(parser, f"--workers {args.workers} is more than the {_cores()} cores available; "
+                  "use fewer, or add --force-workers")
+  if args.demo:
+    return _main_demo(args, parser)
   if args.op:
     return _main_op(args, parser)
+  given = _given_op_options(args)
+  if given:
+    return _usage(parser, f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to one "
+                  "operation's check only: add --op KIND, or drop "
+                  f"{'it' if len(given) == 1 else 'them'}")
+  args.max_depth = 3 if args.max_depth is None else args.max_depth
+  args.max_width = 5 if args.max_width is None else args.max_width
+  args.max_batch = 4 if args.max_batch is None else args.max_batch
+  args.shrink_budget = 120 if args.shrink_budget is None else args.shrink_budget
   chosen = [(fw, getattr(args, fw)) for fw in _bridges.BRIDGES if getattr(args, fw)]
   if args.candidate:
     chosen.insert(0, ("function", args.candidate))
@@ -202,6 +253,9 @@ def main(argv=None) -> int:
           "--exec COMMAND", file=sys.stderr)
     return EXIT_USAGE
   kind, ref = chosen[0]
+  if kind == "exec" and args.in_process:
+    return _usage(parser, "--in-process does not apply to --exec: the program always runs in its "
+                  "own process; drop it")
   if args.replay and kind != "exec":
     parser.print_usage(sys.stderr)
     print("bpref check: error: --replay FILE replays a bpref-wire reproducer on a program: give "
@@ -218,7 +272,8 @@ def main(argv=None) -> int:
   from bpref import compilation, oracle
 
   try:
-    compilation.use_cache(args.cache_dir)
+    if not args.no_cache:
+      compilation.use_cache(args.cache_dir, default=True)
   except ValueError as exc:
     print(f"bpref check: error: {exc}", file=sys.stderr)
     return EXIT_USAGE
@@ -269,6 +324,21 @@ def main(argv=None) -> int:
   return code
 
 
+def _usage(parser, message) -> int:
+  parser.print_usage(sys.stderr)
+  print(f"bpref check: error: {message}", file=sys.stderr)
+  return EXIT_USAGE
+
+
+def _given_op_options(args) -> list:
+  """The op-only options given on a command line without --op."""
+  given = [flag for flag, value in (("--op-name", args.op_name), ("--function", args.function),
+                                    ("--takes", args.takes), ("--targets", args.targets),
+                                    ("--signature", args.signature))
+           if value is not None]
+  return given + (["--strict-conventions"] if args.strict_conventions else [])
+
+
 def _counted(check, show):
   """check() with its compilations in the report, or None after printing a usage error."""
   from bpref import compilation
@@ -285,6 +355,13 @@ def _counted(check, show):
   return report
 
 
+NETWORK_ONLY = (("--activations", "activations", None), ("--losses", "losses", None),
+                ("--output-activations", "output_activations", []),
+                ("--max-depth", "max_depth", None), ("--strict-kinks", "strict_kinks", False),
+                ("--plot", "plot", None), ("--replay", "replay", None))
+"""Options of the whole-network check, with their unset values: a usage error under --op."""
+
+
 def _main_op(args, parser) -> int:
   """``bpref check --op KIND``: one operation's backward function (``bpref.oracle.ops``)."""
   others = [f"--{fw}" for fw in _bridges.BRIDGES if getattr(args, fw)]
@@ -292,10 +369,17 @@ def _main_op(args, parser) -> int:
   if args.candidate and args.function:
     others.append(args.candidate)
   if others:
-    parser.print_usage(sys.stderr)
-    print(f"bpref check: error: --op checks the one function --function names; drop "
-          f"{', '.join(others)}", file=sys.stderr)
-    return EXIT_USAGE
+    return _usage(parser, f"--op checks the one function --function names; drop {', '.join(others)}")
+  given = [flag for flag, dest, unset in NETWORK_ONLY if getattr(args, dest) != unset]
+  if args.workers > 1:
+    given.append(f"--workers {args.workers}")
+  if given:
+    hint = " (--strict-conventions is --op's)" if args.strict_kinks else ""
+    return _usage(parser, f"{', '.join(given)} do{'es' if len(given) == 1 else ''} not apply to "
+                  f"one operation's check (--op){hint}: drop {'it' if len(given) == 1 else 'them'}")
+  args.takes = args.takes or ""
+  args.targets = args.targets or "probabilities"
+  args.signature = args.signature or "bpref"
   args.function = args.function or args.candidate
   args.reduction = args.reduction or "mean"
   args.dtype = args.dtype or "float64"
@@ -303,7 +387,40 @@ def _main_op(args, parser) -> int:
   import jax
 
   jax.config.update("jax_enable_x64", True)
-  return _ops_cli.run_op_command(args)
+  from bpref import compilation
+
+  try:
+    if not args.no_cache:
+      compilation.use_cache(args.cache_dir, default=True)
+  except ValueError as exc:
+    return _usage(parser, str(exc))
+  guard = _ExitGuard() if args.in_process else contextlib.nullcontext()
+  with guard:
+    code = _ops_cli.run_op_command(args)
+    sys.stdout.flush()
+    if args.in_process:
+      guard.status = code
+  return code
+
+
+def _main_demo(args, parser) -> int:
+  """``bpref check --demo``: the oracle on bundled code, correct and with a planted bug."""
+  if args.candidate or args.exec_command or args.op or any(getattr(args, fw) for fw in _bridges.BRIDGES):
+    return _usage(parser, "--demo checks bpref's bundled example: name no candidate with it")
+  import jax
+
+  jax.config.update("jax_enable_x64", True)
+  from bpref.oracle import demo
+
+  good, bad = demo.run(examples=args.examples, seed=args.seed)
+  if args.json:
+    print(f'{{"correct": {good.json()}, "with_bug": {bad.json()}}}')
+  else:
+    print("bpref check --demo: a textbook NumPy backprop (bpref/oracle/demo.py: grads), then the\n"
+          "same code with the hidden layers' f' left out of the delta recursion (grads_with_bug).\n"
+          "Your own: bpref check yourfile.py:your_grads --activations relu,tanh\n")
+    print("1. the textbook code\n" + good.text() + "\n\n2. the same code with the bug\n" + bad.text())
+  return EXIT_PASS if good.verdict == "pass" and bad.verdict == "fail" else EXIT_BUG
 
 
 def _main_exec(args, command, options, show) -> int:
@@ -318,9 +435,6 @@ def _main_exec(args, command, options, show) -> int:
       return EXIT_USAGE
     print(text)
     return EXIT_PASS if passed else EXIT_BUG
-  if args.in_process or args.isolate:
-    print("bpref check: note: --exec always runs the program in its own process; --isolate and "
-          "--in-process are ignored", file=sys.stderr)
   options = {k: v for k, v in options.items() if k != "isolate"}
   report = _counted(lambda: _exec.check(command, progress=_progress if show else None, **options),
                     show)

@@ -161,6 +161,32 @@ def call_direct(candidate, inputs) -> Outcome:
   return Outcome("ok", result=result, mutated=_mutated(snapshot), seconds=seconds)
 
 
+def _arrays_in(arg) -> list:
+  if isinstance(arg, np.ndarray):
+    return [arg]
+  if isinstance(arg, tuple):
+    return [a for item in arg for a in _arrays_in(item)]
+  return []
+
+
+def call_args(fn, args) -> Outcome:
+  """``fn(*args)`` in this thread, ``mutated`` naming the positions of the arrays it wrote into.
+
+  The op oracle's call (``bpref.oracle.ops``): the arguments are a tuple of arrays and None.
+  """
+  snapshot = [(i, a, a.copy()) for i, arg in enumerate(args)
+              for a in _arrays_in(arg)]  # a cache tuple's arrays count as its position's
+  start = time.perf_counter()
+  try:
+    raw = fn(*args)
+    seconds = time.perf_counter() - start
+    result = _to_numpy(raw)
+  except BaseException as exc:  # the candidate's failure is data, not the oracle's
+    return Outcome("exception", error=exception_text(exc), mutated=_mutated(snapshot),
+                   seconds=time.perf_counter() - start)
+  return Outcome("ok", result=result, mutated=_mutated(snapshot), seconds=seconds)
+
+
 # ---------------------------------------------------------------- the candidate's output
 
 @functools.lru_cache(maxsize=None)
@@ -539,9 +565,16 @@ def _worker_main(conn, target, out_path, err_path) -> None:
     pass
   _redirect_output(out_path, err_path)
   faulthandler.enable()
+  info = None
   try:
     if isinstance(target, tuple) and target and target[0] == "named":
       candidate = load_candidate(*target[1:])
+    elif isinstance(target, tuple) and target and target[0] == "op":
+      from bpref.oracle.ops import as_candidate  # an op candidate, adapted as in process
+
+      _, ref, spec = target
+      candidate = as_candidate(spec, load_target(ref) if isinstance(ref, str) else pickle.loads(ref))
+      info = {"forward": candidate.forward is not None}
     else:
       candidate = pickle.loads(target)
   except BaseException as exc:
@@ -549,7 +582,7 @@ def _worker_main(conn, target, out_path, err_path) -> None:
     conn.send_bytes(_dumps(("load_error", _one_line(exc))))
     return
   _flush_streams()
-  conn.send_bytes(_dumps(("ready", None)))
+  conn.send_bytes(_dumps(("ready", info)))
   while True:
     try:
       message = conn.recv()
@@ -557,7 +590,10 @@ def _worker_main(conn, target, out_path, err_path) -> None:
       return
     if message is None:
       return
-    outcome = call_direct(candidate, message)
+    if isinstance(message, tuple):  # ("backward" or "forward", args): an op call
+      outcome = call_args(getattr(candidate, message[0]), message[1])
+    else:
+      outcome = call_direct(candidate, message)
     _flush_streams()
     try:
       payload = _dumps(("outcome", outcome._replace(result=_plain(outcome.result))))
@@ -598,7 +634,9 @@ class Isolated:
   parent's stdout.
 
   Args:
-    target: the candidate pickled (bytes), or ("named", kind, "module:function").
+    target: the candidate pickled (bytes), ("named", kind, "module:function"), or for an op
+      ("op", "module:attr" or the pickled object, its ``OpSpec``); each call is then
+      ("backward" or "forward", args), and ``info`` says whether the candidate has a forward.
     workers: number of subprocesses.
     timeout: seconds one call may take; the process is then killed and replaced.
   """
@@ -610,6 +648,7 @@ class Isolated:
     self._procs = [None] * workers
     self._dir = tempfile.TemporaryDirectory(prefix="bpref-candidate-")
     self._started = 0
+    self.info = None  # what the first worker said of the candidate when it was loaded
     for i in range(workers):
       self._spawn(i)
 
@@ -660,6 +699,15 @@ class Isolated:
       self._kill(i)
       raise ValueError(f"the candidate could not be loaded in a subprocess: {text}")
     self._procs[i].ready = True
+    self.info = text
+
+  def start(self):
+    """The first worker started and its candidate loaded; what it said of the candidate (``info``).
+
+    Raises ValueError when loading raised, RuntimeError when the subprocess died while loading.
+    """
+    self._start(0)
+    return self.info
 
   def _take_output(self, i) -> tuple:
     """(stdout, stderr) that worker ``i`` wrote since the last look."""

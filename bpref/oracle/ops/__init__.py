@@ -62,7 +62,10 @@ class OpReport(Report):
   Attributes (beyond ``Report``'s):
     op: the op checked, in words.
     skipped: cases left out because they check nothing (an all-zero answer passes them) or
-      lie outside the op's domain (bpref's own answer is not finite there).
+      lie outside the op's domain (bpref's own answer is not finite there); ``dropped`` counts
+      them per reason ("vacuous", "not finite"), and further random cases are drawn in their
+      place: a pass needs ``requested`` cases (probes + examples) checked, and a search whose
+      draw budget ran out first is an "error" (kind "too_few_cases") saying so.
     forward_checked: cases on which the candidate's forward function was checked too.
   """
   op: str = ""
@@ -77,10 +80,15 @@ class OpReport(Report):
       lines.append(f"PASS: the candidate matches bpref's {self.op} on all {self.cases} cases"
                    f"{fwd} ({self.skipped} cases that check nothing skipped; {self.calls} calls, "
                    f"seed {self.seed}, {self.seconds:.1f} s)")
+      if self.dropped:
+        lines.append("  skipped unchecked: " + ", ".join(
+            f"{n} {_search.SKIP_REASONS.get(k, k)}" for k, n in self.dropped.items()))
       lines.append("  searched: batch 1, one unit, non-square, wide; plain, normal, spread, kink "
                    "(0 and -0), saturated, huge, tiny and float32-limit values where the op has them")
       lines += [f"  note: {n}" for n in self.notes]
       return "\n".join(lines + _output_lines(self))
+    if self.verdict == "error" and self.kind == "too_few_cases":
+      return f"ERROR ({self.op}): no verdict: {self.message}"
     if self.verdict == "error":
       return f"ERROR: the oracle could not run the candidate: {self.message}"
     head, *rest = (self.message or self.kind).splitlines() or [""]
@@ -97,7 +105,9 @@ class OpReport(Report):
         if f.detail and f.detail != f.summary:
           lines += [f"      {d}" for d in f.detail.splitlines()[:6]]
     if self.case:
-      lines += ["", f"minimal failing case ({self.case['shapes']}):"]
+      which = ("first failing case (not shrunk)" if self.kind in ("timeout", "crash", "nondeterministic")
+               else "minimal failing case")
+      lines += ["", f"{which} ({self.case['shapes']}):"]
       if self.errors:
         lines.append(f"  normwise error per output (tolerance {self.tolerance:.1e}): " + "  ".join(
             f"{k}: {v:.2e}{' *' if not v <= self.tolerance else ''}" for k, v in self.errors.items()))
@@ -145,14 +155,19 @@ def as_candidate(spec: OpSpec, candidate) -> OpCandidate:
   return OpCandidate(candidate)
 
 
-def check_op(kind: str, candidate, name: str | None = None, **options) -> OpReport:
+def check_op(kind: str, candidate, name: str | None = None, *, isolate: bool = False,
+             **options) -> OpReport:
   """Check one operation's backward function against bpref's; never raises for what it does.
 
   Args:
     kind: "dense", "activation", "softmax", "loss" or "layer".
     candidate: the backward function (module docstring), an ``OpCandidate``, a
-      ``torch.autograd.Function`` subclass or a ``jax.custom_vjp`` function.
+      ``torch.autograd.Function`` subclass or a ``jax.custom_vjp`` function; with ``isolate``,
+      also "module:attr" or "path/to/file.py:attr" naming one.
     name: the activation (activation, layer) or the loss (loss).
+    isolate: run the candidate in a subprocess (named, or picklable), so that an exit, a crash
+      in native code or a hang is a failure of its own and the verdict is computed in a process
+      the candidate never ran in; ``bpref check --op`` does this unless told ``--in-process``.
     **options: the ``OpSpec`` fields: takes, layout, bias, reduction, targets, dtype, examples,
       seed, max_batch, max_width, strict_conventions, timeout, shrink_budget.
 
@@ -166,9 +181,25 @@ def check_op(kind: str, candidate, name: str | None = None, **options) -> OpRepo
     callable.
   """
   spec = _kinds.make_spec(kind, name, **options)
-  cand = as_candidate(spec, candidate)
   start = time.perf_counter()
-  ev = _search.Evaluator(cand, spec)
+  if not isolate:
+    return _checked(spec, _search.Evaluator(as_candidate(spec, candidate), spec), start)
+  from bpref.oracle import isolation as _isolation
+
+  target = candidate if isinstance(candidate, str) else _isolation.picklable(candidate)
+  with _isolation.Isolated(("op", target, spec), workers=1, timeout=spec.timeout) as pool:
+    try:
+      pool.start()
+    except RuntimeError as exc:  # it ended its process while being imported
+      return OpReport("fail", spec.to_json(), 0, 0, spec.seed, time.perf_counter() - start,
+                      kind="crash", message=f"the candidate ended its process while being "
+                      f"loaded: {exc}", op=spec.describe(),
+                      diagnosis=[Finding("crash", f"the candidate ended its process while being "
+                                         f"loaded: {exc}")])
+    return _checked(spec, _search.Evaluator(None, spec, pool), start)
+
+
+def _checked(spec, ev, start) -> OpReport:
   found = _search.search(ev)
   rep = OpReport("pass", spec.to_json(), found.checked, ev.calls, spec.seed, 0.0,
                  notes=sorted(ev.notes), op=spec.describe(), skipped=found.skipped,
@@ -194,9 +225,9 @@ def check_op(kind: str, candidate, name: str | None = None, **options) -> OpRepo
     rep.first_case = {"label": found.first.case.label._asdict()}
     rep.reproducer = reproducer(spec, minimal.case)
     rep.notes = sorted(ev.notes)
-  if found.checked == 0 and rep.verdict != "fail":
-    rep.verdict, rep.kind = "error", "error"
-    rep.message = "every case drawn checks nothing (an all-zero answer passes it); nothing was checked"
+  rep.requested, rep.dropped = found.requested, dict(found.reasons or {})
+  if rep.verdict == "pass" and found.checked < max(1, found.requested):
+    rep.verdict, rep.kind, rep.message = "error", "too_few_cases", _search.too_few(found)
   rep.calls = ev.calls
   rep.output = ev.transcript.to_json()
   rep.seconds = time.perf_counter() - start

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from typing import NamedTuple
 
 import numpy as np
@@ -50,13 +49,9 @@ class OpCandidate:
     return f"OpCandidate({self.name})"
 
 
-class Call(NamedTuple):
-  """One call: status "ok", "exception" or "timeout", the result, the error text, inputs written."""
-  status: str
-  result: object = None
-  error: str = ""
-  mutated: tuple = ()
-  seconds: float = 0.0
+Call = _isolation.Outcome
+"""One call: status "ok", "exception", "timeout" or "crash", the result, the error text, the
+positions of the arguments it wrote into."""
 
 
 class Verdict(NamedTuple):
@@ -64,7 +59,7 @@ class Verdict(NamedTuple):
 
   Attributes:
     passed: correct here.
-    kind: "ok" or what went wrong: exception, timeout, structure, shape, dtype, nonfinite,
+    kind: "ok" or what went wrong: exception, timeout, crash, structure, shape, dtype, nonfinite,
       mutation, numeric, convention, loss, forward, nondeterministic.
     message: one plain sentence.
     errors: {output: e} normwise errors.
@@ -99,7 +94,18 @@ def _numpy(obj, depth=0):
 
 
 def candidate_args(spec, case) -> tuple:
-  """The arguments of one call, fresh copies in the candidate's dtype and layout."""
+  """The arguments of one call, fresh copies in the candidate's dtype, layout and signature."""
+  args = _bpref_args(spec, case)
+  if spec.signature == "cs231n":  # (dout, cache)
+    if spec.kind == "activation":
+      return (args[1], args[0])
+    x, W, b = args[:3]  # W in the in_out layout, as make_spec requires for this signature
+    cache = (x, W, b) if spec.kind == "dense" else ((x, W, b), x @ W + (0 if b is None else b))
+    return (args[3], cache)
+  return args
+
+
+def _bpref_args(spec, case) -> tuple:
   arr, dt = case.arrays, np.dtype(spec.dtype)
   if spec.kind in ("dense", "layer"):
     W = arr["W"].T if spec.layout == "in_out" else arr["W"]
@@ -117,7 +123,7 @@ def candidate_args(spec, case) -> tuple:
 
 
 def forward_args(spec, case) -> tuple:
-  args = candidate_args(spec, case)
+  args = _bpref_args(spec, case)
   if spec.kind in ("dense", "layer"):
     return args[:3]
   if spec.kind == "loss":
@@ -128,18 +134,8 @@ def forward_args(spec, case) -> tuple:
 def call(fn, args, timeout: float, transcript) -> Call:
   """fn(*args) in a daemon thread, its output captured into ``transcript``; never raises."""
   box = []
-  snapshot = [(i, a, a.copy()) for i, a in enumerate(args) if isinstance(a, np.ndarray)]
-
-  def run():
-    start = time.perf_counter()
-    try:
-      raw = fn(*args)
-      box.append(Call("ok", _numpy(raw), seconds=time.perf_counter() - start))
-    except BaseException as exc:  # the candidate's failure is data, not the oracle's
-      box.append(Call("exception", error=_isolation.exception_text(exc),
-                      seconds=time.perf_counter() - start))
-
-  thread = threading.Thread(target=run, daemon=True, name=_isolation.WORKER_NAME)
+  thread = threading.Thread(target=lambda: box.append(_isolation.call_args(fn, args)), daemon=True,
+                            name=_isolation.WORKER_NAME)
   with _isolation.Captured() as out:
     thread.start()
     thread.join(timeout)
@@ -147,10 +143,14 @@ def call(fn, args, timeout: float, transcript) -> Call:
   if thread.is_alive():
     return Call("timeout", error=f"the call did not return within {timeout:g} s; a call in this "
                 "process cannot be stopped, so the search ended here")
-  result = box[0] if box else Call("exception", error="the candidate's thread ended without a result")
-  mutated = tuple(i for i, now, before in snapshot
-                  if now.shape != before.shape or not np.array_equal(now, before, equal_nan=True))
-  return result._replace(mutated=mutated)
+  return box[0] if box else Call("exception", error="the candidate's thread ended without a result")
+
+
+def call_isolated(pool, which: str, args, transcript) -> Call:
+  """``which`` ("backward" or "forward") called in the candidate's subprocess; never raises."""
+  outcome = pool.map([(which, args)])[0]
+  transcript.add(outcome.stdout, outcome.stderr)
+  return outcome
 
 
 ARG_NAMES = {"dense": ("x", "W", "b", "dout"), "layer": ("x", "W", "b", "dout"),
@@ -259,13 +259,16 @@ def judge(spec, case, truth, outcome: Call) -> Verdict:
     return _fail("exception", f"the candidate raised an exception:\n{outcome.error}", tol)
   if outcome.status == "timeout":
     return _fail("timeout", f"the candidate hung: {outcome.error}", tol)
+  if outcome.status == "crash":
+    return _fail("crash", f"the candidate ended its process: {outcome.error}", tol)
   unpacked = _unpack(spec, case, outcome.result, tol)
   if isinstance(unpacked, Verdict):
     return unpacked
   outputs, value = unpacked
   errors = {k: _kinds.error(v, truth.expected[k], truth.bounds[k]) for k, v in outputs.items()}
   if outcome.mutated:
-    names = ", ".join(ARG_NAMES[spec.kind][i] for i in outcome.mutated)
+    names = ", ".join((("dout", "cache") if spec.signature == "cs231n" else ARG_NAMES[spec.kind])[i]
+                      for i in outcome.mutated)
     return Verdict(False, "mutation", f"the candidate modified its input(s) {names}; a backward "
                    "function must leave its inputs as they were", errors, tol, outputs, value)
   worst = max(errors.values())

@@ -21,15 +21,17 @@ applied per entry rather than per case: an op's inputs are exact, so only the ar
 candidate rounds inside the op (z in a layer, z - max z in a softmax, the argument of tanh in
 gelu_tanh) move f', each by |f''| times its own size. So
 
-  M_dz = |dout| (|f'(z)| + rho_f(z, a) s + lambda / u) + lambda / u,   s = max(1, |z|)
+  M_dz = |dout| (|f'(z)| + phi_f(z, a) + |f''|(z) s + lambda / u) + lambda / u,   s = max(1, |z|)
 
-where rho_f (``bpref.oracle.truth.rho``) is the absolute error of the standard forms of f'
-(1 - a^2, a (1 - a), ...) and of a rounded z (its |f''| term), in units of u
-(proofs/tolerance.md). The last terms are an underflow floor (U): an operation may lose up to
-the smallest normal number lambda absolutely (gradual underflow, or a flush to zero as XLA
-does on CPU), which a first-order model in u does not see. A softmax output carries
-Y = y (s + <y, s>) (the rounding of exp(z - max z)) in place of y, a layer s = max(1, Z) with
-Z = |x| |W|^T + |b| the terms of (7).
+where rho_f = phi_f + |f''| (``bpref.oracle.truth.rho``) is the absolute error of the standard
+forms of f' (phi_f: 1 - a^2, a (1 - a), ..., ``Activation.df_forms``) and of a rounded z (its
+|f''| term, ``Activation.d2f``), in units of u (proofs/tolerance.md). Only the |f''| term scales
+with s: a form's own error is absolute, and it stops growing where its inner function
+saturates ((S) of proofs/tolerance.md). The last terms are an underflow floor (U): an
+operation may lose up to the smallest normal number lambda absolutely (gradual underflow, or a
+flush to zero as XLA does on CPU), which a first-order model in u does not see. A softmax
+output carries Y = y (s + <y, s>) (the rounding of exp(z - max z)) in place of y, a layer
+s = max(1, Z) with Z = |x| |W|^T + |b| the terms of (7).
 """
 
 from __future__ import annotations
@@ -52,6 +54,9 @@ from bpref.scale import fast as _fast
 from bpref.structures import Layer, Tape
 
 KINDS = ("dense", "activation", "softmax", "loss", "layer")
+
+SIGNATURES = ("bpref", "cs231n")
+"""How a candidate is called: bpref's argument orders, or CS231n's (dout, cache)."""
 
 TAKES = {
     "dense": ("x",),
@@ -107,6 +112,10 @@ class OpSpec(NamedTuple):
     strict_conventions: a kink convention or gelu's tanh approximation counts as a bug.
     timeout: seconds one candidate call may take.
     shrink_budget: most candidate calls spent shrinking.
+    signature: how the candidate is called: "bpref" (the argument orders of
+      ``bpref.oracle.ops``) or "cs231n" (``(dout, cache)`` as CS231n's layer functions take
+      them: cache is z for an activation, (x, W, b) for dense, ((x, W, b), z) for a layer, W in
+      the in_out layout).
   """
   kind: str
   name: str | None = None
@@ -123,6 +132,7 @@ class OpSpec(NamedTuple):
   strict_conventions: bool = False
   timeout: float = 60.0
   shrink_budget: int = 150
+  signature: str = "bpref"
 
   def to_json(self) -> dict:
     return dict(self._asdict())
@@ -177,6 +187,16 @@ def make_spec(kind, name=None, **options) -> OpSpec:
     raise ValueError(f"targets='labels' (a class index per row) is for the softmax losses "
                      f"({', '.join(SOFTMAX_LOSSES)}); got kind {kind!r}"
                      f"{f' {name}' if name else ''}")
+  if spec.signature not in SIGNATURES:
+    raise ValueError(f"signature must be one of {', '.join(SIGNATURES)}; got {spec.signature!r}")
+  if spec.signature == "cs231n":
+    if kind not in ("activation", "dense", "layer") or takes != TAKES[kind][0]:
+      raise ValueError(f"signature='cs231n' is (dout, cache) for kinds activation (cache z), "
+                       f"dense (cache (x, W, b)) and layer (cache ((x, W, b), z)); got kind "
+                       f"{kind!r}{f' with takes={takes!r}' if takes != TAKES[kind][0] else ''}")
+    if kind in ("dense", "layer") and spec.layout != "in_out":
+      raise ValueError("signature='cs231n': CS231n's affine layers hold W as (n_in, n_out); add "
+                       "layout='in_out' (--layout in_out)")
   if spec.layout not in ("out_in", "in_out"):
     raise ValueError(f"layout must be 'out_in' (W of shape (n_out, n_in)) or 'in_out' (its "
                      f"transpose); got {spec.layout!r}")
@@ -477,6 +497,11 @@ def rho(name: str, z, a) -> np.ndarray:
   return _truth.rho(name, np.asarray(z, np.float64), a)
 
 
+def rho_second(name: str, z, a) -> np.ndarray:
+  """The |f''| part of rho_f (``Activation.d2f``): the part that a rounded argument scales."""
+  return _truth.rho(name, np.asarray(z, np.float64), a, forms=False)
+
+
 # ---------------------------------------------------------------- the truth of one case
 
 class OpTruth(NamedTuple):
@@ -568,7 +593,8 @@ def compute(spec: OpSpec, case: OpCase, name: str | None = None) -> OpTruth:
     else:
       abs_df = np.abs(df(name, zz))
       rho_f = rho(name, zz, aa)
-      D = np.abs(dout) * (abs_df + rho_f * s + floor) + floor
+      # phi_f + |f''| s = rho_f + |f''| (s - 1): only the |f''| part scales with the terms Z
+      D = np.abs(dout) * (abs_df + rho_f + rho_second(name, zz, aa) * (s - 1) + floor) + floor
       forward_bound = np.abs(aa) + (abs_df + rho_f) * Z + floor
     bounds = {"dx": D @ np.abs(W) + n_out * floor, "dW": D.T @ np.abs(x) + B * floor,
               "db": D.sum(axis=0) + B * floor}
@@ -590,7 +616,9 @@ def compute(spec: OpSpec, case: OpCase, name: str | None = None) -> OpTruth:
       abs_df = np.abs(df(act, zz))
       rho_f = rho(act, zz, aa)
       s = np.maximum(1.0, np.abs(zz)) if spec.takes == "z" else np.ones_like(zz)
-      bounds = {"dz": np.abs(dout) * (abs_df + rho_f * s + floor) + floor}
+      # M_dz: phi_f + |f''| s = rho_f + |f''| (s - 1), only the |f''| part scales with |z|
+      bounds = {"dz": np.abs(dout) * (abs_df + rho_f + rho_second(act, zz, aa) * (s - 1) + floor)
+                + floor}
       forward_bound = np.abs(aa) + (abs_df + rho_f) * np.abs(zz) + floor
       k = 1
     forward = aa

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import itertools
 from typing import NamedTuple
 
 import numpy as np
@@ -25,8 +27,10 @@ class Run(NamedTuple):
 class Evaluator:
   """Runs the candidate on cases and judges it; counts calls; keeps what the candidate printed."""
 
-  def __init__(self, candidate, spec):
-    self.candidate, self.spec = candidate, spec
+  def __init__(self, candidate, spec, pool=None):
+    self.candidate, self.spec, self.pool = candidate, spec, pool  # pool: an isolation.Isolated
+    self.has_forward = (bool((pool.info or {}).get("forward")) if pool is not None
+                        else candidate.forward is not None)
     self.calls = 0
     self.transcript = _isolation.Transcript()
     self.stopped = ""
@@ -41,9 +45,13 @@ class Evaluator:
       return None
     return truth
 
-  def call(self, fn, args):
+  def call(self, which: str, args):
+    """The candidate's ``which`` ("backward" or "forward") called on ``args``."""
     self.calls += 1
-    outcome = _judge.call(fn, args, self.spec.timeout, self.transcript)
+    if self.pool is not None:
+      outcome = _judge.call_isolated(self.pool, which, args, self.transcript)
+    else:
+      outcome = _judge.call(getattr(self.candidate, which), args, self.spec.timeout, self.transcript)
     if outcome.status == "timeout":
       self.stopped = outcome.error
     return outcome
@@ -52,13 +60,13 @@ class Evaluator:
     truth = self.truth(case)
     if truth is None:
       return Run(case, None, None)
-    outcome = self.call(self.candidate.backward, _judge.candidate_args(self.spec, case))
+    outcome = self.call("backward", _judge.candidate_args(self.spec, case))
     verdict = _judge.judge(self.spec, case, truth, outcome)
-    if verdict.passed and forward and self.candidate.forward is not None and not self.stopped:
+    if verdict.passed and forward and self.has_forward and not self.stopped:
       twin = None
       if self.spec.name in _judge.GELU_TWINS and self.spec.kind in ("activation", "layer"):
         twin = _kinds.compute(self.spec, case, name=_judge.GELU_TWINS[self.spec.name])
-      fwd = self.call(self.candidate.forward, _judge.forward_args(self.spec, case))
+      fwd = self.call("forward", _judge.forward_args(self.spec, case))
       bad = _judge.judge_forward(self.spec, case, truth, fwd, twin)
       self.forward_checked += 1
       if bad is not None:
@@ -85,35 +93,114 @@ def probes(spec) -> list:
 
 def random_labels(spec) -> list:
   """``spec.examples`` cases drawn from the seed: any shape within the limits, any family."""
+  return list(itertools.islice(label_stream(spec), spec.examples))
+
+
+def label_stream(spec):
+  """The seed's random cases, without end: ``random_labels`` is its beginning."""
   rng = np.random.default_rng([spec.seed, 7919])
   fams = _kinds.families(spec)
-  out = []
-  for _ in range(spec.examples):
+  while True:
     B = int(rng.integers(1, spec.max_batch + 1))
     widths = tuple(int(w) for w in rng.integers(1, spec.max_width + 1,
                                                 2 if spec.kind in ("dense", "layer") else 1))
-    out.append(Label((B,) + widths, fams[int(rng.integers(len(fams)))], int(rng.integers(1 << 30))))
-  return out
+    yield Label((B,) + widths, fams[int(rng.integers(len(fams)))], int(rng.integers(1 << 30)))
+
+
+DRAW_BUDGET = 10
+"""Random cases the search may draw per random case it must check (``search``)."""
+
+SKIP_REASONS = {
+    "vacuous": "vacuous (an all-zero answer passes them)",
+    "not finite": "with bpref's own answer not finite there",
+}
+"""Why a case is skipped unchecked, keyed as in ``Found.reasons``."""
+
+
+def skip_reason(spec, case) -> str:
+  """Why a case that ``Evaluator.truth`` refuses checks nothing: "not finite" or "vacuous"."""
+  return "vacuous" if _kinds.finite(_kinds.compute(spec, case)) else "not finite"
+
+
+def too_few(found) -> str:
+  """Why a search that checked fewer cases than asked for gives no verdict, with the counts."""
+  reasons = ", ".join(f"{n} {SKIP_REASONS.get(k, k)}" for k, n in sorted(
+      (found.reasons or {}).items(), key=lambda kv: -kv[1]))
+  return (f"only {found.checked} of the {found.requested} cases asked for were checked "
+          f"({found.requested - found.examples} probes + {found.examples} examples), so there is "
+          f"no verdict; skipped unchecked: {found.skipped}{f' ({reasons})' if reasons else ''}. "
+          f"The draw budget, {DRAW_BUDGET} random cases per random case needed ({found.budget} "
+          f"here), ran out after {found.drawn} draws; widen max_width or max_batch, or choose "
+          "another op or dtype, so that drawn cases check something")
+
 
 
 class Found(NamedTuple):
-  """What the search found: the first failure and its shrunk form (None on a pass)."""
+  """What the search found: the first failure and its shrunk form (None on a pass).
+
+  ``checked`` cases were judged and ``skipped`` left out as checking nothing (``reasons``
+  counts why); ``requested`` (probes + ``examples``) is how many a verdict needs checked,
+  ``drawn`` the random cases drawn of the ``budget`` allowed."""
   first: Run | None
   minimal: Run | None
   position: int
   checked: int
   skipped: int
+  requested: int = 0
+  examples: int = 0
+  reasons: dict | None = None
+  budget: int = 0
+  drawn: int = 0
 
 
 def search(ev: Evaluator) -> Found:
-  """Probes, then random cases, until the first failure; then shrink it."""
+  """Probes, then random cases, until the first failure; then shrink it.
+
+  ``len(probes) + spec.examples`` cases are checked. A case that checks nothing (vacuous, or
+  bpref's answer not finite) is skipped, not counted, and made up for by further random cases
+  (``label_stream``), at most ``DRAW_BUDGET`` draws per random case needed in all (10 per
+  example, and 10 for each probe skipped); ``Found.checked < Found.requested`` when they ran
+  out first, and then no pass can be given.
+  """
+  tally = _Tally()
+  found = _search(ev, tally)
+  return found._replace(requested=len(probes(ev.spec)) + ev.spec.examples,
+                        examples=ev.spec.examples, reasons=dict(tally.skips),
+                        budget=tally.budget, drawn=tally.drawn)
+
+
+class _Tally:
+  """The counts of one search: cases checked, skipped per reason, random draws allowed and made."""
+
+  def __init__(self):
+    self.checked, self.budget, self.drawn = 0, 0, 0
+    self.skips = collections.Counter()
+
+
+def _labels(spec, tally: _Tally):
+  """The probes, then random labels until ``tally.checked`` reaches the count asked for or
+  ``tally.budget`` draws are spent (the budget is set once the probes have run)."""
+  first = probes(spec)
+  yield from first
+  tally.budget = DRAW_BUDGET * (spec.examples + sum(tally.skips.values()))
+  requested = len(first) + spec.examples
+  for label in itertools.islice(label_stream(spec), tally.budget):
+    if tally.checked >= requested:
+      return
+    tally.drawn += 1
+    yield label
+
+
+def _search(ev: Evaluator, tally: _Tally) -> Found:
   checked = skipped = 0
-  for label in probes(ev.spec) + random_labels(ev.spec):
+  for label in _labels(ev.spec, tally):
     run = ev.run(_kinds.draw(ev.spec, label))
     if run.verdict is None:
       skipped += 1
+      tally.skips[skip_reason(ev.spec, run.case)] += 1
       continue
     checked += 1
+    tally.checked = checked
     if checked == 1 and run.verdict.passed and not ev.stopped:
       again = ev.run(run.case, forward=False)  # a second call on the same inputs must agree
       if again.verdict is not None and not _same(run.verdict, again.verdict, run.truth):
@@ -167,7 +254,7 @@ def shrink(ev: Evaluator, failing: Run) -> Run:
   """The failure moved greedily to fewer entries and plainer values, keeping its kind."""
   kind = failing.verdict.kind
   codes = tuple(f.code for f in failing.verdict.findings)
-  if kind in ("timeout", "nondeterministic"):
+  if kind in ("timeout", "crash", "nondeterministic"):
     return failing
   budget = ev.spec.shrink_budget
   best = failing

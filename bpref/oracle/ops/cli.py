@@ -4,15 +4,18 @@
   bpref check --op dense --layout in_out --function mylayers.py:affine_backward_op
   bpref check --op loss --op-name cross_entropy --takes probs --targets labels --function m:f
 
-``--function`` names a plain backward function (see ``bpref.oracle.ops``), a
-``torch.autograd.Function`` subclass or a ``jax.custom_vjp`` function; the last two are adapted
-and their forward is checked too. The candidate runs in this process. Exit codes: 0 pass,
-1 bug found, 2 usage error (bad options, a candidate that cannot be loaded).
+``--function`` (or the positional MODULE:ATTR) names a plain backward function (see
+``bpref.oracle.ops``), a ``torch.autograd.Function`` subclass or a ``jax.custom_vjp`` function;
+the last two are adapted and their forward is checked too. The candidate runs in a subprocess
+(``--in-process``: in this one), so that an exit, a crash or an exit while it is imported is a
+failure, exit 1. Exit codes: 0 pass, 1 bug found, 2 usage error (bad options, a candidate that
+cannot be loaded).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from bpref.oracle.ops import _kinds
@@ -41,11 +44,15 @@ def add_op_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
   g.add_argument("--function", metavar="MODULE:ATTR",
                  help="the backward function, a torch.autograd.Function subclass or a "
                       "jax.custom_vjp function (module:attr or path/to/file.py:attr)")
-  g.add_argument("--takes", default="",
+  g.add_argument("--takes", default=None,
                  help="what the candidate is handed: z or a (activation), z or y (softmax), "
                       "y, logits or probs (loss); default the first")
-  g.add_argument("--targets", choices=("probabilities", "labels"), default="probabilities",
-                 help="a loss's targets: probability rows, or one class index per row")
+  g.add_argument("--targets", choices=("probabilities", "labels"), default=None,
+                 help="a loss's targets: probability rows (the default), or one class index per row")
+  g.add_argument("--signature", choices=_kinds.SIGNATURES, default=None,
+                 help="how the function is called: bpref (the default; arguments as in "
+                      "docs/oracle.md) or cs231n: (dout, cache), as CS231n's relu_backward, "
+                      "affine_backward (with --layout in_out) and affine_relu_backward take them")
   g.add_argument("--strict-conventions", action="store_true",
                  help="a kink convention or gelu's tanh approximation counts as a bug")
   _add(parser, "--layout", choices=("out_in", "in_out"), default="out_in",
@@ -60,6 +67,15 @@ def add_op_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
   return parser
 
 
+def _loadable(ref: str) -> None:
+  """ValueError, a usage error, when ``ref`` cannot name anything (the file or the name is missing)."""
+  where, sep, attr = ref.rpartition(":")
+  if not sep or not where or not attr:
+    raise ValueError(f"{ref!r}: name the candidate as module:function or path/to/file.py:function")
+  if (where.endswith(".py") or "/" in where) and not os.path.isfile(where):
+    raise ValueError(f"{where}: no such file")
+
+
 def run_op_command(args: argparse.Namespace) -> int:
   """Run ``bpref check --op`` from parsed arguments; print the report; return the exit status."""
   from bpref.oracle import isolation as _isolation
@@ -72,17 +88,34 @@ def run_op_command(args: argparse.Namespace) -> int:
     print("bpref check: error: --op needs --function MODULE:ATTR naming the backward function",
           file=sys.stderr)
     return EXIT_USAGE
+  in_process = getattr(args, "in_process", False)
+  options = dict(takes=args.takes or "", layout=args.layout, bias=not args.no_bias,
+                 reduction=args.reduction, targets=args.targets or "probabilities",
+                 dtype=args.dtype, examples=args.examples, seed=args.seed, timeout=args.timeout,
+                 strict_conventions=args.strict_conventions,
+                 signature=args.signature or "bpref")
+  options.update({k: getattr(args, k) for k in ("max_batch", "max_width", "shrink_budget")
+                  if getattr(args, k, None) is not None})
   try:
-    candidate = _isolation.load_target(args.function)
-    options = dict(takes=args.takes, layout=args.layout, bias=not args.no_bias,
-                   reduction=args.reduction, targets=args.targets, dtype=args.dtype,
-                   examples=args.examples, seed=args.seed, timeout=args.timeout,
-                   strict_conventions=args.strict_conventions)
-    report = check_op(args.op, candidate, name=args.op_name, **options)
+    if in_process:
+      candidate = _isolation.load_target(args.function)
+    else:
+      _kinds.make_spec(args.op, args.op_name, **options)  # bad options: a usage error before spawning
+      candidate = _isolation.absolute_target(args.function)
+      _loadable(candidate)
+    report = check_op(args.op, candidate, name=args.op_name, isolate=not in_process, **options)
   except (ValueError, TypeError) as exc:
     print(f"bpref check: error: {exc}", file=sys.stderr)
     return EXIT_USAGE
   print(report.json() if args.json else report.text())
+  reproducer = getattr(args, "reproducer", None)
+  if report.verdict == "fail" and reproducer and report.reproducer:
+    try:
+      with open(reproducer, "w") as fh:
+        fh.write(report.reproducer)
+    except OSError as exc:
+      print(f"bpref check: error: --reproducer {reproducer}: cannot be written "
+            f"({exc.strerror or exc})", file=sys.stderr)
   if report.verdict == "pass":
     return EXIT_PASS
   return EXIT_BUG if report.verdict == "fail" else EXIT_USAGE
