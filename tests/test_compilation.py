@@ -100,3 +100,51 @@ def test_an_uncreatable_cache_dir_is_a_usage_error(tmp_path):
                          str(blocker / "sub")], capture_output=True, text=True, timeout=600)
   assert proc.returncode == 2
   assert "cannot be created" in proc.stderr
+
+
+# ---------------------------------------------------------------- the persistent cache, on by default
+
+@pytest.fixture
+def no_cache_yet(monkeypatch):
+  """This process with no persistent cache configured (the suite's own is put back after)."""
+  import jax
+
+  before = jax.config.jax_compilation_cache_dir
+  jax.config.update("jax_compilation_cache_dir", None)
+  for name in (compilation.ENV_CACHE_DIR, compilation.ENV_NO_CACHE):
+    monkeypatch.delenv(name, raising=False)
+  yield jax
+  jax.config.update("jax_compilation_cache_dir", before)
+
+
+def test_the_default_cache_is_the_users_cache_directory(no_cache_yet, tmp_path, monkeypatch):
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+  expected = str(tmp_path / "xdg" / "bpref" / "xla")
+  assert compilation.default_cache_dir() == expected
+  assert compilation.use_cache() is None  # the library alone turns nothing on
+  assert compilation.use_cache(default=True) == expected
+  assert no_cache_yet.config.jax_compilation_cache_dir == expected
+  assert compilation.use_cache(default=True) == expected  # a second call keeps it
+
+
+def test_the_environment_names_or_refuses_the_cache(no_cache_yet, tmp_path, monkeypatch):
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+  monkeypatch.setenv(compilation.ENV_CACHE_DIR, str(tmp_path / "mine"))
+  assert compilation.default_cache_dir() == str(tmp_path / "mine")
+  monkeypatch.setenv(compilation.ENV_NO_CACHE, "1")
+  assert compilation.default_cache_dir() is None
+  assert compilation.use_cache(default=True) is None
+  assert no_cache_yet.config.jax_compilation_cache_dir is None
+
+
+def test_an_unwritable_default_cache_degrades_to_none_with_one_line(no_cache_yet, tmp_path,
+                                                                     monkeypatch, capsys):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("not a directory")
+  monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+  assert compilation.use_cache(default=True) is None
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "no compilation cache" in err and "cannot be created" in err
+  assert no_cache_yet.config.jax_compilation_cache_dir is None
+  with pytest.raises(ValueError, match="cannot be created"):  # a directory named is an error
+    compilation.use_cache(str(blocker / "sub"))

@@ -18,7 +18,8 @@ def assert_backprop_correct(candidate, **spec):
 
   Raises:
     AssertionError with the oracle's readable report (minimal failing network, errors per
-    array, diagnosis) when the candidate is wrong somewhere in the domain.
+    array, diagnosis) when the candidate is wrong somewhere in the domain, or when the oracle
+    gives no verdict (fewer networks checked than asked for: the report counts them).
 
   >>> import numpy as np
   >>> from bpref.testing import assert_backprop_correct
@@ -28,10 +29,12 @@ def assert_backprop_correct(candidate, **spec):
   >>> _ = assert_backprop_correct(linear, activations=("identity",), losses=("half_squared_error",),
   ...                             max_depth=1, examples=5)
   """
-  from bpref import oracle
+  from bpref import compilation, oracle
 
+  compilation.use_cache(default=True)  # the persistent cache (bpref.compilation), as the CLI
   report = oracle.check(candidate, **spec)
   if not report.passed:
-    raise AssertionError("bpref oracle: the candidate's backprop is wrong\n" + report.text()
+    head = "is wrong" if report.verdict == "fail" else "could not be judged (no verdict)"
+    raise AssertionError(f"bpref oracle: the candidate's backprop {head}\n" + report.text()
                          + "\n\nreproducer:\n" + report.reproducer)
   return report

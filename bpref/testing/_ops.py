@@ -19,16 +19,19 @@ def assert_op_correct(kind, candidate, name=None, **options):
 
   Raises:
     AssertionError with the report (minimal failing case, errors, diagnosis) when the candidate
-    is wrong somewhere.
+    is wrong somewhere, or when the oracle gives no verdict (fewer cases checked than asked for).
 
   >>> import numpy as np
   >>> from bpref.testing import assert_op_correct
   >>> _ = assert_op_correct("activation", lambda z, dout: dout * (z > 0), name="relu", examples=5)
   """
+  from bpref import compilation
   from bpref.oracle.ops import check_op
 
+  compilation.use_cache(default=True)  # once per process: later calls find it on
   report = check_op(kind, candidate, name=name, **options)
   if not report.passed:
-    raise AssertionError("bpref op oracle: the candidate's backward is wrong\n" + report.text()
+    head = "is wrong" if report.verdict == "fail" else "could not be judged (no verdict)"
+    raise AssertionError(f"bpref op oracle: the candidate's backward {head}\n" + report.text()
                          + "\n\nreproducer:\n" + report.reproducer)
   return report

@@ -461,8 +461,12 @@ def main(argv=None) -> int:
                       help="write the witnesses' error distributions to this PNG (needs matplotlib)")
   parser.add_argument("--device", choices=("cpu", "gpu", "tpu"), default=None,
                       help="run bpref and the autodiff witness on this JAX platform (default: JAX's default)")
-  parser.add_argument("--cache-dir", metavar="DIR", default=None,
-                      help="keep XLA compilations in DIR between runs (default: $BPREF_CACHE_DIR)")
+  cache = parser.add_mutually_exclusive_group()
+  cache.add_argument("--cache-dir", metavar="DIR", default=None,
+                     help="keep XLA compilations in DIR between runs (default: $BPREF_CACHE_DIR, "
+                          "else $XDG_CACHE_HOME/bpref/xla)")
+  cache.add_argument("--no-cache", action="store_true",
+                     help="no persistent compilation cache (also BPREF_NO_CACHE=1)")
   args = parser.parse_args(argv)
   if args.cases < 1:
     parser.error("--cases must be >= 1")
@@ -485,7 +489,8 @@ def main(argv=None) -> int:
   start = time.perf_counter()
   show = not (args.no_progress or args.json or args.markdown) and sys.stderr.isatty()  # no \r frames in logs
   try:
-    compilation.use_cache(args.cache_dir)
+    if not args.no_cache:
+      compilation.use_cache(args.cache_dir, default=True)
   except ValueError as err:
     parser.error(str(err))
   with compilation.count() as seen, jax.default_device(device) if device is not None else _null():
