@@ -90,6 +90,9 @@ def _device_array(v, what: str):
   v = np.asarray(v)
   if v.dtype.kind not in "biufc":
     raise TypeError(f"{what} must have a floating dtype; got {v.dtype}")
+  if v.dtype == np.float64 and not jax.config.jax_enable_x64:
+    raise TypeError(f"{what} is float64, but JAX's 64-bit mode is off, so it would become float32: "
+                    "call jax.config.update('jax_enable_x64', True) first, or pass float32 arrays")
   return jax.device_put(v)
 
 

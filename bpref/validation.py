@@ -114,8 +114,11 @@ def check_x(params, x) -> tuple:
   if not jnp.issubdtype(x.dtype, jnp.floating):
     raise TypeError(f"x must have the parameters' floating dtype {params_dtype(params)}; got {x.dtype}")
   if x.dtype != params_dtype(params):
+    hint = ("; JAX's 64-bit mode is off, so float64 parameters cannot be made: call "
+            "jax.config.update('jax_enable_x64', True) first"
+            if x.dtype == np.float64 and not jax.config.jax_enable_x64 else "")
     raise TypeError(f"x has dtype {x.dtype} but the parameters have {params_dtype(params)}; "
-                    "cast one of them so that they agree")
+                    f"cast one of them so that they agree{hint}")
   if x.ndim not in (1, 2):
     raise ValueError(f"x must have shape (B, n_0) = (B, {sizes[0]}) or ({sizes[0]},); got {describe(x)}")
   if x.shape[-1] != sizes[0]:

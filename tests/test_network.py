@@ -37,6 +37,10 @@ def test_init_refuses_other_dtypes_and_sizes_it_cannot_allocate():
     with pytest.raises(TypeError, match="jax_enable_x64"):
       _net(jnp.float64)
     assert _net(None)[0].W.dtype == jnp.float32  # the default follows the mode
+    with pytest.raises(TypeError, match="float64, but JAX's 64-bit mode is off"):
+      bpref.from_arrays([np.ones((2, 3))], [np.zeros(2)], "tanh")
+    with pytest.raises(TypeError, match="jax_enable_x64"):
+      bpref.predict(_net(jnp.float32), np.ones((4, 3)))
   finally:
     jax.config.update("jax_enable_x64", True)
 
