@@ -22,7 +22,9 @@ The stages are public, on a batch x of shape (B, n_0) (rows are examples):
   deltas = backward(params, tape, delta_L)                   # (37)
   grads = param_grads(params, tape, deltas)                  # (39), dC/db_l = delta_l
 
-and ``value_and_grad`` is their composition. Each public stage checks that it has the tape of a
+and ``value_and_grad`` is their composition. One layer's steps are written once, here and in
+``bpref.network``: ``layer_forward`` (7)-(8), ``pull_back`` (the delta_l W_l of (37)) and
+``layer_grads`` (39); ``bpref.scale.fast``'s padded buckets call the same three. Each public stage checks that it has the tape of a
 batch and arguments that fit it (``bpref.validation``); the compositions check their own arguments
 once and call the stages' unchecked bodies.
 """
@@ -82,11 +84,31 @@ def backward(params, tape: Tape, delta: Array, precision=DEFAULT_PRECISION) -> D
 def _backward(params, tape: Tape, delta: Array, precision) -> Deltas:
   out = [delta]
   for l in range(len(params) - 1, 0, -1):  # l = L-1, ..., 1
-    back = jnp.matmul(delta, params[l].W, precision=precision)  # delta_{l+1} W_{l+1}
+    back = pull_back(delta, params[l].W, precision=precision)  # delta_{l+1} W_{l+1}
     df = _activations.derivative(params[l - 1].activation, tape.z[l - 1], tape.a[l])  # (24)
     delta = back * jnp.expand_dims(df, range(1, back.ndim - 1))  # (37), corrected; (30) on rows of lambda
     out.append(delta)
   return tuple(reversed(out))
+
+
+def pull_back(delta: Array, W: Array, *, precision=DEFAULT_PRECISION) -> Array:
+  """delta_l W_l, the cotangent on a_{l-1}: the first half of one backward step (37).
+
+  delta may be (B, n_l) or (B, ..., n_l) (rows of lambda_l, (30)); the result has n_{l-1} last.
+  (37) then multiplies it by f'_{l-1}(z_{l-1}); at l = 1 it is dC/dx (26).
+  """
+  return jnp.matmul(delta, W, precision=precision)  # delta_l W_l
+
+
+def layer_grads(delta: Array, a_prev: Array, bias: bool = True, *,
+                precision=DEFAULT_PRECISION) -> tuple:
+  """(dC/dW_l, dC/db_l) from delta_l (B, n_l) and a_{l-1} (B, n_{l-1}): one layer's (39).
+
+  dC/db_l is None when ``bias`` is False.
+  """
+  dW = jnp.matmul(delta.T, a_prev, precision=precision)  # (39), corrected: rows D_l^T A_{l-1}
+  db = jnp.sum(delta, axis=0) if bias else None  # dC/db_l = delta_l
+  return dW, db
 
 
 def param_grads(params, tape: Tape, deltas: Deltas, precision=DEFAULT_PRECISION) -> tuple:
@@ -98,8 +120,7 @@ def param_grads(params, tape: Tape, deltas: Deltas, precision=DEFAULT_PRECISION)
 def _param_grads(params, tape: Tape, deltas: Deltas, precision) -> tuple:
   grads = []
   for layer, delta, a_prev in zip(params, deltas, tape.a[:-1]):
-    dW = jnp.matmul(delta.T, a_prev, precision=precision)  # (39), corrected: rows D_l^T A_{l-1}
-    db = None if layer.b is None else jnp.sum(delta, axis=0)  # dC/db_l = delta_l
+    dW, db = layer_grads(delta, a_prev, layer.b is not None, precision=precision)  # (39)
     grads.append(Layer(dW, db, layer.activation))
   return tuple(grads)
 
@@ -164,7 +185,7 @@ def input_grad(params, x, t, loss: str = "squared_error", reduction: str = "mean
   """dC/dx = delta_1 W_1, shape (B, n_0) or (n_0,)."""
   tape, _, delta_L, single = _prepare(params, x, t, loss, reduction, precision)
   delta_1 = _backward(params, tape, delta_L, precision)[0]
-  dx = jnp.matmul(delta_1, params[0].W, precision=precision)  # (26), corrected: dC/dx = delta_1 W_1
+  dx = pull_back(delta_1, params[0].W, precision=precision)  # (26), corrected: dC/dx = delta_1 W_1
   return unbatched(dx, single)
 
 

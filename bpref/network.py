@@ -132,12 +132,27 @@ def forward(params, x, *, precision=DEFAULT_PRECISION) -> Tape:
   check_precision(precision)
   zs, acts = [], [x2]  # a_0 = x (4)
   for layer in params:
-    z = jnp.matmul(acts[-1], layer.W.T, precision=precision)  # (7): z_l = W_l a_{l-1}, rows: A_{l-1} W_l^T
-    if layer.b is not None:
-      z = z + layer.b[None, :]  # (7) with bias: z_l = W_l a_{l-1} + b_l
+    z, a = layer_forward(layer.W, layer.b, acts[-1], _activations.get(layer.activation).f,
+                         precision=precision)
     zs.append(z)
-    acts.append(_activations.get(layer.activation).f(z))  # (8): a_l = f_l(z_l)
+    acts.append(a)
   return unbatched(Tape(tuple(zs), tuple(acts)), single)
+
+
+def layer_forward(W, b, a_prev, f, *, precision=DEFAULT_PRECISION) -> tuple[Array, Array]:
+  """One layer's step of the forward pass, rows as examples: (z_l, a_l) from a_{l-1}.
+
+  Args:
+    W: W_l, shape (n_l, n_{l-1}); b: b_l, shape (n_l,), or None.
+    a_prev: a_{l-1}, shape (B, n_{l-1}).
+    f: f_l, mapping z_l to a_l (``forward`` passes the activation's f; ``bpref.scale.fast``
+      its switch over the names, on padded units).
+    precision: matmul precision.
+  """
+  z = jnp.matmul(a_prev, W.T, precision=precision)  # (7): z_l = W_l a_{l-1}, rows: A_{l-1} W_l^T
+  if b is not None:
+    z = z + b[None, :]  # (7) with bias: z_l = W_l a_{l-1} + b_l
+  return z, f(z)  # (8): a_l = f_l(z_l)
 
 
 def predict(params, x, *, precision=DEFAULT_PRECISION) -> Array:

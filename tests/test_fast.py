@@ -306,3 +306,39 @@ def test_a_function_of_fewer_names_gives_the_same_results(monkeypatch, dtype):
       _assert_close_tree((result.value, result.grads, result.deltas, result.input_grad, result.y),
                          (a.value, a.grads, a.deltas, a.input_grad, a.y), _rounding_bound(case),
                          case.describe())
+
+
+@pytest.mark.deep  # it clears JAX's caches: every later test in the worker compiles again
+def test_fast_takes_its_layer_steps_from_the_core(monkeypatch):
+  """One recursion: a bug planted in the core's layer steps reaches the buckets too.
+
+  ``bpref.scale.fast`` writes only the padding and the masks; (7)-(8) come from
+  ``bpref.network.layer_forward`` and (37)-(39) from ``bpref.backprop.pull_back`` and
+  ``layer_grads``, so a mutant of each changes bpref's answer and the buckets' alike.
+  """
+  W1, W2 = jnp.array([[0.5, -1.0], [2.0, 0.25], [1.0, 1.0]]), jnp.array([[1.0, -0.5, 0.75]])
+  params = bpref.from_arrays([W1, W2], [jnp.array([0.1, -0.2, 0.3]), jnp.array([0.05])], "tanh")
+  x, t = jnp.array([[1.0, 2.0], [-0.5, 0.5]]), jnp.array([[0.3], [-0.1]])
+  names = fast.Branches(("tanh",), ("squared_error",))
+
+  def both():
+    jax.clear_caches()
+    _, grads = bpref.value_and_grad(params, x, t)
+    mine = fast.evaluate_many([(params, x, t)], names=names)[0]
+    return [np.asarray(g.W) for g in grads], [np.asarray(g.W) for g in mine.grads]
+
+  core, buckets = both()
+  for module, name, mutant in (
+      (bpref.backprop, "layer_grads",
+       lambda real: lambda delta, a, bias=True, **kw: (2 * real(delta, a, bias, **kw)[0],
+                                                       real(delta, a, bias, **kw)[1])),
+      (bpref.backprop, "pull_back", lambda real: lambda delta, W, **kw: -real(delta, W, **kw)),
+      (bpref.network, "layer_forward",
+       lambda real: lambda W, b, a, f, **kw: real(W, b, 2 * a, f, **kw))):
+    with monkeypatch.context() as patched:
+      patched.setattr(module, name, mutant(getattr(module, name)))
+      core_bug, buckets_bug = both()
+    assert any(not np.allclose(core_bug[l], core[l]) for l in range(2)), name  # the bug shows
+    for l in range(2):
+      np.testing.assert_allclose(buckets_bug[l], core_bug[l], rtol=1e-12, atol=1e-15)
+  jax.clear_caches()

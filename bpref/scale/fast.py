@@ -29,6 +29,9 @@ of compilations:
   vjp, and ``bpref.losses`` C and dC/dy. Every branch is bpref's own function,
   so the arithmetic on the real entries is bpref's. The switch holds every name,
   or only those given (``Branches``), which compiles in a fraction of the time.
+* **One recursion.** Each layer's step is the core's: ``bpref.network.layer_forward``
+  (7)-(8), ``bpref.backprop.pull_back`` and ``layer_grads`` (37)-(39); this module adds only
+  the padding, the masks and the switches.
 * **Batching.** K cases of one bucket run in one call (``jax.vmap`` over
   cases); K is padded up to a fixed chunk size with copies of a case whose
   results are dropped. ``jax.jit`` caches one executable per (bucket, K, dtype).
@@ -58,7 +61,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from bpref import activations as _activations
+from bpref import backprop as _backprop
 from bpref import losses as _losses
+from bpref import network as _network
 from bpref.network import DEFAULT_PRECISION
 from bpref.structures import Layer
 from bpref.validation import check_precision, check_problem
@@ -190,6 +195,16 @@ class _Packed(NamedTuple):
   scale: np.ndarray  # (K,) dC/dC_b: 1/B for the mean, 1 for the sum
 
 
+def _padded_layer(f_branches, precision, a_prev, layer):
+  """``bpref.network.layer_forward`` on a padded layer: (7), (8), then the masks."""
+  W, b, act, live, units = layer
+  z, a = _network.layer_forward(W, b, a_prev, lambda z: jax.lax.switch(act, f_branches, z, units),
+                                precision=precision)  # (7), (8)
+  a = jnp.where(units[None, :], a, jnp.zeros_like(a))  # padded units are 0
+  a = jnp.where(live, a, a_prev)  # a layer past the last one passes a_{l-1} through
+  return a, (z, a)
+
+
 def _one_case(p: _Packed, precision, names: Branches = EVERY):
   """Forward, loss and backward of one padded case (arrays without the K axis)."""
   zero_rows = ~p.rows[:, None]
@@ -198,15 +213,8 @@ def _one_case(p: _Packed, precision, names: Branches = EVERY):
   value_branches = tuple(_losses.get(n).value for n in names.losses)
   dy_branches = tuple(_losses.get(n).dy for n in names.losses)
 
-  def layer_forward(a_prev, layer):
-    W, b, act, live, units = layer
-    z = jnp.matmul(a_prev, W.T, precision=precision) + b[None, :]  # (7): z_l = W_l a_{l-1} + b_l
-    a = jax.lax.switch(act, f_branches, z, units)  # (8): a_l = f_l(z_l)
-    a = jnp.where(units[None, :], a, jnp.zeros_like(a))  # padded units are 0
-    a = jnp.where(live, a, a_prev)  # a layer past the last one passes a_{l-1} through
-    return a, (z, a)
-
-  y, (zs, acts) = jax.lax.scan(layer_forward, p.x, (p.W, p.b, p.act, p.live, p.units))
+  y, (zs, acts) = jax.lax.scan(functools.partial(_padded_layer, f_branches, precision), p.x,
+                               (p.W, p.b, p.act, p.live, p.units))
   a_prevs = jnp.concatenate([p.x[None], acts[:-1]], axis=0)  # a_0 = x (4), a_1, ..., a_{D-1}
 
   z_L = zs[p.depth - 1]  # the last real layer's z, before the pass-through layers
@@ -223,9 +231,8 @@ def _one_case(p: _Packed, precision, names: Branches = EVERY):
     W, vjp, live, units, z, a, a_prev = layer
     delta = jax.lax.switch(vjp, vjp_branches, z, a, g_out)  # (34)/(37), corrected: g diag f'(z_l)
     delta = jnp.where(zero_rows | ~units[None, :] | ~live, jnp.zeros_like(delta), delta)
-    dW = jnp.matmul(delta.T, a_prev, precision=precision)  # (39), corrected: delta_l^T a_{l-1}
-    db = jnp.sum(delta, axis=0)  # dC/db_l = delta_l
-    back = jnp.matmul(delta, W, precision=precision)  # delta_l W_l, the cotangent on a_{l-1}
+    dW, db = _backprop.layer_grads(delta, a_prev, precision=precision)  # (39), dC/db_l = delta_l
+    back = _backprop.pull_back(delta, W, precision=precision)  # delta_l W_l, the cotangent on a_{l-1}
     return jnp.where(live, back, g_out), (delta, dW, db)
 
   dx, (deltas, dW, db) = jax.lax.scan(
@@ -444,15 +451,8 @@ def per_example_grads_many(problems, *, precision=DEFAULT_PRECISION, shape=None)
 def _one_case_lambdas(p: _Packed, precision):
   """lambda_l = dy/dz_l of one padded case: (D, M, N, N), zero for l > L and padded units."""
   f_branches = tuple(_f_branch(n) for n in ACTIVATION_NAMES)
-
-  def layer_forward(a_prev, layer):
-    W, b, act, live, units = layer
-    z = jnp.matmul(a_prev, W.T, precision=precision) + b[None, :]  # (7)
-    a = jax.lax.switch(act, f_branches, z, units)  # (8)
-    a = jnp.where(units[None, :], a, jnp.zeros_like(a))
-    return jnp.where(live, a, a_prev), (z, a)
-
-  _, (zs, acts) = jax.lax.scan(layer_forward, p.x, (p.W, p.b, p.act, p.live, p.units))
+  _, (zs, acts) = jax.lax.scan(functools.partial(_padded_layer, f_branches, precision), p.x,
+                               (p.W, p.b, p.act, p.live, p.units))
   n = p.W.shape[-1]
   eye = jnp.broadcast_to(jnp.eye(n, dtype=p.x.dtype), (p.x.shape[0], n, n))
   layer_index = jnp.arange(p.W.shape[0], dtype=p.depth.dtype)
@@ -464,7 +464,7 @@ def _one_case_lambdas(p: _Packed, precision):
     lam = jnp.where(l == p.depth - 1, last, dy_da * df[:, None, :])  # (30), corrected
     keep = live & p.rows[:, None, None] & units[None, None, :]
     lam = jnp.where(keep, lam, jnp.zeros_like(lam))
-    back = jnp.matmul(lam, W, precision=precision)  # lambda_l W_l = dy/da_{l-1}
+    back = _backprop.pull_back(lam, W, precision=precision)  # lambda_l W_l = dy/da_{l-1}
     return jnp.where(live, back, dy_da), lam
 
   _, lams = jax.lax.scan(layer_backward, eye, (p.W, p.act, p.live, p.units, zs, acts, layer_index),
