@@ -10,8 +10,9 @@ is a valid subgradient. elu (alpha = 1) is C^1 at 0: elu'(0) = 1 is no conventio
 
 NaN stays NaN: f(NaN) and every derivative form at NaN (f', f' from a, f'') are NaN, as
 IEEE arithmetic and torch give (torch.relu(nan) = nan). A comparison such as z > 0 is
-False at NaN, so a form whose branches are constants (relu, relu', leaky_relu', identity')
-passes a NaN z through explicitly (``_nan_through``); the others carry it in their arithmetic.
+False at NaN, so a form whose branches are constants (relu, relu', leaky_relu') passes a NaN
+z through explicitly (``_nan_through``); the others carry it in their arithmetic. identity'
+is the constant 1, as in torch: a NaN upstream reaches the gradients through the cotangent.
 
 ``softmax`` is not elementwise: its derivative is the Jacobian
 diag(a) - a a^T, applied as a vector-Jacobian product (see ``vjp``) and never
@@ -113,13 +114,14 @@ def _nan_through(z, value):
   return jnp.where(jnp.isnan(z), z, value)
 
 
-# identity: f(z) = z, f'(z) = 1 (NaN at NaN).
+# identity: f(z) = z, f'(z) = 1 everywhere, NaN included: the constant derivative, as torch's
+# (a NaN reaches the gradients through the cotangent it multiplies).
 def _identity(z):
   return z
 
 
 def _identity_df(z):
-  return _nan_through(z, jnp.ones_like(z))  # f'(z) = 1
+  return jnp.ones_like(z)  # f'(z) = 1
 
 
 # relu: f(z) = max(z, 0); f'(z) = 1 for z > 0, else 0 (relu'(0) = 0 as jax.nn.relu, and

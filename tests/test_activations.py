@@ -246,6 +246,8 @@ _NAN_EXCUSED = {
 }
 _NOT_FUNCTIONS = {"name", "elementwise", "kink", "kink_values", "piecewise_linear"}
 _NANS = [np.nan, -np.nan]  # both signs of NaN
+CONSTANT_PRIME = {"identity"}
+"""Activations whose f' is a constant, NaN or not (torch's identity too)."""
 
 
 def test_every_function_field_of_an_activation_is_checked_at_nan():
@@ -267,6 +269,12 @@ def test_nan_stays_nan_in_f_and_every_derivative_form(name, dtype):
     return
   z = jnp.asarray(_NANS, dtype)
   a = act.f(z)
+  assert np.all(np.isnan(np.asarray(a))), name
+  if name in CONSTANT_PRIME:  # f' = 1 everywhere: the NaN travels in the cotangent instead
+    g = jnp.asarray([np.nan, 1.0], dtype)
+    np.testing.assert_array_equal(np.asarray(act.df(z)), [1.0, 1.0])
+    assert np.isnan(np.asarray(A.vjp(name, z, a, g))).tolist() == [True, False]
+    return
   for field, form in _NAN_FORMS.items():
     if getattr(act, field) is None:
       continue
