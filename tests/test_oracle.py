@@ -590,3 +590,25 @@ def test_no_verdict_on_the_command_line_exits_2_with_the_counts(tmp_path, capsys
   out = capsys.readouterr()
   assert code == 2, out
   assert "PASS" not in out.out and "only 0 of the 40 networks" in out.err, out
+
+
+@pytest.mark.parametrize("max_batch, max_width", [(7, 6), (4, 5), (12, 3)])
+def test_every_batch_size_and_width_up_to_the_maxima_is_searched(max_batch, max_width):
+  """The search draws every integer from 1 to each declared maximum, not a fixed set of sizes:
+  a client that breaks only at B = 7 (or a width of 6) is reached by a default-sized search."""
+  from bpref.oracle import spec as _spec
+
+  spec = _spec.make_spec(max_batch=max_batch, max_width=max_width, examples=40)
+  archs = _spec.probes(spec) + _spec.random_archs(spec, spec.examples, 0)
+  assert {a.batch for a in archs} == set(range(1, max_batch + 1))
+  assert {n for a in archs for n in a.sizes} == set(range(1, max_width + 1))
+
+
+def test_a_client_wrong_only_at_batch_7_is_found_and_shrunk_to_it():
+  def grads(weights, biases, activations, loss, x, t):  # correct, except for B = 7
+    dW, db = row_major(weights, biases, activations, loss, x, t)
+    return ([2 * w for w in dW] if x.shape[0] == 7 else dW), db
+
+  report = bpref.oracle.check(grads, max_batch=7, examples=40, seed=0)
+  assert report.verdict == "fail", report.text()
+  assert report.case["arch"]["batch"] == 7 and "B = 7" in report.text()

@@ -214,7 +214,7 @@ class Case(NamedTuple):
   dtype: str
 
 
-DRAWS = 16
+DRAWS = 64
 """Value draws ``build_case`` makes for one ``Arch`` before it settles for a vacuous one."""
 
 
@@ -259,16 +259,14 @@ def vacuous(arch: Arch, weights, biases, x) -> bool:
 
 # ---------------------------------------------------------------- the search space
 
-WIDTHS = (1, 2, 3, 4, 5, 8)
-BATCHES = (1, 2, 3, 4, 5, 8)
-
-
 def widths(spec: Spec) -> tuple:
-  return tuple(w for w in WIDTHS if w <= spec.max_width) or (spec.max_width,)
+  """Every width the search may draw: 1, ..., max_width."""
+  return tuple(range(1, spec.max_width + 1))
 
 
 def batches(spec: Spec) -> tuple:
-  return tuple(b for b in BATCHES if b <= spec.max_batch) or (spec.max_batch,)
+  """Every batch size the search may draw: 1, ..., max_batch."""
+  return tuple(range(1, spec.max_batch + 1))
 
 
 def simplest_hidden(spec: Spec) -> str:
@@ -377,13 +375,15 @@ def strategy(spec: Spec):
       acts = tuple(draw(st.sampled_from(hid)) for _ in range(depth - 1))
     out_act = draw(st.sampled_from(outs))
     square = draw(st.booleans())
+    width = st.integers(1, w[-1])  # every width, the small ones and the edges first
     if square:
-      sizes = (draw(st.sampled_from(w)),) * (depth + 1)
+      sizes = (draw(width),) * (depth + 1)
     else:
-      sizes = tuple(draw(st.sampled_from(w)) for _ in range(depth + 1))
+      sizes = tuple(draw(width) for _ in range(depth + 1))
     if sizes[-1] < _problems.min_output_width(out_act, loss):
-      sizes = sizes[:-1] + (max(2, min(w[-1], 2)),)
-    batch = draw(st.sampled_from(bs + ((sizes[0],) if sizes[0] in bs else ())))
+      sizes = sizes[:-1] + (2,)
+    batch = draw(st.integers(1, bs[-1]) if sizes[0] > bs[-1] or not draw(st.booleans())
+                 else st.just(sizes[0]))  # B = n_0 half the time: a transposed x shows nothing else
     kink = draw(st.booleans()) if any(a in _activations.KINKED for a in acts + (out_act,)) else False
     seed = draw(st.integers(0, 2 ** 31 - 1))
     return Arch(sizes, acts + (out_act,), loss, batch, seed, kink)
@@ -433,4 +433,27 @@ def random_archs(spec: Spec, count: int, seed, *, keep_outside: bool = False) ->
   thread.join()
   if failure:
     raise failure[0]
-  return drawn
+  return stratified(drawn, spec)
+
+
+def _edges_first(top: int) -> tuple:
+  """1, ..., top with the edges and the small sizes first: 1, top, 2, top - 1, 3, 4, ..."""
+  head = tuple(dict.fromkeys(n for n in (1, top, 2, top - 1) if 1 <= n <= top))
+  return head + tuple(n for n in range(3, top + 1) if n not in head)
+
+
+def stratified(archs: list, spec: Spec) -> list:
+  """The draws with the batch of every other one, and the input width of the others, set in
+  turn to every integer up to max_batch and max_width (``_edges_first``): hypothesis's own
+  draws favour small sizes, and a search must reach each size its domain declares. The rest of
+  each draw, and every draw past those, is hypothesis's."""
+  batches, widths = _edges_first(spec.max_batch), _edges_first(spec.max_width)
+  out = []
+  for i, arch in enumerate(archs):
+    k = i // 2
+    if i % 2 == 0 and k < len(batches):
+      arch = arch._replace(batch=batches[k])
+    elif i % 2 == 1 and k < len(widths):
+      arch = arch._replace(sizes=(widths[k],) + arch.sizes[1:])
+    out.append(arch)
+  return out
