@@ -612,3 +612,27 @@ def test_a_client_wrong_only_at_batch_7_is_found_and_shrunk_to_it():
   report = bpref.oracle.check(grads, max_batch=7, examples=40, seed=0)
   assert report.verdict == "fail", report.text()
   assert report.case["arch"]["batch"] == 7 and "B = 7" in report.text()
+
+
+def crashes_at_batch_3(weights, biases, activations, loss, x, t):
+  """Correct, except that it ends its process when B = 3 (a buffer sized for B <= 2, say)."""
+  if x.shape[0] == 3:
+    os._exit(1)
+  return row_major(weights, biases, activations, loss, x, t)
+
+
+@pytest.mark.deep  # every shrinking attempt that crashes starts a fresh process
+def test_a_crash_at_one_batch_size_is_shrunk_to_a_minimal_case_there():
+  report = bpref.oracle.check(crashes_at_batch_3, isolate=True, max_batch=4, examples=10,
+                              shrink_budget=40)
+  assert report.verdict == "fail" and report.kind == "crash", report.text()
+  arch = report.case["arch"]
+  assert arch["batch"] == 3 and report.shrunk and "minimal failing case" in report.text()
+  assert sum(arch["sizes"]) < sum(report.first_case["sizes"]) or len(arch["sizes"]) == 2
+
+
+@pytest.mark.deep  # a subprocess and a timeout
+def test_a_timeout_keeps_its_first_case_and_says_so():
+  report = bpref.oracle.check(sleeps, timeout=1.0, isolate=True, **SMALL)
+  assert report.verdict == "fail" and report.kind == "timeout" and not report.shrunk
+  assert "first failing case (not shrunk)" in report.text()

@@ -159,7 +159,8 @@ def build_report(ev, spec, found, target, candidate, start) -> Report:
       case=_report.case_json(case, minimal, truth), errors=dict(minimal.errors), layer_errors=per_layer,
       implied_delta_errors=implied, tolerance=minimal.tolerance, diagnosis=findings,
       notes=_notes(ev), reproducer=_report.reproducer(case, spec, target, _name_of(candidate)),
-      first_case=found.first.arch.to_json(), **_counts(found.tally))
+      first_case=found.first.arch.to_json(), shrunk=found.first.kind in _search.SHRINK_GROUPS,
+      **_counts(found.tally))
   rep.seconds = time.perf_counter() - start
   return rep
 

@@ -26,9 +26,11 @@ from bpref.oracle import truth as _truth
 SHRINK_GROUPS = {
     "numeric": "value", "convention": "value", "loss": "value", "nonfinite": "value",
     "shape": "shape", "structure": "shape", "dtype": "dtype", "exception": "exception",
-    "mutation": "mutation",
+    "mutation": "mutation", "crash": "crash", "protocol": "protocol",
 }
-"""Failures that shrink, and which kinds count as the same failure while shrinking."""
+"""Failures that shrink, and which kinds count as the same failure while shrinking: a crash
+(isolated, or over the wire) too, each attempt in a fresh process. A timeout is not shrunk
+(each attempt could cost the whole timeout), nor a nondeterministic answer."""
 
 
 class Evaluator:

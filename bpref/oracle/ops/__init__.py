@@ -105,8 +105,7 @@ class OpReport(Report):
         if f.detail and f.detail != f.summary:
           lines += [f"      {d}" for d in f.detail.splitlines()[:6]]
     if self.case:
-      which = ("first failing case (not shrunk)" if self.kind in ("timeout", "crash", "nondeterministic")
-               else "minimal failing case")
+      which = "minimal failing case" if self.shrunk else "first failing case (not shrunk)"
       lines += ["", f"{which} ({self.case['shapes']}):"]
       if self.errors:
         lines.append(f"  normwise error per output (tolerance {self.tolerance:.1e}): " + "  ".join(
@@ -219,6 +218,7 @@ def _checked(spec, ev, start) -> OpReport:
                           f"{type(exc).__name__}: {exc}")]
     v = minimal.verdict
     rep.verdict, rep.kind, rep.message = "fail", v.kind, v.message
+    rep.shrunk = v.kind not in _search.UNSHRUNK
     rep.examples_to_failure = found.position
     rep.errors, rep.tolerance, rep.diagnosis = dict(v.errors), v.tol, findings
     rep.case = _case_json(spec, minimal)

@@ -13,6 +13,9 @@ from bpref.oracle.ops import _judge
 from bpref.oracle.ops import _kinds
 from bpref.oracle.ops._kinds import Label, OpCase
 
+UNSHRUNK = ("timeout", "crash", "nondeterministic")
+"""Failures kept as first found: each attempt could cost the whole timeout or a new process."""
+
 PLAIN_VALUES = (1.0, -1.0, 2.0, -2.0, 0.5, -0.5, 0.0)
 """What the shrinker tries in place of each entry, plainest first; 0 last, so that a bug away from a kink is not moved onto it."""
 
@@ -254,7 +257,7 @@ def shrink(ev: Evaluator, failing: Run) -> Run:
   """The failure moved greedily to fewer entries and plainer values, keeping its kind."""
   kind = failing.verdict.kind
   codes = tuple(f.code for f in failing.verdict.findings)
-  if kind in ("timeout", "crash", "nondeterministic"):
+  if kind in UNSHRUNK:
     return failing
   budget = ev.spec.shrink_budget
   best = failing
