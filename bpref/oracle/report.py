@@ -42,6 +42,8 @@ class Report:
       clipped to ``isolation.OUTPUT_LIMIT`` bytes; {} when it wrote nothing.
     compilation: XLA compilations made and persistent-cache hits (``bpref.compilation``),
       filled in by ``bpref check``; {} otherwise.
+    shrunk: whether ``case`` was shrunk; a failure of a kind that is not shrunk (a timeout, a
+      nondeterministic answer) keeps its first failing case.
   """
   verdict: str
   spec: dict
@@ -65,6 +67,7 @@ class Report:
   compilation: dict = dataclasses.field(default_factory=dict)
   requested: int = 0
   dropped: dict = dataclasses.field(default_factory=dict)
+  shrunk: bool = True
 
   @property
   def passed(self) -> bool:
@@ -89,8 +92,9 @@ class Report:
     """What the candidate printed, as the text report shows it ("" when nothing)."""
     return "\n".join(_output_lines(self.output)).strip("\n")
 
-  def text(self) -> str:
-    """The report for people."""
+  def text(self, rerun: str | None = None) -> str:
+    """The report for people; ``rerun`` says where the reproducer is, in place of the default
+    pointer to ``--reproducer FILE``."""
     s = self.spec
     lines = []
     domain = (f"activations {','.join(s['activations'])}; losses {','.join(s['losses'])}; "
@@ -135,7 +139,8 @@ class Report:
     if self.case:
       a = self.case["arch"]
       lines.append("")
-      lines.append(f"minimal failing case: sizes {tuple(a['sizes'])}, activations "
+      which = "minimal failing case" if self.shrunk else "first failing case (not shrunk)"
+      lines.append(f"{which}: sizes {tuple(a['sizes'])}, activations "
                    f"{tuple(a['activations'])}, loss {a['loss']} ({s['reduction']}), B = {a['batch']}"
                    f"{', kinks planted' if a['kink'] else ''}")
     if self.errors:
@@ -148,7 +153,8 @@ class Report:
           for l, e in enumerate(self.implied_delta_errors, start=1)))
     if self.case and self.case.get("arrays"):
       lines.append("")
-      lines.append("  arrays of the minimal case (rerun them: --reproducer FILE, or the report's reproducer):")
+      rerun = rerun or "--reproducer FILE, or the report's reproducer"
+      lines.append(f"  arrays of the minimal case (rerun them: {rerun}):")
       with np.printoptions(precision=4, suppress=True, linewidth=100):
         for name, value in self.case["arrays"].items():
           arr = np.asarray(value)
