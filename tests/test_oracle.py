@@ -636,3 +636,40 @@ def test_a_timeout_keeps_its_first_case_and_says_so():
   report = bpref.oracle.check(sleeps, timeout=1.0, isolate=True, **SMALL)
   assert report.verdict == "fail" and report.kind == "timeout" and not report.shrunk
   assert "first failing case (not shrunk)" in report.text()
+
+
+_CALLS = []
+
+
+def wrong_from_its_third_call(weights, biases, activations, loss, x, t):
+  """Correct on its first two calls in a process, then 2x: a buffer that goes stale."""
+  _CALLS.append(1)
+  dW, db = row_major(weights, biases, activations, loss, x, t)
+  return ([2 * w for w in dW] if len(_CALLS) >= 3 else dW), db
+
+
+@pytest.mark.deep  # a subprocess, and a fresh one after the search
+def test_a_failure_that_depends_on_earlier_calls_is_labelled_with_its_sequence():
+  report = bpref.oracle.check(wrong_from_its_third_call, isolate=True, **SMALL)
+  assert report.verdict == "fail" and report.codes[0] == "history_dependent", report.text()
+  assert len(report.sequence) >= 3 and report.sequence[-1] == report.case["arch"]
+  # the sequence reproduces it: replayed in order in a fresh process, the last answer differs
+  # from the answer to the same case alone in another fresh process
+  from bpref.oracle import isolation, spec as _spec
+
+  spec = _spec.make_spec(**SMALL)
+  inputs = [isolation.candidate_inputs(_spec.build_case(_spec.Arch(
+      tuple(a["sizes"]), tuple(a["activations"]), a["loss"], a["batch"], a["seed"], a["kink"]), spec),
+      "out_in") for a in report.sequence]
+  target = isolation.picklable(wrong_from_its_third_call)
+  with isolation.Isolated(target) as pool:
+    replayed = pool.map(inputs)[-1]
+  with isolation.Isolated(target) as pool:
+    alone = pool.map(inputs[-1:])[0]
+  assert replayed.status == alone.status == "ok"
+  np.testing.assert_allclose(replayed.result[0][0], 2 * alone.result[0][0])
+
+
+def test_a_correct_stateless_failure_is_not_called_history_dependent():
+  report = bpref.oracle.check(sum_not_mean, **DOMAIN)
+  assert report.verdict == "fail" and "history_dependent" not in report.codes and not report.sequence

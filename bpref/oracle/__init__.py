@@ -145,12 +145,21 @@ def build_report(ev, spec, found, target, candidate, start) -> Report:
     return rep
   minimal = found.minimal
   case, truth = ev.case_and_truth(minimal.arch)
+  before = len(ev.history)
   try:
     findings, per_layer, implied = _diagnosis.diagnose(ev, minimal)
   except Exception as exc:  # a diagnosis that cannot run must not hide the verdict
     findings = [Finding("undiagnosed", "the candidate is wrong; the diagnosis could not run",
                         f"{type(exc).__name__}: {exc}")]
     per_layer, implied = [], []
+  sequence = _history_dependent(ev, minimal, before)
+  if sequence:
+    findings.insert(0, Finding(
+        "history_dependent", "the failure depends on earlier calls: alone, in a fresh process, "
+        "the minimal case passes",
+        f"the candidate failed on it after {len(sequence) - 1} earlier calls in its process (state "
+        "kept between calls: a buffer sized by the first call, a counter, a cache?); the report's "
+        "'sequence' lists the cases, in order, that reproduce the failure"))
   if target is not None:
     target = (target[0], _isolation.absolute_target(target[1]))
   rep = Report(
@@ -160,9 +169,24 @@ def build_report(ev, spec, found, target, candidate, start) -> Report:
       implied_delta_errors=implied, tolerance=minimal.tolerance, diagnosis=findings,
       notes=_notes(ev), reproducer=_report.reproducer(case, spec, target, _name_of(candidate)),
       first_case=found.first.arch.to_json(), shrunk=found.first.kind in _search.SHRINK_GROUPS,
-      **_counts(found.tally))
+      sequence=sequence, **_counts(found.tally))
   rep.seconds = time.perf_counter() - start
   return rep
+
+
+def _history_dependent(ev, minimal, calls: int) -> list:
+  """The cases, in call order, up to the minimal failure, when that failure does not repeat
+  alone in a fresh process; [] when it does, or when the candidate runs in this process or on
+  several workers (the order of calls is then not one sequence)."""
+  if ev.pool is None or ev.spec.workers != 1 or minimal.kind in ("timeout", "crash"):
+    return []
+  ev.pool.fresh()
+  alone = ev.run([minimal.arch], "fresh process")
+  if not alone or not alone[0].passed:
+    return []
+  history = [result.arch for _, result in ev.history[:calls]]
+  end = max(i for i, arch in enumerate(history) if arch == minimal.arch) + 1
+  return [arch.to_json() for arch in history[:end]]
 
 
 def _name_of(candidate) -> str:

@@ -709,6 +709,11 @@ class Isolated:
     self._start(0)
     return self.info
 
+  def fresh(self) -> None:
+    """Every worker ended; the next call starts a fresh process that has seen no earlier call."""
+    for i in range(len(self._procs)):
+      self._kill(i)
+
   def _take_output(self, i) -> tuple:
     """(stdout, stderr) that worker ``i`` wrote since the last look."""
     w = self._procs[i]

@@ -42,6 +42,8 @@ class Report:
       clipped to ``isolation.OUTPUT_LIMIT`` bytes; {} when it wrote nothing.
     compilation: XLA compilations made and persistent-cache hits (``bpref.compilation``),
       filled in by ``bpref check``; {} otherwise.
+    sequence: for a failure that depends on earlier calls (it passes alone in a fresh process),
+      the cases in the order that reproduces it; [] otherwise.
     shrunk: whether ``case`` was shrunk; a failure of a kind that is not shrunk (a timeout, a
       nondeterministic answer) keeps its first failing case.
   """
@@ -68,6 +70,7 @@ class Report:
   requested: int = 0
   dropped: dict = dataclasses.field(default_factory=dict)
   shrunk: bool = True
+  sequence: list = dataclasses.field(default_factory=list)
 
   @property
   def passed(self) -> bool:
