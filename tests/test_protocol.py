@@ -111,7 +111,7 @@ FAST = dict(examples=0, timeout=3.0, shrink_budget=4)
 
 # mode: (kind of the failure, words the message must hold)
 BROKEN = {
-    "malformed_header": ("protocol", ["not a JSON object", "started again"]),
+    "malformed_header": ("protocol", ["not a JSON object", "a fresh process takes any case"]),
     "garbage": ("protocol", ["not a JSON object", b"computing gradients".decode(), "stderr"]),
     "wrong_id": ("protocol", ["its id must be"]),
     "unknown_array": ("protocol", ["unknown array(s) dX"]),
@@ -119,9 +119,9 @@ BROKEN = {
     "int_dtype": ("protocol", ["int32", "float64\" or \"float32"]),
     "partial_write": ("crash", ["exited with status 0", "partial reply", "of the"]),
     "exit_mid_case": ("crash", ["exited with status 0", "stop reading cases early"]),
-    "exit_after_hello": ("crash", ["exited with status 0", "started again"]),
+    "exit_after_hello": ("crash", ["exited with status 0", "a fresh process takes any case"]),
     "segfault": ("crash", ["killed by signal SIGSEGV"]),
-    "hang": ("timeout", ["did not return within 3 s", "killed"]),
+    "hang": ("timeout", ["did not return within 3 s", "killed", "no byte of a reply came"]),
     "wrong_shape": ("shape", ["has shape", "expected"]),
     "wrong_dtype": ("dtype", ["float32", "float64"]),
     "nan": ("nonfinite", ["NaN"]),

@@ -217,6 +217,11 @@ class ExecPool:
     except subprocess.TimeoutExpired:
       pass
 
+  def fresh(self) -> None:
+    """Every process ended; the next case starts a fresh one that has seen no earlier case."""
+    for i in range(len(self._procs)):
+      self._stop(i, gently=True)
+
   def close(self) -> None:
     """Send every process bpref's bye, wait ``BYE_GRACE`` seconds, then kill what is left."""
     for i in range(len(self._procs)):
@@ -247,17 +252,19 @@ class ExecPool:
       how = "closed its stdout (and was then killed)"
     else:
       how = exit_text(code)
-    got = len(proc.buf)
-    if proc.header is not None:
-      part = (f"; it wrote a partial reply: the header and {got} of the {proc.need} bytes of "
-              "arrays it announced")
-    elif got:
-      part = f"; it wrote {got} bytes of a header line and no newline: {wire.shown(bytes(proc.buf))}"
-    else:
-      part = ""
+    part = self._received(proc)
     hint = " (an exit with status 0: did it stop reading cases early?)" if code == 0 else ""
     return _Failed("exited", f"the candidate's process ({self.command}) {how} before {what}"
-                   f"{part}{hint}; it is started again for the next case")
+                   f"{'; it wrote ' + part if part else ''}{hint}; {_AGAIN}")
+
+  def _received(self, proc) -> str:
+    """What the process sent of a reply it did not finish, in words; "" for nothing."""
+    got = len(proc.buf)
+    if proc.header is not None:
+      return f"a partial reply: the header and {got} of the {proc.need} bytes of arrays it announced"
+    if got:
+      return f"{got} bytes of a header line and no newline: {wire.shown(bytes(proc.buf))}"
+    return ""
 
   def _write_all(self, proc, data: bytes, deadline: float, what: str) -> None:
     fd = proc.popen.stdin.fileno()
@@ -388,9 +395,13 @@ class ExecPool:
     now = time.monotonic()
     for i, call in list(busy.items()):
       if now >= call.deadline:
+        part = self._received(self._procs[i])
+        came = (f"it had sent {part}" if part else
+                "no byte of a reply came (a client that reads the case's arrays in another dtype "
+                "or layout than sent waits for bytes that never come: check the hello's dtypes)")
         self._finish(i, call, busy, results, "timeout",
-                     f"the call did not return within {self.timeout:g} s; the candidate's process "
-                     f"({self.command}) was killed and is started again for the next case")
+                     f"the call did not return within {self.timeout:g} s; {came}; the candidate's "
+                     f"process ({self.command}) was killed; {_AGAIN}")
 
   def _read_some(self, i, busy, results, cases) -> None:
     call, proc = busy[i], self._procs[i]
@@ -428,10 +439,14 @@ class ExecPool:
     except wire.WireError as exc:
       self._finish(i, call, busy, results, "protocol",
                    f"the candidate broke the bpref-wire protocol on case {call.ident}: {exc}. Its "
-                   "process was stopped and is started again for the next case (stdout carries "
-                   "the protocol only: write logs to stderr)")
+                   f"process was stopped; {_AGAIN} (stdout carries the protocol only: write logs "
+                   "to stderr)")
       return
     self._finish(i, call, busy, results, "ok", result=result)
+
+
+_AGAIN = "a fresh process takes any case that follows"
+"""What happens after a process that failed a case, said only as what follows."""
 
 
 class ExecEvaluator(_search.Evaluator):
