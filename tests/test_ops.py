@@ -526,7 +526,8 @@ MUTANTS = {
     "softmax layer: diagonal Jacobian": ("layer", "softmax", {}, _mutant_layer_softmax_diagonal,
                                          {"softmax_jacobian_diagonal"}),
     "gelu_backward: the 3 of 3 k z^2 missing": ("activation", "gelu_tanh", {},
-                                                _mutant_gelu_missing_three, set()),
+                                                _mutant_gelu_missing_three,
+                                                {"activation_derivative"}),
 }
 
 
@@ -537,6 +538,195 @@ def test_mutant_caught_and_diagnosed(label):
   assert report.verdict == "fail", report.text()
   if codes:
     assert codes & set(report.codes), report.text()
+
+
+# ------------------------------------------------------------ known wrong forms of f' (issue 31)
+# Each backward below computes f' the way some outside code writes it, with one slip; the
+# diagnosis must name the form of bpref.oracle.forms that it computes, in both dtypes.
+
+
+def _gelu_backward_llmc(local_grad):
+  def backward(z, dout):  # llm.c's gelu_backward loop with its local_grad line replaced
+    dinp = np.zeros(z.size, z.dtype)
+    inp, d = z.ravel(), dout.ravel()
+    with np.errstate(over="ignore"):
+      for i in range(z.size):
+        x = inp[i]
+        tanh_arg = GELU_SCALING_FACTOR * (x + 0.044715 * x * x * x)
+        sech_out = 1 / (np.cosh(tanh_arg) * np.cosh(tanh_arg))
+        dinp[i] += local_grad(x, np.tanh(tanh_arg), sech_out) * d[i]
+    return dinp.reshape(z.shape)
+  return backward
+
+
+def _tanh_backward_one_minus_a(z, dout):  # an RNN step's tanh' = 1 - a, its square lost
+  next_h = np.tanh(z)
+  return (1 - next_h) * dout
+
+
+def _tanh_backward_one_minus_a_from_a(a, dout):
+  return (1 - a) * dout
+
+
+def _softplus_backward_tanh(z, dout):  # sigma(z) = (1 + tanh(z / 2)) / 2, the / 2 lost
+  return dout * 0.5 * (1 + np.tanh(z))
+
+
+def _silu_backward_sigma_only(z, dout):  # silu' = sigma(z), the product rule's z sigma' lost
+  return dout * sigmoid(z)
+
+
+def _mish_backward_no_softplus_derivative(z, dout):  # torch's formula without sigma(z)
+  with np.errstate(over="ignore"):
+    t = np.tanh(np.log1p(np.exp(z)))
+  return dout * (t + z * (1 - t * t))
+
+
+def _gelu_backward_cdf_only(z, dout):  # exact gelu' = Phi(z), the product rule's z phi(z) lost
+  cdf = np.array([0.5 * math.erfc(-v / math.sqrt(2)) for v in z.ravel()]).reshape(z.shape)
+  return (dout * cdf).astype(z.dtype)
+
+
+def _tanh_layer_one_minus_a(x, W, b, dout):
+  delta = dout * (1 - np.tanh(x @ W.T + b))
+  return delta @ W, delta.T @ x, delta.sum(axis=0)
+
+
+WRONG_FORMS = {
+    # label: (kind, op name, options, backward, the form it computes)
+    "tanh' = 1 - a": ("activation", "tanh", {}, _tanh_backward_one_minus_a, "tanh_one_minus_a"),
+    "tanh' = 1 - a, handed a": ("activation", "tanh", dict(takes="a"),
+                                _tanh_backward_one_minus_a_from_a, "tanh_one_minus_a"),
+    "tanh layer, 1 - a": ("layer", "tanh", {}, _tanh_layer_one_minus_a, "tanh_one_minus_a"),
+    "gelu_backward: 3 k x^2 missing": (
+        "activation", "gelu_tanh", {}, _gelu_backward_llmc(
+            lambda x, t, sech: 0.5 * (1 + t) + x * 0.5 * sech * GELU_SCALING_FACTOR),
+        "gelu_tanh_cubic_term_missing"),
+    "gelu_backward: the 3 of 3 k x^2 lost": (
+        "activation", "gelu_tanh", {}, _gelu_backward_llmc(
+            lambda x, t, sech: 0.5 * (1 + t) + x * 0.5 * sech * GELU_SCALING_FACTOR * (
+                1 + 0.044715 * x * x)), "gelu_tanh_three_missing"),
+    "softplus' via tanh, the / 2 lost": ("activation", "softplus", {}, _softplus_backward_tanh,
+                                         "softplus_tanh_half_missing"),
+    "silu' = sigma": ("activation", "silu", {}, _silu_backward_sigma_only,
+                      "silu_product_term_missing"),
+    "mish' without softplus'": ("activation", "mish", {}, _mish_backward_no_softplus_derivative,
+                                "mish_inner_derivative_missing"),
+    "gelu' = Phi": ("activation", "gelu", {}, _gelu_backward_cdf_only, "gelu_product_term_missing"),
+}
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("label", list(WRONG_FORMS))
+def test_wrong_derivative_form_is_named(label, dtype):
+  kind, name, options, fn, form = WRONG_FORMS[label]
+  report = check_op(kind, fn, name=name, dtype=dtype, examples=20, **options)
+  assert report.verdict == "fail", report.text()
+  assert report.codes[0] == "activation_derivative", report.text()
+  assert f"(form {form})" in report.diagnosis[0].summary, report.text()
+
+
+# ------------------------------------------------------------ slips in calling check_op (issue 31)
+# Right code called the wrong way: each slip is found by calling the candidate the other way on
+# the failing case, and named first with what to pass.
+
+
+def _softmax_backward_dout_first(dout, y):  # (dout, y), where check_op calls (y, dout)
+  return y * (dout - np.sum(dout * y, axis=1, keepdims=True))
+
+
+SLIPS = {
+    # label: (kind, op name, options, candidate, finding code, text the finding must say)
+    "affine_backward without layout='in_out'": ("dense", None, {}, cs_dense, "layout",
+                                                "layout='in_out'"),
+    "affine_relu_backward without layout='in_out'": ("layer", "relu", {}, cs_layer, "layout",
+                                                     "layout='in_out'"),
+    "relu_backward(dout, cache) as it is": ("activation", "relu", {}, relu_backward, "signature",
+                                            "signature='cs231n'"),
+    "affine_backward(dout, cache) as it is": ("dense", None, dict(layout="in_out"),
+                                              affine_backward, "signature", "signature='cs231n'"),
+    "softmax backward taking (dout, y)": ("softmax", None, dict(takes="y"),
+                                          _softmax_backward_dout_first, "arguments_swapped",
+                                          "(dout, y)"),
+    "relu_forward passed as the backward": ("activation", "relu", {}, relu_forward,
+                                            "forward_as_backward", "a = f(z)"),
+    "affine_forward passed as the backward": ("dense", None, dict(layout="in_out"),
+                                              affine_forward, "forward_as_backward",
+                                              "z = x W + b"),  # (7) with W as (n_in, n_out)
+    "np.tanh passed as the backward": ("activation", "tanh", {}, np.tanh, "forward_as_backward",
+                                       "a = f(z)"),
+}
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("label", list(SLIPS))
+def test_slip_in_calling_check_op_is_named(label, dtype):
+  kind, name, options, fn, code, says = SLIPS[label]
+  report = check_op(kind, fn, name=name, dtype=dtype, examples=20, **options)
+  assert report.verdict == "fail", report.text()
+  assert report.codes == [code], report.text()
+  assert says in report.diagnosis[0].summary, report.text()
+
+
+def test_no_slip_is_claimed_for_a_real_bug():
+  # right code called the other way fails too: no hint, the bug itself is named
+  report = check_op("activation", _mutant_relu_nonzero, name="relu", examples=20)
+  assert report.codes == ["kink_side"], report.text()
+
+
+# ---------------------------------------------------------------- reports in the declared layout
+
+
+class Recorded:
+  """A backward that keeps every call's arguments and answer, to compare with the report."""
+
+  def __init__(self, fn):
+    self.fn, self.calls = fn, []
+
+  def __call__(self, *args):
+    out = self.fn(*args)
+    self.calls.append(([np.copy(a) for a in args], [np.copy(o) for o in out]))
+    return out
+
+
+def _affine_backward_db_wrong_axis(x, W, b, dout):
+  dx, dw, db = cs_dense(x, W, b, dout)
+  return dx, dw, np.sum(dout, axis=1)  # summed over the units, not the batch
+
+
+def test_in_out_report_shows_w_as_the_candidate_took_it():
+  report = check_op("dense", _affine_backward_db_wrong_axis, layout="in_out", examples=20)
+  assert report.verdict == "fail", report.text()
+  arrays = report.case["arrays"]
+  n_in, n_out = np.shape(arrays["x"])[1], np.shape(arrays["dout"])[1]
+  assert n_in != n_out, report.text()  # the case shows which layout it is in
+  assert np.shape(arrays["W"]) == (n_in, n_out), report.text()
+  assert f"W ({n_in}, {n_out})" in report.case["shapes"], report.text()
+  assert "in_out layout (n_in, n_out)" in report.text()
+  assert report.codes == ["batch_sum_missing"], report.text()  # db's shape: one per example
+
+
+def _affine_backward_dw_reshaped(x, W, b, dout):  # reshaped where a transpose belongs
+  dx, dw, db = cs_dense(x, W, b, dout)
+  return dx, (dout.T @ x).reshape(W.shape), db
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_in_out_report_shows_dw_as_the_candidate_returned_it(dtype):
+  candidate = Recorded(_affine_backward_dw_reshaped)
+  report = check_op("dense", candidate, layout="in_out", dtype=dtype, examples=20)
+  assert report.verdict == "fail", report.text()
+  case = report.case
+  same = [out for args, out in candidate.calls
+          if all(np.array_equal(a, np.asarray(case["arrays"][k], a.dtype))
+                 for a, k in zip(args, ("x", "W", "b", "dout")))]
+  assert same, report.text()  # the report's arrays are those of a call, W as handed over
+  assert np.array_equal(np.asarray(case["candidate"]["dW"], same[0][1].dtype), same[0][1])
+  # the finding speaks the in_out layout: dW = x^T dout there, and dout^T x is the bug; and a
+  # reshape is told from a transpose on a W that is not square
+  assert "dW is dout^T x reshaped to the shape of x^T dout" in report.diagnosis[0].summary, \
+      report.text()
+  assert report.codes == ["transposed"], report.text()
 
 
 def measure(dtype="float64", seed=0) -> list:

@@ -40,10 +40,21 @@ def _f(name, z):
     return np.tanh(z)
   if name == "sigmoid":
     return 1 / (1 + np.exp(-z))
+  if name == "gelu_tanh":  # GPT-2's gelu: z (1 + tanh(c (z + k z^3))) / 2
+    return 0.5 * z * (1 + np.tanh(GELU_C * (z + 0.044715 * z ** 3)))
   if name == "softmax":
     e = np.exp(z - z.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
   raise ValueError(f"unsupported activation {name}")
+
+
+GELU_C = float(np.sqrt(2 / np.pi))  # a Python float: float32 arrays stay float32
+
+
+def _gelu_tanh_df(z, three=3):
+  # PyTorch's GeluBackward (approximate='tanh'): (1 + t) / 2 + z (1 - t^2) c (1 + 3 k z^2) / 2
+  t = np.tanh(GELU_C * (z + 0.044715 * z ** 3))
+  return 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * GELU_C * (1 + three * 0.044715 * z * z)
 
 
 def _df(name, z, a):
@@ -58,6 +69,8 @@ def _df(name, z, a):
     return 1 - a ** 2
   if name == "sigmoid":
     return a * (1 - a)
+  if name == "gelu_tanh":
+    return _gelu_tanh_df(z)
   raise ValueError(f"unsupported activation {name}")
 
 
@@ -89,6 +102,10 @@ class Backprop:
       return 1 - z ** 2
     if bug == "tanh_missing_square" and name == "tanh":
       return 1 - a
+    if bug == "sigmoid_missing_factor" and name == "sigmoid":
+      return a
+    if bug == "gelu_tanh_three_missing" and name == "gelu_tanh":  # 1 + k z^2 for 1 + 3 k z^2
+      return _gelu_tanh_df(z, three=1)
     if bug == "relu_ge" and name == "relu":
       return (z >= 0).astype(z.dtype)
     if bug == "relu_nonzero" and name == "relu":
@@ -171,6 +188,8 @@ class Backprop:
     for l in range(L - 1, -1, -1):
       if bug == "transposed":
         dW[l] = acts[l].T @ delta
+      elif bug == "dW_reshaped":  # a row-major buffer of a^T delta read as (n_l, n_(l-1))
+        dW[l] = (acts[l].T @ delta).reshape(weights[l].shape)
       elif bug == "first_example_only":
         dW[l] = B * np.outer(delta[0], acts[l][0])
       elif bug == "loop_bounds":
@@ -222,6 +241,7 @@ SOFTMAX = dict(DOMAIN, activations=("identity", "tanh", "softmax"), losses=("cro
 BINARY = dict(DOMAIN, activations=("identity", "tanh", "sigmoid"), losses=("binary_cross_entropy",))
 RELU = dict(DOMAIN, activations=("identity", "relu"))
 LEAKY = dict(DOMAIN, activations=("identity", "relu", "leaky_relu"))
+GELU = dict(DOMAIN, activations=("identity", "gelu_tanh", "tanh"))
 
 MUTANTS = {
     # name: (domain, expected diagnosis code, must it be the first finding?)
@@ -233,18 +253,21 @@ MUTANTS = {
     "mean_over_outputs": (DOMAIN, "constant_factor", True),
     "sign_flip": (DOMAIN, "sign_flip", True),
     "transposed": (DOMAIN, "transposed", True),
+    "dW_reshaped": (DOMAIN, "transposed", True),
     "output_fprime_missing": (DOMAIN, "output_fprime_missing", True),
     "fprime_at_a": (DOMAIN, "fprime_at_a", True),
     "sigmoid_a_form_on_z": (DOMAIN, "activation_derivative", True),
     "tanh_a_form_on_z": (DOMAIN, "activation_derivative", True),
     "tanh_missing_square": (DOMAIN, "activation_derivative", True),
+    "sigmoid_missing_factor": (DOMAIN, "activation_derivative", True),
+    "gelu_tanh_three_missing": (GELU, "activation_derivative", True),
     "relu_nonzero": (RELU, "kink_side", True),
     "leaky_relu_zero_at_kink": (LEAKY, "kink_value", True),
     "hidden_fprime_missing": (DOMAIN, "wrong_from_layer", False),
     "bias_missing": (DOMAIN, "bias_missing", True),
     "bias_first_example": (DOMAIN, "bias_wrong", True),
     "bias_mean": (DOMAIN, "bias_wrong", True),
-    "first_example_only": (DOMAIN, "only_batch_1", False),
+    "first_example_only": (DOMAIN, "batch_sum_missing", True),
     "last_weights_in_recursion": (DOMAIN, "only_depth_2", False),
     "first_activation_everywhere": (DOMAIN, "activation_index", True),
     "activation_off_by_one": (DOMAIN, "activation_index", True),
@@ -283,8 +306,8 @@ def test_oracle_catches_and_names_mutant(name):
   assert report.case is not None and report.reproducer
 
 
-@pytest.mark.parametrize("domain", [DOMAIN, HALF, SOFTMAX, BINARY, RELU, LEAKY],
-                         ids=["squared", "half", "softmax", "binary", "relu", "leaky"])
+@pytest.mark.parametrize("domain", [DOMAIN, HALF, SOFTMAX, BINARY, RELU, LEAKY, GELU],
+                         ids=["squared", "half", "softmax", "binary", "relu", "leaky", "gelu"])
 def test_unmutated_implementation_passes_every_mutant_domain(domain):
   report = bpref.oracle.check(Backprop(), **domain)
   assert report.verdict == "pass", report.text()
@@ -293,6 +316,22 @@ def test_unmutated_implementation_passes_every_mutant_domain(domain):
 def test_unmutated_implementation_passes_with_the_sum_reduction():
   report = bpref.oracle.check(Backprop(reduction="sum"), **SUM)
   assert report.verdict == "pass", report.text()
+
+
+FORMS = {"tanh_missing_square": "tanh_one_minus_a", "tanh_a_form_on_z": "tanh_one_minus_z_squared",
+         "sigmoid_a_form_on_z": "sigmoid_z_one_minus_z", "sigmoid_missing_factor": "sigmoid_a",
+         "gelu_tanh_three_missing": "gelu_tanh_three_missing"}
+"""Mutants computing a known wrong form of f' (bpref.oracle.forms), and the form."""
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("name", sorted(FORMS))
+def test_wrong_derivative_form_is_named(name, dtype):
+  report = run_mutant(name, dtype=dtype)
+  assert report.verdict == "fail", report.text()
+  assert report.codes[0] == "activation_derivative", report.text()
+  assert f"(form {FORMS[name]})" in report.diagnosis[0].summary, report.text()
+  assert all(well_formed(f) for f in report.diagnosis), report.diagnosis
 
 
 def test_relu_kink_convention_is_a_note_unless_strict():
@@ -386,6 +425,19 @@ def test_loss_reported_per_output_is_1_over_K_also_when_K_is_2():
   report = run_mutant("loss_over_outputs", max_width=2, max_batch=2)
   assert report.case["arch"]["sizes"][-1] == 2, report.text()
   assert "is 1/K (a mean over the K outputs) x the loss" in report.diagnosis[0].summary, report.text()
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_models_are_named_where_they_differ(dtype):
+  # issue 31: on a one-unit layer any wrong db is some factor of the right one, and on square
+  # layers a reshape is a transpose; each is named only once seen where the choices differ
+  first = run_mutant("bias_first_example", dtype=dtype)
+  assert "first example only" in first.diagnosis[0].detail, first.text()
+  assert "x bpref's" not in first.diagnosis[0].detail, first.text()
+  reshaped = run_mutant("dW_reshaped", dtype=dtype)
+  assert "reshaped" in reshaped.diagnosis[0].summary, reshaped.text()
+  transposed = run_mutant("transposed", dtype=dtype)
+  assert "reshaped" not in transposed.text(), transposed.text()
 
 
 class NoBias:

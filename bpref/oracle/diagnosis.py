@@ -14,7 +14,8 @@ size alone:
   sign flip);
 * bug models (``_models``): the backward pass rerun with one deliberate change
   (f' at a_l instead of z_l, f' of the output layer missing or applied twice, the
-  softmax Jacobian missing or only its diagonal, an a-form derivative fed z, a
+  softmax Jacobian missing or only its diagonal, a known wrong form of f' from
+  ``bpref.oracle.forms`` (an a-form derivative fed z, tanh' = 1 - a, ...), a
   kinked derivative wrong on one side of its kink, another layer's activation).
   A model is the diagnosis when it reproduces the candidate to rounding on the
   minimal case and still does on a few other networks where it predicts
@@ -36,6 +37,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from bpref import activations as _activations
+from bpref.oracle import forms as _forms
 from bpref.oracle import spec as _spec
 from bpref.oracle import truth as _truth
 
@@ -57,14 +59,6 @@ class Finding(NamedTuple):
 
   def to_json(self) -> dict:
     return {"code": self.code, "summary": self.summary, "detail": self.detail}
-
-
-A_FORM_DERIVATIVES = {
-    "sigmoid": lambda v: v * (1 - v),
-    "tanh": lambda v: 1 - v * v,
-    "softplus": lambda v: 1 - np.exp(-v),
-}
-"""Derivatives written in terms of the output a = f(z), the form that gets fed the wrong argument."""
 
 
 # ---------------------------------------------------------------- arrays and fits
@@ -162,8 +156,8 @@ def _output_delta(net):
   return net.g * _df(net, len(net.weights))
 
 
-def _backward(net, delta_L=None, df_l=None) -> list:
-  """[dW_1..dW_L, db_1..db_L] from delta_L down through (37) with f'_l = df_l(l)."""
+def _deltas(net, delta_L=None, df_l=None) -> list:
+  """[delta_1..delta_L] from delta_L down through (37) with f'_l = df_l(l)."""
   L = len(net.weights)
   df_l = df_l or (lambda l: _df(net, l))
   delta = _output_delta(net) if delta_L is None else delta_L
@@ -171,8 +165,27 @@ def _backward(net, delta_L=None, df_l=None) -> list:
   for l in range(L - 1, 0, -1):
     delta = (delta @ net.weights[l]) * df_l(l)  # (37)
     deltas.insert(0, delta)
+  return deltas
+
+
+def _backward(net, delta_L=None, df_l=None) -> list:
+  """[dW_1..dW_L, db_1..db_L] from delta_L down through (37) with f'_l = df_l(l)."""
+  deltas = _deltas(net, delta_L, df_l)
   dW = [d.T @ a for d, a in zip(deltas, net.a[:-1])]  # (39)
   return dW + ([d.sum(axis=0) for d in deltas] if net.bias else [])
+
+
+def _one_example(times_b):
+  """A model of dW_l = c delta_l,1^T a_(l-1),1, the first example's term alone (c = B when
+  the code scales it up as if to make up for the others), db_l the sum as it should be."""
+  def grads(net):
+    B = net.a[0].shape[0]
+    if B == 1:
+      return None
+    deltas = _deltas(net)
+    dW = [(B if times_b else 1) * np.outer(d[0], a[0]) for d, a in zip(deltas, net.a[:-1])]
+    return dW + ([d.sum(axis=0) for d in deltas] if net.bias else [])
+  return grads
 
 
 class _Model(NamedTuple):
@@ -330,12 +343,33 @@ def _models(arch) -> list:
         "fprime_at_a", f"f' of {name} is evaluated at a_l instead of z_l",
         f"{name}'(a_l) = {name}'({name}(z_l)) was used where (37) needs {name}'(z_l)"),
         _hidden_override(name, lambda net, l, name=name: _truth.df(name, net.a[l]))))
-    if name in A_FORM_DERIVATIVES:
-      form = A_FORM_DERIVATIVES[name]
+  for times_b, how in ((False, ""), (True, " times B")):
+    out.append(_Model(Finding(
+        "batch_sum_missing", f"dW is the first example's term only{how}, not the sum over the "
+        "batch", "dC/dW_l = sum_b delta_l,b^T a_(l-1),b (39); the candidate keeps the first "
+        f"example's term{how} (a loop over the batch that stops after one example, or an "
+        "index [0] where a sum belongs); db is summed right"), _one_example(times_b)))
+
+  def reshaped(net):
+    grads = _backward(net)
+    L = len(net.weights)
+    if all(min(g.shape) == 1 for g in grads[:L]):  # a vector reshaped is its transpose
+      return None
+    # (39) transposed, a_(l-1)^T delta_l, then reshaped to (n_l, n_(l-1))
+    return [g.T.reshape(g.shape) for g in grads[:L]] + grads[L:]
+
+  out.append(_Model(Finding(
+      "transposed", "dW is a_(l-1)^T delta_l reshaped to (n_l, n_(l-1)), not transposed",
+      "dC/dW_l = delta_l^T a_(l-1) (39); the candidate computes its transpose and reshapes it (a "
+      "row-major buffer read with the other stride): right on layers with one row or column, "
+      "the transpose on square ones, neither on the others"), reshaped))
+  for name in names:
+    for form in _forms.of(name):  # the known wrong forms of f' (bpref.oracle.forms)
       out.append(_Model(Finding(
-          "activation_derivative", f"wrong derivative of {name}: its a-form derivative was fed z",
-          f"{name}' written in terms of a = {name}(z) (e.g. a (1 - a)) was evaluated at z_l "
-          "instead of a_l"), _hidden_override(name, lambda net, l, form=form: form(net.z[l - 1]))))
+          "activation_derivative", form.summary(),
+          f"(34) and (37) need {name}'(z_l) in every layer with activation {name}; the "
+          "candidate's f' there is this known wrong form"),
+          _hidden_override(name, lambda net, l, form=form: form.values(net.z[l - 1], net.a[l]))))
   out += _index_models(arch)
   return out
 
@@ -343,8 +377,8 @@ def _models(arch) -> list:
 def _df_form(net, l, name, form):
   """f' of activation ``name`` at layer l, written in terms of z_l (form "z") or of the layer's
   output a_l (form "a": 1 - a^2, a (1 - a), ...; what a-form code computes with the wrong name)."""
-  if form == "a" and name in A_FORM_DERIVATIVES:
-    return A_FORM_DERIVATIVES[name](net.a[l])
+  if form == "a" and name in _forms.A_FORMS:
+    return _forms.A_FORMS[name](net.a[l])
   return _df(net, l, name)
 
 
@@ -393,6 +427,16 @@ def _index_models(arch) -> list:
           f"f'_l must be each layer's own activation's derivative; the candidate uses "
           f"{acts[-1]}' in every layer (a fixed index into the activation list)"), last))
   return out
+
+
+_BIAS_MODELS = (
+    ("delta_l of the first example only (the batch sum is missing)", lambda d: d[0]),
+    ("delta_l of the last example only (an assignment where += was meant)", lambda d: d[-1]),
+    ("the mean of delta_l over the batch (1/B: dC/db_l = sum_b delta_l,b)",
+     lambda d: d.mean(axis=0)),
+    ("B x the sum of delta_l over the batch", lambda d: d.shape[0] * d.sum(axis=0)),
+)
+"""How a db_l goes wrong when the weights' gradients are right: (words, delta_l -> db_l)."""
 
 
 # ---------------------------------------------------------------- the experiments
@@ -562,7 +606,12 @@ class Diagnoser:
     return c if resid <= FIT_SLACK * result.tolerance else None
 
   def bias(self):
-    """Bias findings when every dW is right and some db is wrong."""
+    """Bias findings when every dW is right and some db is wrong.
+
+    How db is wrong (the first or last example's delta only, a mean, a factor B) is named only
+    once it is confirmed on a network where the choices differ: B >= 2 and every layer at least
+    2 wide (on one unit a one-number factor fits any wrong db, and on one example every
+    choice is the sum)."""
     r = self.minimal
     if r.db is None:
       return None
@@ -574,28 +623,53 @@ class Diagnoser:
     if all(not np.any(r.db[int(k[1:]) - 1]) for k in bad_b):
       return Finding("bias_missing", f"the bias gradient is missing (zero) in layer(s) {layers}",
                      "dC/db_l = sum over the batch of delta_l; the weights' gradients are right")
-    cand = [r.db[int(k[1:]) - 1] for k in bad_b]
-    true = [self.truth.db[int(k[1:]) - 1] for k in bad_b]
-    mags = [self.truth.mag_b[int(k[1:]) - 1] for k in bad_b]
-    c, resid = _fit(cand, true, mags)
     detail = "the weights' gradients are right"
-    B = self.arch.batch
-    if math.isfinite(c) and resid <= FIT_SLACK * self.tol:
-      detail += f"; db is {c:.6g} x bpref's"
-      if B > 1 and abs(c - 1 / B) <= self.rel / B:
-        detail += " (1/B: a mean over the batch where dC/db_l = sum_b delta_l,b)"
-      elif B > 1 and abs(c - B) <= self.rel * B:
-        detail += " (xB)"
-    else:
-      first = self.truth.deltas
-      for k in bad_b:
-        l = int(k[1:])
-        if np.allclose(r.db[l - 1], first[l - 1][0], rtol=self.rel, atol=0):
-          detail += f"; db_{l} is delta_{l} of the first example only (the batch sum is missing)"
+    bad = [int(k[1:]) for k in bad_b]
+    named = [text for text, db_of in _BIAS_MODELS if self._bias_fits(r, self.truth, bad, db_of)]
+    if named:
+      confirm = self._bias_confirming_arch()
+      res = self._try(confirm) if confirm is not None else None
+      if res is not None and res.db is not None and res.dW is not None:
+        truth = self.ev.case_and_truth(res.arch)[1]
+        named = [text for text, db_of in _BIAS_MODELS if text in named
+                 and self._bias_fits(res, truth, bad, db_of)]
+        if named:
+          return Finding("bias_wrong", f"the bias gradient is wrong in layer(s) {layers}",
+                         f"{detail}; db_l is {named[0]} (seen again with B = {res.arch.batch} "
+                         f"and widths {res.arch.sizes}, where the choices differ)")
+    cand = [r.db[l - 1] for l in bad]
+    c, resid = _fit(cand, [self.truth.db[l - 1] for l in bad],
+                    [self.truth.mag_b[l - 1] for l in bad])
+    if math.isfinite(c) and resid <= FIT_SLACK * self.tol and sum(np.size(v) for v in cand) > 1:
+      detail += f"; db is {c:.6g} x bpref's"  # a factor fitted on more than one entry
     return Finding("bias_wrong", f"the bias gradient is wrong in layer(s) {layers}", detail)
 
+  def _bias_fits(self, result, truth, bad, db_of) -> bool:
+    """Whether db_of(delta_l, B) reproduces db_l of ``result`` in the layers ``bad`` (all dW and
+    the other db right)."""
+    cand, model, mags = list(result.dW), list(truth.dW), list(truth.mag_W)
+    for l in range(1, len(truth.db) + 1):
+      cand.append(result.db[l - 1])
+      model.append(db_of(truth.deltas[l - 1]) if l in bad else truth.db[l - 1])
+      mags.append(truth.mag_b[l - 1])
+    if all(np.allclose(db_of(truth.deltas[l - 1]), truth.db[l - 1], rtol=0, atol=0) for l in bad):
+      return False  # the model changes nothing here
+    return _worst(cand, model, mags) <= FIT_SLACK * result.tolerance
+
+  def _bias_confirming_arch(self):
+    """The minimal network with B >= 2 and every layer at least 2 wide, other values; None
+    where the domain allows neither."""
+    bs, ws = _spec.batches(self.spec), _spec.widths(self.spec)
+    if bs[-1] < 2:
+      return None
+    a = self.arch._replace(batch=max(2, self.arch.batch), seed=self.arch.seed + 1, kink=False,
+                           sizes=tuple(max(n, min(2, ws[-1])) for n in self.arch.sizes))
+    return a if _spec.in_domain(a, self.spec) else None
+
   def transposed(self):
-    """dW_l^T matches on a square layer where the transpose can be told from dW_l itself."""
+    """dW_l^T matches on a square layer where the transpose can be told from dW_l itself, and a
+    network whose layers are not square gets dW_l back in the transposed shape: a transpose
+    and a reshape (a row-major buffer read with the other stride) agree on square layers only."""
     r = self.minimal
     hits = []
     limit = FIT_SLACK * self.tol
@@ -606,15 +680,33 @@ class Diagnoser:
         continue
       if _worst([c.T], [t], [m]) <= limit:
         hits.append(l)
-    if hits:
-      return Finding("transposed", f"dW is transposed in layer(s) {', '.join(map(str, hits))}",
-                     "dC/dW_l = delta_l^T a_(l-1) has shape (n_l, n_(l-1)); the candidate returned "
-                     "a_(l-1)^T delta_l (square layers hide this from a shape check)")
-    return None
+    if not hits:
+      return None
+    other = self._non_square_arch()
+    if other is not None:
+      res = self._try(other)
+      if res is None or res.kind != "shape" or "transposed" not in res.message:
+        return None
+    return Finding("transposed", f"dW is transposed in layer(s) {', '.join(map(str, hits))}",
+                   "dC/dW_l = delta_l^T a_(l-1) has shape (n_l, n_(l-1)); the candidate returned "
+                   "a_(l-1)^T delta_l (square layers hide this from a shape check"
+                   + ("; a network of non-square layers gets the transposed shape back)"
+                      if other is not None else ")"))
+
+  def _non_square_arch(self):
+    """The minimal network with no square layer (n_l != n_(l-1)), other values; None where the
+    domain's widths do not allow it."""
+    ws = _spec.widths(self.spec)
+    if len(ws) < 2:
+      return None
+    L = len(self.arch.sizes)
+    sizes = tuple(ws[-1] if (L - 1 - i) % 2 == 0 else ws[-2] for i in range(L))
+    a = self.arch._replace(sizes=sizes, seed=self.arch.seed + 1, kink=False)
+    return a if _spec.in_domain(a, self.spec) else None
 
   def _confirming_archs(self) -> list:
-    """Other networks to test a fitting model on: wider with other values, one layer more, another
-    output activation, the hidden layers' activation changed.
+    """Other networks to test a fitting model on: wider with other values, no square layer, one
+    layer more, another output activation, the hidden layers' activation changed.
 
     They use the case's own activations where they can, so that a bug of another activation
     does not refute a model of this one.
@@ -625,6 +717,9 @@ class Diagnoser:
     a = self.arch._replace(sizes=(w[-1],) * len(self.arch.sizes), batch=bs[-1], kink=False)
     acts, last = a.activations, a.activations[-1]
     out = [a._replace(seed=a.seed + 1)]
+    other = self._non_square_arch()  # where a transpose and a reshape differ
+    if other is not None:
+      out.append(other._replace(batch=bs[-1], seed=a.seed + 2))
     fancy = [h for h in dict.fromkeys(acts) if h in spec.hidden and h != "identity"] + \
         [h for h in spec.hidden if h != "identity" and h not in acts]
     if a.depth < spec.max_depth and fancy:

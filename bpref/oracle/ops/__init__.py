@@ -67,6 +67,9 @@ class OpReport(Report):
       place: a pass needs ``requested`` cases (probes + examples) checked, and a search whose
       draw budget ran out first is an "error" (kind "too_few_cases") saying so.
     forward_checked: cases on which the candidate's forward function was checked too.
+
+  ``case`` holds the arrays as the candidate was handed them and what it returned, beside
+  bpref's answer: W and dW in the declared layout (``case["layout"]`` for dense and layer).
   """
   op: str = ""
   skipped: int = 0
@@ -107,6 +110,9 @@ class OpReport(Report):
     if self.case:
       which = "minimal failing case" if self.shrunk else "first failing case (not shrunk)"
       lines += ["", f"{which} ({self.case['shapes']}):"]
+      if self.case.get("layout") == "in_out":
+        lines.append("  W and dW in the in_out layout (n_in, n_out), as the candidate takes and "
+                     "returns them")
       if self.errors:
         lines.append(f"  normwise error per output (tolerance {self.tolerance:.1e}): " + "  ".join(
             f"{k}: {v:.2e}{' *' if not v <= self.tolerance else ''}" for k, v in self.errors.items()))
@@ -234,17 +240,28 @@ def _checked(spec, ev, start) -> OpReport:
   return rep
 
 
+def _declared(spec, key, value) -> np.ndarray:
+  """An array in the candidate's own terms: W and dW in the declared layout."""
+  value = np.asarray(value)
+  return value.T if key in ("W", "dW") and spec.layout == "in_out" else value
+
+
 def _case_json(spec, run) -> dict:
-  arrays = {k: np.asarray(v).tolist() for k, v in run.case.arrays.items()}
+  """The minimal case as the candidate saw it: its arrays, W in the declared layout, and what
+  it returned (dW as returned) beside bpref's answer in the same layout."""
+  arrays = {k: _declared(spec, k, v) for k, v in run.case.arrays.items()}
   label = run.case.label
   dims = label.dims if label is not None else tuple(
       run.case.arrays["dout" if "dout" in run.case.arrays else "t"].shape)
-  shapes = ", ".join(f"{k} {np.shape(v)}" for k, v in run.case.arrays.items())
-  out = {"dims": list(dims), "shapes": shapes, "arrays": arrays,
+  shapes = ", ".join(f"{k} {np.shape(v)}" for k, v in arrays.items())
+  out = {"dims": list(dims), "shapes": shapes, "arrays": {k: v.tolist() for k, v in arrays.items()},
          "label": None if label is None else label._asdict(), "dtype": spec.dtype}
+  if spec.kind in ("dense", "layer"):
+    out["layout"] = spec.layout
   if run.verdict.outputs is not None:
-    out["candidate"] = {k: np.asarray(v).tolist() for k, v in run.verdict.outputs.items()}
-    out["bpref"] = {k: np.asarray(run.truth.expected[k]).tolist() for k in run.verdict.outputs}
+    out["candidate"] = {k: _declared(spec, k, v).tolist() for k, v in run.verdict.outputs.items()}
+    out["bpref"] = {k: _declared(spec, k, run.truth.expected[k]).tolist()
+                    for k in run.verdict.outputs}
   return out
 
 

@@ -3,10 +3,11 @@
 As for whole networks (``bpref.oracle.diagnosis``), each finding is a tested hypothesis:
 
 * a bug model (``models``) is the op's backward pass rerun with one deliberate change (f' at
-  a instead of z, an a-form derivative fed z, f' missing, a derivative wrong on one side of a
-  kink, the softmax Jacobian's diagonal only, dW transposed, the first example's term in place
-  of a sum over the batch, a sum over the batch that should not be there, a fused loss form
-  where dC/dy was asked for...). It is the diagnosis when it reproduces every output the
+  a instead of z, a known wrong form of f' from ``bpref.oracle.forms`` (an a-form derivative
+  fed z, 1 - a for tanh, gelu_tanh without 3 k z^2, ...), f' missing, a derivative wrong on
+  one side of a kink, the softmax Jacobian's diagonal only, dW transposed, the first example's
+  term in place of a sum over the batch, a sum over the batch that should not be there, a fused
+  loss form where dC/dy was asked for...). It is the diagnosis when it reproduces every output the
   candidate got wrong, to within FIT_SLACK tolerances, while it differs from bpref's answer
   there, and does so again on other cases (another value seed, a larger batch);
 * a constant factor c with answer = c * bpref's is fitted on each wrong output, then refitted
@@ -22,14 +23,12 @@ import math
 import numpy as np
 
 from bpref import activations as _activations
+from bpref.oracle import forms as _forms
 from bpref.oracle.diagnosis import FIT_SLACK, Finding
 from bpref.oracle.ops import _judge, _kinds
 from bpref.oracle.ops._kinds import Label
 
-A_FORMS = {name: act.a_form for name, act in _activations.ACTIVATIONS.items() if act.a_form}
-"""f' written in terms of a = f(z): the form that gets fed z by mistake."""
-
-CONFIRMATIONS = 3
+CONFIRMATIONS = 4
 """Other cases a fitting model must reproduce too."""
 
 
@@ -62,10 +61,11 @@ def _elementwise_models(spec, case, truth):
   a = truth.a
   out = [("fprime_at_a", f"the derivative is taken at a = {name}(z), not at z: f'(a) in place of f'(z)",
           _kinds.df(name, a))]
-  if name in A_FORMS and not (spec.kind == "activation" and spec.takes == "a"):
-    text, form = A_FORMS[name]
-    out.append(("activation_derivative", f"the a-form of {name}', {text}, is fed z instead of a",
-                form(z)))
+  handed_a = spec.kind == "activation" and spec.takes == "a"
+  for form in _forms.of(name):  # the known wrong forms of f', bpref.oracle.forms
+    if form.variable == "a" or not handed_a:  # a candidate handed a computes no form of z
+      out.append(("activation_derivative", form.summary(),
+                  form.values(z, case.arrays["a"] if handed_a else a)))
   out.append(("fprime_missing", f"{name}' is missing: dz = dout, as for the identity",
               np.ones_like(z)))
   for summary, values in _side_models(name, z, df):
@@ -122,17 +122,26 @@ def _dense_models(spec, case, truth):
   delta = arr["dout"] if spec.kind == "dense" else _delta(spec, case, truth)
   B = x.shape[0]
   out = []
+  io = spec.layout == "in_out"  # the formulas in the candidate's layout: W (n_in, n_out) there
+  right_dW, wrong_dW = ("x^T dout", "dout^T x") if io else ("dout^T x", "x^T dout")
+  right_dx, wrong_dx = ("dout W^T", "dout W") if io else ("dout W", "dout W^T")
+  if min(W.shape) > 1:  # (39) computed transposed and reshaped: a transpose where W is square
+    right = e["dW"].T if io else e["dW"]  # in the candidate's layout
+    wrong = right.T.reshape(right.shape)
+    out.append(("transposed", f"dW is {wrong_dW} reshaped to the shape of {right_dW}, not "
+                "transposed (39)", {"dW": wrong.T if io else wrong}))
   if W.shape[0] == W.shape[1]:
-    out.append(("transposed", "dW is transposed: x^T dout in place of dout^T x (39)",
+    out.append(("transposed", f"dW is transposed: {wrong_dW} in place of {right_dW} (39)",
                 {"dW": e["dW"].T}))
-    out.append(("transposed", "dx uses W^T where W belongs: the layout of W confused, dout W^T in "
-                "place of dout W (26)", {"dx": delta @ W.T}))
+    out.append(("transposed", f"dx uses the transpose of W: the layout of W confused, {wrong_dx} "
+                f"in place of {right_dx} (26)", {"dx": delta @ W.T}))
     if spec.kind == "layer":
+      wrong = "a^T delta in place of x^T delta" if io else "delta^T a in place of delta^T x"
       out.append(("dW_from_output", "dW is built from the layer's output a, not its input x: "
-                  "delta^T a in place of delta^T x", {"dW": delta.T @ truth.a}))
+                  + wrong, {"dW": delta.T @ truth.a}))
   if spec.kind == "layer" and spec.name != "softmax":
-    out.append(("fprime_missing", f"dx skips {spec.name}': dout W in place of delta W "
-                "(dW and db right)", {"dx": arr["dout"] @ W}))
+    out.append(("fprime_missing", f"dx skips {spec.name}': {right_dx} in place of "
+                f"{right_dx.replace('dout', 'delta')} (dW and db right)", {"dx": arr["dout"] @ W}))
   if B > 1:
     for which, row in (("first", 0), ("last", -1)):
       how = "" if which == "first" else " (an assignment where += was meant)"
@@ -206,23 +215,27 @@ def _consistent(model: dict, outputs: dict, truth) -> bool:
 
 
 def _confirmation_labels(spec, label: Label | None) -> list:
-  """Other value seeds, a larger case, and planted kinks (which tell f' missing from a
-  derivative wrong below the kink)."""
+  """Other value seeds, a larger case, a W that is not square (where a transpose and a reshape
+  differ) and planted kinks (which tell f' missing from a derivative wrong below the kink)."""
   if label is None:
     return []
   B = label.dims[0]
   dims = (B + 1,) + tuple(d + 1 for d in label.dims[1:])
   out = [label._replace(seed=label.seed + 1), Label(dims, label.family, label.seed + 2)]
+  if spec.kind in ("dense", "layer"):
+    out.append(Label((B + 1, dims[1], dims[1] + 1), label.family, label.seed + 4))
   if "kink" in _kinds.families(spec) and label.family != "kink":
     out.append(Label(dims, "kink", label.seed + 3))
   return out
 
 
-def _runs(ev, labels):
+def _runs(ev, labels, answered=True):
+  """The runs of ``labels`` that check something; with ``answered``, those with an answer to
+  compare (not an exception or a wrong shape)."""
   out = []
   for label in labels:
     run = ev.run(_kinds.draw(ev.spec, label), forward=False)
-    if run.verdict is not None and run.verdict.outputs is not None:
+    if run.verdict is not None and (run.verdict.outputs is not None or not answered):
       out.append(run)
   return out
 
@@ -331,8 +344,127 @@ def _power(fits: dict):
   return None
 
 
+# ---------------------------------------------------------------- slips in calling check_op
+
+SLIP_KINDS = ("exception", "structure", "shape", "dtype", "numeric", "mutation")
+"""Failures that a call made another way may explain (not hangs, crashes or state)."""
+
+SLIP_CASES = 2
+"""Other cases on which the candidate, called the other way, must pass too."""
+
+_RETURNS = {"dense": "(dx, dW, db)", "layer": "(dx, dW, db)", "activation": "dz = dout * f'(z)",
+            "softmax": "dz = y * (dout - <dout, y>)", "loss": "dC/dy"}
+
+
+def _passes_as(ev, alt, case, truth, args=None) -> bool:
+  """Whether the candidate passes ``case`` when called as ``alt`` says (or on ``args``)."""
+  args = _judge.candidate_args(alt, case) if args is None else args
+  return _judge.judge(alt, case, truth, ev.call("backward", args)).passed
+
+
+def _computes_forward(ev, case, truth, outputs=None) -> bool:
+  """Whether the candidate computes bpref's forward output (x W^T + b, f(z), the loss): as
+  its answer to the backward's arguments, or when called on the forward's."""
+  spec = ev.spec
+  if outputs is None:
+    verdict = ev.run(case, forward=False).verdict
+    outputs = None if verdict is None else verdict.outputs
+  if outputs is not None and len(outputs) == 1 and truth.forward is not None:
+    (out,) = outputs.values()
+    if np.shape(out) == np.shape(truth.forward) and \
+        _kinds.error(out, truth.forward, truth.forward_bound) <= truth.forward_tol:
+      return True
+  outcome = ev.call("backward", _judge.forward_args(spec, case))
+  result = outcome.result
+  if outcome.status != "ok":
+    return False
+  if isinstance(result, list):  # (out, cache), as CS231n's forward functions return
+    if spec.kind == "loss" or not result:  # a loss returns (C, dC/dy) rightly
+      return False
+    result = result[0]
+  if not isinstance(result, (np.ndarray, np.number, float, int)):
+    return False
+  return _judge.judge_forward(spec, case, truth, outcome._replace(result=result)) is None
+
+
+def _slip_tests(spec) -> list:
+  """(code, summary, detail, test) for the slips this op may show; test(ev, case, truth,
+  outputs) says whether the candidate, called the other way, is right on one case."""
+  out = []
+  kind = spec.kind
+  if kind in ("dense", "layer") and spec.signature == "bpref":
+    other = "in_out" if spec.layout == "out_in" else "out_in"
+    shape = "(n_in, n_out)" if other == "in_out" else "(n_out, n_in)"
+    alt = spec._replace(layout=other)
+    out.append(("layout", f"the candidate takes W as {shape}: declare layout={other!r} "
+                f"(--layout {other})", f"called with W as {shape} and its dW read back the "
+                "same way, the candidate is right",
+                lambda ev, case, truth, outputs, alt=alt: _passes_as(ev, alt, case, truth)))
+  default_takes = spec.takes == _kinds.TAKES[kind][0]
+  if kind in ("activation", "dense", "layer") and default_takes and spec.signature == "bpref":
+    alt = spec._replace(signature="cs231n", layout="in_out")
+    cache = {"activation": "z", "dense": "(x, W, b)", "layer": "((x, W, b), z)"}[kind]
+    also = " and layout='in_out'" if kind != "activation" and spec.layout != "in_out" else ""
+    out.append(("signature", f"the candidate takes (dout, cache), as CS231n's layer functions "
+                f"do: pass signature='cs231n'{also} (--signature cs231n)",
+                f"called as candidate(dout, cache) with cache = {cache}, the candidate is right",
+                lambda ev, case, truth, outputs, alt=alt: _passes_as(ev, alt, case, truth)))
+  if spec.signature == "cs231n":
+    layouts = (spec.layout,) if kind == "activation" else dict.fromkeys((spec.layout, "out_in"))
+    for layout in layouts:
+      alt = spec._replace(signature="bpref", layout=layout)
+      out.append(("signature", "the candidate takes bpref's argument order, not CS231n's "
+                  f"(dout, cache): drop signature='cs231n'"
+                  + (f" and declare layout={layout!r}" if layout != spec.layout else ""),
+                  "called with bpref's argument order, the candidate is right",
+                  lambda ev, case, truth, outputs, alt=alt: _passes_as(ev, alt, case, truth)))
+  if kind in ("activation", "softmax", "loss") and not (kind == "activation" and default_takes):
+    first = _kinds.loss_input(spec) if kind == "loss" else spec.takes
+    second = "dout" if kind != "loss" else "labels" if spec.targets == "labels" else "t"
+    out.append(("arguments_swapped", f"the candidate takes its arguments the other way round, "
+                f"({second}, {first}): pass lambda {first}, {second}: candidate({second}, {first})",
+                "called with its arguments swapped, the candidate is right",
+                lambda ev, case, truth, outputs: _passes_as(
+                    ev, spec, case, truth, _judge.candidate_args(spec, case)[::-1])))
+  forward = _judge.FORWARD_NAMES[kind]
+  if spec.layout == "in_out":  # (7) with W of shape (n_in, n_out)
+    forward = forward.replace("W^T", "W")
+  out.append(("forward_as_backward", f"the candidate computes the forward pass {forward}, not "
+              f"its backward: pass the backward function, which returns {_RETURNS[kind]}",
+              f"its answer is bpref's forward output {forward}",
+              lambda ev, case, truth, outputs: _computes_forward(ev, case, truth, outputs)))
+  return out
+
+
+def _slips(ev, minimal, origin) -> list:
+  """A slip in calling check_op that explains the failure: the candidate, called another way
+  (the other layout, CS231n's (dout, cache), its arguments swapped, as the forward), is right
+  on the failing case and on ``SLIP_CASES`` other cases."""
+  if ev.stopped or minimal.verdict.kind not in SLIP_KINDS or minimal.truth is None:
+    return []
+  others = []
+  for label in _confirmation_labels(ev.spec, origin)[:SLIP_CASES]:
+    case = _kinds.draw(ev.spec, label)
+    truth = ev.truth(case)
+    if truth is not None:
+      others.append((case, truth, None))
+  if not others:  # the failing case alone may agree with a slip by chance (dout = 1 entries)
+    return []
+  cases = [(minimal.case, minimal.truth, minimal.verdict.outputs)] + others
+  for code, summary, detail, test in _slip_tests(ev.spec):
+    if all(test(ev, case, truth, outputs) and not ev.stopped for case, truth, outputs in cases):
+      return [Finding(code, summary, f"{detail} on the failing case and on {len(others)} other "
+                      "case(s)")]
+  return []
+
+
 def diagnose(ev, minimal, origin) -> list:
-  """Findings for the minimal failing run, the most specific first."""
+  """Findings for the minimal failing run, the most specific first: a slip in calling
+  check_op, else what the failure itself says."""
+  return _slips(ev, minimal, origin) or _diagnose(ev, minimal, origin)
+
+
+def _diagnose(ev, minimal, origin) -> list:
   spec, verdict, truth = ev.spec, minimal.verdict, minimal.truth
   if verdict.findings:
     return list(verdict.findings)
@@ -358,11 +490,16 @@ def diagnose(ev, minimal, origin) -> list:
       fitting.append((code, summary))
   findings = []
   if fitting:
-    others = _runs(ev, _confirmation_labels(spec, origin))[:CONFIRMATIONS]
+    others = _runs(ev, _confirmation_labels(spec, origin), answered=False)[:CONFIRMATIONS]
     for code, summary in fitting:
       confirmed = True
       for run in others:
         variants = [m for _, s, m in models(spec, run.case, run.truth) if s == summary]
+        if not variants and run.verdict.outputs is not None and code == "transposed":
+          confirmed = False  # a transpose of a non-square W cannot be computed; the candidate did
+          break
+        if run.verdict.outputs is None:
+          continue
         if variants and not any(_consistent(m, run.verdict.outputs, run.truth) for m in variants):
           confirmed = False
           break
@@ -411,7 +548,7 @@ def _where_it_runs(ev, kind) -> list:
   for family in ("normal", "plain"):
     run = ev.run(_kinds.draw(ev.spec, Label((2, 3, 3), family, ev.spec.seed)), forward=False)
     if run.verdict is not None and run.verdict.kind == "numeric":
-      found = diagnose(ev, run, run.case.label)
+      found = _diagnose(ev, run, run.case.label)
       return [f._replace(summary=f"{f.summary} (seen on a square W, where it runs; on the minimal "
                          f"non-square case it ends in {'an exception' if kind == 'exception' else 'a wrong shape'})")
               for f in found if f.code not in ("undiagnosed", "near_tolerance")]

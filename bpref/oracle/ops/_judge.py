@@ -181,12 +181,17 @@ def _shape_findings(spec, case, name, got, want) -> tuple:
   if len(got) == 2 and got == want[::-1] and got != want:
     if name == "dW":
       other = "in_out" if spec.layout == "out_in" else "out_in"
+      formula = "x^T dout" if spec.layout == "in_out" else "dout^T x"  # (39) in the layout
       found.append(Finding("transposed", "dW is transposed",
-                           f"dW = dout^T x has shape {want} in the {spec.layout} layout; {got} is "
+                           f"dW = {formula} has shape {want} in the {spec.layout} layout; {got} is "
                            f"its transpose (pass layout={other!r} if that is your W's layout)"))
     else:
       found.append(Finding("transposed", f"{name} is transposed",
                            f"{name} has one row per example: shape {want}, not {got}"))
+  elif name == "db" and got == (B,) and B != want[0]:
+    found.append(Finding("batch_sum_missing", "db is summed over the units (axis 1), not over "
+                         "the batch (axis 0)", f"db = sum_b dout_b has one entry per unit, "
+                         f"shape {want}; the candidate returned one per example, {got}"))
   elif name == "db" and got == (B, want[0]) and B > 1:
     found.append(Finding("batch_sum_missing", "db is not summed over the batch",
                          "db = sum_b dout_b has one entry per unit; the candidate returned one "
