@@ -37,7 +37,7 @@ def _flat_exact(problem):
 
 
 @few
-@given(bst.problems(hidden=COMPLEX_OK, depths=(1, 2)))
+@given(bst.all_problems(hidden=COMPLEX_OK, depths=(1, 2)))
 def test_complex_step_gradient_is_exact_to_rounding(problem):
   """Im C(theta + i h e_j) / h matches the referee within the rounding model (T)."""
   grads = fd.gradient(*problem, method="complex")
@@ -48,7 +48,7 @@ def test_complex_step_gradient_is_exact_to_rounding(problem):
 
 
 @few
-@given(bst.problems(hidden=SMOOTH, losses=SMOOTH_LOSSES, depths=(1, 2)))
+@given(bst.all_problems(hidden=SMOOTH, losses=SMOOTH_LOSSES, depths=(1, 2)))
 def test_richardson_within_its_error_estimate(problem):
   """|Richardson - exact| <= its own per-coordinate error estimate (plus (T) for the exact's scale)."""
   grads, errors = fd.gradient(*problem, method="richardson")
@@ -62,7 +62,7 @@ def test_richardson_within_its_error_estimate(problem):
 
 
 @few
-@given(bst.problems(hidden=SMOOTH, losses=SMOOTH_LOSSES, depths=(1, 2)))
+@given(bst.all_problems(hidden=SMOOTH, losses=SMOOTH_LOSSES, depths=(1, 2)))
 def test_central_difference_within_its_bound(problem):
   """Central differences at h* = (3u)^(1/3) s: error <= 100 (3u)^(2/3) max(1, |C|) s^2 ||g||."""
   theta, fun = fd.loss_function(*problem)
@@ -84,8 +84,8 @@ def test_complex_step_refuses_gelu():
 
 
 @few
-@given(bst.problems(hidden=("relu", "leaky_relu", "elu", "selu"), mode="kink", depths=(2,),
-                    losses=("squared_error", "half_squared_error")))
+@given(bst.all_problems(hidden=("relu", "leaky_relu", "elu", "selu"), mode="kink", depths=(2,),
+                        losses=("squared_error", "half_squared_error")))
 def test_complex_step_follows_the_kink_conventions(problem):
   """With z_l = 0 exactly, the complex step's branch on Re z gives bpref's f'(0) conventions."""
   tape = bpref.forward(problem.params, problem.x)
@@ -109,8 +109,8 @@ def _directional(params, x, t, loss, reduction, v, wrong):
 
 
 @few
-@given(bst.problems(hidden=tuple(a for a in SMOOTH if a in fd.COMPLEX_ACTIVATIONS),
-                    losses=SMOOTH_LOSSES, depths=(1, 2, 3)))
+@given(bst.all_problems(hidden=tuple(a for a in SMOOTH if a in fd.COMPLEX_ACTIVATIONS),
+                        losses=SMOOTH_LOSSES, depths=(1, 2, 3)))
 def test_directional_adjoint_check(problem):
   """<bpref's gradient, v> equals dC/dv by complex step and by Richardson; a 1e-3 error is caught."""
   theta, _ = fd.loss_function(*problem)
@@ -149,7 +149,7 @@ def _taylor_orders(problem, share):
 
 
 @few
-@given(bst.problems(hidden=SMOOTH, losses=SMOOTH_LOSSES))
+@given(bst.all_problems(hidden=SMOOTH, losses=SMOOTH_LOSSES))
 def test_taylor_remainder_order(problem):
   """float64: the fitted order is ~2 for bpref's gradient and ~1 for one off by 1% along v."""
   good, bad, norm_g = _taylor_orders(problem, 0.01)

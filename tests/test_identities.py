@@ -83,7 +83,7 @@ def _delta_bundle(params, x, t, loss, reduction):
 
 
 @few
-@given(bst.problems())
+@given(bst.all_problems())
 def test_delta_identities(problem):
   """delta_L = dC/dy J_f(z_L); delta recursion; dC/dW_l = delta_l^T a_{l-1}; dC/db_l = sum_b delta_l;
   delta_l = dC/dy lambda_l; dC/dx = delta_1 W_1."""
@@ -143,7 +143,7 @@ def _lambda_bundle(params, x):
 
 
 @few
-@given(bst.problems())
+@given(bst.all_problems())
 def test_lambda_identities(problem):
   """lambda_L = J_f(z_L); lambda recursion; lambda_l = dy/dz_l by injection; dy/dx = lambda_1 W_1."""
   params, x = problem.params, problem.x
@@ -174,7 +174,7 @@ def _batch_bundle(params, x, t, loss):
 
 
 @few
-@given(bst.problems())
+@given(bst.all_problems())
 def test_batch_additivity_and_rank(problem):
   """dC/dparams of the batch = sum (or mean) of the examples' gradients; rank dC/dW_l <= B."""
   params, x, t, loss = problem.params, problem.x, problem.t, problem.loss
@@ -205,7 +205,7 @@ def _linear_bundle(params, x, g1, g2, alpha, loss_unused=None):
 
 
 @few
-@given(bst.problems(), st.floats(-3, 3, allow_subnormal=False), st.integers(0, 2 ** 31))
+@given(bst.all_problems(), st.floats(-3, 3, allow_subnormal=False), st.integers(0, 2 ** 31))
 def test_backward_map_is_linear_in_dC_dy(problem, alpha, seed):
   """delta(alpha g1 + g2) = alpha delta(g1) + delta(g2) for any output cotangents g1, g2."""
   params, x = problem.params, problem.x
@@ -228,9 +228,9 @@ def _homogeneity_bundle(params, x, t, loss, reduction):
 
 
 @few
-@given(bst.problems(hidden=("relu", "identity", "leaky_relu"), bias=False,
-                    losses=("squared_error", "half_squared_error", "softmax_cross_entropy",
-                            "sigmoid_binary_cross_entropy", "huber")))
+@given(bst.all_problems(hidden=("relu", "identity", "leaky_relu"), bias=False,
+                        losses=("squared_error", "half_squared_error", "softmax_cross_entropy",
+                                "sigmoid_binary_cross_entropy", "huber")))
 def test_positive_homogeneity(problem):
   """Bias-free relu/identity/leaky_relu nets: <W_l, dC/dW_l> = <dC/dy, y> for every l."""
   params, x, t, loss, reduction = problem

@@ -186,14 +186,14 @@ def test_strata_cover_every_name_evenly_and_follow_the_seed():
 
 
 @settings(max_examples=EXAMPLES)
-@given(bst.problems())
+@given(bst.all_problems())
 def test_strategy_problems_reach_every_layer(problem):
   assert _zero_layers(problem.params, problem.x, problem.t, problem.loss) == []
 
 
 @settings(max_examples=EXAMPLES)
-@given(bst.problems(hidden=("relu",), losses=("squared_error", "softmax_cross_entropy"),
-                    widths=(1, 2)))
+@given(bst.all_problems(hidden=("relu",), losses=("squared_error", "softmax_cross_entropy"),
+                        widths=(1, 2)))
 def test_strategy_problems_of_narrow_relu_nets_reach_every_layer(problem):
   assert problem.params[-1].W.shape[0] >= problems.min_output_width(
       problem.params[-1].activation, problem.loss)
@@ -201,7 +201,7 @@ def test_strategy_problems_of_narrow_relu_nets_reach_every_layer(problem):
 
 
 @settings(max_examples=EXAMPLES)
-@given(bst.problems(mode="kink", hidden=KINKED, widths=(1, 2, 3)))
+@given(bst.all_problems(mode="kink", hidden=KINKED, widths=(1, 2, 3)))
 def test_strategy_kink_problems_plant_exact_zeros_and_reach_every_layer(problem):
   """Every kinked layer has 2 units or more and one unit with z = 0 exactly (a zero row, b = 0)."""
   for p in problem.params:
@@ -213,7 +213,96 @@ def test_strategy_kink_problems_plant_exact_zeros_and_reach_every_layer(problem)
 
 
 def test_strategy_problems_draw_both_kinds_of_cross_entropy_target():
-  soft = bst.problems(losses=problems.SOFT_TARGETS)
+  soft = bst.all_problems(losses=problems.SOFT_TARGETS)
   settings_ = settings(database=None, max_examples=200)
   find(soft, lambda p: bool(np.any(np.abs(p.t.sum(axis=-1) - 1) > 1e-6)), settings=settings_)
   find(soft, lambda p: bool(np.all(np.abs(p.t.sum(axis=-1) - 1) < 1e-12)), settings=settings_)
+
+
+def _drawn(strategy, count=40):
+  """``count`` derandomized draws of ``strategy``."""
+  out = []
+
+  @settings(max_examples=count, database=None, derandomize=True, deadline=None)
+  @given(strategy)
+  def collect(problem):
+    out.append(problem)
+
+  collect()
+  return out
+
+
+def _arch(problem):
+  from bpref.oracle.spec import Arch
+
+  sizes = (problem.params[0].W.shape[1],) + tuple(p.W.shape[0] for p in problem.params)
+  return Arch(sizes, tuple(p.activation for p in problem.params), problem.loss, problem.x.shape[0], 0)
+
+
+def test_strategy_problems_default_to_the_oracles_default_domain():
+  """What a property test draws by default, the oracle's default check could draw: the domain,
+  the reduction, biases, float64, the (n_l, n_{l-1}) layout, targets that sum to 1."""
+  from bpref.oracle.spec import make_spec, outside
+
+  spec = make_spec()
+  drawn = _drawn(bst.problems(), 60)
+  for problem in drawn:
+    assert outside(_arch(problem), spec) == "", problem.describe()
+    assert problem.reduction == spec.reduction and problem.x.dtype == np.dtype(spec.dtype)
+    assert all(p.b is not None for p in problem.params) == spec.bias
+    assert type(problem).layout == spec.layout
+    assert problem.arrays()[0][0].shape == problem.params[0].W.shape
+  assert {p.activation for problem in drawn for p in problem.params} == set(spec.activations)
+  entropy = _drawn(bst.problems(losses=problems.SOFT_TARGETS, activations=("tanh", "identity")), 30)
+  assert {problem.loss for problem in entropy} == set(problems.SOFT_TARGETS)
+  for problem in entropy:
+    np.testing.assert_allclose(problem.t.sum(axis=-1), 1.0, rtol=1e-12)
+    assert (problem.params[-1].activation == "softmax") == (problem.loss == "cross_entropy")
+
+
+def test_strategy_problems_narrow_as_asked():
+  drawn = _drawn(bst.problems(activations=("tanh", "relu"), losses=("softmax_cross_entropy",),
+                              output_activations=("identity",), reduction="sum", bias=False,
+                              dtype=np.float32, layout="in_out", targets="unnormalized",
+                              max_depth=2, max_width=3, max_batch=2))
+  for problem in drawn:
+    assert isinstance(problem, problems.ProblemInOut) and problem.layout == "in_out"
+    acts = [p.activation for p in problem.params]
+    assert set(acts[:-1]) <= {"tanh", "relu"} and acts[-1] == "identity", acts
+    assert problem.loss == "softmax_cross_entropy" and problem.reduction == "sum"
+    assert all(p.b is None for p in problem.params) and problem.x.dtype == np.float32
+    assert len(problem.params) <= 2 and problem.x.shape[0] <= 2
+    assert max(max(p.W.shape) for p in problem.params) <= 3
+    assert np.all(np.abs(problem.t.sum(axis=-1) - 1) > 1e-3)
+    weights, biases, activations, loss, x, t = problem.arrays()
+    assert biases is None and activations == acts and loss == problem.loss
+    for W, p in zip(weights, problem.params):
+      np.testing.assert_array_equal(W, np.asarray(p.W).T)
+  assert {len(problem.params) for problem in drawn} == {1, 2}
+
+
+def test_strategy_problems_widen_to_softmax_after_any_loss_only_when_asked():
+  plain = _drawn(bst.problems(activations=("tanh", "softmax")), 30)
+  assert all(problem.params[-1].activation == "tanh" for problem in plain)
+  anything = _drawn(bst.problems(activations=("tanh",), output_activations="any"), 30)
+  assert {problem.params[-1].activation for problem in anything} == {"tanh", "softmax"}
+  named = _drawn(bst.problems(activations=("tanh",), losses=("squared_error", "cross_entropy"),
+                              output_activations={"squared_error": ("sigmoid",)}), 30)
+  assert {(problem.loss, problem.params[-1].activation) for problem in named} == {
+      ("squared_error", "sigmoid"), ("cross_entropy", "softmax")}
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"layout": "rows"}, "layout"),
+    ({"targets": "sums"}, "targets"),
+    ({"reduction": "avg"}, "reduction"),
+    ({"activations": ("swish",)}, "unknown activation"),
+    ({"losses": ("hinge",)}, "unknown loss"),
+    ({"activations": ("softmax",)}, "output_activations"),
+    ({"losses": ("cross_entropy",), "output_activations": {"cross_entropy": ("tanh",)}}, "softmax"),
+    ({"max_width": 0}, "max_width"),
+    ({"max_depth": 2, "depths": (1, 2)}, "max_depth"),
+])
+def test_strategy_problems_refuse_a_bad_option_when_made(options, message):
+  with pytest.raises(ValueError, match=message):
+    bst.problems(**options)

@@ -79,7 +79,7 @@ _LOGIT_LOSSES = ("squared_error", "half_squared_error", "softmax_cross_entropy",
 
 
 @settings(max_examples=EXAMPLES)
-@given(bst.problems(mode="saturated", losses=_LOGIT_LOSSES))
+@given(bst.all_problems(mode="saturated", losses=_LOGIT_LOSSES))
 def test_bpref_within_1e12_of_referee_on_saturated_problems(problem):
   exact = referee.exact(*problem)
   err = referee.worst_error(_bpref_grad(*problem), exact.grads)
@@ -106,7 +106,7 @@ _CANCELLING = problems.Problem(
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @settings(max_examples=EXAMPLES)
-@given(data=bst.problems(depths=(1, 2)))
+@given(data=bst.all_problems(depths=(1, 2)))
 @example(data=_CANCELLING)
 def test_bpref_within_the_rounding_model_of_the_referee(dtype, data):
   """Gradients, deltas, dC/dx and lambdas on well-conditioned problems, float64 and float32.

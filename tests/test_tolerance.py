@@ -42,7 +42,7 @@ def _with_one_wrong_coordinate(array, rel):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @settings(max_examples=EXAMPLES)
-@given(data=bst.problems())
+@given(data=bst.all_problems())
 def test_model_passes_correct_gradients_and_flags_one_wrong_coordinate(dtype, data):
   problem = _cast(data, dtype)
   tol = tolerance.problem_tolerance(problem.params, problem.x)
@@ -118,8 +118,8 @@ def _predict(params, x):
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
 @settings(max_examples=EXAMPLES)
-@given(data=bst.problems(depths=(1, 2), widths=(1, 2, 3), hidden=bst.SMOOTH,
-                         losses=("squared_error",)))
+@given(data=bst.all_problems(depths=(1, 2), widths=(1, 2, 3), hidden=bst.SMOOTH,
+                             losses=("squared_error",)))
 def test_low_precision_forward_within_the_model(dtype, data):
   """bfloat16 and float16 forward passes are within forward (T) of the exact forward pass."""
   problem = _cast(data, dtype)

@@ -157,10 +157,17 @@ class Report:
     if self.case and self.case.get("arrays"):
       lines.append("")
       rerun = rerun or "--reproducer FILE, or the report's reproducer"
-      lines.append(f"  arrays of the minimal case (rerun them: {rerun}):")
+      in_out = s.get("layout") == "in_out"  # W_l and dW_l shown as the candidate stores them
+
+      def laid_out(name, value):
+        arr = np.asarray(value, np.float64)
+        return arr.T if in_out and name.lstrip("d").startswith("W") else arr
+
+      layout = ", W_l as (n_{l-1}, n_l): layout in_out" if in_out else ""
+      lines.append(f"  arrays of the minimal case{layout} (rerun them: {rerun}):")
       with np.printoptions(precision=4, suppress=True, linewidth=100):
         for name, value in self.case["arrays"].items():
-          arr = np.asarray(value)
+          arr = laid_out(name, value)
           if arr.size <= 24:
             lines.append(f"    {name} = " + np.array2string(arr, prefix=f"    {name} = "))
       mine, ours = self.case.get("candidate", {}), self.case.get("bpref", {})
@@ -168,7 +175,7 @@ class Report:
       if shown:
         lines.append("  gradients on it, the candidate's beside bpref's:")
         for k in shown:
-          c, b = np.asarray(mine[k], np.float64).ravel(), np.asarray(ours[k], np.float64).ravel()
+          c, b = laid_out(k, mine[k]).ravel(), laid_out(k, ours[k]).ravel()
           digits = _digits_that_differ(c, b)
           fmt = {"float_kind": lambda v, d=digits: f"{v:.{d}g}"}
           lines.append(f"    {k}: candidate {np.array2string(c, formatter=fmt)}  "

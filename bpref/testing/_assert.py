@@ -2,13 +2,31 @@
 
 from __future__ import annotations
 
+import collections
+import hashlib
+import os
+import re
+import sys
+import tempfile
 
-def assert_backprop_correct(candidate, **spec):
+ENV_REPRODUCER_DIR = "BPREF_REPRODUCER_DIR"
+"""Where a failed assertion writes its reproducer script when not told a file; the pytest
+plugin (``bpref.testing.plugin``) sets it to a folder of pytest's cache directory."""
+
+TALLY = collections.Counter()
+"""What this process's assertions and ``reference_grads`` did: "checks", "failed",
+"references"; the pytest plugin's summary line reads it."""
+
+
+def assert_backprop_correct(candidate, *, reproducer=None, **spec):
   """Assert that ``candidate`` computes bpref's gradients everywhere in the declared domain.
 
   Args:
     candidate: grads(weights, biases, activations, loss, x, t) -> (dW, db) [, loss_value)] on
       NumPy arrays (see ``bpref.oracle``).
+    reproducer: the file a failure writes its reproducer script to; by default a file named
+      after the test in $BPREF_REPRODUCER_DIR (the pytest plugin: .pytest_cache/d/bpref-
+      reproducers), else in the temporary directory; False writes none.
     **spec: the domain and search options of ``bpref.oracle.check`` (activations, losses,
       output_activations, reduction, max_depth, max_width, max_batch, dtype, layout, bias,
       examples, seed, strict_kinks, timeout, isolate, workers).
@@ -18,8 +36,9 @@ def assert_backprop_correct(candidate, **spec):
 
   Raises:
     AssertionError with the oracle's readable report (minimal failing network, errors per
-    array, diagnosis) when the candidate is wrong somewhere in the domain, or when the oracle
-    gives no verdict (fewer networks checked than asked for: the report counts them).
+    array, diagnosis) and the reproducer's path when the candidate is wrong somewhere in the
+    domain, or when the oracle gives no verdict (fewer networks checked than asked for: the
+    report counts them). Its first line names the diagnosis; ``err.bpref_report`` is the report.
 
   >>> import numpy as np
   >>> from bpref.testing import assert_backprop_correct
@@ -29,12 +48,92 @@ def assert_backprop_correct(candidate, **spec):
   >>> _ = assert_backprop_correct(linear, activations=("identity",), losses=("half_squared_error",),
   ...                             max_depth=1, examples=5)
   """
+  __tracebackhide__ = True  # pytest shows the caller's line, not this function
   from bpref import compilation, oracle
 
   compilation.use_cache(default=True)  # the persistent cache (bpref.compilation), as the CLI
   report = oracle.check(candidate, **spec)
-  if not report.passed:
-    head = "is wrong" if report.verdict == "fail" else "could not be judged (no verdict)"
-    raise AssertionError(f"bpref oracle: the candidate's backprop {head}\n" + report.text()
-                         + "\n\nreproducer:\n" + report.reproducer)
-  return report
+  TALLY["checks"] += 1
+  if report.passed:
+    return report
+  TALLY["failed"] += 1
+  script = _runnable(report.reproducer, candidate) if report.reproducer else ""
+  path = write_reproducer(script, reproducer, _name(candidate))
+  raise failure("bpref oracle", "the candidate's backprop", report, path,
+                report.text(rerun="the reproducer below" if path else None))
+
+
+def failure(what: str, whose: str, report, path: str | None, text: str) -> AssertionError:
+  """The AssertionError of a failed check: a first line that names the diagnosis, the
+  report's ``text`` once, the reproducer's path; ``bpref_report`` and ``bpref_reproducer``
+  ride along."""
+  if report.verdict == "fail":
+    code = f" [{report.codes[0] if report.codes else report.kind}]"  # the most likely diagnosis
+    head = f"{what}{code}: {whose} is wrong"
+  else:
+    head = f"{what}: {whose} could not be judged (no verdict)"
+  where = (f"\n\nreproducer: {path}" if path else
+           "\n\nreproducer: not written to a file (it is the error's bpref_report.reproducer)"
+           if report.reproducer else "")
+  err = AssertionError(f"{head}\n{text}{where}")
+  err.bpref_report = report
+  err.bpref_reproducer = path
+  return err
+
+
+def write_reproducer(script: str, path=None, name: str = "candidate") -> str | None:
+  """Write ``script`` to ``path``, or to a file named after the running test (or ``name``)
+  in $BPREF_REPRODUCER_DIR or the temporary directory; its absolute path, or None when
+  there is none to write, ``path`` is False, or the file cannot be written (the report
+  still holds the script)."""
+  if not script or path is False:
+    return None
+  if path is None:
+    folder = os.environ.get(ENV_REPRODUCER_DIR) or os.path.join(tempfile.gettempdir(),
+                                                                 "bpref-reproducers")
+    test = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0]  # "file::test (call)"
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", test or name).strip("_.")[:80] or "candidate"
+    digest = hashlib.sha1((test or name).encode()).hexdigest()[:8]
+    path = os.path.join(folder, f"repro_{stem}_{digest}.py")
+  path = os.path.abspath(os.fspath(path))
+  try:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as fh:
+      fh.write(script)
+  except OSError:
+    return None
+  return path
+
+
+_PLACEHOLDER = "candidate = ...  #"
+
+
+def _runnable(script: str, candidate) -> str:
+  """``script`` with its ``candidate = ...`` line loading ``candidate`` by its import path,
+  when it is a module-level function of an importable module (else left to fill in)."""
+  module = sys.modules.get(getattr(candidate, "__module__", None) or "")
+  name = getattr(candidate, "__qualname__", "")
+  if module is None or not name.isidentifier() or getattr(module, name, None) is not candidate:
+    return script
+  file = getattr(module, "__file__", None)
+  if not file:
+    return script
+  root = os.path.abspath(file)
+  for _ in module.__name__.split("."):  # up from the file to the folder the dotted name starts in
+    root = os.path.dirname(root)
+  if os.path.basename(file) == "__init__.py":
+    root = os.path.dirname(root)
+  paths = list(dict.fromkeys([root, os.getcwd()]))
+  load = (f"sys.path[:0] = {paths!r}  # where the test run imported {module.__name__}\n"
+          f"from bpref.oracle.isolation import load_target\n"
+          f"candidate = load_target({module.__name__ + ':' + name!r})\n")
+  lines = script.splitlines(keepends=True)
+  for i, line in enumerate(lines):
+    if line.startswith(_PLACEHOLDER):
+      lines[i] = load
+      return "".join(lines)
+  return script
+
+
+def _name(candidate) -> str:
+  return getattr(candidate, "__qualname__", None) or type(candidate).__name__

@@ -36,20 +36,46 @@ DRAWS = 64
 """Draws ``random_problem`` makes before it gives up on finding a problem that is not vacuous."""
 
 
+LAYOUTS = ("out_in", "in_out")
+"""How a candidate stores W_l: (n_l, n_{l-1}), bpref's own, or its transpose (n_{l-1}, n_l)."""
+
+
 class Problem(NamedTuple):
-  """One verification case: the network, a batch and a loss."""
+  """One verification case: the network, a batch and a loss.
+
+  ``params`` is bpref's (W_l of shape (n_l, n_{l-1})), so ``bpref.grad(*problem)`` works
+  whatever ``layout`` says; ``layout`` is the candidate's, the layout of ``arrays()``.
+  """
   params: tuple
   x: np.ndarray
   t: np.ndarray
   loss: str
   reduction: str
 
+  layout = "out_in"
+
   def describe(self) -> str:
     sizes = [self.params[0].W.shape[1]] + [p.W.shape[0] for p in self.params]
     acts = ",".join(p.activation for p in self.params)
     bias = "" if self.params[0].b is not None else " no-bias"
+    layout = "" if self.layout == "out_in" else f" {self.layout}"
     return (f"sizes={tuple(sizes)} acts=({acts}) loss={self.loss}/{self.reduction} "
-            f"B={self.x.shape[0]} {self.x.dtype}{bias}")
+            f"B={self.x.shape[0]} {self.x.dtype}{bias}{layout}")
+
+  def arrays(self) -> tuple:
+    """(weights, biases, activations, loss, x, t): the candidate protocol's arguments
+    (``bpref.oracle``), fresh NumPy copies, W_l in ``layout``; biases is None without them."""
+    weights = [np.array(p.W.T if self.layout == "in_out" else p.W) for p in self.params]
+    biases = None if self.params[0].b is None else [np.array(p.b) for p in self.params]
+    return (weights, biases, [p.activation for p in self.params], self.loss, np.array(self.x),
+            np.array(self.t))
+
+
+class ProblemInOut(Problem):
+  """A ``Problem`` for a candidate that stores W_l as (n_{l-1}, n_l): ``arrays()`` and
+  ``bpref.testing.reference_grads`` give W_l and dC/dW_l transposed; ``params`` is bpref's."""
+  __slots__ = ()
+  layout = "in_out"
 
 
 def output_activation(rng: np.random.Generator, loss: str) -> str:

@@ -20,22 +20,33 @@ Three modes shape the values:
   the kink convention. ``problems`` gives such layers at least 2 units; a layer
   of one unit gets no planted zero (it would silence the whole layer).
 
+``problems`` draws from the oracle's default domain (``bpref.oracle.spec.Spec``: the
+activations identity, relu, tanh and sigmoid, squared_error, the mean, biases, depth <= 3,
+widths <= 5, B <= 4, float64), so that a property test and ``assert_backprop_correct``
+check the same networks; its options narrow or widen it as the oracle's options do
+(activations, losses, output_activations, reduction, bias, dtype, layout, targets and the
+size bounds). ``all_problems`` draws from everything bpref computes (``EVERYWHERE``).
+
 No problem is vacuous (``bpref.testing.problems.vacuous``): a softmax, on the output
 layer or inside softmax_cross_entropy, has at least 2 units, and values in
 which some layer's true gradient is identically zero (an all-dead relu layer,
 say) are drawn again from the same seeded generator. Cross-entropy targets
-(``bpref.testing.problems.SOFT_TARGETS``) are drawn both as probability rows and as
-rows that do not sum to 1.
+(``bpref.testing.problems.SOFT_TARGETS``) are probability rows, as the oracle draws
+them; ``targets="unnormalized"`` or ``"any"`` draws rows that do not sum to 1 as well.
 
-Example (a property test in a user's suite)::
+Example (a property test in a user's suite; ``bpref.testing.reference_grads`` evaluates
+bpref's gradients in a few compiled programs whatever the shapes drawn)::
 
+  import numpy as np
   from hypothesis import given
-  import bpref
-  from bpref.testing import strategies as bst
+  from bpref.testing import reference_grads, strategies as bst
 
-  @given(bst.problems(mode="saturated"))
-  def test_gradient_is_finite(problem):
-    grads = bpref.grad(*problem)
+  @given(bst.problems(activations=("relu", "tanh", "identity"), layout="in_out"))
+  def test_my_gradients(problem):
+    dW, db = my_grads(*problem.arrays())        # W_l of shape (n_{l-1}, n_l)
+    want = reference_grads(problem)             # bpref's, in the same layout
+    for mine, ours in zip(dW, want.dW):
+      np.testing.assert_allclose(mine, ours, rtol=1e-9, atol=1e-12)
 """
 
 from __future__ import annotations
@@ -49,7 +60,8 @@ from bpref import activations as _activations
 from bpref import losses as _losses
 from bpref.structures import Architecture, Layer
 from bpref.testing import problems as _problems
-from bpref.testing.problems import Problem, targets
+from bpref.testing.problems import Problem
+from bpref.testing.problems import targets as targets_for
 
 WIDTHS = (1, 2, 3, 5)
 """Layer widths n_l (1 included)."""
@@ -136,35 +148,165 @@ def _output_for(loss, hidden):
   return tuple(hidden) + ("softmax",)
 
 
-@st.composite
-def problems(draw, *, dtype=np.float64, mode: str = "default", losses=None, hidden=None,
-             depths=(1, 2, 3), widths=WIDTHS, batch_sizes=BATCHES, bias=None,
-             reductions=_losses.REDUCTIONS) -> Problem:
+TARGETS = ("normalized", "unnormalized", "any")
+"""Cross-entropy target rows (``problems``' ``targets``): summing to 1, not summing to 1, or either."""
+
+EVERYWHERE = {"activations": tuple(_activations.ACTIVATIONS), "losses": tuple(_losses.LOSSES),
+              "output_activations": "any", "reduction": "any", "bias": None, "targets": "any"}
+"""``problems`` options for everything bpref computes, wider than the oracle's default domain:
+every activation and loss, any activation on the output layer of a loss that takes any
+(softmax after squared_error included), both reductions, biases or none, and cross-entropy
+targets that do not sum to 1. bpref's own suite draws from it: ``problems(**EVERYWHERE)``."""
+
+
+def _bounded(values, bound, what) -> tuple:
+  if int(bound) < 1:
+    raise ValueError(f"{what} must be >= 1; got {bound}")
+  return tuple(sorted({v for v in values if v <= bound} | {int(bound)}))
+
+
+def _one_of(value, valid, what) -> tuple:
+  """``value`` as a tuple of choices: "any" is all of ``valid``, a name is itself."""
+  names = tuple(valid) if value == "any" else ((value,) if isinstance(value, str) else tuple(value))
+  bad = [v for v in names if v not in valid]
+  if bad or not names:
+    raise ValueError(f"{what} must be one of {', '.join(valid)} (or \"any\", or a tuple of "
+                     f"them); got {value!r}")
+  return names
+
+
+def _outputs(losses, activations, hidden, output_activations) -> dict:
+  """{loss: the output activations drawn after it}, by the oracle's rule (``bpref.oracle.spec``)
+  unless ``output_activations`` is "any" (every activation, softmax included)."""
+  if output_activations == "any":
+    return {loss: _output_for(loss, hidden) for loss in losses}
+  from bpref.oracle import spec as _spec
+
+  given = output_activations
+  if given is not None and not isinstance(given, dict):
+    names = (given,) if isinstance(given, str) else tuple(given)
+    given = {loss: names for loss in losses if _losses.get(loss).output is None}
+  domain = _spec.make_spec(activations=tuple(activations), losses=tuple(losses),
+                           output_activations=given, max_depth=1)
+  out = {loss: domain.outputs_for(loss) for loss in losses}
+  for loss, names in out.items():
+    if not names:
+      raise ValueError(f"output_activations: no activation declared for the output layer before "
+                       f"{loss!r} (softmax is drawn there only when named for it)")
+  return out
+
+
+def problems(*, activations=None, losses=None, output_activations=None, reduction=None,
+             bias=True, dtype=np.float64, layout: str = "out_in", targets: str = "normalized",
+             max_depth: int | None = None, max_width: int | None = None,
+             max_batch: int | None = None, mode: str = "default", hidden=None, depths=None,
+             widths=None, batch_sizes=None, reductions=None):
   """Whole problems (params, x, t, loss, reduction), a ``bpref.testing.problems.Problem``, never vacuous.
 
-  The output activation suits the loss (sigmoid for binary_cross_entropy,
-  softmax for cross_entropy); targets are valid for it (nonnegative rows for the
-  cross-entropies, summing to 1 or not, [0, 1] for the binary ones, N(0, 1)
-  otherwise). A softmax output, or softmax_cross_entropy, gets at least 2 units
-  (the smallest such width in ``widths``); in ``"kink"`` mode so does every
-  layer with a kinked activation.
+  The defaults are the oracle's default domain (``bpref.oracle.spec.Spec``, what
+  ``assert_backprop_correct`` checks when given no options), and every option narrows or
+  widens it as the oracle's option of the same name does:
 
   Args:
-    dtype: float64, float32 (or a low-precision float for forward passes).
-    mode: "default", "saturated" or "kink".
-    losses: loss names to draw from (default all).
-    hidden: hidden activation names (default: every activation but softmax).
-    depths, widths, batch_sizes: the small sets sizes are drawn from.
-    bias: True/False to fix it, None to draw it.
-    reductions: "mean", "sum" or both.
+    activations: the activations the code under test implements (default identity, relu,
+      tanh, sigmoid); hidden layers draw from those that are elementwise.
+    losses: loss names (default squared_error).
+    output_activations: the output layer's activation: by default the one the loss requires
+      (softmax for cross_entropy, sigmoid for binary_cross_entropy), else any declared
+      activation but softmax; a tuple of names for every loss that takes any output, or the
+      oracle's {loss: names}; "any" allows softmax too (after squared_error, say).
+    reduction: "mean" (the default, C = (1/B) sum_b C_b), "sum", "any" or a tuple of them.
+    bias: True (the default) or False to fix it, None to draw it.
+    dtype: float64 (the default), float32 (or a low-precision float for forward passes).
+    layout: "out_in" (W_l of shape (n_l, n_{l-1}), bpref's) or "in_out" (its transpose):
+      the layout of ``problem.arrays()`` and of ``reference_grads(problem)``; ``params``
+      stays bpref's, so ``bpref.grad(*problem)`` works in either.
+    targets: rows of a cross-entropy target (softmax_cross_entropy, cross_entropy):
+      "normalized" (the default, as the oracle draws them: rows that sum to 1, where
+      dC/dz_L = y - t), "unnormalized" (nonnegative rows that do not sum to 1, where
+      dC/dz_L = y sum_k t_k - t) or "any".
+    max_depth, max_width, max_batch: the largest L, n_l and B (default 3, 5, 4 as the
+      oracle); widths come from ``WIDTHS`` and batches from ``BATCHES`` below the bound,
+      and the bound itself.
+    mode: "default", "saturated" or "kink" (the module's modes).
+    hidden: hidden activation names, in place of those of ``activations``.
+    depths, widths, batch_sizes: the sets sizes are drawn from, in place of the bounds.
+    reductions: the reductions to draw from, in place of ``reduction``.
+
+  The output activation suits the loss; targets are valid for it (nonnegative rows for the
+  cross-entropies, [0, 1] for the binary ones, N(0, 1) otherwise). A softmax output, or
+  softmax_cross_entropy, gets at least 2 units (the smallest such width in ``widths``); in
+  ``"kink"`` mode so does every layer with a kinked activation. ``EVERYWHERE`` holds the
+  options for everything bpref computes.
+
+  A ValueError names a bad option when the strategy is made, not when it draws.
   """
+  from bpref.oracle import spec as _spec
+
   _check_mode(mode)
+  defaults = _spec.Spec
   if hidden is None:
-    hidden = HIDDEN
-  loss = draw(st.sampled_from(tuple(losses or _losses.LOSSES)))
-  reduction = draw(st.sampled_from(tuple(reductions)))
-  arch = draw(architectures(depths=depths, widths=widths, hidden=hidden,
-                            output=_output_for(loss, hidden), bias=bias))
+    activations = tuple(defaults.activations if activations is None else activations)
+    for name in activations:
+      _activations.get(name)
+    hidden = tuple(a for a in activations if a not in _activations.OUTPUT_ONLY)
+  else:
+    hidden = tuple(hidden)
+    activations = hidden if activations is None else tuple(activations)
+  for name in hidden:
+    if name in _activations.OUTPUT_ONLY:
+      raise ValueError(f"hidden: {name!r} is an output activation only")
+  losses = tuple(defaults.losses if losses is None else losses)
+  for name in losses:
+    _losses.get(name)
+  outputs = _outputs(losses, activations, hidden, output_activations)
+  if reductions is not None and reduction is not None:
+    raise ValueError("give reduction or reductions, not both")
+  reductions = _one_of(defaults.reduction if reduction is None and reductions is None
+                       else (reductions if reductions is not None else reduction),
+                       _losses.REDUCTIONS, "reduction")
+  if layout not in _problems.LAYOUTS:
+    raise ValueError(f"layout must be one of {', '.join(_problems.LAYOUTS)}; got {layout!r}")
+  if targets not in TARGETS:
+    raise ValueError(f"targets must be one of {', '.join(TARGETS)}; got {targets!r}")
+  for name, bound, given in (("max_depth", max_depth, depths), ("max_width", max_width, widths),
+                             ("max_batch", max_batch, batch_sizes)):
+    if bound is not None and given is not None:
+      raise ValueError(f"give {name} or the set it bounds, not both")
+  if depths is None:
+    depths = tuple(range(1, int(defaults.max_depth if max_depth is None else max_depth) + 1))
+    if not depths:
+      raise ValueError(f"max_depth must be >= 1; got {max_depth}")
+  if widths is None:
+    widths = _bounded(WIDTHS, defaults.max_width if max_width is None else max_width, "max_width")
+  if batch_sizes is None:
+    batch_sizes = _bounded(BATCHES, defaults.max_batch if max_batch is None else max_batch,
+                           "max_batch")
+  if max(depths) > 1 and not hidden:
+    raise ValueError("activations: hidden layers need an elementwise activation; add one "
+                     "(e.g. 'identity') or set max_depth=1")
+  return _drawn_problems(dtype=np.dtype(dtype), mode=mode, losses=losses, hidden=hidden,
+                         outputs=outputs, depths=tuple(depths), widths=tuple(widths),
+                         batch_sizes=tuple(batch_sizes), bias=bias, reductions=reductions,
+                         targets=targets, kind=_problems.ProblemInOut if layout == "in_out"
+                         else Problem)
+
+
+def all_problems(**options):
+  """``problems`` over everything bpref computes (``EVERYWHERE``), ``options`` narrowing it."""
+  options = {**EVERYWHERE, **options}
+  if "reductions" in options:
+    options.pop("reduction")
+  return problems(**options)
+
+
+@st.composite
+def _drawn_problems(draw, *, dtype, mode, losses, hidden, outputs, depths, widths, batch_sizes,
+                    bias, reductions, targets, kind) -> Problem:
+  loss = draw(st.sampled_from(losses))
+  reduction = draw(st.sampled_from(reductions))
+  arch = draw(architectures(depths=depths, widths=widths, hidden=hidden, output=outputs[loss],
+                            bias=bias))
   if mode == "kink" and not any(a in _activations.KINKED for a in arch.activations):
     acts = (draw(st.sampled_from(_activations.KINKED)),) + arch.activations[1:]
     if arch.depth == 1 and _losses.get(loss).output is not None:
@@ -178,16 +320,18 @@ def problems(draw, *, dtype=np.float64, mode: str = "default", losses=None, hidd
     sizes[1:] = [wide if n == 1 and a in _activations.KINKED else n
                  for n, a in zip(sizes[1:], arch.activations)]
   arch = arch._replace(sizes=tuple(sizes))
-  batch = draw(st.sampled_from(tuple(batch_sizes)))
-  unnormalized = float(draw(st.booleans())) if loss in _problems.SOFT_TARGETS else 0.0
+  batch = draw(st.sampled_from(batch_sizes))
+  unnormalized = 0.0
+  if loss in _problems.SOFT_TARGETS and targets != "normalized":
+    unnormalized = float(draw(st.booleans())) if targets == "any" else 1.0
   rng = np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1)))
   for _ in range(DRAWS):  # a vacuous draw is drawn again from the same generator
-    layers = _values(rng, arch, np.dtype(dtype), mode)
-    x = rng.normal(size=(batch, arch.sizes[0])).astype(np.dtype(dtype))
+    layers = _values(rng, arch, dtype, mode)
+    x = rng.normal(size=(batch, arch.sizes[0])).astype(dtype)
     biases = None if layers[0].b is None else [p.b for p in layers]
     if not _problems.vacuous(arch.activations, loss, [p.W for p in layers], biases, x):
       break
   else:
     hypothesis.reject()
-  t = targets(rng, loss, (batch, arch.sizes[-1]), unnormalized=unnormalized)
-  return Problem(layers, x, t.astype(np.dtype(dtype)), loss, reduction)
+  t = targets_for(rng, loss, (batch, arch.sizes[-1]), unnormalized=unnormalized)
+  return kind(layers, x, t.astype(dtype), loss, reduction)
