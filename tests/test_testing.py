@@ -153,3 +153,40 @@ def test_a_failed_op_check_names_its_diagnosis_first(tmp_path):
   first = str(info.value).splitlines()[0]
   assert first == "bpref op oracle [kink_side]: the candidate's backward is wrong", first
   assert (tmp_path / "op.py").read_text().startswith('"""Reproduce check_op')
+
+
+EXITING_SUITE = '''
+import os
+
+from bpref.testing import assert_backprop_correct, assert_op_correct
+
+
+def exits(weights, biases, activations, loss, x, t):
+  os._exit(0)
+
+
+def test_the_candidate_exits():
+  assert_backprop_correct(exits, examples=1, max_depth=1)
+
+
+def test_the_op_candidate_exits():
+  assert_op_correct("activation", lambda z, dout: os._exit(0), name="relu", examples=1)
+
+
+def test_a_later_test_still_runs():
+  assert True
+'''
+
+
+def test_a_candidate_that_exits_fails_its_test_and_the_run_goes_on(tmp_path):
+  """os._exit(0) in a candidate run in process raises in its call: its test fails, the later
+  tests run, and the run's status is not 0."""
+  (tmp_path / "test_exiting.py").write_text(EXITING_SUITE)
+  env = dict(os.environ, PYTHONPATH=str(pathlib.Path(__file__).resolve().parent.parent))
+  env.pop("PYTEST_XDIST_WORKER", None)
+  proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                         "test_exiting.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+  assert "2 failed, 1 passed" in proc.stdout, proc.stdout[-2000:]
+  assert "os._exit(0)" in proc.stdout

@@ -62,6 +62,31 @@ REIMPORT_EXIT = 86
 """Exit status of a worker that found itself re-running the caller's unguarded script."""
 
 
+class CandidateExit(BaseException):
+  """Raised in place of ``os._exit`` while a candidate runs in this process (``exits_refused``)."""
+
+
+@contextlib.contextmanager
+def exits_refused():
+  """While active, ``os._exit(n)`` raises ``CandidateExit`` instead of ending the process.
+
+  A candidate run in this process (the Python API's default, a user's pytest suite) that calls
+  ``os._exit(0)`` would otherwise end the caller with status 0, its later tests never run: here
+  its call fails with the exit named. An exit in C code (``posix._exit``, ctypes) is not
+  covered; ``isolate=True`` covers that too.
+  """
+  real = os._exit
+
+  def refuse(n=0):
+    raise CandidateExit(f"the candidate called os._exit({n}), which would have ended this process")
+
+  os._exit = refuse
+  try:
+    yield
+  finally:
+    os._exit = real
+
+
 class MainReimportError(RuntimeError):
   """``check`` ran inside a spawned subprocess while it re-imported the caller's ``__main__``."""
 

@@ -43,6 +43,7 @@ import time
 
 import numpy as np
 
+from bpref.oracle import isolation as _isolation
 from bpref.oracle.diagnosis import Finding
 from bpref.oracle.ops import _diagnosis, _judge, _kinds, _search
 from bpref.oracle.ops._judge import OpCandidate as OpCandidate
@@ -188,9 +189,8 @@ def check_op(kind: str, candidate, name: str | None = None, *, isolate: bool = F
   spec = _kinds.make_spec(kind, name, **options)
   start = time.perf_counter()
   if not isolate:
-    return _checked(spec, _search.Evaluator(as_candidate(spec, candidate), spec), start)
-  from bpref.oracle import isolation as _isolation
-
+    with _isolation.exits_refused():
+      return _checked(spec, _search.Evaluator(as_candidate(spec, candidate), spec), start)
   target = candidate if isinstance(candidate, str) else _isolation.picklable(candidate)
   with _isolation.Isolated(("op", target, spec), workers=1, timeout=spec.timeout) as pool:
     try:
