@@ -7,8 +7,9 @@ oracle never sees the exception itself.
 
 * In process, the call runs in a daemon thread joined with a timeout. A hung
   call cannot be stopped there, so the search ends at the first timeout. This
-  mode trusts the candidate: code that calls ``os._exit`` ends the process, and
-  code that patches bpref when it is imported changes the oracle.
+  mode trusts the candidate: code that patches bpref when it is imported changes
+  the oracle, and an exit in C code ends the process (an ``os._exit`` raises in the
+  call instead, ``exits_refused``).
 * ``Isolated`` runs the candidate in spawned subprocesses (one per worker).
   A hang is ended by killing the process, a crash in native code or an early
   exit is reported with its exit status or signal, and a fresh process takes
