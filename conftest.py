@@ -70,6 +70,8 @@ DEEP = {
     "tests/test_oracle_hostile.py::*": "the exhaustive hostile matrix (fresh interpreters)",
     "tests/test_cli.py::test_a_closed_stdout_pipe_ends_quietly*": "fresh interpreters",
     "tests/test_cli.py::test_a_report_into_a_closed_pipe_ends_quietly": "fresh interpreter",
+    "tests/test_cli.py::test_python_dash_m_runs_the_cli": "fresh interpreter",
+    "tests/test_oracle_cli.py::test_op_candidate_that_ends_its_process_fails[[]segfaults-*": "a second subprocess",
     "tests/test_bench.py::*": "benchmarks in fresh interpreters",
     "tests/test_train.py::*": "training runs",
     "tests/test_gpu_check.py::*": "the device script, run on CPU",

@@ -81,9 +81,10 @@ def test_check_op_runs_through_bpref_check(tmp_path, capsys):
   # and --op with a second candidate is a usage error.
   path = tmp_path / "layers.py"
   path.write_text(_OP_MODULE)
-  assert cli.main(["check", "--op", "activation", "--op-name", "relu", f"{path}:relu_backward"]) == 0
+  assert cli.main(["check", "--op", "activation", "--op-name", "relu", f"{path}:relu_backward",
+                   "--in-process"]) == 0
   assert capsys.readouterr().out.startswith("PASS")
-  assert cli.main(["check", "--op", "activation", "--op-name", "relu",
+  assert cli.main(["check", "--op", "activation", "--op-name", "relu", "--in-process",
                    "--function", f"{path}:relu_backward_negated"]) == 1
   assert "FAIL" in capsys.readouterr().out
   assert cli.main(["check", "--op", "activation", "--op-name", "relu", "--exec", "./mybp",

@@ -56,7 +56,8 @@ def test_an_op_search_short_of_cases_exits_2(tmp_path, capsys):
   path = tmp_path / "mine.py"
   path.write_text("import sys\nsys.path.insert(0, %r)\nfrom test_counts import softmax_backward\n"
                   % HERE)
-  code = cli.main(["--op", "softmax", "--function", f"{path}:softmax_backward", "--max-width", "1"])
+  code = cli.main(["--op", "softmax", "--function", f"{path}:softmax_backward", "--max-width", "1",
+                   "--in-process"])
   out = capsys.readouterr()
   assert code == 2, out
   assert "no verdict" in out.out + out.err and "PASS" not in out.out, out

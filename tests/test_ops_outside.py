@@ -260,9 +260,12 @@ def test_plain_jax_function_is_refused_by_the_adapter():
 
 
 def _parse(argv):
+  """The op options alone, run in this process (the isolated default has its own tests)."""
   parser = argparse.ArgumentParser(prog="bpref check")
   add_op_arguments(parser)
-  return parser.parse_args(argv)
+  args = parser.parse_args(argv)
+  args.in_process = True
+  return args
 
 
 def test_cli_passes_and_fails_with_exit_codes(tmp_path, capsys, monkeypatch):
