@@ -83,6 +83,16 @@ def cache_dir() -> str | None:
   return jax.config.jax_compilation_cache_dir or None
 
 
+def add_cache_arguments(parser) -> None:
+  """--cache-dir DIR and --no-cache, exclusive, on an argparse parser (or group)."""
+  cache = parser.add_mutually_exclusive_group()
+  cache.add_argument("--cache-dir", metavar="DIR", default=None,
+                     help="keep XLA compilations in DIR between runs (default: $BPREF_CACHE_DIR, "
+                          "else $XDG_CACHE_HOME/bpref/xla)")
+  cache.add_argument("--no-cache", action="store_true",
+                     help="no persistent compilation cache (also BPREF_NO_CACHE=1)")
+
+
 def default_cache_dir() -> str | None:
   """Where the cache lives unless told otherwise: $BPREF_CACHE_DIR, else the user's cache
   directory (XDG); None when $BPREF_NO_CACHE is set to anything but "" or "0"."""

@@ -219,7 +219,7 @@ def test_strategy_problems_draw_both_kinds_of_cross_entropy_target():
   find(soft, lambda p: bool(np.all(np.abs(p.t.sum(axis=-1) - 1) < 1e-12)), settings=settings_)
 
 
-def _drawn(strategy, count=40):
+def draws_of(strategy, count=40):
   """``count`` derandomized draws of ``strategy``."""
   out = []
 
@@ -245,7 +245,7 @@ def test_strategy_problems_default_to_the_oracles_default_domain():
   from bpref.oracle.spec import make_spec, outside
 
   spec = make_spec()
-  drawn = _drawn(bst.problems(), 60)
+  drawn = draws_of(bst.problems(), 60)
   for problem in drawn:
     assert outside(_arch(problem), spec) == "", problem.describe()
     assert problem.reduction == spec.reduction and problem.x.dtype == np.dtype(spec.dtype)
@@ -253,7 +253,7 @@ def test_strategy_problems_default_to_the_oracles_default_domain():
     assert type(problem).layout == spec.layout
     assert problem.arrays()[0][0].shape == problem.params[0].W.shape
   assert {p.activation for problem in drawn for p in problem.params} == set(spec.activations)
-  entropy = _drawn(bst.problems(losses=problems.SOFT_TARGETS, activations=("tanh", "identity")), 30)
+  entropy = draws_of(bst.problems(losses=problems.SOFT_TARGETS, activations=("tanh", "identity")), 30)
   assert {problem.loss for problem in entropy} == set(problems.SOFT_TARGETS)
   for problem in entropy:
     np.testing.assert_allclose(problem.t.sum(axis=-1), 1.0, rtol=1e-12)
@@ -261,7 +261,7 @@ def test_strategy_problems_default_to_the_oracles_default_domain():
 
 
 def test_strategy_problems_narrow_as_asked():
-  drawn = _drawn(bst.problems(activations=("tanh", "relu"), losses=("softmax_cross_entropy",),
+  drawn = draws_of(bst.problems(activations=("tanh", "relu"), losses=("softmax_cross_entropy",),
                               output_activations=("identity",), reduction="sum", bias=False,
                               dtype=np.float32, layout="in_out", targets="unnormalized",
                               max_depth=2, max_width=3, max_batch=2))
@@ -282,11 +282,11 @@ def test_strategy_problems_narrow_as_asked():
 
 
 def test_strategy_problems_widen_to_softmax_after_any_loss_only_when_asked():
-  plain = _drawn(bst.problems(activations=("tanh", "softmax")), 30)
+  plain = draws_of(bst.problems(activations=("tanh", "softmax")), 30)
   assert all(problem.params[-1].activation == "tanh" for problem in plain)
-  anything = _drawn(bst.problems(activations=("tanh",), output_activations="any"), 30)
+  anything = draws_of(bst.problems(activations=("tanh",), output_activations="any"), 30)
   assert {problem.params[-1].activation for problem in anything} == {"tanh", "softmax"}
-  named = _drawn(bst.problems(activations=("tanh",), losses=("squared_error", "cross_entropy"),
+  named = draws_of(bst.problems(activations=("tanh",), losses=("squared_error", "cross_entropy"),
                               output_activations={"squared_error": ("sigmoid",)}), 30)
   assert {(problem.loss, problem.params[-1].activation) for problem in named} == {
       ("squared_error", "sigmoid"), ("cross_entropy", "softmax")}

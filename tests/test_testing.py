@@ -9,7 +9,6 @@ import sys
 import jax
 import numpy as np
 import pytest
-from hypothesis import given, settings
 
 from bpref import compilation
 from bpref.testing import assert_backprop_correct, assert_op_correct, reference_grads
@@ -18,6 +17,7 @@ from bpref.testing import problems
 from bpref.testing import strategies as bst
 
 import textbook
+from test_problems import draws_of
 
 SMALL = dict(activations=("identity", "tanh"), max_depth=2, max_width=3, max_batch=2, examples=3)
 
@@ -32,22 +32,12 @@ def _textbook(problem):
   return float(value), dW, db
 
 
-def _drawn(strategy, count):
-  out = []
-
-  @settings(max_examples=count, database=None, derandomize=True, deadline=None)
-  @given(strategy)
-  def collect(problem):
-    out.append(problem)
-
-  collect()
-  return out
 
 
 def test_fifty_drawn_problems_compile_a_handful_of_programs():
   """A property test's 50 examples of many shapes, activations and losses: bpref's gradients
   through one or two compiled programs (bpref.grad per shape would compile dozens)."""
-  drawn = _drawn(bst.all_problems(max_width=8, max_batch=8, max_depth=4), 50)
+  drawn = draws_of(bst.all_problems(max_width=8, max_batch=8, max_depth=4), 50)
   shapes = {(tuple(p.W.shape for p in problem.params), problem.x.shape) for problem in drawn}
   assert len(shapes) >= 30
   with compilation.count() as seen:
@@ -61,7 +51,7 @@ def test_fifty_drawn_problems_compile_a_handful_of_programs():
 
 
 def test_reference_grads_follow_the_problems_layout_and_biases():
-  drawn = _drawn(bst.problems(layout="in_out", bias=None, activations=("tanh", "relu", "identity")), 10)
+  drawn = draws_of(bst.problems(layout="in_out", bias=None, activations=("tanh", "relu", "identity")), 10)
   assert {problem.params[0].b is None for problem in drawn} == {True, False}
   for problem in drawn:
     ref = reference_grads(problem)

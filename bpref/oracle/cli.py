@@ -26,6 +26,7 @@ import shlex
 import sys
 
 from bpref import bridges as _bridges
+from bpref import compilation as _compilation
 from bpref import validation as _validation
 from bpref.oracle.ops import cli as _ops_cli
 
@@ -105,12 +106,7 @@ def _parser() -> argparse.ArgumentParser:
   s.add_argument("--examples", type=_ranged("examples", int), default=40,
                  help="random cases after the probes, 0 to 1000000 (default 40)")
   s.add_argument("--seed", type=_ranged("seed", int), default=0, help="0 to 2**32 - 1 (default 0)")
-  cache = s.add_mutually_exclusive_group()
-  cache.add_argument("--cache-dir", metavar="DIR", default=None,
-                     help="keep XLA compilations in DIR between runs (default: $BPREF_CACHE_DIR, "
-                          "else $XDG_CACHE_HOME/bpref/xla)")
-  cache.add_argument("--no-cache", action="store_true",
-                     help="no persistent compilation cache (also BPREF_NO_CACHE=1)")
+  _compilation.add_cache_arguments(s)
   s.add_argument("--strict-kinks", action="store_true", help="a different f'(0) at a kink is a bug")
   s.add_argument("--timeout", type=_ranged("timeout", float), default=60.0,
                  help="seconds per candidate call, above 0 and at most 86400 (default 60)")

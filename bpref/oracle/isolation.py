@@ -174,17 +174,8 @@ def call_direct(candidate, inputs) -> Outcome:
   Every exception counts, ``BaseException`` subclasses included: a ``SystemExit`` or
   ``KeyboardInterrupt`` raised by the candidate is its failure, reported by name.
   """
-  snapshot = _snapshot(inputs)
-  start = time.perf_counter()
-  try:
-    raw = candidate(inputs["weights"], inputs["biases"], inputs["activations"], inputs["loss"],
-                    inputs["x"], inputs["t"])
-    seconds = time.perf_counter() - start
-    result = _to_numpy(raw)
-  except BaseException as exc:  # the candidate's failure is data, not the oracle's
-    return Outcome("exception", error=exception_text(exc), mutated=_mutated(snapshot),
-                   seconds=time.perf_counter() - start)
-  return Outcome("ok", result=result, mutated=_mutated(snapshot), seconds=seconds)
+  return _called(lambda: candidate(inputs["weights"], inputs["biases"], inputs["activations"],
+                                   inputs["loss"], inputs["x"], inputs["t"]), _snapshot(inputs))
 
 
 def _arrays_in(arg) -> list:
@@ -202,9 +193,14 @@ def call_args(fn, args) -> Outcome:
   """
   snapshot = [(i, a, a.copy()) for i, arg in enumerate(args)
               for a in _arrays_in(arg)]  # a cache tuple's arrays count as its position's
+  return _called(lambda: fn(*args), snapshot)
+
+
+def _called(call, snapshot) -> Outcome:
+  """The ``Outcome`` of ``call()``, its inputs' ``snapshot`` compared after; never raises."""
   start = time.perf_counter()
   try:
-    raw = fn(*args)
+    raw = call()
     seconds = time.perf_counter() - start
     result = _to_numpy(raw)
   except BaseException as exc:  # the candidate's failure is data, not the oracle's

@@ -461,12 +461,7 @@ def main(argv=None) -> int:
                       help="write the witnesses' error distributions to this PNG (needs matplotlib)")
   parser.add_argument("--device", choices=("cpu", "gpu", "tpu"), default=None,
                       help="run bpref and the autodiff witness on this JAX platform (default: JAX's default)")
-  cache = parser.add_mutually_exclusive_group()
-  cache.add_argument("--cache-dir", metavar="DIR", default=None,
-                     help="keep XLA compilations in DIR between runs (default: $BPREF_CACHE_DIR, "
-                          "else $XDG_CACHE_HOME/bpref/xla)")
-  cache.add_argument("--no-cache", action="store_true",
-                     help="no persistent compilation cache (also BPREF_NO_CACHE=1)")
+  compilation.add_cache_arguments(parser)
   args = parser.parse_args(argv)
   if args.cases < 1:
     parser.error("--cases must be >= 1")
