@@ -591,12 +591,9 @@ def _worker_main(conn, target, out_path, err_path) -> None:
   try:
     if isinstance(target, tuple) and target and target[0] == "named":
       candidate = load_candidate(*target[1:])
-    elif isinstance(target, tuple) and target and target[0] == "op":
-      from bpref.oracle.ops import as_candidate  # an op candidate, adapted as in process
-
-      _, ref, spec = target
-      candidate = as_candidate(spec, load_target(ref) if isinstance(ref, str) else pickle.loads(ref))
-      info = {"forward": candidate.forward is not None}
+    elif isinstance(target, tuple) and target and target[0] == "made":
+      candidate = pickle.loads(target[1])()  # a factory that loads and adapts it here
+      info = {"forward": getattr(candidate, "forward", None) is not None}
     else:
       candidate = pickle.loads(target)
   except BaseException as exc:
@@ -656,9 +653,10 @@ class Isolated:
   parent's stdout.
 
   Args:
-    target: the candidate pickled (bytes), ("named", kind, "module:function"), or for an op
-      ("op", "module:attr" or the pickled object, its ``OpSpec``); each call is then
-      ("backward" or "forward", args), and ``info`` says whether the candidate has a forward.
+    target: the candidate pickled (bytes), ("named", kind, "module:function"), or ("made",
+      a pickled factory) whose call in the subprocess returns the candidate (an op's
+      ``OpCandidate``: each call is then ("backward" or "forward", args), and ``info`` says
+      whether the candidate has a forward).
     workers: number of subprocesses.
     timeout: seconds one call may take; the process is then killed and replaced.
   """

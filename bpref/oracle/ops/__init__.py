@@ -39,6 +39,7 @@ then checked against bpref's too), a ``torch.autograd.Function`` subclass or a
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 
 import numpy as np
@@ -192,7 +193,8 @@ def check_op(kind: str, candidate, name: str | None = None, *, isolate: bool = F
     with _isolation.exits_refused():
       return _checked(spec, _search.Evaluator(as_candidate(spec, candidate), spec), start)
   target = candidate if isinstance(candidate, str) else _isolation.picklable(candidate)
-  with _isolation.Isolated(("op", target, spec), workers=1, timeout=spec.timeout) as pool:
+  factory = _isolation.picklable(functools.partial(_loaded, spec, target))
+  with _isolation.Isolated(("made", factory), workers=1, timeout=spec.timeout) as pool:
     try:
       pool.start()
     except RuntimeError as exc:  # it ended its process while being imported
@@ -202,6 +204,14 @@ def check_op(kind: str, candidate, name: str | None = None, *, isolate: bool = F
                       diagnosis=[Finding("crash", f"the candidate ended its process while being "
                                          f"loaded: {exc}")])
     return _checked(spec, _search.Evaluator(None, spec, pool), start)
+
+
+def _loaded(spec, target) -> OpCandidate:
+  """In the candidate's subprocess: the candidate named ("module:attr") or pickled, adapted."""
+  import pickle
+
+  return as_candidate(spec, _isolation.load_target(target) if isinstance(target, str)
+                      else pickle.loads(target))
 
 
 def _checked(spec, ev, start) -> OpReport:
