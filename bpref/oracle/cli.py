@@ -28,13 +28,14 @@ import sys
 from bpref import bridges as _bridges
 from bpref import compilation as _compilation
 from bpref import validation as _validation
+from bpref.oracle import spec as _spec
 from bpref.oracle.ops import cli as _ops_cli
 
 EXIT_PASS, EXIT_BUG, EXIT_USAGE = 0, 1, 2
 
 
 RANGES = {  # the documented range of each numeric option, checked before anything runs
-    "max_depth": (1, 64), "max_width": (1, 1024), "max_batch": (1, 4096),
+    "max_depth": (1, _spec.MAX_DEPTH), "max_width": (1, 1024), "max_batch": (1, 4096),
     "examples": (0, 1_000_000), "seed": (0, 2**32 - 1), "shrink_budget": (0, 100_000),
     "timeout": (0.0, 86_400.0), "workers": (1, 256),
 }

@@ -333,8 +333,9 @@ def vacuous_arrays(truth, tol) -> list:
   return [name for name, e in zeros.items() if not e > VACUOUS_MARGIN * tol]
 
 
-MAX_CASES, MAX_DEPTH = 100_000, 64
-"""The largest export: cases, and layers per network (the network checks' --max-depth bound)."""
+MAX_CASES = 100_000
+"""The most cases one export writes; layers per network are bounded as the oracle's
+(``bpref.oracle.spec.MAX_DEPTH``)."""
 
 SETTINGS = ("loss", "reduction", "bias", "dtype", "layout")
 """The settings a case's entry carries beside its sizes and activations."""
@@ -365,12 +366,13 @@ def export(directory, cases: int = 20, seed: int = 0, dtype: str = "float64", lo
   from bpref import activations as _activations
   from bpref import losses as _losses
   from bpref.oracle import judge as _judge
+  from bpref.oracle import spec as _spec
   from bpref.testing import problems as _problems
 
   if not _is(cases, int) or not 1 <= cases <= MAX_CASES:
     raise VectorsError(f"cases must be an integer >= 1 and <= {MAX_CASES}; got {cases!r}")
-  if not _is(max_depth, int) or not 1 <= max_depth <= MAX_DEPTH:
-    raise VectorsError(f"max_depth must be an integer >= 1 and <= {MAX_DEPTH} (layers per "
+  if not _is(max_depth, int) or not 1 <= max_depth <= _spec.MAX_DEPTH:
+    raise VectorsError(f"max_depth must be an integer >= 1 and <= {_spec.MAX_DEPTH} (layers per "
                        f"network); got {max_depth!r}")
   if not _is(seed, int) or not 0 <= seed < 2**32:
     raise VectorsError(f"seed must be an integer >= 0 and < 2**32; got {seed!r}")

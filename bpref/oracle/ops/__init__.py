@@ -46,7 +46,7 @@ import numpy as np
 
 from bpref.oracle import isolation as _isolation
 from bpref.oracle.diagnosis import Finding
-from bpref.oracle.ops import _diagnosis, _judge, _kinds, _search
+from bpref.oracle.ops import _diagnosis, _kinds, _search
 from bpref.oracle.ops._judge import OpCandidate as OpCandidate
 from bpref.oracle.ops._kinds import KINDS as KINDS
 from bpref.oracle.ops._kinds import OpSpec as OpSpec

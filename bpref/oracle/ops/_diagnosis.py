@@ -414,7 +414,7 @@ def _slip_tests(spec) -> list:
     for layout in layouts:
       alt = spec._replace(signature="bpref", layout=layout)
       out.append(("signature", "the candidate takes bpref's argument order, not CS231n's "
-                  f"(dout, cache): drop signature='cs231n'"
+                  "(dout, cache): drop signature='cs231n'"
                   + (f" and declare layout={layout!r}" if layout != spec.layout else ""),
                   "called with bpref's argument order, the candidate is right",
                   lambda ev, case, truth, outputs, alt=alt: _passes_as(ev, alt, case, truth)))
