@@ -100,8 +100,9 @@ def _parser() -> argparse.ArgumentParser:
   d.add_argument("--max-batch", type=_ranged("max_batch", int), default=None,
                  help="largest batch, 1 to 4096 (default 4; --op: 5)")
   d.add_argument("--dtype", choices=("float64", "float32"), help="default float64")
-  d.add_argument("--layout", choices=("out_in", "in_out"),
-                 help="out_in (the default): W_l is (n_l, n_(l-1)); in_out: (n_(l-1), n_l)")
+  d.add_argument("--layout", metavar="LAYOUT",
+                 help="out_in (the default): W_l is (n_l, n_(l-1)); in_out: (n_(l-1), n_l); "
+                      "--op layernorm: btc or nc, --op attention: llmc or torch")
   d.add_argument("--no-bias", action="store_true", help="layers have no biases (biases=None)")
   s = p.add_argument_group("search")
   s.add_argument("--examples", type=_ranged("examples", int), default=40,
@@ -234,6 +235,8 @@ def main(argv=None) -> int:
     return _usage(parser, f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to one "
                   "operation's check only: add --op KIND, or drop "
                   f"{'it' if len(given) == 1 else 'them'}")
+  if args.layout not in (None, "out_in", "in_out"):
+    return _usage(parser, f"--layout {args.layout}: a network's layout is out_in or in_out")
   args.max_depth = 3 if args.max_depth is None else args.max_depth
   args.max_width = 5 if args.max_width is None else args.max_width
   args.max_batch = 4 if args.max_batch is None else args.max_batch
@@ -331,7 +334,8 @@ def _given_op_options(args) -> list:
   """The op-only options given on a command line without --op."""
   given = [flag for flag, value in (("--op-name", args.op_name), ("--function", args.function),
                                     ("--takes", args.takes), ("--targets", args.targets),
-                                    ("--signature", args.signature))
+                                    ("--signature", args.signature), ("--eps", args.eps),
+                                    ("--heads", args.heads))
            if value is not None]
   return given + (["--strict-conventions"] if args.strict_conventions else [])
 
@@ -380,7 +384,7 @@ def _main_op(args, parser) -> int:
   args.function = args.function or args.candidate
   args.reduction = args.reduction or "mean"
   args.dtype = args.dtype or "float64"
-  args.layout = args.layout or "out_in"
+  args.layout = args.layout or ""
   import jax
 
   jax.config.update("jax_enable_x64", True)

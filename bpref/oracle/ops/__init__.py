@@ -46,10 +46,11 @@ import numpy as np
 
 from bpref.oracle import isolation as _isolation
 from bpref.oracle.diagnosis import Finding
-from bpref.oracle.ops import _diagnosis, _kinds, _search
+from bpref.oracle.ops import _diagnosis, _search, kinds
 from bpref.oracle.ops._judge import OpCandidate as OpCandidate
-from bpref.oracle.ops._kinds import KINDS as KINDS
-from bpref.oracle.ops._kinds import OpSpec as OpSpec
+from bpref.oracle.ops.kinds import KINDS as KINDS
+from bpref.oracle.ops.record import OpCase
+from bpref.oracle.ops.record import OpSpec as OpSpec
 from bpref.oracle.ops.adapters import from_custom_vjp as from_custom_vjp
 from bpref.oracle.ops.adapters import from_torch_function as from_torch_function
 from bpref.oracle.ops.cli import add_op_arguments as add_op_arguments
@@ -151,11 +152,9 @@ def as_candidate(spec: OpSpec, candidate) -> OpCandidate:
   if isinstance(candidate, OpCandidate):
     return candidate
   if adapters.is_torch_function(candidate):
-    return adapters.from_torch_function(candidate, spec.kind, name=spec.name, dtype=spec.dtype,
-                                        layout=spec.layout, bias=spec.bias, reduction=spec.reduction)
+    return adapters.torch_candidate(candidate, spec)
   if adapters.is_custom_vjp(candidate):
-    return adapters.from_custom_vjp(candidate, spec.kind, name=spec.name, dtype=spec.dtype,
-                                    layout=spec.layout, bias=spec.bias, reduction=spec.reduction)
+    return adapters.custom_vjp_candidate(candidate, spec)
   if not callable(candidate):
     raise TypeError(f"the candidate must be callable (see bpref.oracle.ops for each kind's "
                     f"arguments); got {type(candidate).__name__}")
@@ -187,7 +186,7 @@ def check_op(kind: str, candidate, name: str | None = None, *, isolate: bool = F
     ValueError or TypeError for a bad kind, name or option, or a candidate that is not
     callable.
   """
-  spec = _kinds.make_spec(kind, name, **options)
+  spec = kinds.make_spec(kind, name, **options)
   start = time.perf_counter()
   if not isolate:
     with _isolation.exits_refused():
@@ -200,7 +199,7 @@ def check_op(kind: str, candidate, name: str | None = None, *, isolate: bool = F
     except RuntimeError as exc:  # it ended its process while being imported
       return OpReport("fail", spec.to_json(), 0, 0, spec.seed, time.perf_counter() - start,
                       kind="crash", message=f"the candidate ended its process while being "
-                      f"loaded: {exc}", op=spec.describe(),
+                      f"loaded: {exc}", op=kinds.of(spec).describe(spec),
                       diagnosis=[Finding("crash", f"the candidate ended its process while being "
                                          f"loaded: {exc}")])
     return _checked(spec, _search.Evaluator(None, spec, pool), start)
@@ -217,7 +216,7 @@ def _loaded(spec, target) -> OpCandidate:
 def _checked(spec, ev, start) -> OpReport:
   found = _search.search(ev)
   rep = OpReport("pass", spec.to_json(), found.checked, ev.calls, spec.seed, 0.0,
-                 notes=sorted(ev.notes), op=spec.describe(), skipped=found.skipped,
+                 notes=sorted(ev.notes), op=ev.record.describe(spec), skipped=found.skipped,
                  forward_checked=ev.forward_checked)
   if found.first is None:
     if ev.stopped:
@@ -250,83 +249,66 @@ def _checked(spec, ev, start) -> OpReport:
   return rep
 
 
-def _declared(spec, key, value) -> np.ndarray:
-  """An array in the candidate's own terms: W and dW in the declared layout."""
-  value = np.asarray(value)
-  return value.T if key in ("W", "dW") and spec.layout == "in_out" else value
-
-
 def _case_json(spec, run) -> dict:
   """The minimal case as the candidate saw it: its arrays, W in the declared layout, and what
   it returned (dW as returned) beside bpref's answer in the same layout."""
-  arrays = {k: _declared(spec, k, v) for k, v in run.case.arrays.items()}
+  record = kinds.of(spec)
+  arrays = {k: record.declared(spec, k, v) for k, v in run.case.arrays.items()}
   label = run.case.label
   dims = label.dims if label is not None else tuple(
       run.case.arrays["dout" if "dout" in run.case.arrays else "t"].shape)
   shapes = ", ".join(f"{k} {np.shape(v)}" for k, v in arrays.items())
   out = {"dims": list(dims), "shapes": shapes, "arrays": {k: v.tolist() for k, v in arrays.items()},
          "label": None if label is None else label._asdict(), "dtype": spec.dtype}
-  if spec.kind in ("dense", "layer"):
+  if len(record.layouts) > 1:
     out["layout"] = spec.layout
   if run.verdict.outputs is not None:
-    out["candidate"] = {k: _declared(spec, k, v).tolist() for k, v in run.verdict.outputs.items()}
-    out["bpref"] = {k: _declared(spec, k, run.truth.expected[k]).tolist()
+    out["candidate"] = {k: record.declared(spec, k, v).tolist() for k, v in run.verdict.outputs.items()}
+    out["bpref"] = {k: record.declared(spec, k, run.truth.expected[k]).tolist()
                     for k in run.verdict.outputs}
   return out
 
 
 def expected(kind: str, name: str | None = None, *, takes: str | None = None,
-             layout: str = "out_in", reduction: str = "mean", targets: str = "probabilities",
-             dtype: str = "float64", **arrays) -> dict:
-  """bpref's answer for one op on given arrays: {"dx", "dW", "db"} / {"dz"} / {"dy"}.
+             layout: str = "", reduction: str = "mean", targets: str = "probabilities",
+             dtype: str = "float64", eps: float = 1e-5, heads: int = 0, **arrays) -> dict:
+  """bpref's answer for one op on given arrays, in the candidate's layout: {"dx", "dW", "db"},
+  {"dz"}, {"dy"}, ... (the kind's outputs).
 
   Args:
-    kind, name, takes, layout, reduction, targets, dtype: as for ``check_op``.
-    **arrays: x, W (in ``layout``), b, dout (dense, layer); z, dout (activation, softmax); for
-      a loss: y and t (squared_error, half_squared_error, huber), else z (the logits) and t,
-      or labels with targets="labels".
+    kind, name, takes, layout, reduction, targets, dtype, eps, heads: as for ``check_op``.
+    **arrays: the kind's arrays by name, in ``layout``: x, W, b, dout (dense, layer); z, dout
+      (activation, softmax); for a loss: y and t (squared_error, half_squared_error, huber), else
+      z (the logits) and t, or labels with targets="labels"; the other kinds' in docs/oracle.md.
 
   >>> import numpy as np
   >>> expected("activation", "relu", z=np.array([[-1.0, 2.0]]), dout=np.array([[3.0, 4.0]]))["dz"]
   array([[0., 4.]])
   """
-  bias = arrays.get("b") is not None
-  spec = _kinds.make_spec(kind, name, takes=takes or "", layout=layout, bias=bias,
-                          reduction=reduction, targets=targets, dtype=dtype)
-  arr = {k: np.asarray(v, np.float64) for k, v in arrays.items() if v is not None}
-  if "W" in arr and layout == "in_out":
-    arr["W"] = arr["W"].T
-  missing = [k for k in _required(spec) if k not in arr]
+  spec = kinds.make_spec(kind, name, takes=takes or "", layout=layout,
+                         bias=arrays.get("b") is not None, reduction=reduction, targets=targets,
+                         dtype=dtype, eps=eps, heads=heads)
+  record = kinds.of(spec)
+  arr = {k: record.internal(spec, k, np.asarray(v, np.float64)) for k, v in arrays.items()
+         if v is not None}
+  missing = [k for k in record.required(spec) if k not in arr]
   if missing:
     raise ValueError(f"{kind}{f' {name}' if name else ''} needs the array(s) {', '.join(missing)}; "
                      f"got {', '.join(sorted(arr)) or 'none'}")
-  truth = _kinds.compute(spec, _kinds.OpCase(None, _kinds.derive(spec, arr)))
-  out = {k: v for k, v in truth.expected.items()}
-  if "dW" in out and layout == "in_out":
-    out["dW"] = out["dW"].T
-  return out
-
-
-def _required(spec) -> tuple:
-  if spec.kind in ("dense", "layer"):
-    return ("x", "W", "dout")
-  if spec.kind in ("activation", "softmax"):
-    return ("z", "dout")
-  first = "y" if spec.name in _kinds.REGRESSION else "z"
-  return (first, "labels" if spec.targets == "labels" else "t")
+  truth = record.compute(spec, OpCase(None, record.derive(spec, arr)))
+  return {k: record.declared(spec, k, v) for k, v in truth.expected.items()}
 
 
 def reproducer(spec, case) -> str:
   """A standalone script: the minimal case, the candidate called on it, bpref's answer beside."""
-  arrays = {k: np.asarray(v).tolist() for k, v in case.arrays.items()
-            if k in _kinds.PRIMARY[spec.kind]}
-  if "W" in arrays and spec.layout == "in_out":
-    arrays["W"] = np.asarray(case.arrays["W"]).T.tolist()
-  args = {k: f"np.array({v!r}, {'np.int64' if k == 'labels' else 'dtype'})" for k, v in arrays.items()}
+  record = kinds.of(spec)
+  arrays = {k: record.declared(spec, k, v).tolist() for k, v in case.arrays.items()
+            if k in record.primary(spec)}
+  ints = ("labels",) + tuple(record.integer_arrays)
+  args = {k: f"np.array({v!r}, {'np.int64' if k in ints else 'dtype'})" for k, v in arrays.items()}
   lines = ",\n    ".join(f"{k}={v}" for k, v in args.items())
-  call = {"dense": "x, W, b, dout", "layer": "x, W, b, dout", "activation": "arrays['z'], dout",
-          "softmax": "arrays['z'], dout"}.get(spec.kind, "...")
-  return f'''"""Reproduce check_op's minimal failing case: {spec.describe()}."""
+  options = "".join(f", {k}={getattr(spec, k)!r}" for k in ("eps", "heads") if k in record.options)
+  return f'''"""Reproduce check_op's minimal failing case: {record.describe(spec)}."""
 import numpy as np
 
 from bpref.oracle.ops import expected
@@ -335,8 +317,9 @@ dtype = np.{spec.dtype}
 arrays = dict(
     {lines})
 print("bpref:", expected({spec.kind!r}, {spec.name!r}, takes={spec.takes!r}, layout={spec.layout!r},
-               reduction={spec.reduction!r}, targets={spec.targets!r}, dtype={spec.dtype!r}, **arrays))
-# candidate = ...  # your backward function; call it as check_op does ({call}) and compare
+               reduction={spec.reduction!r}, targets={spec.targets!r}, dtype={spec.dtype!r}{options},
+               **arrays))
+# candidate = ...  # your backward function; call it as check_op does ({record.call_text(spec)}) and compare
 '''
 
 

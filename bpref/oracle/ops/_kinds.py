@@ -38,8 +38,6 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -50,6 +48,8 @@ from bpref import losses as _losses
 from bpref import tolerance as _tolerance
 from bpref.network import DEFAULT_PRECISION
 from bpref.oracle import truth as _truth
+from bpref.oracle.ops.record import (FAMILIES, Label, OpCase, OpSpec,
+                                     OpTruth, bucket, exact, plain, scaled, unit_and_floor)
 from bpref.scale import fast as _fast
 from bpref.structures import Layer, Tape
 
@@ -80,164 +80,6 @@ REGRESSION = tuple(n for n, loss in _losses.LOSSES.items() if loss.targets == "r
 SOFTMAX_LOSSES = tuple(n for n, loss in _losses.LOSSES.items() if loss.targets == "distribution")
 SIGMOID_LOSSES = tuple(n for n, loss in _losses.LOSSES.items() if loss.targets == "probabilities")
 
-FAMILIES = ("plain", "normal", "spread", "kink", "saturated", "huge", "tiny", "limit",
-            "limit_tiny")
-"""Value families, plainest first: the shrinker moves a failure towards the front.
-
-plain: entries from {+-1/2, +-1, +-2}; normal: N(0, 1); spread: N(0, 1) times 10^U(-3, 3);
-kink: exact zeros, negative zeros included, planted (a zero row of W and b in a layer);
-saturated: |z| from 4 to 40; huge and tiny: |values| near 1e3 and 1e-30 for transcendental
-activations, near 1e15 and 1e-15 (1e100 and 1e-100 in float64) for products; limit and
-limit_tiny: values near the float32 limits (products near 1e36 and 1e-36, z near 3e38 and
-1e-37), for products and piecewise-linear activations only.
-"""
-
-
-class OpSpec(NamedTuple):
-  """What one op check claims and how hard it looks.
-
-  Attributes:
-    kind: one of ``KINDS``.
-    name: the activation (activation, layer) or loss (loss) name; None for dense and softmax.
-    takes: what the candidate is handed (``TAKES``).
-    layout: "out_in" (W of shape (n_out, n_in), bpref's) or "in_out" (its transpose).
-    bias: whether the dense layer has a bias (dense, layer).
-    reduction: "mean" or "sum" (loss).
-    targets: "probabilities" (t of the shape of y) or "labels" (one class index per row,
-      softmax losses only).
-    dtype: "float64" or "float32".
-    examples: random cases after the probes.
-    seed: names the search.
-    max_batch, max_width: largest B and width of the random cases.
-    strict_conventions: a kink convention or gelu's tanh approximation counts as a bug.
-    timeout: seconds one candidate call may take.
-    shrink_budget: most candidate calls spent shrinking.
-    signature: how the candidate is called: "bpref" (the argument orders of
-      ``bpref.oracle.ops``) or "cs231n" (``(dout, cache)`` as CS231n's layer functions take
-      them: cache is z for an activation, (x, W, b) for dense, ((x, W, b), z) for a layer, W in
-      the in_out layout).
-  """
-  kind: str
-  name: str | None = None
-  takes: str = ""
-  layout: str = "out_in"
-  bias: bool = True
-  reduction: str = "mean"
-  targets: str = "probabilities"
-  dtype: str = "float64"
-  examples: int = 40
-  seed: int = 0
-  max_batch: int = 5
-  max_width: int = 6
-  strict_conventions: bool = False
-  timeout: float = 60.0
-  shrink_budget: int = 150
-  signature: str = "bpref"
-
-  def to_json(self) -> dict:
-    return dict(self._asdict())
-
-  def describe(self) -> str:
-    what = self.kind + (f" {self.name}" if self.name else "")
-    extra = [f"takes {self.takes}", self.dtype]
-    if self.kind in ("dense", "layer"):
-      extra += [f"layout {self.layout}"] + ([] if self.bias else ["no bias"])
-    if self.kind == "loss":
-      extra += [f"reduction {self.reduction}", f"targets {self.targets}"]
-    return f"{what} ({', '.join(extra)})"
-
-
-def make_spec(kind, name=None, **options) -> OpSpec:
-  """An ``OpSpec`` with every option checked; ValueError or TypeError says what was expected."""
-  if kind not in KINDS:
-    raise ValueError(f"unknown op kind {kind!r}; valid kinds: {', '.join(KINDS)}")
-  unknown = sorted(set(options) - set(OpSpec._fields))
-  if unknown:
-    raise TypeError(f"unknown option(s) {', '.join(unknown)}; valid: "
-                    f"{', '.join(f for f in OpSpec._fields if f not in ('kind', 'name'))}")
-  if kind in ("activation", "layer"):
-    if name is None:
-      raise ValueError(f"an op of kind {kind!r} needs the activation's name: name='relu', say; "
-                       f"valid names: {', '.join(_activations.ACTIVATIONS)}")
-    _activations.get(name)
-  elif kind == "loss":
-    if name is None:
-      raise ValueError(f"an op of kind 'loss' needs the loss's name: name='squared_error', say; "
-                       f"valid names: {', '.join(_losses.LOSSES)}")
-    _losses.get(name)
-  elif name is not None:
-    raise ValueError(f"an op of kind {kind!r} takes no name; got name={name!r}")
-  if kind == "activation" and name == "softmax":
-    raise ValueError("softmax is not elementwise: check it as kind 'softmax', not 'activation'")
-  spec = OpSpec(kind, name, **options)
-  takes = spec.takes or TAKES[kind][0]
-  if takes not in TAKES[kind]:
-    raise ValueError(f"takes={takes!r} is not valid for kind {kind!r}; valid: "
-                     f"{', '.join(TAKES[kind])}")
-  if kind == "activation" and takes == "a" and name not in A_INVERTIBLE:
-    raise ValueError(f"{name}'(z) is not a function of a = {name}(z), so a candidate cannot take "
-                     f"a; use takes='z' (takes='a' is for {', '.join(A_INVERTIBLE)})")
-  if kind == "loss" and takes in ("logits", "probs") and name in REGRESSION:
-    raise ValueError(f"takes={takes!r} is for the probability losses "
-                     f"({', '.join(SOFTMAX_LOSSES + SIGMOID_LOSSES)}); {name} takes y")
-  targets = spec.targets
-  if targets not in ("probabilities", "labels"):
-    raise ValueError(f"targets must be 'probabilities' or 'labels'; got {targets!r}")
-  if targets == "labels" and not (kind == "loss" and name in SOFTMAX_LOSSES):
-    raise ValueError(f"targets='labels' (a class index per row) is for the softmax losses "
-                     f"({', '.join(SOFTMAX_LOSSES)}); got kind {kind!r}"
-                     f"{f' {name}' if name else ''}")
-  if spec.signature not in SIGNATURES:
-    raise ValueError(f"signature must be one of {', '.join(SIGNATURES)}; got {spec.signature!r}")
-  if spec.signature == "cs231n":
-    if kind not in ("activation", "dense", "layer") or takes != TAKES[kind][0]:
-      raise ValueError(f"signature='cs231n' is (dout, cache) for kinds activation (cache z), "
-                       f"dense (cache (x, W, b)) and layer (cache ((x, W, b), z)); got kind "
-                       f"{kind!r}{f' with takes={takes!r}' if takes != TAKES[kind][0] else ''}")
-    if kind in ("dense", "layer") and spec.layout != "in_out":
-      raise ValueError("signature='cs231n': CS231n's affine layers hold W as (n_in, n_out); add "
-                       "layout='in_out' (--layout in_out)")
-  if spec.layout not in ("out_in", "in_out"):
-    raise ValueError(f"layout must be 'out_in' (W of shape (n_out, n_in)) or 'in_out' (its "
-                     f"transpose); got {spec.layout!r}")
-  _losses.check_reduction(spec.reduction)
-  if spec.dtype not in ("float64", "float32"):
-    raise ValueError(f"dtype must be 'float64' or 'float32'; got {spec.dtype!r}")
-  for field, least in (("examples", 0), ("max_batch", 1), ("max_width", 1), ("shrink_budget", 0)):
-    value = getattr(spec, field)
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < least:
-      raise ValueError(f"{field} must be an integer >= {least}; got {value!r}")
-  if not isinstance(spec.seed, (int, np.integer)) or isinstance(spec.seed, bool):
-    raise TypeError(f"seed must be an integer; got {spec.seed!r}")
-  if not spec.timeout > 0:
-    raise ValueError(f"timeout must be a positive number of seconds; got {spec.timeout!r}")
-  return spec._replace(takes=takes, examples=int(spec.examples), seed=int(spec.seed))
-
-
-class Label(NamedTuple):
-  """A case's name: its values are a function of it alone.
-
-  dims: (B, n_in, n_out) for dense and layer, (B, n) otherwise.
-  """
-  dims: tuple
-  family: str
-  seed: int
-
-  def describe(self) -> str:
-    return f"dims {self.dims}, {self.family} values, value seed {self.seed}"
-
-
-class OpCase(NamedTuple):
-  """One case: its name (None once the shrinker changed its values) and its arrays.
-
-  ``arrays`` holds float64 copies of exactly the values handed to the candidate, W in the
-  (n_out, n_in) layout: x, W, b, dout (dense, layer); z, a, dout (activation); z, y, dout
-  (softmax); y or z, t, labels (loss). ``primary`` names the arrays the others derive from.
-  """
-  label: Label | None
-  arrays: dict
-
-
 # ---------------------------------------------------------------- drawing the values
 
 def _rng(spec: OpSpec, label: Label) -> np.random.Generator:
@@ -261,25 +103,12 @@ def families(spec: OpSpec) -> tuple:
   return ("plain", "normal", "spread", "kink", "saturated", "tiny")
 
 
-def _plain(rng, shape):
-  return rng.choice(np.array([-2.0, -1.0, -0.5, 0.5, 1.0, 2.0]), size=shape)
-
-
-def _signs(rng, shape):
-  return np.where(rng.random(shape) < 0.5, -1.0, 1.0)
-
-
-def _scaled(rng, shape, low, high):
-  """Signed values with |v| log-uniform in [low, high]."""
-  return _signs(rng, shape) * np.exp(rng.uniform(math.log(low), math.log(high), shape))
-
-
 def _entries(rng, shape, family, dtype, role):
   """One array of a family; role "z" (an activation's argument), "product" (a factor of a
   dense product) or "small" (weights, kept moderate)."""
   f64 = dtype == "float64"
   if family == "plain":
-    return _plain(rng, shape)
+    return plain(rng, shape)
   if family == "normal" or (family == "saturated" and role != "z"):
     return rng.normal(size=shape)
   if family == "spread":
@@ -291,33 +120,28 @@ def _entries(rng, shape, family, dtype, role):
     v[(pick >= 0.25) & (pick < 0.45)] = -0.0
     return v
   if family == "saturated":
-    return _scaled(rng, shape, 4.0, 40.0)
+    return scaled(rng, shape, 4.0, 40.0)
   if family == "huge":
     if role == "z":
-      return _scaled(rng, shape, 1e2, 1e3)
-    return _scaled(rng, shape, 0.5e15, 1e15) if not f64 else _scaled(rng, shape, 0.5e100, 1e100)
+      return scaled(rng, shape, 1e2, 1e3)
+    return scaled(rng, shape, 0.5e15, 1e15) if not f64 else scaled(rng, shape, 0.5e100, 1e100)
   if family == "tiny":
     if role == "z":
-      return _scaled(rng, shape, 1e-31, 1e-29)
-    return _scaled(rng, shape, 0.5e-15, 1e-15) if not f64 else _scaled(rng, shape, 0.5e-100, 1e-100)
+      return scaled(rng, shape, 1e-31, 1e-29)
+    return scaled(rng, shape, 0.5e-15, 1e-15) if not f64 else scaled(rng, shape, 0.5e-100, 1e-100)
   if family == "limit":
     if role == "z":
-      return _scaled(rng, shape, 1e37, 3e38)
-    return _scaled(rng, shape, 0.5e18, 1e18)
+      return scaled(rng, shape, 1e37, 3e38)
+    return scaled(rng, shape, 0.5e18, 1e18)
   if family == "limit_tiny":
     if role == "z":
-      return _scaled(rng, shape, 2e-38, 1e-37)
-    return _scaled(rng, shape, 0.5e-18, 1e-18)
+      return scaled(rng, shape, 2e-38, 1e-37)
+    return scaled(rng, shape, 0.5e-18, 1e-18)
   raise ValueError(f"unknown value family {family!r}")
 
 
-def _exact(values, dtype) -> np.ndarray:
-  """The values rounded to ``dtype``, held in float64."""
-  return np.asarray(np.asarray(values, np.float64).astype(dtype), np.float64)
-
-
-def draw(spec: OpSpec, label: Label) -> OpCase:
-  """The case named ``label``: its primary arrays drawn, the rest derived."""
+def draw(spec: OpSpec, label: Label) -> dict:
+  """The primary arrays of the case named ``label``."""
   rng = _rng(spec, label)
   fam, dt = label.family, spec.dtype
   arrays = {}
@@ -371,15 +195,14 @@ def draw(spec: OpSpec, label: Label) -> OpCase:
       else:
         arrays["t"] = (rng.integers(0, 2, (B, K)).astype(np.float64) if fam in ("plain", "kink")
                        else rng.random((B, K)))
-  arrays = {k: _exact(v, dt) for k, v in arrays.items()}
-  return OpCase(label, derive(spec, arrays))
+  return arrays
 
 
 def _weights(rng, shape, family, dtype):
   if family == "limit_w":  # products near 1e36 in dW; dx = dout W stays near 1e-2
-    return _scaled(rng, shape, 0.5e-20, 1e-20)
+    return scaled(rng, shape, 0.5e-20, 1e-20)
   if family == "limit_tiny_w":  # dW near 1e-36, dx near 1e1
-    return _scaled(rng, shape, 0.5e19, 1e19)
+    return scaled(rng, shape, 0.5e19, 1e19)
   return _entries(rng, shape, family, dtype, "product")
 
 
@@ -407,27 +230,20 @@ def derive(spec: OpSpec, arrays: dict) -> dict:
   out = {k: v for k, v in arrays.items() if k in PRIMARY[spec.kind]}
   dt = spec.dtype
   if spec.kind == "activation" and spec.takes == "a":
-    out["a"] = _exact(forward_activation(spec.name, out["z"]), dt)
+    out["a"] = exact(forward_activation(spec.name, out["z"]), dt)
   if spec.kind == "softmax" and spec.takes == "y":
-    out["y"] = _exact(forward_activation("softmax", out["z"]), dt)
+    out["y"] = exact(forward_activation("softmax", out["z"]), dt)
   if spec.kind == "loss":
     if "labels" in out:
       K = out["z"].shape[1]
       out["t"] = (out["labels"][:, None] == np.arange(K)[None, :]).astype(np.float64)
     if spec.name not in REGRESSION and loss_input(spec) == "y":  # probabilities from the logits
       f = "softmax" if spec.name in SOFTMAX_LOSSES else "sigmoid"
-      out["y"] = _exact(forward_activation(f, out["z"]), dt)
+      out["y"] = exact(forward_activation(f, out["z"]), dt)
   return out
 
 
 # ---------------------------------------------------------------- bpref's pieces, in float64
-
-def _bucket(n: int) -> int:
-  size = 8
-  while size < n:
-    size *= 2
-  return size
-
 
 def _pad(v, rows, cols, fill=0.0):
   out = np.full((rows, cols), fill)
@@ -458,7 +274,7 @@ def _dense_padded(x, W, delta):
 def forward_activation(name: str, z) -> np.ndarray:
   """bpref's f(z) in float64, rows of z padded to a bucket (softmax: pad logits add 0)."""
   z = np.asarray(z, np.float64)
-  rows, cols = _bucket(z.shape[0]), _bucket(z.shape[1])
+  rows, cols = bucket(z.shape[0]), bucket(z.shape[1])
   fill = _fast.pad_logit(np.float64) if name == "softmax" else 0.0
   with jax.enable_x64(True):
     out = np.asarray(_f_padded(name, _pad(z, rows, cols, fill)), np.float64)
@@ -468,7 +284,7 @@ def forward_activation(name: str, z) -> np.ndarray:
 def activation_vjp(name: str, z, a, g) -> np.ndarray:
   """bpref's g (da/dz) in float64 (``bpref.activations.vjp``): g f'(z), or the softmax VJP."""
   z = np.asarray(z, np.float64)
-  rows, cols = _bucket(z.shape[0]), _bucket(z.shape[1])
+  rows, cols = bucket(z.shape[0]), bucket(z.shape[1])
   fill = _fast.pad_logit(np.float64) if name == "softmax" else 0.0
   with jax.enable_x64(True):
     out = _vjp_padded(name, _pad(z, rows, cols, fill), _pad(np.asarray(a, np.float64), rows, cols),
@@ -480,7 +296,7 @@ def dense_products(x, W, delta) -> tuple:
   """bpref's (dx, dW, db) = (delta W, delta^T x, sum_b delta) in float64 (``bpref.backprop``)."""
   B, n_in = x.shape
   n_out = W.shape[0]
-  rb, ri, ro = _bucket(B), _bucket(n_in), _bucket(n_out)
+  rb, ri, ro = bucket(B), bucket(n_in), bucket(n_out)
   with jax.enable_x64(True):
     dx, dW, db = _dense_padded(_pad(x, rb, ri), _pad(W, ro, ri), _pad(delta, rb, ro))
   return (np.asarray(dx, np.float64)[:B, :n_in], np.asarray(dW, np.float64)[:n_out, :n_in],
@@ -503,37 +319,6 @@ def rho_second(name: str, z, a) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- the truth of one case
-
-class OpTruth(NamedTuple):
-  """bpref's answer on one case and how far a correct candidate may be from it.
-
-  Attributes:
-    expected: {output name: float64 array}: dx, dW, db / dz / dy.
-    bounds: {output name: M_X}, the magnitude bound of each output.
-    tol: tol of (T) for the op.
-    value: the reduced loss (loss only), else None; value_bound its magnitude.
-    forward: bpref's forward output (y, a, softmax(z), or the loss value); forward_bound M.
-    forward_tol: the forward pass's tolerance.
-    z: the pre-activations (activation, softmax, layer, fused losses), float64; else None.
-    a: f(z) where there is an activation, else None.
-  """
-  expected: dict
-  bounds: dict
-  tol: float
-  value: float | None
-  value_bound: float
-  forward: object
-  forward_bound: object
-  forward_tol: float
-  z: np.ndarray | None = None
-  a: np.ndarray | None = None
-
-
-def unit_and_floor(dtype) -> tuple:
-  """(u, lambda / u): the unit roundoff and the underflow floor (U) of the module docstring."""
-  u = _tolerance.unit_roundoff(dtype)
-  return u, float(np.finfo(dtype).tiny) / u
-
 
 def output_names(spec: OpSpec) -> tuple:
   if spec.kind in ("dense", "layer"):
@@ -673,27 +458,3 @@ def _loss_truth(spec, case, u, floor) -> OpTruth:
   tol = _tolerance.tolerance(spec.dtype, depth=1, inner=K)
   ftol = _tolerance.forward_tolerance(spec.dtype, depth=1, inner=K)
   return OpTruth({out: g}, {out: M}, tol, value, value_bound, value, value_bound, ftol, zz, None)
-
-
-def finite(truth: OpTruth) -> bool:
-  """Whether bpref's answer is finite here (binary cross-entropy of a y rounded to 1 is not)."""
-  return all(np.all(np.isfinite(v)) for v in truth.expected.values()) and \
-      all(np.all(np.isfinite(v)) for v in truth.bounds.values()) and \
-      (truth.value is None or math.isfinite(truth.value))
-
-
-def error(actual, expected, bound) -> float:
-  """||actual - expected||_F / ||M||_F, the op's error measure (both norms taken after a common
-  rescaling by max |M|, so that entries near 1e200 do not overflow the sum of squares)."""
-  diff = (np.asarray(actual, np.float64) - np.asarray(expected, np.float64)).ravel()
-  bound = np.asarray(bound, np.float64).ravel()
-  top = float(np.max(np.abs(bound))) if bound.size else 0.0
-  if not top > 0 or not np.isfinite(top):
-    return float(np.linalg.norm(diff))
-  return float(np.linalg.norm(diff / top)) / float(np.linalg.norm(bound / top))
-
-
-def vacuous(truth: OpTruth) -> list:
-  """The outputs an all-zero answer would pass (e(0) <= tol): such a case checks nothing there."""
-  return [k for k, v in truth.expected.items()
-          if not error(np.zeros_like(v), v, truth.bounds[k]) > truth.tol]

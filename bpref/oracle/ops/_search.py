@@ -9,16 +9,11 @@ from typing import NamedTuple
 import numpy as np
 
 from bpref.oracle import isolation as _isolation
-from bpref.oracle.ops import _judge
-from bpref.oracle.ops import _kinds
-from bpref.oracle.ops._kinds import Label, OpCase
+from bpref.oracle.ops import _judge, kinds
+from bpref.oracle.ops.record import Label, OpCase, error, finite, vacuous
 
 UNSHRUNK = ("timeout", "crash", "nondeterministic")
 """Failures kept as first found: each attempt could cost the whole timeout or a new process."""
-
-PLAIN_VALUES = (1.0, -1.0, 2.0, -2.0, 0.5, -0.5, 0.0)
-"""What the shrinker tries in place of each entry, plainest first; 0 last, so that a bug away from a kink is not moved onto it."""
-
 
 class Run(NamedTuple):
   """One case run: the case, bpref's answer, the verdict (None for a case that checks nothing)."""
@@ -32,6 +27,7 @@ class Evaluator:
 
   def __init__(self, candidate, spec, pool=None):
     self.candidate, self.spec, self.pool = candidate, spec, pool  # pool: an isolation.Isolated
+    self.record = kinds.of(spec)
     self.has_forward = (bool((pool.info or {}).get("forward")) if pool is not None
                         else candidate.forward is not None)
     self.calls = 0
@@ -43,8 +39,8 @@ class Evaluator:
 
   def truth(self, case):
     """bpref's answer, or None when the case checks nothing (vacuous or not finite)."""
-    truth = _kinds.compute(self.spec, case)
-    if not _kinds.finite(truth) or _kinds.vacuous(truth):
+    truth = self.record.compute(self.spec, case)
+    if not finite(truth) or vacuous(truth):
       return None
     return truth
 
@@ -63,13 +59,12 @@ class Evaluator:
     truth = self.truth(case)
     if truth is None:
       return Run(case, None, None)
-    outcome = self.call("backward", _judge.candidate_args(self.spec, case))
+    outcome = self.call("backward", self.record.args(self.spec, case))
     verdict = _judge.judge(self.spec, case, truth, outcome)
     if verdict.passed and forward and self.has_forward and not self.stopped:
-      twin = None
-      if self.spec.name in _judge.GELU_TWINS and self.spec.kind in ("activation", "layer"):
-        twin = _kinds.compute(self.spec, case, name=_judge.GELU_TWINS[self.spec.name])
-      fwd = self.call("forward", _judge.forward_args(self.spec, case))
+      variant = self.record.twin(self.spec)
+      twin = None if variant is None else self.record.compute(self.spec, case, variant)
+      fwd = self.call("forward", self.record.forward_args(self.spec, case))
       bad = _judge.judge_forward(self.spec, case, truth, fwd, twin)
       self.forward_checked += 1
       if bad is not None:
@@ -81,16 +76,11 @@ class Evaluator:
 
 def probes(spec) -> list:
   """The targeted cases: each shape class once, then each value family once."""
-  if spec.kind in ("dense", "layer"):
-    shapes = [(1, 3, 2), (3, 1, 2), (3, 2, 1), (2, 3, 4), (4, 3, 2), (3, 3, 3), (4, 4, 2),
-              (3, 32, 24)]
-    family_dims = [(2, 3, 4), (3, 3, 3)]
-  else:
-    shapes = [(1, 3), (3, 1), (4, 3), (2, 5), (3, 32)]
-    family_dims = [(3, 4), (1, 2)]
+  record = kinds.of(spec)
+  shapes, family_dims = record.probe_dims(spec)
   out = [Label(d, "normal", spec.seed) for d in shapes]
   for dims in family_dims:
-    out += [Label(dims, f, spec.seed) for f in _kinds.families(spec)]
+    out += [Label(dims, f, spec.seed) for f in record.value_families(spec)]
   return out
 
 
@@ -102,12 +92,11 @@ def random_labels(spec) -> list:
 def label_stream(spec):
   """The seed's random cases, without end: ``random_labels`` is its beginning."""
   rng = np.random.default_rng([spec.seed, 7919])
-  fams = _kinds.families(spec)
+  record = kinds.of(spec)
+  fams = record.value_families(spec)
   while True:
-    B = int(rng.integers(1, spec.max_batch + 1))
-    widths = tuple(int(w) for w in rng.integers(1, spec.max_width + 1,
-                                                2 if spec.kind in ("dense", "layer") else 1))
-    yield Label((B,) + widths, fams[int(rng.integers(len(fams)))], int(rng.integers(1 << 30)))
+    dims = record.random_dims(spec, rng)
+    yield Label(dims, fams[int(rng.integers(len(fams)))], int(rng.integers(1 << 30)))
 
 
 DRAW_BUDGET = 10
@@ -122,7 +111,7 @@ SKIP_REASONS = {
 
 def skip_reason(spec, case) -> str:
   """Why a case that ``Evaluator.truth`` refuses checks nothing: "not finite" or "vacuous"."""
-  return "vacuous" if _kinds.finite(_kinds.compute(spec, case)) else "not finite"
+  return "vacuous" if finite(kinds.of(spec).compute(spec, case)) else "not finite"
 
 
 def too_few(found) -> str:
@@ -197,7 +186,7 @@ def _labels(spec, tally: _Tally):
 def _search(ev: Evaluator, tally: _Tally) -> Found:
   checked = skipped = 0
   for label in _labels(ev.spec, tally):
-    run = ev.run(_kinds.draw(ev.spec, label))
+    run = ev.run(ev.record.case(ev.spec, label))
     if run.verdict is None:
       skipped += 1
       tally.skips[skip_reason(ev.spec, run.case)] += 1
@@ -223,12 +212,8 @@ def _search(ev: Evaluator, tally: _Tally) -> Found:
 def _same(first, second, truth) -> bool:
   if first.outputs is None or second.outputs is None:
     return first.kind == second.kind
-  return all(_kinds.error(first.outputs[k], second.outputs[k], truth.bounds[k]) <= truth.tol
+  return all(error(first.outputs[k], second.outputs[k], truth.bounds[k]) <= truth.tol
              for k in first.outputs)
-
-
-def _size(case) -> int:
-  return sum(v.size for k, v in case.arrays.items() if k in _kinds.PRIMARY["dense"] + ("z", "y"))
 
 
 def neighbours(spec, label) -> list:
@@ -239,7 +224,7 @@ def neighbours(spec, label) -> list:
       if 1 <= smaller < d:
         dims = label.dims[:i] + (smaller,) + label.dims[i + 1:]
         out.append(label._replace(dims=dims))
-  fams = _kinds.families(spec)
+  fams = kinds.of(spec).value_families(spec)
   for f in fams[:fams.index(label.family)]:
     out.append(label._replace(family=f))
   if label.seed != 0:
@@ -268,7 +253,7 @@ def shrink(ev: Evaluator, failing: Run) -> Run:
       if budget <= 0:
         break
       budget -= 1
-      run = ev.run(_kinds.draw(ev.spec, label), forward=kind == "forward")
+      run = ev.run(ev.record.case(ev.spec, label), forward=kind == "forward")
       if _same_failure(run.verdict, kind, codes):
         best, improved = run, True
         break
@@ -276,39 +261,20 @@ def shrink(ev: Evaluator, failing: Run) -> Run:
   return _plainer_values(ev, best, kind, codes, budget)
 
 
-def _shrinkable(spec) -> tuple:
-  names = ("x", "W", "b", "dout", "z", "y")
-  if spec.kind == "loss" and spec.name in _kinds.REGRESSION:
-    names += ("t",)
-  if spec.kind == "loss" and spec.targets == "labels":
-    names += ("labels",)
-  if spec.kind == "loss" and spec.name in _kinds.SIGMOID_LOSSES and spec.targets == "probabilities":
-    names += ("t",)
-  return names
-
-
-def _replacements(spec, name, value) -> tuple:
-  if name == "labels":
-    return (0.0,) if value != 0 else ()
-  if name == "t" and spec.kind == "loss" and spec.name in _kinds.SIGMOID_LOSSES:
-    return tuple(v for v in (0.0, 1.0, 0.5) if v != value)
-  return tuple(v for v in PLAIN_VALUES if not (v == value and np.signbit(v) == np.signbit(value)))
-
-
 def _plainer_values(ev: Evaluator, best: Run, kind: str, codes: tuple, budget: int) -> Run:
-  """Each entry replaced by the plainest value in ``PLAIN_VALUES`` that keeps the failure."""
-  spec = ev.spec
-  for name in _shrinkable(spec):
-    if name not in best.case.arrays or name not in _kinds.PRIMARY[spec.kind]:
+  """Each entry replaced by the plainest value (the record's ``replacements``) that keeps the failure."""
+  spec, record = ev.spec, ev.record
+  for name in record.shrinkable(spec):
+    if name not in best.case.arrays:
       continue
     for index in np.ndindex(best.case.arrays[name].shape):
-      for value in _replacements(spec, name, best.case.arrays[name][index]):
+      for value in record.replacements(spec, name, best.case.arrays[name][index]):
         if budget <= 0:
           return best
         budget -= 1
         arrays = {k: v.copy() for k, v in best.case.arrays.items()}
         arrays[name][index] = value
-        case = OpCase(None, _kinds.derive(spec, arrays))
+        case = OpCase(None, record.derive(spec, arrays))
         run = ev.run(case, forward=kind == "forward")
         if _same_failure(run.verdict, kind, codes):
           best = run

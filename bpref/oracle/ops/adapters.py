@@ -29,6 +29,7 @@ import sys
 
 import numpy as np
 
+from bpref.oracle.ops import kinds
 from bpref.oracle.ops._judge import OpCandidate
 
 
@@ -45,120 +46,124 @@ def is_custom_vjp(obj) -> bool:
   return isinstance(obj, jax.custom_vjp)
 
 
-def _check_kind(kind):
-  kinds = ("dense", "layer", "activation", "softmax", "loss")
-  if kind not in kinds:
-    raise ValueError(f"unknown op kind {kind!r}; valid kinds: {', '.join(kinds)}")
-
-
-def from_torch_function(fn_class, kind: str, *, name=None, dtype="float64", layout="out_in",
-                        bias=True, reduction="mean") -> OpCandidate:
-  """An op candidate running ``fn_class.apply`` forward and its own ``backward`` rule.
-
-  Args:
-    fn_class: a ``torch.autograd.Function`` subclass with its own ``forward`` and ``backward``.
-    kind: the op kind (module docstring gives the call per kind).
-    name, dtype, layout, bias, reduction: as for ``check_op`` (dtype picks the tensors' dtype).
-  """
+def _torch_function(fn_class) -> None:
   import torch
 
-  _check_kind(kind)
   if not (isinstance(fn_class, type) and issubclass(fn_class, torch.autograd.Function)):
     raise TypeError(f"from_torch_function needs a torch.autograd.Function subclass; got "
                     f"{fn_class!r}")
   if fn_class.backward is torch.autograd.Function.backward:
     raise TypeError(f"{fn_class.__name__} defines no backward: torch would have nothing of yours "
                     "to check; write a @staticmethod backward(ctx, grad_output)")
-  tdtype = torch.float64 if dtype == "float64" else torch.float32
 
-  def tensors(args, grad):
-    out = []
-    for i, a in enumerate(args):
-      if a is None:
-        continue
-      if a.dtype.kind in "iu":
-        out.append(torch.from_numpy(np.array(a, np.int64)))
-      else:
-        out.append(torch.tensor(np.array(a), dtype=tdtype, requires_grad=grad[i]))
-    return out
 
-  def run(args, grad):
-    inputs = tensors(args, grad)
-    return inputs, fn_class.apply(*inputs)
+def _custom_vjp(fn) -> None:
+  import jax
+
+  if not isinstance(fn, jax.custom_vjp):
+    raise TypeError("from_custom_vjp needs a function decorated with @jax.custom_vjp (its bwd "
+                    "rule is what is checked); the gradient of a plain function would be JAX's "
+                    f"autodiff, not yours; got {fn!r}")
+
+
+def _spec(kind, **options):
+  return kinds.make_spec(kind, options.pop("name", None), **options)
+
+
+def from_torch_function(fn_class, kind: str, *, name=None, dtype="float64", layout="", bias=True,
+                        reduction="mean", **options) -> OpCandidate:
+  """An op candidate running ``fn_class.apply`` forward and its own ``backward`` rule.
+
+  Args:
+    fn_class: a ``torch.autograd.Function`` subclass with its own ``forward`` and ``backward``.
+    kind: the op kind (module docstring gives the call per kind).
+    name, dtype, layout, bias, reduction, **options: as for ``check_op`` (dtype picks the
+      tensors' dtype).
+  """
+  _torch_function(fn_class)
+  return torch_candidate(fn_class, _spec(kind, name=name, dtype=dtype, layout=layout, bias=bias,
+                                         reduction=reduction, **options))
+
+
+def torch_candidate(fn_class, spec) -> OpCandidate:
+  """``from_torch_function`` for a checked ``OpSpec``."""
+  import torch
+
+  record = kinds.of(spec)
+  _torch_function(fn_class)
+  tdtype = torch.float64 if spec.dtype == "float64" else torch.float32
+
+  def tensor(a, grad):
+    if a.dtype.kind in "iu":
+      return torch.from_numpy(np.array(a, np.int64))
+    return torch.tensor(np.array(a), dtype=tdtype, requires_grad=grad)
 
   def forward(*args):
     with torch.no_grad():
-      _, out = run(args, (False,) * len(args))
+      out = fn_class.apply(*[tensor(a, False) for a in args if a is not None])
     return out.detach().numpy()
 
   def backward(*args):
-    if kind in ("dense", "layer"):
-      x, W, b, dout = args
-      inputs, out = run((x, W, b), (True, True, True))
-      cot = torch.tensor(np.array(dout), dtype=tdtype)
-    elif kind == "loss":
-      y, t = args
-      inputs, out = run((y, t), (True, False))
-      inputs = inputs[:1]
-      cot = torch.ones((), dtype=tdtype)
-    else:
-      z, dout = args
-      inputs, out = run((z,), (True,))
-      cot = torch.tensor(np.array(dout), dtype=tdtype)
-    grads = torch.autograd.grad(out, inputs, grad_outputs=cot, allow_unused=True)
-    grads = [None if g is None else g.detach().numpy() for g in grads]
-    if kind in ("dense", "layer"):
-      return tuple(grads) if bias else (grads[0], grads[1])
-    return grads[0]
+    inputs, grad, cot = record.framework_call(spec, args)
+    tensors = [None if a is None else tensor(a, g) for a, g in zip(inputs, grad)]
+    out = fn_class.apply(*[t for t in tensors if t is not None])
+    wrt = [t for t, g in zip(tensors, grad) if t is not None and g]
+    cot = torch.ones((), dtype=tdtype) if cot is None else torch.tensor(np.array(cot), dtype=tdtype)
+    grads = torch.autograd.grad(out, wrt, grad_outputs=cot, allow_unused=True)
+    return record.framework_result(spec, [None if g is None else g.detach().numpy() for g in grads])
 
   return OpCandidate(backward, forward, name=fn_class.__name__)
 
 
-def from_custom_vjp(fn, kind: str, *, name=None, dtype="float64", layout="out_in", bias=True,
-                    reduction="mean") -> OpCandidate:
+def from_custom_vjp(fn, kind: str, *, name=None, dtype="float64", layout="", bias=True,
+                    reduction="mean", **options) -> OpCandidate:
   """An op candidate running a ``jax.custom_vjp`` function forward and its bwd rule backward.
 
   Args:
     fn: a function decorated with ``@jax.custom_vjp`` whose ``defvjp`` gave its fwd and bwd.
     kind: the op kind (module docstring gives the call per kind).
-    name, dtype, layout, bias, reduction: as for ``check_op``; float64 runs under
+    name, dtype, layout, bias, reduction, **options: as for ``check_op``; float64 runs under
       ``jax.enable_x64``.
   """
+  _custom_vjp(fn)
+  return custom_vjp_candidate(fn, _spec(kind, name=name, dtype=dtype, layout=layout, bias=bias,
+                                        reduction=reduction, **options))
+
+
+def custom_vjp_candidate(fn, spec) -> OpCandidate:
+  """``from_custom_vjp`` for a checked ``OpSpec``."""
   import jax
   import jax.numpy as jnp
 
-  _check_kind(kind)
-  if not isinstance(fn, jax.custom_vjp):
-    raise TypeError("from_custom_vjp needs a function decorated with @jax.custom_vjp (its bwd "
-                    "rule is what is checked); the gradient of a plain function would be JAX's "
-                    f"autodiff, not yours; got {fn!r}")
-  x64 = dtype == "float64"
+  record = kinds.of(spec)
+  _custom_vjp(fn)
+  x64 = spec.dtype == "float64"
 
-  def arrays(args):
-    return [jnp.asarray(a) for a in args if a is not None]
+  def pull(inputs, grad, cot):  # the user's bwd rule, run by jax.vjp
+    wrt = [i for i, g in enumerate(grad) if g]
 
-  def pull(*args):  # the user's bwd rule, run by jax.vjp; one compilation per shape under jit
-    if kind in ("dense", "layer"):
-      *inputs, dout = args
-      return jax.vjp(fn, *inputs)[1](dout)
-    if kind == "loss":
-      y, t = args
-      out, pullback = jax.vjp(lambda v: fn(v, t), y)
-      return pullback(jnp.ones_like(out))
-    z, dout = args
-    return jax.vjp(fn, z)[1](dout)
+    def on(*diff):
+      full = list(inputs)
+      for i, d in zip(wrt, diff):
+        full[i] = d
+      return fn(*full)
 
-  pull_jit, forward_jit = jax.jit(pull), jax.jit(fn)
+    out, pullback = jax.vjp(on, *[inputs[i] for i in wrt])
+    return pullback(jnp.ones_like(out) if cot is None else cot)
+
+  pull_jit, forward_jit = jax.jit(pull, static_argnums=1), jax.jit(fn)
 
   def forward(*args):
     with jax.enable_x64(x64):
-      return np.asarray(forward_jit(*arrays(args)))
+      return np.asarray(forward_jit(*[jnp.asarray(a) for a in args if a is not None]))
 
   def backward(*args):
+    inputs, grad, cot = record.framework_call(spec, args)
+    kept = [(jnp.asarray(a), g) for a, g in zip(inputs, grad) if a is not None]
     with jax.enable_x64(x64):
-      grads = [np.asarray(g) for g in pull_jit(*arrays(args))]
-    if kind in ("dense", "layer"):
-      return tuple(grads) if bias else (grads[0], grads[1])
-    return grads[0]
+      grads = pull_jit([a for a, _ in kept], tuple(g for _, g in kept),
+                       None if cot is None else jnp.asarray(cot))
+      grads = [np.asarray(g) for g in grads]
+    return record.framework_result(spec, grads)
 
   return OpCandidate(backward, forward, name=getattr(fn, "__name__", "custom_vjp function"))

@@ -18,7 +18,7 @@ import argparse
 import os
 import sys
 
-from bpref.oracle.ops import _kinds
+from bpref.oracle.ops import kinds
 
 EXIT_PASS, EXIT_BUG, EXIT_USAGE = 0, 1, 2
 
@@ -37,8 +37,8 @@ def add_op_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
   --examples, --seed, --timeout, --json.
   """
   g = parser.add_argument_group("one operation (--op)")
-  g.add_argument("--op", choices=_kinds.KINDS, metavar="KIND",
-                 help=f"check one operation's backward function: {', '.join(_kinds.KINDS)}")
+  g.add_argument("--op", choices=kinds.KINDS, metavar="KIND",
+                 help=f"check one operation's backward function: {', '.join(kinds.KINDS)}")
   g.add_argument("--op-name", metavar="NAME",
                  help="the activation (--op activation, layer) or loss (--op loss)")
   g.add_argument("--function", metavar="MODULE:ATTR",
@@ -49,14 +49,19 @@ def add_op_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
                       "y, logits or probs (loss); default the first")
   g.add_argument("--targets", choices=("probabilities", "labels"), default=None,
                  help="a loss's targets: probability rows (the default), or one class index per row")
-  g.add_argument("--signature", choices=_kinds.SIGNATURES, default=None,
+  g.add_argument("--signature", choices=("bpref", "cs231n"), default=None,
                  help="how the function is called: bpref (the default; arguments as in "
                       "docs/oracle.md) or cs231n: (dout, cache), as CS231n's relu_backward, "
                       "affine_backward (with --layout in_out) and affine_relu_backward take them")
   g.add_argument("--strict-conventions", action="store_true",
                  help="a kink convention or gelu's tanh approximation counts as a bug")
-  _add(parser, "--layout", choices=("out_in", "in_out"), default="out_in",
-       help="out_in: W is (n_out, n_in); in_out: (n_in, n_out)")
+  _add(parser, "--layout", default=None,
+       help="how the candidate holds its arrays: out_in (W is (n_out, n_in), the default) or "
+            "in_out ((n_in, n_out)) for dense and layer; btc or nc for layernorm; llmc or torch "
+            "for attention")
+  g.add_argument("--eps", type=float, default=None, help="layernorm's epsilon (default 1e-5)")
+  g.add_argument("--heads", type=int, default=None,
+                 help="attention's number of heads (default: 1, 2 and 3 searched)")
   _add(parser, "--no-bias", action="store_true", help="the dense layer has no bias")
   _add(parser, "--reduction", choices=("mean", "sum"), default="mean")
   _add(parser, "--dtype", choices=("float64", "float32"), default="float64")
@@ -89,18 +94,18 @@ def run_op_command(args: argparse.Namespace) -> int:
           file=sys.stderr)
     return EXIT_USAGE
   in_process = getattr(args, "in_process", False)
-  options = dict(takes=args.takes or "", layout=args.layout, bias=not args.no_bias,
+  options = dict(takes=args.takes or "", layout=args.layout or "", bias=not args.no_bias,
                  reduction=args.reduction, targets=args.targets or "probabilities",
                  dtype=args.dtype, examples=args.examples, seed=args.seed, timeout=args.timeout,
                  strict_conventions=args.strict_conventions,
                  signature=args.signature or "bpref")
-  options.update({k: getattr(args, k) for k in ("max_batch", "max_width", "shrink_budget")
+  options.update({k: getattr(args, k) for k in ("max_batch", "max_width", "shrink_budget", "eps", "heads")
                   if getattr(args, k, None) is not None})
   try:
     if in_process:
       candidate = _isolation.load_target(args.function)
     else:
-      _kinds.make_spec(args.op, args.op_name, **options)  # bad options: a usage error before spawning
+      kinds.make_spec(args.op, args.op_name, **options)  # bad options: a usage error before spawning
       candidate = _isolation.absolute_target(args.function)
       _loadable(candidate)
     report = check_op(args.op, candidate, name=args.op_name, isolate=not in_process, **options)
