@@ -9,6 +9,7 @@ from typing import NamedTuple
 import numpy as np
 
 from bpref.oracle import isolation as _isolation
+from bpref.oracle.diagnosis import FIT_SLACK
 from bpref.oracle.ops import _judge, kinds
 from bpref.oracle.ops.record import Label, OpCase, error, finite, vacuous
 
@@ -232,16 +233,25 @@ def neighbours(spec, label) -> list:
   return out
 
 
-def _same_failure(verdict, kind, codes=()) -> bool:
-  """Whether a run fails the same way: the same kind, and the same findings read off shapes."""
+def _same_failure(verdict, kind, codes=(), clear=False) -> bool:
+  """Whether a run fails the same way: the same kind, the same findings read off shapes and,
+  with ``clear``, wrong by more than FIT_SLACK tolerances (so that a bug model can be told
+  apart from rounding on it, as on the failure it replaces)."""
   return (verdict is not None and not verdict.passed and verdict.kind == kind
-          and tuple(f.code for f in verdict.findings) == tuple(codes))
+          and tuple(f.code for f in verdict.findings) == tuple(codes)
+          and (not clear or _clear(verdict)))
+
+
+def _clear(verdict) -> bool:
+  """Whether a numeric failure is wrong by more than FIT_SLACK tolerances."""
+  return bool(verdict.errors) and max(verdict.errors.values()) > FIT_SLACK * verdict.tol
 
 
 def shrink(ev: Evaluator, failing: Run) -> Run:
   """The failure moved greedily to fewer entries and plainer values, keeping its kind."""
   kind = failing.verdict.kind
   codes = tuple(f.code for f in failing.verdict.findings)
+  clear = kind == "numeric" and _clear(failing.verdict)
   if kind in UNSHRUNK:
     return failing
   budget = ev.spec.shrink_budget
@@ -254,14 +264,15 @@ def shrink(ev: Evaluator, failing: Run) -> Run:
         break
       budget -= 1
       run = ev.run(ev.record.case(ev.spec, label), forward=kind == "forward")
-      if _same_failure(run.verdict, kind, codes):
+      if _same_failure(run.verdict, kind, codes, clear):
         best, improved = run, True
         break
   ev.origin = best.case.label
-  return _plainer_values(ev, best, kind, codes, budget)
+  return _plainer_values(ev, best, kind, codes, budget, clear)
 
 
-def _plainer_values(ev: Evaluator, best: Run, kind: str, codes: tuple, budget: int) -> Run:
+def _plainer_values(ev: Evaluator, best: Run, kind: str, codes: tuple, budget: int,
+                    clear: bool) -> Run:
   """Each entry replaced by the plainest value (the record's ``replacements``) that keeps the failure."""
   spec, record = ev.spec, ev.record
   for name in record.shrinkable(spec):
@@ -276,7 +287,7 @@ def _plainer_values(ev: Evaluator, best: Run, kind: str, codes: tuple, budget: i
         arrays[name][index] = value
         case = OpCase(None, record.derive(spec, arrays))
         run = ev.run(case, forward=kind == "forward")
-        if _same_failure(run.verdict, kind, codes):
+        if _same_failure(run.verdict, kind, codes, clear):
           best = run
           break
   return best
