@@ -10,9 +10,13 @@ import numpy as np
 
 from bpref import losses as _losses
 from bpref.oracle.ops import classic as _classic
+from bpref.oracle.ops import layernorm as _layernorm
 from bpref.oracle.ops.record import OpKind, OpSpec
 
-RECORDS: tuple = _classic.RECORDS
+RECORDS: tuple = (
+    *_classic.RECORDS,
+    _layernorm.LAYERNORM,
+)
 
 KINDS = tuple(r.name for r in RECORDS)
 """The kinds' names, as ``check_op`` and ``bpref check --op`` spell them."""
