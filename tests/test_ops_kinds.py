@@ -139,3 +139,10 @@ def test_a_kind_draws_the_same_case_from_the_same_label(record):
   assert first.arrays.keys() == again.arrays.keys()
   for k in first.arrays:
     np.testing.assert_array_equal(first.arrays[k], again.arrays[k])
+
+
+def test_every_kind_has_a_row_in_the_docs_table():
+  docs = (OPS.parents[2] / "docs" / "oracle.md").read_text()
+  rows = {line.split("|")[1].strip().split()[0].strip("`") for line in docs.splitlines()
+          if line.startswith("| `")}
+  assert set(kinds.KINDS) - rows == set()

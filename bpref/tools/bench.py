@@ -485,6 +485,86 @@ def bench_checkers(verify_quick: bool = False) -> dict:
   return out
 
 
+def _reference_candidate(spec):
+  """bpref's own answer as an op candidate: the arguments read back into a case, the record's
+  answer returned in the candidate's layout, so that a search's rate is the engine's."""
+  from bpref.oracle.ops import kinds
+  from bpref.oracle.ops.record import OpCase
+
+  record = kinds.of(spec)
+
+  def backward(*args):
+    arrays = {n: record.internal(spec, n, np.asarray(a, np.float64))
+              for n, a in zip(record.arg_names(spec), args) if isinstance(a, np.ndarray)}
+    truth = record.compute(spec, OpCase(None, record.derive(spec, arrays)))
+    out = [record.declared(spec, k, truth.expected[k]).astype(spec.dtype)
+           for k in record.output_names(spec)]
+    return out[0] if len(out) == 1 else tuple(out)
+
+  return backward
+
+
+OP_NAMES = {"activation": "tanh", "layer": "relu", "loss": "softmax_cross_entropy",
+            "residual": "gelu_tanh"}
+"""The name each named kind is benchmarked with."""
+
+
+def bench_ops(kinds_=None, dtype="float32", seed=0) -> list:
+  """A default search per op kind (``check_op`` with its default examples), the candidate bpref's
+  own answer (``_reference_candidate``): cases checked per second, in process, and the XLA
+  compilations of the search, cold (the first search of the kind in this process) and warm."""
+  from bpref import compilation
+  from bpref.oracle.ops import check_op, kinds
+  rows = []
+  for kind in kinds_ or kinds.KINDS:
+    record = kinds.get(kind)
+    name = OP_NAMES.get(kind) or (record.names[0] if record.names and kind != "block" else None)
+    spec = kinds.make_spec(kind, name, dtype=dtype, seed=seed)
+    if kind == "block":
+      steps = {}
+      for sub_kind in ("dense", "activation", "layernorm", "attention"):
+        steps[sub_kind] = _block_step(sub_kind, dtype, seed)
+      candidate = steps
+    else:
+      candidate = _reference_candidate(spec)
+    row = {"kind": kind, "name": name}
+    for phase in ("cold", "warm"):
+      with compilation.count() as seen:
+        start = time.perf_counter()
+        report = check_op(kind, candidate, name=name, dtype=dtype, seed=seed)
+        seconds = time.perf_counter() - start
+      row[phase] = {"verdict": report.verdict, "cases": report.cases, "calls": report.calls,
+                    "seconds": seconds, "cases_per_second": report.cases / seconds,
+                    "compilations": seen.to_json().get("compilations")}
+    rows.append(row)
+  return rows
+
+
+def _block_step(kind, dtype, seed):
+  """A block step's reference candidate: heads read from the call, as the block hands it."""
+  from bpref.oracle.ops import kinds
+
+  def step(*args):
+    options = {"heads": args[2]} if kind == "attention" else {}
+    name = "gelu_tanh" if kind == "activation" else None
+    spec = kinds.make_spec(kind, name, dtype=dtype, seed=seed, **options)
+    return _reference_candidate(spec)(*args)
+
+  return step
+
+
+def format_ops(rows) -> str:
+  lines = ["op kinds: a default check_op search, the candidate bpref's own answer, in process:",
+           f"  {'kind':10s} {'cases':>5s} {'cold s':>7s} {'cases/s':>8s} {'comp.':>5s}   "
+           f"{'warm s':>7s} {'cases/s':>8s} {'comp.':>5s}  verdict"]
+  for r in rows:
+    c, w = r["cold"], r["warm"]
+    lines.append(f"  {r['kind']:10s} {c['cases']:5d} {c['seconds']:7.2f} {c['cases_per_second']:8.1f} "
+                 f"{c['compilations']!s:>5s}   {w['seconds']:7.2f} {w['cases_per_second']:8.1f} "
+                 f"{w['compilations']!s:>5s}  {w['verdict']}")
+  return "\n".join(lines)
+
+
 def format_checkers(result: dict) -> str:
   lines = ["checking one network (4, 8, 8, 3) tanh/relu/sigmoid, B = 8, float64, fresh process, after imports:"]
   for name in ("bpref_one_network", "jax_check_grads", "torch_gradcheck"):
@@ -580,8 +660,23 @@ def main(argv=None) -> int:
                            "bpref.oracle.check cold and warm, each in a fresh process")
   parser.add_argument("--verify", action="store_true",
                       help="with --checkers: also time bpref verify --quick")
+  parser.add_argument("--ops", nargs="?", const="all", default=None, metavar="KINDS",
+                      help="only the op kinds: a default check_op search per kind (comma-separated "
+                           "kinds, default all), cases per second and compilations, cold and warm")
   parser.add_argument("--seed", type=ranged(0, 2**32 - 1), default=0, help="0 to 2**32 - 1")
   args = parser.parse_args(argv)
+  if args.ops:
+    jax.config.update("jax_enable_x64", True)
+    from bpref.oracle.ops import kinds as _op_kinds
+
+    chosen = None if args.ops == "all" else tuple(args.ops.split(","))
+    unknown = [k for k in chosen or () if k not in _op_kinds.KINDS]
+    if unknown:
+      parser.error(f"--ops: unknown kinds {unknown}; valid: {', '.join(_op_kinds.KINDS)}")
+    dtype = args.dtypes.split(",")[0] if args.dtypes else "float32"
+    rows = bench_ops(chosen, dtype, args.seed)
+    print(json.dumps(rows, indent=2) if args.json else format_ops(rows))
+    return 0
   if args.checkers:
     result = bench_checkers(verify_quick=args.verify)
     print(json.dumps(result, indent=2) if args.json else format_checkers(result))

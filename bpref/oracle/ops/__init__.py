@@ -46,7 +46,7 @@ import numpy as np
 
 from bpref.oracle import isolation as _isolation
 from bpref.oracle.diagnosis import Finding
-from bpref.oracle.ops import _diagnosis, _search, kinds
+from bpref.oracle.ops import _diagnosis, _search, kinds, wire_ops
 from bpref.oracle.ops._judge import OpCandidate as OpCandidate
 from bpref.oracle.ops.kinds import KINDS as KINDS
 from bpref.oracle.ops.record import OpCase
@@ -89,8 +89,8 @@ class OpReport(Report):
       if self.dropped:
         lines.append("  skipped unchecked: " + ", ".join(
             f"{n} {_search.SKIP_REASONS.get(k, k)}" for k, n in self.dropped.items()))
-      lines.append("  searched: batch 1, one unit, non-square, wide; plain, normal, spread, kink "
-                   "(0 and -0), saturated, huge, tiny and float32-limit values where the op has them")
+      spec = OpSpec(**self.spec)
+      lines.append(f"  searched: {kinds.of(spec).searched(spec)}")
       lines += [f"  note: {n}" for n in self.notes]
       return "\n".join(lines + _output_lines(self))
     if self.verdict == "error" and self.kind == "too_few_cases":
@@ -151,6 +151,9 @@ def as_candidate(spec: OpSpec, candidate) -> OpCandidate:
 
   if isinstance(candidate, OpCandidate):
     return candidate
+  adapted = kinds.of(spec).adapt(spec, candidate)
+  if adapted is not None:
+    return adapted
   if adapters.is_torch_function(candidate):
     return adapters.torch_candidate(candidate, spec)
   if adapters.is_custom_vjp(candidate):
@@ -161,19 +164,23 @@ def as_candidate(spec: OpSpec, candidate) -> OpCandidate:
   return OpCandidate(candidate)
 
 
-def check_op(kind: str, candidate, name: str | None = None, *, isolate: bool = False,
-             **options) -> OpReport:
+def check_op(kind: str, candidate=None, name: str | None = None, *, isolate: bool = False,
+             exec_command: str | None = None, **options) -> OpReport:
   """Check one operation's backward function against bpref's; never raises for what it does.
 
   Args:
-    kind: "dense", "activation", "softmax", "loss" or "layer".
+    kind: one of ``KINDS``: "dense", "activation", "softmax", "loss", "layer", "layernorm", ...
     candidate: the backward function (module docstring), an ``OpCandidate``, a
       ``torch.autograd.Function`` subclass or a ``jax.custom_vjp`` function; with ``isolate``,
-      also "module:attr" or "path/to/file.py:attr" naming one.
+      also "module:attr" or "path/to/file.py:attr" naming one. None with ``exec_command``.
     name: the activation (activation, layer) or the loss (loss).
     isolate: run the candidate in a subprocess (named, or picklable), so that an exit, a crash
       in native code or a hang is a failure of its own and the verdict is computed in a process
       the candidate never ran in; ``bpref check --op`` does this unless told ``--in-process``.
+    exec_command: in place of a candidate, a program in any language speaking bpref-wire
+      version 2 (docs/protocol.md) that declares this op in its hello, e.g. "./layers"; each
+      call is an op message over its stdin and stdout (``bpref.oracle.ops.wire_ops``). A dtype
+      not given is the one its hello declares (float64 when it declares it).
     **options: the ``OpSpec`` fields: takes, layout, bias, reduction, targets, dtype, examples,
       seed, max_batch, max_width, strict_conventions, timeout, shrink_budget.
 
@@ -184,10 +191,17 @@ def check_op(kind: str, candidate, name: str | None = None, *, isolate: bool = F
 
   Raises:
     ValueError or TypeError for a bad kind, name or option, or a candidate that is not
-    callable.
+    callable; with ``exec_command``, ``bpref.oracle.exec.ExecError`` (a ValueError) when the
+    program does not start, or its hello is refused or does not declare the op.
   """
-  spec = kinds.make_spec(kind, name, **options)
   start = time.perf_counter()
+  if exec_command is not None:
+    if candidate is not None or isolate:
+      raise TypeError("check_op: exec_command names the candidate, a program; pass no candidate "
+                      "and no isolate with it (the program always runs in its own process)")
+    with wire_ops.OpWirePool(exec_command, kind, name, options) as pool:
+      return _checked(pool.spec, _search.Evaluator(None, pool.spec, pool), start)
+  spec = kinds.make_spec(kind, name, **options)
   if not isolate:
     with _isolation.exits_refused():
       return _checked(spec, _search.Evaluator(as_candidate(spec, candidate), spec), start)
@@ -231,9 +245,16 @@ def _checked(spec, ev, start) -> OpReport:
     except Exception as exc:  # a diagnosis that cannot run must not hide the verdict
       findings = [Finding("undiagnosed", "the candidate is wrong; the diagnosis could not run",
                           f"{type(exc).__name__}: {exc}")]
+    calls = ev.calls
+    if _search.passes_alone(ev, minimal):
+      findings.insert(0, Finding(
+          "history_dependent", "the failure depends on earlier calls: alone, in a fresh process, "
+          "the minimal case passes", f"the candidate failed on it after earlier calls in its "
+          f"process ({calls} calls in all before the rerun): state kept between calls, such as a "
+          "buffer sized by the first call, a counter or a cache?"))
     v = minimal.verdict
     rep.verdict, rep.kind, rep.message = "fail", v.kind, v.message
-    rep.shrunk = v.kind not in _search.UNSHRUNK
+    rep.shrunk = v.kind not in ev.unshrunk
     rep.examples_to_failure = found.position
     rep.errors, rep.tolerance, rep.diagnosis = dict(v.errors), v.tol, findings
     rep.case = _case_json(spec, minimal)

@@ -262,8 +262,8 @@ def _diagnose(ev, minimal, origin) -> list:
   if verdict.kind != "numeric" or verdict.outputs is None:
     return []
   outputs = verdict.outputs
-  wrong = [k for k, e in verdict.errors.items() if not e <= truth.tol]
-  worst = max(verdict.errors.values())
+  wrong = ev.record.focus(spec, [k for k, e in verdict.errors.items() if not e <= truth.tol])
+  worst = max(verdict.errors[k] for k in wrong)
   if worst <= FIT_SLACK * truth.tol:
     return [Finding("near_tolerance", f"within {FIT_SLACK:g} tolerances of bpref's answer: no bug "
                     "model can be told apart from it (a formula that loses digits, or arithmetic "

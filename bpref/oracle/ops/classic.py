@@ -459,6 +459,10 @@ class Classic(OpKind):
   def value_families(self, spec):
     return _kinds.families(spec)
 
+  def searched(self, spec):
+    return ("batch 1, one unit, non-square, wide; plain, normal, spread, kink (0 and -0), "
+            "saturated, huge, tiny and float32-limit values where the op has them")
+
   def probe_dims(self, spec):
     if self.dense:
       return ([(1, 3, 2), (3, 1, 2), (3, 2, 1), (2, 3, 4), (4, 3, 2), (3, 3, 3), (4, 4, 2),
@@ -508,7 +512,13 @@ class Classic(OpKind):
 
   # ---- the candidate's side
   def arg_names(self, spec):
-    return ("dout", "cache") if spec.signature == "cs231n" else ARG_NAMES[self.name]
+    if spec.signature == "cs231n":
+      return ("dout", "cache")
+    if self.name == "loss":
+      return (_kinds.loss_input(spec), "labels" if spec.targets == "labels" else "t")
+    if self.name in ("activation", "softmax"):
+      return (spec.takes, "dout")
+    return ARG_NAMES[self.name]
 
   def args(self, spec, case):
     return candidate_args(spec, case)

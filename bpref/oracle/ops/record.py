@@ -279,6 +279,13 @@ class OpKind:
     """The value families searched, plainest first."""
     return self.families
 
+  def searched(self, spec: OpSpec) -> str:
+    """What a search covers, in words, for a PASS report."""
+    shapes, family_dims = self.probe_dims(spec)
+    names = "x".join(self.dims_names) or "dims"
+    return (f"{names} {', '.join(str(tuple(d)) for d in shapes)} and random up to batch "
+            f"{spec.max_batch}, width {spec.max_width}; values {', '.join(self.value_families(spec))}")
+
   def probe_dims(self, spec: OpSpec) -> tuple:
     """(shapes each probed with normal values, shapes each probed with every family)."""
     raise NotImplementedError
@@ -415,6 +422,16 @@ class OpKind:
              f"{self.forward_name}, not its backward: pass the backward function, which returns "
              f"({', '.join(self.output_names(spec))})",
              f"its answer is bpref's forward output {self.forward_name}", "forward")]
+
+  def focus(self, spec: OpSpec, wrong: list) -> list:
+    """The wrong outputs the diagnosis explains: all of them, or a kind's first wrong part."""
+    return wrong
+
+  # ---- candidates
+  def adapt(self, spec: OpSpec, candidate):
+    """The candidate as an ``OpCandidate`` when the kind takes something other than one
+    backward function (a set of layer functions, say); None: the usual adapters apply."""
+    return None
 
   # ---- framework candidates (``bpref.oracle.ops.adapters``)
   def framework_call(self, spec: OpSpec, args: tuple) -> tuple:
