@@ -54,7 +54,7 @@ def _missing(record) -> list:
   if not fams or not set(fams) <= set(FAMILIES) or fams[0] != "plain":
     out.append(f"value families from {FAMILIES}, plain first (has {fams})")
   checked = modelled = 0
-  for dims in list(shapes) + list(family_dims):
+  for dims in list(shapes)[:2] + list(family_dims)[:1]:  # a few: each shape compiles bpref's answer
     case = record.case(spec, Label(tuple(dims), "normal", 0))
     truth = record.compute(spec, case)
     if set(truth.expected) != set(record.output_names(spec)) or set(truth.bounds) != set(truth.expected):

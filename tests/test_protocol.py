@@ -34,8 +34,8 @@ def send(header, payload=b""):
 inp.readline()
 if mode == "no_hello":
   send({"type": "grads", "id": 0, "arrays": []}); time.sleep(5); sys.exit(0)
-if mode == "hello_version_2":
-  send(dict(HELLO, version=2)); time.sleep(5); sys.exit(0)
+if mode == "hello_version_3":
+  send(dict(HELLO, version=3)); time.sleep(5); sys.exit(0)
 if mode == "hello_unknown_names":
   send(dict(HELLO, activations=["relu", "swish"], losses=["squared_error", "hinge"])); time.sleep(5)
   sys.exit(0)
@@ -145,7 +145,7 @@ def test_a_broken_client_fails_with_a_clear_report(client, mode):
 # modes that never get past the hello: a usage error naming the problem
 UNSTARTABLE = {
     "no_hello": "expected its hello",
-    "hello_version_2": "version 2; this bpref speaks version 1",
+    "hello_version_3": "version 3; this bpref speaks versions 1 and 2",
     "hello_garbage": "not a JSON object",
     "hello_unknown_names": "declares activations swish and losses hinge, which bpref does not know",
     "hang_before_hello": "did not send its hello within 2 s",

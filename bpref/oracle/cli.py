@@ -6,6 +6,7 @@
   bpref check --exec "./mybp" [options]            (any language: docs/protocol.md)
   bpref check --exec "./mybp" --replay REPRO.wire  (the minimal case of a failed check, again)
   bpref check --op activation --op-name relu module:relu_backward   (one operation: docs/oracle.md)
+  bpref check --op layernorm --exec "./layers"     (one operation in any language, bpref-wire 2)
 
 The candidate runs in a subprocess and the verdict is printed by this process,
 which the candidate never ran in: whatever it does (print, raise SystemExit, call
@@ -76,7 +77,8 @@ def _parser() -> argparse.ArgumentParser:
                  help="check a program in any language that speaks bpref-wire on stdin/stdout "
                       "(docs/protocol.md), e.g. --exec ./mybp or --exec 'node mybp.js'; options "
                       "not given (activations, losses, dtype, layout, reduction) are what it "
-                      "declares in its hello")
+                      "declares in its hello; with --op KIND, one operation of a program speaking "
+                      "version 2")
   p.add_argument("--demo", action="store_true",
                  help="check a textbook NumPy backprop bundled with bpref, then the same code with "
                       "a planted bug, and print both reports (bpref/oracle/demo.py)")
@@ -364,13 +366,19 @@ NETWORK_ONLY = (("--activations", "activations", None), ("--losses", "losses", N
 
 
 def _main_op(args, parser) -> int:
-  """``bpref check --op KIND``: one operation's backward function (``bpref.oracle.ops``)."""
+  """``bpref check --op KIND``: one operation's backward function (``bpref.oracle.ops``), or a
+  program's (``--exec``, bpref-wire version 2)."""
   others = [f"--{fw}" for fw in _bridges.BRIDGES if getattr(args, fw)]
-  others += ["--exec"] if args.exec_command is not None else []
   if args.candidate and args.function:
     others.append(args.candidate)
   if others:
     return _usage(parser, f"--op checks the one function --function names; drop {', '.join(others)}")
+  if args.exec_command is not None and (args.function or args.candidate):
+    return _usage(parser, "--op checks one candidate: a Python function (--function) or a program "
+                  "(--exec); drop --exec or --function")
+  if args.exec_command is not None and args.in_process:
+    return _usage(parser, "--in-process does not apply to --exec: the program always runs in its "
+                  "own process; drop it")
   given = [flag for flag, dest, unset in NETWORK_ONLY if getattr(args, dest) != unset]
   if args.workers > 1:
     given.append(f"--workers {args.workers}")
@@ -383,7 +391,7 @@ def _main_op(args, parser) -> int:
   args.signature = args.signature or "bpref"
   args.function = args.function or args.candidate
   args.reduction = args.reduction or "mean"
-  args.dtype = args.dtype or "float64"
+  args.dtype = args.dtype or (None if args.exec_command is not None else "float64")  # --exec: its hello's
   args.layout = args.layout or ""
   import jax
 

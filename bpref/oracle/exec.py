@@ -22,6 +22,10 @@ never in a hang of bpref:
 A reply with a wrong shape, dtype or non-finite entry is judged as a Python
 candidate's would be (``shape``, ``dtype``, ``nonfinite``). What the process
 writes to stderr is kept for the report, like a Python candidate's output.
+
+A client of protocol version 2 may also implement single operations; those are
+checked by ``bpref check --op KIND --exec COMMAND`` (``bpref.oracle.ops.wire_ops``),
+over the same processes (``ExecPool.exchange``).
 """
 
 from __future__ import annotations
@@ -105,6 +109,9 @@ class _Failed(Exception):
 class ExecPool:
   """Candidate processes running ``command``; ``map`` sends cases and reads the gradients.
 
+  ``exchange`` is the engine under ``map``: any message and any reply parser (an op's, in
+  ``bpref.oracle.ops.wire_ops``), with the same processes, timeouts, crashes and restarts.
+
   Args:
     command: the command line, split like a POSIX shell would (``shlex``), run without a shell
       in its own process group.
@@ -177,6 +184,14 @@ class ExecPool:
                     f"started again: {features} after {self.features}")
     self.features = features
     return features
+
+  def greet(self) -> dict:
+    """The first process started and its hello read (``start(0)``); ExecError, a usage error,
+    when it does not start or its hello is refused."""
+    try:
+      return self.start(0)
+    except _Failed as exc:
+      raise ExecError(str(exc)) from None
 
   def _stop(self, i: int, gently: bool = False) -> None:
     proc = self._procs[i]
@@ -330,8 +345,23 @@ class ExecPool:
     Up to ``workers`` cases run at a time, one per process. Never raises for what the
     processes do: a failure is the outcome of the case it happened on.
     """
-    results = [None] * len(cases)
-    pending = collections.deque(range(len(cases)))
+    return self.exchange(cases, lambda case, ident: wire.case_message(case, layout, ident),
+                         wire.grads_result)
+
+  def exchange(self, items, message, reply) -> list:
+    """One ``isolation.Outcome`` per item, in order: the engine under every kind of message.
+
+    Args:
+      items: what is sent, one message each (a network's ``spec.Case``, an op's arguments).
+      message: ``message(item, ident) -> bytes``, the message for one item under its id.
+      reply: ``reply(header, arrays, item) -> result``, the outcome's result read off a
+        "grads" reply; it raises ``wire.WireError`` for a reply that does not fit the item.
+
+    Up to ``workers`` items run at a time, one per process; a process that crashed, hung or
+    broke the protocol is replaced for the next item. Never raises for what the processes do.
+    """
+    results = [None] * len(items)
+    pending = collections.deque(range(len(items)))
     busy = {}  # process index -> _Call
     while pending or busy:
       for i in range(len(self._procs)):
@@ -347,11 +377,11 @@ class ExecPool:
                                                "for this case)", seconds=time.perf_counter() - start)
             continue
         self._ident += 1
-        busy[i] = _Call(item, self._ident, wire.case_message(cases[item], layout, self._ident),
+        busy[i] = _Call(item, self._ident, message(items[item], self._ident),
                         time.monotonic() + self.timeout, start)
         self._push(i, busy, results)
       if busy:
-        self._wait(busy, results, cases)
+        self._wait(busy, results, lambda header, arrays, item: reply(header, arrays, items[item]))
     return results
 
   def _finish(self, i, call, busy, results, status, text="", result=None) -> None:
@@ -378,7 +408,7 @@ class ExecPool:
       failed = self._died(proc, f"it read case {call.ident}")
       self._finish(i, call, busy, results, failed.status, str(failed))
 
-  def _wait(self, busy, results, cases) -> None:
+  def _wait(self, busy, results, reply) -> None:
     """Wait for the busy processes until one can be read or written, or a deadline passes."""
     readers = {self._procs[i].popen.stdout.fileno(): i for i in busy}
     writers = {self._procs[i].popen.stdin.fileno(): i for i, c in busy.items() if c.out}
@@ -391,7 +421,7 @@ class ExecPool:
       i = readers[fd]
       if i not in busy:
         continue
-      self._read_some(i, busy, results, cases)
+      self._read_some(i, busy, results, reply)
     now = time.monotonic()
     for i, call in list(busy.items()):
       if now >= call.deadline:
@@ -403,7 +433,7 @@ class ExecPool:
                      f"the call did not return within {self.timeout:g} s; {came}; the candidate's "
                      f"process ({self.command}) was killed; {_AGAIN}")
 
-  def _read_some(self, i, busy, results, cases) -> None:
+  def _read_some(self, i, busy, results, reply) -> None:
     call, proc = busy[i], self._procs[i]
     try:
       data = os.read(proc.popen.stdout.fileno(), _READ)
@@ -432,7 +462,7 @@ class ExecPool:
       if header["type"] != "grads":
         raise wire.WireError(f"the reply's type is {json.dumps(header['type'])[:40]}; expected "
                              "\"grads\" or \"error\"")
-      result = wire.grads_result(header, arrays, cases[call.item])
+      result = reply(header, arrays, call.item)
       if proc.buf:
         raise wire.WireError(f"{len(proc.buf)} bytes followed the reply: "
                              f"{wire.shown(bytes(proc.buf))}")
@@ -514,9 +544,10 @@ def check(command: str, *, progress=None, cwd=None, env=None, **options):
   with _isolation.recording() as transcript:
     pool = ExecPool(command, workers, timeout, cwd=cwd, env=env, transcript=transcript)
     try:
+      features = pool.greet()
       try:
-        features = pool.start(0)
-      except _Failed as exc:
+        wire.check_networks(features)
+      except wire.WireError as exc:
         raise ExecError(str(exc)) from None
       spec = _spec.make_spec(**_options_from(features, options))
       try:
@@ -582,7 +613,7 @@ def case_from_wire(header: dict, arrays: dict):
     raise wire.WireError(f"the case header lacks or mistypes {exc}; expected the keys of a case "
                          "message (docs/protocol.md)") from None
   L = len(acts)
-  if len(sizes) != L + 1 or dtype not in wire.DTYPES or layout not in _spec.LAYOUTS:
+  if len(sizes) != L + 1 or dtype not in wire.FLOATS or layout not in _spec.LAYOUTS:
     raise wire.WireError(f"the case header is inconsistent: sizes {list(sizes)}, {L} activations, "
                          f"dtype {dtype!r}, layout {layout!r}")
   want = {"x": (batch, sizes[0]), "t": (batch, sizes[-1])}
@@ -633,9 +664,11 @@ def replay(command: str, path: str, *, timeout: float = 60.0, cwd=None, env=None
   with _isolation.recording() as transcript:
     pool = ExecPool(command, 1, timeout, cwd=cwd, env=env, transcript=transcript)
     try:
+      features = pool.greet()
       try:
-        wire.check_covers(pool.start(0), spec)
-      except (_Failed, wire.WireError) as exc:
+        wire.check_networks(features)
+        wire.check_covers(features, spec)
+      except wire.WireError as exc:
         raise ExecError(str(exc)) from None
       outcome = pool.map([case], layout)[0]
     finally:

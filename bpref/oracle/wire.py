@@ -6,11 +6,16 @@ followed by the raw bytes of the arrays its ``"arrays"`` entry lists, in that or
   {"type": "case", ..., "arrays": [{"name": "W1", "dtype": "float64", "shape": [4, 3]}, ...]}\\n
   <W1: 4 * 3 float64, little-endian, row-major><b1 ...>...
 
-An array of shape (d_1, ..., d_k) and dtype float64 (float32) takes 8 (4) d_1 ... d_k
-bytes, entries in row-major (C) order; shape [] is a scalar, one entry. Nothing
-separates the arrays, and nothing follows the last one. docs/protocol.md gives every
-message; this module reads and writes them and knows nothing about processes
+An array of shape (d_1, ..., d_k) and dtype float64 or int64 (float32) takes 8 (4)
+d_1 ... d_k bytes, entries in row-major (C) order; shape [] is a scalar, one entry.
+Nothing separates the arrays, and nothing follows the last one. docs/protocol.md gives
+every message; this module reads and writes them and knows nothing about processes
 (``bpref.oracle.exec`` runs the candidate).
+
+Version 1 carries whole networks (a "case", answered by "grads"). Version 2 adds one
+operation's backward (an "op" message, answered by "grads" holding the op's outputs), the
+"ops" a client declares in its hello, and int64 arrays for an op's integer arguments
+(token ids, class labels). A client answers bpref's hello with the version it speaks.
 
 bpref writes compact headers (no spaces, names of letters, digits and ``_`` only),
 so a client in C can find a key by searching for ``"key":``. What the candidate
@@ -25,11 +30,18 @@ import math
 import numpy as np
 
 PROTOCOL = "bpref-wire"
-VERSION = 1
-"""The protocol version this bpref speaks (docs/protocol.md)."""
+VERSION = 2
+"""The highest protocol version this bpref speaks (docs/protocol.md); its hello says it."""
 
-DTYPES = {"float64": np.dtype("<f8"), "float32": np.dtype("<f4")}
-"""The dtypes an array may have on the wire, little-endian."""
+VERSIONS = (1, 2)
+"""The versions a candidate may answer with: 1, networks only; 2, networks and ops."""
+
+DTYPES = {"float64": np.dtype("<f8"), "float32": np.dtype("<f4"), "int64": np.dtype("<i8")}
+"""The dtypes an array may have on the wire, little-endian. int64 is for an op's integer
+arguments (version 2); every gradient is float64 or float32 (``FLOATS``)."""
+
+FLOATS = ("float64", "float32")
+"""The dtypes of a network's arrays, of a case's and of any gradient."""
 
 MAX_HEADER = 1 << 16
 """Bytes a header line may take, its newline included."""
@@ -58,13 +70,14 @@ def encode(header: dict, arrays=()) -> bytes:
 
   Args:
     header: the message's keys ("type" and the rest), without "arrays".
-    arrays: (name, array) pairs; each array float64 or float32, any shape.
+    arrays: (name, array) pairs; each array float64, float32 or int64, any shape.
   """
   entries, payload = [], []
   for name, arr in arrays:
     arr = np.asarray(arr)
     if arr.dtype.name not in DTYPES:
-      raise TypeError(f"array {name} has dtype {arr.dtype}; the wire carries float64 or float32")
+      raise TypeError(f"array {name} has dtype {arr.dtype}; the wire carries float64, float32 or "
+                      "int64")
     entries.append({"name": name, "dtype": arr.dtype.name, "shape": list(arr.shape)})
     payload.append(np.ascontiguousarray(arr, DTYPES[arr.dtype.name]).tobytes())
   head = dict(header)
@@ -102,7 +115,7 @@ def array_layout(header: dict) -> list:
     name, dtype, shape = e["name"], e.get("dtype"), e.get("shape")
     if dtype not in DTYPES:
       raise WireError(f"array {name} has dtype {json.dumps(dtype)}; the wire carries \"float64\" "
-                      "or \"float32\"")
+                      "or \"float32\" (and \"int64\" for an op's integer arguments)")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool)
                                               and d >= 0 for d in shape):
       raise WireError(f"array {name} has shape {json.dumps(shape)[:80]}; expected a list of "
@@ -152,8 +165,9 @@ def read_messages(data: bytes) -> list:
 # ---------------------------------------------------------------- bpref's messages
 
 def hello() -> bytes:
-  """bpref's hello: the protocol and its version. The candidate answers with its own
-  (``check_hello``), declaring what it implements; each case then says all it needs."""
+  """bpref's hello: the protocol and the highest version it speaks. The candidate answers with
+  its own (``read_hello``): the version it speaks and what it implements; each case or op
+  message then says all it needs."""
   return header_line({"type": "hello", "protocol": PROTOCOL, "version": VERSION})
 
 
@@ -180,27 +194,41 @@ def case_message(case, layout: str, ident: int) -> bytes:
 
 
 FEATURES = ("activations", "losses", "dtypes", "layouts", "reductions")
-"""The lists of names a candidate's hello declares."""
+"""The lists of names a candidate's hello declares for networks (all of them in version 1)."""
+
+NETWORK_FEATURES = ("activations", "losses", "layouts", "reductions")
+"""The lists a network check needs, which a version-2 client of ops only leaves out."""
+
+
+def _names(header: dict, key: str, required: bool) -> list:
+  declared = header.get(key, None if required else [])
+  if not isinstance(declared, list) or (required and not declared) or \
+      not all(isinstance(v, str) for v in declared):
+    raise WireError(f"the candidate's hello has {key} = {json.dumps(declared)[:80]}; expected a "
+                    f"{'non-empty ' if required else ''}list of names (docs/protocol.md)")
+  return declared
 
 
 def read_hello(header: dict) -> dict:
-  """The features a candidate's hello declares: {"activations": [...], ..., "no_bias": bool,
-  "name": str}; WireError for a hello that is malformed or of another protocol version."""
+  """What a candidate's hello declares: {"version": 1 or 2, "activations": [...], ...,
+  "ops": [...], "no_bias": bool, "name": str}; WireError for a hello that is malformed or of
+  a version this bpref does not speak.
+
+  Version 1 declares every list of ``FEATURES``, none empty, and no ops. Version 2 declares
+  its dtypes, and may leave out the network lists (a client of ops only) or the ops (a
+  client of networks only); an absent list reads as [].
+  """
   if header.get("type") != "hello":
     raise WireError(f"the candidate's first message is {json.dumps(header)[:120]}; expected its "
-                    "hello, {\"type\":\"hello\",\"version\":1,...} (docs/protocol.md)")
+                    "hello, {\"type\":\"hello\",\"version\":2,...} (docs/protocol.md)")
   version = header.get("version")
-  if version != VERSION:
+  if version not in VERSIONS or isinstance(version, bool):
     raise WireError(f"the candidate speaks {PROTOCOL} version {json.dumps(version)}; this bpref "
-                    f"speaks version {VERSION} (docs/protocol.md)")
-  out = {}
+                    f"speaks versions {' and '.join(map(str, VERSIONS))} (docs/protocol.md)")
+  out = {"version": version}
   for key in FEATURES:
-    declared = header.get(key)
-    if not isinstance(declared, list) or not declared or \
-        not all(isinstance(v, str) for v in declared):
-      raise WireError(f"the candidate's hello has {key} = {json.dumps(declared)[:80]}; expected a "
-                      "non-empty list of names (docs/protocol.md)")
-    out[key] = declared
+    out[key] = _names(header, key, required=version == 1 or key == "dtypes")
+  out["ops"] = _names(header, "ops", required=False) if version >= 2 else []
   no_bias = header.get("no_bias", False)
   if not isinstance(no_bias, bool):
     raise WireError(f"the candidate's hello has no_bias = {json.dumps(no_bias)[:40]}; expected "
@@ -208,6 +236,16 @@ def read_hello(header: dict) -> dict:
   out["no_bias"] = no_bias
   out["name"] = str(header.get("name", ""))[:200]
   return out
+
+
+def check_networks(features: dict) -> None:
+  """Refuse a network check of a client that declares no networks (a version-2 client of ops)."""
+  missing = [k for k in NETWORK_FEATURES if not features[k]]
+  if missing:
+    ops = f" it declares ops {', '.join(features['ops'])}: check one with --op KIND, or" \
+        if features["ops"] else ""
+    raise WireError(f"the candidate's hello declares no {', '.join(missing)}, which a network "
+                    f"check needs;{ops} declare them in its hello (docs/protocol.md)")
 
 
 def check_covers(features: dict, spec) -> None:
@@ -242,6 +280,7 @@ def grads_result(header: dict, arrays: dict, case) -> list:
   L = case.arch.depth
   bias = case.biases is not None
   names = [f"dW{l}" for l in range(1, L + 1)] + ([f"db{l}" for l in range(1, L + 1)] if bias else [])
+  _floats_only(header)
   listed = [e.get("name") for e in header.get("arrays", [])]
   extra = [n for n in listed if n not in names and n != "loss"]
   if extra or len(set(listed)) != len(listed):
@@ -258,3 +297,79 @@ def grads_result(header: dict, arrays: dict, case) -> list:
   if "loss" in arrays:
     return [dW, db, arrays["loss"]]
   return [dW, db]
+
+
+def _floats_only(header: dict) -> None:
+  for e in header.get("arrays", []):
+    if e.get("dtype") not in FLOATS:
+      raise WireError(f"array {e.get('name')} has dtype {json.dumps(e.get('dtype'))}; a grads reply "
+                      "carries \"float64\" or \"float32\" arrays")
+
+
+# ---------------------------------------------------------------- version 2: one operation
+
+def op_message(ident: int, head: dict, args) -> bytes:
+  """One op message: ``head``'s keys (kind, name, dtype, layout, takes, options), then the
+  argument names in order ("args"), those that are None ("none"), and the arrays.
+
+  Args:
+    ident: the message's id.
+    head: {"kind", "name", "dtype", "layout", "takes", "options": {...}}, in that order.
+    args: (name, value) pairs in the candidate's argument order; a value is an array
+      (float64, float32 or int64), None, or a number, which goes into "options" under its
+      name (attention's heads).
+  """
+  options, arrays, none = dict(head.get("options", {})), [], []
+  for name, value in args:
+    if value is None:
+      none.append(name)
+    elif isinstance(value, np.ndarray):
+      arrays.append((name, value))
+    else:
+      options[name] = value
+  header = {"type": "op", "id": ident, **head, "options": options,
+            "args": [name for name, _ in args], "none": none}
+  return encode(header, arrays)
+
+
+def op_result(header: dict, arrays: dict, names, loss: bool):
+  """The reply to an op message as the candidate's return value: the one array, or the list
+  of arrays in ``names`` order; [loss, gradient] when it sent a scalar ``loss`` too (``loss``:
+  the op is a loss, whose candidate may return its value). WireError for unknown, missing or
+  repeated names or a dtype other than float64 or float32."""
+  _floats_only(header)
+  allowed = list(names) + (["loss"] if loss else [])
+  listed = [e.get("name") for e in header.get("arrays", [])]
+  extra = [n for n in listed if n not in allowed]
+  carries = f"{', '.join(names)}{' and optionally loss' if loss else ''}"
+  if extra or len(set(listed)) != len(listed):
+    what = (f"unknown array(s) {', '.join(map(str, extra))}" if extra
+            else "an array listed twice")
+    raise WireError(f"the grads reply has {what}; for this op it carries {carries}")
+  missing = [n for n in names if n not in arrays]
+  if missing:
+    raise WireError(f"the grads reply lacks {', '.join(missing)}; for this op it carries {carries}")
+  out = [arrays[n] for n in names]
+  if "loss" in arrays:
+    return [arrays["loss"], *out]
+  return out[0] if len(out) == 1 else out
+
+
+def op_names(kind: str, name) -> tuple:
+  """The spellings in a hello's "ops" that declare op ``kind`` with ``name``: "kind" declares
+  all its names, "kind:name" one."""
+  return (kind,) if name is None else (kind, f"{kind}:{name}")
+
+
+def op_missing(features: dict, kind: str, name, dtype: str) -> list:
+  """What an op check of ``kind`` (``name``, ``dtype``) needs that the hello does not declare,
+  each in the wire's spelling with what the hello says instead; [] when it declares all."""
+  out = []
+  if features["version"] < 2:
+    out.append(f"\"version\":2 (it says {features['version']}; version 1 carries networks only)")
+  if not set(op_names(kind, name)) & set(features["ops"]):
+    listed = ", ".join(features["ops"]) if features["ops"] else "none"
+    out.append(f"\"{op_names(kind, name)[-1]}\" in \"ops\" (it lists {listed})")
+  if dtype not in features["dtypes"]:
+    out.append(f"\"{dtype}\" in \"dtypes\" (it lists {', '.join(features['dtypes'])})")
+  return out

@@ -200,6 +200,7 @@ def check_op(kind: str, candidate=None, name: str | None = None, *, isolate: boo
       raise TypeError("check_op: exec_command names the candidate, a program; pass no candidate "
                       "and no isolate with it (the program always runs in its own process)")
     with wire_ops.OpWirePool(exec_command, kind, name, options) as pool:
+      pool.start()
       return _checked(pool.spec, _search.Evaluator(None, pool.spec, pool), start)
   spec = kinds.make_spec(kind, name, **options)
   if not isolate:

@@ -8,6 +8,7 @@ from typing import NamedTuple
 import numpy as np
 
 from bpref.oracle import isolation as _isolation
+from bpref.oracle import judge as _network_judge
 from bpref.oracle.ops import kinds
 from bpref.oracle.ops.record import Malformed, error
 
@@ -43,8 +44,9 @@ class Verdict(NamedTuple):
 
   Attributes:
     passed: correct here.
-    kind: "ok" or what went wrong: exception, timeout, crash, structure, shape, dtype, nonfinite,
-      mutation, numeric, convention, loss, forward, nondeterministic.
+    kind: "ok" or what went wrong: exception, timeout, crash, protocol (a program over
+      bpref-wire that broke it), structure, shape, dtype, nonfinite, mutation, numeric,
+      convention, loss, forward, nondeterministic.
     message: one plain sentence.
     errors: {output: e} normwise errors.
     tol: the tolerance held to.
@@ -137,6 +139,8 @@ def judge(spec, case, truth, outcome: Call) -> Verdict:
     return _fail("timeout", f"the candidate hung: {outcome.error}", tol)
   if outcome.status == "crash":
     return _fail("crash", f"the candidate ended its process: {outcome.error}", tol)
+  if outcome.status in _network_judge.EXEC_STATUSES:  # a program over bpref-wire: the whole story
+    return _fail(_network_judge.EXEC_STATUSES[outcome.status], outcome.error, tol)
   unpacked = _unpack(record, spec, case, truth, outcome.result)
   if isinstance(unpacked, Verdict):
     return unpacked

@@ -14,7 +14,9 @@ from bpref.oracle.ops import _judge, kinds
 from bpref.oracle.ops.record import Label, OpCase, error, finite, vacuous
 
 UNSHRUNK = ("timeout", "crash", "nondeterministic")
-"""Failures kept as first found: each attempt could cost the whole timeout or a new process."""
+"""Failures kept as first found: each attempt could cost the whole timeout or a new process.
+A crash is shrunk where a new process costs little: a pool whose ``info`` says
+``cheap_restarts`` (a program over bpref-wire, ``wire_ops``), each attempt in a fresh process."""
 
 class Run(NamedTuple):
   """One case run: the case, bpref's answer, the verdict (None for a case that checks nothing)."""
@@ -27,10 +29,12 @@ class Evaluator:
   """Runs the candidate on cases and judges it; counts calls; keeps what the candidate printed."""
 
   def __init__(self, candidate, spec, pool=None):
-    self.candidate, self.spec, self.pool = candidate, spec, pool  # pool: an isolation.Isolated
+    self.candidate, self.spec, self.pool = candidate, spec, pool  # Isolated, or wire_ops.OpWirePool
     self.record = kinds.of(spec)
-    self.has_forward = (bool((pool.info or {}).get("forward")) if pool is not None
+    info = (pool.info or {}) if pool is not None else {}
+    self.has_forward = (bool(info.get("forward")) if pool is not None
                         else candidate.forward is not None)
+    self.unshrunk = tuple(k for k in UNSHRUNK if not (k == "crash" and info.get("cheap_restarts")))
     self.calls = 0
     self.transcript = _isolation.Transcript()
     self.stopped = ""
@@ -252,7 +256,7 @@ def shrink(ev: Evaluator, failing: Run) -> Run:
   kind = failing.verdict.kind
   codes = tuple(f.code for f in failing.verdict.findings)
   clear = kind == "numeric" and _clear(failing.verdict)
-  if kind in UNSHRUNK:
+  if kind in ev.unshrunk:
     return failing
   budget = ev.spec.shrink_budget
   best = failing
@@ -291,3 +295,14 @@ def _plainer_values(ev: Evaluator, best: Run, kind: str, codes: tuple, budget: i
           best = run
           break
   return best
+
+
+def passes_alone(ev: Evaluator, failing: Run) -> bool:
+  """Whether the failing case passes when it is the first call of a fresh process: the failure
+  then depends on the calls before it (state kept between calls). False in process, where no
+  fresh process can be had, and for a hang or a crash, which the rerun would only repeat."""
+  if ev.pool is None or ev.stopped or failing.verdict.kind in ("timeout", "crash"):
+    return False
+  ev.pool.fresh()
+  alone = ev.run(failing.case, forward=failing.verdict.kind == "forward")
+  return alone.verdict is not None and alone.verdict.passed

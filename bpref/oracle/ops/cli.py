@@ -4,12 +4,16 @@
   bpref check --op dense --layout in_out --function mylayers.py:affine_backward_op
   bpref check --op loss --op-name cross_entropy --takes probs --targets labels --function m:f
 
+  bpref check --op layernorm --exec ./layers       (a program in any language: docs/protocol.md)
+
 ``--function`` (or the positional MODULE:ATTR) names a plain backward function (see
 ``bpref.oracle.ops``), a ``torch.autograd.Function`` subclass or a ``jax.custom_vjp`` function;
 the last two are adapted and their forward is checked too. The candidate runs in a subprocess
 (``--in-process``: in this one), so that an exit, a crash or an exit while it is imported is a
-failure, exit 1. Exit codes: 0 pass, 1 bug found, 2 usage error (bad options, a candidate that
-cannot be loaded).
+failure, exit 1. ``--exec COMMAND`` names a program speaking bpref-wire version 2 instead, whose
+hello declares the op (``bpref.oracle.ops.wire_ops``); ``--reproducer FILE`` then writes the
+minimal case as the bytes bpref sent it. Exit codes: 0 pass, 1 bug found, 2 usage error (bad
+options, a candidate that cannot be loaded, a program whose hello does not declare the op).
 """
 
 from __future__ import annotations
@@ -84,14 +88,15 @@ def _loadable(ref: str) -> None:
 def run_op_command(args: argparse.Namespace) -> int:
   """Run ``bpref check --op`` from parsed arguments; print the report; return the exit status."""
   from bpref.oracle import isolation as _isolation
-  from bpref.oracle.ops import check_op
+  from bpref.oracle.ops import check_op, wire_ops
 
   if not args.op:
     print("bpref check: error: --op KIND is needed for an op check", file=sys.stderr)
     return EXIT_USAGE
-  if not args.function:
-    print("bpref check: error: --op needs --function MODULE:ATTR naming the backward function",
-          file=sys.stderr)
+  command = getattr(args, "exec_command", None)
+  if not args.function and command is None:
+    print("bpref check: error: --op needs --function MODULE:ATTR naming the backward function, "
+          "or --exec COMMAND naming a program that speaks bpref-wire version 2", file=sys.stderr)
     return EXIT_USAGE
   in_process = getattr(args, "in_process", False)
   options = dict(takes=args.takes or "", layout=args.layout or "", bias=not args.no_bias,
@@ -102,22 +107,36 @@ def run_op_command(args: argparse.Namespace) -> int:
   options.update({k: getattr(args, k) for k in ("max_batch", "max_width", "shrink_budget", "eps", "heads")
                   if getattr(args, k, None) is not None})
   try:
-    if in_process:
-      candidate = _isolation.load_target(args.function)
+    if command is not None:
+      report = check_op(args.op, name=args.op_name, exec_command=command, **options)
     else:
-      kinds.make_spec(args.op, args.op_name, **options)  # bad options: a usage error before spawning
-      candidate = _isolation.absolute_target(args.function)
-      _loadable(candidate)
-    report = check_op(args.op, candidate, name=args.op_name, isolate=not in_process, **options)
+      if in_process:
+        candidate = _isolation.load_target(args.function)
+      else:
+        kinds.make_spec(args.op, args.op_name, **options)  # bad options: a usage error before spawning
+        candidate = _isolation.absolute_target(args.function)
+        _loadable(candidate)
+      report = check_op(args.op, candidate, name=args.op_name, isolate=not in_process, **options)
   except (ValueError, TypeError) as exc:
     print(f"bpref check: error: {exc}", file=sys.stderr)
     return EXIT_USAGE
-  print(report.json() if args.json else report.text())
   reproducer = getattr(args, "reproducer", None)
+  if command is not None and report.verdict == "fail" and report.case:  # the bytes bpref sent
+    report.reproducer = wire_ops.replay_text(command, reproducer or "REPRO.wire")
+  print(report.json() if args.json else report.text())
+  if command is not None and report.reproducer and not args.json:
+    print(f"\nreproducer: {reproducer} (the minimal case in bpref-wire); send it to the program "
+          f"alone with\n  {report.reproducer.rstrip()}" if reproducer else "\nreproducer: "
+          "--reproducer FILE writes the minimal case in bpref-wire, to send to the program alone: "
+          f"{command} < FILE")
   if report.verdict == "fail" and reproducer and report.reproducer:
     try:
-      with open(reproducer, "w") as fh:
-        fh.write(report.reproducer)
+      if command is not None:
+        with open(reproducer, "wb") as fh:
+          fh.write(wire_ops.reproducer_bytes(kinds.make_spec(**report.spec), report.case))
+      else:
+        with open(reproducer, "w") as fh:
+          fh.write(report.reproducer)
     except OSError as exc:
       print(f"bpref check: error: --reproducer {reproducer}: cannot be written "
             f"({exc.strerror or exc})", file=sys.stderr)
