@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from bpref.layers import attention
+from bpref.oracle.ops.attention import bounds as attention_bounds
 from bpref.tolerance import gradient_tolerance, tolerance, unit_roundoff
 from bpref.witnesses import attention_referee as referee
 
@@ -86,7 +87,7 @@ def run(qkv, heads, dout) -> dict:
 def _bounds(qkv, heads, dout, dtype):
   """M_out and [M_dq | M_dk | M_dv] of (A18) from float64 inputs, the floor of ``dtype``."""
   _, cache = attention.forward(qkv, heads)
-  M = attention.bounds(cache, dout, dtype)
+  M = attention_bounds(cache, dout, dtype)
   return M.out, jnp.concatenate([M.dq, M.dk, M.dv], axis=-1)
 
 

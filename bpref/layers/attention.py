@@ -30,8 +30,9 @@ The stages are public and read like ``bpref.backprop``:
 
 Each checks its arguments before anything is traced and calls an unchecked body (``_forward``,
 ``_backward``) that jitted code may call directly. ``split_heads`` and ``merge_heads`` convert
-to and from PyTorch's layout (q, k, v separate, each (B, heads, T, hs)), and ``bounds`` gives the
-magnitude M of every output in the rounding model of proofs/attention.md section 6.
+to and from PyTorch's layout (q, k, v separate, each (B, heads, T, hs)). The rounding model of
+proofs/attention.md section 6 (the magnitude M of every output) belongs to the op oracle:
+``bpref.oracle.ops.attention.bounds``.
 
 The masked softmax subtracts the row's maximum over the unmasked entries (the diagonal is always
 unmasked, so the maximum is finite): T = 1, equal scores and scores of size 1e3 give finite
@@ -48,7 +49,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from bpref import activations as _activations
-from bpref import tolerance as _tolerance
 from bpref.network import DEFAULT_PRECISION
 from bpref.validation import check_precision
 
@@ -69,23 +69,6 @@ class AttentionCache(NamedTuple):
   k: Array
   v: Array
   P: Array
-
-
-class AttentionBounds(NamedTuple):
-  """The magnitude M of each output (proofs/attention.md section 6), float arrays of its shape.
-
-  A correct float implementation errs by at most c u k M per entry, k = max(T, hs).
-
-  Attributes:
-    out: M_out, shape (B, T, C).
-    dq: M_dq, shape (B, T, C).
-    dk: M_dk, shape (B, T, C).
-    dv: M_dv, shape (B, T, C).
-  """
-  out: Array
-  dq: Array
-  dk: Array
-  dv: Array
 
 
 # ---------------------------------------------------------------- checks
@@ -289,36 +272,3 @@ def grads(qkv, heads: int, dout, *, precision=DEFAULT_PRECISION) -> Array:
   precision = check_precision(precision)
   _, cache = _forward(qkv, heads, precision)
   return _backward(cache, check_dout(cache, dout), precision)
-
-
-# ---------------------------------------------------------------- rounding model
-
-def bounds(cache: AttentionCache, dout, dtype=None, *, precision=DEFAULT_PRECISION) -> AttentionBounds:
-  """The magnitude M of out, dq, dk and dv (proofs/attention.md section 6).
-
-  A correct implementation in ``dtype`` errs by at most c u k M per entry (A19), k = max(T, hs), c u k
-  as ``bpref.tolerance.tolerance(dtype, depth=1, inner=k)``. Compute the cache in float64 from
-  the values handed to the candidate. ``dtype`` (default the cache's) sets the underflow floor
-  lambda / u of proofs/tolerance.md added to each term.
-  """
-  dout = check_dout(cache, dout)
-  precision = check_precision(precision)
-  dtype = np.dtype(cache.q.dtype if dtype is None else dtype)
-  floor = float(jnp.finfo(dtype).tiny) / _tolerance.unit_roundoff(dtype)
-  q, k, v, P = cache
-  B, H, T, hs = q.shape
-  scale = 1 / math.sqrt(hs)
-  past = _causal(T)
-  absq, absk, absv = jnp.abs(q), jnp.abs(k), jnp.abs(v)
-  absdO = jnp.abs(jnp.transpose(dout.reshape(B, T, H, hs), (0, 2, 1, 3)))  # (A7)
-  Shat = jnp.einsum("bhtd,bhsd->bhts", absq, absk, precision=precision) * scale  # (A14): terms of S
-  R = jnp.where(past, jnp.maximum(1.0, Shat), jnp.zeros_like(Shat))  # (A14): R = max(1, |q| |k|^T / sqrt(hs))
-  Pi = P * (R + jnp.sum(P * R, axis=-1, keepdims=True)) + jnp.where(past, floor, 0.0)  # (A15): Pi = P (R + <P, R>)
-  G = jnp.einsum("bhtd,bhsd->bhts", absdO, absv, precision=precision)  # (A16): G = |dO| |v|^T
-  MdS = (2 * Pi * (G + jnp.sum(P * G, axis=-1, keepdims=True))
-         + P * jnp.sum(Pi * G, axis=-1, keepdims=True) + jnp.where(past, floor, 0.0))  # (A17): M_dS
-  Mout = jnp.einsum("bhts,bhsd->bhtd", Pi, absv, precision=precision) + floor  # (A18): M_out = Pi |v|
-  Mdq = jnp.einsum("bhts,bhsd->bhtd", MdS, absk, precision=precision) * scale + floor  # (A18): M_dq = M_dS |k| / sqrt(hs)
-  Mdk = jnp.einsum("bhts,bhtd->bhsd", MdS, absq, precision=precision) * scale + floor  # (A18): M_dk = M_dS^T |q| / sqrt(hs)
-  Mdv = jnp.einsum("bhts,bhtd->bhsd", Pi, absdO, precision=precision) + floor  # (A18): M_dv = Pi^T |dO|
-  return AttentionBounds(_merge(Mout), _merge(Mdq), _merge(Mdk), _merge(Mdv))

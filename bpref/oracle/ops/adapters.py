@@ -159,8 +159,8 @@ def custom_vjp_candidate(fn, spec) -> OpCandidate:
 
   def backward(*args):
     inputs, grad, cot = record.framework_call(spec, args)
-    kept = [(jnp.asarray(a), g) for a, g in zip(inputs, grad) if a is not None]
-    with jax.enable_x64(x64):
+    with jax.enable_x64(x64):  # the arrays made inside, so that float64 stays float64
+      kept = [(jnp.asarray(a), g) for a, g in zip(inputs, grad) if a is not None]
       grads = pull_jit([a for a, _ in kept], tuple(g for _, g in kept),
                        None if cot is None else jnp.asarray(cot))
       grads = [np.asarray(g) for g in grads]

@@ -9,13 +9,26 @@ from __future__ import annotations
 import numpy as np
 
 from bpref import losses as _losses
+from bpref.oracle.ops import attention as _attention
+from bpref.oracle.ops import batchnorm as _batchnorm
+from bpref.oracle.ops import block as _block
 from bpref.oracle.ops import classic as _classic
+from bpref.oracle.ops import embedding as _embedding
 from bpref.oracle.ops import layernorm as _layernorm
+from bpref.oracle.ops import pool as _pool
+from bpref.oracle.ops import residual as _residual
 from bpref.oracle.ops.record import OpKind, OpSpec
 
 RECORDS: tuple = (
     *_classic.RECORDS,
     _layernorm.LAYERNORM,
+    _block.BLOCK,
+    _attention.ATTENTION,
+    _batchnorm.BATCHNORM,
+    _embedding.EMBEDDING,
+    _residual.RESIDUAL,
+    _pool.MAXPOOL2D,
+    _pool.DROPOUT,
 )
 
 KINDS = tuple(r.name for r in RECORDS)
