@@ -13,6 +13,7 @@ from bpref.oracle.ops import attention as _attention
 from bpref.oracle.ops import batchnorm as _batchnorm
 from bpref.oracle.ops import block as _block
 from bpref.oracle.ops import classic as _classic
+from bpref.oracle.ops import conv as _conv
 from bpref.oracle.ops import embedding as _embedding
 from bpref.oracle.ops import layernorm as _layernorm
 from bpref.oracle.ops import pool as _pool
@@ -25,6 +26,7 @@ RECORDS: tuple = (
     _block.BLOCK,
     _attention.ATTENTION,
     _batchnorm.BATCHNORM,
+    _conv.CONV2D,
     _embedding.EMBEDDING,
     _residual.RESIDUAL,
     _pool.MAXPOOL2D,
