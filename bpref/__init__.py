@@ -41,7 +41,7 @@ __all__ = [
 _MOVED = {
     "fast": "bpref.scale.fast", "sharding": "bpref.scale.sharding", "verify": "bpref.tools.verify",
     "bench": "bpref.tools.bench", "train": "bpref.tools.train", "vectors": "bpref.oracle.vectors",
-    "problems": "bpref.testing.problems", "finite_diff": "bpref.witnesses.finite_diff",
+    "finite_diff": "bpref.witnesses.finite_diff",
     "referee": "bpref.witnesses.referee", "reference": "bpref.witnesses.autodiff",
     "precision": "bpref.tolerance",
 }

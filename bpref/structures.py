@@ -13,7 +13,7 @@ examples):
 * ``Grads``: the tree of ``Params``, Layer(W=dC/dW_l, b=dC/db_l).
 
 The network's shape without its values is an ``Architecture``. Two nouns hold a whole test
-case: ``bpref.testing.problems.Problem``, its arrays (params, x, t, loss, reduction), and
+case: ``bpref.problems.Problem``, its arrays (params, x, t, loss, reduction), and
 ``bpref.oracle.spec.Arch``, an oracle case by name (sizes, activations, loss, batch, seed),
 from which ``bpref.oracle.spec.build_case`` draws the arrays.
 """

@@ -1,4 +1,12 @@
-"""Tolerances from a rounding model, keyed by dtype, normwise per array.
+"""The rounding model (T): how far a correct float computation may be from the exact one.
+
+One function per quantity of the model (derived in proofs/tolerance.md): the unit roundoff u
+(``unit_roundoff``, and ``precision_unit_roundoff`` of a reduced-precision matmul), the bound
+(T) itself (``tolerance``; ``forward_tolerance`` for the forward pass alone), its magnitude
+factor m (``magnitude``), (T) of one network with its terms read off the network
+(``network_tolerance``), and the coarse per-dtype bound (``gradient_tolerance``). The error
+measures the bounds are stated in are ``bpref.error``'s; the tolerance of a problem, which
+runs its forward pass, is ``bpref.problems.problem_tolerance``.
 
 The model
 ---------
@@ -31,7 +39,7 @@ to first order in u, where
   cancellation-free forms of f' (bpref.activations).
 
 The error is measured normwise per array in the infinity norm, relative to the
-largest entry of the exact array: a coordinate of X that is off by a relative
+largest entry of the exact array (``bpref.error.max_norm_error``): a coordinate of X that is off by a relative
 1e-3 and is X's largest entry shows up as a normwise error of 1e-3 however big
 X is. A coordinate a million times smaller than X's largest is measured at its
 scale relative to X, as every normwise test must.
@@ -107,9 +115,6 @@ True
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import functools
 import math
 
 import jax
@@ -134,32 +139,6 @@ def unit_roundoff(dtype) -> float:
     return _UNIT_ROUNDOFF[dtype]
   import ml_dtypes  # bfloat16 and the other ML dtypes; installed with jax
   return float(ml_dtypes.finfo(dtype).eps) / 2
-
-
-def normwise_error(actual, expected) -> float:
-  """||actual - expected||_F / ||expected||_F (absolute error when expected is 0)."""
-  actual = np.asarray(actual, np.float64)
-  expected = np.asarray(expected, np.float64)
-  diff = float(np.linalg.norm((actual - expected).ravel()))
-  scale = float(np.linalg.norm(expected.ravel()))
-  return diff / scale if scale > 0 else diff
-
-
-def max_norm_error(actual, expected) -> float:
-  """||actual - expected||_inf / ||expected||_inf, the error measure of (T).
-
-  Absolute when expected is all zero; ``inf`` when actual has a non-finite
-  entry or a different shape. Both arrays are compared in float64.
-  """
-  actual = np.asarray(actual, np.float64)
-  expected = np.asarray(expected, np.float64)
-  if actual.shape != expected.shape or not np.all(np.isfinite(actual)):
-    return math.inf
-  if actual.size == 0:
-    return 0.0
-  diff = float(np.max(np.abs(actual - expected)))
-  scale = float(np.max(np.abs(expected)))
-  return diff / scale if scale > 0 else diff
 
 
 # ---------------------------------------------------------------- matmul precision
@@ -263,7 +242,8 @@ def tolerance_factor(dtype, precision=DEFAULT_PRECISION, backend: str | None = N
 
 def tolerance(dtype, *, depth: int = 1, inner: int = 1, magnitude: float = 1.0,
               precision=None, backend: str | None = None) -> float:
-  """The right-hand side of (T) divided by ||X||_inf: c u (2 L + 1) k m; (T') with ``precision``.
+  """The right-hand side of (T) divided by ||X||_inf: c u (2 L + 1) k m; (T') with ``precision``
+  (module docstring; proofs/tolerance.md states (T) for the oracle's normwise measure).
 
   Args:
     dtype: the dtype bpref computed in.
@@ -295,14 +275,16 @@ def tolerance(dtype, *, depth: int = 1, inner: int = 1, magnitude: float = 1.0,
 
 
 def forward_tolerance(dtype, *, depth: int = 1, inner: int = 1, magnitude: float = 1.0) -> float:
-  """(T) for the forward pass alone (y, z_l, a_l): c u (L + 1) k m, L layers and the loss."""
+  """(T) for the forward pass alone (y, z_l, a_l): c u (L + 1) k m, L layers and the loss
+  (module docstring; proofs/tolerance.md (R1): the forward pass's rounding of z)."""
   if depth < 1 or inner < 1:
     raise ValueError(f"depth and inner must be >= 1; got depth={depth}, inner={inner}")
   return SAFETY * unit_roundoff(dtype) * (depth + 1) * inner * max(1.0, float(magnitude))
 
 
 def magnitude(z_arrays, activations=()) -> float:
-  """m of (T): max(1, max_l ||z_l||_inf), squared for layers whose f is gelu.
+  """m of (T): max(1, max_l ||z_l||_inf), squared for layers whose f is gelu (module docstring;
+  proofs/tolerance.md (R1) derives the |f''| terms the oracle adds beside it).
 
   Args:
     z_arrays: the pre-activations z_1..z_L of the forward pass (any float dtype).
@@ -321,173 +303,37 @@ def magnitude(z_arrays, activations=()) -> float:
   return m
 
 
-def problem_tolerance(params, x, dtype=None, *, forward_only: bool = False, precision=None,
-                      backend: str | None = None) -> float:
-  """(T) for every array of one problem: depth, longest sum and magnitude read off the problem.
+def network_tolerance(dtype, sizes, batch: int, z, activations, *, forward_only: bool = False,
+                      precision=None, backend: str | None = None) -> float:
+  """(T) of one network, its terms read off it: L = len(sizes) - 1 layers, k the longest sum
+  anywhere in it (the widest layer or the batch), m = ``magnitude(z, activations)``
+  (proofs/tolerance.md). The one tolerance of a case: the oracle's judge, ``bpref verify``
+  and ``bpref.problems.problem_tolerance`` call it.
 
-  k is the longest sum anywhere in the problem (every width and the batch), so the
-  bound holds for each array; an array fed only by shorter sums (dC/db_l of a very
-  wide output layer, say) may be held to ``tolerance`` with its own k.
+  k is the longest sum anywhere, so the bound holds for each array of the network; an
+  array fed only by shorter sums (dC/db_l of a very wide output layer, say) may be held to
+  ``tolerance`` with its own k.
 
-  The magnitude comes from a float64 forward pass of the same values (NumPy
-  products, bpref's f), so it does not depend on the derivatives being checked.
-  With ``forward_only`` the bound of ``forward_tolerance`` (for y and the tape); with
-  ``precision`` and ``backend``, (T') of the matmuls at that setting.
+  Args:
+    dtype: the dtype the network was computed in.
+    sizes: the widths (n_0, ..., n_L).
+    batch: B, the number of examples.
+    z: the pre-activations z_1..z_L of its forward pass (any float dtype; float64 for the
+      magnitude of the exact computation).
+    activations: the names f_1..f_L.
+    forward_only: ``forward_tolerance`` (for y and the tape) instead of ``tolerance``.
+    precision, backend: (T') of the matmuls at that setting (see ``tolerance``).
+
+  >>> import numpy as np
+  >>> network_tolerance(np.float64, (3, 8, 2), 5, [np.ones((5, 8)), np.ones((5, 2))],
+  ...                   ("tanh", "identity")) == tolerance(np.float64, depth=2, inner=8)
+  True
   """
-  x = np.asarray(x)
-  dtype = np.dtype(dtype or x.dtype)
-  depth, inner, m = problem_terms(params, x)
+  depth, inner = len(sizes) - 1, max(max(sizes), batch)
+  m = magnitude(z, activations)
   if forward_only:
     return forward_tolerance(dtype, depth=depth, inner=inner, magnitude=m)
   return tolerance(dtype, depth=depth, inner=inner, magnitude=m, precision=precision, backend=backend)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _apply(fn, *args):
-  return fn(*args)
-
-
-_DECLARED = contextvars.ContextVar("bpref_tolerance_declared", default=None)
-
-
-@contextlib.contextmanager
-def declared(activations=None, losses=None):
-  """Within it, ``pointwise`` evaluates through tables (and the oracle's loss terms through
-  its table) that hold only these activations (and losses), None meaning every name: a
-  search that declares 4 of the 14 activations compiles a table of 4 branches, not 14
-  (measured: 0.25 s against 0.86 s for the f' table). A function outside them still gets
-  its value, from the table of every name. Outside any such block each function compiles
-  on its own: one network with three activations compiles three small programs, not a
-  table of all of them."""
-  token = _DECLARED.set((None if activations is None else tuple(sorted(set(activations))),
-                         None if losses is None else tuple(sorted(set(losses)))))
-  try:
-    yield
-  finally:
-    _DECLARED.reset(token)
-
-
-def declared_activations():
-  """The activations of the innermost ``declared`` block, or None (every activation)."""
-  found = _DECLARED.get()
-  return None if found is None else found[0]
-
-
-def declared_losses():
-  """The losses of the innermost ``declared`` block, or None (every loss)."""
-  found = _DECLARED.get()
-  return None if found is None else found[1]
-
-
-@functools.lru_cache(maxsize=None)
-def rho_function(name: str, forms: bool = True):
-  """rho_f of activation ``name`` as one function (z, a) -> units of u, or None where it is 0:
-  the record's ``d2f`` plus, with ``forms``, its ``df_forms`` (derived in proofs/tolerance.md).
-  The same function object for the same arguments, so that compiled uses of it are shared."""
-  from bpref import activations as _activations
-
-  act = _activations.get(name)
-  parts = [f for f in (act.d2f, act.df_forms if forms else None) if f is not None]
-  if not parts:
-    return None
-  return parts[0] if len(parts) == 1 else (lambda z, a: parts[0](z, a) + parts[1](z, a))
-
-
-@functools.lru_cache(maxsize=None)
-def _tables(names=None) -> dict:
-  """fn -> (apply, i) for every elementwise f, f' and rho_f of ``bpref.activations`` (of
-  ``names`` alone if given): one compiled function per role (the f's, the f''s, the
-  rho_f's), ``apply(i, z, a)`` picking the i-th by ``jax.lax.switch``, so a role compiles
-  once per length class for every activation, and a caller compiles only the roles it uses."""
-  from bpref import activations as _activations
-
-  elementwise = [(name, act) for name, act in _activations.ACTIVATIONS.items()
-                 if act.elementwise and (names is None or name in names)]
-  roles = (
-      [(act.f, lambda z, a, fn=act.f: fn(z)) for _, act in elementwise],
-      [(act.df, lambda z, a, fn=act.df: fn(z)) for _, act in elementwise],
-      [(r, r) for name, _ in elementwise
-       for r in (rho_function(name, False), rho_function(name, True)) if r is not None],
-  )
-  found = {}
-  for role in roles:
-    branches = tuple(branch for _, branch in role)
-    apply = jax.jit(lambda i, z, a, branches=branches: jax.lax.switch(i, branches, z, a))
-    for i, (fn, _) in enumerate(role):
-      found.setdefault(fn, (apply, i))
-  return found
-
-
-def pointwise(fn, *arrays) -> np.ndarray:
-  """fn(*arrays) for an elementwise jnp function, in float64 whatever the caller's x64.
-
-  The arrays are flattened and zero-padded to a power-of-two length (at least 64), so
-  many problems compile once per length class rather than once per shape. Inside a
-  ``declared`` block, bpref's f, f' and rho_f (``rho_function``) share one compiled
-  function per role and length class; outside, ``fn`` compiles alone.
-  """
-  shape = np.shape(arrays[0])
-  n = int(np.prod(shape, dtype=np.int64))
-  size = max(64, 1 << max(n - 1, 0).bit_length())
-  flat = [np.pad(np.asarray(a, np.float64).ravel(), (0, size - n)) for a in arrays]
-  tables = {}  # outside a declared block, fn compiles alone
-  if _DECLARED.get() is not None:
-    tables = _tables(declared_activations())
-    if fn not in tables:
-      tables = _tables()
-  with jax.enable_x64(True):
-    if fn in tables and len(flat) <= 2:
-      apply, i = tables[fn]
-      out = apply(np.int32(i), flat[0], flat[-1])
-    else:
-      out = _apply(fn, *flat)
-    out = np.asarray(out, np.float64)
-  return out[:n].reshape(shape)
-
-
-def rowwise(fn, z) -> np.ndarray:
-  """fn(z) in float64 for a function of each row of z that gives an entry of -inf no weight
-  (softmax), on rows and columns padded to powers of two (at least 8): one compilation per
-  size class."""
-  rows, cols = np.shape(z)
-  size = lambda n: max(8, 1 << max(n - 1, 0).bit_length())  # noqa: E731
-  padded = np.full((size(rows), size(cols)), -np.inf)
-  padded[:rows, :cols] = z
-  with jax.enable_x64(True):
-    return np.asarray(_apply(fn, padded), np.float64)[:rows, :cols]
-
-
-def problem_terms(params, x) -> tuple[int, int, float]:
-  """(L, k, m) of (T) for one problem: depth, longest sum, magnitude (see ``problem_tolerance``)."""
-  from bpref import activations as _activations
-
-  x = np.asarray(x)
-  x2 = x[None, :] if x.ndim == 1 else x
-  a = x2.astype(np.float64)
-  zs = []
-  widths = [a.shape[1]]
-  for layer in params:
-    W = np.asarray(layer.W, np.float64)
-    z = a @ W.T  # (7)
-    if layer.b is not None:
-      z = z + np.asarray(layer.b, np.float64)[None, :]
-    zs.append(z)
-    act = _activations.get(layer.activation)
-    a = pointwise(act.f, z) if act.elementwise else rowwise(act.f, z)  # (8)
-    widths.append(W.shape[0])
-  inner = max(max(widths), x2.shape[0])
-  return len(params), inner, magnitude(zs, [layer.activation for layer in params])
-
-
-def worst_error(actual, expected) -> float:
-  """The largest ``max_norm_error`` over the leaves of two trees of the same structure."""
-  import jax
-
-  leaves_a, tree_a = jax.tree_util.tree_flatten(actual)
-  leaves_e, tree_e = jax.tree_util.tree_flatten(expected)
-  if tree_a != tree_e:
-    return math.inf
-  return max((max_norm_error(a, e) for a, e in zip(leaves_a, leaves_e)), default=0.0)
 
 
 GRADIENT_BOUND = {np.dtype(np.float64): 1e-12, np.dtype(np.float32): 1e-5}
@@ -497,3 +343,24 @@ GRADIENT_BOUND = {np.dtype(np.float64): 1e-12, np.dtype(np.float32): 1e-5}
 def gradient_tolerance(dtype) -> float:
   """The accepted normwise relative error of a gradient array on a well-conditioned net."""
   return GRADIENT_BOUND[np.dtype(dtype)]
+
+
+# ---------------------------------------------------------------- names that moved out
+
+_MOVED = {"normwise_error": "bpref.error", "worst_error": "bpref.error",
+          "max_norm_error": "bpref.error", "pointwise": "bpref.tables",
+          "rowwise": "bpref.tables", "rho_function": "bpref.tables",
+          "problem_tolerance": "bpref.problems"}
+"""Names of this module's earlier jobs and the modules that have them now."""
+
+
+def __getattr__(name: str):
+  # ``from bpref.tolerance import normwise_error`` of earlier versions: the name, with a warning
+  if name in _MOVED:
+    import importlib
+    import warnings
+
+    warnings.warn(f"bpref.tolerance.{name} is now {_MOVED[name]}.{name}; import it from there",
+                  DeprecationWarning, stacklevel=2)
+    return getattr(importlib.import_module(_MOVED[name]), name)
+  raise AttributeError(f"module 'bpref.tolerance' has no attribute {name!r}")

@@ -25,7 +25,8 @@ import sympy as sp
 
 from bpref.layers import attention
 from bpref.oracle.ops.attention import bounds as attention_bounds
-from bpref.tolerance import gradient_tolerance, max_norm_error, tolerance
+from bpref.error import max_norm_error
+from bpref.tolerance import gradient_tolerance, tolerance
 
 
 class E(sp.Function):

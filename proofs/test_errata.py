@@ -27,7 +27,8 @@ import numpy as np
 import pytest
 
 import bpref
-from bpref.tolerance import gradient_tolerance, normwise_error
+from bpref.error import normwise_error
+from bpref.tolerance import gradient_tolerance
 from bpref.witnesses import autodiff as reference
 
 TOL = gradient_tolerance(np.float64)

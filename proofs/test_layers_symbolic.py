@@ -28,7 +28,8 @@ import sympy as sp
 from sympy.core.function import AppliedUndef
 
 from bpref.layers import embedding, layernorm, residual
-from bpref.tolerance import gradient_tolerance, max_norm_error
+from bpref.error import max_norm_error
+from bpref.tolerance import gradient_tolerance
 
 
 def is_zero(expr) -> bool:

@@ -31,7 +31,8 @@ import numpy as np
 import sympy as sp
 
 from bpref.layers import dropout, pool
-from bpref.tolerance import gradient_tolerance, max_norm_error
+from bpref.error import max_norm_error
+from bpref.tolerance import gradient_tolerance
 
 
 # ---------------------------------------------------------------- max pooling

@@ -30,7 +30,10 @@ import pytest
 import sympy as sp
 
 import bpref
-from bpref.tolerance import gradient_tolerance, max_norm_error, normwise_error, pointwise, problem_tolerance
+from bpref.error import normwise_error
+from bpref.problems import problem_tolerance
+from bpref.tables import pointwise
+from bpref.tolerance import gradient_tolerance
 
 
 @functools.lru_cache(maxsize=None)

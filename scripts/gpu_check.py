@@ -65,7 +65,7 @@ def _problems(quick):
   ones (widths 32-64, B = 32; the referee takes ~10 s on the widest) where XLA certainly sends float32 products to TF32."""
   import numpy as np
   from bpref.structures import Layer
-  from bpref.testing import problems
+  from bpref import problems
   rng = np.random.default_rng(SEED)
   out = [problems.random_problem(rng, np.float32) for _ in range(4 if quick else 20)]
   for width in ((16,) if quick else (32, 32, 64)):
@@ -98,6 +98,8 @@ def step_precision(args) -> dict:
   import numpy as np
   import bpref
   from bpref import tolerance
+  from bpref.error import worst_error
+  from bpref.problems import problem_tolerance
   from bpref.witnesses import referee
   P = jax.lax.Precision
   backend = jax.default_backend()
@@ -108,14 +110,14 @@ def step_precision(args) -> dict:
     exact = (exact.value, exact.grads)
     got = {lvl: jax.device_get(vg(p.params, p.x, p.t, p.loss, p.reduction, precision=lvl))
            for lvl in (P.DEFAULT, P.HIGHEST)}
-    base = tolerance.problem_tolerance(p.params, p.x, np.float32)  # (T) at float32's u
-    tol = {lvl: tolerance.problem_tolerance(p.params, p.x, precision=lvl, backend=backend) for lvl in got}  # (T')
+    base = problem_tolerance(p.params, p.x, np.float32)  # (T) at float32's u
+    tol = {lvl: problem_tolerance(p.params, p.x, precision=lvl, backend=backend) for lvl in got}  # (T')
     row = {"problem": p.describe(),
            "u_default": tolerance.precision_unit_roundoff(np.float32, P.DEFAULT, backend),
            "tol_default": tol[P.DEFAULT], "tol_highest": tol[P.HIGHEST],
            "err_default_vs_referee": referee.worst_error(got[P.DEFAULT], exact),
            "err_highest_vs_referee": referee.worst_error(got[P.HIGHEST], exact),
-           "err_default_vs_highest": tolerance.worst_error(got[P.DEFAULT], got[P.HIGHEST]),
+           "err_default_vs_highest": worst_error(got[P.DEFAULT], got[P.HIGHEST]),
            "err_planted_vs_referee": referee.worst_error(_plant(got[P.DEFAULT]), exact)}
     row["within_model"] = (row["err_default_vs_referee"] <= row["tol_default"]
                            and row["err_highest_vs_referee"] <= row["tol_highest"]
@@ -123,7 +125,7 @@ def step_precision(args) -> dict:
     row["planted_rejected"] = row["err_planted_vs_referee"] > row["tol_default"]
     # the TF32 model itself, whatever the backend (on the GPU this is tol_default), and the
     # cruder (T) at u = 2^-10 it replaced
-    row["tol_tf32_model"] = tolerance.problem_tolerance(p.params, p.x, precision=P.DEFAULT, backend="gpu")
+    row["tol_tf32_model"] = problem_tolerance(p.params, p.x, precision=P.DEFAULT, backend="gpu")
     row["tol_tf32_crude"] = base * tolerance.tolerance_factor(np.float32, P.DEFAULT, "gpu")
     row["planted_rejected_by_tf32_model"] = row["err_planted_vs_referee"] > row["tol_tf32_model"]
     rows.append(row)
@@ -239,9 +241,9 @@ def step_sharding(args) -> dict:
   import jax
   import numpy as np
   import bpref
-  from bpref import tolerance
+  from bpref import problems
+  from bpref.error import worst_error
   from bpref.scale import sharding
-  from bpref.testing import problems
   k = len(jax.devices())
   if k < 2:
     return {"status": "skipped", "headline": "skipped: 1 device", "devices": k}
@@ -257,8 +259,8 @@ def step_sharding(args) -> dict:
     xs, ts = sharding.shard_batch(mesh, x, t)
     got = sharded(sharding.shard_params(mesh, p.params), xs, ts, p.loss, p.reduction)
     ref = jax.device_get(single(p.params, x, t, p.loss, p.reduction))
-    err = tolerance.worst_error(jax.device_get(got), ref)
-    tol = 2 * tolerance.problem_tolerance(p.params, x, np.float32)
+    err = worst_error(jax.device_get(got), ref)
+    tol = 2 * problems.problem_tolerance(p.params, x, np.float32)
     rows.append({"problem": p.describe(), "batch": B, "err": err, "tol": tol, "ok": err <= tol,
                  "x_devices": len(xs.sharding.device_set), "grad_devices": len(got[1][0].W.sharding.device_set)})
   bad = sum(not r["ok"] for r in rows)

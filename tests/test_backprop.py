@@ -18,9 +18,10 @@ from hypothesis import strategies as st
 
 import bpref
 from bpref import losses as L
+from bpref.error import normwise_error
 from bpref.structures import Layer
 from bpref.testing import problems
-from bpref.tolerance import gradient_tolerance, normwise_error
+from bpref.tolerance import gradient_tolerance
 from bpref.tools import verify
 from bpref.witnesses import autodiff as reference
 

@@ -15,6 +15,7 @@ import pytest
 import bpref
 from bpref import tolerance
 from bpref.bridges import Architecture, check_arrays
+from bpref.error import normwise_error
 from bpref.testing import problems
 
 TOL64 = tolerance.gradient_tolerance(np.float64)
@@ -40,12 +41,12 @@ def _worst_grad_error(dW, db, params, x, t, loss, reduction="mean"):
   worst = 0.0
   for l, g in enumerate(ref):
     assert np.shape(dW[l]) == g.W.shape
-    worst = max(worst, tolerance.normwise_error(dW[l], g.W))
+    worst = max(worst, normwise_error(dW[l], g.W))
     if g.b is None:
       assert db[l] is None
     else:
       assert np.shape(db[l]) == g.b.shape
-      worst = max(worst, tolerance.normwise_error(db[l], g.b))
+      worst = max(worst, normwise_error(db[l], g.b))
   return worst
 
 
@@ -157,7 +158,7 @@ def test_torch_round_trip_is_exact_and_computes_the_same_function(torch, bt):
                                             (True,) * hidden + (False,), "float64")
   x = np.random.default_rng(0).normal(size=(7, 3))
   y_torch = model(torch.from_numpy(x)).detach().numpy()
-  assert tolerance.normwise_error(bpref.predict(params, x), y_torch) <= TOL64
+  assert normwise_error(bpref.predict(params, x), y_torch) <= TOL64
 
 
 def test_torch_autograd_gradients_match_bpref_in_torch_layout(torch, bt):
@@ -170,13 +171,13 @@ def test_torch_autograd_gradients_match_bpref_in_torch_layout(torch, bt):
   params = bt.to_bpref(model)
   ours = bpref.grad(params, x, t, "cross_entropy", "mean")
   theirs = bt.grads_from_torch(model)
-  assert max(tolerance.normwise_error(a.W, b.W) for a, b in zip(theirs, ours)) <= TOL64
+  assert max(normwise_error(a.W, b.W) for a, b in zip(theirs, ours)) <= TOL64
   as_torch = bt.grads_to_torch(ours, model)
   named = dict(model.named_parameters())
   assert set(as_torch) == set(named)
   for name, g in as_torch.items():
     assert tuple(g.shape) == tuple(named[name].shape)
-    assert tolerance.normwise_error(g.numpy(), named[name].grad.numpy()) <= TOL64
+    assert normwise_error(g.numpy(), named[name].grad.numpy()) <= TOL64
 
 
 def test_torch_candidate_matches_bpref_on_every_loss_and_activation(torch, bt):
@@ -197,7 +198,7 @@ def test_torch_candidate_sum_reduction_is_b_times_the_mean(torch, bt):
   dW_sum, db_sum = bt.make_candidate(model, reduction="sum")(W, b, names, "huber", x, t)
   assert _worst_grad_error(dW_sum, db_sum, params, x, t, "huber", "sum") <= TOL64
   dW_mean, _ = bt.make_candidate(model)(W, b, names, "huber", x, t)
-  assert tolerance.normwise_error(dW_sum[0], 5 * dW_mean[0]) <= TOL64
+  assert normwise_error(dW_sum[0], 5 * dW_mean[0]) <= TOL64
 
 
 @pytest.mark.parametrize("build, message", [
@@ -275,12 +276,12 @@ def test_equinox_mlp_round_trip_and_gradients(eqx, be, activation, name):
   assert all(np.array_equal(p.W, q.W) and np.array_equal(p.b, q.b) for p, q in zip(params, again))
   rng = np.random.default_rng(0)
   x, t = rng.normal(size=(5, 3)), rng.normal(size=(5, 2))
-  assert tolerance.normwise_error(bpref.predict(params, x), jax.vmap(mlp)(x)) <= TOL64
+  assert normwise_error(bpref.predict(params, x), jax.vmap(mlp)(x)) <= TOL64
   theirs = eqx.filter_grad(_mlp_loss)(mlp, x, t)
   ours = be.grads_to_equinox(bpref.grad(params, x, t), mlp)
   for a, b in zip(jax.tree_util.tree_leaves(eqx.filter(ours, eqx.is_array)),
                   jax.tree_util.tree_leaves(eqx.filter(theirs, eqx.is_array))):
-    assert a.shape == b.shape and tolerance.normwise_error(a, b) <= TOL64
+    assert a.shape == b.shape and normwise_error(a, b) <= TOL64
 
 
 def test_equinox_candidate_on_its_own_mlp_and_on_every_loss_and_activation(eqx, be):
@@ -339,7 +340,7 @@ def test_flax_params_dicts_convert_without_flax_modules():
   theirs = jax.grad(cost)(variables["params"])
   for name in ("Dense_0", "Dense_1"):
     for leaf in theirs[name]:
-      assert tolerance.normwise_error(grads[name][leaf], theirs[name][leaf]) <= TOL64
+      assert normwise_error(grads[name][leaf], theirs[name][leaf]) <= TOL64
   # Layers come in the order of their numbers even when the dict is sorted as text.
   many = {f"Dense_{i}": {"kernel": np.eye(2) * (i + 1)} for i in (10, 2, 0, 1, 3, 4, 5, 6, 7, 8, 9)}
   order = bf.to_bpref(many, "identity")
@@ -397,9 +398,9 @@ def test_flax_user_module_round_trip_and_candidate(flax_nn):
   acts = ("gelu", "tanh", "identity")
   params = bf.to_bpref(variables, acts)
   assert bf.describe(variables, acts) == Architecture((3, 4, 3, 2), acts, (True,) * 3, "float64")
-  assert tolerance.normwise_error(bpref.predict(params, x), net.apply(variables, x)) <= TOL64
+  assert normwise_error(bpref.predict(params, x), net.apply(variables, x)) <= TOL64
   mlp = bf.module(params)
-  assert tolerance.normwise_error(mlp.apply(bf.from_bpref(params), x), net.apply(variables, x)) <= TOL64
+  assert normwise_error(mlp.apply(bf.from_bpref(params), x), net.apply(variables, x)) <= TOL64
   W, b, names = _arrays(params)
   dW, db = bf.make_candidate(net)(W, b, names, "softmax_cross_entropy", x, t)
   assert _worst_grad_error(dW, db, params, x, t, "softmax_cross_entropy") <= TOL64

@@ -18,6 +18,8 @@ import pytest
 import bpref
 from bpref import losses as _losses
 from bpref import tolerance
+from bpref.error import max_norm_error, normwise_error, worst_error
+from bpref.problems import problem_tolerance
 from bpref.scale import fast
 from bpref.structures import Layer
 from bpref.testing import problems
@@ -52,7 +54,7 @@ def _assert_close_tree(actual, expected, bound, what):
   for a, e in zip(jax.tree_util.tree_leaves(actual), jax.tree_util.tree_leaves(expected)):
     e = np.asarray(e)
     assert a.shape == e.shape and a.dtype == e.dtype, (what, a.shape, e.shape, a.dtype, e.dtype)
-    err = tolerance.normwise_error(a, e)
+    err = normwise_error(a, e)
     assert err <= bound, f"{what}: normwise difference {err:.3e} > {bound:.3e}"
 
 
@@ -211,15 +213,15 @@ def test_fused_losses_are_exact_on_a_saturated_output(dtype, reduction):
     y = np.asarray(bpref.predict(case.params, case.x))
     two_step = _losses.get(case.loss).value(np.atleast_2d(y), np.atleast_2d(case.t))  # C of y_L
     assert np.all(np.isinf(two_step)), f"{what}: the example must saturate the two-step route"
-    tol = tolerance.problem_tolerance(case.params, case.x)
+    tol = problem_tolerance(case.params, case.x)
     assert np.isfinite(r_value) and np.all(np.isfinite(r_grads[0].W)), what
     expected = bpref.value_and_grad(*case)
     # Padded to 8 units, 8 rows and 8 layers, yet every sum has at most two nonzero terms (n_0 = 1,
     # B <= 2, exp rounds to exactly 0 or 1), so no order of summation can differ: the bits are bpref's.
     np.testing.assert_array_equal(r_value, np.asarray(expected[0]), err_msg=what)
     np.testing.assert_array_equal(r_grads[0].W, np.asarray(expected[1][0].W), err_msg=what)
-    assert tolerance.max_norm_error(r_value, value) <= tol, (what, r_value, value)
-    assert tolerance.max_norm_error(r_grads[0].W, dW) <= tol, (what, r_grads[0].W, dW)
+    assert max_norm_error(r_value, value) <= tol, (what, r_value, value)
+    assert max_norm_error(r_grads[0].W, dW) <= tol, (what, r_grads[0].W, dW)
 
 
 def _saturate(case, rng, shift=1000.0):
@@ -277,7 +279,7 @@ def test_one_declared_bucket_gives_the_same_results_and_refuses_what_does_not_fi
   own = fast.evaluate_many(cases)
   wide = fast.evaluate_many(cases, shape=(8, 16, 16))
   for a, b in zip(own, wide):
-    assert tolerance.worst_error(b.grads, a.grads) <= tolerance.gradient_tolerance(np.float64)
+    assert worst_error(b.grads, a.grads) <= tolerance.gradient_tolerance(np.float64)
   with pytest.raises(ValueError, match=r"problem 0: depth .* larger than shape=\(1, 1, 1\)"):
     fast.evaluate_many(cases[:1], shape=(1, 1, 1))
 

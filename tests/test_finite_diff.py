@@ -16,6 +16,7 @@ from hypothesis import given, settings
 
 import bpref
 from bpref import tolerance
+from bpref.problems import problem_tolerance
 from bpref.testing import strategies as bst
 from bpref.testing.problems import random_problem
 from bpref.tools import verify
@@ -41,7 +42,7 @@ def _flat_exact(problem):
 def test_complex_step_gradient_is_exact_to_rounding(problem):
   """Im C(theta + i h e_j) / h matches the referee within the rounding model (T)."""
   grads = fd.gradient(*problem, method="complex")
-  tol = tolerance.problem_tolerance(problem.params, problem.x)
+  tol = problem_tolerance(problem.params, problem.x)
   exact = referee.to_float(referee.exact(*problem).grads)
   errors, _ = verify.compare(problem, {"grad": grads}, {"grad": exact})
   assert errors["grad"] <= tol, f"complex step off by {errors['grad']:.2e} > {tol:.2e} on {problem.describe()}"
@@ -55,7 +56,7 @@ def test_richardson_within_its_error_estimate(problem):
   exact = _flat_exact(problem)
   est = np.asarray(fd.flatten(errors))
   got = np.asarray(fd.flatten(grads))
-  floor = tolerance.problem_tolerance(problem.params, problem.x) * np.max(np.abs(exact))
+  floor = problem_tolerance(problem.params, problem.x) * np.max(np.abs(exact))
   bad = np.abs(got - exact) > 2 * est + floor
   assert not bad.any(), (f"Richardson error beyond its estimate at {np.flatnonzero(bad)}: "
                          f"{np.abs(got - exact)[bad]} vs {est[bad]}")
@@ -92,7 +93,7 @@ def test_complex_step_follows_the_kink_conventions(problem):
   assert any(np.any(np.asarray(z) == 0) for z in tape.z), "kink mode drew no exact zero"
   grads = fd.gradient(*problem, method="complex")
   ours = bpref.grad(*problem)
-  tol = tolerance.problem_tolerance(problem.params, problem.x)
+  tol = problem_tolerance(problem.params, problem.x)
   # each array measured against its magnitude bound, as verify does: a sum that cancels is exact
   # to rounding of its terms, not of its result
   errors, _ = verify.compare(problem, {"grad": ours}, {"grad": grads})
@@ -122,7 +123,7 @@ def test_directional_adjoint_check(problem):
   v[j] = 1.0 + abs(v[j])  # make sure the wrong coordinate is seen along v
   wrong[j] = 1e-3
   cs, rich, bad = _directional(*problem, v, wrong)
-  tol = tolerance.problem_tolerance(problem.params, problem.x)
+  tol = problem_tolerance(problem.params, problem.x)
   size = float(np.dot(np.abs(g), np.abs(v)))  # |<|g|, |v|>|: the scale of the inner product
   assert abs(cs.claimed - cs.measured) <= tol * size
   assert abs(rich.claimed - rich.measured) <= 2 * rich.error + tol * size

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 import bpref
 from bpref import activations as _activations
 from bpref import losses as _losses
-from bpref import tolerance
+from bpref.problems import problem_tolerance
 from bpref.testing import strategies as bst
 
 EXAMPLES = max(3, settings.default.max_examples // 3)
@@ -88,7 +88,7 @@ def test_delta_identities(problem):
   """delta_L = dC/dy J_f(z_L); delta recursion; dC/dW_l = delta_l^T a_{l-1}; dC/db_l = sum_b delta_l;
   delta_l = dC/dy lambda_l; dC/dx = delta_1 W_1."""
   params, x = problem.params, problem.x
-  tol = tolerance.problem_tolerance(params, x)
+  tol = problem_tolerance(params, x)
   q = _delta_bundle(*problem)
   d, g, tape = q["deltas"], q["g"], q["tape"]
   # (34): delta_L = (dC/dy) J_f(z_L), a vector-Jacobian product (softmax included)
@@ -147,7 +147,7 @@ def _lambda_bundle(params, x):
 def test_lambda_identities(problem):
   """lambda_L = J_f(z_L); lambda recursion; lambda_l = dy/dz_l by injection; dy/dx = lambda_1 W_1."""
   params, x = problem.params, problem.x
-  tol = tolerance.problem_tolerance(params, x)
+  tol = problem_tolerance(params, x)
   q = _lambda_bundle(params, x)
   lam = q["lambdas"]
   _check("lambda_L = f'_L(z_L)", lam[-1], q["jac_L"], None, tol)  # (27)
@@ -178,7 +178,7 @@ def _batch_bundle(params, x, t, loss):
 def test_batch_additivity_and_rank(problem):
   """dC/dparams of the batch = sum (or mean) of the examples' gradients; rank dC/dW_l <= B."""
   params, x, t, loss = problem.params, problem.x, problem.t, problem.loss
-  tol = tolerance.problem_tolerance(params, x)
+  tol = problem_tolerance(params, x)
   q = _batch_bundle(params, x, t, loss)
   batch = x.shape[0]
   summed = jax.tree_util.tree_map(lambda v: _with_magnitude(lambda v: np.sum(v, axis=0), v), q["vmapped"])
@@ -213,7 +213,7 @@ def test_backward_map_is_linear_in_dC_dy(problem, alpha, seed):
   shape = (x.shape[0], params[-1].W.shape[0])
   g1, g2 = rng.normal(size=shape), rng.normal(size=shape)
   d1, d2, d12 = _linear_bundle(params, x, g1, g2, alpha)
-  tol = tolerance.problem_tolerance(params, x) * (1 + abs(alpha))
+  tol = problem_tolerance(params, x) * (1 + abs(alpha))
   for l in range(len(params)):
     expected = alpha * np.asarray(d1[l]) + np.asarray(d2[l])
     scale = max(np.max(np.abs(alpha * np.asarray(d1[l]))), np.max(np.abs(np.asarray(d2[l]))), 1e-300)
@@ -240,7 +240,7 @@ def test_positive_homogeneity(problem):
   target = float(np.vdot(np.asarray(g), np.asarray(y)))
   # each side is a sum of products: its rounding is bounded by (T) times the sum of |terms|
   scale = float(np.vdot(np.abs(np.asarray(g)), np.abs(np.asarray(y))))
-  tol = tolerance.problem_tolerance(params, x)
+  tol = problem_tolerance(params, x)
   for l, (layer, gl) in enumerate(zip(params, grads), start=1):
     lhs = float(np.vdot(np.asarray(layer.W), np.asarray(gl.W)))
     terms = float(np.vdot(np.abs(np.asarray(layer.W)), np.abs(np.asarray(gl.W))))
@@ -253,7 +253,7 @@ def test_identities_hold_eager_and_under_jit(mode):
   """The delta identities on one fixed problem, with bpref run eagerly and under jax.jit."""
   from bpref.testing.problems import random_problem
   problem = random_problem(np.random.default_rng(7), np.float64, max_depth=3)
-  tol = tolerance.problem_tolerance(problem.params, problem.x)
+  tol = problem_tolerance(problem.params, problem.x)
   run = (lambda f: f) if mode == "eager" else (lambda f: jax.jit(f, static_argnums=(3, 4)))
   d = run(bpref.deltas)(*problem)
   grads = run(bpref.grad)(*problem)

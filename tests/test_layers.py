@@ -23,7 +23,8 @@ import pytest
 
 from bpref import activations as _acts
 from bpref.layers import embedding, layernorm, residual
-from bpref.tolerance import SAFETY, gradient_tolerance, pointwise, tolerance, unit_roundoff
+from bpref.tables import pointwise
+from bpref.tolerance import SAFETY, gradient_tolerance, tolerance, unit_roundoff
 from bpref.witnesses import layers_referee, referee
 
 DTYPES = (np.float32, np.float64)

@@ -20,6 +20,8 @@ import pytest
 
 import bpref
 from bpref import tolerance
+from bpref.error import worst_error
+from bpref.problems import problem_tolerance
 from bpref.witnesses import autodiff as reference
 
 HIGHEST, HIGH, DEFAULT = jax.lax.Precision.HIGHEST, jax.lax.Precision.HIGH, jax.lax.Precision.DEFAULT
@@ -270,10 +272,10 @@ def test_emulated_tf32_networks_stay_within_the_split_model():
     got = _textbook_grads(f32(Ws), f32(bs), acts, np.float32(x), np.float32(t), tf32)
     plain = _textbook_grads(f32(Ws), f32(bs), acts, np.float32(x), np.float32(t), np.matmul)
     params = bpref.from_arrays(f32(Ws), f32(bs), tuple(acts))
-    tol_tf32 = tolerance.problem_tolerance(params, np.float32(x), precision=DEFAULT, backend="gpu")
-    tol_f32 = tolerance.problem_tolerance(params, np.float32(x))
-    err = tolerance.worst_error(got, exact)
-    assert tolerance.worst_error(plain, exact) <= tol_f32, (case, sizes, acts)
+    tol_tf32 = problem_tolerance(params, np.float32(x), precision=DEFAULT, backend="gpu")
+    tol_f32 = problem_tolerance(params, np.float32(x))
+    err = worst_error(got, exact)
+    assert worst_error(plain, exact) <= tol_f32, (case, sizes, acts)
     assert err <= tol_tf32, (case, sizes, acts, err, tol_tf32)
     ratios.append(err / tol_tf32)
     visible += err > tol_f32

@@ -1,4 +1,4 @@
-"""The generators of bpref.testing.problems and bpref.testing.strategies: no vacuous case, targets of
+"""The generators of bpref.problems and bpref.testing.strategies: no vacuous case, targets of
 every kind the losses accept, stratified draws.
 
 A case whose true gradient is identically zero in some layer checks nothing there, so every
@@ -12,9 +12,9 @@ import pytest
 from hypothesis import find, given, settings
 
 from bpref import losses as _losses
+from bpref import problems
 from bpref.activations import KINKED
 from bpref.structures import Layer
-from bpref.testing import problems
 from bpref.testing import strategies as bst
 from bpref.witnesses import referee
 
@@ -306,3 +306,10 @@ def test_strategy_problems_widen_to_softmax_after_any_loss_only_when_asked():
 def test_strategy_problems_refuse_a_bad_option_when_made(options, message):
   with pytest.raises(ValueError, match=message):
     bst.problems(**options)
+
+
+def test_the_earlier_import_path_gives_the_same_generator():
+  from bpref.testing import problems as earlier
+
+  assert earlier.random_problem is problems.random_problem and earlier.Problem is problems.Problem
+  assert set(earlier.__all__) <= set(dir(problems))

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import example, given, settings
 
 import bpref
-from bpref import tolerance
+from bpref.problems import problem_tolerance
 from bpref.structures import Layer
 from bpref.testing import problems
 from bpref.testing import strategies as bst
@@ -118,7 +118,7 @@ def test_bpref_within_the_rounding_model_of_the_referee(dtype, data):
   params = tuple(Layer(p.W.astype(dtype), None if p.b is None else p.b.astype(dtype), p.activation)
                  for p in data.params)
   problem = data._replace(params=params, x=data.x.astype(dtype), t=data.t.astype(dtype))
-  tol = tolerance.problem_tolerance(problem.params, problem.x)
+  tol = problem_tolerance(problem.params, problem.x)
   exact = referee.exact(*problem)
   ours = dict(zip(("grad", "deltas", "input_grad", "lambdas"), _bpref_all(*problem)))
   theirs = referee.to_float({"grad": exact.grads, "deltas": exact.deltas,

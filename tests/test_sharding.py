@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 
 import bpref
-from bpref import tolerance
+from bpref.error import normwise_error
 from bpref.scale import sharding
 
 SHARDED_BOUND = 1e-12  # float64, from the issue; the observed errors are near 2^-53
@@ -73,7 +73,7 @@ def _call(fn_name, jitted, params, x, t, loss, reduction):
 def _worst_error(actual, expected) -> float:
   leaves_a, leaves_e = jax.tree_util.tree_leaves(actual), jax.tree_util.tree_leaves(expected)
   assert len(leaves_a) == len(leaves_e)
-  return max(tolerance.normwise_error(a, e) for a, e in zip(leaves_a, leaves_e))
+  return max(normwise_error(a, e) for a, e in zip(leaves_a, leaves_e))
 
 
 def _layouts(out):

@@ -16,6 +16,8 @@ from hypothesis import given, settings
 
 import bpref
 from bpref import tolerance
+from bpref.error import max_norm_error, normwise_error
+from bpref.problems import problem_tolerance
 from bpref.structures import Layer
 from bpref.testing import strategies as bst
 from bpref.witnesses import referee
@@ -45,19 +47,19 @@ def _with_one_wrong_coordinate(array, rel):
 @given(data=bst.all_problems())
 def test_model_passes_correct_gradients_and_flags_one_wrong_coordinate(dtype, data):
   problem = _cast(data, dtype)
-  tol = tolerance.problem_tolerance(problem.params, problem.x)
+  tol = problem_tolerance(problem.params, problem.x)
   assert tol < WRONG_BY[dtype] / 4, f"(T) = {tol:.2e} is too loose to see a {WRONG_BY[dtype]:.0e} error"
   exact = referee.exact(*problem)
   grads = _grad(*problem)
   for l, (g, e) in enumerate(zip(grads, exact.grads), start=1):
     e64 = referee.to_float(e.W)
-    assert tolerance.max_norm_error(g.W, e64) <= tol, f"correct dC/dW_{l} rejected"
+    assert max_norm_error(g.W, e64) <= tol, f"correct dC/dW_{l} rejected"
     if np.max(np.abs(e64)) == 0:
       continue
     wrong = _with_one_wrong_coordinate(g.W, WRONG_BY[dtype])
     if wrong.dtype == np.float32 and np.array_equal(wrong, np.asarray(g.W)):
       continue  # the change is below float32's resolution at this entry
-    assert tolerance.max_norm_error(wrong, e64) > tol, \
+    assert max_norm_error(wrong, e64) > tol, \
         f"dC/dW_{l} with one coordinate off by {WRONG_BY[dtype]:.0e} passed (T) = {tol:.2e}"
 
 
@@ -82,10 +84,10 @@ def test_one_wrong_coordinate_in_a_wide_array_is_flagged(dtype):
   # (no sum over the 10^4 outputs: tanh and the half squared error act entrywise)
   tol = tolerance.tolerance(dtype, depth=1, inner=3, magnitude=tolerance.magnitude([z]))
   assert tol < WRONG_BY[dtype] / 4
-  assert tolerance.max_norm_error(grads[0].b, exact_b) <= tol
+  assert max_norm_error(grads[0].b, exact_b) <= tol
   wrong = _with_one_wrong_coordinate(grads[0].b, WRONG_BY[dtype])
-  assert tolerance.max_norm_error(wrong, exact_b) > tol
-  size_scaled = tolerance.normwise_error(wrong, exact_b) <= tolerance.gradient_tolerance(dtype) * n
+  assert max_norm_error(wrong, exact_b) > tol
+  size_scaled = normwise_error(wrong, exact_b) <= tolerance.gradient_tolerance(dtype) * n
   assert size_scaled, "a size-scaled criterion would have caught it too; the example shows nothing"
 
 
@@ -102,13 +104,27 @@ def test_tolerance_keyed_by_dtype_scaled_by_depth_and_magnitude():
     tolerance.tolerance(np.float64, depth=0)
 
 
-def test_max_norm_error_is_relative_to_the_largest_entry():
-  expected = np.array([1.0, 1e-6, -2.0])
-  assert tolerance.max_norm_error(expected, expected) == 0.0
-  assert tolerance.max_norm_error(expected + [0, 0, 2e-3], expected) == pytest.approx(1e-3)
-  assert tolerance.max_norm_error(np.array([1.0, np.nan, 0.0]), expected) == np.inf
-  assert tolerance.max_norm_error(np.ones(2), expected) == np.inf
-  assert tolerance.max_norm_error(np.array([1e-20]), np.zeros(1)) == 1e-20
+def test_a_network_tolerance_reads_its_terms_off_the_network():
+  z = [np.full((5, 8), -3.0), np.ones((5, 2))]
+  assert tolerance.network_tolerance(np.float32, (3, 8, 2), 5, z, ("tanh", "identity")) == \
+      tolerance.tolerance(np.float32, depth=2, inner=8, magnitude=3.0)
+  assert tolerance.network_tolerance(np.float64, (3, 2), 9, z[1:], ("gelu",), forward_only=True) == \
+      tolerance.forward_tolerance(np.float64, depth=1, inner=9)
+  assert tolerance.network_tolerance(np.float64, (1, 1), 1, [np.full((1, 1), 3.0)], ("gelu",)) == \
+      tolerance.tolerance(np.float64, depth=1, inner=1, magnitude=9.0)  # gelu: m squared
+
+
+def test_the_names_that_moved_out_still_import_from_here():
+  from bpref import error, problems, tables
+
+  with pytest.warns(DeprecationWarning, match="bpref.tolerance.max_norm_error is now bpref.error"):
+    assert tolerance.max_norm_error is error.max_norm_error
+  with pytest.warns(DeprecationWarning, match="bpref.tolerance.pointwise is now bpref.tables"):
+    assert tolerance.pointwise is tables.pointwise
+  with pytest.warns(DeprecationWarning, match="bpref.tolerance.problem_tolerance is now bpref.problems"):
+    assert tolerance.problem_tolerance is problems.problem_tolerance
+  with pytest.raises(AttributeError, match="declared"):
+    tolerance.declared  # noqa: B018  (the ContextVar is gone: the names are arguments now)
 
 
 @functools.partial(jax.jit)
@@ -124,66 +140,9 @@ def test_low_precision_forward_within_the_model(dtype, data):
   """bfloat16 and float16 forward passes are within forward (T) of the exact forward pass."""
   problem = _cast(data, dtype)
   as64 = _cast(problem, np.float64)  # the same (rounded) values, exactly, in float64
-  tol = tolerance.problem_tolerance(as64.params, as64.x, dtype, forward_only=True)
+  tol = problem_tolerance(as64.params, as64.x, dtype, forward_only=True)
   y = _predict(problem.params, problem.x)
   assert y.dtype == dtype
   exact = referee.forward(as64.params, as64.x).a[-1]
   err = referee.error(np.asarray(y, np.float64), exact)
   assert err <= tol, f"{np.dtype(dtype).name} forward off by {err:.2e} > (T) = {tol:.2e}"
-
-
-def test_declared_tables_hold_the_declared_names_alone_and_give_the_same_values(monkeypatch):
-  """A search that declares a few activations and losses compiles switch tables of those
-  alone; their values are those of the full tables, and a name outside them still works."""
-  from bpref import activations
-  from bpref.oracle import truth
-
-  z = np.linspace(-30.0, 30.0, 301)
-  a = np.tanh(z)
-  full = {name: (tolerance.pointwise(activations.get(name).df, z),
-                 tolerance.pointwise(tolerance.rho_function(name), z, a)) for name in ("tanh", "sigmoid", "elu")}
-  y, t = np.random.default_rng(0).normal(size=(2, 5, 3))
-  loss_full = truth.loss_terms("huber", y, t)
-  asked = []
-  tables = tolerance._tables
-  monkeypatch.setattr(tolerance, "_tables", lambda names=None: asked.append(names) or tables(names))
-  with tolerance.declared(("tanh", "relu", "elu"), ("huber",)):
-    tolerance.pointwise(activations.get("tanh").df, z)
-    assert asked == [("elu", "relu", "tanh")]
-    assert set(tables(("elu", "relu", "tanh"))) == {
-        fn for name in ("elu", "relu", "tanh") for fn in
-        (activations.get(name).f, activations.get(name).df, tolerance.rho_function(name, False),
-         tolerance.rho_function(name, True)) if fn is not None}
-    for name, (df, rho) in full.items():  # sigmoid is not declared: the full table answers
-      np.testing.assert_array_max_ulp(tolerance.pointwise(activations.get(name).df, z), df, maxulp=2)
-      np.testing.assert_array_max_ulp(tolerance.pointwise(tolerance.rho_function(name), z, a), rho, maxulp=2)
-    for declared, every in zip(truth.loss_terms("huber", y, t), loss_full):
-      np.testing.assert_array_max_ulp(declared, every, maxulp=2)
-    assert tolerance.declared_losses() == ("huber",)
-  assert tolerance.declared_losses() is None
-
-
-def test_outside_a_declared_block_each_function_compiles_alone(monkeypatch):
-  """One network's tolerance compiles its own few f's, not a table of every activation."""
-  from bpref import activations
-
-  asked = []
-  tables = tolerance._tables
-  monkeypatch.setattr(tolerance, "_tables", lambda names=None: asked.append(names) or tables(names))
-  z = np.linspace(-3.0, 3.0, 7)
-  alone = tolerance.pointwise(activations.get("tanh").f, z)
-  assert asked == []
-  with tolerance.declared():
-    every = tolerance.pointwise(activations.get("tanh").f, z)
-  assert asked == [None]
-  np.testing.assert_array_max_ulp(alone, every, maxulp=2)
-
-
-def test_a_search_declares_its_spec_with_the_output_activations_and_fused_losses():
-  from bpref import oracle
-
-  spec = oracle.make_spec(activations=("tanh", "relu"), losses=("cross_entropy", "squared_error"))
-  with spec.declared():
-    names, losses = tolerance._DECLARED.get()
-  assert set(names) >= {"tanh", "relu", "softmax"}
-  assert set(losses) == {"cross_entropy", "softmax_cross_entropy", "squared_error"}

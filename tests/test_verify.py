@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from bpref import witnesses
+from bpref.problems import problem_tolerance
 from bpref.structures import Layer
 from bpref.tools import verify
 
@@ -170,7 +171,7 @@ def test_bucketed_outputs_match_the_exact_shape_functions(dtype):
   bounds = verify._truth.output_bounds([verify._as_float64(p) for p in problems], forms=False)
   for problem, ours, mag in zip(problems, verify._bpref_many(problems), bounds):
     exact = verify._bpref_outputs(*problem)
-    tol = 2 * verify._tolerance.problem_tolerance(problem.params, problem.x)
+    tol = 2 * problem_tolerance(problem.params, problem.x)
     for check in verify.CHECKS:
       assert verify._worst(ours[check], exact[check], mag[check]) <= tol, (check, problem.describe())
 
@@ -182,7 +183,7 @@ def test_padded_witness_matches_the_exact_shape_witness():
   bounds = verify._truth.output_bounds(problems, forms=False)
   for problem, padded, mag in zip(problems, verify._autodiff.evaluate_many(problems), bounds):
     exact = verify._witness_outputs(*problem)
-    tol = 2 * verify._tolerance.problem_tolerance(problem.params, problem.x)
+    tol = 2 * problem_tolerance(problem.params, problem.x)
     for check in verify.CHECKS:
       assert verify._worst(padded[check], exact[check], mag[check]) <= tol, (check, problem.describe())
 

@@ -102,7 +102,7 @@ def _check(candidate, target, progress, spec, start) -> Report:
       pool = _isolation.Isolated(pool_target, spec.workers, spec.timeout)
     ev = _search.Evaluator(None if pool else candidate, spec, pool, progress)
     try:
-      with spec.declared(), (_isolation.exits_refused() if pool is None else contextlib.nullcontext()):
+      with _isolation.exits_refused() if pool is None else contextlib.nullcontext():
         found = _search.search(ev)
         return build_report(ev, spec, found, target, candidate, start)
     except _isolation.MainReimportError:

@@ -37,6 +37,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from bpref import activations as _activations
+from bpref.error import normwise_error
 from bpref.oracle import forms as _forms
 from bpref.oracle import spec as _spec
 from bpref.oracle import truth as _truth
@@ -72,9 +73,7 @@ def _worst(cand, model, mags) -> float:
   """max over the arrays X of ||X_cand - X_model||_F / ||M_X||_F (the judge's error measure)."""
   worst = 0.0
   for c, m, s in zip(cand, model, mags):
-    diff = float(np.linalg.norm((np.asarray(c, np.float64) - np.asarray(m, np.float64)).ravel()))
-    scale = float(np.linalg.norm(np.asarray(s).ravel()))
-    worst = max(worst, diff / scale if scale > 0 else diff)
+    worst = max(worst, normwise_error(c, m, s))
   return worst
 
 
@@ -133,16 +132,19 @@ class _Net(NamedTuple):
   a: tuple  # a_0..a_L
   g: np.ndarray  # dC/dy of the reduced loss, (B, n_L)
   bias: bool
+  declared: tuple | None  # the search's names, for the truth's f' (``bpref.oracle.truth``)
 
 
-def _net(case, truth) -> _Net:
+def _net(case, truth, declared) -> _Net:
   return _Net(tuple(np.asarray(W, np.float64) for W in case.weights), tuple(case.arch.activations),
-              truth.z, truth.a, truth.g, case.biases is not None)
+              truth.z, truth.a, truth.g, case.biases is not None, declared)
 
 
-def _df(net, l, name=None):
-  """f'(z_l) of layer l (1-based), of activation ``name`` if given, else the layer's own."""
-  return _truth.df(name or net.activations[l - 1], net.z[l - 1])
+def _df(net, l, name=None, at=None):
+  """f'_l of layer l (1-based) at z_l (at ``at`` if given), of activation ``name`` if given,
+  else the layer's own."""
+  return _truth.df(name or net.activations[l - 1], net.z[l - 1] if at is None else at,
+                   declared=net.declared)
 
 
 def _softmax_vjp(a, v):
@@ -214,9 +216,9 @@ _NEGATIVE_BRANCH = {"relu": "0", "leaky_relu": "0.01", "elu": "exp(z)", "selu": 
 """f' left of the kink, in words, for the kinked activations."""
 
 
-def _kink_models(name) -> list:
+def _kink_models(name, declared) -> list:
   """One-sided errors of a kinked f': each side's branch used on the other side."""
-  pos = float(np.asarray(_truth.df(name, np.ones(1)))[0])  # f' right of the kink
+  pos = float(np.asarray(_truth.df(name, np.ones(1), declared=declared))[0])  # f' right of the kink
   neg = _NEGATIVE_BRANCH.get(name, f"{name}'s negative branch")
   out = [_Model(Finding(
       "kink_side", f"{name}' is wrong on the negative side of its kink: {pos:g} for z < 0",
@@ -234,12 +236,13 @@ def _kink_models(name) -> list:
       f"{name}'(z) was computed as {name}'(-z) (a comparison the wrong way round, e.g. "
       "relu' = (z < 0))"),
       _hidden_override(name, lambda net, l: np.where(
-          net.z[l - 1] == 0, _df(net, l, name), _truth.df(name, -net.z[l - 1])))))
+          net.z[l - 1] == 0, _df(net, l, name), _df(net, l, name, -net.z[l - 1])))))
   return out
 
 
-def _models(arch) -> list:
-  """The bug models that could change the gradient of ``arch``, the most specific first."""
+def _models(arch, declared) -> list:
+  """The bug models that could change the gradient of ``arch``, the most specific first
+  (``declared`` as for ``bpref.oracle.truth``)."""
   acts = arch.activations
   last = acts[-1]
   L = len(acts)
@@ -310,7 +313,7 @@ def _models(arch) -> list:
     ]
   for name in names:
     if name in _activations.KINKED:
-      out += _kink_models(name)
+      out += _kink_models(name, declared)
   if L >= 2 and any(a != "identity" for a in acts[:-1]):
     def no_hidden(net):
       if all(a == "identity" for a in net.activations[:-1]):
@@ -328,8 +331,7 @@ def _models(arch) -> list:
                                                                                "softmax")]
       if not layers:
         return None
-      df_l = lambda l: _truth.df(net.activations[l - 1], net.a[l]) if l in layers else \
-          _df(net, l)
+      df_l = lambda l: _df(net, l, at=net.a[l]) if l in layers else _df(net, l)
       return _backward(net, net.g * df_l(L) if L in layers else None, df_l)
 
     out.append(_Model(Finding(
@@ -342,7 +344,7 @@ def _models(arch) -> list:
     out.append(_Model(Finding(
         "fprime_at_a", f"f' of {name} is evaluated at a_l instead of z_l",
         f"{name}'(a_l) = {name}'({name}(z_l)) was used where (37) needs {name}'(z_l)"),
-        _hidden_override(name, lambda net, l, name=name: _truth.df(name, net.a[l]))))
+        _hidden_override(name, lambda net, l, name=name: _df(net, l, name, net.a[l]))))
   for times_b, how in ((False, ""), (True, " times B")):
     out.append(_Model(Finding(
         "batch_sum_missing", f"dW is the first example's term only{how}, not the sum over the "
@@ -450,6 +452,7 @@ class Diagnoser:
     self.spec = ev.spec
     self.minimal = minimal
     self.arch = minimal.arch
+    self.declared = ev.declared
     self.case, truth = ev.case_and_truth(self.arch)
     self.truth = truth
     self.tol = minimal.tolerance
@@ -740,11 +743,11 @@ class Diagnoser:
     On a confirming network a model must reproduce the candidate's gradient wherever the
     candidate returned one: where the model changes nothing, the candidate must pass.
     """
-    net = _net(self.case, self.truth)
+    net = _net(self.case, self.truth, self.declared)
     true, mags = _truth_grads(self.truth), _mags(self.truth)
     limit = FIT_SLACK * self.tol
     fitting = []
-    for model in _models(self.arch):
+    for model in _models(self.arch, self.declared):
       grads = model.grads(net)
       if grads is not None and _worst(grads, true, mags) > limit and self._fits(grads):
         fitting.append(model)
@@ -755,7 +758,7 @@ class Diagnoser:
       if r is None or r.dW is None or r.kind in ("structure", "shape", "dtype"):
         continue
       case, truth = self.ev.case_and_truth(arch)
-      other = _net(case, truth)
+      other = _net(case, truth, self.declared)
       cand, true2, mags2 = _grads(r), _truth_grads(truth), _mags(truth)
       keep = []
       for model in fitting:
@@ -772,7 +775,7 @@ class Diagnoser:
   def kink_value(self):
     """f'(0) of a kinked activation, fitted where z is exactly 0 (planted kinks), when that
     alone explains the candidate."""
-    net = _net(self.case, self.truth)
+    net = _net(self.case, self.truth, self.declared)
     cand = _flat(_grads(self.minimal))
     for name in dict.fromkeys(self.arch.activations):
       layers = [l for l, a in enumerate(self.arch.activations, 1) if a == name]
@@ -784,8 +787,8 @@ class Diagnoser:
       d = g1 - g0
       if not d @ d > 0:
         continue
-      right = float(np.asarray(_truth.df(name, np.ones(1)))[0])
-      left = float(np.asarray(_truth.df(name, -np.full(1, 1e-300)))[0])
+      right = float(np.asarray(_truth.df(name, np.ones(1), declared=self.declared))[0])
+      left = float(np.asarray(_truth.df(name, -np.full(1, 1e-300), declared=self.declared))[0])
       lo, hi = min(left, right), max(left, right)
       fitted = float((cand - g0) @ d / (d @ d))  # exact when one layer has kinks
       for v in (fitted, 0.0, 0.5, 1.0, lo, hi, (lo + hi) / 2):
@@ -839,8 +842,7 @@ class Diagnoser:
       else:
         out.append(None)
         continue
-      scale = float(np.linalg.norm(true)) or 1.0
-      out.append(float(np.linalg.norm(est - true)) / scale)
+      out.append(normwise_error(est, true))
     return out
 
   def activation_swap(self, departure):
@@ -879,7 +881,7 @@ class Diagnoser:
       if not np.any(ok):
         continue
       implied = r.db[l - 1][ok] / back[ok]
-      true = _truth.df(name, z[ok])
+      true = _truth.df(name, z[ok], declared=self.declared)
       pairs = ", ".join(f"z={zz:.3g}: {ii:.4g} (should be {tt:.4g})"
                         for zz, ii, tt in list(zip(z[ok], implied, true))[:3])
       missing = " (all 1: the f' factor is missing)" if np.allclose(implied, 1, rtol=1e-6) else ""

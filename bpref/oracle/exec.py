@@ -555,9 +555,8 @@ def check(command: str, *, progress=None, cwd=None, env=None, **options):
       except wire.WireError as exc:
         raise ExecError(str(exc)) from None
       ev = ExecEvaluator(None, spec, pool, progress)
-      with spec.declared():
-        found = _search.search(ev)
-        report = _oracle.build_report(ev, spec, found, None, None, start)
+      found = _search.search(ev)
+      report = _oracle.build_report(ev, spec, found, None, None, start)
     finally:
       pool.close()
   report.output = transcript.to_json()

@@ -1,7 +1,7 @@
 """Judging one candidate call against the truth.
 
 The error of each returned array X (dC/dW_l or dC/db_l) is measured normwise
-against the magnitude bound M_X of ``bpref.oracle.truth``:
+against the magnitude bound M_X of ``bpref.oracle.truth`` (``bpref.error.normwise_error``):
 
   e(X) = ||X_candidate - X_bpref||_F / ||M_X||_F.
 
@@ -21,6 +21,7 @@ import numpy as np
 
 from bpref import activations as _activations
 from bpref import tolerance as _tolerance
+from bpref.error import normwise_error
 from bpref.oracle import truth as _truth
 
 FAILURE_KINDS = ("exception", "timeout", "crash", "protocol", "structure", "shape", "dtype",
@@ -66,26 +67,18 @@ class CaseResult(NamedTuple):
 
 def case_tolerance(case, truth) -> float:
   """tol of (T) for this case: the candidate's dtype, depth, longest sum and magnitude."""
-  depth = case.arch.depth
-  inner = max(max(case.arch.sizes), case.arch.batch)
-  m = _tolerance.magnitude(truth.z, case.arch.activations)
-  return _tolerance.tolerance(case.dtype, depth=depth, inner=inner, magnitude=m)
-
-
-def array_error(actual, expected, mag) -> float:
-  """||actual - expected||_F / ||mag||_F; the absolute difference when mag is 0."""
-  diff = float(np.linalg.norm((np.asarray(actual, np.float64) - expected).ravel()))
-  scale = float(np.linalg.norm(np.asarray(mag).ravel()))
-  return diff / scale if scale > 0 else diff
+  return _tolerance.network_tolerance(case.dtype, case.arch.sizes, case.arch.batch, truth.z,
+                                      case.arch.activations)
 
 
 def errors_of(dW, db, truth) -> dict:
+  """{"W1": e, ..., "b1": e, ...}: the error e(X) of each array (module docstring)."""
   out = {}
   for l, (c, t, m) in enumerate(zip(dW, truth.dW, truth.mag_W), start=1):
-    out[f"W{l}"] = array_error(c, t, m)
+    out[f"W{l}"] = normwise_error(c, t, m)
   if db is not None and truth.db is not None:
     for l, (c, t, m) in enumerate(zip(db, truth.db, truth.mag_b), start=1):
-      out[f"b{l}"] = array_error(c, t, m)
+      out[f"b{l}"] = normwise_error(c, t, m)
   return out
 
 
@@ -104,8 +97,9 @@ def _unpack(result):
   return (dW, db, loss), ""
 
 
-def judge(case, truth, outcome, spec) -> CaseResult:
-  """The verdict on one call (an ``isolation.Outcome``) for ``case``."""
+def judge(case, truth, outcome, spec, *, declared=None) -> CaseResult:
+  """The verdict on one call (an ``isolation.Outcome``) for ``case``; ``declared`` as for
+  ``bpref.oracle.truth`` (the verdict does not depend on it)."""
   tol = case_tolerance(case, truth)
   secs = outcome.seconds
   depth = case.arch.depth
@@ -185,7 +179,7 @@ def judge(case, truth, outcome, spec) -> CaseResult:
   worst = max(errors.values())
   note = ""
   if not worst <= tol:
-    note = _convention(case, truth, dW, db, tol)
+    note = _convention(case, truth, dW, db, tol, declared)
     if not note:
       bad = [k for k, e in errors.items() if not e <= tol]
       return CaseResult(case.arch, False, "numeric",
@@ -206,7 +200,7 @@ def judge(case, truth, outcome, spec) -> CaseResult:
                     note=note, seconds=secs, **extra)
 
 
-def _convention(case, truth, dW, db, tol) -> str:
+def _convention(case, truth, dW, db, tol, declared) -> str:
   """A note naming the kink convention the candidate follows, when that is the only difference."""
   kinked = [(l, act) for l, act in enumerate(case.arch.activations, start=1)
             if act in KINK_CONVENTIONS and np.any(truth.z[l - 1] == 0)]
@@ -221,7 +215,7 @@ def _convention(case, truth, dW, db, tol) -> str:
     values = {n: v for n, (v, _) in zip(names, combo)}
     if all(values[n] == KINK_CONVENTIONS[n][0][0] for n in names):
       continue
-    vdW, vdb = _truth.backprop_variant(case, truth, kink_values=values)
+    vdW, vdb = _truth.backprop_variant(case, truth, kink_values=values, declared=declared)
     alt = truth._replace(dW=vdW, db=vdb)
     errs = errors_of(dW, db, alt)
     if max(errs.values()) <= tol:
@@ -237,9 +231,9 @@ def same_results(first: CaseResult, second: CaseResult, truth, tol) -> bool:
   if first.dW is None or second.dW is None:
     return first.kind == second.kind
   for a, b, m in zip(first.dW, second.dW, truth.mag_W):
-    if not array_error(a, np.asarray(b, np.float64), m) <= tol:
+    if not normwise_error(a, b, m) <= tol:
       return False
   for a, b, m in zip(first.db or (), second.db or (), truth.mag_b or ()):
-    if not array_error(a, np.asarray(b, np.float64), m) <= tol:
+    if not normwise_error(a, b, m) <= tol:
       return False
   return True

@@ -41,11 +41,15 @@ class Evaluator:
     spec: the ``Spec``.
     pool: an ``isolation.Isolated`` running the candidate in subprocesses, or None.
     progress: called as progress(phase, calls_so_far) after each batch of calls.
+
+  ``declared`` is ``spec.names()``, handed to the truth and the judge: their float64 helpers
+  compile tables over the spec's names alone (``bpref.oracle.truth``).
   """
 
   def __init__(self, candidate, spec, pool=None, progress: Callable | None = None):
     self.candidate = candidate
     self.spec = spec
+    self.declared = spec.names()
     self.pool = pool
     self.progress = progress
     self.history = []  # (phase, CaseResult) in call order
@@ -56,7 +60,7 @@ class Evaluator:
   def case_and_truth(self, arch):
     if arch not in self._truths:
       case = _spec.build_case(arch, self.spec)
-      self._truths[arch] = (case, _truth.compute(case))
+      self._truths[arch] = (case, _truth.compute(case, declared=self.declared))
     return self._truths[arch]
 
   def run(self, archs, phase: str, spec=None) -> list:
@@ -86,7 +90,7 @@ class Evaluator:
     """Judge each (case, truth) by its outcome; record them in the history and count the calls."""
     results = []
     for (case, truth), outcome in zip(prepared, outcomes):
-      result = _judge.judge(case, truth, outcome, spec)
+      result = _judge.judge(case, truth, outcome, spec, declared=self.declared)
       results.append(result)
       self.history.append((phase, result))
     self.calls += len(outcomes)

@@ -20,8 +20,7 @@ import numpy as np
 
 from bpref import activations as _activations
 from bpref import losses as _losses
-from bpref import tolerance as _tolerance
-from bpref.testing import problems as _problems
+from bpref import problems as _problems
 
 LAYOUTS = ("out_in", "in_out")
 DTYPES = ("float64", "float32")
@@ -90,15 +89,11 @@ class Spec:
 
   def names(self) -> tuple[tuple, tuple]:
     """(activations, losses) this spec declares, each sorted: its activations and output
-    activations, its losses and the logit losses they fuse into."""
+    activations, its losses and the logit losses they fuse into. A search hands them to the
+    truth (``declared`` of ``bpref.oracle.truth``), whose tables then hold these alone."""
     outputs = {name for _, names in self.output_activations for name in names}
     logits = {_losses.get(loss).logits for loss in self.losses} - {None}
     return tuple(sorted(set(self.activations) | outputs)), tuple(sorted(set(self.losses) | logits))
-
-  def declared(self):
-    """A context in which the truth's tables hold what this spec declares (``names``,
-    ``bpref.tolerance.declared``); a search runs in it."""
-    return _tolerance.declared(*self.names())
 
   def to_json(self) -> dict:
     out = dataclasses.asdict(self)
@@ -245,16 +240,16 @@ def build_case(arch: Arch, spec: Spec) -> Case:
       weights.append(W.astype(dtype))
       biases.append(b.astype(dtype))
     x = rng.normal(size=(arch.batch, arch.sizes[0])).astype(dtype)
-    if not vacuous(arch, weights, biases if spec.bias else None, x):
+    if not vacuous(arch, weights, biases if spec.bias else None, x, table=spec.names()[0]):
       break
   t = _problems.targets(rng, arch.loss, (arch.batch, arch.sizes[-1])).astype(dtype)
   return Case(arch, tuple(weights), tuple(biases) if spec.bias else None, x, t, spec.reduction,
               spec.dtype)
 
 
-def vacuous(arch: Arch, weights, biases, x) -> bool:
-  """Whether some dW_l or db_l is zero whatever the loss (``bpref.testing.problems.vacuous``)."""
-  return _problems.vacuous(arch.activations, arch.loss, weights, biases, x)
+def vacuous(arch: Arch, weights, biases, x, *, table=None) -> bool:
+  """Whether some dW_l or db_l is zero whatever the loss (``bpref.problems.vacuous``)."""
+  return _problems.vacuous(arch.activations, arch.loss, weights, biases, x, table=table)
 
 
 # ---------------------------------------------------------------- the search space

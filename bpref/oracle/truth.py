@@ -29,6 +29,12 @@ cannot be told from 0, and such a case is skipped as vacuous.
 The gradients come from ``bpref.scale.fast``, many cases per compiled call; the rest is
 NumPy, but for the few jnp functions (f', rho_f, the loss) run at padded lengths.
 
+``declared``, an argument of the functions here, is the (activations, losses) a search
+declares (``bpref.oracle.spec.Spec.names``; ``bpref.scale.fast.EVERY`` for every name). The
+float64 helpers then run through switch tables over those names (``bpref.tables``), and the
+bucket function over ``COMMON`` when they lie within it; None (nothing declared): each helper
+compiles on its own, the loss terms and the bucket function hold every name.
+
 ``backprop_variant`` reruns the backward pass with one deliberate change (f'
 at a_l instead of z_l, no f' on the output layer, another f'(0) at kinks...):
 the diagnosis compares the candidate with these variants.
@@ -44,11 +50,10 @@ import numpy as np
 
 from bpref import activations as _activations
 from bpref import losses as _losses
-from bpref import tolerance as _tolerance
+from bpref import tables as _tables
 from bpref.oracle import spec as _spec
 from bpref.scale import fast as _fast
 from bpref.structures import Layer
-from bpref.tolerance import pointwise as pointwise
 
 
 class Truth(NamedTuple):
@@ -75,9 +80,14 @@ def _params64(case) -> tuple:
                for W, b, act in zip(case.weights, biases, case.arch.activations))
 
 
-def df(name, z):
+def _table(declared):
+  """The activations of ``declared`` (module docstring), the ``table`` of ``bpref.tables``."""
+  return None if declared is None else declared[0]
+
+
+def df(name, z, *, declared=None):
   """f'(z) in float64 whatever the caller's JAX configuration."""
-  return pointwise(_activations.get(name).df, z)
+  return _tables.pointwise(_activations.get(name).df, z, table=_table(declared))
 
 
 def underflow_floor(dtype) -> float:
@@ -86,19 +96,19 @@ def underflow_floor(dtype) -> float:
   return float(info.tiny / (info.eps / 2))
 
 
-def rho(name, z, a, forms=True):
+def rho(name, z, a, forms=True, *, declared=None):
   """rho_f(z, a) in units of u, float64: the absolute error of f'(z) that a correct program
   may make. It is ``Activation.d2f`` (a z rounded in the forward pass moves f' by |f''|)
   plus, with ``forms``, ``Activation.df_forms``: the standard forms of f' in common use,
   such as 1 - a^2 for tanh, whose error is absolute, not relative to f'
   (proofs/tolerance.md). ``forms=False`` is the allowance of bpref's own f'."""
-  fn = _tolerance.rho_function(name, forms)
-  return np.zeros(np.shape(z)) if fn is None else pointwise(fn, z, a)
+  fn = _tables.rho_function(name, forms)
+  return np.zeros(np.shape(z)) if fn is None else _tables.pointwise(fn, z, a, table=_table(declared))
 
 
-def _df_bound(name, z, a, forms=True):
+def _df_bound(name, z, a, forms, declared):
   """|f'(z)| + rho_f(z, a): f' with the absolute error a correct program may make in it."""
-  return np.abs(df(name, z)) + rho(name, z, a, forms)
+  return np.abs(df(name, z, declared=declared)) + rho(name, z, a, forms, declared=declared)
 
 
 def _loss_terms_branch(name):
@@ -114,11 +124,13 @@ def _loss_terms_table(names) -> jax.stages.Wrapped:
   return jax.jit(lambda index, y, t: jax.lax.switch(index, branches, y, t))
 
 
-def loss_terms(loss, y, t):
+def loss_terms(loss, y, t, *, declared=None):
   """(dC_b/dy, C_b) of bpref's ``loss`` in float64, on rows and units padded to a bucket.
 
   Padded units hold a value on which the loss adds exactly 0 (``bpref.scale.fast``'s pad),
-  and padded rows are dropped, so one compilation serves every shape of a bucket.
+  and padded rows are dropped, so one compilation serves every shape of a bucket. One
+  compiled function switches over the declared losses (module docstring) if ``loss`` is
+  among them, else over every loss.
   """
   rows, cols = y.shape
   _, n_cols, n_rows = _fast.bucket((cols,), rows)
@@ -127,7 +139,7 @@ def loss_terms(loss, y, t):
   y_pad[:rows, :cols] = y
   t_pad = np.zeros((n_rows, n_cols))
   t_pad[:rows, :cols] = t
-  names = _tolerance.declared_losses()
+  names = None if declared is None else declared[1]
   names = names if names is not None and loss in names else tuple(_losses.LOSSES)
   with jax.enable_x64(True):
     dy, value = jax.device_get(_loss_terms_table(names)(np.int32(names.index(loss)), y_pad, t_pad))
@@ -138,9 +150,9 @@ def _key(case):
   return (case.arch, case.dtype, case.reduction, case.biases is None)
 
 
-def compute(case) -> Truth:
+def compute(case, *, declared=None) -> Truth:
   """bpref's loss, gradients and tape on ``case``, and the magnitude bounds (cached by case)."""
-  return compute_many([case])[0]
+  return compute_many([case], declared=declared)[0]
 
 
 COMMON = _fast.Branches(*_spec.make_spec().names())
@@ -148,30 +160,33 @@ COMMON = _fast.Branches(*_spec.make_spec().names())
 them alone, any other search over every name."""
 
 
-def _branches() -> "_fast.Branches":
-  """The bucket function's activations and losses: ``COMMON`` if the innermost
-  ``bpref.tolerance.declared`` block (a search's spec) lies within it, else every name.
-  Names round up to one of two sets, as shapes round up to buckets, so that a process
-  running searches of many specs compiles at most two bucket functions per bucket."""
-  activations, losses = _tolerance.declared_activations(), _tolerance.declared_losses()
-  if (activations is None or losses is None or not set(activations) <= set(COMMON.activations)
-      or not set(losses) <= set(COMMON.losses)):
+def _branches(declared) -> "_fast.Branches":
+  """The bucket function's activations and losses: ``COMMON`` if the ``declared`` names (a
+  search's spec) lie within it, else every name. Names round up to one of two sets, as
+  shapes round up to buckets, so that a process running searches of many specs compiles at
+  most two bucket functions per bucket."""
+  if declared is None:
+    return _fast.EVERY
+  activations, losses = declared
+  if not set(activations) <= set(COMMON.activations) or not set(losses) <= set(COMMON.losses):
     return _fast.EVERY
   return COMMON
 
 
-def compute_many(cases, *, cache: bool = True) -> list:
+def compute_many(cases, *, cache: bool = True, declared=None) -> list:
   """``compute`` of many cases, their gradients evaluated together in ``bpref.scale.fast``'s buckets.
 
   With ``cache=False`` nothing is read from or written to the cache, which is keyed by
   the case's ``Arch`` (its name for the values): for cases whose values were changed.
+  ``declared``: see the module docstring (the values do not depend on it).
   """
   todo = [case for case in cases if not cache or _key(case) not in _CACHE]
   problems = [(_params64(case), np.asarray(case.x, np.float64), np.asarray(case.t, np.float64),
                case.arch.loss, case.reduction) for case in todo]
   with jax.enable_x64(True):
-    results = _fast.evaluate_many(problems, names=_branches())
-  fresh = [_compute(case, problem, result) for case, problem, result in zip(todo, problems, results)]
+    results = _fast.evaluate_many(problems, names=_branches(declared))
+  fresh = [_compute(case, problem, result, declared)
+           for case, problem, result in zip(todo, problems, results)]
   if not cache:
     return fresh
   if len(_CACHE) + len(todo) >= _CACHE_SIZE:
@@ -181,14 +196,14 @@ def compute_many(cases, *, cache: bool = True) -> list:
   return [_CACHE[_key(case)] for case in cases]
 
 
-def _compute(case, problem, result) -> Truth:
+def _compute(case, problem, result, declared) -> Truth:
   params, x, t, loss, reduction = problem
   z, a = _tape(params, result)
   dW = tuple(np.asarray(gr.W, np.float64) for gr in result.grads)
   db = None if case.biases is None else tuple(np.asarray(gr.b, np.float64) for gr in result.grads)
   deltas = tuple(np.asarray(d, np.float64) for d in result.deltas)
   floor = underflow_floor(case.dtype)
-  g, fwd, mag, mag_loss = _bounds(params, x, t, loss, reduction, z, a, floor=floor)
+  g, fwd, mag, mag_loss = _bounds(params, x, t, loss, reduction, z, a, True, floor, declared)
   mag_W = tuple(m.T @ a_prev + floor for m, a_prev in zip(mag, fwd[:-1]))  # bounds the terms of (39)
   mag_b = None if db is None else tuple(m.sum(axis=0) + floor for m in mag)
   return Truth(float(result.value), dW, db, deltas, z, a, g, mag_W, mag_b, float(mag_loss))
@@ -202,29 +217,29 @@ def _tape(params, result):
   return z, a
 
 
-def _bounds(params, x, t, loss, reduction, z, a, forms=True, floor=0.0):
+def _bounds(params, x, t, loss, reduction, z, a, forms, floor, declared):
   """(g, A_0..A_L, M_1..M_L, the loss's magnitude) of one float64 problem and its tape;
   ``floor`` is the underflow floor lambda / u (module docstring), 0 for none."""
   scale = _losses.reduce_scale(x.shape[0], reduction)
-  dy, per_example = loss_terms(loss, a[-1], t)
+  dy, per_example = loss_terms(loss, a[-1], t, declared=declared)
   g = dy * scale
-  fwd = _forward_magnitudes(params, x, z, a, forms)
+  fwd = _forward_magnitudes(params, x, z, a, forms, declared)
   logits = _losses.get(loss).logits
   if logits is not None:  # fused (34): delta_L = (y sum_k t_k - t) scale from z_L, no f'_L
-    dz, per_example = loss_terms(logits, z[-1], t)
+    dz, per_example = loss_terms(logits, z[-1], t, declared=declared)
     total = np.abs(t).sum(axis=-1, keepdims=True) if params[-1].activation == "softmax" else 1.0
     mag_L = scale * (fwd[-1] * total + np.abs(t))
     terms_L = fwd[-2] @ np.abs(params[-1].W).T + (0.0 if params[-1].b is None else np.abs(params[-1].b))
     spread = scale * np.sum(np.abs(dz) * terms_L)
   else:
     mag_g = np.abs(g) + scale * (fwd[-1] + np.abs(t))
-    mag_L = _output_magnitude(params[-1].activation, z[-1], a[-1], mag_g, forms)
+    mag_L = _output_magnitude(params[-1].activation, z[-1], a[-1], mag_g, forms, declared)
     spread = np.sum(np.abs(g) * fwd[-1])
-  mag = _magnitudes(params, z, a, mag_L + floor, forms, floor)
+  mag = _magnitudes(params, z, a, mag_L + floor, forms, floor, declared)
   return g, fwd, mag, scale * np.abs(per_example).sum() + float(spread)
 
 
-def output_bounds(problems, *, forms: bool = True) -> list:
+def output_bounds(problems, *, forms: bool = True, declared=None) -> list:
   """Magnitude bounds of every output ``bpref verify`` checks, for many float64 problems.
 
   Each is the computation run on absolute values, as the module docstring's M_l and A_l:
@@ -237,25 +252,26 @@ def output_bounds(problems, *, forms: bool = True) -> list:
 
   ``forms=False`` leaves rho_f out: the bounds of bpref's own cancellation-free f', which
   ``bpref verify`` holds bpref to (no room for a textbook 1 - a^2 once tanh saturates).
+  ``declared``: see the module docstring (the bounds do not depend on it).
   """
   problems = [(params, np.asarray(x, np.float64), np.asarray(t, np.float64), loss, reduction)
               for params, x, t, loss, reduction in problems]
   with jax.enable_x64(True):
-    results = _fast.evaluate_many(problems, names=_branches())
+    results = _fast.evaluate_many(problems, names=_branches(declared))
   out = []
   for (params, x, t, loss, reduction), result in zip(problems, results):
     z, a = _tape(params, result)
-    _, fwd, mag, mag_loss = _bounds(params, x, t, loss, reduction, z, a, forms)
-    _, _, per_mag, _ = _bounds(params, x, t, loss, "sum", z, a, forms)
+    _, fwd, mag, mag_loss = _bounds(params, x, t, loss, reduction, z, a, forms, 0.0, declared)
+    _, _, per_mag, _ = _bounds(params, x, t, loss, "sum", z, a, forms, 0.0, declared)
     last = params[-1].activation
     if _activations.get(last).elementwise:
-      lam = _df_bound(last, z[-1], a[-1], forms)[:, :, None] * np.eye(a[-1].shape[1])  # (27)
+      lam = _df_bound(last, z[-1], a[-1], forms, declared)[:, :, None] * np.eye(a[-1].shape[1])  # (27)
     else:  # |diag(a) - a a^T| <= diag(a) + a a^T
       lam = a[-1][:, :, None] * np.eye(a[-1].shape[1]) + a[-1][:, :, None] * a[-1][:, None, :]
     lams = [lam]
     for l in range(len(params) - 1, 0, -1):  # (30), on absolute values
       lams.append((lams[-1] @ np.abs(params[l].W))
-                  * _df_bound(params[l - 1].activation, z[l - 1], a[l], forms)[:, None, :])
+                  * _df_bound(params[l - 1].activation, z[l - 1], a[l], forms, declared)[:, None, :])
     out.append({
         "z": z,
         "loss": float(mag_loss),
@@ -272,7 +288,7 @@ def output_bounds(problems, *, forms: bool = True) -> list:
   return out
 
 
-def _forward_magnitudes(params, x, z, a, forms=True) -> list:
+def _forward_magnitudes(params, x, z, a, forms, declared) -> list:
   """A_0..A_L: |a_l| widened by the rounding a correct forward pass carries into a_l.
 
   z_l = W_l a_{l-1} + b_l is a sum whose error scales with its terms,
@@ -285,33 +301,34 @@ def _forward_magnitudes(params, x, z, a, forms=True) -> list:
     if layer.b is not None:
       terms = terms + np.abs(layer.b)[None, :]
     if _activations.get(layer.activation).elementwise:
-      spread = _df_bound(layer.activation, z[l - 1], a[l], forms) * terms
+      spread = _df_bound(layer.activation, z[l - 1], a[l], forms, declared) * terms
     else:  # |d softmax| <= a (|dz| + sum_j a_j |dz_j|)
       spread = a[l] * (terms + np.sum(a[l] * terms, axis=-1, keepdims=True))
     out.append(np.abs(a[l]) + spread)
   return out
 
 
-def _output_magnitude(name, z, a, mag_g, forms=True):
+def _output_magnitude(name, z, a, mag_g, forms, declared):
   """M_L = |dC/dy| |da_L/dz_L|, from the bound mag_g on dC/dy."""
   if _activations.get(name).elementwise:
-    return mag_g * _df_bound(name, z, a, forms)
+    return mag_g * _df_bound(name, z, a, forms, declared)
   return a * mag_g + a * np.sum(mag_g * a, axis=-1, keepdims=True)  # |diag(a) - a a^T| terms
 
 
-def _magnitudes(params, z, a, mag_L, forms=True, floor=0.0) -> list:
+def _magnitudes(params, z, a, mag_L, forms, floor, declared) -> list:
   """M_1..M_L: the backward recursion on absolute values from M_L (module docstring), with
   the underflow floor in f' and in each M_l."""
   out = [mag_L]
   for l in range(len(params) - 1, 0, -1):
-    bound = _df_bound(params[l - 1].activation, z[l - 1], a[l], forms) + floor
+    bound = _df_bound(params[l - 1].activation, z[l - 1], a[l], forms, declared) + floor
     out.append((out[-1] @ np.abs(params[l].W)) * bound + floor)
   return list(reversed(out))
 
 
 def backprop_variant(case, truth: Truth, *, df_at: str = "z", output_fprime: bool = True,
                      softmax_diagonal: bool = False, kink_values: dict | None = None,
-                     df_override: dict | None = None, layers: tuple | None = None):
+                     df_override: dict | None = None, layers: tuple | None = None,
+                     declared=None):
   """The backward pass with one deliberate change, in float64 NumPy (no autodiff).
 
   Args:
@@ -321,6 +338,7 @@ def backprop_variant(case, truth: Truth, *, df_at: str = "z", output_fprime: boo
     kink_values: {activation: f'(0)} used where z is exactly 0.
     df_override: {activation: (z, a) -> f'} replacing that activation's derivative.
     layers: the layers (1-based) the change applies to; all when None.
+    declared: see the module docstring.
 
   Returns (dW, db) tuples like ``Truth``.
   """
@@ -332,7 +350,7 @@ def backprop_variant(case, truth: Truth, *, df_at: str = "z", output_fprime: boo
     name = params[l - 1].activation
     z = truth.z[l - 1]
     at = truth.a[l] if (df_at == "a" and applies(l)) else z
-    d = df(name, at)
+    d = df(name, at, declared=declared)
     if df_override and name in df_override and applies(l):
       d = np.asarray(df_override[name](z, truth.a[l]), np.float64)
     if kink_values and name in kink_values and applies(l):

@@ -365,9 +365,9 @@ def export(directory, cases: int = 20, seed: int = 0, dtype: str = "float64", lo
   from bpref import __version__
   from bpref import activations as _activations
   from bpref import losses as _losses
+  from bpref import problems as _problems
   from bpref.oracle import judge as _judge
   from bpref.oracle import spec as _spec
-  from bpref.testing import problems as _problems
 
   if not _is(cases, int) or not 1 <= cases <= MAX_CASES:
     raise VectorsError(f"cases must be an integer >= 1 and <= {MAX_CASES}; got {cases!r}")

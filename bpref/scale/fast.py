@@ -43,7 +43,7 @@ tests bound the difference by a rounding model and check against the witness.
 
 >>> import numpy as np, bpref
 >>> from bpref.scale import fast
->>> from bpref.testing import problems
+>>> from bpref import problems
 >>> rng = np.random.default_rng(0)
 >>> cases = [problems.random_problem(rng) for _ in range(3)]
 >>> results = fast.value_and_grad_many(cases)
@@ -344,7 +344,7 @@ def evaluate_many(problems, *, precision=DEFAULT_PRECISION, shape=None, chunk=No
   """bpref's loss, gradients, deltas, input gradient and prediction for many networks.
 
   Args:
-    problems: a sequence of ``bpref.testing.problems.Problem`` or tuples
+    problems: a sequence of ``bpref.problems.Problem`` or tuples
       (params, x, t[, loss[, reduction]]), each validated as ``bpref.value_and_grad``
       validates its arguments. Architectures, activations, losses, reductions,
       batch sizes and dtypes may all differ.

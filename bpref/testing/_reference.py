@@ -36,7 +36,7 @@ def reference_grads(problem) -> Reference:
   difference measures the code under test alone.
 
   Args:
-    problem: a ``bpref.testing.problems.Problem`` (what ``bpref.testing.strategies.problems``
+    problem: a ``bpref.problems.Problem`` (what ``bpref.testing.strategies.problems``
       draws, in its layout), or a tuple (params, x, t[, loss[, reduction]]) of bpref's
       arguments (the (n_l, n_{l-1}) layout).
 

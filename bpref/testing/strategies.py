@@ -27,11 +27,11 @@ check the same networks; its options narrow or widen it as the oracle's options 
 (activations, losses, output_activations, reduction, bias, dtype, layout, targets and the
 size bounds). ``all_problems`` draws from everything bpref computes (``EVERYWHERE``).
 
-No problem is vacuous (``bpref.testing.problems.vacuous``): a softmax, on the output
+No problem is vacuous (``bpref.problems.vacuous``): a softmax, on the output
 layer or inside softmax_cross_entropy, has at least 2 units, and values in
 which some layer's true gradient is identically zero (an all-dead relu layer,
 say) are drawn again from the same seeded generator. Cross-entropy targets
-(``bpref.testing.problems.SOFT_TARGETS``) are probability rows, as the oracle draws
+(``bpref.problems.SOFT_TARGETS``) are probability rows, as the oracle draws
 them; ``targets="unnormalized"`` or ``"any"`` draws rows that do not sum to 1 as well.
 
 Example (a property test in a user's suite; ``bpref.testing.reference_grads`` evaluates
@@ -51,17 +51,16 @@ bpref's gradients in a few compiled programs whatever the shapes drawn)::
 
 from __future__ import annotations
 
-
-import numpy as np
 import hypothesis
+import numpy as np
 from hypothesis import strategies as st
 
 from bpref import activations as _activations
 from bpref import losses as _losses
+from bpref import problems as _problems
+from bpref.problems import Problem
+from bpref.problems import targets as targets_for
 from bpref.structures import Architecture, Layer
-from bpref.testing import problems as _problems
-from bpref.testing.problems import Problem
-from bpref.testing.problems import targets as targets_for
 
 WIDTHS = (1, 2, 3, 5)
 """Layer widths n_l (1 included)."""
@@ -201,7 +200,7 @@ def problems(*, activations=None, losses=None, output_activations=None, reductio
              max_depth: int | None = None, max_width: int | None = None,
              max_batch: int | None = None, mode: str = "default", hidden=None, depths=None,
              widths=None, batch_sizes=None, reductions=None):
-  """Whole problems (params, x, t, loss, reduction), a ``bpref.testing.problems.Problem``, never vacuous.
+  """Whole problems (params, x, t, loss, reduction), a ``bpref.problems.Problem``, never vacuous.
 
   The defaults are the oracle's default domain (``bpref.oracle.spec.Spec``, what
   ``assert_backprop_correct`` checks when given no options), and every option narrows or

@@ -42,7 +42,7 @@ from bpref import activations as _activations
 from bpref import backprop as _backprop
 from bpref import losses as _losses
 from bpref import network as _network
-from bpref.testing import problems as _problems
+from bpref import problems as _problems
 from bpref.validation import ranged
 from bpref.witnesses import autodiff as _autodiff
 
@@ -370,7 +370,9 @@ import json, time
 import jax
 jax.config.update("jax_enable_x64", True)
 import bpref
-from bpref import compilation, tolerance
+from bpref import compilation
+from bpref.error import worst_error
+from bpref.problems import problem_tolerance
 ''' + _NETWORK + '''
 with compilation.count() as seen:
   start = time.perf_counter()
@@ -378,7 +380,7 @@ with compilation.count() as seen:
   dW, db = grads(Ws, bs, ACTS, "squared_error", x, t)
   _, truth = jax.jit(bpref.value_and_grad, static_argnums=(3, 4))(params, x, t, "squared_error", "mean")
   mine = tuple(bpref.Layer(w, b, f) for w, b, f in zip(dW, db, ACTS))
-  ok = tolerance.worst_error(mine, truth) <= tolerance.problem_tolerance(params, x)
+  ok = worst_error(mine, truth) <= problem_tolerance(params, x)
   seconds = time.perf_counter() - start
 print(json.dumps({"seconds": seconds, "passed": bool(ok), "compilations": seen.compilations}))
 ''',

@@ -15,7 +15,8 @@ against it, bpref, the autodiff witness, the complex step, Richardson and centra
 differences (bpref.witnesses.finite_diff); the adjoint check of bpref's gradient along a
 random direction (complex step where it applies, else Richardson); and the
 fitted order of the Taylor-remainder test. Errors are ||X - exact||_inf /
-||exact||_inf per array (bpref.tolerance's measure), and each row's verdict
+||exact||_inf per array (the measure of (T), ``bpref.error.max_norm_error``, here
+in mpmath: ``bpref.witnesses.referee.error``), and each row's verdict
 applies that witness's own error model. Richardson's estimate and the Taylor
 order assume a smooth loss along the probed line, so cases with kinks (relu-type
 activations, softsign, huber) are reported but not judged by them.
@@ -36,27 +37,23 @@ from bpref import backprop as _backprop
 from bpref import compilation
 from bpref import losses as _losses
 from bpref import network as _network
+from bpref import problems as _problems
 from bpref import tolerance as _tolerance
 from bpref import witnesses as _witnesses
-from bpref.oracle import judge as _judge
+from bpref.error import normwise_error
 from bpref.oracle import truth as _truth
 from bpref.scale import fast as _fast
 from bpref.structures import Layer
-from bpref.testing import problems as _problems
 from bpref.validation import ranged
 from bpref.witnesses import autodiff as _autodiff
 
 CHECKS = ("loss", "predict", "grad", "deltas", "lambdas", "input_grad", "per_example_grads")
 
 
-def _every_activation(fn):
-  """``fn`` inside ``bpref.tolerance.declared()``: many problems, with any activations, share
-  one compiled table of every activation's f, f' and rho_f."""
-  @functools.wraps(fn)
-  def wrapped(*args, **kwargs):
-    with _tolerance.declared():
-      return fn(*args, **kwargs)
-  return wrapped
+_EVERY = _fast.EVERY
+"""The names a run declares to the truth (``declared``) and to the problem generator (``table``,
+its activations): every one, so that many problems, with any activations, share one compiled
+table of every activation's f, f' and rho_f (``bpref.tables``) and one of every loss."""
 
 
 def _as_float64(problem):
@@ -66,7 +63,8 @@ def _as_float64(problem):
 
 
 def _worst(actual, expected, bounds) -> float:
-  """The largest ||actual - expected||_F / ||bound||_F over the arrays of one output."""
+  """The largest ||actual - expected||_F / ||bound||_F (``bpref.error.normwise_error``) over the
+  arrays of one output; ``inf`` where the outputs differ in arrays, shapes or finiteness."""
   leaves_a = jax.tree_util.tree_leaves(actual)
   leaves_e = jax.tree_util.tree_leaves(expected)
   leaves_m = jax.tree_util.tree_leaves(bounds)
@@ -77,7 +75,7 @@ def _worst(actual, expected, bounds) -> float:
     a = np.asarray(a)
     if a.shape != np.shape(e) or not np.all(np.isfinite(a)):
       return float("inf")
-    worst = max(worst, _judge.array_error(a, np.asarray(e, np.float64), m))
+    worst = max(worst, normwise_error(a, e, m))
   return worst
 
 
@@ -114,7 +112,6 @@ def _bpref_many(problems) -> list:
           for r, lam, g in zip(results, lams, per_example)]
 
 
-@_every_activation
 def check_many(problems, exact: int = 0, crashes: list | None = None) -> list:
   """[(errors, tolerance), ...] of many problems: bpref through bpref.scale.fast's buckets, the
   witness through its padded twin (``bpref.witnesses.autodiff.evaluate_many``), one compilation per
@@ -126,7 +123,7 @@ def check_many(problems, exact: int = 0, crashes: list | None = None) -> list:
   wide = [_as_float64(p) for p in problems]
   ours = _bpref_many(problems)
   theirs = _autodiff.evaluate_many(wide)
-  bounds = _truth.output_bounds(wide, forms=False)
+  bounds = _truth.output_bounds(wide, forms=False, declared=_EVERY)
   out = []
   for i, (p, o, w, m) in enumerate(zip(problems, ours, theirs, bounds)):
     errors = _errors(o, w, m)
@@ -161,9 +158,8 @@ def case_tolerance(problem, z) -> float:
   """
   dtype = np.dtype(problem.x.dtype)
   sizes = [problem.params[0].W.shape[1]] + [p.W.shape[0] for p in problem.params]
-  m = _tolerance.magnitude(z, [p.activation for p in problem.params])
-  tol = _tolerance.tolerance(dtype, depth=len(problem.params),
-                             inner=max(max(sizes), np.atleast_2d(problem.x).shape[0]), magnitude=m)
+  tol = _tolerance.network_tolerance(dtype, sizes, np.atleast_2d(problem.x).shape[0], z,
+                                     [p.activation for p in problem.params])
   return 2 * tol if dtype == np.float64 else tol
 
 
@@ -201,10 +197,9 @@ def _plan(rng, count) -> list:
 def _case(rng, dtype, plan, max_depth=4):
   loss, soft, act = plan
   return _problems.random_problem(rng, np.dtype(dtype), max_depth=max_depth, losses=(loss,),
-                                  uses=act, unnormalized=soft)
+                                  uses=act, unnormalized=soft, table=_EVERY.activations)
 
 
-@_every_activation
 def run(cases: int, seed: int, dtypes=("float32", "float64"), progress=None,
         exact: int = EXACT_CASES) -> dict:
   """Verify ``cases`` random problems per dtype; return a JSON-ready summary.
@@ -269,7 +264,6 @@ WITNESSES = _witnesses.NAMES
 referee."""
 
 
-@_every_activation
 def witness_cases(contexts, progress=None) -> list:
   """Each witness's value on each context's problem (None where a witness does not apply),
   the case's tolerance, and whether each witness's assumptions hold (``judged``).
@@ -299,7 +293,6 @@ def witness_case(problem, rng) -> dict:
   return witness_cases([_witnesses.Context(problem, rng)])[0]
 
 
-@_every_activation
 def run_witnesses(cases: int, seed: int, dtypes=("float32", "float64"), progress=None) -> dict:
   """The witness table over ``cases`` random problems (depth <= 3) per dtype.
 

@@ -18,10 +18,10 @@ import numpy as np
 
 from bpref import activations as _activations
 from bpref import losses as _losses
-from bpref import tolerance as _tolerance
+from bpref import problems as _problems
+from bpref import tables as _tables
 from bpref.scale import fast as _fast
 from bpref.structures import Layer
-from bpref.testing import problems as _problems
 from bpref.witnesses import autodiff as _autodiff
 from bpref.witnesses import finite_diff as _fd
 from bpref.witnesses import referee as _referee
@@ -69,7 +69,10 @@ class Context:
 
   @functools.cached_property
   def tolerance(self) -> float:
-    return _tolerance.problem_tolerance(self.problem.params, self.problem.x)
+    """(T) of the problem; its forward pass through the table of every activation, which the
+    contexts of a run share (``bpref.tables``)."""
+    return _problems.problem_tolerance(self.problem.params, self.problem.x,
+                                       table=_tables.ACTIVATIONS)
 
   @functools.cached_property
   def complex(self) -> bool:

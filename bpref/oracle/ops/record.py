@@ -24,6 +24,7 @@ from typing import NamedTuple
 import numpy as np
 
 from bpref import tolerance as _tolerance
+from bpref.error import normwise_error
 from bpref.oracle.diagnosis import Finding
 
 
@@ -139,14 +140,8 @@ def unit_and_floor(dtype) -> tuple:
 
 
 def error(actual, expected, bound) -> float:
-  """||actual - expected||_F / ||M||_F, the op's error measure (both norms taken after a common
-  rescaling by max |M|, so that entries near 1e200 do not overflow the sum of squares)."""
-  diff = (np.asarray(actual, np.float64) - np.asarray(expected, np.float64)).ravel()
-  bound = np.asarray(bound, np.float64).ravel()
-  top = float(np.max(np.abs(bound))) if bound.size else 0.0
-  if not top > 0 or not np.isfinite(top):
-    return float(np.linalg.norm(diff))
-  return float(np.linalg.norm(diff / top)) / float(np.linalg.norm(bound / top))
+  """||actual - expected||_F / ||M||_F: ``bpref.error.normwise_error``, the one normwise measure."""
+  return normwise_error(actual, expected, bound)
 
 
 def finite(truth: OpTruth) -> bool:
