@@ -131,6 +131,24 @@ DEEP = {
     "proofs/test_symbolic.py::test_proven_closed_form_evaluates_to_bpref[[]*-*-*]": "the sympy proofs of depth 3 to 5",
     "proofs/test_symbolic.py::test_proven_closed_form_evaluates_to_bpref[[]3-3]": "the widest depth-2 proof",
     "proofs/test_scaling.py::*": "cost counts of XLA programs",
+    # the layer kinds: the fast tier keeps, per kind, a NumPy right candidate in float64 and
+    # every classic bug named in float64; the other dtypes, frameworks and seeds run here
+    "tests/test_ops_*.py::test_a_right_*_passes[[]*float32*": "second dtype",
+    "tests/test_ops_*.py::test_a_right_*_passes[[]custom_vjp*": "a framework's rule, compiled per shape",
+    "tests/test_ops_*.py::test_a_right_*_passes[[]torch*": "torch candidates",
+    "tests/test_ops_*.py::test_a_custom_vjp_*": "a framework's rule, compiled per shape",
+    "tests/test_ops_*.py::test_each_classic_*_bug_fails_with_its_name[[]*float32*": "second dtype",
+    "tests/test_ops_block.py::test_gelu_with_erf_is_the_gelu_steps_convention_note": "two more block searches",
+    "tests/test_ops_block.py::test_right_layer_functions_pass_inside_the_block[[]float32]": "second dtype",
+    "tests/test_ops_block.py::test_an_object_with_the_functions_as_attributes_is_a_candidate": "another block search",
+    "proofs/test_pool_symbolic.py::test_maxpool_backward_equals_sympy_derivative_on_every_region": "every region of three windows",
+    "tests/test_attention.py::test_jit_and_vmap_give_the_eager_results[[]float32]": "second dtype",
+    "tests/test_attention.py::test_backward_matches_jax_vjp[[]*float32]": "second dtype",
+    "tests/test_conv.py::test_conv_backward_matches_jax_vjp[[]*float32*": "second dtype",
+    "tests/test_batchnorm.py::test_batchnorm_backward_matches_jax_vjp[[]*float32*": "second dtype",
+    "tests/test_pool.py::test_maxpool_backward_matches_jax_vjp_and_the_loops[[]*float32*": "second dtype",
+    "tests/test_ops.py::test_torch_saturating_backward_passes": "torch candidates",
+    "tests/test_verify.py::test_verify_writes_no_progress_frames_when_stderr_is_not_a_terminal": "verify end to end",
 }
 """Deep tests, by node-id pattern, with why each is deep."""
 

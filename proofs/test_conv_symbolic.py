@@ -23,7 +23,8 @@ import pytest
 import sympy as sp
 
 from bpref.layers import conv
-from bpref.tolerance import gradient_tolerance, max_norm_error, tolerance
+from bpref.error import max_norm_error
+from bpref.tolerance import gradient_tolerance, tolerance
 
 SIZES = (  # (N, C, H, W, F, HH, WW, S, P)
     (1, 1, 3, 3, 1, 2, 2, 1, 0),   # overlapping windows

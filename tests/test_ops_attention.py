@@ -21,8 +21,12 @@ HEADS = 2
 
 # ---------------------------------------------------------------- right candidates, llmc layout
 
-def llmc_forward(inp, NH):
-  """llm.c's attention_forward: per (b, t, h) the scores, their max, exp, normalise, P v."""
+def llmc_forward(inp, NH, start=-math.inf):
+  """llm.c's attention_forward: per (b, t, h) the scores, their max, exp, normalise, P v.
+
+  llm.c starts the running max at -10000 (``start=-10000.0``); started there, every weight of a
+  row whose scores all lie below about -10100 underflows to 0 (the row then attends nowhere).
+  The right candidate starts it at -inf."""
   B, T, C3 = inp.shape
   C, dt = C3 // 3, inp.dtype.type
   hs = C // NH
@@ -33,7 +37,7 @@ def llmc_forward(inp, NH):
     for t in range(T):
       for h in range(NH):
         query_t = inp[b, t, h * hs:(h + 1) * hs]
-        maxval = dt(-10000.0)
+        maxval = dt(start)
         for t2 in range(t + 1):
           key_t2 = inp[b, t2, C + h * hs:C + (h + 1) * hs]
           val = dt(0)
@@ -400,3 +404,18 @@ def test_the_reproducer_reruns_the_minimal_case():
   scope = {}
   exec(report.reproducer.replace("print(\"bpref:\", ", "found = ("), scope)
   assert np.allclose(scope["found"]["dqkv"], np.asarray(report.case["bpref"]["dqkv"]))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_llmcs_running_max_started_at_minus_10000_is_found_where_every_score_is_below_it(dtype):
+  # llm.c's attention_forward starts its running max at -10000: a row whose scores all lie below
+  # about -10100 gets weights that underflow to 0, and its gradient with them. The "limit"
+  # family (scores near -1e4 and below, ties within O(1)) reaches it; nothing else does.
+  def llmc_as_written(qkv, dout, heads):
+    _, att = llmc_forward(qkv, heads, start=-10000.0)
+    return llmc_backward(dout, qkv, att, heads)
+
+  report = check_op("attention", llmc_as_written, dtype=dtype, examples=10)
+  assert report.verdict == "fail", report.text()
+  assert report.first_case["label"]["family"] == "limit"
+  assert check_op("attention", llmc, dtype=dtype, examples=10).verdict == "pass"

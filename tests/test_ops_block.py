@@ -66,9 +66,9 @@ RIGHT = {"dense": matmul_backward, "activation": gelu_backward, "layernorm": lay
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_right_layer_functions_pass_inside_the_block(dtype):
-  report = check_op("block", RIGHT, dtype=dtype, examples=6)
+  report = check_op("block", RIGHT, dtype=dtype, examples=3)
   assert report.verdict == "pass", report.text()
-  assert report.cases >= 6
+  assert report.cases >= 3
 
 
 class _Layers:  # a module-like object: the functions as attributes

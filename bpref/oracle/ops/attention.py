@@ -130,7 +130,9 @@ def _magnitudes(cache, dout, floor, precision) -> AttentionBounds:
   R = jnp.where(past, jnp.maximum(1.0, Shat), jnp.zeros_like(Shat))  # (A14): R = max(1, |q| |k|^T / sqrt(hs))
   Pi = P * (R + jnp.sum(P * R, axis=-1, keepdims=True)) + jnp.where(past, floor, 0.0)  # (A15): Pi = P (R + <P, R>)
   G = jnp.einsum("bhtd,bhsd->bhts", absdO, absv, precision=precision)  # (A16): G = |dO| |v|^T
-  MdS = (2 * Pi * (G + jnp.sum(P * G, axis=-1, keepdims=True))
+  dP = jnp.einsum("bhtd,bhsd->bhts", _per_head(dout, H), v, precision=precision)  # (A9): dP = dO v^T
+  centred = jnp.abs(dP - jnp.sum(dP * P, axis=-1, keepdims=True))  # |dP - <dP, P>|
+  MdS = (Pi * centred + 2 * P * (G + jnp.sum(P * G, axis=-1, keepdims=True))
          + P * jnp.sum(Pi * G, axis=-1, keepdims=True) + jnp.where(past, floor, 0.0))  # (A17): M_dS
   Mout = jnp.einsum("bhts,bhsd->bhtd", Pi, absv, precision=precision) + floor  # (A18): M_out = Pi |v|
   Mdq = jnp.einsum("bhts,bhsd->bhtd", MdS, absk, precision=precision) * scale + floor  # (A18): M_dq = M_dS |k| / sqrt(hs)
@@ -290,7 +292,7 @@ class Attention(OpKind):
   takes = ("qkv",)
   layouts = ("llmc", "torch")
   options = ("layout", "heads")
-  families = ("plain", "normal", "spread", "kink", "saturated", "huge")
+  families = ("plain", "normal", "spread", "kink", "saturated", "huge", "limit")
   forward_name = "out = softmax(mask(q k^T / sqrt(hs))) v"
   arguments = ("qkv", "dout", "heads")
   returns = ("dqkv",)
@@ -351,6 +353,13 @@ class Attention(OpKind):
         qkv[:, :, 1, :, 0] = c + qkv[:, :, 1, :, 0] / c
       else:  # spread by hundreds: one key takes all (a one-hot row's true dS is about 0)
         qkv[:, :, :2] *= np.sqrt(size)[:, :, None, :, None]
+    elif fam == "limit":  # every score of a row near -1e4 or below, ties within O(1): a
+      # softmax that starts its running max at a constant (llm.c's -10000) underflows to 0 there
+      size = 10.0 ** rng.uniform(4.1, 4.5, (B, 1, H))
+      c = np.sqrt(size * math.sqrt(hs))
+      qkv[:, :, :2, :, 1:] = 0.0
+      qkv[:, :, 0, :, 0] = c
+      qkv[:, :, 1, :, 0] = -c + qkv[:, :, 1, :, 0] / c
     elif fam == "huge":  # v and dout near 1e15 (float32) or 1e100 (float64); scores moderate
       big = 1e15 if spec.dtype == "float32" else 1e100
       qkv[:, :, 2] = scaled(rng, (B, T, H, hs), big / 2, big)
