@@ -147,7 +147,7 @@ DEEP = {
     "tests/test_conv.py::test_conv_backward_matches_jax_vjp[[]*float32*": "second dtype",
     "tests/test_batchnorm.py::test_batchnorm_backward_matches_jax_vjp[[]*float32*": "second dtype",
     "tests/test_pool.py::test_maxpool_backward_matches_jax_vjp_and_the_loops[[]*float32*": "second dtype",
-    "tests/test_ops.py::test_torch_saturating_backward_passes": "torch candidates",
+    "tests/test_ops.py::test_torch_saturating_backward_passes*": "torch candidates",
     "tests/test_verify.py::test_verify_writes_no_progress_frames_when_stderr_is_not_a_terminal": "verify end to end",
 }
 """Deep tests, by node-id pattern, with why each is deep."""
