@@ -170,10 +170,24 @@ FAST_SAMPLES = (
 """Cases of deep tests that the fast tier keeps."""
 
 
+SWEEP = {
+    "tests/test_ops_*.py::test_a_right_*_at_every_seed*[[]*-[234]]": "seeds 2 to 4 of every right "
+    "candidate, window, geometry and layout (the deep tier runs seeds 0 and 1)",
+    "tests/test_ops_*.py::test_a_*custom_vjp*[[]*float32*": "a jax.custom_vjp rule in float32 too, "
+    "compiled once per shape",
+    "tests/test_ops_*.py::test_a_right_*_passes*[[]custom_vjp-*float32*": "a jax.custom_vjp rule in "
+    "float32 too, compiled once per shape",
+}
+"""The sweep tier: the layer kinds' right candidates at every further seed and a framework rule's
+second dtype; ``--tier sweep`` (about 10 minutes on 2 cores) or ``--tier all``. The figures of
+the issue notes come from such sweeps; CI runs the fast and deep tiers."""
+
+
 def pytest_addoption(parser):
-  parser.addoption("--tier", choices=("fast", "deep", "all"), default="fast",
+  parser.addoption("--tier", choices=("fast", "deep", "sweep", "all"), default="fast",
                    help="bpref's test tier: fast (the default, the README's command), deep (the "
-                        "rest: more examples, fresh interpreters, exhaustive matrices) or all")
+                        "rest: more examples, fresh interpreters, exhaustive matrices), sweep "
+                        "(the layer kinds at every further seed) or all")
 
 
 def pytest_configure(config):
@@ -190,16 +204,18 @@ def pytest_collection_modifyitems(config, items):
   if not config.args or config.args == list(config.getini("testpaths")):  # the whole suite
     ids = [item.nodeid for item in items]
     files = {i.split("::")[0] for i in ids}  # a module skipped whole (a missing extra) has none
-    stale = [p for p in (*DEEP, *FAST_SAMPLES) if p.split("::")[0] in files
+    stale = [p for p in (*DEEP, *FAST_SAMPLES, *SWEEP) if p.split("::")[0] in files
              and not any(fnmatch.fnmatchcase(i, p) for i in ids)]
     if stale:
       raise pytest.UsageError(f"conftest.py: these tier patterns match no test: {', '.join(stale)}")
   keep, drop = [], []
   for item in items:
-    deep = is_deep(item.nodeid) or item.get_closest_marker("deep") is not None
+    sweep = any(fnmatch.fnmatchcase(item.nodeid, p) for p in SWEEP)
+    deep = not sweep and (is_deep(item.nodeid) or item.get_closest_marker("deep") is not None)
     if deep:
       item.add_marker("deep")
-    (keep if tier == "all" or deep == (tier == "deep") else drop).append(item)
+    here = "sweep" if sweep else "deep" if deep else "fast"
+    (keep if tier in ("all", here) else drop).append(item)
   if drop:
     config.hook.pytest_deselected(items=drop)
     items[:] = keep
