@@ -148,6 +148,11 @@ DEEP = {
     "tests/test_batchnorm.py::test_batchnorm_backward_matches_jax_vjp[[]*float32*": "second dtype",
     "tests/test_pool.py::test_maxpool_backward_matches_jax_vjp_and_the_loops[[]*float32*": "second dtype",
     "tests/test_ops.py::test_torch_saturating_backward_passes*": "torch candidates",
+    "tests/test_layers.py::test_*_backward_matches_jax_vjp[[]*float32*": "second dtype",
+    "tests/test_pool.py::test_dropout_backward_matches_jax_vjp_and_the_exact_value[[]*float32*": "second dtype",
+    "tests/test_ops_block.py::test_right_layer_functions_pass_inside_the_block[[]float64]": "a right block "
+    "search; the fast tier's block test passes the steps before its bug",
+    "proofs/test_pool_symbolic.py::test_maxpool_proof_evaluates_to_bpref": "the region proof evaluated",
     "tests/test_verify.py::test_verify_writes_no_progress_frames_when_stderr_is_not_a_terminal": "verify end to end",
 }
 """Deep tests, by node-id pattern, with why each is deep."""

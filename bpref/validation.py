@@ -40,6 +40,20 @@ def ranged(lo, hi, kind=int, unit: str = ""):
   return parse
 
 
+def as_array(v):
+  """v as an array: a JAX array or tracer as it is, anything else through ``np.asarray``."""
+  return v if hasattr(v, "shape") and hasattr(v, "dtype") else np.asarray(v)
+
+
+def floating_array(v, what: str, *, layer: str):
+  """v as an array with a floating dtype, else a TypeError naming the layer, what v is and what
+  came (a JAX array or tracer is kept as it is, so the check runs before and while tracing)."""
+  v = as_array(v)
+  if not jnp.issubdtype(v.dtype, jnp.floating):
+    raise TypeError(f"{layer}: {what} must have a floating dtype; got {describe(v)}")
+  return v
+
+
 def describe(x) -> str:
   dtype = getattr(x, "dtype", type(x).__name__)
   return f"shape {tuple(getattr(x, 'shape', ()))} and dtype {dtype}"

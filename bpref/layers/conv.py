@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bpref.network import DEFAULT_PRECISION
-from bpref.validation import describe
+from bpref.validation import describe, floating_array
 
 Array = jax.Array
 
@@ -76,12 +76,7 @@ jax.tree_util.register_dataclass(ConvCache, data_fields=["x", "w"], meta_fields=
 # ---------------------------------------------------------------- checks
 
 def _array(v, what: str):
-  """v as an array with a floating dtype (a JAX array or tracer as it is), else a TypeError."""
-  if not (hasattr(v, "shape") and hasattr(v, "dtype")):
-    v = np.asarray(v)
-  if not jnp.issubdtype(v.dtype, jnp.floating):
-    raise TypeError(f"{LAYER}: {what} must have a floating dtype; got {describe(v)}")
-  return v
+  return floating_array(v, what, layer=LAYER)  # v as an array of a floating dtype, else a TypeError
 
 
 def _check_int(v, name: str, least: int) -> int:

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bpref.validation import describe
+from bpref.validation import as_array, describe
 
 Array = jax.Array
 
@@ -42,13 +42,8 @@ LAYER = "dropout"
 
 # ---------------------------------------------------------------- checks
 
-def _array(v):
-  # v as an array (a JAX array or tracer as it is)
-  return v if hasattr(v, "shape") and hasattr(v, "dtype") else np.asarray(v)
-
-
 def _check_x(x, what: str = "x"):
-  x = _array(x)
+  x = as_array(x)
   if not jnp.issubdtype(x.dtype, jnp.floating):
     raise TypeError(f"{LAYER}: {what} must have a floating dtype; got {describe(x)}")
   return x
@@ -71,7 +66,7 @@ def _check_p(p) -> float:
 def _check_mask(mask, x):
   """mask as an array of x's shape, boolean or of x's dtype, with entries 0 and 1 (checked where
   concrete)."""
-  mask = _array(mask)
+  mask = as_array(mask)
   if tuple(mask.shape) != tuple(x.shape):
     raise ValueError(f"{LAYER}: mask must have the shape of x, {tuple(x.shape)}, one 0 or 1 per "
                      f"unit; got {describe(mask)}")

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bpref.validation import describe
+from bpref.validation import as_array, describe
 
 Array = jax.Array
 
@@ -41,14 +41,9 @@ LAYER = "embedding"
 
 # ---------------------------------------------------------------- checks
 
-def _array(v):
-  # v as an array (a JAX array or tracer as it is)
-  return v if hasattr(v, "shape") and hasattr(v, "dtype") else np.asarray(v)
-
-
 def _check_ids(ids):
   """ids as an integer array of shape (B, T), B, T >= 1."""
-  ids = _array(ids)
+  ids = as_array(ids)
   if not jnp.issubdtype(ids.dtype, jnp.integer):
     raise TypeError(f"{LAYER}: ids must be an integer array of token ids, shape (B, T); got "
                     f"{describe(ids)} (cast with .astype(jnp.int32) if the values are whole)")
@@ -73,7 +68,7 @@ def _check_range(ids, vocab: int):
 
 
 def _check_table(v, name: str, rows: str):
-  v = _array(v)
+  v = as_array(v)
   if not jnp.issubdtype(v.dtype, jnp.floating):
     raise TypeError(f"{LAYER}: {name} must have a floating dtype; got {describe(v)}")
   if v.ndim != 2 or v.shape[0] < 1 or v.shape[1] < 1:
@@ -157,7 +152,7 @@ def backward(ids, dout, vocab: int, positions: int) -> tuple[Array, Array]:
   ([[0.0], [2.0], [0.0]], [[1.0], [1.0], [0.0]])
   """
   ids = _check_ids(ids)
-  dout = _array(dout)
+  dout = as_array(dout)
   B, T = ids.shape
   if not jnp.issubdtype(dout.dtype, jnp.floating):
     raise TypeError(f"{LAYER}: dout must have a floating dtype; got {describe(dout)}")

@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bpref.validation import describe
+from bpref.validation import describe, floating_array
 
 Array = jax.Array
 
@@ -64,12 +64,7 @@ class LayerNormCache(NamedTuple):
 # ---------------------------------------------------------------- checks
 
 def _array(v, what: str):
-  """v as an array with a floating dtype (a JAX array or tracer as it is), else a TypeError."""
-  if not (hasattr(v, "shape") and hasattr(v, "dtype")):
-    v = np.asarray(v)
-  if not jnp.issubdtype(v.dtype, jnp.floating):
-    raise TypeError(f"{LAYER}: {what} must have a floating dtype; got {describe(v)}")
-  return v
+  return floating_array(v, what, layer=LAYER)  # v as an array of a floating dtype, else a TypeError
 
 
 def _check_params(x, w, b):

@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bpref.validation import describe
+from bpref.validation import describe, floating_array
 
 Array = jax.Array
 
@@ -80,12 +80,7 @@ def output_shape(shape, pool: int, stride: int) -> tuple:
 # ---------------------------------------------------------------- checks
 
 def _array(v, what: str):
-  """v as an array with a floating dtype (a JAX array or tracer as it is), else a TypeError."""
-  if not (hasattr(v, "shape") and hasattr(v, "dtype")):
-    v = np.asarray(v)
-  if not jnp.issubdtype(v.dtype, jnp.floating):
-    raise TypeError(f"{LAYER}: {what} must have a floating dtype; got {describe(v)}")
-  return v
+  return floating_array(v, what, layer=LAYER)  # v as an array of a floating dtype, else a TypeError
 
 
 def _check_size(n, name: str) -> int:

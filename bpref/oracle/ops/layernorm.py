@@ -29,12 +29,12 @@ from __future__ import annotations
 import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from bpref import tolerance as _tolerance
 from bpref.layers import layernorm as _layernorm
-from bpref.oracle.ops.record import Model, OpKind, OpTruth, bucket, plain, unit_and_floor
+from bpref.oracle.ops.record import (ROW_PROBES, Model, OpKind, OpTruth, bucket, plain, row_dims,
+                                     unit_and_floor)
 
 
 @functools.partial(jax.jit, static_argnums=4)
@@ -90,15 +90,10 @@ class LayerNorm(OpKind):
 
   # ---- cases
   def probe_dims(self, spec):
-    if spec.layout == "nc":
-      return [(1, 4), (3, 1), (1, 1), (4, 5), (2, 32)], [(3, 4), (2, 3)]
-    return [(1, 1, 4), (2, 3, 1), (1, 1, 1), (2, 2, 5), (3, 1, 32)], [(2, 2, 4), (1, 3, 3)]
+    return ROW_PROBES["nc" if spec.layout == "nc" else "btc"]
 
   def random_dims(self, spec, rng):
-    B = int(rng.integers(1, spec.max_batch + 1))
-    if spec.layout == "nc":
-      return (B, int(rng.integers(1, spec.max_width + 1)))
-    return (B,) + tuple(int(w) for w in rng.integers(1, spec.max_width + 1, 2))
+    return row_dims(spec, rng)
 
   def draw(self, spec, label):
     rng = self.rng(spec, label)

@@ -193,6 +193,22 @@ def bucket(n: int) -> int:
   return size
 
 
+ROW_PROBES = {
+    "nc": ([(1, 1), (1, 4), (3, 1), (4, 5), (3, 32)], [(3, 4), (2, 3)]),
+    "btc": ([(1, 1, 1), (1, 1, 4), (2, 3, 1), (2, 2, 5), (3, 1, 32)], [(2, 2, 4), (1, 3, 3)]),
+}
+"""The probes of a kind over rows of C features, (N, C) or (B, T, C): one entry, one feature, one
+row, a square-ish case and a wide row; then the shapes each value family is probed at."""
+
+
+def row_dims(spec: OpSpec, rng) -> tuple:
+  """Random (N, C) (layout "nc") or (B, T, C) within the spec's maxima."""
+  B = int(rng.integers(1, spec.max_batch + 1))
+  if spec.layout == "nc":
+    return (B, int(rng.integers(1, spec.max_width + 1)))
+  return (B,) + tuple(int(w) for w in rng.integers(1, spec.max_width + 1, 2))
+
+
 # ---------------------------------------------------------------- the record
 
 class OpKind:

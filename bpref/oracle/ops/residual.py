@@ -52,8 +52,8 @@ from bpref import tolerance as _tolerance
 from bpref.layers import residual as _residual
 from bpref.oracle import judge as _network_judge
 from bpref.oracle.ops import _kinds, classic
-from bpref.oracle.ops.record import (Label, Model, OpCase, OpKind, OpTruth, bucket, error,
-                                     unit_and_floor)
+from bpref.oracle.ops.record import (ROW_PROBES, Label, Model, OpCase, OpKind, OpTruth, bucket,
+                                     error, row_dims, unit_and_floor)
 from bpref.scale import fast as _fast
 
 
@@ -138,15 +138,10 @@ class Residual(OpKind):
     return text.replace("BxTxC", "NxC", 1) if spec.layout == "nc" else text
 
   def probe_dims(self, spec):
-    if spec.layout == "nc":
-      return [(1, 1), (1, 4), (3, 1), (4, 5), (3, 32)], [(3, 4), (2, 3)]
-    return [(1, 1, 1), (1, 1, 4), (2, 3, 1), (2, 2, 5), (3, 1, 32)], [(2, 2, 4), (1, 3, 3)]
+    return ROW_PROBES["nc" if spec.layout == "nc" else "btc"]
 
   def random_dims(self, spec, rng):
-    B = int(rng.integers(1, spec.max_batch + 1))
-    if spec.layout == "nc":
-      return (B, int(rng.integers(1, spec.max_width + 1)))
-    return (B,) + tuple(int(w) for w in rng.integers(1, spec.max_width + 1, 2))
+    return row_dims(spec, rng)
 
   def draw(self, spec, label):
     C = label.dims[-1]
