@@ -153,6 +153,16 @@ DEEP = {
     "tests/test_ops_block.py::test_right_layer_functions_pass_inside_the_block[[]float64]": "a right block "
     "search; the fast tier's block test passes the steps before its bug",
     "proofs/test_pool_symbolic.py::test_maxpool_proof_evaluates_to_bpref": "the region proof evaluated",
+    "tests/test_ops_*.py::test_a_right_*_passes[[]*float64*": "more right candidates, windows and "
+    "layouts (the fast tier keeps one per kind: FAST_SAMPLES)",
+    "tests/test_*.py::test_*_rounding_bound*[[]*": "float32 against the rounding bound, entry by entry",
+    "tests/test_attention.py::test_float32_within_the_rounding_bound*": "float32 against the bound",
+    "tests/test_conv.py::test_conv_is_within_the_rounding_bound_of_the_exact_values*": "the bound, entry by entry",
+    "tests/test_conv.py::test_conv_under_jit_and_vmap": "traced again (layernorm's and attention's stay fast)",
+    "tests/test_batchnorm.py::test_batchnorm_under_jit_and_vmap": "traced again",
+    "tests/test_pool.py::test_*_under_jit_and_vmap": "traced again",
+    "tests/test_layers.py::test_embedding_under_jit_and_vmap": "traced again",
+    "tests/test_layers.py::test_residual_under_jit_and_vmap": "traced again",
     "tests/test_verify.py::test_verify_writes_no_progress_frames_when_stderr_is_not_a_terminal": "verify end to end",
 }
 """Deep tests, by node-id pattern, with why each is deep."""
@@ -171,6 +181,14 @@ FAST_SAMPLES = (
     "tests/test_oracle.py::test_misbehaving_candidate_is_reported_plainly[[]returns_nan-*",
     "tests/test_exec.py::test_reference_client_passes_and_its_planted_bug_is_diagnosed[[]c_client]",
     "tests/test_bridges.py::test_equinox_mlp_round_trip_and_gradients[[]relu-relu]",
+    "tests/test_ops_attention.py::test_a_right_attention_passes[[]llmc_loops-llmc-float64]",
+    "tests/test_ops_batchnorm.py::test_a_right_batchnorm_passes[[]staged-float64-nchw]",
+    "tests/test_ops_conv.py::test_a_right_conv2d_passes[[]naive-s2p1-float64]",
+    "tests/test_ops_embedding.py::test_a_right_embedding_passes[[]loops-float64]",
+    "tests/test_ops_layernorm.py::test_a_right_layernorm_passes[[]llmc-float64]",
+    "tests/test_ops_pool.py::test_a_right_maxpool_passes[[]naive_loops-p3s2-float64]",
+    "tests/test_ops_pool.py::test_a_right_dropout_passes[[]cs231n_wrapped-p0.5-float64]",
+    "tests/test_ops_residual.py::test_a_right_residual_passes[[]course-gelu_tanh-float64]",
 )
 """Cases of deep tests that the fast tier keeps."""
 
