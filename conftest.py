@@ -166,7 +166,6 @@ DEEP = {
     "tests/test_ops.py::test_derivative_wrong_only_where_saturated_is_caught[[]*-float32-0.99]": "the middle "
     "deviation in float32 (0 and 256 ulps stay fast, and 0.99 in float64)",
     "tests/test_batchnorm.py::test_batchnorm_matches_pytorch_training_mode*": "torch",
-    "tests/test_pool.py::test_maxpool_ties_go_to_the_first_maximum_as_reduce_window_and_torch[[]*float32*": "second dtype",
     "tests/test_verify.py::test_verify_writes_no_progress_frames_when_stderr_is_not_a_terminal": "verify end to end",
 }
 """Deep tests, by node-id pattern, with why each is deep."""
