@@ -54,6 +54,19 @@ def floating_array(v, what: str, *, layer: str):
   return v
 
 
+def cotangent_like(x, dout, what: str = "dout", *, layer: str):
+  """dout = dC/d(output) as a floating array of x's shape and dtype, else a ValueError or
+  TypeError naming the layer, the shape or dtype expected and the one received."""
+  dout = floating_array(dout, what, layer=layer)
+  if tuple(dout.shape) != tuple(x.shape):
+    raise ValueError(f"{layer}: {what} = dC/dout must have the shape of x, {tuple(x.shape)}; "
+                     f"got {describe(dout)}")
+  if dout.dtype != x.dtype:
+    raise TypeError(f"{layer}: {what} has dtype {dout.dtype} but x has {x.dtype}; cast one of them "
+                    "so that they agree")
+  return dout
+
+
 def describe(x) -> str:
   dtype = getattr(x, "dtype", type(x).__name__)
   return f"shape {tuple(getattr(x, 'shape', ()))} and dtype {dtype}"

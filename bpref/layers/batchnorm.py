@@ -56,7 +56,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bpref.validation import describe, floating_array
+from bpref.validation import cotangent_like, describe, floating_array
 
 Array = jax.Array
 
@@ -142,14 +142,7 @@ def _check_eps(eps) -> float:
 
 
 def _check_dout(x, dout):
-  dout = _array(dout, "dout")
-  if tuple(dout.shape) != tuple(x.shape):
-    raise ValueError(f"{LAYER}: dout = dC/dout must have the shape of x, {tuple(x.shape)}; "
-                     f"got {describe(dout)}")
-  if dout.dtype != x.dtype:
-    raise TypeError(f"{LAYER}: dout has dtype {dout.dtype} but x has {x.dtype}; cast one of them "
-                    "so that they agree")
-  return dout
+  return cotangent_like(x, dout, layer=LAYER)
 
 
 def _check_cache(cache):
