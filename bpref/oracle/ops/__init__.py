@@ -47,7 +47,7 @@ import numpy as np
 from bpref.oracle import isolation as _isolation
 from bpref.oracle.diagnosis import Finding
 from bpref.oracle.ops import _diagnosis, _search, kinds, wire_ops
-from bpref.oracle.ops._judge import OpCandidate as OpCandidate
+from bpref.oracle.ops.record import OpCandidate as OpCandidate
 from bpref.oracle.ops.kinds import KINDS as KINDS
 from bpref.oracle.ops.record import OpCase
 from bpref.oracle.ops.record import OpSpec as OpSpec

@@ -30,7 +30,7 @@ import sys
 import numpy as np
 
 from bpref.oracle.ops import kinds
-from bpref.oracle.ops._judge import OpCandidate
+from bpref.oracle.ops.record import OpCandidate
 
 
 def is_torch_function(obj) -> bool:

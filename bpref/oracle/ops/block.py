@@ -36,8 +36,8 @@ from bpref.oracle.diagnosis import Finding
 from bpref.oracle.ops import attention as _attention_kind
 from bpref.oracle.ops import classic as _classic
 from bpref.oracle.ops import layernorm as _layernorm_kind
-from bpref.oracle.ops.record import (Malformed, Model, OpCase, OpKind, OpSpec, OpTruth, error,
-                                     exact, plain)
+from bpref.oracle.ops.record import (Malformed, Model, OpCandidate, OpCase, OpKind, OpSpec, OpTruth,
+                                     error, exact, plain)
 
 _RECORDS = {"dense": _classic.DENSE, "activation": _classic.ACTIVATION,
             "layernorm": _layernorm_kind.LAYERNORM, "attention": _attention_kind.ATTENTION}
@@ -179,8 +179,6 @@ class Block(OpKind):
 
   def adapt(self, spec, candidate):
     """An ``OpCandidate`` running the block's steps with the candidate's layer functions."""
-    from bpref.oracle.ops._judge import OpCandidate
-
     if isinstance(candidate, OpCandidate):
       return candidate
     fns = {}

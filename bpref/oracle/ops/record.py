@@ -126,6 +126,28 @@ class Model(NamedTuple):
   outputs: dict
 
 
+class OpCandidate:
+  """An op's backward function, with its forward function when there is one.
+
+  Args:
+    backward: the candidate (see ``bpref.oracle.ops`` for each kind's arguments).
+    forward: optional; (x, W, b) -> z (dense), (x, W, b) -> a (layer), z -> a (activation),
+      z -> y (softmax), (y, t) -> C (loss): checked against bpref's forward pass too.
+    name: what reports call it.
+  """
+
+  def __init__(self, backward, forward=None, name: str = ""):
+    if not callable(backward):
+      raise TypeError(f"backward must be callable; got {type(backward).__name__}")
+    if forward is not None and not callable(forward):
+      raise TypeError(f"forward must be callable or None; got {type(forward).__name__}")
+    self.backward, self.forward = backward, forward
+    self.name = name or getattr(backward, "__qualname__", type(backward).__name__)
+
+  def __repr__(self):
+    return f"OpCandidate({self.name})"
+
+
 class Malformed(Exception):
   """The candidate's return value has the wrong structure; the message says what was expected."""
 
