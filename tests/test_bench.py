@@ -88,3 +88,14 @@ def test_checkers_runs_each_checker_on_the_same_network(capsys):
   assert f"| {check['compilations']} | cold {check['cold']['seconds']:.2f} s ({check['cold']['calls']} " in rows[2]
   assert rows[3].endswith(f"| {out['bpref_one_network']['compilations']} | "
                           f"{out['bpref_one_network']['seconds']:.2f} s |")
+
+
+@pytest.mark.deep
+def test_bench_ops_runs_a_passing_search_per_kind_with_its_compilations():
+  from bpref.tools.bench import bench_ops
+
+  rows = bench_ops(("dense", "attention"), "float64")
+  assert [r["kind"] for r in rows] == ["dense", "attention"]
+  for r in rows:
+    assert r["cold"]["verdict"] == r["warm"]["verdict"] == "pass"
+    assert r["warm"]["cases"] >= 40 and r["warm"]["compilations"] == 0

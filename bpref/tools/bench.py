@@ -496,11 +496,14 @@ def _reference_candidate(spec):
   record = kinds.of(spec)
 
   def backward(*args):
-    arrays = {n: record.internal(spec, n, np.asarray(a, np.float64))
-              for n, a in zip(record.arg_names(spec), args) if isinstance(a, np.ndarray)}
-    truth = record.compute(spec, OpCase(None, record.derive(spec, arrays)))
-    out = [record.declared(spec, k, truth.expected[k]).astype(spec.dtype)
-           for k in record.output_names(spec)]
+    names = record.arg_names(spec)
+    here = spec._replace(**{n: a for n, a in zip(names, args)  # options handed as arguments (heads)
+                            if n in spec._fields and not isinstance(a, np.ndarray)})
+    arrays = {n: record.internal(here, n, np.asarray(a, np.float64))
+              for n, a in zip(names, args) if isinstance(a, np.ndarray)}
+    truth = record.compute(here, OpCase(None, record.derive(here, arrays)))
+    out = [record.declared(here, k, truth.expected[k]).astype(spec.dtype)
+           for k in record.output_names(here)]
     return out[0] if len(out) == 1 else tuple(out)
 
   return backward
