@@ -786,3 +786,18 @@ def test_docs_five_line_example_runs(capsys):
   assert len([line for line in block.splitlines() if line.strip()]) == 5
   exec(compile(block, "docs/oracle.md", "exec"), {})
   assert capsys.readouterr().out.startswith("PASS")
+
+
+@pytest.mark.parametrize("layout", ["out_in", "in_out"])
+def test_dx_reading_ws_memory_with_its_sizes_swapped_is_named(layout):
+  # C code indexing W[i * n_out + o] where W[o * n_in + i] was meant (llm.c's matmul_backward with
+  # its weight index turned around): W reshaped, not transposed, so only a non-square W shows it
+  def misread(x, W, b, dout):
+    if layout == "out_in":
+      return dout @ W.reshape(W.shape[::-1]).T, dout.T @ x, dout.sum(0)
+    return dout @ W.reshape(W.shape[::-1]), x.T @ dout, dout.sum(0)
+
+  report = check_op("dense", misread, layout=layout)
+  assert report.verdict == "fail"
+  assert report.diagnosis[0].code == "transposed"
+  assert "two sizes swapped" in report.diagnosis[0].summary

@@ -257,6 +257,11 @@ def _dense_models(spec, case, truth):
     wrong = right.T.reshape(right.shape)
     out.append(("transposed", f"dW is {wrong_dW} reshaped to the shape of {right_dW}, not "
                 "transposed (39)", {"dW": wrong.T if io else wrong}))
+    held = W.T if io else W  # W as the candidate holds it, read back with its two sizes swapped
+    misread = held.reshape(held.shape[::-1])  # C indexing W[i * n_out + o] for W[o * n_in + i]
+    out.append(("transposed", "dx reads W's memory with its two sizes swapped (an index "
+                "i * cols + j where j * rows + i was meant): W reshaped, not transposed (26)",
+                {"dx": delta @ (misread if io else misread.T)}))
   if W.shape[0] == W.shape[1]:
     out.append(("transposed", f"dW is transposed: {wrong_dW} in place of {right_dW} (39)",
                 {"dW": e["dW"].T}))
