@@ -156,7 +156,7 @@ DEEP = {
     "tests/test_ops_block.py::test_a_layernorm_bug_is_named_at_the_first_wrong_step": "another block "
     "search (the attention bug's stays fast)",
     "tests/test_ops_block.py::test_a_dense_bug_is_named_at_its_step": "another block search",
-    "proofs/test_attention_symbolic.py::test_proven_formula_evaluates_to_bpref": "the proof evaluated in float64",
+    "proofs/test_attention_symbolic.py::test_proven_formula_evaluates_to_bpref*": "the proof evaluated in float64",
     "tests/test_ops_*.py::test_a_right_*_passes[[]*float64*": "more right candidates, windows and "
     "layouts (the fast tier keeps one per kind: FAST_SAMPLES)",
     "tests/test_*.py::test_*_rounding_bound*[[]*": "float32 against the rounding bound, entry by entry",
