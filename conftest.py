@@ -171,6 +171,8 @@ DEEP = {
     "deviation in float32 (0 and 256 ulps stay fast, and 0.99 in float64)",
     "tests/test_batchnorm.py::test_batchnorm_matches_pytorch_training_mode*": "torch",
     "tests/test_verify.py::test_verify_writes_no_progress_frames_when_stderr_is_not_a_terminal": "verify end to end",
+    "tests/test_verify.py::test_every_witness_program_is_right_on_a_deep_identity_softmax_net": "one "
+    "more network through every witness program",
 }
 """Deep tests, by node-id pattern, with why each is deep."""
 
