@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import collections.abc
+import math
 import numbers
 
 import jax
@@ -65,6 +66,20 @@ def cotangent_like(x, dout, what: str = "dout", *, layer: str):
     raise TypeError(f"{layer}: {what} has dtype {dout.dtype} but x has {x.dtype}; cast one of them "
                     "so that they agree")
   return dout
+
+
+def layer_eps(eps, *, layer: str) -> float:
+  """A normalization's eps as a Python float: a finite number >= 0, given as configuration (not a
+  traced array); else a TypeError or ValueError naming the layer."""
+  if isinstance(eps, (jax.Array, bool, np.bool_)) or not isinstance(
+      eps, (numbers.Real, np.floating, np.integer)):
+    raise TypeError(f"{layer}: eps must be a Python or NumPy number, the layer's configuration; got "
+                    f"{type(eps).__name__} (under jax.jit mark it static: static_argnames='eps')")
+  eps = float(eps)
+  if not (math.isfinite(eps) and eps >= 0):
+    raise ValueError(f"{layer}: eps must be finite and >= 0 (1e-5 in PyTorch, CS231n and llm.c); "
+                     f"got {eps}")
+  return eps
 
 
 def describe(x) -> str:

@@ -32,15 +32,12 @@ anything is traced; ``_forward`` and ``_backward`` are the unchecked bodies.
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from bpref.validation import cotangent_like, describe, floating_array
+from bpref.validation import cotangent_like, describe, floating_array, layer_eps
 
 Array = jax.Array
 
@@ -89,15 +86,7 @@ def _check_feature_vector(v, name: str, x):
 
 
 def _check_eps(eps) -> float:
-  """eps as a Python float: a finite number >= 0, given as configuration (not a traced array)."""
-  if isinstance(eps, (jax.Array, bool, np.bool_)) or not isinstance(
-      eps, (numbers.Real, np.floating, np.integer)):
-    raise TypeError(f"{LAYER}: eps must be a Python or NumPy number, the layer's configuration; got "
-                    f"{type(eps).__name__} (under jax.jit mark it static: static_argnames='eps')")
-  eps = float(eps)
-  if not (math.isfinite(eps) and eps >= 0):
-    raise ValueError(f"{LAYER}: eps must be finite and >= 0 (1e-5 in PyTorch and llm.c); got {eps}")
-  return eps
+  return layer_eps(eps, layer=LAYER)
 
 
 def _check_dout(x, dout, what: str = "dout"):
