@@ -67,7 +67,8 @@ DEEP = {
     "tests/test_oracle.py::test_reproducer_script_reruns_the_minimal_case": "fresh interpreter",
     "tests/test_oracle.py::test_docs_adapters_pass": "more examples",
     "tests/test_oracle_textbook.py::test_verdicts_do_not_depend_on_the_callers_x64_setting*": "fresh interpreters",
-    "tests/test_oracle_hostile.py::*": "the exhaustive hostile matrix (fresh interpreters)",
+    "tests/test_oracle_hostile.py::*": "the exhaustive hostile matrix in fresh interpreters (an exiting "
+    "candidate stays fast in test_oracle_cli and test_testing)",
     "tests/test_cli.py::test_a_closed_stdout_pipe_ends_quietly*": "fresh interpreters",
     "tests/test_cli.py::test_a_report_into_a_closed_pipe_ends_quietly": "fresh interpreter",
     "tests/test_cli.py::test_python_dash_m_runs_the_cli": "fresh interpreter",
@@ -173,11 +174,21 @@ DEEP = {
     "tests/test_verify.py::test_verify_writes_no_progress_frames_when_stderr_is_not_a_terminal": "verify end to end",
     "tests/test_verify.py::test_every_witness_program_is_right_on_a_deep_identity_softmax_net": "one "
     "more network through every witness program",
+    # fast-tier budget: cases whose code path another fast test keeps exercised
+    "tests/test_oracle_mutants.py::test_unmutated_implementation_passes_every_mutant_domain[[]*": "the "
+    "deep mutants' domains (the fast mutants' squared-error and softmax domains stay)",
+    "tests/test_protocol.py::test_a_broken_client_fails_with_a_clear_report[[]hang]": "a hang waits "
+    "out its timeout (test_wire_ops' hanging client stays fast)",
+    "tests/test_protocol.py::test_a_client_without_a_proper_hello_is_a_usage_error[[]hang_before_hello]":
+    "a hang waits out its timeout",
+    "tests/test_oracle_textbook.py::test_textbook_backprop_passes_saturated_units[[]*-float32]": "second dtype",
+    "tests/test_attention.py::test_masked_softmax_is_robust[[]float32]": "second dtype",
+    "tests/test_activations.py::test_nan_stays_nan_in_f_and_every_derivative_form[[]*-float32]": "second "
+    "dtype (float64 keeps every activation)",
 }
 """Deep tests, by node-id pattern, with why each is deep."""
 
 FAST_SAMPLES = (
-    "tests/test_oracle_hostile.py::test_hostile_candidate_fails_with_a_nonzero_exit[[]exits-*",
     "tests/test_oracle_mutants.py::test_oracle_catches_and_names_mutant[[]transposed]",
     "tests/test_oracle_mutants.py::test_oracle_catches_and_names_mutant[[]hidden_fprime_missing]",
     "tests/test_oracle_mutants.py::test_oracle_catches_and_names_mutant[[]bias_first_example]",
@@ -188,8 +199,9 @@ FAST_SAMPLES = (
     "tests/test_oracle.py::test_correct_independent_implementations_pass[[]in_out-float32]",
     "tests/test_oracle.py::test_misbehaving_candidate_is_reported_plainly[[]raises-*",
     "tests/test_oracle.py::test_misbehaving_candidate_is_reported_plainly[[]returns_nan-*",
+    "tests/test_oracle_mutants.py::test_unmutated_implementation_passes_every_mutant_domain[[]squared]",
+    "tests/test_oracle_mutants.py::test_unmutated_implementation_passes_every_mutant_domain[[]softmax]",
     "tests/test_exec.py::test_reference_client_passes_and_its_planted_bug_is_diagnosed[[]c_client]",
-    "tests/test_bridges.py::test_equinox_mlp_round_trip_and_gradients[[]relu-relu]",
     "tests/test_ops_attention.py::test_a_right_attention_passes[[]llmc_loops-llmc-float64]",
     "tests/test_ops_batchnorm.py::test_a_right_batchnorm_passes[[]staged-float64-nchw]",
     "tests/test_ops_conv.py::test_a_right_conv2d_passes[[]naive-s2p1-float64]",
