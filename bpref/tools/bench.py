@@ -487,28 +487,6 @@ def bench_checkers(verify_quick: bool = False) -> dict:
   return out
 
 
-def _reference_candidate(spec):
-  """bpref's own answer as an op candidate: the arguments read back into a case, the record's
-  answer returned in the candidate's layout, so that a search's rate is the engine's."""
-  from bpref.oracle.ops import kinds
-  from bpref.oracle.ops.record import OpCase
-
-  record = kinds.of(spec)
-
-  def backward(*args):
-    names = record.arg_names(spec)
-    here = spec._replace(**{n: a for n, a in zip(names, args)  # options handed as arguments (heads)
-                            if n in spec._fields and not isinstance(a, np.ndarray)})
-    arrays = {n: record.internal(here, n, np.asarray(a, np.float64))
-              for n, a in zip(names, args) if isinstance(a, np.ndarray)}
-    truth = record.compute(here, OpCase(None, record.derive(here, arrays)))
-    out = [record.declared(here, k, truth.expected[k]).astype(spec.dtype)
-           for k in record.output_names(here)]
-    return out[0] if len(out) == 1 else tuple(out)
-
-  return backward
-
-
 OP_NAMES = {"activation": "tanh", "layer": "relu", "loss": "softmax_cross_entropy",
             "residual": "gelu_tanh"}
 """The name each named kind is benchmarked with."""
@@ -516,10 +494,10 @@ OP_NAMES = {"activation": "tanh", "layer": "relu", "loss": "softmax_cross_entrop
 
 def bench_ops(kinds_=None, dtype="float32", seed=0) -> list:
   """A default search per op kind (``check_op`` with its default examples), the candidate bpref's
-  own answer (``_reference_candidate``): cases checked per second, in process, and the XLA
+  own answer (``bpref.oracle.ops.Reference``): cases checked per second, in process, and the XLA
   compilations of the search, cold (the first search of the kind in this process) and warm."""
   from bpref import compilation
-  from bpref.oracle.ops import check_op, kinds
+  from bpref.oracle.ops import Reference, check_op, kinds
   rows = []
   for kind in kinds_ or kinds.KINDS:
     record = kinds.get(kind)
@@ -531,7 +509,7 @@ def bench_ops(kinds_=None, dtype="float32", seed=0) -> list:
         steps[sub_kind] = _block_step(sub_kind, dtype, seed)
       candidate = steps
     else:
-      candidate = _reference_candidate(spec)
+      candidate = Reference(spec)
     row = {"kind": kind, "name": name}
     for phase in ("cold", "warm"):
       with compilation.count() as seen:
@@ -547,13 +525,13 @@ def bench_ops(kinds_=None, dtype="float32", seed=0) -> list:
 
 def _block_step(kind, dtype, seed):
   """A block step's reference candidate: heads read from the call, as the block hands it."""
-  from bpref.oracle.ops import kinds
+  from bpref.oracle.ops import Reference, kinds
 
   def step(*args):
     options = {"heads": args[2]} if kind == "attention" else {}
     name = "gelu_tanh" if kind == "activation" else None
     spec = kinds.make_spec(kind, name, dtype=dtype, seed=seed, **options)
-    return _reference_candidate(spec)(*args)
+    return Reference(spec)(*args)
 
   return step
 

@@ -164,6 +164,29 @@ def as_candidate(spec: OpSpec, candidate) -> OpCandidate:
   return OpCandidate(candidate)
 
 
+@dataclasses.dataclass(frozen=True)
+class Reference:
+  """bpref's own answer as an op candidate, picklable: the arguments read back into a case, the
+  record's answer returned as the candidate returns it (layout, dtype), every output times
+  ``factor``. ``Reference(spec)`` passes any check of ``spec``, so that a search's rate is the
+  engine's (``bpref bench --ops``) and a transport is judged by what it carries; a factor of
+  1 + 1e-3 makes a candidate that must fail."""
+  spec: OpSpec
+  factor: float = 1.0
+
+  def __call__(self, *args):
+    spec, record = self.spec, kinds.of(self.spec)
+    names = record.arg_names(spec)
+    here = spec._replace(**{n: a for n, a in zip(names, args)  # options handed as arguments (heads)
+                            if n in spec._fields and not isinstance(a, np.ndarray)})
+    arrays = {n: record.internal(here, n, np.asarray(a, np.float64))
+              for n, a in zip(names, args) if isinstance(a, np.ndarray)}
+    truth = record.compute(here, OpCase(None, record.derive(here, arrays)))
+    out = [(self.factor * record.declared(here, k, truth.expected[k])).astype(spec.dtype)
+           for k in record.output_names(here)]
+    return out[0] if len(out) == 1 else tuple(out)
+
+
 def check_op(kind: str, candidate=None, name: str | None = None, *, isolate: bool = False,
              exec_command: str | None = None, **options) -> OpReport:
   """Check one operation's backward function against bpref's; never raises for what it does.
