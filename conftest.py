@@ -185,6 +185,15 @@ DEEP = {
     "tests/test_attention.py::test_masked_softmax_is_robust[[]float32]": "second dtype",
     "tests/test_activations.py::test_nan_stays_nan_in_f_and_every_derivative_form[[]*-float32]": "second "
     "dtype (float64 keeps every activation)",
+    # the kind x transport matrix: a subprocess per isolated or wire check, compiling bpref's answer
+    "tests/test_matrix.py::test_every_op_kind_travels_every_transport[[]*": "the kind x transport "
+    "matrix (test_wire_ops and the --op CLI tests keep each transport fast)",
+    "tests/test_matrix.py::test_the_network_travels_every_python_transport*": "the kind x transport matrix",
+    "tests/test_cluster.py::test_a_seed_gives_one_verdict_on_one_worker_two_workers_and_a_cluster*":
+    "three searches, two of them in subprocesses (the fast tier compares the cluster with this process)",
+    "tests/test_cluster.py::test_a_search_on_worker_processes_gives_the_same_verdict": "Dask worker processes",
+    "tests/test_cluster.py::test_a_call_that_does_not_return_is_a_timeout_and_the_search_goes_on": "a hang "
+    "waits out its timeout",
 }
 """Deep tests, by node-id pattern, with why each is deep."""
 

@@ -285,7 +285,7 @@ def test_worker_replies_are_read_as_plain_data_only():
   assert back[1].status == "ok" and np.array_equal(back[1].result[0][0], np.ones((2, 3)))
   with pytest.raises(pickle.UnpicklingError, match="not plain data"):
     isolation._loads(pickle.dumps(("outcome", os.system)))
-  odd = isolation._plain([np.array({"a": object()})])
+  odd = isolation.plain([np.array({"a": object()})])
   isolation._loads(isolation._dumps(odd))  # objects became their repr
 
 

@@ -28,8 +28,10 @@ minimal network, and diagnoses it (``bpref.oracle.diagnosis``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 
+from bpref.oracle import cluster as _cluster
 from bpref.oracle import diagnosis as _diagnosis
 from bpref.oracle import isolation as _isolation
 from bpref.oracle import report as _report
@@ -42,7 +44,7 @@ from bpref.oracle.spec import make_spec as make_spec
 from bpref.oracle.spec import Spec as Spec
 
 
-def check(candidate=None, *, target=None, progress=None, **options) -> Report:
+def check(candidate=None, *, target=None, progress=None, cluster=None, **options) -> Report:
   """Check a candidate gradient function against bpref; never raises for what the candidate does.
 
   By default the candidate runs in this process (fast; it is trusted not to end the process or
@@ -56,6 +58,10 @@ def check(candidate=None, *, target=None, progress=None, **options) -> Report:
     target: instead of ``candidate``, ("function" | "torch" | "flax" | "equinox", "module:name"),
       loaded in each subprocess by name (used by ``bpref check``).
     progress: optional callback progress(phase, calls).
+    cluster: run the candidate's calls on a Dask cluster (``bpref.oracle.cluster``): its
+      scheduler's address ("tcp://host:8786"), a ``dask.distributed.Client`` or a cluster
+      object. As many calls run at once as the cluster has worker threads; the verdict and the
+      minimal case are those of ``workers=1``. The candidate must then be picklable or a target.
     **options: the ``Spec`` fields: activations, losses, output_activations, reduction,
       max_depth, max_width, max_batch, dtype, layout, bias, examples, seed, strict_kinks,
       timeout, isolate, workers, shrink_budget.
@@ -78,16 +84,16 @@ def check(candidate=None, *, target=None, progress=None, **options) -> Report:
   spec = _spec.make_spec(**options)
   start = time.perf_counter()
   with _isolation.recording() as transcript:
-    report = _check(candidate, target, progress, spec, start)
+    report = _check(candidate, target, progress, spec, start, cluster)
   report.output = transcript.to_json()
   return report
 
 
-def _check(candidate, target, progress, spec, start) -> Report:
+def _check(candidate, target, progress, spec, start, cluster=None) -> Report:
   pool = None
   if target is not None:
     kind, ref = target
-    if candidate is None and not (spec.isolate or spec.workers > 1):
+    if candidate is None and not (spec.isolate or spec.workers > 1 or cluster is not None):
       candidate = _isolation.load_captured(kind, ref, spec.reduction)
     pool_target = ("named", kind, ref, spec.reduction)
   else:
@@ -96,7 +102,11 @@ def _check(candidate, target, progress, spec, start) -> Report:
                       f"got {type(candidate).__name__}")
     pool_target = None
   try:
-    if spec.isolate or spec.workers > 1:
+    if cluster is not None:
+      pool = _cluster.ClusterPool(pool_target or _isolation.picklable(candidate), cluster,
+                                  spec.timeout)
+      spec = dataclasses.replace(spec, workers=pool.workers)
+    elif spec.isolate or spec.workers > 1:
       if pool_target is None:
         pool_target = _isolation.picklable(candidate)
       pool = _isolation.Isolated(pool_target, spec.workers, spec.timeout)

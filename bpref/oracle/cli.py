@@ -128,6 +128,10 @@ def _parser() -> argparse.ArgumentParser:
                       "(default 1)")
   s.add_argument("--force-workers", action="store_true",
                  help="allow more --workers than cores (up to 256)")
+  s.add_argument("--dask", metavar="ADDRESS",
+                 help="run the candidate's calls on the Dask cluster whose scheduler is at ADDRESS "
+                      "(tcp://host:8786; pip install 'bpref[dask]'): as many at once as it has "
+                      "worker threads, with the verdict and minimal case of --workers 1")
   s.add_argument("--shrink-budget", type=_ranged("shrink_budget", int), default=None,
                  help="most candidate calls spent shrinking a failure (default 120; --op: 150)")
   o = p.add_argument_group("output")
@@ -263,6 +267,9 @@ def main(argv=None) -> int:
     print("bpref check: error: --replay FILE replays a bpref-wire reproducer on a program: give "
           "it with --exec COMMAND", file=sys.stderr)
     return EXIT_USAGE
+  if args.dask and (args.in_process or args.workers > 1 or kind == "exec"):
+    clash = "--in-process" if args.in_process else "--exec" if kind == "exec" else "--workers"
+    return _usage(parser, f"--dask runs the candidate's calls on the cluster's workers; drop {clash}")
   if args.in_process and args.workers > 1:
     parser.print_usage(sys.stderr)
     print(f"bpref check: error: --workers {args.workers} runs the candidate in subprocesses; "
@@ -294,7 +301,7 @@ def main(argv=None) -> int:
   with guard:
     try:
       report = _counted(lambda: oracle.check(target=(kind, ref), progress=_progress if show else None,
-                                             **options), show)
+                                             cluster=args.dask, **options), show)
       if report is None:
         return EXIT_USAGE
     except SystemExit as exc:  # raised in this thread by the candidate (from a signal handler, say)
@@ -361,7 +368,7 @@ def _counted(check, show):
 NETWORK_ONLY = (("--activations", "activations", None), ("--losses", "losses", None),
                 ("--output-activations", "output_activations", []),
                 ("--max-depth", "max_depth", None), ("--strict-kinks", "strict_kinks", False),
-                ("--plot", "plot", None), ("--replay", "replay", None))
+                ("--plot", "plot", None), ("--replay", "replay", None), ("--dask", "dask", None))
 """Options of the whole-network check, with their unset values: a usage error under --op."""
 
 

@@ -502,17 +502,17 @@ def _plain_item(obj):
   if obj is None or isinstance(obj, (bool, int, float, complex, str, bytes, np.generic)):
     return obj
   if isinstance(obj, np.ndarray):
-    return _plain(obj)
+    return plain(obj)
   try:
     return f"<{type(obj).__name__}: {obj!r}>"[:200]
   except BaseException:
     return f"<{type(obj).__name__}>"
 
 
-def _plain(obj):
+def plain(obj):
   """A ``_to_numpy`` result made of plain data: objects inside object arrays become their repr."""
   if isinstance(obj, list):
-    return [_plain(o) for o in obj]
+    return [plain(o) for o in obj]
   if isinstance(obj, np.ndarray) and obj.dtype == object:
     out = np.empty(obj.shape, dtype=object)
     for index in np.ndindex(obj.shape):
@@ -615,7 +615,7 @@ def _worker_main(conn, target, out_path, err_path) -> None:
       outcome = call_direct(candidate, message)
     _flush_streams()
     try:
-      payload = _dumps(("outcome", outcome._replace(result=_plain(outcome.result))))
+      payload = _dumps(("outcome", outcome._replace(result=plain(outcome.result))))
     except BaseException as exc:  # a result that cannot be pickled even as plain data
       payload = _dumps(("outcome", Outcome(
           "exception", error=f"the candidate's result could not be sent back: {_one_line(exc)}",
