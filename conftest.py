@@ -194,10 +194,31 @@ DEEP = {
     "tests/test_cluster.py::test_a_search_on_worker_processes_gives_the_same_verdict": "Dask worker processes",
     "tests/test_cluster.py::test_a_call_that_does_not_return_is_a_timeout_and_the_search_goes_on": "a hang "
     "waits out its timeout",
+    # the CNN composition and the CS231n-style examples (bpref/oracle/ops/cnn.py, examples/cs231n)
+    "tests/test_ops_cnn.py::test_right_cs231n_layers_pass_inside_the_cnn*": "full searches in both "
+    "dtypes (the short search stays fast)",
+    "tests/test_ops_cnn.py::test_a_bug_in_each_step_is_named_at_that_step[[]*": "a search per step "
+    "(relu's and max pool's stay fast; each kind's bug is named fast in test_examples_cs231n)",
+    "tests/test_ops_cnn.py::test_the_bpref_signature_is_the_default": "a second calling convention",
+    "tests/test_ops_cnn.py::test_cnn_backward_matches_jax_vjp[[]uneven]": "a second geometry",
+    "tests/test_ops_cnn.py::test_of_two_bugs_the_earlier_step_in_the_backward_pass_is_named[[]conv_and_pool]":
+    "one more pair of steps",
+    "tests/test_examples_cs231n.py::test_each_right_function_passes_its_kind[[]*": "the right "
+    "functions pass inside the fast CNN search (dropout's and spatial batchnorm's stay fast)",
+    "tests/test_examples_cs231n.py::test_the_naive_convolution_passes_other_strides_and_paddings*":
+    "more geometries",
+    "tests/test_examples_cs231n.py::test_the_readme_command_names_the_first_wrong_step": "a fresh "
+    "interpreter through the CLI",
+    "tests/test_examples_cs231n.py::test_each_planted_bug_is_named[[]relu]": "named fast inside the CNN",
+    "tests/test_examples_cs231n.py::test_each_planted_bug_is_named[[]maxpool]": "named fast inside the CNN",
 }
 """Deep tests, by node-id pattern, with why each is deep."""
 
 FAST_SAMPLES = (
+    "tests/test_ops_cnn.py::test_a_bug_in_each_step_is_named_at_that_step[[]relu]",
+    "tests/test_ops_cnn.py::test_a_bug_in_each_step_is_named_at_that_step[[]maxpool]",
+    "tests/test_examples_cs231n.py::test_each_right_function_passes_its_kind[[]dropout-float64]",
+    "tests/test_examples_cs231n.py::test_each_right_function_passes_its_kind[[]spatial_batchnorm-float64]",
     "tests/test_oracle_mutants.py::test_oracle_catches_and_names_mutant[[]transposed]",
     "tests/test_oracle_mutants.py::test_oracle_catches_and_names_mutant[[]hidden_fprime_missing]",
     "tests/test_oracle_mutants.py::test_oracle_catches_and_names_mutant[[]bias_first_example]",

@@ -82,11 +82,20 @@ class BlockCache(NamedTuple):
 
 
 class Step(NamedTuple):
-  """One step of the backward pass: its name, the layer kind checking it and the activation
-  or None, what it is handed (array names of ``steps``'s dictionaries) and what it returns."""
+  """One step of a composition's backward pass, as the op oracle checks it (``bpref.layers.cnn``
+  uses it too).
+
+  Attributes:
+    name: the step's name, unique in its composition ("fc_proj", "ln2", ...).
+    kind: the op kind that checks it (``bpref.oracle.ops.kinds``).
+    variant: the kind's name for this step where the kind takes one (the activation, the loss,
+      a convolution's "s{stride}p{pad}", a pooling's "p{pool}s{stride}"), else None.
+    takes: what it is handed, the array names of ``steps``'s dictionaries.
+    returns: what it returns, in order.
+  """
   name: str
   kind: str
-  activation: str | None
+  variant: str | None
   takes: tuple
   returns: tuple
 
