@@ -194,6 +194,8 @@ DEEP = {
     "tests/test_cluster.py::test_a_search_on_worker_processes_gives_the_same_verdict": "Dask worker processes",
     "tests/test_cluster.py::test_a_call_that_does_not_return_is_a_timeout_and_the_search_goes_on": "a hang "
     "waits out its timeout",
+    "tests/test_testing.py::test_a_candidate_that_exits_fails_its_test_and_the_run_goes_on[[]isolated]":
+    "a crash shrunk in a fresh process per attempt (the session worker's own test stays fast)",
     # the CNN composition and the CS231n-style examples (bpref/oracle/ops/cnn.py, examples/cs231n)
     "tests/test_ops_cnn.py::test_right_cs231n_layers_pass_inside_the_cnn*": "full searches in both "
     "dtypes (the short search stays fast)",

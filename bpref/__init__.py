@@ -3,31 +3,19 @@
 Data flow: params -> forward tape (z, a) -> backward (delta, lambda) -> gradients.
 """
 
-from bpref import activations as activations
-from bpref import losses as losses
-from bpref.backprop import backward as backward
-from bpref.backprop import deltas as deltas
-from bpref.backprop import grad as grad
-from bpref.backprop import input_grad as input_grad
-from bpref.backprop import lambdas as lambdas
-from bpref.backprop import loss_value as loss_value
-from bpref.backprop import output_delta as output_delta
-from bpref.backprop import param_grads as param_grads
-from bpref.backprop import per_example_grads as per_example_grads
-from bpref.backprop import value_and_grad as value_and_grad
-from bpref.network import DEFAULT_PRECISION as DEFAULT_PRECISION
-from bpref.network import forward as forward
-from bpref.network import from_arrays as from_arrays
-from bpref.network import init as init
-from bpref.network import predict as predict
-from bpref.scale.sharding import shard_batch as shard_batch
-from bpref.structures import Architecture as Architecture
-from bpref.structures import Deltas as Deltas
-from bpref.structures import Grads as Grads
-from bpref.structures import Lambdas as Lambdas
-from bpref.structures import Layer as Layer
-from bpref.structures import Params as Params
-from bpref.structures import Tape as Tape
+_LAZY = {
+    "activations": ("bpref.activations", None), "losses": ("bpref.losses", None),
+    **{name: ("bpref.backprop", name) for name in (
+        "backward", "deltas", "grad", "input_grad", "lambdas", "loss_value", "output_delta",
+        "param_grads", "per_example_grads", "value_and_grad")},
+    **{name: ("bpref.network", name) for name in (
+        "DEFAULT_PRECISION", "forward", "from_arrays", "init", "predict")},
+    "shard_batch": ("bpref.scale.sharding", "shard_batch"),
+    **{name: ("bpref.structures", name) for name in (
+        "Architecture", "Deltas", "Grads", "Lambdas", "Layer", "Params", "Tape")},
+}
+"""The public names, each imported from its module when first used (``bpref.grad`` imports JAX
+and the core; a process that only runs a candidate for the oracle imports neither)."""
 
 __version__ = "0.1.0"
 
@@ -49,12 +37,23 @@ _MOVED = {
 
 
 def __getattr__(name: str):
+  import importlib
+
+  if name in _LAZY:
+    module, attr = _LAZY[name]
+    value = importlib.import_module(module)
+    value = value if attr is None else getattr(value, attr)
+    globals()[name] = value  # found directly from now on
+    return value
   # ``bpref.fast`` and ``from bpref import fast`` of the flat layout: the module, with a warning
   if name in _MOVED:
-    import importlib
     import warnings
 
     warnings.warn(f"bpref.{name} is now {_MOVED[name]}; import it from there",
                   DeprecationWarning, stacklevel=2)
     return importlib.import_module(_MOVED[name])
   raise AttributeError(f"module 'bpref' has no attribute {name!r}")
+
+
+def __dir__():
+  return sorted(set(globals()) | set(__all__))

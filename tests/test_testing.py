@@ -146,37 +146,81 @@ def test_a_failed_op_check_names_its_diagnosis_first(tmp_path):
 
 
 EXITING_SUITE = '''
+import ctypes
 import os
 
 from bpref.testing import assert_backprop_correct, assert_op_correct
+
+WHERE = {where}
 
 
 def exits(weights, biases, activations, loss, x, t):
   os._exit(0)
 
 
+def segfaults(weights, biases, activations, loss, x, t):
+  ctypes.string_at(0)
+
+
 def test_the_candidate_exits():
-  assert_backprop_correct(exits, examples=1, max_depth=1)
+  assert_backprop_correct(exits, examples=1, max_depth=1, **WHERE)
 
 
 def test_the_op_candidate_exits():
   assert_op_correct("activation", lambda z, dout: os._exit(0), name="relu", examples=1)
 
 
+{crash_test}
 def test_a_later_test_still_runs():
   assert True
 '''
 
 
-def test_a_candidate_that_exits_fails_its_test_and_the_run_goes_on(tmp_path):
-  """os._exit(0) in a candidate run in process raises in its call: its test fails, the later
-  tests run, and the run's status is not 0."""
-  (tmp_path / "test_exiting.py").write_text(EXITING_SUITE)
+CRASH_TEST = '''
+def test_a_crash_in_native_code_fails_its_test():
+  assert_backprop_correct(segfaults, examples=1, max_depth=1)
+
+'''
+
+
+@pytest.mark.parametrize("where", [{"isolate": False}, {}], ids=["in_process", "isolated"])
+def test_a_candidate_that_exits_fails_its_test_and_the_run_goes_on(tmp_path, where):
+  """os._exit(0) in a candidate fails its test and the later tests run: isolated (the default
+  for a module-level function) its worker ends and the check reports a crash; in process the
+  exit raises in its call. A segfault fails its test where the candidate is isolated."""
+  crash = "" if where else CRASH_TEST  # in the test's own process a segfault ends the run
+  (tmp_path / "test_exiting.py").write_text(EXITING_SUITE.format(where=where, crash_test=crash))
   env = dict(os.environ, PYTHONPATH=str(pathlib.Path(__file__).resolve().parent.parent))
   env.pop("PYTEST_XDIST_WORKER", None)
   proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                          "test_exiting.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
                         timeout=300)
   assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
-  assert "2 failed, 1 passed" in proc.stdout, proc.stdout[-2000:]
+  if where:
+    assert "2 failed, 1 passed" in proc.stdout and "INTERNALERROR" not in proc.stdout, proc.stdout[-2000:]
+  else:
+    assert "3 failed, 1 passed" in proc.stdout, proc.stdout[-2000:]
+    assert "SIGSEGV" in proc.stdout, proc.stdout[-3000:]
   assert "os._exit(0)" in proc.stdout
+
+
+def test_the_checks_of_a_session_share_one_isolated_worker():
+  """Module-level candidates run in the session's subprocess, started once: a later check
+  loads its candidate there, and a wrong one fails there as it does in process (its minimal
+  case then rerun alone in a fresh process, which the session keeps)."""
+  import functools
+
+  import bpref.oracle
+  from bpref.oracle import demo
+
+  _assert.close_session()
+  domain = dict(examples=2, max_depth=2, activations=("tanh",), losses=("squared_error",))
+  assert assert_backprop_correct(demo.grads, **domain).passed and _assert._SESSION
+  worker = _assert._SESSION[0]
+  assert assert_backprop_correct(functools.partial(demo._backprop, hidden_fprime=True),
+                                 **domain).passed
+  assert _assert._SESSION == [worker] and worker._started == 1  # one process for both
+  with pytest.raises(AssertionError, match="hidden_fprime_missing") as err:
+    assert_backprop_correct(demo.grads_with_bug, **domain)
+  assert err.value.bpref_report.codes == bpref.oracle.check(demo.grads_with_bug, **domain).codes
+  assert _assert._SESSION == [worker] and worker._started == 2  # the fresh process of the rerun

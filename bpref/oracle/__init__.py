@@ -30,21 +30,31 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
+from typing import TYPE_CHECKING
 
 from bpref.oracle import cluster as _cluster
-from bpref.oracle import diagnosis as _diagnosis
 from bpref.oracle import isolation as _isolation
-from bpref.oracle import report as _report
-from bpref.oracle import search as _search
-from bpref.oracle import spec as _spec
-from bpref.oracle.diagnosis import Finding as Finding
-from bpref.oracle.ops import check_op as check_op
-from bpref.oracle.report import Report as Report
-from bpref.oracle.spec import make_spec as make_spec
-from bpref.oracle.spec import Spec as Spec
+
+_LAZY = {"Finding": "bpref.oracle.diagnosis", "Report": "bpref.oracle.report",
+         "Spec": "bpref.oracle.spec", "make_spec": "bpref.oracle.spec",
+         "check_op": "bpref.oracle.ops"}
+"""Names of this package that live in its modules, imported when first used: a subprocess that
+runs a candidate (``isolation``) imports neither JAX nor the search."""
+
+if TYPE_CHECKING:
+  from bpref.oracle.report import Report
 
 
-def check(candidate=None, *, target=None, progress=None, cluster=None, **options) -> Report:
+def __getattr__(name: str):
+  if name in _LAZY:
+    import importlib
+
+    return getattr(importlib.import_module(_LAZY[name]), name)
+  raise AttributeError(f"module 'bpref.oracle' has no attribute {name!r}")
+
+
+def check(candidate=None, *, target=None, progress=None, cluster=None, pool=None,
+          **options) -> Report:
   """Check a candidate gradient function against bpref; never raises for what the candidate does.
 
   By default the candidate runs in this process (fast; it is trusted not to end the process or
@@ -62,6 +72,9 @@ def check(candidate=None, *, target=None, progress=None, cluster=None, **options
       scheduler's address ("tcp://host:8786"), a ``dask.distributed.Client`` or a cluster
       object. As many calls run at once as the cluster has worker threads; the verdict and the
       minimal case are those of ``workers=1``. The candidate must then be picklable or a target.
+    pool: an ``isolation.Isolated`` of one worker to run the candidate in, loaded with it and
+      left running after the check (``bpref.testing``'s one worker per test session); the
+      candidate must then be picklable or a target.
     **options: the ``Spec`` fields: activations, losses, output_activations, reduction,
       max_depth, max_width, max_batch, dtype, layout, bias, examples, seed, strict_kinks,
       timeout, isolate, workers, shrink_budget.
@@ -80,20 +93,26 @@ def check(candidate=None, *, target=None, progress=None, cluster=None, **options
     RuntimeError) when a subprocess re-ran the calling script because it lacks the
     ``if __name__ == "__main__":`` guard.
   """
+  from bpref.oracle import spec as _spec
+
   _isolation.refuse_reimport()
   spec = _spec.make_spec(**options)
   start = time.perf_counter()
   with _isolation.recording() as transcript:
-    report = _check(candidate, target, progress, spec, start, cluster)
+    report = _check(candidate, target, progress, spec, start, cluster, pool)
   report.output = transcript.to_json()
   return report
 
 
-def _check(candidate, target, progress, spec, start, cluster=None) -> Report:
+def _check(candidate, target, progress, spec, start, cluster=None, kept=None) -> Report:
+  from bpref.oracle import search as _search
+  from bpref.oracle.report import Report
+
   pool = None
   if target is not None:
     kind, ref = target
-    if candidate is None and not (spec.isolate or spec.workers > 1 or cluster is not None):
+    if candidate is None and not (spec.isolate or spec.workers > 1 or cluster is not None
+                              or kept is not None):
       candidate = _isolation.load_captured(kind, ref, spec.reduction)
     pool_target = ("named", kind, ref, spec.reduction)
   else:
@@ -102,7 +121,10 @@ def _check(candidate, target, progress, spec, start, cluster=None) -> Report:
                       f"got {type(candidate).__name__}")
     pool_target = None
   try:
-    if cluster is not None:
+    if kept is not None:
+      pool = kept
+      pool.load(pool_target or _isolation.picklable(candidate), spec.timeout)
+    elif cluster is not None:
       pool = _cluster.ClusterPool(pool_target or _isolation.picklable(candidate), cluster,
                                   spec.timeout)
       spec = dataclasses.replace(spec, workers=pool.workers)
@@ -123,7 +145,7 @@ def _check(candidate, target, progress, spec, start, cluster=None) -> Report:
       return Report("error", spec.to_json(), 0, ev.calls, spec.seed, time.perf_counter() - start,
                     kind="error", message=str(exc))
   finally:
-    if pool is not None:
+    if pool is not None and pool is not kept:
       pool.close()
 
 
@@ -140,6 +162,12 @@ def _counts(tally) -> dict:
 
 def build_report(ev, spec, found, target, candidate, start) -> Report:
   """The report of a finished search: a pass only when ``found.tally`` checked every case asked for."""
+  from bpref.oracle import diagnosis as _diagnosis
+  from bpref.oracle import report as _report
+  from bpref.oracle import search as _search
+  from bpref.oracle.diagnosis import Finding
+  from bpref.oracle.report import Report
+
   if found.first is None:
     verdict = "pass"
     if ev.stopped:
@@ -211,4 +239,4 @@ def _name_of(candidate) -> str:
   return f"{module}.{name}{where}" if module else f"{name}{where}"
 
 
-__all__ = ["Finding", "Report", "Spec", "check", "make_spec"]
+__all__ = ["Finding", "Report", "Spec", "check", "check_op", "make_spec"]

@@ -575,18 +575,9 @@ def _redirect_output(out_path: str, err_path: str) -> None:
       pass
 
 
-def _worker_main(conn, target, out_path, err_path) -> None:
-  """A subprocess: load the candidate, then answer calls until told to stop.
-
-  Ctrl-C is the parent's to handle; what the candidate writes goes to the two files the parent
-  reads after each call; a crash in native code leaves its Python traceback there (faulthandler).
-  """
-  try:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-  except ValueError:  # not the main thread
-    pass
-  _redirect_output(out_path, err_path)
-  faulthandler.enable()
+def _load_in_worker(conn, target):
+  """In a subprocess: the candidate of ``target`` loaded, and "ready" (with what is known of
+  it) or "load_error" sent back; None when loading raised."""
   info = None
   try:
     if isinstance(target, tuple) and target and target[0] == "named":
@@ -599,9 +590,27 @@ def _worker_main(conn, target, out_path, err_path) -> None:
   except BaseException as exc:
     _flush_streams()
     conn.send_bytes(_dumps(("load_error", _one_line(exc))))
-    return
+    return None
   _flush_streams()
   conn.send_bytes(_dumps(("ready", info)))
+  return candidate
+
+
+def _worker_main(conn, target, out_path, err_path) -> None:
+  """A subprocess: load the candidate, then answer calls until told to stop.
+
+  Ctrl-C is the parent's to handle; what the candidate writes goes to the two files the parent
+  reads after each call; a crash in native code leaves its Python traceback there (faulthandler).
+  """
+  try:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+  except ValueError:  # not the main thread
+    pass
+  _redirect_output(out_path, err_path)
+  faulthandler.enable()
+  candidate = _load_in_worker(conn, target)
+  if candidate is None:
+    return
   while True:
     try:
       message = conn.recv()
@@ -609,6 +618,10 @@ def _worker_main(conn, target, out_path, err_path) -> None:
       return
     if message is None:
       return
+    if isinstance(message, tuple) and message[0] == "load":  # ("load", target, sys.path)
+      sys.path[:] = list(dict.fromkeys([*message[2], *sys.path]))
+      candidate = _load_in_worker(conn, message[1]) or candidate
+      continue
     if isinstance(message, tuple):  # ("backward" or "forward", args): an op call
       outcome = call_args(getattr(candidate, message[0]), message[1])
     else:
@@ -728,6 +741,27 @@ class Isolated:
     """
     self._start(0)
     return self.info
+
+  def load(self, target, timeout: float | None = None) -> None:
+    """Another candidate (``target``, as the constructor takes it) for the next calls, loaded in
+    the running workers, which keep their imports: a session's checks pay for one process start.
+    A worker that has ended starts with it. ``timeout`` replaces the seconds one call may take."""
+    self._target = target
+    if timeout is not None:
+      self._timeout = timeout
+    for i, w in enumerate(self._procs):
+      if w is None:
+        continue
+      if not w.ready:  # its first load's answer is still to be read
+        try:
+          self._start(i)
+        except (ValueError, RuntimeError):  # the earlier candidate's trouble: it started anew
+          continue
+      try:
+        self._procs[i].conn.send(("load", target, list(sys.path)))
+        self._procs[i].ready = False  # _start reads its "ready" or "load_error"
+      except OSError:  # it ended since its last call
+        self._kill(i)
 
   def fresh(self) -> None:
     """Every worker ended; the next call starts a fresh process that has seen no earlier call."""

@@ -29,7 +29,12 @@ def assert_backprop_correct(candidate, *, reproducer=None, **spec):
       reproducers), else in the temporary directory; False writes none.
     **spec: the domain and search options of ``bpref.oracle.check`` (activations, losses,
       output_activations, reduction, max_depth, max_width, max_batch, dtype, layout, bias,
-      examples, seed, strict_kinks, timeout, isolate, workers).
+      examples, seed, strict_kinks, timeout, isolate, workers). The candidate runs isolated
+      by default: a picklable one (a module-level function) in the test session's one
+      subprocess (``session_pool``), started at the first check and kept, so that a crash,
+      an exit or a hang fails this test and the run goes on; ``isolate=False`` runs it in
+      the test's process, as happens to a candidate that cannot be pickled (a lambda, a
+      closure; ``os._exit`` still fails the check there, a crash in native code does not).
 
   Returns:
     the passing ``bpref.oracle.Report`` (its notes name any kink convention met).
@@ -52,7 +57,8 @@ def assert_backprop_correct(candidate, *, reproducer=None, **spec):
   from bpref import compilation, oracle
 
   compilation.use_cache(default=True)  # the persistent cache (bpref.compilation), as the CLI
-  report = oracle.check(candidate, **spec)
+  where = _where(candidate, spec)
+  report = oracle.check(candidate, **spec, **where)
   TALLY["checks"] += 1
   if report.passed:
     return report
@@ -61,6 +67,42 @@ def assert_backprop_correct(candidate, *, reproducer=None, **spec):
   path = write_reproducer(script, reproducer, _name(candidate))
   raise failure("bpref oracle", "the candidate's backprop", report, path,
                 report.text(rerun="the reproducer below" if path else None))
+
+
+_SESSION: list = []
+"""The test session's one isolated worker (an ``isolation.Isolated``), once a check started it."""
+
+
+def session_pool(target, timeout: float):
+  """The session's isolated worker, loaded with ``target`` (started at the first call)."""
+  from bpref.oracle import isolation
+
+  if not _SESSION:
+    _SESSION.append(isolation.Isolated(target, workers=1, timeout=timeout))
+  return _SESSION[0]
+
+
+def close_session() -> None:
+  """End the session's worker (the pytest plugin calls it when the session finishes)."""
+  while _SESSION:
+    _SESSION.pop().close()
+
+
+def _where(candidate, spec) -> dict:
+  """Where a helper's check runs: {"pool": the session's worker} by default for a picklable
+  candidate of one worker; {} (``spec`` says: in process, or its own subprocesses) otherwise.
+  ``spec`` loses its "isolate" when the session's worker takes the check."""
+  import pickle
+
+  isolate = spec.get("isolate")
+  if isolate is False or spec.get("workers", 1) > 1:
+    return {}
+  try:
+    target = pickle.dumps(candidate)
+  except Exception:  # in process; with isolate=True, the check's TypeError says what to change
+    return {}
+  spec.pop("isolate", None)
+  return {"pool": session_pool(target, spec.get("timeout", 60.0))}
 
 
 def failure(what: str, whose: str, report, path: str | None, text: str) -> AssertionError:

@@ -140,6 +140,7 @@ def pytest_sessionfinish(session):
   if state is None:
     return
   state["counting"].close()  # fills in state["seen"]
+  _assert.close_session()  # the isolated worker the helpers' checks ran in
   if hasattr(session.config, "workeroutput"):  # an xdist worker: the controller adds them up
     session.config.workeroutput["bpref"] = _counts(state)
 
