@@ -6,8 +6,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-from bpref.structures import Layer
-
 
 class Reference(NamedTuple):
   """bpref's answer on one problem, float64 NumPy arrays.
@@ -55,6 +53,7 @@ def reference_grads(problem) -> Reference:
 
   from bpref.oracle import truth as _truth
   from bpref.scale import fast as _fast
+  from bpref.structures import Layer
   from bpref.testing._assert import TALLY
 
   TALLY["references"] += 1
