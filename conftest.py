@@ -196,6 +196,8 @@ DEEP = {
     "waits out its timeout",
     "tests/test_testing.py::test_a_candidate_that_exits_fails_its_test_and_the_run_goes_on[[]isolated]":
     "a crash shrunk in a fresh process per attempt (the session worker's own test stays fast)",
+    "tests/test_diagnosis_models.py::test_a_combined_convention_note_lists_only_the_activations_that_differ":
+    "a bucket function over every activation, compiled for one note",
     # the CNN composition and the CS231n-style examples (bpref/oracle/ops/cnn.py, examples/cs231n)
     "tests/test_ops_cnn.py::test_right_cs231n_layers_pass_inside_the_cnn*": "full searches in both "
     "dtypes (the short search stays fast)",

@@ -211,16 +211,19 @@ def _convention(case, truth, dW, db, tol, declared) -> str:
   combos = [[]]
   for opts in options:
     combos = [c + [o] for c in combos for o in opts]
+  # the fewest activations off bpref's convention first: a note names only those that differ
+  combos.sort(key=lambda combo: sum(o[0] != opts[0][0] for o, opts in zip(combo, options)))
   for combo in combos:
     values = {n: v for n, (v, _) in zip(names, combo)}
-    if all(values[n] == KINK_CONVENTIONS[n][0][0] for n in names):
+    differ = [i for i, n in enumerate(names) if combo[i][0] != KINK_CONVENTIONS[n][0][0]]
+    if not differ:
       continue
     vdW, vdb = _truth.backprop_variant(case, truth, kink_values=values, declared=declared)
     alt = truth._replace(dW=vdW, db=vdb)
     errs = errors_of(dW, db, alt)
     if max(errs.values()) <= tol:
-      theirs = "; ".join(text for _, text in combo)
-      ours = "; ".join(KINK_CONVENTIONS[n][0][1] for n in names)
+      theirs = "; ".join(combo[i][1] for i in differ)
+      ours = "; ".join(KINK_CONVENTIONS[names[i]][0][1] for i in differ)
       return (f"convention note: at exact kinks the candidate uses {theirs}, bpref uses {ours}; "
               "both are valid subgradients")
   return ""

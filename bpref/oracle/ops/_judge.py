@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from bpref.oracle import diagnosis as _diagnosis
 from bpref.oracle import isolation as _isolation
 from bpref.oracle import judge as _network_judge
 from bpref.oracle.ops import kinds
@@ -138,7 +139,8 @@ def judge(spec, case, truth, outcome: Call) -> Verdict:
                      f"tolerance {tol:.1e})", errors, tol, outputs, value)
     if spec.strict_conventions:
       return Verdict(False, "convention", f"differs by a convention only, and strict conventions "
-                     f"were asked for: {note}", errors, tol, outputs, value, note)
+                     f"were asked for: {note}", errors, tol, outputs, value, note,
+                     findings=(_diagnosis.convention_finding(note, strict=True),))
   if value is not None:
     err = abs(value - truth.value) / truth.value_bound if truth.value_bound > 0 else abs(value - truth.value)
     if not err <= tol:
