@@ -252,3 +252,16 @@ def test_a_strict_op_convention_failure_names_the_convention():
   assert check_op("activation", relu_ge, name="relu").verdict == "pass"
   strict = check_op("activation", relu_ge, name="relu", strict_conventions=True)
   assert strict.verdict == "fail" and strict.codes[:1] == ["kink_convention"], strict.text()
+
+
+def test_a_bias_gradient_left_per_example_is_told_to_sum_over_the_batch():
+  import bpref.oracle
+  from bpref.oracle import demo
+
+  def per_example_db(weights, biases, activations, loss, x, t):
+    dW, db = demo.grads(weights, biases, activations, loss, x, t)
+    return dW, [np.repeat(g[None, :], x.shape[0], axis=0) / x.shape[0] for g in db]
+
+  report = bpref.oracle.check(per_example_db, examples=5)
+  assert report.kind == "shape" and "db.sum(axis=0)" in report.message, report.text()
+  assert "reshape(-1)" not in report.message
