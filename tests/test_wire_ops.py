@@ -339,6 +339,31 @@ def test_cli_reproducer_is_the_bytes_bpref_sent(layers, tmp_path, capsys):
   assert sorted(replies[1][1]) == ["db", "dw", "dx"]
 
 
+def test_replay_judges_a_program_on_the_reproducers_case_again(layers, tmp_path, capsys):
+  repro = str(tmp_path / "min.wire")
+  assert oracle_cli.main(["--op", "layernorm", "--exec", layers["BUG_LAYERNORM_MEAN"],
+                          "--examples", "4", "--reproducer", repro, "--no-cache"]) == 1
+  assert f"--op layernorm --exec {layers['BUG_LAYERNORM_MEAN']} --replay {repro}" in \
+      capsys.readouterr().out
+  assert oracle_cli.main(["--op", "layernorm", "--exec", layers["BUG_LAYERNORM_MEAN"],
+                          "--replay", repro]) == oracle_cli.EXIT_BUG
+  out = capsys.readouterr().out
+  assert out.startswith("FAIL on the reproducer's case of layernorm") and "dx: error" in out
+  assert oracle_cli.main(["--op", "layernorm", "--exec", layers[""], "--replay", repro]) == 0
+  assert capsys.readouterr().out.startswith("PASS on the reproducer's case of layernorm")
+
+
+def test_replay_refuses_what_is_not_an_op_reproducer(layers, tmp_path, capsys):
+  network = tmp_path / "network.wire"
+  network.write_bytes(wire.hello() + wire.BYE)
+  assert oracle_cli.main(["--op", "layernorm", "--exec", layers[""], "--replay",
+                          str(network)]) == oracle_cli.EXIT_USAGE
+  assert "holds 0 op messages" in capsys.readouterr().err
+  assert oracle_cli.main(["--op", "layernorm", "--function", "m:f", "--replay",
+                          str(network)]) == oracle_cli.EXIT_USAGE
+  assert "give it with --exec COMMAND" in capsys.readouterr().err
+
+
 def test_pool_sends_the_backward_only(layers):
   with wire_ops.OpWirePool(layers[""], "activation", "gelu_tanh") as pool:
     info = pool.start()

@@ -368,7 +368,7 @@ def _counted(check, show):
 NETWORK_ONLY = (("--activations", "activations", None), ("--losses", "losses", None),
                 ("--output-activations", "output_activations", []),
                 ("--max-depth", "max_depth", None), ("--strict-kinks", "strict_kinks", False),
-                ("--plot", "plot", None), ("--replay", "replay", None), ("--dask", "dask", None))
+                ("--plot", "plot", None), ("--dask", "dask", None))
 """Options of the whole-network check, with their unset values: a usage error under --op."""
 
 
@@ -386,6 +386,9 @@ def _main_op(args, parser) -> int:
   if args.exec_command is not None and args.in_process:
     return _usage(parser, "--in-process does not apply to --exec: the program always runs in its "
                   "own process; drop it")
+  if args.replay and args.exec_command is None:
+    return _usage(parser, "--replay FILE replays a bpref-wire reproducer on a program: give it "
+                  "with --exec COMMAND")
   given = [flag for flag, dest, unset in NETWORK_ONLY if getattr(args, dest) != unset]
   if args.workers > 1:
     given.append(f"--workers {args.workers}")

@@ -175,16 +175,24 @@ class Reference:
   factor: float = 1.0
 
   def __call__(self, *args):
-    spec, record = self.spec, kinds.of(self.spec)
-    names = record.arg_names(spec)
-    here = spec._replace(**{n: a for n, a in zip(names, args)  # options handed as arguments (heads)
-                            if n in spec._fields and not isinstance(a, np.ndarray)})
-    arrays = {n: record.internal(here, n, np.asarray(a, np.float64))
-              for n, a in zip(names, args) if isinstance(a, np.ndarray)}
-    truth = record.compute(here, OpCase(None, record.derive(here, arrays)))
-    out = [(self.factor * record.declared(here, k, truth.expected[k])).astype(spec.dtype)
+    record = kinds.of(self.spec)
+    here, case = case_of_args(self.spec, args)
+    truth = record.compute(here, case)
+    out = [(self.factor * record.declared(here, k, truth.expected[k])).astype(self.spec.dtype)
            for k in record.output_names(here)]
     return out[0] if len(out) == 1 else tuple(out)
+
+
+def case_of_args(spec: OpSpec, args) -> tuple:
+  """(spec, case): the case whose candidate arguments are ``args`` (``record.args`` read back),
+  the spec with any option handed as an argument (attention's heads) set from it."""
+  record = kinds.of(spec)
+  names = record.arg_names(spec)
+  here = spec._replace(**{n: a for n, a in zip(names, args)  # options handed as arguments
+                          if n in spec._fields and not isinstance(a, np.ndarray)})
+  arrays = {n: record.internal(here, n, np.asarray(a, np.float64))
+            for n, a in zip(names, args) if isinstance(a, np.ndarray)}
+  return here, OpCase(None, record.derive(here, arrays))
 
 
 def check_op(kind: str, candidate=None, name: str | None = None, *, isolate: bool = False,

@@ -106,6 +106,15 @@ def run_op_command(args: argparse.Namespace) -> int:
                  signature=args.signature or "bpref")
   options.update({k: getattr(args, k) for k in ("max_batch", "max_width", "shrink_budget", "eps", "heads")
                   if getattr(args, k, None) is not None})
+  replayed = getattr(args, "replay", None)
+  if command is not None and replayed:
+    try:
+      passed, text = wire_ops.replay(command, replayed, timeout=args.timeout)
+    except ValueError as exc:
+      print(f"bpref check: error: {exc}", file=sys.stderr)
+      return EXIT_USAGE
+    print(text)
+    return EXIT_PASS if passed else EXIT_BUG
   try:
     if command is not None:
       report = check_op(args.op, name=args.op_name, exec_command=command, **options)
@@ -122,7 +131,8 @@ def run_op_command(args: argparse.Namespace) -> int:
     return EXIT_USAGE
   reproducer = getattr(args, "reproducer", None)
   if command is not None and report.verdict == "fail" and report.case:  # the bytes bpref sent
-    report.reproducer = wire_ops.replay_text(command, reproducer or "REPRO.wire")
+    report.reproducer = wire_ops.replay_text(command, reproducer or "REPRO.wire", args.op,
+                                             args.op_name)
   print(report.json() if args.json else report.text())
   if command is not None and report.reproducer and not args.json:
     print(f"\nreproducer: {reproducer} (the minimal case in bpref-wire); send it to the program "

@@ -197,7 +197,54 @@ def reproducer_bytes(spec: OpSpec, case_json: dict) -> bytes:
   return wire.hello() + message(spec, args, 1) + wire.BYE
 
 
-def replay_text(command: str, path: str) -> str:
-  """The one-line command that sends the reproducer file ``path`` to ``command``."""
-  return (f"{command} < {path}    # the same bytes bpref sent (hello, the op, bye): run it alone, "
-          "or under a debugger\n")
+def replay(command: str, path: str, *, timeout: float = 60.0, cwd=None, env=None) -> tuple:
+  """Judge ``command`` again on the op case stored in the reproducer file ``path``.
+
+  Returns (passed, text): the verdict on that case and the error per output against bpref.
+  Raises ExecError / WireError (ValueErrors) for a file that is not an op reproducer, or a
+  program that cannot be run or does not declare the op.
+  """
+  from bpref.oracle.ops import case_of_args
+
+  try:
+    with open(path, "rb") as fh:
+      data = fh.read()
+  except OSError as exc:
+    raise _exec.ExecError(f"--replay {path}: cannot be read ({exc.strerror or exc})") from None
+  try:
+    ops = [(h, a) for h, a in wire.read_messages(data) if h.get("type") == "op"]
+  except wire.WireError as exc:
+    raise wire.WireError(f"--replay {path}: not a bpref-wire file: {exc}") from None
+  if len(ops) != 1:
+    raise wire.WireError(f"--replay {path}: holds {len(ops)} op messages; an op reproducer "
+                         "(--reproducer FILE of a failed --op check) holds one")
+  head, arrays = ops[0]
+  options = {k: v for k, v in head.get("options", {}).items() if k not in head["args"]}
+  given = dict(options, layout=head["layout"], takes=head["takes"], dtype=head["dtype"],
+               timeout=timeout)
+  args = [arrays[n] if n in arrays else None if n in head["none"] else head["options"][n]
+          for n in head["args"]]
+  with OpWirePool(command, head["kind"], head["name"], given, cwd=cwd, env=env) as pool:
+    pool.start()
+    spec, case = case_of_args(pool.spec, args)
+    run = _search.Evaluator(None, spec, pool).run(case, forward=False)
+  record = kinds.of(spec)
+  if run.verdict is None:
+    return False, (f"no verdict: the reproducer's case of {record.describe(spec)} checks nothing "
+                   "(bpref's gradient is zero or not finite there)")
+  verdict = run.verdict
+  lines = [f"{'PASS' if verdict.passed else 'FAIL'} on the reproducer's case of "
+           f"{record.describe(spec)}: {verdict.message}"]
+  lines += [f"  {k}: error {e:.3e} (tolerance {verdict.tol:.1e})"
+            for k, e in (verdict.errors or {}).items()]
+  return verdict.passed, "\n".join(lines) + "\n"
+
+
+def replay_text(command: str, path: str, kind: str, name=None) -> str:
+  """The one-line commands that replay the reproducer file ``path`` on ``command``."""
+  import shlex
+
+  op = f"--op {kind}" + (f" --op-name {name}" if name else "")
+  return (f"bpref check {op} --exec {shlex.quote(command)} --replay {shlex.quote(path)}    # judges "
+          f"the program on the minimal case again\n{command} < {path}    # the same bytes bpref "
+          "sent (hello, the op, bye): run it alone, or under a debugger\n")
