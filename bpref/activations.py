@@ -25,7 +25,6 @@ import math
 from typing import Callable, NamedTuple
 
 import jax.numpy as jnp
-import numpy as np
 from jax.scipy.special import erfc
 
 Array = jnp.ndarray
@@ -43,22 +42,14 @@ class Activation(NamedTuple):
       bit for bit (identity, relu); the backward pass then needs a_l alone, not z_l.
       tanh and sigmoid are left out on purpose: 1 - a^2 and a (1 - a) cancel once
       the unit saturates, since a carries an error of u in a value near 1.
-    df_forms: (z, a) -> the absolute error, in units of the unit roundoff u, that the
-      standard forms of f' in common use make beyond bpref's own (1 - a^2, a (1 - a),
-      a + alpha, 1 + erf, 1 - exp(-a), ...); ``None`` where every form is exact up to a
-      relative u (identity, relu, leaky_relu, sin). Bounded in z: where the inner tanh or
-      sigma of a form has rounded to +-1 (``TANH_SATURATED``, ``SIGMOID_SATURATED``) the form
-      is exact, and its allowance stops there.
     d2f: (z, a) -> a bound on |f''(z)|: a z rounded in the forward pass moves f' by it,
-      bpref's own f' included; ``None`` where f' is piecewise constant.
-      rho_f = df_forms + d2f is derived in proofs/tolerance.md; the oracle adds it to
-      |f'(z)| in its magnitude bound, and ``bpref verify`` adds d2f alone.
+      bpref's own f' included; ``None`` where f' is piecewise constant. ``bpref verify``
+      adds it to |f'(z)| in its magnitude bound; the oracle adds it and the error of other
+      people's forms of f' (``bpref.oracle.textbook_forms``), rho_f of proofs/tolerance.md.
     kink: what jumps at z = 0, where the probes plant exact zeros: "f'" (a convention
       decides f'(0)), "f''" (f' is continuous, its formula branches), or ``None`` (smooth).
     kink_values: for a jump in f', the values of f'(0) in use, as (value, who uses it);
       the first is bpref's. Any value between the one-sided derivatives is a subgradient.
-    a_form: f' as textbooks write it from a = f(z), as (formula, function of a); ``None``
-      where f' is not a function of a. A NumPy function: the oracle's diagnoses use it.
     piecewise_linear: f' takes finitely many values and needs no transcendental function.
   """
   name: str
@@ -66,25 +57,10 @@ class Activation(NamedTuple):
   df: Callable[[Array], Array] | None
   elementwise: bool = True
   df_out: Callable[[Array], Array] | None = None
-  df_forms: Callable[[Array, Array], Array] | None = None
   d2f: Callable[[Array, Array], Array] | None = None
   kink: str | None = None
   kink_values: tuple = ()
-  a_form: tuple | None = None
   piecewise_linear: bool = False
-
-
-TANH_SATURATED = 22.0
-"""|w| from which tanh(w) is +-1 exactly in every dtype (saturation, (S) of proofs/tolerance.md):
-fdlibm and glibc return +-1 outright for |w| >= 22, and their 1 - 2 / (expm1(2|w|) + 2) below it
-rounds to 1 once 2 e^(-2|w|) < u / 2, from |w| = ln(4 / u) / 2 on: 19.06 in float64, 9.01 in
-float32, earlier in any coarser dtype. A form built on a saturated tanh is exact up to the true
-value it rounded away, e^(-2|w|) < 1e-19 = 0.001 u in float64, so its error allowance stops there."""
-
-SIGMOID_SATURATED = 2 * TANH_SATURATED
-"""z from which sigma(z) is 1 exactly in every dtype (S): 1 / (1 + exp(-z)) once exp(-z) < u
-(z > 36.7 in float64), exp(z) / (1 + exp(z)) once exp(z) > 2 / u (z > 37.4), and
-(1 + tanh(z / 2)) / 2 once tanh(z / 2) = 1 (z / 2 >= ``TANH_SATURATED``)."""
 
 
 def sigmoid(z):
@@ -97,11 +73,6 @@ def _sigmoid_df(z):
   # sigma'(z) = sigma(z) sigma(-z) = e / (1 + e)^2 with e = exp(-|z|); no 1 - sigma cancellation.
   e = jnp.exp(-jnp.abs(z))
   return e / (1 + e) ** 2
-
-
-def _sigmoid_forms_error(z, a):
-  # a (1 - a) from a carrying 3u: 1 - a is off by 3u a absolute (R2).
-  return 3 * a * a
 
 
 def _sigmoid_second(z, a):
@@ -162,11 +133,6 @@ def _elu_df(z):
   return jnp.where(z > 0, jnp.ones_like(z), jnp.exp(jnp.minimum(z, 0)))
 
 
-def _elu_forms_error(z, a):
-  # z <= 0: a + alpha, or exp(z) - 1 + 1, is off by 2u alpha absolute (R3).
-  return jnp.where(z > 0, jnp.zeros_like(z), jnp.full_like(z, 2.0))
-
-
 def _elu_second(z, a):
   # f'' = f' for z <= 0, 0 above (R1).
   return jnp.where(z > 0, jnp.zeros_like(z), _elu_df(z))
@@ -183,11 +149,6 @@ def _selu(z):
 
 def _selu_df(z):
   return SELU_SCALE * jnp.where(z > 0, jnp.ones_like(z), SELU_ALPHA * jnp.exp(jnp.minimum(z, 0)))
-
-
-def _selu_forms_error(z, a):
-  # z <= 0: a + scale alpha is off by 2u scale alpha absolute (R3).
-  return jnp.where(z > 0, jnp.zeros_like(z), jnp.full_like(z, 2 * SELU_SCALE * SELU_ALPHA))
 
 
 def _selu_second(z, a):
@@ -213,11 +174,6 @@ def _gelu_df(z):
   return _normal_cdf(z) + z * _INV_SQRT_2PI * jnp.exp(-0.5 * z * z)
 
 
-def _gelu_forms_error(z, a):
-  # Phi as (1 + erf(z / sqrt 2)) / 2 is off by u absolute in the left tail (R4).
-  return jnp.ones_like(z)
-
-
 def _gelu_second(z, a):
   # f'' = phi(z) (2 - z^2) (R1), unbounded against f' near f'(z) = 0 at z = -0.75.
   return _INV_SQRT_2PI * jnp.exp(-0.5 * z * z) * jnp.abs(2 - z * z)
@@ -241,16 +197,6 @@ def _gelu_tanh_df(z):
   return sigmoid(u2) + tail
 
 
-def _gelu_tanh_forms_error(z, a):
-  # (1 + tanh w) / 2 is off by u absolute (R4); the tail z (1 - tanh^2 w) w' / 2 carries
-  # 5u tanh^2 w <= 5u absolute in 1 - tanh^2 w (R2). Once tanh w = +-1 (|w| >= 22, (S)) the
-  # forms give (1 + tanh w) / 2 in {0, 1} and a tail of 0 exactly, missing only the true
-  # (1 - |tanh w|) / 2 + |z| w' sech^2 w / 2 < 0.08 u absolute: the tail's 5u is gone (S).
-  w = _GELU_C * (z + _GELU_K * z ** 3)  # w = c (z + k z^3)
-  tail = 2.5 * jnp.abs(z) * _GELU_C * (1 + 3 * _GELU_K * z * z)  # 5u |z| w' / 2 (R2)
-  return 1 + jnp.where(jnp.abs(w) < TANH_SATURATED, tail, jnp.zeros_like(z))
-
-
 def _gelu_tanh_second(z, a):
   # |f''| <= sech^2 u (u' + |z| u'^2 + |z| |u''| / 2), u' = c (1 + 3 k z^2), u'' = 6 c k z (R1).
   du = _GELU_C * (1 + 3 * _GELU_K * z * z)
@@ -267,22 +213,9 @@ def _silu_df(z):
   return sigmoid(z) * (1 + z * sigmoid(-z))
 
 
-def _silu_forms_error(z, a):
-  # sigma (1 + z (1 - sigma)): 1 - sigma is off by 3u sigma absolute (R2), times |z| sigma.
-  # Once sigma = 1 (z >= 44, (S)) the form is 1 exactly, missing only the true
-  # (z - 1) e^-z < 0.03 u absolute: u for the cap (S).
-  s = sigmoid(z)
-  return jnp.where(z < SIGMOID_SATURATED, 3 * jnp.abs(z) * s * s, jnp.ones_like(z))
-
-
 def _silu_second(z, a):
   # |f''| = sigma'(z) |2 + z (1 - 2 sigma)| <= sigma'(z) (2 + |z|) (R1).
   return _sigmoid_df(z) * (2 + jnp.abs(z))
-
-
-def _softplus_forms_error(z, a):
-  # From a: 1 - exp(-a) is off by 2u exp(-a) = 2u sigma(-z) absolute (R2).
-  return 2 * sigmoid(-z)
 
 
 # softplus: f(z) = log(1 + e^z) = logaddexp(z, 0); f'(z) = sigma(z).
@@ -294,11 +227,6 @@ def _softplus(z):
 def _tanh_df(z):
   e = jnp.exp(-2 * jnp.abs(z))
   return 4 * e / (1 + e) ** 2
-
-
-def _tanh_forms_error(z, a):
-  # 1 - a^2 from a carrying 2u: off by 5u a^2 absolute (R2).
-  return 5 * a * a
 
 
 def _tanh_second(z, a):
@@ -315,11 +243,6 @@ def _softsign_df(z):
   return 1 / (1 + jnp.abs(z)) ** 2
 
 
-def _softsign_forms_error(z, a):
-  # (1 - |a|)^2 from a carrying 2u: 1 - |a| is off by 2u |a|, squared 4u |a| (1 - |a|) (R2).
-  return 4 * jnp.abs(a) / (1 + jnp.abs(z))
-
-
 def _softsign_second(z, a):
   # |f''| = 2 (1 - |a|)^3 (R1).
   return 2 / (1 + jnp.abs(z)) ** 3
@@ -333,15 +256,6 @@ def _mish(z):
 def _mish_df(z):
   s = _softplus(z)
   return jnp.tanh(s) + z * _tanh_df(s) * sigmoid(z)
-
-
-def _mish_forms_error(z, a):
-  # tanh(s) + z sigma (1 - tanh(s)^2): 1 - t^2 from t carrying 2u is off by 5u t^2 absolute
-  # (R2), times |z| sigma. Once t = 1 (s >= 22, (S)) the form is 1 exactly, missing only the
-  # true (1 - t) + z sigma sech^2 s < (2 + 4 z) e^-2s < 0.06 u absolute: u for the cap (S).
-  s = _softplus(z)
-  t = jnp.tanh(s)
-  return jnp.where(s < TANH_SATURATED, 5 * jnp.abs(z) * sigmoid(z) * t * t, jnp.ones_like(z))
 
 
 def _mish_second(z, a):
@@ -380,27 +294,16 @@ ACTIVATIONS: dict[str, Activation] = {
                    kink_values=_RELU_KINK, piecewise_linear=True),
         Activation("leaky_relu", _leaky_relu, _leaky_relu_df, kink="f'",
                    kink_values=_LEAKY_RELU_KINK, piecewise_linear=True),
-        Activation("elu", _elu, _elu_df, df_forms=_elu_forms_error, d2f=_elu_second,
-                   kink="f''",
-                   a_form=("a + 1 below 0", lambda a: (a > 0) * 1.0 + (a <= 0) * (a + 1))),
-        Activation("selu", _selu, _selu_df, df_forms=_selu_forms_error, d2f=_selu_second,
-                   kink="f'", kink_values=_SELU_KINK,
-                   a_form=("a + scale alpha below 0", lambda a: (a > 0) * SELU_SCALE
-                           + (a <= 0) * (a + SELU_SCALE * SELU_ALPHA))),
-        Activation("gelu", _gelu, _gelu_df, df_forms=_gelu_forms_error, d2f=_gelu_second),
-        Activation("gelu_tanh", _gelu_tanh, _gelu_tanh_df, df_forms=_gelu_tanh_forms_error,
-                   d2f=_gelu_tanh_second),
-        Activation("silu", _silu, _silu_df, df_forms=_silu_forms_error, d2f=_silu_second),
-        Activation("mish", _mish, _mish_df, df_forms=_mish_forms_error, d2f=_mish_second),
-        Activation("softplus", _softplus, sigmoid, df_forms=_softplus_forms_error,
-                   d2f=_sigmoid_second, a_form=("1 - exp(-a)", lambda a: 1 - np.exp(-a))),
-        Activation("sigmoid", sigmoid, _sigmoid_df, df_forms=_sigmoid_forms_error,
-                   d2f=_sigmoid_second, a_form=("a (1 - a)", lambda a: a * (1 - a))),
-        Activation("tanh", jnp.tanh, _tanh_df, df_forms=_tanh_forms_error, d2f=_tanh_second,
-                   a_form=("1 - a^2", lambda a: 1 - a * a)),
-        Activation("softsign", _softsign, _softsign_df, df_forms=_softsign_forms_error,
-                   d2f=_softsign_second, kink="f''",
-                   a_form=("(1 - |a|)^2", lambda a: (1 - abs(a)) ** 2)),
+        Activation("elu", _elu, _elu_df, d2f=_elu_second, kink="f''"),
+        Activation("selu", _selu, _selu_df, d2f=_selu_second, kink="f'", kink_values=_SELU_KINK),
+        Activation("gelu", _gelu, _gelu_df, d2f=_gelu_second),
+        Activation("gelu_tanh", _gelu_tanh, _gelu_tanh_df, d2f=_gelu_tanh_second),
+        Activation("silu", _silu, _silu_df, d2f=_silu_second),
+        Activation("mish", _mish, _mish_df, d2f=_mish_second),
+        Activation("softplus", _softplus, sigmoid, d2f=_sigmoid_second),
+        Activation("sigmoid", sigmoid, _sigmoid_df, d2f=_sigmoid_second),
+        Activation("tanh", jnp.tanh, _tanh_df, d2f=_tanh_second),
+        Activation("softsign", _softsign, _softsign_df, d2f=_softsign_second, kink="f''"),
         Activation("sin", jnp.sin, jnp.cos, d2f=_sin_second),
         Activation("softmax", softmax, None, elementwise=False),
     )

@@ -2,6 +2,8 @@
 
 The oracle's truth, the problem generator and the tolerance of a problem evaluate f, f' and
 rho_f (the absolute error a correct f' may make, proofs/tolerance.md) on arrays of every shape.
+rho_f is bpref's |f''| bound (``Activation.d2f``) plus, where the caller gives them (``forms``),
+the errors of other people's forms of f' (the oracle's ``bpref.oracle.textbook_forms.ERRORS``).
 Compiling each function at each shape would cost more than the arithmetic, so
 
 * ``pointwise`` flattens its arrays and zero-pads them to a power-of-two length: one
@@ -37,12 +39,13 @@ ACTIVATIONS = tuple(sorted(_activations.ACTIVATIONS))
 
 
 @functools.lru_cache(maxsize=None)
-def rho_function(name: str, forms: bool = True):
+def rho_function(name: str, forms: tuple = ()):
   """rho_f of activation ``name`` as one function (z, a) -> units of u, or None where it is 0:
-  the record's ``d2f`` plus, with ``forms``, its ``df_forms`` (derived in proofs/tolerance.md).
+  the record's ``d2f`` plus the error phi_f that ``forms``, (activation, phi_f) pairs, gives
+  for ``name`` (derived in proofs/tolerance.md); () for bpref's own f', d2f alone.
   The same function object for the same arguments, so that compiled uses of it are shared."""
   act = _activations.get(name)
-  parts = [f for f in (act.d2f, act.df_forms if forms else None) if f is not None]
+  parts = [f for f in (act.d2f, dict(forms).get(name)) if f is not None]
   if not parts:
     return None
   return parts[0] if len(parts) == 1 else (lambda z, a: parts[0](z, a) + parts[1](z, a))
@@ -55,18 +58,19 @@ def _key(table) -> tuple | None:
 
 
 @functools.lru_cache(maxsize=None)
-def _tables(names: tuple | None = None) -> dict:
+def _tables(names: tuple | None = None, forms: tuple = ()) -> dict:
   """fn -> (apply, i) for every elementwise f, f' and rho_f of ``bpref.activations`` (of
-  ``names`` alone if given): one compiled function per role (the f's, the f''s, the
-  rho_f's), ``apply(i, z, a)`` picking the i-th by ``jax.lax.switch``, so a role compiles
-  once per length class for every activation, and a caller compiles only the roles it uses."""
+  ``names`` alone if given; rho_f with and without ``forms``): one compiled function per role
+  (the f's, the f''s, the rho_f's), ``apply(i, z, a)`` picking the i-th by ``jax.lax.switch``,
+  so a role compiles once per length class for every activation, and a caller compiles only
+  the roles it uses."""
   elementwise = [(name, act) for name, act in _activations.ACTIVATIONS.items()
                  if act.elementwise and (names is None or name in names)]
   roles = (
       [(act.f, lambda z, a, fn=act.f: fn(z)) for _, act in elementwise],
       [(act.df, lambda z, a, fn=act.df: fn(z)) for _, act in elementwise],
       [(r, r) for name, _ in elementwise
-       for r in (rho_function(name, False), rho_function(name, True)) if r is not None],
+       for r in dict.fromkeys((rho_function(name), rho_function(name, forms))) if r is not None],
   )
   found = {}
   for role in roles:
@@ -82,7 +86,7 @@ def _apply(fn, *args):
   return fn(*args)
 
 
-def pointwise(fn, *arrays, table=None) -> np.ndarray:
+def pointwise(fn, *arrays, table=None, forms=()) -> np.ndarray:
   """fn(*arrays) for an elementwise jnp function, in float64 whatever the caller's x64.
 
   The arrays are flattened and zero-padded to a power-of-two length (at least 64), so
@@ -96,6 +100,7 @@ def pointwise(fn, *arrays, table=None) -> np.ndarray:
       compiled function per role and length class (``_tables``); a ``fn`` outside them comes
       from the table of every name, any other function compiles alone. None: ``fn``
       compiles alone.
+    forms: the ``forms`` of ``rho_function`` whose rho_f's the table holds (beside d2f alone).
   """
   shape = np.shape(arrays[0])
   n = int(np.prod(shape, dtype=np.int64))
@@ -103,9 +108,9 @@ def pointwise(fn, *arrays, table=None) -> np.ndarray:
   flat = [np.pad(np.asarray(a, np.float64).ravel(), (0, size - n)) for a in arrays]
   found = {}
   if table is not None:
-    found = _tables(_key(table))
+    found = _tables(_key(table), forms)
     if fn not in found:
-      found = _tables()
+      found = _tables(None, forms)
   with jax.enable_x64(True):
     if fn in found and len(flat) <= 2:
       apply, i = found[fn]

@@ -23,6 +23,7 @@ import pytest
 
 from bpref import activations as _acts
 from bpref.layers import embedding, layernorm, residual
+from bpref.oracle.textbook_forms import TEXTBOOK
 from bpref.tables import pointwise
 from bpref.tolerance import SAFETY, gradient_tolerance, tolerance, unit_roundoff
 from bpref.witnesses import layers_referee, referee
@@ -81,11 +82,11 @@ def _embedding_magnitudes(ids, wte, wpe, dout):
 
 
 def _fprime_bound(activation, z, a, Z):
-  """F' = |f'(z)| + df_forms + d2f Z: f' with what a correct program's rounding moves it by."""
+  """F' = |f'(z)| + phi_f + d2f Z: f' with what a correct program's rounding moves it by."""
   act = _acts.get(activation)
   F = np.abs(pointwise(act.df, z))
-  if act.df_forms is not None:
-    F = F + pointwise(act.df_forms, z, a)
+  if TEXTBOOK[activation].error is not None:  # phi_f, other people's forms of f'
+    F = F + pointwise(TEXTBOOK[activation].error, z, a)
   if act.d2f is not None:
     F = F + pointwise(act.d2f, z, a) * Z
   return F

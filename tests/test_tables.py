@@ -10,13 +10,15 @@ import numpy as np
 from bpref import activations, tables
 from bpref.oracle import spec as _spec
 from bpref.oracle import truth
+from bpref.oracle.textbook_forms import ERRORS
 from bpref.scale import fast
 
 
 def _spy(monkeypatch) -> list:
   asked = []
   found = tables._tables
-  monkeypatch.setattr(tables, "_tables", lambda names=None: asked.append(names) or found(names))
+  monkeypatch.setattr(tables, "_tables",
+                      lambda names=None, forms=(): asked.append(names) or found(names, forms))
   return asked
 
 
@@ -24,20 +26,21 @@ def test_a_table_holds_the_named_activations_alone_and_gives_the_same_values(mon
   z = np.linspace(-30.0, 30.0, 301)
   a = np.tanh(z)
   full = {name: (tables.pointwise(activations.get(name).df, z, table=tables.ACTIVATIONS),
-                 tables.pointwise(tables.rho_function(name), z, a, table=tables.ACTIVATIONS))
+                 tables.pointwise(tables.rho_function(name, ERRORS), z, a, table=tables.ACTIVATIONS,
+                                  forms=ERRORS))
           for name in ("tanh", "sigmoid", "elu")}
   few = ("tanh", "relu", "elu")
   asked = _spy(monkeypatch)
   tables.pointwise(activations.get("tanh").df, z, table=few)
   assert asked == [("elu", "relu", "tanh")]
-  assert set(tables._tables(("elu", "relu", "tanh"))) == {
+  assert set(tables._tables(("elu", "relu", "tanh"), ERRORS)) == {
       fn for name in few for fn in
-      (activations.get(name).f, activations.get(name).df, tables.rho_function(name, False),
-       tables.rho_function(name, True)) if fn is not None}
+      (activations.get(name).f, activations.get(name).df, tables.rho_function(name),
+       tables.rho_function(name, ERRORS)) if fn is not None}
   for name, (df, rho) in full.items():  # sigmoid is not named: the full table answers
     np.testing.assert_array_max_ulp(tables.pointwise(activations.get(name).df, z, table=few), df, maxulp=2)
-    np.testing.assert_array_max_ulp(tables.pointwise(tables.rho_function(name), z, a, table=few), rho,
-                                    maxulp=2)
+    np.testing.assert_array_max_ulp(tables.pointwise(tables.rho_function(name, ERRORS), z, a, table=few,
+                                                     forms=ERRORS), rho, maxulp=2)
 
 
 def test_without_a_table_each_function_compiles_alone(monkeypatch):

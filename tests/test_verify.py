@@ -250,3 +250,26 @@ def test_a_crashing_bpref_fails_verify_with_the_error_named(monkeypatch):
   assert not summary["passed"] and all(r["verdict"] == "FAIL" for r in summary["table"])
   assert len(summary["crashes"]) == 1 and "ValueError: layer 2: broken on purpose" in summary["crashes"][0]
   assert "crashed: float64" in verify.format_table(summary)
+
+
+def test_a_packing_bug_in_the_buckets_is_caught_by_the_witness(monkeypatch):
+  # The witness packs its padded cases with its own code: a bug planted in bpref.scale.fast's
+  # packing (layer 1's W stored transposed in its corner) changes bpref's network and not the
+  # witness's, so the bucketed comparison alone (no exact-shape cases) fails the gradient.
+  rng = np.random.default_rng(0)
+  params = (Layer(rng.normal(size=(3, 2)), rng.normal(size=3), "tanh"),
+            Layer(rng.normal(size=(2, 3)), rng.normal(size=2), "identity"))
+  problem = verify._problems.Problem(params, rng.normal(size=(4, 2)), rng.normal(size=(4, 2)),
+                                     "squared_error", "mean")
+  honest = verify.check_many([problem], exact=0)[0]
+  assert all(err <= honest[1] for err in honest[0].values()), honest
+  real = verify._fast.pack_params
+
+  def transposed_first_layer(trees, shape, chunk, dtype):
+    W, b = real(trees, shape, chunk, dtype)  # W: (K, D, N, N)
+    W[:, 0] = np.swapaxes(W[:, 0], -1, -2)
+    return W, b
+
+  monkeypatch.setattr(verify._fast, "pack_params", transposed_first_layer)
+  errors, tol = verify.check_many([problem], exact=0)[0]
+  assert errors["grad"] > tol and errors["loss"] > tol, (errors, tol)

@@ -5,7 +5,7 @@ One table for both diagnoses (``bpref.oracle.diagnosis`` for networks,
 writes it wrongly, a NumPy function of z and a = f(z) in float64:
 
 * the wrong variable: a derivative written in terms of a fed z (1 - z^2 for tanh,
-  z (1 - z) for sigmoid; from ``Activation.a_form``);
+  z (1 - z) for sigmoid; from ``bpref.oracle.textbook_forms.A_FORMS``);
 * a missing square, factor or term: tanh' = 1 - a, sigmoid' = a, silu' = sigma(z) (the
   product rule's second term), gelu_tanh' without the 3 k z^2 of the inner derivative or with
   its 3 lost;
@@ -36,6 +36,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from bpref import activations as _activations
+from bpref.oracle import textbook_forms as _textbook
 
 
 class Form(NamedTuple):
@@ -115,7 +116,8 @@ def _gelu_tanh_tail(z, inner):
 
 
 def _wrong_variable(name, text, fn) -> Form:
-  """The a-form of f' (``Activation.a_form``) fed z: f'(z) written as g(a), evaluated at g(z)."""
+  """The a-form of f' (``bpref.oracle.textbook_forms.A_FORMS``) fed z: f'(z) written as g(a),
+  evaluated at g(z)."""
   word = {"1 - a^2": "one_minus_z_squared", "a (1 - a)": "z_one_minus_z",
           "1 - exp(-a)": "one_minus_exp_minus_z"}.get(text, "a_form_of_z")
   return Form(f"{name}_{word}", name, "wrong variable", f"{text} with z in place of a: the "
@@ -123,8 +125,7 @@ def _wrong_variable(name, text, fn) -> Form:
 
 
 WRONG_VARIABLE: dict[str, Form] = {
-    name: _wrong_variable(name, *act.a_form) for name, act in _activations.ACTIVATIONS.items()
-    if act.a_form}
+    name: _wrong_variable(name, *form) for name, form in _textbook.A_FORMS.items()}
 """The form that feeds z to the a-form derivative, by activation (those with an a-form)."""
 
 
@@ -253,8 +254,8 @@ FORMS: dict[str, tuple[Form, ...]] = _table()
 """The known wrong forms of f', by activation (softmax has none: it is not elementwise)."""
 
 A_FORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    name: act.a_form[1] for name, act in _activations.ACTIVATIONS.items() if act.a_form}
-"""f' written in terms of a = f(z) (``Activation.a_form``), by activation: what a-form code
+    name: form.df for name, form in _textbook.A_FORMS.items()}
+"""f' written in terms of a = f(z) (``bpref.oracle.textbook_forms``), by activation: what a-form code
 evaluates, at the wrong layer's a when the activations are indexed one off."""
 
 

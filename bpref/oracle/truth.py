@@ -13,8 +13,8 @@ which bounds the size of every term summed into a gradient entry. A_l is |a_l|
 widened by the rounding of the forward sums z_l, whose error scales with their
 terms |W_l| A_{l-1} + |b_l| rather than with |z_l| (``_forward_magnitudes``);
 |g| is widened the same way through A_L. Each |f'_l| is widened by rho_f
-(``rho``: ``Activation.df_forms`` and ``d2f``): the absolute error that the standard
-ways of computing f' carry (1 - a^2 for tanh loses all relative accuracy once the
+(``rho``: ``Activation.d2f`` and ``bpref.oracle.textbook_forms``): the absolute error that
+the standard ways of computing f' carry (1 - a^2 for tanh loses all relative accuracy once the
 unit saturates, yet is correct). Rounding errors scale with these terms, not with
 the (possibly cancelled) result, so errors are measured normwise against this
 bound (proofs/tolerance.md).
@@ -52,6 +52,7 @@ from bpref import activations as _activations
 from bpref import losses as _losses
 from bpref import tables as _tables
 from bpref.oracle import spec as _spec
+from bpref.oracle import textbook_forms as _textbook
 from bpref.scale import fast as _fast
 from bpref.structures import Layer
 
@@ -99,11 +100,12 @@ def underflow_floor(dtype) -> float:
 def rho(name, z, a, forms=True, *, declared=None):
   """rho_f(z, a) in units of u, float64: the absolute error of f'(z) that a correct program
   may make. It is ``Activation.d2f`` (a z rounded in the forward pass moves f' by |f''|)
-  plus, with ``forms``, ``Activation.df_forms``: the standard forms of f' in common use,
-  such as 1 - a^2 for tanh, whose error is absolute, not relative to f'
+  plus, with ``forms``, ``bpref.oracle.textbook_forms``' phi_f: the standard forms of f' in
+  common use, such as 1 - a^2 for tanh, whose error is absolute, not relative to f'
   (proofs/tolerance.md). ``forms=False`` is the allowance of bpref's own f'."""
-  fn = _tables.rho_function(name, forms)
-  return np.zeros(np.shape(z)) if fn is None else _tables.pointwise(fn, z, a, table=_table(declared))
+  fn = _tables.rho_function(name, _textbook.ERRORS if forms else ())
+  return np.zeros(np.shape(z)) if fn is None else _tables.pointwise(
+      fn, z, a, table=_table(declared), forms=_textbook.ERRORS)
 
 
 def _df_bound(name, z, a, forms, declared):

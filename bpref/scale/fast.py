@@ -248,9 +248,9 @@ def _many(p: _Packed, precision=DEFAULT_PRECISION, names: Branches = EVERY):
 # ---------------------------------------------------------------- packing and unpacking
 
 def pack_params(trees, shape, chunk, dtype) -> tuple:
-  """(W, b) of shapes (K, D, N, N) and (K, D, N): each parameter-shaped tree (a tuple of
+  """(W, b) of shapes (K, D, N, N) and (K, D, N): each network's parameters (a tuple of
   ``Layer``) in the top-left corners, zeros elsewhere (and for a None bias); copies of the
-  last tree fill the chunk of K = ``chunk`` cases, as in ``bucketed``."""
+  last network fill the chunk of K = ``chunk`` cases, as in ``bucketed``."""
   depth, width, _ = shape
   W = np.zeros((chunk, depth, width, width), dtype)
   b = np.zeros((chunk, depth, width), dtype)
@@ -367,17 +367,13 @@ def evaluate_many(problems, *, precision=DEFAULT_PRECISION, shape=None, chunk=No
                   shape=shape, chunk=chunk, names=names)
 
 
-def bucketed(problems, compute, unpack, *, shape=None, extras=(), chunk=None,
-             names: Branches = EVERY) -> list:
+def bucketed(problems, compute, unpack, *, shape=None, chunk=None, names: Branches = EVERY) -> list:
   """Validate ``problems``, pack them into buckets, ``compute`` each chunk, ``unpack`` each case.
 
-  The driver shared by bpref's buckets and the witnesses' (``bpref.witnesses.autodiff``,
-  ``bpref.witnesses.finite_diff``): ``compute(packed: _Packed, *extra)`` returns arrays with a leading
-  case axis, and ``unpack(out, k, params, x2, single)`` the k-th case's result, sliced to its
-  shapes. Each of ``extras`` is a list of parameter-shaped trees, one per problem (a claimed
-  gradient, a direction), passed to ``compute`` packed as the parameters are (``pack_params``).
+  ``compute(packed: _Packed)`` returns arrays with a leading case axis, and
+  ``unpack(out, k, params, x2, single)`` the k-th case's result, sliced to its shapes.
   ``shape``, ``chunk`` and ``names`` are ``evaluate_many``'s (``compute`` must switch over
-  ``names``).
+  ``names``). The witnesses pad their cases with their own code (``bpref.witnesses.padding``).
   """
   cases = []
   groups: dict = {}
@@ -408,8 +404,7 @@ def bucketed(problems, compute, unpack, *, shape=None, extras=(), chunk=None,
       size = chunk or next((c for c in CHUNKS if c >= left), CHUNKS[-1])
       part = members[start:start + size]
       packed = _pack([case for _, case in part], bucket_shape, size, dtype, names)
-      extra = [pack_params([trees[i] for i, _ in part], bucket_shape, size, dtype) for trees in extras]
-      out = jax.device_get(compute(packed, *extra))
+      out = jax.device_get(compute(packed))
       for k, (i, _) in enumerate(part):
         params, x2, single = cases[i]
         results[i] = unpack(out, k, params, x2, single)

@@ -1,8 +1,9 @@
 """The autodiff witness: the same network and loss, differentiated by ``jax.grad``.
 
-This is the only module of bpref that uses JAX autodiff. It shares the forward
-pass and the loss values with the handwritten path but none of its derivatives,
-and the handwritten path (``bpref.backprop``) never imports it.
+This is the only module of bpref that uses JAX autodiff. It shares the activation
+and loss values (f, C) with the handwritten path, but none of its derivatives, its
+forward pass (``bpref.witnesses.forward``) or its padding (``bpref.witnesses.padding``);
+the handwritten path (``bpref.backprop``) never imports it.
 
 Every function mirrors the public function of the same name in ``bpref``:
 delta_l and lambda_l are obtained by injecting an offset e_l into z_l
@@ -19,10 +20,10 @@ import jax.numpy as jnp
 from bpref import activations as _activations
 from bpref import losses as _losses
 from bpref.network import DEFAULT_PRECISION
-from bpref.scale import fast as _fast
 from bpref.structures import Layer
 from bpref.validation import check_precision, check_problem, check_x
 from bpref.witnesses import forward as _forward
+from bpref.witnesses import padding as _padding
 
 
 def _f(name):
@@ -110,36 +111,27 @@ def predict(params, x, *, precision=DEFAULT_PRECISION):
 
 # ---------------------------------------------------------------- many networks at once
 
-_TWO_STEP = {loss.logits: name for name, loss in _losses.LOSSES.items() if loss.logits}
-"""The loss on y = f_L(z_L) that each logit loss fuses: the witness differentiates the former."""
-
-
 def _padded_forward(p, offsets, precision):
-  """y = a_L of one padded case of ``bpref.scale.fast`` with e_l added to z_l, shape (M, N)."""
+  """y = a_L of one padded case (``bpref.witnesses.padding``) with e_l added to z_l, shape (M, N)."""
   return _forward.padded(p.W, p.b, p.x, p, _forward.padded_branches(_f), offsets, precision)[0]
 
 
 def _padded_loss(W, b, x, offsets, p, rows, precision):
-  """C of one padded case on y, as ``_loss``: the loss the case names, two-step where fused."""
-  names = _fast.LOSS_NAMES
-  two_step = jnp.asarray([names.index(_TWO_STEP.get(n, n)) for n in names], p.loss.dtype)
-  y = _padded_forward(p._replace(W=W, b=b, x=x), offsets, precision)
-  # a padded output adds exactly 0: y = t = 0 (y is a probability where the loss is two-step),
-  # or bpref.scale.fast's pad logit for a loss the case names on logits
-  fill = jnp.where(p.fused, jnp.zeros_like(p.fill), p.fill)
-  y = jnp.where(p.outputs[None, :], y, jnp.full_like(y, fill))
-  loss = jnp.where(p.fused, two_step[p.loss], p.loss)
-  per_example = jax.lax.switch(loss, tuple(_losses.get(n).value for n in names), y, p.t)
+  """C of one padded case on y, as ``_loss``: the loss the case names, on the real rows ``rows``."""
+  y = _padding.fill_outputs(_padded_forward(p._replace(W=W, b=b, x=x), offsets, precision), p,
+                            p.loss)  # a padded output adds exactly 0
+  per_example = jax.lax.switch(p.loss, tuple(_losses.get(n).value for n in _padding.LOSSES), y, p.t)
   per_example = jnp.where(rows, per_example, jnp.zeros_like(per_example))
-  return jnp.sum(per_example) / p.divisor
+  return jnp.sum(per_example) / p.divisor(per_example.dtype)
 
 
 def _one_padded_case(p, precision):
   offsets = jnp.zeros(p.W.shape[:1] + p.x.shape, p.x.dtype)  # (D, M, N)
+  rows = p.rows()
   value, (dW, db, dx, de) = jax.value_and_grad(_padded_loss, argnums=(0, 1, 2, 3))(
-      p.W, p.b, p.x, offsets, p, p.rows, precision)
-  summed = p._replace(divisor=jnp.ones_like(p.divisor))
-  one_row = jnp.eye(p.x.shape[0], dtype=bool) & p.rows[None, :]
+      p.W, p.b, p.x, offsets, p, rows, precision)
+  summed = p._replace(mean=jnp.zeros_like(p.mean))
+  one_row = jnp.eye(p.x.shape[0], dtype=bool) & rows[None, :]
   per_W, per_b = jax.vmap(lambda rows: jax.grad(_padded_loss, argnums=(0, 1))(
       p.W, p.b, p.x, offsets, summed, rows, precision))(one_row)  # (M, D, N, N), (M, D, N)
   jac = jax.jacobian(lambda e: _padded_forward(p, e, precision))(offsets)  # (M, N, D, M, N)
@@ -160,7 +152,7 @@ def _unpack(out, k, params, x2, single):
   sizes = [n_0] + [layer.W.shape[0] for layer in params]
   L = len(params)
   cut = lambda v: v[0] if single else v  # noqa: E731  (a 1-D x has no batch axis)
-  grads = _fast.unpack_params(dW, db, k, params)
+  grads = _padding.cut_params(dW[k], db[k], params)
   per_example = tuple(Layer(cut(per_W[k, :B, l, :sizes[l + 1], :sizes[l]]),
                             None if layer.b is None else cut(per_b[k, :B, l, :sizes[l + 1]]),
                             layer.activation)
@@ -178,7 +170,7 @@ def _unpack(out, k, params, x2, single):
 
 def _grad_one_padded_case(p, precision):
   offsets = jnp.zeros(p.W.shape[:1] + p.x.shape, p.x.dtype)
-  return jax.grad(_padded_loss, argnums=(0, 1))(p.W, p.b, p.x, offsets, p, p.rows, precision)
+  return jax.grad(_padded_loss, argnums=(0, 1))(p.W, p.b, p.x, offsets, p, p.rows(), precision)
 
 
 @functools.partial(jax.jit, static_argnames=("precision",))
@@ -187,25 +179,27 @@ def _padded_grads(p, precision):
 
 
 def _unpack_grads(out, k, params, x2, single):
-  return _fast.unpack_params(*out, k, params)
+  dW, db = out
+  return _padding.cut_params(dW[k], db[k], params)
 
 
 def grads_many(problems, *, precision=DEFAULT_PRECISION, shape=None) -> list:
-  """[dC/dparams, ...] by ``jax.grad`` of many networks in ``bpref.scale.fast``'s padded buckets."""
+  """[dC/dparams, ...] by ``jax.grad`` of many networks in padded buckets (``bpref.witnesses.padding``)."""
   check_precision(precision)
-  return _fast.bucketed(problems, lambda p: _padded_grads(p, precision=precision), _unpack_grads,
-                        shape=shape)
+  return _padding.bucketed(problems, lambda p: _padded_grads(p, precision=precision), _unpack_grads,
+                           shape=shape)
 
 
 def evaluate_many(problems, *, precision=DEFAULT_PRECISION, shape=None) -> list:
   """The witness's value, grad, deltas, lambdas, input_grad, per_example_grads and predict of
-  many networks, in the padded buckets of ``bpref.scale.fast`` (one compilation per bucket).
+  many networks, in padded buckets (one compilation per bucket).
 
-  The forward pass is this module's (offsets injected into every z_l), on the padded and
-  masked arrays that ``bpref.scale.fast`` packs; every derivative is ``jax.grad``'s or
-  ``jax.jacobian``'s of it. Returns one dict per problem, keyed as ``bpref.tools.verify.CHECKS``,
-  each value of the shape the function of that name returns.
+  The cases are padded by ``bpref.witnesses.padding``, not by the ``bpref.scale.fast`` that the
+  witness judges; the forward pass is this module's (offsets injected into every z_l), and
+  every derivative is ``jax.grad``'s or ``jax.jacobian``'s of it. Returns one dict per problem,
+  keyed as ``bpref.tools.verify.CHECKS``, each value of the shape the function of that name
+  returns.
   """
   check_precision(precision)
-  return _fast.bucketed(problems, lambda p: _padded_many(p, precision=precision), _unpack,
-                        shape=shape)
+  return _padding.bucketed(problems, lambda p: _padded_many(p, precision=precision), _unpack,
+                           shape=shape)

@@ -43,10 +43,10 @@ import numpy as np
 from bpref import activations as _activations
 from bpref import losses as _losses
 from bpref.network import DEFAULT_PRECISION
-from bpref.scale import fast as _fast
 from bpref.structures import Layer
 from bpref.validation import check_precision, check_problem
 from bpref.witnesses import forward as _witness_forward
+from bpref.witnesses import padding as _padding
 
 Array = jax.Array
 
@@ -446,10 +446,10 @@ def _no_complex_form(y, t=None):
 
 
 def padded_loss_function(p, *, complex_step: bool = False, precision=DEFAULT_PRECISION):
-  """(theta0, C) of one padded case of ``bpref.scale.fast`` (its packed arrays without the case axis).
+  """(theta0, C) of one padded case (``bpref.witnesses.padding.Padded``, without the case axis).
 
   theta is W (D, N, N) then b (D, N), raveled: the padded network's parameters. C is the
-  case's loss, as ``loss_function``'s, from the forward pass (4)-(10) with ``bpref.scale.fast``'s
+  case's loss, as ``loss_function``'s, from the forward pass (4)-(10) with the padding's
   masks; nothing is differentiated. A padded entry of theta does not change C: its row
   feeds a unit that is masked to 0 (or out of a softmax), its column meets an input that is 0.
   A fused loss (cross_entropy after softmax, binary_cross_entropy after sigmoid) is
@@ -461,7 +461,10 @@ def padded_loss_function(p, *, complex_step: bool = False, precision=DEFAULT_PRE
   dtype = _complex_of(p.x.dtype) if complex_step else p.x.dtype
   acts = _witness_forward.padded_branches(_padded_f(complex_step))
   losses = tuple(COMPLEX_LOSSES.get(n, _no_complex_form) if complex_step else _losses.get(n).value
-                 for n in _fast.LOSS_NAMES)
+                 for n in _padding.LOSSES)
+  names = _padding.LOSSES
+  loss = jnp.asarray([names.index(_losses.get(n).logits or n) for n in names], p.loss.dtype)[p.loss]
+  fused = loss != p.loss  # C(f_L(z_L)) taken as its logit loss of z_L
   x, t = p.x.astype(dtype), p.t.astype(dtype)
 
   def fun(theta):
@@ -469,11 +472,11 @@ def padded_loss_function(p, *, complex_step: bool = False, precision=DEFAULT_PRE
     b = theta[depth * width * width:].reshape(depth, width)
 
     y, zs = _witness_forward.padded(W, b, x, p, acts, None, precision)  # (7), (8), masked
-    y = jnp.where(p.fused, zs[p.depth - 1], y)  # a fused loss: its logit loss of z_L
-    y = jnp.where(p.outputs[None, :], y, jnp.full_like(y, p.fill.astype(dtype)))
-    per_example = jax.lax.switch(p.loss, losses, y, t)  # C_b (13)
-    per_example = jnp.where(p.rows, per_example, jnp.zeros_like(per_example))
-    return jnp.sum(per_example) / p.divisor.astype(dtype)
+    y = jnp.where(fused, zs[p.depth - 1], y)  # a fused loss: its logit loss of z_L
+    y = _padding.fill_outputs(y, p, loss)  # a padded output adds exactly 0
+    per_example = jax.lax.switch(loss, losses, y, t)  # C_b (13)
+    per_example = jnp.where(p.rows(), per_example, jnp.zeros_like(per_example))
+    return jnp.sum(per_example) / p.divisor(dtype)
 
   return jnp.concatenate([p.W.ravel(), p.b.ravel()]), fun
 
@@ -546,7 +549,7 @@ def _estimates_padded(p, grads, directions, precision):
 
 def _unpack_estimates(out, k, params, x2, single):
   central, value, error, complex_, by_complex, by_richardson, order = out
-  tree = lambda W, b: _fast.unpack_params(W, b, k, params)  # noqa: E731
+  tree = lambda W, b: _padding.cut_params(W[k], b[k], params)  # noqa: E731
   return (tree(*central), tree(*value), tree(*error), tree(*complex_),
           Directional(*(np.asarray(f[k]) for f in by_complex)),
           Directional(*(np.asarray(f[k]) for f in by_richardson)), float(order[k]))
@@ -554,23 +557,23 @@ def _unpack_estimates(out, k, params, x2, single):
 
 def estimates_many(problems, grads, directions, *, precision=DEFAULT_PRECISION,
                    shape=None) -> list:
-  """``Estimates`` of many problems in ``bpref.scale.fast``'s padded buckets: one compilation per
-  bucket and dtype, whatever the architectures, activations and losses.
+  """``Estimates`` of many problems in padded buckets (``bpref.witnesses.padding``): one
+  compilation per bucket and dtype, whatever the architectures, activations and losses.
 
   Args:
-    problems: as ``bpref.scale.fast.evaluate_many`` takes them.
+    problems: ``bpref.problems.Problem``s or tuples (params, x, t[, loss[, reduction]]).
     grads: one claimed gradient per problem (shaped like its params) for the directional
       and Taylor checks.
     directions: one direction per problem, shaped like its params.
-    shape: one bucket (D, N, M) for every problem, as in ``bpref.scale.fast.evaluate_many``.
+    shape: one bucket (D, N, M) for every problem, in place of the least of each.
   """
   check_precision(precision)
-  out = _fast.bucketed(problems, lambda p, g, v: _estimates_padded(p, g, v, precision=precision),
-                       _unpack_estimates, shape=shape, extras=(grads, directions),
-                       chunk=_fast.CHUNKS[0])  # the cases run one by one: no larger chunk
+  out = _padding.bucketed(problems, lambda p, g, v: _estimates_padded(p, g, v, precision=precision),
+                          _unpack_estimates, shape=shape, extras=(grads, directions),
+                          chunk=_padding.CHUNKS[0])  # the cases run one by one: no larger chunk
   estimates = []
   for problem, (central, value, error, complex_, by_complex, by_richardson, order) in zip(problems, out):
-    params, _, _, loss, _ = _fast.as_case(problem)
+    params, _, _, loss, _ = _padding.fields(problem)
     ok = supports_complex_step(params, loss)
     estimates.append(Estimates(central, value, error, complex_ if ok else None,
                                by_complex if ok else by_richardson, order))

@@ -6,9 +6,9 @@ complex step takes complex forms) and may add an offset e_l to every z_l, which 
 witness differentiates to obtain delta_l and lambda_l. The mpmath referee keeps its own forward
 pass at 50 digits (``bpref.witnesses.referee``).
 
-``padded`` is the same pass on one padded, masked case of ``bpref.scale.fast``, with the same
-masks: padded units of a_l are 0, a softmax is taken over the real units only, and a layer
-past the last one passes a_{l-1} through unchanged.
+``padded`` is the same pass on one padded case of ``bpref.witnesses.padding`` (packed apart from
+``bpref.scale.fast``), masked: padded units of a_l are 0, a softmax is taken over the real
+units only, and a layer past the last one passes a_{l-1} through unchanged.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from bpref import activations as _activations
 from bpref.network import DEFAULT_PRECISION
-from bpref.scale import fast as _fast
+from bpref.witnesses import padding as _padding
 
 
 def exact(params, x2, f_of, offsets=None, precision=DEFAULT_PRECISION):
@@ -43,7 +43,7 @@ def exact(params, x2, f_of, offsets=None, precision=DEFAULT_PRECISION):
 
 
 def padded_branches(f_of) -> tuple:
-  """One function (z, units) -> a per name of ``bpref.scale.fast.ACTIVATION_NAMES``, for
+  """One function (z, units) -> a per name of ``bpref.witnesses.padding.ACTIVATIONS``, for
   ``jax.lax.switch``: a softmax sees a padded unit as ``pad_logit``, whose exp is exactly 0."""
 
   def branch(name):
@@ -51,9 +51,9 @@ def padded_branches(f_of) -> tuple:
     if _activations.get(name).elementwise:
       return lambda z, units: f(z)
     return lambda z, units: f(jnp.where(units[None, :], z,
-                                        jnp.full_like(z, _fast.pad_logit(z.real.dtype))))
+                                        jnp.full_like(z, _padding.pad_logit(z.real.dtype))))
 
-  return tuple(branch(name) for name in _fast.ACTIVATION_NAMES)
+  return tuple(branch(name) for name in _padding.ACTIVATIONS)
 
 
 def padded(W, b, x, p, branches, offsets=None, precision=DEFAULT_PRECISION):
@@ -61,7 +61,7 @@ def padded(W, b, x, p, branches, offsets=None, precision=DEFAULT_PRECISION):
 
   Args:
     W, b, x: the padded case's parameters (D, N, N), (D, N) and inputs (M, N).
-    p: the case's packed record of ``bpref.scale.fast`` (activations, masks).
+    p: the case's ``bpref.witnesses.padding.Padded`` record (activations, sizes).
     branches: ``padded_branches`` of the f's to apply.
     offsets: e_l added to z_l, shape (D, M, N), or None.
     precision: matmul precision.
@@ -76,5 +76,5 @@ def padded(W, b, x, p, branches, offsets=None, precision=DEFAULT_PRECISION):
     a = jnp.where(units[None, :], a, jnp.zeros_like(a))
     return jnp.where(live, a, a_prev), z  # a layer past the last one passes a_{l-1} through
 
-  y, zs = jax.lax.scan(layer, x, (W, b, p.act, p.live, p.units, offsets))
+  y, zs = jax.lax.scan(layer, x, (W, b, p.act, p.live(), p.units(), offsets))
   return y, zs

@@ -24,7 +24,7 @@ gelu_tanh) move f', each by |f''| times its own size. So
   M_dz = |dout| (|f'(z)| + phi_f(z, a) + |f''|(z) s + lambda / u) + lambda / u,   s = max(1, |z|)
 
 where rho_f = phi_f + |f''| (``bpref.oracle.truth.rho``) is the absolute error of the standard
-forms of f' (phi_f: 1 - a^2, a (1 - a), ..., ``Activation.df_forms``) and of a rounded z (its
+forms of f' (phi_f: 1 - a^2, a (1 - a), ..., ``bpref.oracle.textbook_forms``) and of a rounded z (its
 |f''| term, ``Activation.d2f``), in units of u (proofs/tolerance.md). Only the |f''| term scales
 with s: a form's own error is absolute, and it stops growing where its inner function
 saturates ((S) of proofs/tolerance.md). The last terms are an underflow floor (U): an
@@ -47,6 +47,7 @@ from bpref import backprop as _backprop
 from bpref import losses as _losses
 from bpref import tolerance as _tolerance
 from bpref.network import DEFAULT_PRECISION
+from bpref.oracle import textbook_forms as _textbook
 from bpref.oracle import truth as _truth
 from bpref.oracle.ops.record import (FAMILIES, Label, OpCase, OpSpec,
                                      OpTruth, bucket, exact, plain, scaled, unit_and_floor)
@@ -68,7 +69,7 @@ TAKES = {
 """What the candidate is handed, per kind; the first is the default."""
 
 A_INVERTIBLE = tuple(name for name, act in _activations.ACTIVATIONS.items()
-                     if act.elementwise and (act.piecewise_linear or act.a_form))
+                     if act.elementwise and (act.piecewise_linear or name in _textbook.A_FORMS))
 """Activations whose f'(z) is a function of a = f(z), so that takes="a" can be checked."""
 
 PIECEWISE_LINEAR = tuple(name for name, act in _activations.ACTIVATIONS.items()
