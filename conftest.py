@@ -198,6 +198,19 @@ DEEP = {
     "a crash shrunk in a fresh process per attempt (the session worker's own test stays fast)",
     "tests/test_diagnosis_models.py::test_a_combined_convention_note_lists_only_the_activations_that_differ":
     "a bucket function over every activation, compiled for one note",
+    # fast-tier budget, second round: what another fast test keeps exercised
+    "tests/test_verify.py::test_witness_table_fails_a_wrong_gradient": "verify's witness programs "
+    "compiled once more (the packing-bug test keeps a failing witness row fast)",
+    "tests/test_testing.py::test_a_candidate_that_exits_fails_its_test_and_the_run_goes_on[[]in_process]":
+    "a pytest run in a subprocess (the session worker's test and the CLI's exiting candidate stay fast)",
+    "tests/test_oracle.py::test_no_verdict_on_the_command_line_exits_2_with_the_counts": "the command "
+    "line's form of test_a_search_that_checks_no_network_is_no_pass, which stays fast",
+    "tests/test_bridges.py::test_torch_autograd_gradients_match_bpref_in_torch_layout": "torch's bridge "
+    "(the oracle's torch candidate stays fast)",
+    "tests/test_bridges.py::test_torch_round_trip_is_exact_and_computes_the_same_function": "torch's "
+    "bridge (the oracle's torch candidate stays fast)",
+    "tests/test_diagnosis_models.py::test_correct_candidates_pass": "the mutant sources' right code "
+    "(test_oracle_textbook keeps textbook code passing fast)",
     # the CNN composition and the CS231n-style examples (bpref/oracle/ops/cnn.py, examples/cs231n)
     "tests/test_ops_cnn.py::test_right_cs231n_layers_pass_inside_the_cnn*": "full searches in both "
     "dtypes (the short search stays fast)",
