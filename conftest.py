@@ -211,6 +211,12 @@ DEEP = {
     "bridge (the oracle's torch candidate stays fast)",
     "tests/test_diagnosis_models.py::test_correct_candidates_pass": "the mutant sources' right code "
     "(test_oracle_textbook keeps textbook code passing fast)",
+    "tests/test_oracle.py::test_assert_backprop_correct": "the helper in a session worker importing "
+    "this module (test_testing keeps the helper, its worker and its failure text fast)",
+    "tests/test_ops_block.py::test_an_attention_bug_is_named_at_its_step": "a GPT-2 block search (the "
+    "CNN composition keeps the block record's steps and first wrong step fast)",
+    "bpref/layers/*.py::*": "the layer modules' docstring examples, run eagerly (each layer's "
+    "backward is checked against jax.vjp in the fast tier)",
     # the CNN composition and the CS231n-style examples (bpref/oracle/ops/cnn.py, examples/cs231n)
     "tests/test_ops_cnn.py::test_right_cs231n_layers_pass_inside_the_cnn*": "full searches in both "
     "dtypes (the short search stays fast)",
