@@ -23,6 +23,7 @@ from bpref.oracle import demo, diagnosis, search
 from bpref.oracle import spec as spec_module
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import test_oracle_mutants  # noqa: E402
 import textbook  # noqa: E402
 
 DOMAIN = dict(activations=("identity", "relu", "tanh", "sigmoid"), losses=("squared_error",),
@@ -101,12 +102,7 @@ def c_loops(swapped_strides=False):
 
 def diagnose_on(arch, candidate, **options):
   """The findings for ``candidate`` on ``arch`` alone, as the minimal failing case."""
-  spec = bpref.oracle.make_spec(**dict(DOMAIN, **options))
-  ev = search.Evaluator(candidate, spec)
-  result = ev.run([arch], "search")[0]
-  assert not result.passed, result.message
-  findings, _, _ = diagnosis.diagnose(ev, result)
-  return findings
+  return test_oracle_mutants.diagnose_on(arch, candidate, DOMAIN, **options)
 
 
 MODEL_CODES = {"hidden_fprime_missing", "output_fprime_missing", "output_fprime_extra",

@@ -345,9 +345,10 @@ def test_relu_kink_convention_is_a_note_unless_strict():
 # ---------------------------------------------------------------- the diagnosis on chosen cases
 
 
-def diagnose_on(arch, candidate, **options):
-  """The findings for ``candidate`` on ``arch`` alone, as the minimal failing case."""
-  spec = bpref.oracle.make_spec(**dict(DOMAIN, **options))
+def diagnose_on(arch, candidate, domain=None, **options):
+  """The findings for ``candidate`` on ``arch`` alone, as the minimal failing case, in
+  ``domain`` (this file's ``DOMAIN`` by default) changed by ``options``."""
+  spec = bpref.oracle.make_spec(**dict(domain or DOMAIN, **options))
   ev = search.Evaluator(candidate, spec)
   result = ev.run([arch], "search")[0]
   assert not result.passed, result.message

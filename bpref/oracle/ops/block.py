@@ -55,7 +55,7 @@ from bpref.oracle.ops import classic as _classic
 from bpref.oracle.ops import cnn as _cnn_kind
 from bpref.oracle.ops import layernorm as _layernorm_kind
 from bpref.oracle.ops.record import (Malformed, Model, OpCandidate, OpCase, OpKind, OpSpec, OpTruth,
-                                     error, exact, plain)
+                                     error, exact, family_values)
 
 _PARAMS = _block.BlockParams._fields
 
@@ -122,12 +122,7 @@ class GPT2:
   def draw(self, spec, label, rng):
     B, T, heads, hs = label.dims
     C = heads * hs
-    if label.family == "plain":
-      values = lambda shape, scale: plain(rng, shape) * scale
-    elif label.family == "spread":
-      values = lambda shape, scale: rng.normal(size=shape) * scale * 10.0 ** rng.uniform(-1, 1, shape)
-    else:
-      values = lambda shape, scale: rng.normal(size=shape) * scale
+    values = family_values(rng, label.family)
     out = {"x": values((B, T, C), 1.0), "dout": values((B, T, C), 1.0)}
     for name, shape in _shapes(C).items():  # weights scaled by 1/sqrt(fan-in), as initialised
       scale = 1.0 / np.sqrt(shape[1]) if len(shape) == 2 else 1.0
@@ -307,26 +302,24 @@ class Block(OpKind):
 
   def declared(self, spec, name, value):
     """An output as the candidate's step returns it, or a handed array as it was handed."""
-    step, record = self._step(spec, name)
-    if step is None:
-      return np.asarray(value)
-    array = name.partition(".")[2]
-    sub = self._step_spec(spec._replace(heads=spec.heads or 1), step)
-    if array in step.returns:
-      return record.declared(sub, array, value)
-    handed = self._step_spec(spec._replace(heads=spec.heads or 1), step, handed=True)
-    return record.declared(sub, array, record.internal(handed, array, value))
+    return self._converted(spec, name, value, outward=True)
 
   def internal(self, spec, name, value):
+    return self._converted(spec, name, value, outward=False)
+
+  def _converted(self, spec, name, value, outward: bool):
+    """``declared`` (outward) or ``internal`` of the array "step.array": an output through its
+    step's record; a handed array between how the step is handed it and how it is judged."""
     step, record = self._step(spec, name)
     if step is None:
       return np.asarray(value)
     array = name.partition(".")[2]
     sub = self._step_spec(spec._replace(heads=spec.heads or 1), step)
     if array in step.returns:
-      return record.internal(sub, array, value)
+      return (record.declared if outward else record.internal)(sub, array, value)
     handed = self._step_spec(spec._replace(heads=spec.heads or 1), step, handed=True)
-    return record.declared(handed, array, record.internal(sub, array, value))
+    source, target = (handed, sub) if outward else (sub, handed)
+    return record.declared(target, array, record.internal(source, array, value))
 
   def adapt(self, spec, candidate):
     """An ``OpCandidate`` running the composition's steps with the candidate's layer functions."""

@@ -49,7 +49,7 @@ from bpref.oracle.ops import batchnorm as _batchnorm_kind
 from bpref.oracle.ops import classic as _classic
 from bpref.oracle.ops import conv as _conv_kind
 from bpref.oracle.ops import pool as _pool_kind
-from bpref.oracle.ops.record import OpSpec, bucket, plain
+from bpref.oracle.ops.record import OpSpec, bucket, family_values
 from bpref.scale import fast as _fast
 
 GEOMETRIES = (
@@ -156,12 +156,7 @@ class CNN:
   def draw(self, spec: OpSpec, label, rng) -> dict:
     N, C, H, W, F, HH, WW, K = label.dims
     (_, _, H1, W1), (_, _, H2, W2) = _cnn.shapes((N, C, H, W), (F, C, HH, WW))
-    if label.family == "plain":
-      values = lambda shape, scale: plain(rng, shape) * scale
-    elif label.family == "spread":
-      values = lambda shape, scale: rng.normal(size=shape) * scale * 10.0 ** rng.uniform(-1, 1, shape)
-    else:
-      values = lambda shape, scale: rng.normal(size=shape) * scale
+    values = family_values(rng, label.family)
     n_fc = F * max(H2, 0) * max(W2, 0)
     return {"x": values((N, C, H, W), 1.0),  # weights scaled by 1/sqrt(fan-in), as initialised
             "w": values((F, C, HH, WW), 1.0 / np.sqrt(C * HH * WW)), "b": values((F,), 1.0),

@@ -193,6 +193,16 @@ def plain(rng, shape):
   return rng.choice(np.array([-2.0, -1.0, -0.5, 0.5, 1.0, 2.0]), size=shape)
 
 
+def family_values(rng, family: str):
+  """values(shape, scale) of a value family: small integers ("plain"), normal values spread
+  over two decades ("spread"), else normal values; each times scale."""
+  if family == "plain":
+    return lambda shape, scale: plain(rng, shape) * scale
+  if family == "spread":
+    return lambda shape, scale: rng.normal(size=shape) * scale * 10.0 ** rng.uniform(-1, 1, shape)
+  return lambda shape, scale: rng.normal(size=shape) * scale
+
+
 def signs(rng, shape):
   return np.where(rng.random(shape) < 0.5, -1.0, 1.0)
 
