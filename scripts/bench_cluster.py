@@ -68,7 +68,7 @@ def main(argv=None) -> int:
 
   start = time.perf_counter()
   cluster = args.dask or distributed.LocalCluster(n_workers=args.workers, threads_per_worker=1,
-                                                  processes=True, dashboard_address=None)
+                                                  processes=True, dashboard_address=":0")
   started = time.perf_counter() - start
   label = f"--dask ({args.dask or f'LocalCluster, {args.workers} processes'})"
   rows.append(_row(label, lambda: bpref.oracle.check(target=target, cluster=cluster, **search)))

@@ -36,7 +36,7 @@ def _summary(report):
 @pytest.fixture(scope="module")
 def threads():
   with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
-                                dashboard_address=None) as cluster:
+                                dashboard_address=":0") as cluster:
     yield cluster
 
 
@@ -58,7 +58,7 @@ def test_a_cluster_finds_the_minimal_case_a_search_in_this_process_finds(threads
 
 def test_a_search_on_worker_processes_gives_the_same_verdict():
   with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                dashboard_address=None) as processes:
+                                dashboard_address=":0") as processes:
     cluster = bpref.oracle.check(target=WRONG, cluster=processes.scheduler_address, **SEARCH)
   one = bpref.oracle.check(target=WRONG, isolate=True, **SEARCH)
   assert _summary(cluster) == _summary(one)

@@ -148,8 +148,8 @@ def judge(case, truth, outcome, spec, *, declared=None) -> CaseResult:
       if gb.shape != (n_out,):
         rows = gb.shape == (case.arch.batch, n_out)  # delta_l itself, one row per example
         hint = (" (one row per example: sum it over the batch, db.sum(axis=0))" if rows and
-                case.arch.batch > 1 else " (a row per example, or a row vector? sum it over the "
-                "batch, db.sum(axis=0))" if rows else
+                case.arch.batch > 1 else " (a row per example? sum it over the batch, "
+                "db.sum(axis=0); a column or row vector? flatten it, db.reshape(-1))" if rows else
                 " (flatten column vectors: db.reshape(-1))" if gb.size == n_out else "")
         return _fail(case, "shape", f"db[{l - 1}] (layer {l}) has shape {gb.shape}, expected "
                      f"({n_out},){hint}", tol, secs)
