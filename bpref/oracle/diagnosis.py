@@ -193,24 +193,16 @@ def _output_delta(net):
 
 def _deltas(net, delta_L=None, df_l=None, through=None) -> list:
   """[delta_1..delta_L] from delta_L down through (37) with f'_l = df_l(l), the product with
-  W_(l+1) taken with ``through[l]`` in its place where given."""
-  L = len(net.weights)
-  df_l = df_l or (lambda l: _df(net, l))
-  through = through or net.weights
+  W_(l+1) taken with ``through[l]`` in its place where given (``truth.deltas64``)."""
   delta = _output_delta(net) if delta_L is None else delta_L
-  deltas = [delta]
-  for l in range(L - 1, 0, -1):
-    delta = (delta @ through[l]) * df_l(l)  # (37)
-    deltas.insert(0, delta)
-  return deltas
+  return _truth.deltas64(net.weights, delta, df_l or (lambda l: _df(net, l)), through)
 
 
 def _backward(net, delta_L=None, df_l=None, through=None) -> list:
   """[dW_1..dW_L, db_1..db_L] from delta_L down through (37) with f'_l = df_l(l) (and
   ``through`` as for ``_deltas``)."""
-  deltas = _deltas(net, delta_L, df_l, through)
-  dW = [d.T @ a for d, a in zip(deltas, net.a[:-1])]  # (39)
-  return dW + ([d.sum(axis=0) for d in deltas] if net.bias else [])
+  dW, db = _truth.grads64(_deltas(net, delta_L, df_l, through), net.a, net.bias)
+  return dW + db
 
 
 def _one_example(times_b):

@@ -371,11 +371,24 @@ def backprop_variant(case, truth: Truth, *, df_at: str = "z", output_fprime: boo
       delta = a * (g - np.sum(g * a, axis=-1, keepdims=True))  # (34) with the softmax Jacobian
   else:
     delta = g * df_l(n_layers)  # (34)
-  deltas = [delta]
-  for l in range(n_layers - 1, 0, -1):
-    delta = (delta @ params[l].W) * df_l(l)  # (37)
-    deltas.append(delta)
-  deltas = list(reversed(deltas))
-  dW = tuple(d.T @ a_prev for d, a_prev in zip(deltas, truth.a[:-1]))  # (39)
-  db = None if case.biases is None else tuple(d.sum(axis=0) for d in deltas)
-  return dW, db
+  deltas = deltas64(tuple(p.W for p in params), delta, df_l)
+  dW, db = grads64(deltas, truth.a, case.biases is not None)
+  return tuple(dW), (tuple(db) if case.biases is not None else None)
+
+
+def deltas64(weights, delta_L, df_l, through=None) -> list:
+  """[delta_1..delta_L] in float64 NumPy from ``delta_L`` down through (37),
+  delta_l = (delta_(l+1) W_(l+1)) * f'_l with f'_l = ``df_l(l)`` (l 1-based), the product taken
+  with ``through[l]`` in place of W_(l+1) where given: the backward of the bug models and of
+  ``backprop_variant``."""
+  through = through or weights
+  deltas = [delta_L]
+  for l in range(len(weights) - 1, 0, -1):
+    deltas.insert(0, (deltas[0] @ through[l]) * df_l(l))  # (37)
+  return deltas
+
+
+def grads64(deltas, a, bias: bool) -> tuple:
+  """([dW_1..dW_L], [db_1..db_L] or []) of the deltas, a = (a_0..a_L): (39) and the batch sums."""
+  dW = [d.T @ a_prev for d, a_prev in zip(deltas, a[:-1])]  # (39)
+  return dW, ([d.sum(axis=0) for d in deltas] if bias else [])
