@@ -268,6 +268,8 @@ FAST_SAMPLES = (
 
 
 SWEEP = {
+    "tests/test_ops_*.py::test_a_right_*_at_every_seed*[[]custom_vjp-*-1]": "a jax.custom_vjp rule's "
+    "second seed, compiled once per shape (the deep tier runs its seed 0)",
     "tests/test_ops_*.py::test_a_right_*_at_every_seed*[[]*-[234]]": "seeds 2 to 4 of every right "
     "candidate, window, geometry and layout (the deep tier runs seeds 0 and 1)",
     "tests/test_ops_*.py::test_a_*custom_vjp*[[]*float32*": "a jax.custom_vjp rule in float32 too, "
