@@ -59,13 +59,24 @@ def cotangent_like(x, dout, what: str = "dout", *, layer: str):
   """dout = dC/d(output) as a floating array of x's shape and dtype, else a ValueError or
   TypeError naming the layer, the shape or dtype expected and the one received."""
   dout = floating_array(dout, what, layer=layer)
-  if tuple(dout.shape) != tuple(x.shape):
-    raise ValueError(f"{layer}: {what} = dC/dout must have the shape of x, {tuple(x.shape)}; "
-                     f"got {describe(dout)}")
-  if dout.dtype != x.dtype:
-    raise TypeError(f"{layer}: {what} has dtype {dout.dtype} but x has {x.dtype}; cast one of them "
-                    "so that they agree")
-  return dout
+  return shaped_like(dout, x.shape, x, layer=layer, name=what, what=f"{what} = dC/dout",
+                     must=f"the shape of x, {tuple(x.shape)}")
+
+
+def shaped_like(v, shape, x, *, layer: str, name: str, must: str, what: str | None = None):
+  """The array v when it has ``shape`` and x's dtype; else a ValueError "{layer}: {what} must
+  have {must}; got ..." (``what`` defaults to ``name``) or ``same_dtype``'s TypeError."""
+  if tuple(v.shape) != tuple(shape):
+    raise ValueError(f"{layer}: {what or name} must have {must}; got {describe(v)}")
+  return same_dtype(v, x, name, layer=layer)
+
+
+def same_dtype(v, x, name: str, *, layer: str, other: str = "x"):
+  """The array v when it has x's dtype; else a TypeError naming the layer and both dtypes."""
+  if v.dtype != x.dtype:
+    raise TypeError(f"{layer}: {name} has dtype {v.dtype} but {other} has {x.dtype}; cast one of "
+                    "them so that they agree")
+  return v
 
 
 def layer_eps(eps, *, layer: str) -> float:

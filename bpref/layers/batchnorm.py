@@ -53,7 +53,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from bpref.validation import cotangent_like, describe, floating_array, layer_eps
+from bpref.validation import cotangent_like, describe, floating_array, layer_eps, shaped_like
 
 Array = jax.Array
 
@@ -112,13 +112,8 @@ def _check_channel_vector(v, name: str, x):
   """v (gamma, beta or a cached statistic) as an array of shape (C,) and x's dtype."""
   v = _array(v, name)
   C = x.shape[1]
-  if tuple(v.shape) != (C,):
-    raise ValueError(f"{LAYER}: {name} must have shape ({C},), one entry per channel of x "
-                     f"(axis 1 of shape {tuple(x.shape)}); got {describe(v)}")
-  if v.dtype != x.dtype:
-    raise TypeError(f"{LAYER}: {name} has dtype {v.dtype} but x has {x.dtype}; cast one of them "
-                    "so that they agree")
-  return v
+  return shaped_like(v, (C,), x, layer=LAYER, name=name, must=f"shape ({C},), one entry per "
+                     f"channel of x (axis 1 of shape {tuple(x.shape)})")
 
 
 def _check_params(x, gamma, beta):

@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bpref.network import DEFAULT_PRECISION
-from bpref.validation import describe, floating_array
+from bpref.validation import describe, floating_array, same_dtype, shaped_like
 
 Array = jax.Array
 
@@ -122,9 +122,7 @@ def _check_params(x, w, b, stride, pad):
     raise ValueError(f"{LAYER}: b must have shape ({F},), one entry per filter of w (shape "
                      f"{tuple(w.shape)}); got {describe(b)}")
   for name, v in (("w", w), ("b", b)):
-    if v.dtype != x.dtype:
-      raise TypeError(f"{LAYER}: {name} has dtype {v.dtype} but x has {x.dtype}; cast one of them "
-                      "so that they agree")
+    same_dtype(v, x, name, layer=LAYER)
   for axis, size, k in (("H", H, HH), ("W", W, WW)):
     if size + 2 * pad < k:
       raise ValueError(f"{LAYER}: the filter is larger than the padded input along {axis}: "
@@ -150,14 +148,9 @@ def _check_cache(cache) -> tuple:
 def _check_dout(x, w, stride, pad, dout):
   dout = _array(dout, "dout")
   want = output_shape(x.shape, w.shape, stride, pad)
-  if tuple(dout.shape) != want:
-    raise ValueError(f"{LAYER}: dout = dC/dout must have the shape of out, (N, F, H', W') = {want} "
-                     f"for x {tuple(x.shape)}, w {tuple(w.shape)}, stride {stride}, pad {pad}; "
-                     f"got {describe(dout)}")
-  if dout.dtype != x.dtype:
-    raise TypeError(f"{LAYER}: dout has dtype {dout.dtype} but x has {x.dtype}; cast one of them "
-                    "so that they agree")
-  return dout
+  return shaped_like(dout, want, x, layer=LAYER, name="dout", what="dout = dC/dout",
+                     must=f"the shape of out, (N, F, H', W') = {want} for x {tuple(x.shape)}, "
+                     f"w {tuple(w.shape)}, stride {stride}, pad {pad}")
 
 
 # ---------------------------------------------------------------- the windows

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bpref.validation import as_array, describe
+from bpref.validation import as_array, describe, same_dtype
 
 Array = jax.Array
 
@@ -159,7 +159,5 @@ def grads(x, mask, p: float, dout) -> Array:
   mask = _check_mask(mask, x)
   p = _check_p(p)
   dout = _check_dout(x, dout)
-  if dout.dtype != x.dtype:
-    raise TypeError(f"{LAYER}: dout has dtype {dout.dtype} but x has {x.dtype}; cast one of them "
-                    "so that they agree")
+  same_dtype(dout, x, "dout", layer=LAYER)
   return _backward(mask, p, dout)

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bpref.validation import as_array, describe
+from bpref.validation import as_array, describe, same_dtype
 
 Array = jax.Array
 
@@ -111,9 +111,7 @@ def forward(ids, wte, wpe) -> Array:
   if wpe.shape[1] != wte.shape[1]:
     raise ValueError(f"{LAYER}: wte has C = {wte.shape[1]} features (shape {tuple(wte.shape)}) but "
                      f"wpe has {wpe.shape[1]} (shape {tuple(wpe.shape)}); both must be (., C)")
-  if wpe.dtype != wte.dtype:
-    raise TypeError(f"{LAYER}: wpe has dtype {wpe.dtype} but wte has {wte.dtype}; cast one of them "
-                    "so that they agree")
+  same_dtype(wpe, wte, "wpe", layer=LAYER, other="wte")
   if ids.shape[1] > wpe.shape[0]:
     raise ValueError(f"{LAYER}: ids has T = {ids.shape[1]} positions (shape {tuple(ids.shape)}) but "
                      f"wpe has rows for P = {wpe.shape[0]} (shape {tuple(wpe.shape)}); T must be <= P")

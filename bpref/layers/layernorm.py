@@ -37,7 +37,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from bpref.validation import cotangent_like, describe, floating_array, layer_eps
+from bpref.validation import cotangent_like, describe, floating_array, layer_eps, shaped_like
 
 Array = jax.Array
 
@@ -76,13 +76,8 @@ def _check_feature_vector(v, name: str, x):
   """v (w or b) as an array of shape (C,) and x's dtype, C the last axis of x."""
   v = _array(v, name)
   C = x.shape[-1]
-  if tuple(v.shape) != (C,):
-    raise ValueError(f"{LAYER}: {name} must have shape ({C},), one entry per feature of x "
-                     f"(shape {tuple(x.shape)}); got {describe(v)}")
-  if v.dtype != x.dtype:
-    raise TypeError(f"{LAYER}: {name} has dtype {v.dtype} but x has {x.dtype}; cast one of them "
-                    "so that they agree")
-  return v
+  return shaped_like(v, (C,), x, layer=LAYER, name=name, must=f"shape ({C},), one entry per "
+                     f"feature of x (shape {tuple(x.shape)})")
 
 
 def _check_eps(eps) -> float:

@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bpref.validation import describe, floating_array
+from bpref.validation import describe, floating_array, shaped_like
 
 Array = jax.Array
 
@@ -109,14 +109,9 @@ def _check_x(x, pool: int, what: str = "x"):
 def _check_dout(x, dout, pool: int, stride: int):
   dout = _array(dout, "dout")
   want = output_shape(x.shape, pool, stride)
-  if tuple(dout.shape) != want:
-    raise ValueError(f"{LAYER}: dout = dC/dout must have the shape of the pooled output, {want} for x "
-                     f"of shape {tuple(x.shape)} with pool {pool} and stride {stride}; got "
-                     f"{describe(dout)}")
-  if dout.dtype != x.dtype:
-    raise TypeError(f"{LAYER}: dout has dtype {dout.dtype} but x has {x.dtype}; cast one of them so "
-                    "that they agree")
-  return dout
+  return shaped_like(dout, want, x, layer=LAYER, name="dout", what="dout = dC/dout",
+                     must=f"the shape of the pooled output, {want} for x of shape "
+                     f"{tuple(x.shape)} with pool {pool} and stride {stride}")
 
 
 def _check_cache(cache):

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from bpref import activations as _activations
 from bpref.backprop import layer_grads, pull_back
 from bpref.network import DEFAULT_PRECISION, layer_forward
-from bpref.validation import check_precision, describe, floating_array
+from bpref.validation import check_precision, describe, floating_array, shaped_like
 
 Array = jax.Array
 
@@ -71,13 +71,8 @@ def _check_x(x, what: str = "x"):
 
 def _check_like(v, what: str, shape: tuple, x, why: str):
   """v as an array of ``shape`` and x's dtype."""
-  v = _array(v, what)
-  if tuple(v.shape) != shape:
-    raise ValueError(f"{LAYER}: {what} must have shape {shape} ({why}); got {describe(v)}")
-  if v.dtype != x.dtype:
-    raise TypeError(f"{LAYER}: {what} has dtype {v.dtype} but x has {x.dtype}; cast one of them "
-                    "so that they agree")
-  return v
+  return shaped_like(_array(v, what), shape, x, layer=LAYER, name=what,
+                     must=f"shape {shape} ({why})")
 
 
 def _check_W(W, x):
