@@ -10,6 +10,11 @@ directory that cannot be written is left out with one line on stderr. The ``--js
 of ``bpref check`` and ``bpref verify`` say how many compilations a run made and how many the
 cache answered.
 
+A warm run of JAX's cache still traces and lowers every program, and on a 2-core machine that
+is most of a warm run's time. ``jit`` keeps bpref's own programs whole: while the cache is on,
+the compiled executable itself is stored beside XLA's entries and loaded in a later run
+without tracing, lowering or compiling anything.
+
 >>> from bpref import compilation
 >>> with compilation.count() as seen:
 ...   pass
@@ -21,7 +26,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import hashlib
+import inspect
 import os
+import pickle
 import sys
 import tempfile
 
@@ -32,6 +41,7 @@ _COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 _HIT_EVENT = "/jax/compilation_cache/cache_hits"
 _TOTALS = {"compilations": 0, "cache_hits": 0}
 _LISTENING = []
+_EXECUTABLES: list = []  # [the directory of stored executables] while use_cache has it on
 
 
 @dataclasses.dataclass
@@ -135,6 +145,7 @@ def use_cache(path: str | None = None, *, default: bool = False) -> str | None:
   jax.config.update("jax_compilation_cache_dir", path)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  _EXECUTABLES[:] = [os.path.join(path, "executables")]
   return path
 
 
@@ -150,3 +161,152 @@ def _unwritable(path: str) -> str:
   except OSError as err:
     return f"cannot be written: {err.strerror}"
   return ""
+
+
+# ---------------------------------------------------------------- whole executables
+
+def jit(fn=None, *, static_argnums=(), static_argnames=(), key=None):
+  """``jax.jit`` of one of bpref's own functions, whose executables persist between runs.
+
+  While ``use_cache`` has the cache on, each executable is stored whole
+  (``jax.experimental.serialize_executable``) under a key made of: the function (``key``,
+  else its module and qualified name), its static arguments, the shapes and dtypes of the
+  others, the text of every module of bpref, JAX's version and backend, and the settings that
+  change a program (x64, the default matmul precision). A later run with the same key loads it:
+  no tracing, lowering or compiling; ``count`` sees it as a compilation the cache answered.
+  With the cache off, with traced arguments (a caller's ``jit`` or ``vmap``), or with a static
+  argument that has no stable text, it is ``jax.jit`` itself. Use it only on functions whose
+  program depends on nothing but bpref's code and the arguments: a closure names what it closes
+  over in ``key``.
+  """
+  if fn is None:
+    return functools.partial(jit, static_argnums=static_argnums, static_argnames=static_argnames,
+                             key=key)
+  import jax
+
+  static_argnums = (static_argnums,) if isinstance(static_argnums, int) else tuple(static_argnums)
+  static_argnames = ((static_argnames,) if isinstance(static_argnames, str)
+                     else tuple(static_argnames))
+  order = [p.name for p in inspect.signature(fn).parameters.values()
+           if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+  static_argnums += tuple(order.index(n) for n in static_argnames if n in order)  # as jax.jit
+  static_argnames += tuple(order[i] for i in static_argnums if i < len(order))
+  traced = jax.jit(fn, static_argnums=static_argnums, static_argnames=static_argnames)
+  name = key or f"{fn.__module__}.{fn.__qualname__}"
+  if "<" in str(name):
+    raise ValueError(f"compilation.jit: {fn.__qualname__} needs a key naming what it closes over")
+  loaded: dict = {}
+
+  @functools.wraps(fn)
+  def call(*args, **kwargs):
+    if not _EXECUTABLES:
+      return traced(*args, **kwargs)
+    static = tuple((i, args[i]) for i in static_argnums if i < len(args))
+    static += tuple(sorted((k, v) for k, v in kwargs.items() if k in static_argnames))
+    dynamic = ([a for i, a in enumerate(args) if i not in static_argnums],
+               {k: v for k, v in kwargs.items() if k not in static_argnames})
+    leaves, tree = jax.tree_util.tree_flatten(dynamic)
+    if not _stable(static) or any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
+      return traced(*args, **kwargs)
+    signature = repr((name, static, str(tree), tuple(str(jax.typeof(leaf)) for leaf in leaves),
+                      jax.config.jax_enable_x64, str(jax.config.jax_default_matmul_precision)))
+    executable = loaded.get(signature)
+    if executable is not None:
+      return executable(*dynamic[0], **dynamic[1])
+    executable = _load(signature)
+    if executable is not None:
+      try:
+        out = executable(*dynamic[0], **dynamic[1])
+        loaded[signature] = executable
+        return out
+      except Exception:  # stored by another build of jaxlib's runtime: compiled again below
+        pass
+    executable = _compile(traced, args, kwargs)
+    _store(signature, executable)
+    loaded[signature] = executable
+    return executable(*dynamic[0], **dynamic[1])
+
+  call._cache_size = lambda: len(loaded) + traced._cache_size()
+  call.lower = traced.lower
+  return call
+
+
+def _compile(traced, args, kwargs):
+  """A compilation of its own, not an entry of JAX's cache: an executable that JAX's cache
+  gave back does not always carry what a later process needs to run it."""
+  from jax._src import config
+
+  with config.enable_compilation_cache(False):
+    return traced.lower(*args, **kwargs).compile()
+
+
+def _stable(value) -> bool:
+  """Whether ``repr(value)`` names the value in every process: no object addresses."""
+  if isinstance(value, (tuple, list)):
+    return all(_stable(v) for v in value)
+  import enum
+
+  return value is None or isinstance(value, (str, int, float, bool, enum.Enum))
+
+
+@functools.lru_cache(maxsize=1)
+def _environment() -> str:
+  """What besides the function, its arguments and JAX's settings decides an executable."""
+  import jax
+  import jaxlib
+
+  package = os.path.dirname(os.path.abspath(__file__))
+  text = hashlib.sha256()
+  for folder, subfolders, files in sorted(os.walk(package)):
+    subfolders.sort()
+    for file in sorted(f for f in files if f.endswith(".py")):
+      with open(os.path.join(folder, file), "rb") as handle:
+        text.update(file.encode() + b"\0" + handle.read())
+  device = jax.devices()[0]
+  return repr((text.hexdigest(), jax.__version__, jaxlib.__version__, device.platform,
+               device.device_kind))
+
+
+def _path(signature: str) -> tuple:
+  full = signature + _environment()
+  return full, os.path.join(_EXECUTABLES[0], hashlib.sha256(full.encode()).hexdigest() + ".exe")
+
+
+def _load(signature: str):
+  """The stored executable of ``signature``, or None."""
+  from jax.experimental import serialize_executable
+
+  full, path = _path(signature)
+  try:
+    with open(path, "rb") as handle:
+      stored, payload, in_tree, out_tree = pickle.load(handle)
+    if stored != full:
+      return None
+    executable = serialize_executable.deserialize_and_load(payload, in_tree, out_tree)
+  except Exception:  # absent, partly written by a process that died, or from another jaxlib
+    return None
+  _listen()
+  _TOTALS["compilations"] += 1
+  _TOTALS["cache_hits"] += 1
+  return executable
+
+
+def _store(signature: str, executable) -> None:
+  """Keep ``executable`` for later runs; a directory that cannot take it turns the store off."""
+  from jax.experimental import serialize_executable
+
+  full, path = _path(signature)
+  try:
+    payload = pickle.dumps((full, *serialize_executable.serialize(executable)))
+  except Exception:  # an executable or tree that does not serialize: compiled every run
+    return
+  try:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=os.path.dirname(path), delete=False,
+                                     prefix=".partial-") as handle:
+      handle.write(payload)
+    os.replace(handle.name, path)  # whole or not at all, for processes that share the directory
+  except OSError as err:
+    sys.stderr.write(f"bpref: note: executables are not kept ({os.path.dirname(path)}: "
+                     f"{err.strerror})\n")
+    _EXECUTABLES.clear()

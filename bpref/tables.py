@@ -33,6 +33,7 @@ import jax
 import numpy as np
 
 from bpref import activations as _activations
+from bpref import compilation
 
 ACTIVATIONS = tuple(sorted(_activations.ACTIVATIONS))
 """Every activation name: the ``table`` that holds them all."""
@@ -73,9 +74,11 @@ def _tables(names: tuple | None = None, forms: tuple = ()) -> dict:
        for r in dict.fromkeys((rho_function(name), rho_function(name, forms))) if r is not None],
   )
   found = {}
-  for role in roles:
+  named = tuple((name, f"{fn.__module__}.{fn.__qualname__}") for name, fn in forms)
+  for index, role in enumerate(roles):
     branches = tuple(branch for _, branch in role)
-    apply = jax.jit(lambda i, z, a, branches=branches: jax.lax.switch(i, branches, z, a))
+    apply = compilation.jit(lambda i, z, a, branches=branches: jax.lax.switch(i, branches, z, a),
+                            key=f"bpref.tables._tables{(index, names, named)}")
     for i, (fn, _) in enumerate(role):
       found.setdefault(fn, (apply, i))
   return found

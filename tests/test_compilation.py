@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from bpref import compilation
@@ -109,12 +110,14 @@ def no_cache_yet(monkeypatch):
   """This process with no persistent cache configured (the suite's own is put back after)."""
   import jax
 
-  before = jax.config.jax_compilation_cache_dir
+  before, stored = jax.config.jax_compilation_cache_dir, list(compilation._EXECUTABLES)
   jax.config.update("jax_compilation_cache_dir", None)
+  compilation._EXECUTABLES.clear()
   for name in (compilation.ENV_CACHE_DIR, compilation.ENV_NO_CACHE):
     monkeypatch.delenv(name, raising=False)
   yield jax
   jax.config.update("jax_compilation_cache_dir", before)
+  compilation._EXECUTABLES[:] = stored
 
 
 def test_the_default_cache_is_the_users_cache_directory(no_cache_yet, tmp_path, monkeypatch):
@@ -148,3 +151,92 @@ def test_an_unwritable_default_cache_degrades_to_none_with_one_line(no_cache_yet
   assert no_cache_yet.config.jax_compilation_cache_dir is None
   with pytest.raises(ValueError, match="cannot be created"):  # a directory named is an error
     compilation.use_cache(str(blocker / "sub"))
+
+
+# ---------------------------------------------------------------- whole executables
+
+@pytest.fixture
+def store(monkeypatch, tmp_path):
+  """The executable store of ``compilation.jit`` on, in a directory of this test's own."""
+  monkeypatch.setattr(compilation, "_EXECUTABLES", [str(tmp_path / "executables")])
+  return tmp_path / "executables"
+
+
+def _doubler(traced):
+  def double(v, k, *, offset):
+    traced.append(v.shape)
+    return v * int(k) + offset
+  return double
+
+
+def test_a_stored_executable_answers_without_tracing(store):
+  import jax.numpy as jnp
+
+  traced = []
+  first = compilation.jit(_doubler(traced), static_argnums=1, key="tests.double")
+  v = np.arange(3.0)
+  with compilation.count() as seen:
+    out = first(v, 2, offset=0.5)
+  assert traced == [(3,)] and seen.compilations == 1 and seen.cache_hits == 0
+  assert len(list(store.iterdir())) == 1
+  again = compilation.jit(_doubler(traced), static_argnums=1, key="tests.double")  # as a new process
+  with compilation.count() as seen:
+    same = again(v, 2, offset=0.5)
+  assert traced == [(3,)]  # loaded, not traced
+  assert seen.compilations == 1 and seen.cache_hits == 1
+  np.testing.assert_array_equal(np.asarray(same), [0.5, 2.5, 4.5])
+  np.testing.assert_array_equal(np.asarray(out), np.asarray(same))
+  # another static value, another shape, another dtype: each a program of its own
+  np.testing.assert_array_equal(np.asarray(again(v, 3, offset=0.5)), [0.5, 3.5, 6.5])
+  np.testing.assert_array_equal(np.asarray(again(np.arange(4.0), 2, offset=0.5)),
+                                [0.5, 2.5, 4.5, 6.5])
+  assert again(jnp.arange(3.0, dtype=jnp.float32), 2, offset=0.5).dtype == jnp.float32
+  assert len(traced) == 4 and len(list(store.iterdir())) == 4
+
+
+def test_a_stored_executable_is_keyed_by_bprefs_source(store, monkeypatch):
+  traced = []
+  compilation.jit(_doubler(traced), static_argnums=1, key="tests.double")(np.ones(2), 2, offset=0.0)
+  monkeypatch.setattr(compilation, "_environment", lambda: "another version of bpref")
+  compilation.jit(_doubler(traced), static_argnums=1, key="tests.double")(np.ones(2), 2, offset=0.0)
+  assert len(traced) == 2 and len(list(store.iterdir())) == 2
+
+
+def test_a_damaged_store_is_compiled_again(store):
+  traced = []
+  compilation.jit(_doubler(traced), static_argnums=1, key="tests.double")(np.ones(2), 2, offset=1.0)
+  for entry in store.iterdir():
+    entry.write_bytes(b"not an executable")
+  out = compilation.jit(_doubler(traced), static_argnums=1, key="tests.double")(
+      np.ones(2), 2, offset=1.0)
+  np.testing.assert_array_equal(np.asarray(out), [3.0, 3.0])
+  assert len(traced) == 2
+
+
+def test_traced_arguments_and_unstable_statics_go_through_jax_jit(store):
+  import jax
+
+  traced = []
+  double = compilation.jit(_doubler(traced), static_argnums=1, key="tests.double")
+  out = jax.vmap(lambda v: double(v, 2, offset=0.0))(np.arange(6.0).reshape(3, 2))
+  np.testing.assert_array_equal(np.asarray(out), np.arange(6.0).reshape(3, 2) * 2)
+  assert not store.exists() or not any(store.iterdir())
+
+  class Two:  # a static argument whose repr names an address: never a key
+    __int__ = lambda self: 2  # noqa: E731
+  np.testing.assert_array_equal(np.asarray(double(np.ones(2), Two(), offset=0.0)), [2.0, 2.0])
+  assert not store.exists() or not any(store.iterdir())
+  assert len(traced) == 2
+  with pytest.raises(ValueError, match="needs a key"):
+    compilation.jit(lambda v: v)
+
+
+def test_an_unwritable_store_turns_itself_off_with_one_line(monkeypatch, tmp_path, capsys):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("")
+  monkeypatch.setattr(compilation, "_EXECUTABLES", [str(blocker / "executables")])
+  out = compilation.jit(_doubler([]), static_argnums=1, key="tests.double")(np.ones(2), 2, offset=0.0)
+  np.testing.assert_array_equal(np.asarray(out), [2.0, 2.0])
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "executables are not kept" in err
+  assert compilation._EXECUTABLES == []

@@ -49,6 +49,7 @@ import jax
 import numpy as np
 
 from bpref import activations as _activations
+from bpref import compilation
 from bpref import losses as _losses
 from bpref import tables as _tables
 from bpref.oracle import spec as _spec
@@ -123,7 +124,8 @@ def _loss_terms_table(names) -> jax.stages.Wrapped:
   """(dC_b/dy, C_b) of the loss with that index in ``names``: one compilation per bucket for
   every loss in it."""
   branches = tuple(_loss_terms_branch(name) for name in names)
-  return jax.jit(lambda index, y, t: jax.lax.switch(index, branches, y, t))
+  return compilation.jit(lambda index, y, t: jax.lax.switch(index, branches, y, t),
+                         key=f"bpref.oracle.truth._loss_terms_table{names}")
 
 
 def loss_terms(loss, y, t, *, declared=None):

@@ -61,6 +61,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bpref import activations as _activations
+from bpref import compilation
 from bpref import backprop as _backprop
 from bpref import losses as _losses
 from bpref import network as _network
@@ -240,7 +241,7 @@ def _one_case(p: _Packed, precision, names: Branches = EVERY):
   return value, dW, db, deltas, dx, y, a_prevs
 
 
-@functools.partial(jax.jit, static_argnames=("precision", "names"))
+@compilation.jit(static_argnames=("precision", "names"))
 def _many(p: _Packed, precision=DEFAULT_PRECISION, names: Branches = EVERY):
   return jax.vmap(lambda case: _one_case(case, precision, names))(p)
 
@@ -477,7 +478,7 @@ _JACOBIAN_BRANCHES = tuple(functools.partial(_activations.jacobian, n) for n in 
 _DERIVATIVE_BRANCHES = tuple(_derivative_branch(n) for n in ACTIVATION_NAMES)
 
 
-@functools.partial(jax.jit, static_argnames=("precision",))
+@compilation.jit(static_argnames=("precision",))
 def _many_lambdas(p: _Packed, precision=DEFAULT_PRECISION):
   return jax.vmap(lambda case: _one_case_lambdas(case, precision))(p)
 

@@ -25,7 +25,6 @@ activations, softsign, huber) are reported but not judged by them.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import sys
 import time
@@ -92,12 +91,12 @@ def _outputs(module, network_predict, params, x, t, loss, reduction):
   }
 
 
-@functools.partial(jax.jit, static_argnums=(3, 4))
+@compilation.jit(static_argnums=(3, 4))
 def _bpref_outputs(params, x, t, loss, reduction):
   return _outputs(_backprop, _network.predict, params, x, t, loss, reduction)
 
 
-@functools.partial(jax.jit, static_argnums=(3, 4))
+@compilation.jit(static_argnums=(3, 4))
 def _witness_outputs(params, x, t, loss, reduction):
   return _outputs(_autodiff, _autodiff.predict, params, x, t, loss, reduction)
 

@@ -12,12 +12,12 @@ delta_l and lambda_l are obtained by injecting an offset e_l into z_l
 
 from __future__ import annotations
 
-import functools
 
 import jax
 import jax.numpy as jnp
 
 from bpref import activations as _activations
+from bpref import compilation
 from bpref import losses as _losses
 from bpref.network import DEFAULT_PRECISION
 from bpref.structures import Layer
@@ -141,7 +141,7 @@ def _one_padded_case(p, precision):
   return value, dW, db, de, dx, per_W, per_b, lams, y
 
 
-@functools.partial(jax.jit, static_argnames=("precision",))
+@compilation.jit(static_argnames=("precision",))
 def _padded_many(p, precision):
   return jax.vmap(lambda case: _one_padded_case(case, precision))(p)
 
@@ -173,7 +173,7 @@ def _grad_one_padded_case(p, precision):
   return jax.grad(_padded_loss, argnums=(0, 1))(p.W, p.b, p.x, offsets, p, p.rows(), precision)
 
 
-@functools.partial(jax.jit, static_argnames=("precision",))
+@compilation.jit(static_argnames=("precision",))
 def _padded_grads(p, precision):
   return jax.vmap(lambda case: _grad_one_padded_case(case, precision))(p)
 

@@ -33,7 +33,6 @@ Everything is a pure function of arrays and traces under ``jax.jit`` and ``jax.v
 
 from __future__ import annotations
 
-import functools
 from typing import Callable, NamedTuple
 
 import jax
@@ -41,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bpref import activations as _activations
+from bpref import compilation
 from bpref import losses as _losses
 from bpref.network import DEFAULT_PRECISION
 from bpref.structures import Layer
@@ -321,7 +321,7 @@ def gradient_complex(fun_c, theta, h=None) -> Array:
   return _basis_map(lambda e: complex_derivative(fun_c, theta, e, h), theta.shape[0], theta.dtype)
 
 
-@functools.partial(jax.jit, static_argnames=("loss", "reduction", "method", "precision"))
+@compilation.jit(static_argnames=("loss", "reduction", "method", "precision"))
 def gradient(params, x, t, loss="squared_error", reduction="mean", *, method="richardson",
              precision=DEFAULT_PRECISION):
   """dC/dparams by finite differences, as a tree shaped like params.
@@ -541,7 +541,7 @@ def _estimates_one(p, g_W, g_b, v_W, v_b, precision):
           by_richardson, order)
 
 
-@functools.partial(jax.jit, static_argnames=("precision",))
+@compilation.jit(static_argnames=("precision",))
 def _estimates_padded(p, grads, directions, precision):
   # one case at a time (lax.map): P steps per coordinate of each case stay in memory, not K P
   return jax.lax.map(lambda case: _estimates_one(*case, precision), (p, *grads, *directions))
