@@ -47,9 +47,8 @@ class Activation(NamedTuple):
       adds it to |f'(z)| in its magnitude bound; the oracle adds it and the error of other
       people's forms of f' (``bpref.oracle.textbook_forms``), rho_f of proofs/tolerance.md.
     kink: what jumps at z = 0, where the probes plant exact zeros: "f'" (a convention
-      decides f'(0)), "f''" (f' is continuous, its formula branches), or ``None`` (smooth).
-    kink_values: for a jump in f', the values of f'(0) in use, as (value, who uses it);
-      the first is bpref's. Any value between the one-sided derivatives is a subgradient.
+      decides f'(0), and the oracle knows the values in use: ``bpref.oracle.judge``),
+      "f''" (f' is continuous, its formula branches), or ``None`` (smooth).
     piecewise_linear: f' takes finitely many values and needs no transcendental function.
   """
   name: str
@@ -59,7 +58,6 @@ class Activation(NamedTuple):
   df_out: Callable[[Array], Array] | None = None
   d2f: Callable[[Array, Array], Array] | None = None
   kink: str | None = None
-  kink_values: tuple = ()
   piecewise_linear: bool = False
 
 
@@ -277,25 +275,15 @@ def softmax(z):
   return e / jnp.sum(e, axis=-1, keepdims=True)
 
 
-_RELU_KINK = ((0.0, "relu'(0) = 0 (jax.nn.relu, torch)"),
-              (0.5, "relu'(0) = 1/2 (code built on maximum, whose two branches share the gradient)"),
-              (1.0, "relu'(0) = 1 (code testing z >= 0)"))
-_LEAKY_RELU_KINK = ((1.0, "leaky_relu'(0) = 1 (jax.nn)"),
-                    (0.505, "leaky_relu'(0) = (1 + 0.01) / 2 (maximum-based code)"),
-                    (0.01, "leaky_relu'(0) = 0.01 (code testing z > 0)"))
-_SELU_KINK = ((SELU_SCALE * SELU_ALPHA, "selu'(0) = scale * alpha (jax.nn)"),
-              (SELU_SCALE, "selu'(0) = scale (torch)"))
-
 ACTIVATIONS: dict[str, Activation] = {
     act.name: act
     for act in (
         Activation("identity", _identity, _identity_df, df_out=_identity_df, piecewise_linear=True),
         Activation("relu", _relu, _relu_df, df_out=_relu_df_from_output, kink="f'",
-                   kink_values=_RELU_KINK, piecewise_linear=True),
-        Activation("leaky_relu", _leaky_relu, _leaky_relu_df, kink="f'",
-                   kink_values=_LEAKY_RELU_KINK, piecewise_linear=True),
+                   piecewise_linear=True),
+        Activation("leaky_relu", _leaky_relu, _leaky_relu_df, kink="f'", piecewise_linear=True),
         Activation("elu", _elu, _elu_df, d2f=_elu_second, kink="f''"),
-        Activation("selu", _selu, _selu_df, d2f=_selu_second, kink="f'", kink_values=_SELU_KINK),
+        Activation("selu", _selu, _selu_df, d2f=_selu_second, kink="f'"),
         Activation("gelu", _gelu, _gelu_df, d2f=_gelu_second),
         Activation("gelu_tanh", _gelu_tanh, _gelu_tanh_df, d2f=_gelu_tanh_second),
         Activation("silu", _silu, _silu_df, d2f=_silu_second),

@@ -239,7 +239,7 @@ _NAN_FORMS = {
     "df_out": lambda act, z, a: act.df_out(a),
     "d2f": lambda act, z, a: act.d2f(z, a),
 }
-_NOT_FUNCTIONS = {"name", "elementwise", "kink", "kink_values", "piecewise_linear"}
+_NOT_FUNCTIONS = {"name", "elementwise", "kink", "piecewise_linear"}
 _NANS = [np.nan, -np.nan]  # both signs of NaN
 CONSTANT_PRIME = {"identity"}
 """Activations whose f' is a constant, NaN or not (torch's identity too)."""

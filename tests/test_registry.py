@@ -11,9 +11,12 @@ from the source, so that the check needs none of the frameworks installed.
 import ast
 import pathlib
 
+import jax.numpy as jnp
+
 import bpref
 from bpref import activations as A
 from bpref import losses as L
+from bpref.oracle.judge import KINK_CONVENTIONS
 
 ROOT = pathlib.Path(bpref.__file__).parent.parent
 
@@ -121,7 +124,9 @@ def test_every_record_is_complete():
       continue
     # rho_f: exact f' (piecewise-linear) or an allowance for the forms in use
     assert act.piecewise_linear == (act.d2f is None), name
-    assert (act.kink == "f'") == bool(act.kink_values), name
+    assert (act.kink == "f'") == (name in KINK_CONVENTIONS), name  # the values in use at the jump
+    if act.kink == "f'":  # the first is bpref's own f'(0)
+      assert float(act.df(jnp.zeros(1))[0]) == KINK_CONVENTIONS[name][0][0], name
     assert act.kink in (None, "f'", "f''"), name
     documented = (ROOT / "proofs/tolerance.md").read_text()
     assert act.piecewise_linear or f"**{name}.**" in documented or f"\n{name}:" in documented \

@@ -31,10 +31,18 @@ EXEC_STATUSES = {"exited": "crash", "refused": "exception", "protocol": "protoco
 """Outcome statuses of a candidate process speaking bpref-wire (``bpref.oracle.exec``), and the
 failure kind each is; the outcome's error is then the whole message."""
 
-KINK_CONVENTIONS = {name: act.kink_values for name, act in _activations.ACTIVATIONS.items()
-                    if act.kink_values}
-"""f'(0) values in use at each jump of f', with who uses them; the first is bpref's
-(``bpref.activations.Activation.kink_values``)."""
+KINK_CONVENTIONS = {
+    "relu": ((0.0, "relu'(0) = 0 (jax.nn.relu, torch)"),
+             (0.5, "relu'(0) = 1/2 (code built on maximum, whose two branches share the gradient)"),
+             (1.0, "relu'(0) = 1 (code testing z >= 0)")),
+    "leaky_relu": ((1.0, "leaky_relu'(0) = 1 (jax.nn)"),
+                   (0.505, "leaky_relu'(0) = (1 + 0.01) / 2 (maximum-based code)"),
+                   (0.01, "leaky_relu'(0) = 0.01 (code testing z > 0)")),
+    "selu": ((_activations.SELU_SCALE * _activations.SELU_ALPHA, "selu'(0) = scale * alpha (jax.nn)"),
+             (_activations.SELU_SCALE, "selu'(0) = scale (torch)")),
+}
+"""f'(0) values in use at each jump of f' (the activations whose ``kink`` is "f'"), with who
+uses them; the first is bpref's. Any value between the one-sided derivatives is a subgradient."""
 
 
 class CaseResult(NamedTuple):
