@@ -15,17 +15,14 @@ import numpy as np
 
 from bpref import activations as _activations
 from bpref.structures import Array, Layer, Params, Tape, unbatched
-from bpref.validation import check_key, check_params, check_precision, check_sizes, check_x, per_layer
+from bpref.validation import (check_init, check_params, check_precision, check_x, device_array,
+                              per_layer)
 
 DEFAULT_PRECISION = jax.lax.Precision.HIGHEST
 """Matmul precision of the reference: full precision on every backend (no TF32, no bf16 passes)."""
 
 
 # ---------------------------------------------------------------- constructors
-
-MAX_PARAMETERS = 2**31 - 1
-"""Most parameters ``init`` draws: XLA indexes one array with 32-bit integers on some devices."""
-
 
 def init(key, sizes: Sequence[int], activations, *, bias: bool = True, dtype=None) -> Params:
   """Random parameters, fan-in scaled: W_l ~ N(0, 1/n_{l-1}), b_l = 0.
@@ -42,34 +39,8 @@ def init(key, sizes: Sequence[int], activations, *, bias: bool = True, dtype=Non
   >>> [p.W.shape for p in params]
   [(4, 3), (2, 4)]
   """
-  sizes = check_sizes(sizes)
-  check_key(key)
-  if len(sizes) < 2:
-    raise ValueError(f"sizes must list n_0, ..., n_L with at least one layer; got {sizes}")
-  if any(n < 1 for n in sizes):
-    raise ValueError(f"every layer width must be >= 1; got sizes {sizes}")
+  sizes, activations, dtype = check_init(key, sizes, activations, bias, dtype)
   n_layers = len(sizes) - 1
-  if isinstance(activations, str):
-    activations = (activations,) * n_layers
-  activations = tuple(activations)
-  if len(activations) != n_layers:
-    raise ValueError(f"sizes {sizes} define {n_layers} layers but {len(activations)} activations "
-                     f"were given: {activations}")
-  if dtype is None:
-    dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
-  try:
-    dtype = np.dtype(dtype)
-  except TypeError:
-    raise TypeError(f"dtype must be float32 or float64; got {dtype!r}") from None
-  if dtype not in (np.float32, np.float64):
-    raise TypeError(f"dtype must be float32 or float64; got {dtype}")
-  if dtype == np.float64 and not jax.config.jax_enable_x64:
-    raise TypeError("dtype float64 needs JAX's 64-bit mode, which is off: call "
-                    "jax.config.update('jax_enable_x64', True) first (JAX would give float32)")
-  entries = sum(sizes[l] * (sizes[l - 1] + bias) for l in range(1, n_layers + 1))
-  if entries > MAX_PARAMETERS:
-    raise ValueError(f"sizes {sizes} need {entries:,} parameters ({entries * dtype.itemsize / 2**30:,.1f} "
-                     f"GiB in {dtype}); init draws at most {MAX_PARAMETERS:,}")
   keys = jax.random.split(key, n_layers)
   params = []
   for l in range(1, n_layers + 1):
@@ -80,20 +51,6 @@ def init(key, sizes: Sequence[int], activations, *, bias: bool = True, dtype=Non
   params = tuple(params)
   check_params(params)
   return params
-
-
-def _device_array(v, what: str):
-  # A JAX array (or tracer) as it is; anything else through device_put, which canonicalizes the
-  # dtype as jnp.asarray does but, unlike it, compiles nothing (jnp.asarray compiles once per shape).
-  if isinstance(v, jax.Array):
-    return v
-  v = np.asarray(v)
-  if v.dtype.kind not in "biufc":
-    raise TypeError(f"{what} must have a floating dtype; got {v.dtype}")
-  if v.dtype == np.float64 and not jax.config.jax_enable_x64:
-    raise TypeError(f"{what} is float64, but JAX's 64-bit mode is off, so it would become float32: "
-                    "call jax.config.update('jax_enable_x64', True) first, or pass float32 arrays")
-  return jax.device_put(v)
 
 
 def from_arrays(weights, biases, activations) -> Params:
@@ -107,8 +64,8 @@ def from_arrays(weights, biases, activations) -> Params:
   weights = list(weights)
   biases, activations = per_layer(len(weights), biases, activations)
   params = tuple(
-      Layer(_device_array(W, f"layer {l}: W"),
-            None if b is None else _device_array(b, f"layer {l}: b"), act)
+      Layer(device_array(W, f"layer {l}: W"),
+            None if b is None else device_array(b, f"layer {l}: b"), act)
       for l, (W, b, act) in enumerate(zip(weights, biases, activations), start=1))
   check_params(params)
   return params

@@ -291,6 +291,57 @@ def check_sizes(sizes) -> tuple:
   return tuple(int(n) for n in sizes)
 
 
+MAX_PARAMETERS = 2**31 - 1
+"""Most parameters ``bpref.init`` draws: XLA indexes one array with 32-bit integers on some devices."""
+
+
+def check_init(key, sizes, activations, bias, dtype) -> tuple:
+  """``bpref.init``'s arguments checked: (sizes, L activation names, a NumPy float dtype)."""
+  sizes = check_sizes(sizes)
+  check_key(key)
+  if len(sizes) < 2:
+    raise ValueError(f"sizes must list n_0, ..., n_L with at least one layer; got {sizes}")
+  if any(n < 1 for n in sizes):
+    raise ValueError(f"every layer width must be >= 1; got sizes {sizes}")
+  n_layers = len(sizes) - 1
+  if isinstance(activations, str):
+    activations = (activations,) * n_layers
+  activations = tuple(activations)
+  if len(activations) != n_layers:
+    raise ValueError(f"sizes {sizes} define {n_layers} layers but {len(activations)} activations "
+                     f"were given: {activations}")
+  if dtype is None:
+    dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+  try:
+    dtype = np.dtype(dtype)
+  except TypeError:
+    raise TypeError(f"dtype must be float32 or float64; got {dtype!r}") from None
+  if dtype not in (np.float32, np.float64):
+    raise TypeError(f"dtype must be float32 or float64; got {dtype}")
+  if dtype == np.float64 and not jax.config.jax_enable_x64:
+    raise TypeError("dtype float64 needs JAX's 64-bit mode, which is off: call "
+                    "jax.config.update('jax_enable_x64', True) first (JAX would give float32)")
+  entries = sum(sizes[l] * (sizes[l - 1] + bias) for l in range(1, n_layers + 1))
+  if entries > MAX_PARAMETERS:
+    raise ValueError(f"sizes {sizes} need {entries:,} parameters ({entries * dtype.itemsize / 2**30:,.1f} "
+                     f"GiB in {dtype}); init draws at most {MAX_PARAMETERS:,}")
+  return sizes, activations, dtype
+
+
+def device_array(v, what: str):
+  """``v`` on the device, unchanged if it is a jax.Array; a TypeError for a non-numeric dtype,
+  or for float64 while JAX's 64-bit mode is off (JAX would make it float32)."""
+  if isinstance(v, jax.Array):
+    return v
+  v = np.asarray(v)
+  if v.dtype.kind not in "biufc":
+    raise TypeError(f"{what} must have a floating dtype; got {v.dtype}")
+  if v.dtype == np.float64 and not jax.config.jax_enable_x64:
+    raise TypeError(f"{what} is float64, but JAX's 64-bit mode is off, so it would become float32: "
+                    "call jax.config.update('jax_enable_x64', True) first, or pass float32 arrays")
+  return jax.device_put(v)
+
+
 def check_key(key) -> None:
   """A TypeError unless ``key`` is a jax.random key (typed, or the legacy uint32[2])."""
   dtype = getattr(key, "dtype", None)
