@@ -36,12 +36,12 @@ s = max(1, Z) with Z = |x| |W|^T + |b| the terms of (7).
 
 from __future__ import annotations
 
-import functools
 import math
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bpref import compilation
 from bpref import activations as _activations
 from bpref import backprop as _backprop
 from bpref import losses as _losses
@@ -252,17 +252,17 @@ def _pad(v, rows, cols, fill=0.0):
   return out
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@compilation.jit(static_argnums=0)
 def _f_padded(name, z):
   return _activations.get(name).f(z)  # (8)
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@compilation.jit(static_argnums=0)
 def _vjp_padded(name, z, a, g):
   return _activations.vjp(name, z, a, g)  # (34): g (da/dz), diag f'(z) or the softmax Jacobian
 
 
-@jax.jit
+@compilation.jit
 def _dense_padded(x, W, delta):
   layer = Layer(W, jnp.zeros(W.shape[:1], W.dtype), "identity")
   unread = jnp.zeros_like(delta)  # z_1 and a_1: (39) reads a_0 = x and delta alone

@@ -47,7 +47,6 @@ added to each visible entry of Pi and M_dS and to each M_X.
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import NamedTuple
 
@@ -55,6 +54,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bpref import compilation
 from bpref import tolerance as _tolerance
 from bpref.layers import attention as _attention
 from bpref.network import DEFAULT_PRECISION
@@ -143,7 +143,7 @@ def _magnitudes(cache, dout, floor, precision) -> AttentionBounds:
 
 # ---------------------------------------------------------------- bpref's answer
 
-@functools.partial(jax.jit, static_argnums=2)
+@compilation.jit(static_argnums=2)
 def _padded(qkv, dout, heads, floor):
   out, cache = _attention.forward(qkv, heads)  # (A1)-(A6)
   dqkv = _attention.backward(cache, dout)  # (A7)-(A13)

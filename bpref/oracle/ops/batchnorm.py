@@ -52,11 +52,11 @@ reshape_without_transpose (nchw: x.reshape(-1, C) without moving the channels la
 
 from __future__ import annotations
 
-import functools
 
 import jax
 import numpy as np
 
+from bpref import compilation
 from bpref import tolerance as _tolerance
 from bpref.layers import batchnorm as _batchnorm
 from bpref.oracle.ops.record import Model, OpKind, OpTruth, bucket, plain, unit_and_floor
@@ -65,7 +65,7 @@ SPATIAL = 3
 """The largest H and W of a random nchw case."""
 
 
-@functools.partial(jax.jit, static_argnums=4)
+@compilation.jit(static_argnums=4)
 def _grads_padded(X, gamma, beta, dOut, eps):
   out, cache = _batchnorm.forward(X, gamma, beta, eps)  # (BN1)-(BN5)
   return (out,) + _batchnorm.backward(cache, dOut)  # (BN8)-(BN11)

@@ -43,11 +43,11 @@ judged under, or with ``handed`` the layout bpref hands it in).
 
 from __future__ import annotations
 
-import functools
 
 import jax
 import numpy as np
 
+from bpref import compilation
 from bpref.layers import block as _block
 from bpref.oracle.diagnosis import Finding
 from bpref.oracle.ops import attention as _attention_kind
@@ -68,7 +68,7 @@ def _shapes(C: int) -> dict:
               W_fp=(C, 4 * C), b_fp=(C,))
 
 
-@functools.partial(jax.jit, static_argnums=(3, 4))
+@compilation.jit(static_argnums=(3, 4))
 def _steps(params, x, dy, heads, eps):
   _, cache = _block.forward(params, x, heads, eps=eps)
   return _block.steps(params, cache, dy)[0]

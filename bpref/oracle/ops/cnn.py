@@ -39,11 +39,11 @@ per geometry.
 
 from __future__ import annotations
 
-import functools
 
 import jax
 import numpy as np
 
+from bpref import compilation
 from bpref.layers import cnn as _cnn
 from bpref.oracle.ops import batchnorm as _batchnorm_kind
 from bpref.oracle.ops import classic as _classic
@@ -66,7 +66,7 @@ CS231N_KINDS = ("dense", "activation", "maxpool2d", "conv2d")
 """The steps called as CS231n's ``(dout, cache)`` with ``signature="cs231n"``."""
 
 
-@functools.partial(jax.jit, static_argnums=3)
+@compilation.jit(static_argnums=3)
 def _handed(params, x, labels, eps):
   _, cache = _cnn.forward(params, x, labels, eps=eps)  # (CNN1)-(CNN6)
   return _cnn.steps(params, cache)[0]  # (CNN7)-(CNN12): what each step is handed

@@ -37,7 +37,6 @@ search compiles one program per stride and padding.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 import re
@@ -45,6 +44,7 @@ import re
 import jax
 import numpy as np
 
+from bpref import compilation
 from bpref import tolerance as _tolerance
 from bpref.layers import conv as _conv
 from bpref.oracle.diagnosis import Finding
@@ -72,7 +72,7 @@ def _taps_bucket(k: int) -> int:
   return 3 if k <= 3 else bucket(k)
 
 
-@functools.partial(jax.jit, static_argnums=(4, 5))
+@compilation.jit(static_argnums=(4, 5))
 def _grads_padded(x, w, b, dout, stride, pad):
   def one(x, w, b, dout):
     out, cache = _conv.forward(x, w, b, stride, pad)  # (CV1)-(CV3)

@@ -46,13 +46,14 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from bpref import compilation
 from bpref import tolerance as _tolerance
 from bpref.layers import embedding as _embedding
 from bpref.oracle.ops.record import (Label, Model, OpKind, OpTruth, bucket, plain, scaled,
                                      unit_and_floor)
 
 
-@jax.jit
+@compilation.jit
 def _answer_padded(ids, wte, wpe, dout):
   out = _embedding.forward(ids, wte, wpe)  # (EMB1)
   dwte, dwpe = _embedding.backward(ids, dout, wte.shape[0], wpe.shape[0])  # (EMB2), (EMB3)

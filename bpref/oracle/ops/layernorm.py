@@ -26,18 +26,18 @@ rows with a large mean that term makes the check of dx loose in float32, and the
 
 from __future__ import annotations
 
-import functools
 
 import jax
 import numpy as np
 
+from bpref import compilation
 from bpref import tolerance as _tolerance
 from bpref.layers import layernorm as _layernorm
 from bpref.oracle.ops.record import (ROW_PROBES, Model, OpKind, OpTruth, bucket, plain, row_dims,
                                      unit_and_floor)
 
 
-@functools.partial(jax.jit, static_argnums=4)
+@compilation.jit(static_argnums=4)
 def _grads_padded(x, w, b, dout, eps):
   out, cache = _layernorm.forward(x, w, b, eps)  # (LN1)-(LN5)
   return (out,) + _layernorm.backward(cache, w, dout)  # (LN8)-(LN11)

@@ -54,13 +54,13 @@ amplifies by p / (1 - p), so
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 
 import jax
 import numpy as np
 
+from bpref import compilation
 from bpref import tolerance as _tolerance
 from bpref.layers import dropout as _dropout
 from bpref.layers import pool as _pool
@@ -133,7 +133,7 @@ def _ties(win):
   return (win == win.max(axis=-1, keepdims=True)).astype(np.float64)
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3))
+@compilation.jit(static_argnums=(2, 3))
 def _maxpool_padded(x, dout, pool, stride):
   out, cache = _pool.forward(x, pool, stride)  # (MP1)
   return out, _pool.backward(cache, dout)  # (MP2), (MP3)
@@ -412,7 +412,7 @@ def _p_name(p: float) -> str:
   return f"p{short if float(short) == p else repr(p)}"
 
 
-@functools.partial(jax.jit, static_argnums=3)
+@compilation.jit(static_argnums=3)
 def _dropout_padded(x, mask, dout, p):
   return _dropout.forward(x, mask, p), _dropout.backward(mask, p, dout)  # (DO1), (DO2)
 

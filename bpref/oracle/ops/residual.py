@@ -42,11 +42,11 @@ the other subgradients at a kink.
 
 from __future__ import annotations
 
-import functools
 
 import jax
 import numpy as np
 
+from bpref import compilation
 from bpref import activations as _activations
 from bpref import tolerance as _tolerance
 from bpref.layers import residual as _residual
@@ -57,7 +57,7 @@ from bpref.oracle.ops.record import (ROW_PROBES, Label, Model, OpCase, OpKind, O
 from bpref.scale import fast as _fast
 
 
-@functools.partial(jax.jit, static_argnums=4)
+@compilation.jit(static_argnums=4)
 def _answer_padded(x, W, b, dout, activation):
   y, cache = _residual.forward(x, W, b, activation)  # (RES1)-(RES3)
   dx, dW, db = _residual.backward(cache, W, activation, dout)  # (RES4)-(RES7)
