@@ -210,20 +210,21 @@ def jit(fn=None, *, static_argnums=(), static_argnames=(), key=None):
       return traced(*args, **kwargs)
     signature = repr((name, static, str(tree), tuple(str(jax.typeof(leaf)) for leaf in leaves),
                       jax.config.jax_enable_x64, str(jax.config.jax_default_matmul_precision)))
-    executable = loaded.get(signature)
-    if executable is not None:
-      return executable(*dynamic[0], **dynamic[1])
-    executable = _load(signature)
-    if executable is not None:
+    executable, stored = loaded.get(signature) or (None, False)
+    if executable is None:
+      executable = _load(signature)
+      stored = executable is not None
+    if stored:
       try:
         out = executable(*dynamic[0], **dynamic[1])
-        loaded[signature] = executable
+        loaded[signature] = (executable, True)
         return out
-      except Exception:  # stored by another build of jaxlib's runtime: compiled again below
+      except Exception:  # a stored executable that does not run here: compiled again below
         pass
-    executable = _compile(traced, args, kwargs)
-    _store(signature, executable)
-    loaded[signature] = executable
+    if executable is None or stored:
+      executable = _compile(traced, args, kwargs)
+      _store(signature, executable)
+      loaded[signature] = (executable, False)
     return executable(*dynamic[0], **dynamic[1])
 
   call._cache_size = lambda: len(loaded) + traced._cache_size()

@@ -213,6 +213,17 @@ def test_a_damaged_store_is_compiled_again(store):
   assert len(traced) == 2
 
 
+def test_a_stored_executable_that_fails_to_run_is_compiled_again(store, monkeypatch):
+  def broken(*args, **kwargs):
+    raise RuntimeError("NOT_FOUND: Function fusion not found")  # as an incomplete executable
+  monkeypatch.setattr(compilation, "_load", lambda signature: broken)
+  traced = []
+  double = compilation.jit(_doubler(traced), static_argnums=1, key="tests.double")
+  np.testing.assert_array_equal(np.asarray(double(np.ones(2), 2, offset=1.0)), [3.0, 3.0])
+  np.testing.assert_array_equal(np.asarray(double(np.ones(2), 2, offset=1.0)), [3.0, 3.0])
+  assert len(traced) == 1
+
+
 def test_traced_arguments_and_unstable_statics_go_through_jax_jit(store):
   import jax
 
