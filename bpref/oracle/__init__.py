@@ -216,12 +216,10 @@ def build_report(ev, spec, found, target, candidate, start) -> Report:
 def _history_dependent(ev, minimal, calls: int) -> list:
   """The cases, in call order, up to the minimal failure, when that failure does not repeat
   alone in a fresh process; [] when it does, or when the candidate runs in this process or on
-  several workers (the order of calls is then not one sequence)."""
-  if ev.pool is None or ev.spec.workers != 1 or minimal.kind in ("timeout", "crash"):
-    return []
-  ev.pool.fresh()
-  alone = ev.run([minimal.arch], "fresh process")
-  if not alone or not alone[0].passed:
+  several workers (the order of calls is then not one sequence): ``engine.passes_alone``."""
+  from bpref.oracle import engine as _engine
+
+  if not _engine.passes_alone(ev, minimal):
     return []
   history = [result.arch for _, result in ev.history[:calls]]
   end = max(i for i, arch in enumerate(history) if arch == minimal.arch) + 1

@@ -1,10 +1,10 @@
-"""The search: targeted probes, then hypothesis's random architectures, then shrinking.
+"""The whole network as a problem of the search engine (``bpref.oracle.engine``).
 
 Every case the oracle tries is an ``Arch`` from a list fixed by the spec and
 the seed (``spec.probes`` then ``spec.random_archs``; a case that checks nothing is
-dropped and made up for by further draws, ``find_failure``), and shrinking tries the
-neighbours of a failing case in a fixed order, taking the first that still
-fails. The calls themselves may run in this process or on ``workers``
+dropped and made up for by further draws, ``engine.cases``), and shrinking tries the
+neighbours of a failing case in a fixed order (``neighbours``), taking the first that
+still fails. The calls themselves may run in this process or on ``workers``
 subprocesses; since the list and the order do not depend on where the calls
 run, the verdict, the minimal case and the counts are the same for the same
 seed.
@@ -12,12 +12,12 @@ seed.
 
 from __future__ import annotations
 
-import collections
 import time
 from typing import Callable, NamedTuple
 
 import numpy as np
 
+from bpref.oracle import engine as _engine
 from bpref.oracle import isolation as _isolation
 from bpref.oracle import judge as _judge
 from bpref.oracle import spec as _spec
@@ -56,6 +56,7 @@ class Evaluator:
     self.calls = 0
     self.stopped = ""  # why no further calls can be made
     self._truths = {}
+    self._seen = set()  # the archs the search has examined
 
   def case_and_truth(self, arch):
     if arch not in self._truths:
@@ -98,6 +99,55 @@ class Evaluator:
       self.progress(phase, self.calls)
     return results
 
+  # The engine's Problem (``bpref.oracle.engine``): items are ``Arch``es, results ``CaseResult``s.
+
+  @property
+  def workers(self) -> int:
+    return max(1, self.spec.workers)
+
+  def probe_items(self) -> list:
+    return _spec.probes(self.spec) if self.spec.probes else []
+
+  def draw(self, count: int, round: int) -> list:
+    """Round 0 draws from the seed; round k from the seed named f"{seed}+{k}"."""
+    seed = self.spec.seed if round == 0 else f"{self.spec.seed}+{round}"
+    return _spec.random_archs(self.spec, count, seed, keep_outside=True)
+
+  def outside(self, arch) -> str:
+    return _spec.outside(arch, self.spec)
+
+  def skip(self, arch) -> str:
+    """Why ``arch`` checks nothing: a repeat of a case already examined, or ``drop_reason``."""
+    if arch in self._seen:
+      return "repeat"
+    self._seen.add(arch)
+    return drop_reason(*self.case_and_truth(arch))
+
+  def judged(self, archs, phase: str, failing=None) -> list:
+    return self.run(archs, phase)
+
+  def repeated(self, result):
+    again = self.run([result.arch], "repeat")
+    if again and not _judge.same_results(result, again[0], self.case_and_truth(result.arch)[1],
+                                         result.tolerance):
+      return again[0]._replace(
+          passed=False, kind="nondeterministic",
+          message="two calls on the same inputs returned different gradients "
+                  f"(first call: {result.message}; second call: {again[0].message})")
+    return None
+
+  def item_of(self, result):
+    return result.arch
+
+  def neighbours_of(self, result) -> list:
+    return neighbours(result.arch, self.spec)
+
+  def same_failure(self, failing):
+    group = SHRINK_GROUPS.get(failing.kind)
+    if group is None:
+      return None
+    return lambda r: not r.passed and SHRINK_GROUPS.get(r.kind) == group
+
 
 class SearchResult(NamedTuple):
   """What the search found.
@@ -122,11 +172,6 @@ class SearchResult(NamedTuple):
   tally: object = None
 
 
-def _chunks(items, size):
-  for i in range(0, len(items), size):
-    yield items[i:i + size]
-
-
 def vacuous(case, truth) -> list:
   """The arrays ("W1", "b2", ...) whose true gradient an all-zero answer would pass.
 
@@ -143,8 +188,8 @@ def vacuous(case, truth) -> list:
   return [name for name, e in zeros.items() if not e > tol]
 
 
-DRAW_BUDGET = 10
-"""Random networks the search may draw per random case it must check (``find_failure``)."""
+DRAW_BUDGET = _engine.DRAW_BUDGET
+"""Random networks the search may draw per random case it must check (``engine.cases``)."""
 
 DROP_REASONS = {
     "vacuous": "vacuous (an all-zero gradient passes them: some layer's true gradient is below "
@@ -157,29 +202,15 @@ DROP_REASONS = {
 """Why a case is dropped unchecked, keyed as in ``Tally.dropped``."""
 
 
-class Tally:
-  """The cases of a search: asked for, checked, and dropped unchecked with the reason for each.
+class Tally(_engine.Tally):
+  """The engine's ``Tally`` of a network search, with its counts in words.
 
-  Attributes:
-    requested: cases a verdict needs checked: the probes in the domain plus ``spec.examples``.
-    probes: the probes in the domain.
-    checked: cases run and judged.
-    dropped: {reason: count} over ``DROP_REASONS``, the reasons met only.
-    outside: {why a draw lies outside the domain (``spec.outside``): count}.
-    budget: random draws allowed: ``DRAW_BUDGET`` per random case needed, i.e. per example
-      plus one per probe dropped.
-    drawn: random draws made (and examined) so far.
+  ``probes`` counts the probes in the domain, ``dropped`` the reasons of ``DROP_REASONS`` met,
+  ``outside`` the reasons a draw lies outside the domain (``spec.outside``).
   """
 
-  def __init__(self, probes: int, examples: int):
-    self.probes, self.requested = probes, probes + examples
-    self.checked, self.budget, self.drawn = 0, 0, 0
-    self.dropped, self.outside = collections.Counter(), collections.Counter()
-
-  @property
-  def short(self) -> bool:
-    """Whether fewer cases were checked than asked for (or none at all)."""
-    return self.checked < max(1, self.requested)
+  def __init__(self, spec):
+    super().__init__(len(_spec.probes(spec)) if spec.probes else 0, spec.examples, DRAW_BUDGET)
 
   def dropped_text(self) -> str:
     """'9 (8 vacuous ..., 1 ...)' for people; '0' when nothing was dropped."""
@@ -210,7 +241,7 @@ class Tally:
     return (f"only {self.checked} of the {self.requested} networks asked for were checked "
             f"({self.probes} probes in the domain + {self.requested - self.probes} examples), so "
             "there is no verdict; "
-            f"dropped unchecked: {self.dropped_text()}. The draw budget, {DRAW_BUDGET} random "
+            f"dropped unchecked: {self.dropped_text()}. The draw budget, {self.per_case} random "
             f"draws per random case needed ({self.budget} here), ran out after {self.drawn} "
             f"draws{hint}")
 
@@ -227,91 +258,6 @@ def drop_reason(case, truth) -> str:
       not np.isfinite(_judge.case_tolerance(case, truth)):
     return "not finite"
   return "vacuous" if vacuous(case, truth) else ""
-
-
-def _cases(ev: Evaluator, tally: Tally):
-  """The cases to check, in order: the probes, then random draws, each one that checks
-  something (``drop_reason``) and is new; further random rounds make up for the cases
-  dropped, up to ``tally.budget`` draws. The first round is ``spec.examples`` draws of the
-  seed; round k, 2**k times the cases still needed, draws of the seed named f"{seed}+{k}".
-  Built as the search goes."""
-  spec = ev.spec
-  seen = set()
-  kept = 0
-
-  def checks(arch) -> bool:
-    if arch in seen:
-      tally.dropped["repeat"] += 1
-      return False
-    seen.add(arch)
-    why = drop_reason(*ev.case_and_truth(arch))
-    if why:
-      tally.dropped[why] += 1
-    return not why
-
-  probes = _spec.probes(spec) if spec.probes else []
-  for arch in probes:
-    if checks(arch):
-      kept += 1
-      yield arch
-  tally.budget = DRAW_BUDGET * (spec.examples + len(probes) - kept)
-  rounds = 0
-  while kept < tally.requested and tally.drawn < tally.budget:
-    need = tally.requested - kept
-    ask = min(tally.budget - tally.drawn, spec.examples if rounds == 0 else need << rounds)
-    drawn = _spec.random_archs(spec, ask, spec.seed if rounds == 0 else f"{spec.seed}+{rounds}",
-                               keep_outside=True) if ask else []
-    rounds += 1
-    for arch in drawn:
-      if kept >= tally.requested:
-        return
-      tally.drawn += 1
-      why = _spec.outside(arch, spec)
-      if why:
-        tally.dropped["outside the domain"] += 1
-        tally.outside[why] += 1
-      elif checks(arch):
-        kept += 1
-        yield arch
-    if len(drawn) < ask:  # hypothesis drew fewer: the rest of the round counts as spent
-      tally.dropped["not drawn"] += ask - len(drawn)
-      tally.drawn += ask - len(drawn)
-
-
-def find_failure(ev: Evaluator, tally: Tally | None = None) -> tuple:
-  """(first failing CaseResult or None, its 1-based index, cases checked).
-
-  ``tally.requested`` cases are checked: the probes in the domain, then ``spec.examples``
-  random networks. A case that checks nothing (``drop_reason``: vacuous, not finite; a draw
-  outside the domain; a repeat) is neither run nor counted; it is counted in
-  ``tally.dropped``, and further random networks are drawn in its place, at most
-  ``DRAW_BUDGET`` draws per random case needed in all (10 per example, and 10 for each
-  probe dropped). When they run out first, ``tally.short`` is true: no pass can be given.
-  """
-  spec = ev.spec
-  if tally is None:
-    tally = Tally(len(_spec.probes(spec)) if spec.probes else 0, spec.examples)
-  checked = _cases(ev, tally)
-  size = max(1, spec.workers)
-  tried = 0
-  while chunk := [a for _, a in zip(range(size), checked)]:
-    results = ev.run(chunk, "search")
-    for r in results:
-      tried += 1
-      tally.checked = tried
-      if not r.passed:
-        return r, tried, tried
-      if tried == 1:
-        again = ev.run([r.arch], "repeat")
-        if again and not _judge.same_results(r, again[0], ev.case_and_truth(r.arch)[1], r.tolerance):
-          bad = again[0]._replace(
-              passed=False, kind="nondeterministic",
-              message="two calls on the same inputs returned different gradients "
-                      f"(first call: {r.message}; second call: {again[0].message})")
-          return bad, tried, tried
-    if ev.stopped:
-      break
-  return None, 0, tried
 
 
 def neighbours(arch, spec) -> list:
@@ -351,47 +297,16 @@ def neighbours(arch, spec) -> list:
   return [a for a in out if _spec.in_domain(a, spec)]
 
 
-def shrink(ev: Evaluator, failing) -> tuple:
-  """(minimal failing CaseResult, accepted steps, neighbours of the minimum that passed)."""
-  group = SHRINK_GROUPS.get(failing.kind)
-  if group is None:
-    return failing, 0, ()
-  spec = ev.spec
-  size = max(1, spec.workers)
-  budget = spec.shrink_budget
-  steps = 0
-  current = failing
-  while budget > 0 and not ev.stopped:
-    candidates = neighbours(current.arch, spec)
-    passed = []
-    moved = False
-    for chunk in _chunks(candidates, size):
-      chunk = chunk[:budget]
-      if not chunk:
-        break
-      results = ev.run(chunk, "shrink")
-      budget -= len(results)
-      for r in results:
-        if not r.passed and SHRINK_GROUPS.get(r.kind) == group:
-          current, moved = r, True
-          steps += 1
-          break
-        if r.passed:
-          passed.append(r)
-      if moved or budget <= 0 or ev.stopped:
-        break
-    if not moved:
-      return current, steps, tuple(passed)
-  return current, steps, ()
-
-
 def search(ev: Evaluator) -> SearchResult:
+  """Probes, then random networks, until the first failure (``engine.find_failure``); then
+  shrink it (``engine.shrink``). A pass needs ``tally.requested`` networks checked: the probes
+  in the domain and ``spec.examples`` random ones, networks dropped made up for by further
+  draws, at most ``DRAW_BUDGET`` per random network needed (``Tally.short`` when they ran out)."""
   start = time.perf_counter()
-  spec = ev.spec
-  tally = Tally(len(_spec.probes(spec)) if spec.probes else 0, spec.examples)
-  first, index, tried = find_failure(ev, tally)
+  tally = Tally(ev.spec)
+  first, tried = _engine.find_failure(ev, tally)
   if first is None:
     return SearchResult(None, 0, None, 0, (), tried, time.perf_counter() - start, tally)
-  minimal, steps, rejected = shrink(ev, first)
-  return SearchResult(first, index, minimal, steps, rejected, tried, time.perf_counter() - start,
+  minimal, steps, rejected, _ = _engine.shrink(ev, first, ev.spec.shrink_budget)
+  return SearchResult(first, tried, minimal, steps, rejected, tried, time.perf_counter() - start,
                       tally)

@@ -394,7 +394,7 @@ def random_archs(spec: Spec, count: int, seed, *, keep_outside: bool = False) ->
   drawing runs in its own thread, so the oracle also works inside a user's @given test
   (hypothesis keeps its test context per thread and refuses to nest @given in one).
 
-  ``seed`` is an int, or a str naming a further draw of a search (``search.find_failure``).
+  ``seed`` is an int, or a str naming a further draw of a search (``engine.cases``).
   Draws outside the domain (``outside``) are left out, unless ``keep_outside``. Hypothesis may
   make fewer draws than ``count`` (a space it has exhausted, or draws too long for its buffer).
   """

@@ -44,6 +44,7 @@ import time
 
 import numpy as np
 
+from bpref.oracle import engine as _engine
 from bpref.oracle import isolation as _isolation
 from bpref.oracle.diagnosis import Finding
 from bpref.oracle.ops import _diagnosis, _search, kinds, wire_ops
@@ -261,13 +262,15 @@ def _loaded(spec, target) -> OpCandidate:
 
 def _checked(spec, ev, start) -> OpReport:
   found = _search.search(ev)
-  rep = OpReport("pass", spec.to_json(), found.checked, ev.calls, spec.seed, 0.0,
-                 notes=sorted(ev.notes), op=ev.record.describe(spec), skipped=found.skipped,
+  tally = found.tally
+  rep = OpReport("pass", spec.to_json(), tally.checked, ev.calls, spec.seed, 0.0,
+                 notes=sorted(ev.notes), op=ev.record.describe(spec),
+                 skipped=sum(tally.dropped.values()),
                  forward_checked=ev.forward_checked)
   if found.first is None:
     if ev.stopped:
       rep.verdict, rep.kind, rep.message = "fail", "timeout", ev.stopped
-  elif found.checked == 0:
+  elif tally.checked == 0:
     rep.verdict, rep.kind = "error", "error"
   else:
     minimal = found.minimal
@@ -278,7 +281,7 @@ def _checked(spec, ev, start) -> OpReport:
       findings = [Finding("undiagnosed", "the candidate is wrong; the diagnosis could not run",
                           f"{type(exc).__name__}: {exc}")]
     calls = ev.calls
-    if _search.passes_alone(ev, minimal):
+    if _engine.passes_alone(ev, minimal):
       findings.insert(0, Finding(
           "history_dependent", "the failure depends on earlier calls: alone, in a fresh process, "
           "the minimal case passes", f"the candidate failed on it after earlier calls in its "
@@ -293,9 +296,9 @@ def _checked(spec, ev, start) -> OpReport:
     rep.first_case = {"label": found.first.case.label._asdict()}
     rep.reproducer = reproducer(spec, minimal.case)
     rep.notes = sorted(ev.notes)
-  rep.requested, rep.dropped = found.requested, dict(found.reasons or {})
-  if rep.verdict == "pass" and found.checked < max(1, found.requested):
-    rep.verdict, rep.kind, rep.message = "error", "too_few_cases", _search.too_few(found)
+  rep.requested, rep.dropped = tally.requested, dict(tally.dropped)
+  if rep.verdict == "pass" and tally.short:
+    rep.verdict, rep.kind, rep.message = "error", "too_few_cases", _search.too_few(tally)
   rep.calls = ev.calls
   rep.output = ev.transcript.to_json()
   rep.seconds = time.perf_counter() - start

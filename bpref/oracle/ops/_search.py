@@ -1,13 +1,15 @@
-"""The search over shapes and values, and the shrinking of a failure."""
+"""One operation as a problem of the search engine (``bpref.oracle.engine``): its cases are
+``Label``s over shapes and value families, and a failure is shrunk over its labels and then
+over its values, entry by entry."""
 
 from __future__ import annotations
 
-import collections
 import itertools
 from typing import NamedTuple
 
 import numpy as np
 
+from bpref.oracle import engine as _engine
 from bpref.oracle import isolation as _isolation
 from bpref.oracle.diagnosis import FIT_SLACK
 from bpref.oracle.ops import _judge, kinds
@@ -24,9 +26,24 @@ class Run(NamedTuple):
   truth: object
   verdict: object
 
+  @property
+  def passed(self) -> bool:
+    """Judged and right (a case that checks nothing is neither right nor wrong)."""
+    return self.verdict is not None and self.verdict.passed
+
+  @property
+  def kind(self) -> str:
+    return "" if self.verdict is None else self.verdict.kind
+
 
 class Evaluator:
-  """Runs the candidate on cases and judges it; counts calls; keeps what the candidate printed."""
+  """Runs the candidate on cases and judges it; counts calls; keeps what the candidate printed.
+
+  It is the engine's ``Problem`` too: its items are ``Label``s (or, rerun alone, ``OpCase``s),
+  its results ``Run``s.
+  """
+
+  workers = 1
 
   def __init__(self, candidate, spec, pool=None):
     self.candidate, self.spec, self.pool = candidate, spec, pool  # Isolated, or wire_ops.OpWirePool
@@ -41,10 +58,13 @@ class Evaluator:
     self.notes = set()
     self.forward_checked = 0
     self.origin = None  # the name of the minimal case before its values were made plainer
+    self._stream = None  # the seed's random labels (``label_stream``), as drawn so far
+    self._answers = {}  # label: (case, bpref's answer), from ``skip`` to ``judged``
 
-  def truth(self, case):
-    """bpref's answer, or None when the case checks nothing (vacuous or not finite)."""
-    truth = self.record.compute(self.spec, case)
+  def truth(self, case, answer=None):
+    """bpref's answer (``answer`` when given), or None when the case checks nothing (vacuous
+    or not finite)."""
+    truth = self.record.compute(self.spec, case) if answer is None else answer
     if not finite(truth) or vacuous(truth):
       return None
     return truth
@@ -60,8 +80,8 @@ class Evaluator:
       self.stopped = outcome.error
     return outcome
 
-  def run(self, case, *, forward: bool = True) -> Run:
-    truth = self.truth(case)
+  def run(self, case, *, forward: bool = True, answer=None) -> Run:
+    truth = self.truth(case, answer)
     if truth is None:
       return Run(case, None, None)
     outcome = self.call("backward", self.record.args(self.spec, case))
@@ -77,6 +97,65 @@ class Evaluator:
     if verdict.note:
       self.notes.add(verdict.note)
     return Run(case, truth, verdict)
+
+  # The engine's Problem (``bpref.oracle.engine``).
+
+  def probe_items(self) -> list:
+    return probes(self.spec)
+
+  def draw(self, count: int, round: int) -> list:
+    """The next ``count`` labels of ``label_stream``: every round continues the one stream."""
+    if self._stream is None:
+      self._stream = label_stream(self.spec)
+    return list(itertools.islice(self._stream, count))
+
+  def outside(self, label) -> str:
+    return ""
+
+  def skip(self, label) -> str:
+    """Why the case of ``label`` checks nothing ("not finite", "vacuous"), or ""."""
+    case = self.record.case(self.spec, label)
+    answer = self.record.compute(self.spec, case)
+    why = "not finite" if not finite(answer) else "vacuous" if vacuous(answer) else ""
+    if not why:
+      self._answers[label] = (case, answer)
+    return why
+
+  def judged(self, items, phase: str, failing=None) -> list:
+    """Each item run; the forward too while searching, or when ``failing`` is the forward's."""
+    forward = phase == "search" or (failing is not None and failing.kind == "forward")
+    out = []
+    for item in items:
+      case, answer = ((item, None) if isinstance(item, OpCase) else
+                      self._answers.pop(item, None) or (self.record.case(self.spec, item), None))
+      out.append(self.run(case, forward=forward, answer=answer))
+    return out
+
+  def repeated(self, first: Run):
+    """A second call on the first case's inputs must agree with the first."""
+    again = self.run(first.case, forward=False)
+    if again.verdict is None or _same(first.verdict, again.verdict, first.truth):
+      return None
+    return Run(first.case, first.truth, again.verdict._replace(
+        passed=False, kind="nondeterministic",
+        message="two calls on the same inputs returned different answers (state kept between "
+                "calls, such as a gradient accumulated with += into a buffer?)"))
+
+  def item_of(self, run: Run):
+    return run.case
+
+  def neighbours_of(self, run: Run) -> list:
+    return [] if run.case.label is None else neighbours(self.spec, run.case.label)
+
+  def same_failure(self, failing: Run):
+    """The same kind, the same findings and, for a clear numeric failure, still clear
+    (``_same_failure``); None for the kinds kept as first found (``unshrunk``)."""
+    kind = failing.kind
+    if kind in self.unshrunk:
+      return None
+    codes = tuple(f.code for f in failing.verdict.findings)
+    clear = kind == "numeric" and _clear(failing.verdict)
+    return lambda run: _same_failure(run.verdict, kind, codes, clear)
 
 
 def probes(spec) -> list:
@@ -104,8 +183,8 @@ def label_stream(spec):
     yield Label(dims, fams[int(rng.integers(len(fams)))], int(rng.integers(1 << 30)))
 
 
-DRAW_BUDGET = 10
-"""Random cases the search may draw per random case it must check (``search``)."""
+DRAW_BUDGET = _engine.DRAW_BUDGET
+"""Random cases the search may draw per random case it must check (``engine.cases``)."""
 
 SKIP_REASONS = {
     "vacuous": "vacuous (an all-zero answer passes them)",
@@ -114,104 +193,42 @@ SKIP_REASONS = {
 """Why a case is skipped unchecked, keyed as in ``Found.reasons``."""
 
 
-def skip_reason(spec, case) -> str:
-  """Why a case that ``Evaluator.truth`` refuses checks nothing: "not finite" or "vacuous"."""
-  return "vacuous" if finite(kinds.of(spec).compute(spec, case)) else "not finite"
-
-
-def too_few(found) -> str:
-  """Why a search that checked fewer cases than asked for gives no verdict, with the counts."""
-  reasons = ", ".join(f"{n} {SKIP_REASONS.get(k, k)}" for k, n in sorted(
-      (found.reasons or {}).items(), key=lambda kv: -kv[1]))
-  return (f"only {found.checked} of the {found.requested} cases asked for were checked "
-          f"({found.requested - found.examples} probes + {found.examples} examples), so there is "
-          f"no verdict; skipped unchecked: {found.skipped}{f' ({reasons})' if reasons else ''}. "
-          f"The draw budget, {DRAW_BUDGET} random cases per random case needed ({found.budget} "
-          f"here), ran out after {found.drawn} draws; widen max_width or max_batch, or choose "
+def too_few(tally) -> str:
+  """Why a search that checked fewer cases than asked for (an ``engine.Tally``) gives no
+  verdict, with the counts."""
+  skipped = sum(tally.dropped.values())
+  reasons = ", ".join(f"{n} {SKIP_REASONS.get(k, k)}" for k, n in tally.dropped.most_common())
+  return (f"only {tally.checked} of the {tally.requested} cases asked for were checked "
+          f"({tally.probes} probes + {tally.examples} examples), so there is "
+          f"no verdict; skipped unchecked: {skipped}{f' ({reasons})' if reasons else ''}. "
+          f"The draw budget, {tally.per_case} random cases per random case needed ({tally.budget} "
+          f"here), ran out after {tally.drawn} draws; widen max_width or max_batch, or choose "
           "another op or dtype, so that drawn cases check something")
 
 
-
 class Found(NamedTuple):
-  """What the search found: the first failure and its shrunk form (None on a pass).
-
-  ``checked`` cases were judged and ``skipped`` left out as checking nothing (``reasons``
-  counts why); ``requested`` (probes + ``examples``) is how many a verdict needs checked,
-  ``drawn`` the random cases drawn of the ``budget`` allowed."""
+  """What the search found: the first failure, its shrunk form, its 1-based position among
+  the cases checked (None, None, 0 on a pass), and the ``engine.Tally`` of the cases."""
   first: Run | None
   minimal: Run | None
   position: int
-  checked: int
-  skipped: int
-  requested: int = 0
-  examples: int = 0
-  reasons: dict | None = None
-  budget: int = 0
-  drawn: int = 0
+  tally: _engine.Tally
 
 
 def search(ev: Evaluator) -> Found:
-  """Probes, then random cases, until the first failure; then shrink it.
+  """Probes, then random cases, until the first failure (``engine.find_failure``); then shrink it.
 
   ``len(probes) + spec.examples`` cases are checked. A case that checks nothing (vacuous, or
   bpref's answer not finite) is skipped, not counted, and made up for by further random cases
   (``label_stream``), at most ``DRAW_BUDGET`` draws per random case needed in all (10 per
-  example, and 10 for each probe skipped); ``Found.checked < Found.requested`` when they ran
-  out first, and then no pass can be given.
+  example, and 10 for each probe skipped); ``tally.short`` when they ran out first, and then
+  no pass can be given.
   """
-  tally = _Tally()
-  found = _search(ev, tally)
-  return found._replace(requested=len(probes(ev.spec)) + ev.spec.examples,
-                        examples=ev.spec.examples, reasons=dict(tally.skips),
-                        budget=tally.budget, drawn=tally.drawn)
-
-
-class _Tally:
-  """The counts of one search: cases checked, skipped per reason, random draws allowed and made."""
-
-  def __init__(self):
-    self.checked, self.budget, self.drawn = 0, 0, 0
-    self.skips = collections.Counter()
-
-
-def _labels(spec, tally: _Tally):
-  """The probes, then random labels until ``tally.checked`` reaches the count asked for or
-  ``tally.budget`` draws are spent (the budget is set once the probes have run)."""
-  first = probes(spec)
-  yield from first
-  tally.budget = DRAW_BUDGET * (spec.examples + sum(tally.skips.values()))
-  requested = len(first) + spec.examples
-  for label in itertools.islice(label_stream(spec), tally.budget):
-    if tally.checked >= requested:
-      return
-    tally.drawn += 1
-    yield label
-
-
-def _search(ev: Evaluator, tally: _Tally) -> Found:
-  checked = skipped = 0
-  for label in _labels(ev.spec, tally):
-    run = ev.run(ev.record.case(ev.spec, label))
-    if run.verdict is None:
-      skipped += 1
-      tally.skips[skip_reason(ev.spec, run.case)] += 1
-      continue
-    checked += 1
-    tally.checked = checked
-    if checked == 1 and run.verdict.passed and not ev.stopped:
-      again = ev.run(run.case, forward=False)  # a second call on the same inputs must agree
-      if again.verdict is not None and not _same(run.verdict, again.verdict, run.truth):
-        bad = again.verdict._replace(
-            passed=False, kind="nondeterministic",
-            message="two calls on the same inputs returned different answers (state kept between "
-                    "calls, such as a gradient accumulated with += into a buffer?)")
-        return Found(run, Run(run.case, run.truth, bad), checked, checked, skipped)
-    if not run.verdict.passed or ev.stopped:
-      if ev.stopped and run.verdict.passed:
-        return Found(None, None, 0, checked, skipped)
-      minimal = shrink(ev, run)
-      return Found(run, minimal, checked, checked, skipped)
-  return Found(None, None, 0, checked, skipped)
+  tally = _engine.Tally(len(probes(ev.spec)), ev.spec.examples, DRAW_BUDGET)
+  first, position = _engine.find_failure(ev, tally)
+  if first is None:
+    return Found(None, None, 0, tally)
+  return Found(first, shrink(ev, first), position, tally)
 
 
 def _same(first, second, truth) -> bool:
@@ -252,57 +269,32 @@ def _clear(verdict) -> bool:
 
 
 def shrink(ev: Evaluator, failing: Run) -> Run:
-  """The failure moved greedily to fewer entries and plainer values, keeping its kind."""
-  kind = failing.verdict.kind
-  codes = tuple(f.code for f in failing.verdict.findings)
-  clear = kind == "numeric" and _clear(failing.verdict)
-  if kind in ev.unshrunk:
+  """The failure moved greedily to fewer entries (``engine.shrink`` over ``neighbours``), then
+  to plainer values (``_plainer_values``), keeping its kind."""
+  same = ev.same_failure(failing)
+  if same is None:
     return failing
-  budget = ev.spec.shrink_budget
-  best = failing
-  improved = True
-  while improved and budget > 0 and failing.case.label is not None:
-    improved = False
-    for label in neighbours(ev.spec, best.case.label):
-      if budget <= 0:
-        break
-      budget -= 1
-      run = ev.run(ev.record.case(ev.spec, label), forward=kind == "forward")
-      if _same_failure(run.verdict, kind, codes, clear):
-        best, improved = run, True
-        break
+  best, _, _, budget = _engine.shrink(ev, failing, ev.spec.shrink_budget)
   ev.origin = best.case.label
-  return _plainer_values(ev, best, kind, codes, budget, clear)
+  return _plainer_values(ev, best, same, budget)
 
 
-def _plainer_values(ev: Evaluator, best: Run, kind: str, codes: tuple, budget: int,
-                    clear: bool) -> Run:
-  """Each entry replaced by the plainest value (the record's ``replacements``) that keeps the failure."""
+def _plainer_values(ev: Evaluator, best: Run, same, budget: int) -> Run:
+  """Each entry replaced by the plainest value (the record's ``replacements``) that keeps the
+  failure (``same``), in one pass over the entries."""
   spec, record = ev.spec, ev.record
   for name in record.shrinkable(spec):
     if name not in best.case.arrays:
       continue
     for index in np.ndindex(best.case.arrays[name].shape):
       for value in record.replacements(spec, name, best.case.arrays[name][index]):
-        if budget <= 0:
+        if budget <= 0 or ev.stopped:
           return best
         budget -= 1
         arrays = {k: v.copy() for k, v in best.case.arrays.items()}
         arrays[name][index] = value
-        case = OpCase(None, record.derive(spec, arrays))
-        run = ev.run(case, forward=kind == "forward")
-        if _same_failure(run.verdict, kind, codes, clear):
+        run = ev.run(OpCase(None, record.derive(spec, arrays)), forward=best.kind == "forward")
+        if same(run):
           best = run
           break
   return best
-
-
-def passes_alone(ev: Evaluator, failing: Run) -> bool:
-  """Whether the failing case passes when it is the first call of a fresh process: the failure
-  then depends on the calls before it (state kept between calls). False in process, where no
-  fresh process can be had, and for a hang or a crash, which the rerun would only repeat."""
-  if ev.pool is None or ev.stopped or failing.verdict.kind in ("timeout", "crash"):
-    return False
-  ev.pool.fresh()
-  alone = ev.run(failing.case, forward=failing.verdict.kind == "forward")
-  return alone.verdict is not None and alone.verdict.passed
