@@ -60,6 +60,8 @@ DEEP = {
     "tests/test_compilation.py::test_a_default_check_compiles_within_its_budget[[]float32*": "second dtype",
     "tests/test_compilation.py::test_an_uncreatable_cache_dir_is_a_usage_error": "fresh interpreter",
     "tests/test_compilation.py::test_the_persistent_cache_answers_a_second_cli_run": "two interpreters",
+    "tests/test_compilation.py::test_what_is_stored_is_compiled_afresh_not_read_back_from_jaxs_cache":
+    "it clears JAX's caches: the worker's later tests compile again",
     "tests/test_oracle.py::test_cli_*": "fresh interpreters",
     "tests/test_oracle.py::test_workers_give_the_serial_result": "worker processes",
     "tests/test_oracle.py::test_isolated_hang_and_crash_become_reports": "worker processes",

@@ -33,6 +33,7 @@ import os
 import pickle
 import sys
 import tempfile
+import threading
 
 ENV_CACHE_DIR = "BPREF_CACHE_DIR"
 ENV_NO_CACHE = "BPREF_NO_CACHE"
@@ -215,15 +216,15 @@ def jit(fn=None, *, static_argnums=(), static_argnames=(), key=None):
       executable = _load(signature)
       stored = executable is not None
     if stored:
-      try:
-        out = executable(*dynamic[0], **dynamic[1])
+      try:  # waited for: a stored executable that cannot run says so when its results are read
+        out = jax.block_until_ready(executable(*dynamic[0], **dynamic[1]))
         loaded[signature] = (executable, True)
         return out
       except Exception:  # a stored executable that does not run here: compiled again below
         pass
     if executable is None or stored:
       executable = _compile(traced, args, kwargs)
-      _store(signature, executable)
+      _store(signature, executable, dynamic)
       loaded[signature] = (executable, False)
     return executable(*dynamic[0], **dynamic[1])
 
@@ -232,13 +233,22 @@ def jit(fn=None, *, static_argnums=(), static_argnames=(), key=None):
   return call
 
 
-def _compile(traced, args, kwargs):
-  """A compilation of its own, not an entry of JAX's cache: an executable that JAX's cache
-  gave back does not always carry what a later process needs to run it."""
-  from jax._src import config
+_FRESH = threading.Lock()
 
-  with config.enable_compilation_cache(False):
-    return traced.lower(*args, **kwargs).compile()
+
+def _compile(traced, args, kwargs):
+  """A compilation of its own, past JAX's cache: an executable that JAX's cache gave back
+  does not carry what another process needs to run it once serialized (on XLA's CPU backend
+  its kernels are then "not found"), so the one that is stored is compiled here."""
+  from jax._src import compilation_cache
+
+  with _FRESH:
+    used = compilation_cache.is_cache_used
+    compilation_cache.is_cache_used = lambda backend: False  # neither read nor written
+    try:
+      return traced.lower(*args, **kwargs).compile()
+    finally:
+      compilation_cache.is_cache_used = used
 
 
 def _stable(value) -> bool:
@@ -292,14 +302,18 @@ def _load(signature: str):
   return executable
 
 
-def _store(signature: str, executable) -> None:
-  """Keep ``executable`` for later runs; a directory that cannot take it turns the store off."""
+def _store(signature: str, executable, dynamic) -> None:
+  """Keep ``executable`` for later runs, once a copy read back from its bytes has run on the
+  arguments ``dynamic`` (args, kwargs); a directory that cannot take it turns the store off."""
+  import jax
   from jax.experimental import serialize_executable
 
   full, path = _path(signature)
   try:
     payload = pickle.dumps((full, *serialize_executable.serialize(executable)))
-  except Exception:  # an executable or tree that does not serialize: compiled every run
+    copy = serialize_executable.deserialize_and_load(*pickle.loads(payload)[1:])
+    jax.block_until_ready(copy(*dynamic[0], **dynamic[1]))
+  except Exception:  # an executable that does not serialize, or whose copy does not run
     return
   try:
     os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -224,6 +224,31 @@ def test_a_stored_executable_that_fails_to_run_is_compiled_again(store, monkeypa
   assert len(traced) == 1
 
 
+def test_what_is_stored_is_compiled_afresh_not_read_back_from_jaxs_cache(store):
+  # An executable that JAX's persistent cache gave back cannot be serialized whole on XLA's CPU
+  # backend ("NOT_FOUND: Function wrapped_clamp not found" once read back): the store compiles
+  # its own, even when JAX's cache holds the program.
+  import jax
+  import jax.numpy as jnp
+
+  assert jax.config.jax_compilation_cache_dir  # the suite's cache (conftest.py)
+
+  def clipped(v, i):
+    return jax.lax.switch(i, (jnp.tanh, lambda v: jnp.clip(v, -1.0, 1.0)), v).sum()
+
+  v = np.linspace(-2.0, 2.0, 64)
+  jax.jit(clipped)(v, np.int32(1)).block_until_ready()  # into JAX's cache
+  jax.clear_caches()  # the next compilation of the same program reads JAX's cache
+  expected = [float(jax.jit(clipped)(v, np.int32(i))) for i in range(2)]
+  jax.clear_caches()
+  compilation.jit(clipped, key="tests.clipped")(v, np.int32(0))
+  assert store.exists() and len(list(store.iterdir())) == 1  # stored: its copy ran
+  traced = []
+  again = compilation.jit(lambda v, i: traced.append(1) or clipped(v, i), key="tests.clipped")
+  assert [float(again(v, np.int32(i))) for i in range(2)] == expected
+  assert not traced  # read back from the store, and it runs
+
+
 def test_traced_arguments_and_unstable_statics_go_through_jax_jit(store):
   import jax
 
