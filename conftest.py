@@ -60,6 +60,10 @@ DEEP = {
     "tests/test_compilation.py::test_a_default_check_compiles_within_its_budget[[]float32*": "second dtype",
     "tests/test_compilation.py::test_an_uncreatable_cache_dir_is_a_usage_error": "fresh interpreter",
     "tests/test_compilation.py::test_the_persistent_cache_answers_a_second_cli_run": "two interpreters",
+    "tests/test_ops_workers.py::test_a_seed_gives_one_verdict_and_minimal_case_on_one_and_two_workers[[]right]":
+    "worker processes (the planted case stays fast)",
+    "tests/test_ops_workers.py::test_the_cli_on_two_workers_prints_the_report_of_one": "two CLI runs",
+    "tests/test_ops_workers.py::test_a_seed_gives_one_verdict_on_a_dask_cluster": "a Dask cluster",
     "tests/test_compilation.py::test_what_is_stored_is_compiled_afresh_not_read_back_from_jaxs_cache":
     "it clears JAX's caches: the worker's later tests compile again",
     "tests/test_oracle.py::test_cli_*": "fresh interpreters",

@@ -100,7 +100,7 @@ def test_without_dask_the_cluster_option_says_what_to_install(monkeypatch):
 @pytest.mark.parametrize("argv, words", [
     (["--dask", "tcp://127.0.0.1:1", "--in-process"], "drop --in-process"),
     (["--dask", "tcp://127.0.0.1:1", "--workers", "2"], "drop --workers"),
-    (["--dask", "tcp://127.0.0.1:1", "--op", "dense"], "--dask"),
+    (["--dask", "tcp://127.0.0.1:1", "--op", "dense", "--in-process"], "drop --in-process"),
 ])
 def test_cli_dask_with_what_it_replaces_is_a_usage_error(argv, words, capsys):
   assert oracle_cli.main([f"{DEMO}:grads", *argv]) == 2

@@ -144,7 +144,6 @@ def test_readme_op_example_runs_as_written(tmp_path, capsys, monkeypatch):
     (["--plot", "x.png"], "--plot"),
     (["--strict-kinks"], "--strict-kinks"),
     (["--output-activations", "cross_entropy=softmax"], "--output-activations"),
-    (["--workers", "2", "--force-workers"], "--workers 2"),
 ])
 def test_network_options_under_op_are_usage_errors(layers, capsys, extra, named):
   code = cli.main(["--op", "activation", "--op-name", "relu", f"{layers}:relu_backward", *extra])

@@ -193,9 +193,7 @@ def build_report(ev, spec, found, target, candidate, start) -> Report:
     per_layer, implied = [], []
   sequence = _history_dependent(ev, minimal, before)
   if sequence:
-    findings.insert(0, Finding(
-        "history_dependent", "the failure depends on earlier calls: alone, in a fresh process, "
-        "the minimal case passes",
+    findings.insert(0, _report.history_dependent(
         f"the candidate failed on it after {len(sequence) - 1} earlier calls in its process (state "
         "kept between calls: a buffer sized by the first call, a counter, a cache?); the report's "
         "'sequence' lists the cases, in order, that reproduce the failure"))

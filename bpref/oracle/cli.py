@@ -223,6 +223,17 @@ class _ExitGuard:
     self._real(n or self.status)
 
 
+def _placement_clash(args, program: bool) -> str:
+  """Why --dask, --workers and --in-process (and --exec, ``program``) cannot go together, or ""."""
+  if args.dask and (args.in_process or args.workers > 1 or program):
+    clash = "--in-process" if args.in_process else "--exec" if program else "--workers"
+    return f"--dask runs the candidate's calls on the cluster's workers; drop {clash}"
+  if args.in_process and args.workers > 1:
+    return (f"--workers {args.workers} runs the candidate in subprocesses; drop --in-process, or "
+            "use --workers 1")
+  return ""
+
+
 def main(argv=None) -> int:
   parser = _parser()
   try:
@@ -267,14 +278,9 @@ def main(argv=None) -> int:
     print("bpref check: error: --replay FILE replays a bpref-wire reproducer on a program: give "
           "it with --exec COMMAND", file=sys.stderr)
     return EXIT_USAGE
-  if args.dask and (args.in_process or args.workers > 1 or kind == "exec"):
-    clash = "--in-process" if args.in_process else "--exec" if kind == "exec" else "--workers"
-    return _usage(parser, f"--dask runs the candidate's calls on the cluster's workers; drop {clash}")
-  if args.in_process and args.workers > 1:
-    parser.print_usage(sys.stderr)
-    print(f"bpref check: error: --workers {args.workers} runs the candidate in subprocesses; "
-          "drop --in-process, or use --workers 1", file=sys.stderr)
-    return EXIT_USAGE
+  clash = _placement_clash(args, kind == "exec")
+  if clash:
+    return _usage(parser, clash)
   import jax
 
   jax.config.update("jax_enable_x64", True)
@@ -368,7 +374,7 @@ def _counted(check, show):
 NETWORK_ONLY = (("--activations", "activations", None), ("--losses", "losses", None),
                 ("--output-activations", "output_activations", []),
                 ("--max-depth", "max_depth", None), ("--strict-kinks", "strict_kinks", False),
-                ("--plot", "plot", None), ("--dask", "dask", None))
+                ("--plot", "plot", None))
 """Options of the whole-network check, with their unset values: a usage error under --op."""
 
 
@@ -389,9 +395,10 @@ def _main_op(args, parser) -> int:
   if args.replay and args.exec_command is None:
     return _usage(parser, "--replay FILE replays a bpref-wire reproducer on a program: give it "
                   "with --exec COMMAND")
+  clash = _placement_clash(args, args.exec_command is not None)
+  if clash:
+    return _usage(parser, clash)
   given = [flag for flag, dest, unset in NETWORK_ONLY if getattr(args, dest) != unset]
-  if args.workers > 1:
-    given.append(f"--workers {args.workers}")
   if given:
     hint = " (--strict-conventions is --op's)" if args.strict_kinks else ""
     return _usage(parser, f"{', '.join(given)} do{'es' if len(given) == 1 else ''} not apply to "

@@ -70,7 +70,11 @@ def _client(cluster):
   if isinstance(cluster, distributed.Client):
     return cluster, False
   if isinstance(cluster, str) or hasattr(cluster, "scheduler_address"):
-    return distributed.Client(cluster, set_as_default=False), True
+    try:
+      return distributed.Client(cluster, set_as_default=False), True
+    except OSError as exc:  # refused, or timed out: no scheduler answers there
+      where = cluster if isinstance(cluster, str) else cluster.scheduler_address
+      raise ValueError(f"the Dask scheduler at {where} cannot be reached: {exc}") from None
   raise TypeError(f"cluster must be a scheduler address such as 'tcp://host:8786', a "
                   f"dask.distributed Client or a cluster object; got {type(cluster).__name__}")
 

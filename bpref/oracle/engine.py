@@ -85,6 +85,15 @@ class Tally:
     """Whether fewer cases were checked than asked for (or none at all)."""
     return self.checked < max(1, self.requested)
 
+  def too_few(self, cases: str, probes: str, dropped: str, draws: str, hint: str) -> str:
+    """Why a search that checked fewer cases than asked for gives no verdict, with the counts;
+    in the words of its kind: ``cases`` ("networks"), ``probes`` ("probes in the domain"),
+    ``dropped`` (what was left out and why), ``draws`` (what a draw makes), then ``hint``."""
+    return (f"only {self.checked} of the {self.requested} {cases} asked for were checked "
+            f"({self.probes} {probes} + {self.examples} examples), so there is no verdict; "
+            f"{dropped}. The draw budget, {self.per_case} random {draws} per random case needed "
+            f"({self.budget} here), ran out after {self.drawn} draws{hint}")
+
 
 def cases(problem: Problem, tally: Tally):
   """The items to check, in order: the probes, then random draws, each one that lies in the
@@ -129,16 +138,18 @@ def find_failure(problem: Problem, tally: Tally) -> tuple:
 
   The first case is called twice: two answers that differ are a "nondeterministic" failure
   (``problem.repeated``). The search ends early, without a failure, when no further calls can
-  be made (``problem.stopped``)."""
+  be made (``problem.stopped``, set by a call of the chunk just judged, whose results end at
+  that call)."""
   items = cases(problem, tally)
   tried = 0
   while chunk := list(itertools.islice(items, problem.workers)):
-    for result in problem.judged(chunk, "search"):
+    results = problem.judged(chunk, "search")
+    for k, result in enumerate(results, start=1):
       tried += 1
       tally.checked = tried
       if not result.passed:
         return result, tried
-      if problem.stopped:
+      if problem.stopped and k == len(results):  # the call that stopped it came after them all
         return None, tried
       if tried == 1 and (bad := problem.repeated(result)) is not None:
         return bad, tried
@@ -151,7 +162,9 @@ def shrink(problem: Problem, failing, budget: int) -> tuple:
   """(minimal failing result, accepted steps, neighbours of the minimum that passed, budget left).
 
   Greedy: the first neighbour that fails the same way (``problem.same_failure``) becomes the
-  current failure, and its neighbours are tried next; each call spends one of ``budget``.
+  current failure, and its neighbours are tried next; each neighbour tried spends one of
+  ``budget``, up to the one taken: the calls a chunk makes past it are not charged, so the
+  budget runs out at the same neighbour on any number of workers.
   """
   same = problem.same_failure(failing)
   if same is None:
@@ -164,9 +177,8 @@ def shrink(problem: Problem, failing, budget: int) -> tuple:
       chunk = candidates[start:start + problem.workers][:budget]
       if not chunk:
         break
-      results = problem.judged(chunk, "shrink", failing)
-      budget -= len(results)
-      for result in results:
+      for result in problem.judged(chunk, "shrink", failing):
+        budget -= 1
         if same(result):
           current, moved = result, True
           steps += 1

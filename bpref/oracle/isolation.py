@@ -678,6 +678,7 @@ class Isolated:
     self._target = target
     self._timeout = timeout
     self._ctx = multiprocessing.get_context("spawn")
+    self.workers = workers
     self._procs = [None] * workers
     self._dir = tempfile.TemporaryDirectory(prefix="bpref-candidate-")
     self._started = 0

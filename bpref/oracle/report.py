@@ -186,6 +186,15 @@ class Report:
     return "\n".join(lines)
 
 
+def history_dependent(detail: str):
+  """The finding of a failure that passes alone, in a fresh process (``engine.passes_alone``):
+  ``detail`` says after which calls it failed."""
+  from bpref.oracle.diagnosis import Finding
+
+  return Finding("history_dependent", "the failure depends on earlier calls: alone, in a fresh "
+                 "process, the minimal case passes", detail)
+
+
 def _dropped_text(dropped: dict) -> str:
   """'9: 8 vacuous (...), 1 ...' from {reason: count}."""
   from bpref.oracle.search import DROP_REASONS

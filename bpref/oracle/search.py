@@ -238,12 +238,8 @@ class Tally(_engine.Tally):
               "smaller max_depth or float64 leaves more that check something")
     elif self.dropped.get("outside the domain"):
       hint = "; widen the domain (max_width, losses, output_activations) so that draws fall inside it"
-    return (f"only {self.checked} of the {self.requested} networks asked for were checked "
-            f"({self.probes} probes in the domain + {self.requested - self.probes} examples), so "
-            "there is no verdict; "
-            f"dropped unchecked: {self.dropped_text()}. The draw budget, {self.per_case} random "
-            f"draws per random case needed ({self.budget} here), ran out after {self.drawn} "
-            f"draws{hint}")
+    return self.too_few("networks", "probes in the domain",
+                        f"dropped unchecked: {self.dropped_text()}", "draws", hint)
 
   def to_json(self) -> dict:
     return {"requested": self.requested, "probes": self.probes, "checked": self.checked,

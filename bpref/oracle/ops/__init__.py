@@ -44,6 +44,7 @@ import time
 
 import numpy as np
 
+from bpref.oracle import cluster as _cluster
 from bpref.oracle import engine as _engine
 from bpref.oracle import isolation as _isolation
 from bpref.oracle.diagnosis import Finding
@@ -56,7 +57,7 @@ from bpref.oracle.ops.adapters import from_custom_vjp as from_custom_vjp
 from bpref.oracle.ops.adapters import from_torch_function as from_torch_function
 from bpref.oracle.ops.cli import add_op_arguments as add_op_arguments
 from bpref.oracle.ops.cli import run_op_command as run_op_command
-from bpref.oracle.report import Report
+from bpref.oracle.report import Report, history_dependent
 
 
 @dataclasses.dataclass
@@ -197,7 +198,8 @@ def case_of_args(spec: OpSpec, args) -> tuple:
 
 
 def check_op(kind: str, candidate=None, name: str | None = None, *, isolate: bool = False,
-             exec_command: str | None = None, **options) -> OpReport:
+             exec_command: str | None = None, workers: int = 1, cluster=None,
+             **options) -> OpReport:
   """Check one operation's backward function against bpref's; never raises for what it does.
 
   Args:
@@ -213,6 +215,15 @@ def check_op(kind: str, candidate=None, name: str | None = None, *, isolate: boo
       version 2 (docs/protocol.md) that declares this op in its hello, e.g. "./layers"; each
       call is an op message over its stdin and stdout (``bpref.oracle.ops.wire_ops``). A dtype
       not given is the one its hello declares (float64 when it declares it).
+    workers: processes running the candidate's calls side by side (the program's, with
+      ``exec_command``); more than 1 isolates the candidate. The verdict, the counts, the
+      minimal case and the diagnosis are those of one worker for the same seed; more calls may
+      be made, and a failure that depends on earlier calls is not told apart (its calls are
+      not one sequence).
+    cluster: run the candidate's calls on a Dask cluster (``bpref.oracle.cluster``): a
+      scheduler's address ("tcp://host:8786"), a ``dask.distributed.Client`` or a cluster
+      object, as many at once as it has worker threads, with the verdict of one worker. The
+      candidate must then be named ("module:attr") or picklable; not with ``exec_command``.
     **options: the ``OpSpec`` fields: takes, layout, bias, reduction, targets, dtype, examples,
       seed, max_batch, max_width, strict_conventions, timeout, shrink_budget.
 
@@ -227,20 +238,27 @@ def check_op(kind: str, candidate=None, name: str | None = None, *, isolate: boo
     program does not start, or its hello is refused or does not declare the op.
   """
   start = time.perf_counter()
+  if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+    raise ValueError(f"check_op: workers must be an integer >= 1; got {workers!r}")
   if exec_command is not None:
-    if candidate is not None or isolate:
-      raise TypeError("check_op: exec_command names the candidate, a program; pass no candidate "
-                      "and no isolate with it (the program always runs in its own process)")
-    with wire_ops.OpWirePool(exec_command, kind, name, options) as pool:
+    if candidate is not None or isolate or cluster is not None:
+      raise TypeError("check_op: exec_command names the candidate, a program; pass no candidate, "
+                      "no isolate and no cluster with it (the program always runs in its own "
+                      "processes, on this machine)")
+    with wire_ops.OpWirePool(exec_command, kind, name, options, workers=workers) as pool:
       pool.start()
-      return _checked(pool.spec, _search.Evaluator(None, pool.spec, pool), start)
+      return _checked(pool.spec, _search.Evaluator(None, pool.spec, pool, workers), start)
   spec = kinds.make_spec(kind, name, **options)
-  if not isolate:
+  if not isolate and workers == 1 and cluster is None:
     with _isolation.exits_refused():
       return _checked(spec, _search.Evaluator(as_candidate(spec, candidate), spec), start)
   target = candidate if isinstance(candidate, str) else _isolation.picklable(candidate)
-  factory = _isolation.picklable(functools.partial(_loaded, spec, target))
-  with _isolation.Isolated(("made", factory), workers=1, timeout=spec.timeout) as pool:
+  made = ("made", _isolation.picklable(functools.partial(_loaded, spec, target)))
+  if cluster is not None:
+    pool = _cluster.ClusterPool(made, cluster, spec.timeout)
+  else:
+    pool = _isolation.Isolated(made, workers=workers, timeout=spec.timeout)
+  with pool:
     try:
       pool.start()
     except RuntimeError as exc:  # it ended its process while being imported
@@ -249,7 +267,7 @@ def check_op(kind: str, candidate=None, name: str | None = None, *, isolate: boo
                       f"loaded: {exc}", op=kinds.of(spec).describe(spec),
                       diagnosis=[Finding("crash", f"the candidate ended its process while being "
                                          f"loaded: {exc}")])
-    return _checked(spec, _search.Evaluator(None, spec, pool), start)
+    return _checked(spec, _search.Evaluator(None, spec, pool, pool.workers), start)
 
 
 def _loaded(spec, target) -> OpCandidate:
@@ -282,11 +300,10 @@ def _checked(spec, ev, start) -> OpReport:
                           f"{type(exc).__name__}: {exc}")]
     calls = ev.calls
     if _engine.passes_alone(ev, minimal):
-      findings.insert(0, Finding(
-          "history_dependent", "the failure depends on earlier calls: alone, in a fresh process, "
-          "the minimal case passes", f"the candidate failed on it after earlier calls in its "
-          f"process ({calls} calls in all before the rerun): state kept between calls, such as a "
-          "buffer sized by the first call, a counter or a cache?"))
+      findings.insert(0, history_dependent(
+          f"the candidate failed on it after earlier calls in its process ({calls} calls in all "
+          "before the rerun): state kept between calls, such as a buffer sized by the first "
+          "call, a counter or a cache?"))
     v = minimal.verdict
     rep.verdict, rep.kind, rep.message = "fail", v.kind, v.message
     rep.shrunk = v.kind not in ev.unshrunk

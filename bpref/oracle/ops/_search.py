@@ -40,13 +40,14 @@ class Evaluator:
   """Runs the candidate on cases and judges it; counts calls; keeps what the candidate printed.
 
   It is the engine's ``Problem`` too: its items are ``Label``s (or, rerun alone, ``OpCase``s),
-  its results ``Run``s.
+  its results ``Run``s. With a pool of ``workers`` processes (``isolation.Isolated``, a
+  ``cluster.ClusterPool`` or a program's ``wire_ops.OpWirePool``), the calls of a chunk of
+  cases run side by side and are judged in order.
   """
 
-  workers = 1
-
-  def __init__(self, candidate, spec, pool=None):
-    self.candidate, self.spec, self.pool = candidate, spec, pool  # Isolated, or wire_ops.OpWirePool
+  def __init__(self, candidate, spec, pool=None, workers: int = 1):
+    self.candidate, self.spec, self.pool = candidate, spec, pool
+    self.workers = workers
     self.record = kinds.of(spec)
     info = (pool.info or {}) if pool is not None else {}
     self.has_forward = (bool(info.get("forward")) if pool is not None
@@ -71,32 +72,72 @@ class Evaluator:
 
   def call(self, which: str, args):
     """The candidate's ``which`` ("backward" or "forward") called on ``args``."""
-    self.calls += 1
-    if self.pool is not None:
-      outcome = _judge.call_isolated(self.pool, which, args, self.transcript)
-    else:
-      outcome = _judge.call(getattr(self.candidate, which), args, self.spec.timeout, self.transcript)
-    if outcome.status == "timeout":
-      self.stopped = outcome.error
+    outcome = self.called(which, [args])[0]
+    self._hung([0], [outcome], 1)
     return outcome
 
+  def called(self, which: str, arg_lists) -> list:
+    """The candidate's ``which`` called on each of ``arg_lists``, in order: side by side on the
+    pool's workers, or here one at a time, none after one that hung (it cannot be stopped).
+    A call that hung stops the search only where it counts (``runs``, ``call``)."""
+    if self.pool is not None:
+      outcomes = self.pool.map([(which, args) for args in arg_lists])
+      for outcome in outcomes:
+        self.transcript.add(outcome.stdout, outcome.stderr)
+    else:
+      outcomes = []
+      for args in arg_lists:
+        outcomes.append(_judge.call(getattr(self.candidate, which), args, self.spec.timeout,
+                                    self.transcript))
+        if outcomes[-1].status == "timeout":
+          break
+    self.calls += len(outcomes)
+    return outcomes
+
+  def _hung(self, asked, outcomes, end: int) -> None:
+    """``stopped`` set by a call that hung among those that count (of cases before ``end``)."""
+    for i, outcome in zip(asked, outcomes):
+      if i < end and outcome.status == "timeout":
+        self.stopped = outcome.error
+        return
+
   def run(self, case, *, forward: bool = True, answer=None) -> Run:
-    truth = self.truth(case, answer)
-    if truth is None:
-      return Run(case, None, None)
-    outcome = self.call("backward", self.record.args(self.spec, case))
-    verdict = _judge.judge(self.spec, case, truth, outcome)
-    if verdict.passed and forward and self.has_forward and not self.stopped:
-      variant = self.record.twin(self.spec)
-      twin = None if variant is None else self.record.compute(self.spec, case, variant)
-      fwd = self.call("forward", self.record.forward_args(self.spec, case))
-      bad = _judge.judge_forward(self.spec, case, truth, fwd, twin)
-      self.forward_checked += 1
-      if bad is not None:
-        verdict = bad
-    if verdict.note:
-      self.notes.add(verdict.note)
-    return Run(case, truth, verdict)
+    return self.runs([(case, answer)], forward=forward)[0]
+
+  def runs(self, cases, *, forward: bool = True) -> list:
+    """Each (case, bpref's answer or None) run and judged, in order: the backward calls of them
+    all, then the forward calls of those that passed. The runs end at the first call that hung,
+    as they would one case at a time."""
+    stopped = self.stopped
+    truths = [self.truth(case, answer) for case, answer in cases]
+    asked = [i for i, truth in enumerate(truths) if truth is not None]
+    outcomes = self.called("backward", [self.record.args(self.spec, cases[i][0]) for i in asked])
+    end = _end(asked, outcomes, len(cases))
+    self._hung(asked, outcomes, end)
+    verdicts = {i: _judge.judge(self.spec, cases[i][0], truths[i], outcome)
+                for i, outcome in zip(asked, outcomes) if i < end}
+    if forward and self.has_forward and not stopped:
+      again = [i for i in sorted(verdicts) if verdicts[i].passed]
+      fwd = self.called("forward", [self.record.forward_args(self.spec, cases[i][0])
+                                    for i in again])
+      end = min(end, _end(again, fwd, end))
+      self._hung(again, fwd, end)
+      for i, outcome in zip(again, fwd):
+        if i >= end:
+          break
+        variant = self.record.twin(self.spec)
+        twin = None if variant is None else self.record.compute(self.spec, cases[i][0], variant)
+        bad = _judge.judge_forward(self.spec, cases[i][0], truths[i], outcome, twin)
+        self.forward_checked += 1
+        if bad is not None:
+          verdicts[i] = bad
+    out = []
+    for i in range(end):
+      verdict = verdicts.get(i)
+      if verdict is not None and verdict.note:
+        self.notes.add(verdict.note)
+      out.append(Run(cases[i][0], truths[i] if verdict is not None else None, verdict))
+    return out
 
   # The engine's Problem (``bpref.oracle.engine``).
 
@@ -122,14 +163,13 @@ class Evaluator:
     return why
 
   def judged(self, items, phase: str, failing=None) -> list:
-    """Each item run; the forward too while searching, or when ``failing`` is the forward's."""
+    """Each item run (``runs``); the forward too while searching, or when ``failing`` is the
+    forward's."""
     forward = phase == "search" or (failing is not None and failing.kind == "forward")
-    out = []
-    for item in items:
-      case, answer = ((item, None) if isinstance(item, OpCase) else
-                      self._answers.pop(item, None) or (self.record.case(self.spec, item), None))
-      out.append(self.run(case, forward=forward, answer=answer))
-    return out
+    cases = [(item, None) if isinstance(item, OpCase) else
+             self._answers.pop(item, None) or (self.record.case(self.spec, item), None)
+             for item in items]
+    return self.runs(cases, forward=forward)
 
   def repeated(self, first: Run):
     """A second call on the first case's inputs must agree with the first."""
@@ -156,6 +196,17 @@ class Evaluator:
     codes = tuple(f.code for f in failing.verdict.findings)
     clear = kind == "numeric" and _clear(failing.verdict)
     return lambda run: _same_failure(run.verdict, kind, codes, clear)
+
+
+def _end(asked, outcomes, end: int) -> int:
+  """How many of a chunk's cases count: those before ``end``, up to the first whose call (of
+  ``asked``, the cases called, with their ``outcomes``) hung or was not made."""
+  for i, outcome in zip(asked, outcomes):
+    if i >= end:
+      return end
+    if outcome.status == "timeout":
+      return i + 1
+  return min(end, asked[len(outcomes)]) if len(outcomes) < len(asked) else end
 
 
 def probes(spec) -> list:
@@ -198,12 +249,10 @@ def too_few(tally) -> str:
   verdict, with the counts."""
   skipped = sum(tally.dropped.values())
   reasons = ", ".join(f"{n} {SKIP_REASONS.get(k, k)}" for k, n in tally.dropped.most_common())
-  return (f"only {tally.checked} of the {tally.requested} cases asked for were checked "
-          f"({tally.probes} probes + {tally.examples} examples), so there is "
-          f"no verdict; skipped unchecked: {skipped}{f' ({reasons})' if reasons else ''}. "
-          f"The draw budget, {tally.per_case} random cases per random case needed ({tally.budget} "
-          f"here), ran out after {tally.drawn} draws; widen max_width or max_batch, or choose "
-          "another op or dtype, so that drawn cases check something")
+  return tally.too_few("cases", "probes",
+                       f"skipped unchecked: {skipped}{f' ({reasons})' if reasons else ''}", "cases",
+                       "; widen max_width or max_batch, or choose another op or dtype, so that "
+                       "drawn cases check something")
 
 
 class Found(NamedTuple):
@@ -281,20 +330,29 @@ def shrink(ev: Evaluator, failing: Run) -> Run:
 
 def _plainer_values(ev: Evaluator, best: Run, same, budget: int) -> Run:
   """Each entry replaced by the plainest value (the record's ``replacements``) that keeps the
-  failure (``same``), in one pass over the entries."""
+  failure (``same``), in one pass over the entries; the replacements of an entry are tried
+  ``ev.workers`` at a time, each one tried up to the one taken spending one of ``budget``."""
   spec, record = ev.spec, ev.record
   for name in record.shrinkable(spec):
     if name not in best.case.arrays:
       continue
     for index in np.ndindex(best.case.arrays[name].shape):
-      for value in record.replacements(spec, name, best.case.arrays[name][index]):
+      values = list(record.replacements(spec, name, best.case.arrays[name][index]))
+      for start in range(0, len(values), ev.workers):
         if budget <= 0 or ev.stopped:
           return best
-        budget -= 1
-        arrays = {k: v.copy() for k, v in best.case.arrays.items()}
-        arrays[name][index] = value
-        run = ev.run(OpCase(None, record.derive(spec, arrays)), forward=best.kind == "forward")
-        if same(run):
-          best = run
+        cases = []
+        for value in values[start:start + ev.workers][:budget]:
+          arrays = {k: v.copy() for k, v in best.case.arrays.items()}
+          arrays[name][index] = value
+          cases.append((OpCase(None, record.derive(spec, arrays)), None))
+        taken = None
+        for run in ev.runs(cases, forward=best.kind == "forward"):
+          budget -= 1
+          if same(run):
+            taken = run
+            break
+        if taken is not None:
+          best = taken
           break
   return best

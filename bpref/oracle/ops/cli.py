@@ -10,10 +10,13 @@
 ``bpref.oracle.ops``), a ``torch.autograd.Function`` subclass or a ``jax.custom_vjp`` function;
 the last two are adapted and their forward is checked too. The candidate runs in a subprocess
 (``--in-process``: in this one), so that an exit, a crash or an exit while it is imported is a
-failure, exit 1. ``--exec COMMAND`` names a program speaking bpref-wire version 2 instead, whose
-hello declares the op (``bpref.oracle.ops.wire_ops``); ``--reproducer FILE`` then writes the
-minimal case as the bytes bpref sent it. Exit codes: 0 pass, 1 bug found, 2 usage error (bad
-options, a candidate that cannot be loaded, a program whose hello does not declare the op).
+failure, exit 1. ``--workers N`` runs it in N subprocesses side by side, and ``--dask ADDRESS``
+on a Dask cluster's workers, with the verdict and minimal case of one worker. ``--exec COMMAND``
+names a program speaking bpref-wire version 2 instead, whose hello declares the op
+(``bpref.oracle.ops.wire_ops``; ``--workers N`` runs N copies of it); ``--reproducer FILE`` then
+writes the minimal case as the bytes bpref sent it. Exit codes: 0 pass, 1 bug found, 2 usage
+error (bad options, a candidate that cannot be loaded, a program whose hello does not declare
+the op).
 """
 
 from __future__ import annotations
@@ -106,6 +109,7 @@ def run_op_command(args: argparse.Namespace) -> int:
                  signature=args.signature or "bpref")
   options.update({k: getattr(args, k) for k in ("max_batch", "max_width", "shrink_budget", "eps", "heads")
                   if getattr(args, k, None) is not None})
+  workers, cluster = getattr(args, "workers", 1), getattr(args, "dask", None)
   replayed = getattr(args, "replay", None)
   if command is not None and replayed:
     try:
@@ -117,7 +121,8 @@ def run_op_command(args: argparse.Namespace) -> int:
     return EXIT_PASS if passed else EXIT_BUG
   try:
     if command is not None:
-      report = check_op(args.op, name=args.op_name, exec_command=command, **options)
+      report = check_op(args.op, name=args.op_name, exec_command=command, workers=workers,
+                        **options)
     else:
       if in_process:
         candidate = _isolation.load_target(args.function)
@@ -125,7 +130,8 @@ def run_op_command(args: argparse.Namespace) -> int:
         kinds.make_spec(args.op, args.op_name, **options)  # bad options: a usage error before spawning
         candidate = _isolation.absolute_target(args.function)
         _loadable(candidate)
-      report = check_op(args.op, candidate, name=args.op_name, isolate=not in_process, **options)
+      report = check_op(args.op, candidate, name=args.op_name, isolate=not in_process,
+                        workers=workers, cluster=cluster, **options)
   except (ValueError, TypeError) as exc:
     print(f"bpref check: error: {exc}", file=sys.stderr)
     return EXIT_USAGE

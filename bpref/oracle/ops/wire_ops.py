@@ -102,13 +102,15 @@ class OpWirePool:
     options: the other ``OpSpec`` fields; a dtype not given is the one the program's hello
       declares (float64 when it declares it).
     cwd, env: for the process.
+    workers: processes of the program running calls side by side.
 
   ``start`` starts the program and reads its hello; the check's ``OpSpec`` is then ``spec``.
   Bad options, and an op whose arguments cannot travel (``untravelled``), raise ValueError
   (``ExecError``) here, before any process starts.
   """
 
-  def __init__(self, command: str, kind: str, name=None, options=None, *, cwd=None, env=None):
+  def __init__(self, command: str, kind: str, name=None, options=None, *, cwd=None, env=None,
+               workers: int = 1):
     self._asked = (kind, name, dict(options or {}))
     given = self._asked[2]
     checked = kinds.make_spec(kind, name, **dict(given, dtype=given.get("dtype") or "float64"))
@@ -118,7 +120,7 @@ class OpWirePool:
                             f"bpref-wire: {'; '.join(why)}; choose other options (--takes, "
                             "--signature) or check a Python function (--function)")
     self.command = command
-    self.procs = _exec.ExecPool(command, 1, checked.timeout, cwd=cwd, env=env)
+    self.procs = _exec.ExecPool(command, workers, checked.timeout, cwd=cwd, env=env)
     self.spec = None
     self.info = None
     self.features = None
