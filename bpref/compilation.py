@@ -240,8 +240,12 @@ def _compile(traced, args, kwargs):
   """A compilation of its own, past JAX's cache: an executable that JAX's cache gave back
   does not carry what another process needs to run it once serialized (on XLA's CPU backend
   its kernels are then "not found"), so the one that is stored is compiled here."""
-  from jax._src import compilation_cache
-
+  try:
+    from jax._src import compilation_cache
+  except ImportError:
+    compilation_cache = None
+  if not hasattr(compilation_cache, "is_cache_used"):  # another JAX: _store's trial run decides
+    return traced.lower(*args, **kwargs).compile()
   with _FRESH:
     used = compilation_cache.is_cache_used
     compilation_cache.is_cache_used = lambda backend: False  # neither read nor written
