@@ -2,7 +2,8 @@
 
 Two clients: a small Python one (NumPy, written to a temporary directory) that implements
 layernorm, dense, gelu_tanh and embedding and misbehaves when told to, and the C reference
-client ``examples/c/layers.c`` with its planted bugs, each of which must get the diagnosis that
+client ``examples/c/layers.c`` (layernorm, dense, gelu_tanh, attention, embedding) with its
+planted bugs, each of which must get the diagnosis that
 the same bug gets when checked in process. Version-1 clients are ``tests/test_exec.py``'s and
 ``tests/test_protocol.py``'s, unchanged.
 """
@@ -116,6 +117,8 @@ BUGS = {
     "BUG_LAYERNORM_MEAN": ("layernorm", None, "mean_term_missing"),
     "BUG_MATMUL_DB": ("dense", None, "batch_sum_missing"),
     "BUG_GELU": ("activation", "gelu_tanh", "activation_derivative"),
+    "BUG_ATTENTION_SCALE": ("attention", None, "scale_missing"),
+    "BUG_ENCODER_OVERWRITE": ("embedding", None, "repeated_token_overwritten"),
 }
 
 
@@ -272,7 +275,11 @@ def test_what_cannot_travel_is_refused_before_the_program_starts(tmp_path):
 @pytest.mark.parametrize("kind, name, dtype", [("layernorm", None, "float64"),
                                                ("layernorm", None, "float32"),
                                                ("dense", None, "float64"),
-                                               ("activation", "gelu_tanh", "float32")])
+                                               ("activation", "gelu_tanh", "float32"),
+                                               ("attention", None, "float64"),
+                                               ("attention", None, "float32"),
+                                               ("embedding", None, "float64"),
+                                               ("embedding", None, "float32")])
 def test_c_client_passes_each_op_it_declares(layers, kind, name, dtype):
   report = check_op(kind, name=name, exec_command=layers[""], dtype=dtype, **SMALL)
   assert report.verdict == "pass", report.text()
@@ -304,9 +311,32 @@ def _gelu_tanh_three_missing(z, dout):
   return dout * (0.5 * (1 + t) + 0.5 * z * (1 - t * t) * c * (1 + k * z * z))
 
 
+def _attention_backward_unscaled(qkv, dout, heads):
+  B, T, C3 = qkv.shape
+  hs = C3 // (3 * heads)
+  q, k, v = (np.swapaxes(part, 1, 2) for part in np.split(qkv.reshape(B, T, 3 * heads, hs), 3, axis=2))
+  dO = np.swapaxes(dout.reshape(B, T, heads, hs), 1, 2)
+  causal = np.tril(np.ones((T, T), dtype=bool))
+  S = np.where(causal, q @ np.swapaxes(k, -1, -2) / np.sqrt(hs), -np.inf)
+  P = np.exp(S - S.max(-1, keepdims=True))
+  P /= P.sum(-1, keepdims=True)
+  dP = dO @ np.swapaxes(v, -1, -2)
+  dS = P * (dP - (dP * P).sum(-1, keepdims=True))
+  grads = (dS @ k, np.swapaxes(dS, -1, -2) @ q, np.swapaxes(P, -1, -2) @ dO)  # no 1/sqrt(hs)
+  return np.concatenate([np.swapaxes(g, 1, 2).reshape(B, T, C3 // 3) for g in grads], axis=-1)
+
+
+def _embedding_dwte_assigned(ids, wte, wpe, dout):
+  dwte = np.zeros_like(wte)
+  dwte[ids] = dout  # one row per repeated token, the last
+  return dwte, dout.sum(0)
+
+
 IN_PROCESS = {"BUG_LAYERNORM_MEAN": _layernorm_without_mean_term,
               "BUG_MATMUL_DB": _dense_db_first_row,
-              "BUG_GELU": _gelu_tanh_three_missing}
+              "BUG_GELU": _gelu_tanh_three_missing,
+              "BUG_ATTENTION_SCALE": _attention_backward_unscaled,
+              "BUG_ENCODER_OVERWRITE": _embedding_dwte_assigned}
 """Each planted bug of layers.c written in NumPy, checked in process."""
 
 

@@ -1,15 +1,20 @@
-/* Three layers' backward passes, written the way llm.c writes them, that speak bpref-wire
+/* Five layers' backward passes, written the way llm.c writes them, that speak bpref-wire
  * version 2 (docs/protocol.md): bpref sends one op at a time and checks the gradients.
  *
  *   cc -O2 -o layers examples/c/layers.c -lm
  *   bpref check --op layernorm --exec ./layers
  *   bpref check --op dense --exec ./layers                      (llm.c's matmul: W is (OC, C))
  *   bpref check --op activation --op-name gelu_tanh --exec ./layers
+ *   bpref check --op attention --exec ./layers                  (llm.c's qkv (B, T, 3C), layout llmc)
+ *   bpref check --op embedding --exec ./layers                  (llm.c's encoder: wte and wpe)
  *
  * A planted bug, chosen when compiling, for each (the check fails and names it):
- *   -DBUG_LAYERNORM_MEAN   dx without its -mean(dxhat) term        (mean_term_missing)
- *   -DBUG_MATMUL_DB        db is the first row of dout, not a sum   (batch_sum_missing)
- *   -DBUG_GELU             gelu' with k z^2 where 3 k z^2 belongs   (activation_derivative)
+ *   -DBUG_LAYERNORM_MEAN     dx without its -mean(dxhat) term        (mean_term_missing)
+ *   -DBUG_MATMUL_DB          db is the first row of dout, not a sum   (batch_sum_missing)
+ *   -DBUG_GELU               gelu' with k z^2 where 3 k z^2 belongs   (activation_derivative)
+ *   -DBUG_ATTENTION_SCALE    dq, dk without the 1/sqrt(hs) of S       (scale_missing)
+ *   -DBUG_ENCODER_OVERWRITE  dwte[id] = dout, not +=: a repeated token keeps its last row
+ *                                                                    (repeated_token_overwritten)
  *
  * One file, the C standard library only. Rows are examples: x is (N, C), or (B, T, C) with
  * N = B T rows. The arithmetic is in double; arrays arrive in the message's dtype (float32 or
@@ -123,6 +128,103 @@ static void gelu_backward(double *dinp, const double *inp, const double *dout, i
 #endif
     dinp[i] += dout[i] * (0.5 * (1 + t) + 0.5 * z * (1 - t * t) * du);
   }
+}
+
+/* Causal multi-head self-attention, llm.c's layout: inp (B, T, 3C) holds q, k, v side by side,
+ * head h owns channels h hs .. (h + 1) hs - 1 of each third, hs = C / NH (A1). Per head:
+ *   S = q k^T / sqrt(hs) (A2), masked to s <= t (A3), P = softmax(S) by rows (A4),
+ *   out = P v (A5), written to the head's channels of out (B, T, C) (A6).
+ * att (B, NH, T, T) saves P for the backward; its masked entries s > t stay 0. The softmax
+ * subtracts the row's maximum over s <= t, so any scores, however negative, give finite P. */
+static void attention_forward(double *out, double *att, const double *inp, int B, int T, int C,
+                              int NH) {
+  int C3 = 3 * C, hs = C / NH;
+  double scale = 1.0 / sqrt(hs);
+  for (int b = 0; b < B; b++)
+    for (int t = 0; t < T; t++)
+      for (int h = 0; h < NH; h++) {
+        const double *q = inp + (size_t)b * T * C3 + (size_t)t * C3 + h * hs;
+        double *p = att + (((size_t)b * NH + h) * T + t) * T;
+        double maxval = -INFINITY, sum = 0;
+        for (int s = 0; s <= t; s++) {
+          const double *k = inp + (size_t)b * T * C3 + (size_t)s * C3 + C + h * hs;
+          double dot = 0;
+          for (int i = 0; i < hs; i++) dot += q[i] * k[i];
+          p[s] = dot * scale;  /* (A2), s <= t only (A3) */
+          if (p[s] > maxval) maxval = p[s];
+        }
+        for (int s = 0; s <= t; s++) sum += (p[s] = exp(p[s] - maxval));  /* (A4) */
+        for (int s = 0; s <= t; s++) p[s] /= sum;
+        double *o = out + (size_t)b * T * C + (size_t)t * C + h * hs;
+        for (int i = 0; i < hs; i++) o[i] = 0;
+        for (int s = 0; s <= t; s++) {
+          const double *v = inp + (size_t)b * T * C3 + (size_t)s * C3 + 2 * C + h * hs;
+          for (int i = 0; i < hs; i++) o[i] += p[s] * v[i];  /* (A5), (A6) */
+        }
+      }
+}
+
+/* Given dout (B, T, C), dO the head's channels of it (A7), per head and query t:
+ *   dv_s += P_ts dO_t (A8),  dP_ts = dO_t . v_s (A9),  dS_ts = P_ts (dP_ts - sum_s' P_ts' dP_ts') (A10),
+ *   dq_t += sum_s dS_ts k_s / sqrt(hs) (A11),  dk_s += dS_ts q_t / sqrt(hs) (A12),
+ * over s <= t only, into dinp (B, T, 3C) laid out as inp (A13). dpreatt is scratch of T. */
+static void attention_backward(double *dinp, double *dpreatt, const double *dout, const double *inp,
+                               const double *att, int B, int T, int C, int NH) {
+  int C3 = 3 * C, hs = C / NH;
+#ifdef BUG_ATTENTION_SCALE
+  double scale = 1.0;
+#else
+  double scale = 1.0 / sqrt(hs);
+#endif
+  for (int b = 0; b < B; b++)
+    for (int t = 0; t < T; t++)
+      for (int h = 0; h < NH; h++) {
+        const double *p = att + (((size_t)b * NH + h) * T + t) * T;
+        const double *dO = dout + (size_t)b * T * C + (size_t)t * C + h * hs;
+        const double *q = inp + (size_t)b * T * C3 + (size_t)t * C3 + h * hs;
+        double *dq = dinp + (size_t)b * T * C3 + (size_t)t * C3 + h * hs;
+        double centre = 0;  /* sum_s P_ts dP_ts */
+        for (int s = 0; s <= t; s++) {
+          const double *v = inp + (size_t)b * T * C3 + (size_t)s * C3 + 2 * C + h * hs;
+          double *dv = dinp + (size_t)b * T * C3 + (size_t)s * C3 + 2 * C + h * hs;
+          double dp = 0;
+          for (int i = 0; i < hs; i++) {
+            dp += dO[i] * v[i];     /* (A9) */
+            dv[i] += p[s] * dO[i];  /* (A8) */
+          }
+          dpreatt[s] = dp;
+          centre += p[s] * dp;
+        }
+        for (int s = 0; s <= t; s++) {
+          const double *k = inp + (size_t)b * T * C3 + (size_t)s * C3 + C + h * hs;
+          double *dk = dinp + (size_t)b * T * C3 + (size_t)s * C3 + C + h * hs;
+          double ds = p[s] * (dpreatt[s] - centre);  /* (A10) */
+          for (int i = 0; i < hs; i++) {
+            dq[i] += ds * k[i] * scale;  /* (A11) */
+            dk[i] += ds * q[i] * scale;  /* (A12) */
+          }
+        }
+      }
+}
+
+/* Token and position embedding, out[b, t] = wte[ids[b, t]] + wpe[t] (EMB1); given dout (B, T, C):
+ *   dwte[v] += dout[b, t] for each (b, t) with ids[b, t] = v (EMB2), a token seen twice gets both,
+ *   dwpe[t] += dout[b, t] for each b (EMB3).                                              */
+static void encoder_backward(double *dwte, double *dwpe, const double *dout, const long *ids, int B,
+                             int T, int C) {
+  for (int b = 0; b < B; b++)
+    for (int t = 0; t < T; t++) {
+      const double *dy = dout + ((size_t)b * T + t) * C;
+      double *dw = dwte + (size_t)ids[(size_t)b * T + t] * C, *dp = dwpe + (size_t)t * C;
+      for (int i = 0; i < C; i++) {
+#ifdef BUG_ENCODER_OVERWRITE
+        dw[i] = dy[i];
+#else
+        dw[i] += dy[i];  /* (EMB2) */
+#endif
+        dp[i] += dy[i];  /* (EMB3) */
+      }
+    }
 }
 
 /* ------------------------------------------------------------------ the wire */
@@ -302,6 +404,50 @@ static void run_op(const char *h) {
     Output outs[] = {{"dz", z, dz}};
     grads_reply(id, dtype, outs, 1);
     free(dz);
+  } else if (!strcmp(kind, "attention")) {
+    Array *qkv = named(a, n, "qkv"), *dout = named(a, n, "dout");
+    const char *hp = find(h, "heads");
+    int NH = hp ? (int)strtol(hp, NULL, 10) : 0;
+    if (strcmp(layout, "llmc")) {
+      error_reply(id, "attention: layout llmc only (qkv (B, T, 3C)); check with --layout llmc");
+    } else if (!qkv || !dout || qkv->rank != 3 || dout->rank != 3 || NH < 1) {
+      die("attention needs qkv (B, T, 3C), dout (B, T, C) and heads in options");
+    } else {
+      int B = (int)qkv->shape[0], T = (int)qkv->shape[1], C = (int)(qkv->shape[2] / 3);
+      if (C % NH || dout->shape[0] != B || dout->shape[1] != T || dout->shape[2] != C)
+        die("attention: C not divisible by heads, or dout not (B, T, C)");
+      double *att = zeros((size_t)B * NH * T * T), *out = zeros(dout->size);
+      double *dqkv = zeros(qkv->size), *scratch = zeros((size_t)T);
+      attention_forward(out, att, qkv->data, B, T, C, NH);
+      attention_backward(dqkv, scratch, dout->data, qkv->data, att, B, T, C, NH);
+      Output outs[] = {{"dqkv", qkv, dqkv}};
+      grads_reply(id, dtype, outs, 1);
+      free(att); free(out); free(dqkv); free(scratch);
+    }
+  } else if (!strcmp(kind, "embedding")) {
+    Array *ids = named(a, n, "ids"), *wte = named(a, n, "wte"), *wpe = named(a, n, "wpe"),
+          *dout = named(a, n, "dout");
+    if (!ids || !wte || !wpe || !dout || ids->rank != 2 || wte->rank != 2 || wpe->rank != 2)
+      die("embedding needs ids (B, T), wte (V, C), wpe (P, C) and dout (B, T, C)");
+    int B = (int)ids->shape[0], T = (int)ids->shape[1], V = (int)wte->shape[0], C = (int)wte->shape[1];
+    long *tok = malloc((ids->size ? ids->size : 1) * sizeof(long));
+    if (wpe->shape[1] != C || dout->size != (size_t)B * T * C)
+      die("embedding: wpe not (P, C), or dout not (B, T, C), with wte (V, C)");
+    int bad = T > wpe->shape[0];
+    for (size_t i = 0; i < ids->size; i++) {
+      tok[i] = (long)ids->data[i];
+      if (tok[i] < 0 || tok[i] >= V) bad = 1;
+    }
+    if (bad) {
+      error_reply(id, "embedding: an id outside [0, V), or T longer than wpe");
+    } else {
+      double *dwte = zeros(wte->size), *dwpe = zeros(wpe->size);
+      encoder_backward(dwte, dwpe, dout->data, tok, B, T, C);
+      Output outs[] = {{"dwte", wte, dwte}, {"dwpe", wpe, dwpe}};
+      grads_reply(id, dtype, outs, 2);
+      free(dwte); free(dwpe);
+    }
+    free(tok);
   } else {
     error_reply(id, "unsupported op");
   }
@@ -313,7 +459,7 @@ int main(void) {
   const char *v = find(line, "version");
   if (!v || strtol(v, NULL, 10) < 2) die("bpref speaks version 1 only; op messages need version 2");
   printf("{\"type\":\"hello\",\"version\":2,\"name\":\"examples/c/layers.c\","
-         "\"ops\":[\"layernorm\",\"dense\",\"activation:gelu_tanh\"],"
+         "\"ops\":[\"layernorm\",\"dense\",\"activation:gelu_tanh\",\"attention\",\"embedding\"],"
          "\"dtypes\":[\"float64\",\"float32\"]}\n");
   fflush(stdout);
   while (fgets(line, LINE, stdin)) {
