@@ -73,13 +73,6 @@ def call(fn, args, timeout: float, transcript) -> Call:
   return box[0] if box else Call("exception", error="the candidate's thread ended without a result")
 
 
-def call_isolated(pool, which: str, args, transcript) -> Call:
-  """``which`` ("backward" or "forward") called in the candidate's subprocess; never raises."""
-  outcome = pool.map([(which, args)])[0]
-  transcript.add(outcome.stdout, outcome.stderr)
-  return outcome
-
-
 def _fail(kind, message, tol, **extra) -> Verdict:
   return Verdict(False, kind, message, {}, tol, **extra)
 
