@@ -184,6 +184,7 @@ def jit(fn=None, *, static_argnums=(), static_argnames=(), key=None):
     return functools.partial(jit, static_argnums=static_argnums, static_argnames=static_argnames,
                              key=key)
   import jax
+  import numpy as np
 
   static_argnums = (static_argnums,) if isinstance(static_argnums, int) else tuple(static_argnums)
   static_argnames = ((static_argnames,) if isinstance(static_argnames, str)
@@ -207,25 +208,29 @@ def jit(fn=None, *, static_argnums=(), static_argnames=(), key=None):
     dynamic = ([a for i, a in enumerate(args) if i not in static_argnums],
                {k: v for k, v in kwargs.items() if k not in static_argnames})
     leaves, tree = jax.tree_util.tree_flatten(dynamic)
-    if not _stable(static) or any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
-      return traced(*args, **kwargs)
-    signature = repr((name, static, str(tree), tuple(str(jax.typeof(leaf)) for leaf in leaves),
-                      jax.config.jax_enable_x64, str(jax.config.jax_default_matmul_precision)))
-    executable, stored = loaded.get(signature) or (None, False)
+    settings = (jax.config.jax_enable_x64, str(jax.config.jax_default_matmul_precision))
+    seen = (static, tree, settings,  # a cheap stand-in for the avals, within this process
+            tuple((type(leaf), np.shape(leaf), getattr(leaf, "dtype", None),
+                   getattr(leaf, "weak_type", False)) for leaf in leaves))
+    signature = lambda: repr((name, static, str(tree),  # noqa: E731  (the stored key)
+                              tuple(str(jax.typeof(leaf)) for leaf in leaves), *settings))
+    executable, stored = loaded.get(seen) or (None, False)
     if executable is None:
-      executable = _load(signature)
+      if not _stable(static) or any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
+        return traced(*args, **kwargs)
+      executable = _load(signature())
       stored = executable is not None
     if stored:
       try:  # waited for: a stored executable that cannot run says so when its results are read
         out = jax.block_until_ready(executable(*dynamic[0], **dynamic[1]))
-        loaded[signature] = (executable, True)
+        loaded[seen] = (executable, True)
         return out
       except Exception:  # a stored executable that does not run here: compiled again below
-        pass
-    if executable is None or stored:
+        executable = None
+    if executable is None:
       executable = _compile(traced, args, kwargs)
-      _store(signature, executable, dynamic)
-      loaded[signature] = (executable, False)
+      _store(signature(), executable, dynamic)
+      loaded[seen] = (executable, False)
     return executable(*dynamic[0], **dynamic[1])
 
   call._cache_size = lambda: len(loaded) + traced._cache_size()

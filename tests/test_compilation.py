@@ -192,6 +192,11 @@ def test_a_stored_executable_answers_without_tracing(store):
                                 [0.5, 2.5, 4.5, 6.5])
   assert again(jnp.arange(3.0, dtype=jnp.float32), 2, offset=0.5).dtype == jnp.float32
   assert len(traced) == 4 and len(list(store.iterdir())) == 4
+  weak, strong = jnp.asarray(1.5), jnp.asarray(1.5, dtype=jnp.float64)  # one value, two types
+  assert weak.weak_type and not strong.weak_type
+  assert float(again(weak, 2, offset=0.5)) == float(again(strong, 2, offset=0.5)) == 3.5
+  assert again(weak, 2, offset=0.5).weak_type and not again(strong, 2, offset=0.5).weak_type
+  assert len(traced) == 6
 
 
 def test_a_stored_executable_is_keyed_by_bprefs_source(store, monkeypatch):
