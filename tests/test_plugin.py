@@ -9,6 +9,7 @@ sets one (``bench_ci_project.environment``).
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import pathlib
 import re
@@ -218,3 +219,45 @@ def test_without_the_plugin_nothing_of_it_happens(tmp_path):
   assert "bpref:" not in run.output
   assert not os.path.exists(suite / ".pytest_cache" / "d" / "bpref-xla")
   assert _records(suite)[0][1] == "default"  # hypothesis's own profile, CI unset
+
+
+@pytest.mark.deep
+def test_a_run_after_one_whose_checks_used_the_worker_starts_it_early_with_its_packages(tmp_path):
+  """The first run records the installed packages its worker imported; the second run's worker
+  has them before it imports the test module; a run with no check removes the record."""
+  suite = tmp_path / "suite"
+  (suite / "record").mkdir(parents=True)
+  (suite / "test_early.py").write_text(textwrap.dedent('''
+      import os, sys
+      HERE = os.path.join(os.path.dirname(__file__), "record")
+      with open(os.path.join(HERE, f"import-{os.getpid()}"), "w") as fh:
+        fh.write(str("hypothesis" in sys.modules))  # before this module imports it
+      import hypothesis
+      from bpref.testing import assert_backprop_correct
+
+      def linear(weights, biases, activations, loss, x, t):
+        open(os.path.join(HERE, f"candidate-{os.getpid()}"), "w").close()
+        g = (x @ weights[0].T + biases[0][None, :] - t) / x.shape[0]
+        return [g.T @ x], [g.sum(axis=0)]
+
+      def test_linear():
+        assert_backprop_correct(linear, activations=("identity",), losses=("half_squared_error",),
+                                max_depth=1, examples=3)
+      '''))
+  record = suite / ".pytest_cache" / "d" / "bpref-xla" / "worker-preload.json"
+
+  def run_and_read_the_workers_import(*args):
+    for name in os.listdir(suite / "record"):
+      os.remove(suite / "record" / name)
+    run = bench.run_pytest(suite, *args, env=bench.environment())
+    pids = [name.split("-")[1] for name in os.listdir(suite / "record") if name.startswith("candidate-")]
+    return run, [(suite / "record" / f"import-{pid}").read_text() for pid in pids]
+
+  first, seen = run_and_read_the_workers_import()
+  assert first.returncode == 0 and seen == ["False"], first.output
+  saved = json.loads(record.read_text())
+  assert "hypothesis" in saved["modules"] and "test_early" not in saved["modules"]
+  second, seen = run_and_read_the_workers_import()
+  assert second.returncode == 0 and seen == ["True"], second.output
+  none, seen = run_and_read_the_workers_import("-k", "no_such_test")
+  assert none.returncode == 5 and seen == [] and not record.exists(), none.output

@@ -224,3 +224,23 @@ def test_the_checks_of_a_session_share_one_isolated_worker():
     assert_backprop_correct(demo.grads_with_bug, **domain)
   assert err.value.bpref_report.codes == bpref.oracle.check(demo.grads_with_bug, **domain).codes
   assert _assert._SESSION == [worker] and worker._started == 2  # the fresh process of the rerun
+
+
+def test_a_worker_started_ahead_of_the_first_check_runs_it_and_names_the_packages_it_imported():
+  """``prestart``, the plugin's early start: the worker imports what it is given (a package that
+  cannot be imported is passed over), the first check loads its candidate there, and the worker
+  then names the installed packages it imported, none of the project's own modules."""
+  from bpref.oracle import demo
+
+  _assert.close_session()
+  _assert.prestart(["numpy", "a_package_nobody_installed"])
+  worker = _assert._SESSION[0]
+  try:
+    assert worker.installed == []
+    domain = dict(examples=2, max_depth=1, activations=("tanh",), losses=("squared_error",))
+    assert assert_backprop_correct(demo.grads, **domain).passed
+    assert _assert._SESSION == [worker] and worker._started == 1
+    assert "numpy" in worker.installed
+    assert not {"a_package_nobody_installed", "textbook", "test_testing"} & set(worker.installed)
+  finally:
+    _assert.close_session()

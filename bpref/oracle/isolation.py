@@ -41,12 +41,13 @@ import os
 import pickle
 import signal
 import sys
+import sysconfig
 import tempfile
 import threading
 import time
 import traceback
 from multiprocessing.connection import wait
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -580,7 +581,9 @@ def _load_in_worker(conn, target):
   it) or "load_error" sent back; None when loading raised."""
   info = None
   try:
-    if isinstance(target, tuple) and target and target[0] == "named":
+    if _preloading(target):
+      candidate = _preload(target[1])
+    elif isinstance(target, tuple) and target and target[0] == "named":
       candidate = load_candidate(*target[1:])
     elif isinstance(target, tuple) and target and target[0] == "made":
       candidate = pickle.loads(target[1])()  # a factory that loads and adapts it here
@@ -592,8 +595,43 @@ def _load_in_worker(conn, target):
     conn.send_bytes(_dumps(("load_error", _one_line(exc))))
     return None
   _flush_streams()
-  conn.send_bytes(_dumps(("ready", info)))
+  conn.send_bytes(_dumps(("ready", info, installed_modules())))
   return candidate
+
+
+def _preloading(target) -> bool:
+  return isinstance(target, tuple) and len(target) == 2 and target[0] == "preload"
+
+
+def _preload(names) -> Callable:
+  """``names`` imported ahead of the first candidate (one that fails to import is passed over:
+  the candidate's own load says what is wrong); a placeholder candidate that refuses calls."""
+  for name in names:
+    try:
+      importlib.import_module(name)
+    except BaseException:  # a package's import may exit or raise anything
+      pass
+  return _no_candidate
+
+
+def _no_candidate(*args):
+  raise RuntimeError("no candidate is loaded in this subprocess yet")
+
+
+def installed_modules() -> list:
+  """The top-level modules this process imported from the interpreter's installed packages
+  (site-packages), in import order: what a later worker may import before its first candidate.
+  The project's own modules (the candidate's, its tests') are never among them."""
+  paths = sysconfig.get_paths()
+  roots = {os.path.realpath(paths[key]) + os.sep for key in ("purelib", "platlib")}
+  out = []
+  for name, module in list(sys.modules.items()):
+    path = getattr(module, "__file__", None)
+    if "." in name or name.startswith("_") or not path:
+      continue
+    if any(os.path.realpath(path).startswith(root) for root in roots):
+      out.append(name)
+  return out
 
 
 def _worker_main(conn, target, out_path, err_path) -> None:
@@ -669,7 +707,8 @@ class Isolated:
     target: the candidate pickled (bytes), ("named", kind, "module:function"), or ("made",
       a pickled factory) whose call in the subprocess returns the candidate (an op's
       ``OpCandidate``: each call is then ("backward" or "forward", args), and ``info`` says
-      whether the candidate has a forward).
+      whether the candidate has a forward), or ("preload", module names): a worker started
+      ahead of its candidate, importing those modules until ``load`` gives it one.
     workers: number of subprocesses.
     timeout: seconds one call may take; the process is then killed and replaced.
   """
@@ -683,6 +722,7 @@ class Isolated:
     self._dir = tempfile.TemporaryDirectory(prefix="bpref-candidate-")
     self._started = 0
     self.info = None  # what the first worker said of the candidate when it was loaded
+    self.installed = []  # the installed packages a worker had imported once a candidate loaded
     for i in range(workers):
       self._spawn(i)
 
@@ -713,7 +753,7 @@ class Isolated:
       raise RuntimeError("the candidate's subprocess did not start within "
                          f"{max(120.0, self._timeout):g} s")
     try:
-      kind, text = _loads(parent.recv_bytes())
+      kind, text, *installed = _loads(parent.recv_bytes())
     except (EOFError, OSError):
       proc.join(5)
       code = proc.exitcode
@@ -734,6 +774,8 @@ class Isolated:
       raise ValueError(f"the candidate could not be loaded in a subprocess: {text}")
     self._procs[i].ready = True
     self.info = text
+    if installed and not _preloading(self._target):
+      self.installed = list(installed[0])
 
   def start(self):
     """The first worker started and its candidate loaded; what it said of the candidate (``info``).
@@ -857,14 +899,15 @@ class Isolated:
     return results
 
   def close(self):
+    """Every worker ended: told to stop when it is idle, killed when it is still loading."""
     for i, entry in enumerate(self._procs):
-      if entry is not None:
+      if entry is not None and entry.ready:
         try:
           entry.conn.send(None)
         except (OSError, BrokenPipeError):
           pass
         entry.proc.join(2)
-        self._kill(i)
+      self._kill(i)
     self._dir.cleanup()
 
   def __enter__(self):

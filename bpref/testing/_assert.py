@@ -82,6 +82,16 @@ def session_pool(target, timeout: float):
   return _SESSION[0]
 
 
+def prestart(modules) -> None:
+  """Start the session's worker ahead of its first check, importing ``modules`` (installed
+  packages) while the run loads its conftests and collects; the first check loads its
+  candidate there."""
+  from bpref.oracle import isolation
+
+  if not _SESSION:
+    _SESSION.append(isolation.Isolated(("preload", tuple(modules)), workers=1))
+
+
 def close_session() -> None:
   """End the session's worker (the pytest plugin calls it when the session finishes)."""
   while _SESSION:

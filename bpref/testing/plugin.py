@@ -22,6 +22,11 @@ that uses ``bpref.testing`` gets, with nothing in its conftest:
   ``.pytest_cache/d/bpref-reproducers``, ``$BPREF_REPRODUCER_DIR``), and the short test
   summary shows one line that names the diagnosis, with ``CI`` set or not (pytest prints
   a whole message there under CI).
+* **The helpers' worker started early**: when the last run in this project's cache folder
+  ran its checks in the helpers' isolated worker, the plugin starts that worker before the
+  conftests load, importing the installed packages (site-packages) the last one had imported,
+  so that the first check does not wait for them; never the project's own modules. The list
+  is ``worker-preload.json`` in the cache folder; a run that used no worker removes it.
 * **A summary line**: checks run and failed, ``reference_grads`` evaluations, XLA
   compilations and how many the persistent cache answered, summed over xdist's workers.
 """
@@ -31,6 +36,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import json
 import os
 import sys
 
@@ -43,15 +49,69 @@ PROFILE = "bpref"
 """The hypothesis profile the plugin registers and loads where the run chose none."""
 
 CACHE_FOLDER = "bpref-xla"
+PRELOAD = "worker-preload.json"
+"""In the cache folder: the installed packages the last run's isolated worker imported."""
 REPRODUCER_FOLDER = "bpref-reproducers"
 
 _STATE = pytest.StashKey[dict]()
 _COUNTS = ("checks", "failed", "references", "compilations", "cache_hits")
 
 
+def pytest_load_initial_conftests(early_config, parser, args):
+  path = _preload_path(early_config, early_config.known_args_namespace)
+  try:
+    with open(path or "", encoding="utf-8") as fh:
+      record = json.load(fh)
+  except (OSError, ValueError):  # no record: the worker starts at the first check
+    return
+  if not isinstance(record, dict) or record.get("python") != sys.executable:
+    return  # another interpreter's packages
+  modules = record.get("modules")
+  if isinstance(modules, list):
+    _assert.prestart([name for name in modules if isinstance(name, str)])
+
+
+def _preload_path(config, options) -> str | None:
+  """The record of what the helpers' worker imported: in the cache folder that ``_use_cache``
+  picks when that folder is the project's ($BPREF_CACHE_DIR or pytest's cache), not under
+  xdist's controller, which runs no test."""
+  if os.environ.get(compilation.ENV_NO_CACHE, "") not in ("", "0"):
+    return None
+  if getattr(options, "numprocesses", None) and not os.environ.get("PYTEST_XDIST_WORKER"):
+    return None
+  folder = os.environ.get(compilation.ENV_CACHE_DIR)
+  if not folder:
+    if config.pluginmanager.is_blocked("cacheprovider"):
+      return None
+    cache = os.path.expanduser(os.path.expandvars(config.getini("cache_dir")))
+    folder = os.path.join(config.rootpath, cache, "d", CACHE_FOLDER)
+  return os.path.join(folder, PRELOAD)
+
+
+def _remember_worker(config, state) -> None:
+  """Write what the session's worker imported for the next run, or remove the record when no
+  worker ran a check (an xdist worker only writes: another one may have used its own)."""
+  path = state["preload"]
+  installed = _assert._SESSION[0].installed if _assert._SESSION else []
+  if path is None:
+    return
+  try:
+    if installed:
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      temporary = f"{path}.{os.getpid()}"
+      with open(temporary, "w", encoding="utf-8") as fh:
+        json.dump({"python": sys.executable, "modules": installed}, fh)
+      os.replace(temporary, path)
+    elif not hasattr(config, "workerinput"):
+      os.remove(path)
+  except OSError:  # a read-only or vanished folder: the next run starts its worker late
+    pass
+
+
 def pytest_configure(config):
   state = {"env": {}, "counting": contextlib.ExitStack(), "workers": collections.Counter(),
-           "seen": None, "tally": dict(_assert.TALLY), "cache": None}
+           "seen": None, "tally": dict(_assert.TALLY), "cache": None,
+           "preload": _preload_path(config, config.option)}
   config.stash[_STATE] = state
   state["cache"] = _use_cache(config, state)
   folder = os.environ.get(_assert.ENV_REPRODUCER_DIR) or _cache_folder(config, REPRODUCER_FOLDER)
@@ -140,6 +200,7 @@ def pytest_sessionfinish(session):
   if state is None:
     return
   state["counting"].close()  # fills in state["seen"]
+  _remember_worker(session.config, state)
   _assert.close_session()  # the isolated worker the helpers' checks ran in
   if hasattr(session.config, "workeroutput"):  # an xdist worker: the controller adds them up
     session.config.workeroutput["bpref"] = _counts(state)
@@ -170,6 +231,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 
 
 def pytest_unconfigure(config):
+  _assert.close_session()  # a worker started early for a run that ended before its session
   state = config.stash.get(_STATE, None)
   if state is None:
     return
