@@ -42,6 +42,7 @@ _COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 _HIT_EVENT = "/jax/compilation_cache/cache_hits"
 _TOTALS = {"compilations": 0, "cache_hits": 0}
 _LISTENING = []
+_COUNTING = threading.Lock()
 _EXECUTABLES: list = []  # [the directory of stored executables] while use_cache has it on
 
 
@@ -63,11 +64,13 @@ def _listen() -> None:
 
   def on_duration(event, duration, **kwargs):
     if event == _COMPILE_EVENT:
-      _TOTALS["compilations"] += 1
+      with _COUNTING:  # compilations of several threads
+        _TOTALS["compilations"] += 1
 
   def on_event(event, **kwargs):
     if event == _HIT_EVENT:
-      _TOTALS["cache_hits"] += 1
+      with _COUNTING:
+        _TOTALS["cache_hits"] += 1
 
   monitoring.register_event_duration_secs_listener(on_duration)
   monitoring.register_event_listener(on_event)
@@ -238,26 +241,39 @@ def jit(fn=None, *, static_argnums=(), static_argnames=(), key=None):
   return call
 
 
-_FRESH = threading.Lock()
+_PAST = threading.local()
+"""``_PAST.on``: this thread compiles past JAX's cache (``_compile``)."""
+_PATCHING = threading.Lock()
 
 
 def _compile(traced, args, kwargs):
   """A compilation of its own, past JAX's cache: an executable that JAX's cache gave back
   does not carry what another process needs to run it once serialized (on XLA's CPU backend
-  its kernels are then "not found"), so the one that is stored is compiled here."""
+  its kernels are then "not found"), so the one that is stored is compiled here.
+
+  JAX asks ``compilation_cache.is_cache_used`` in the compiling thread; it is wrapped once so
+  that it answers False to a thread compiling here and asks JAX's own for every other thread,
+  so that compilations in several threads go on at once."""
   try:
     from jax._src import compilation_cache
   except ImportError:
     compilation_cache = None
   if not hasattr(compilation_cache, "is_cache_used"):  # another JAX: _store's trial run decides
     return traced.lower(*args, **kwargs).compile()
-  with _FRESH:
-    used = compilation_cache.is_cache_used
-    compilation_cache.is_cache_used = lambda backend: False  # neither read nor written
-    try:
-      return traced.lower(*args, **kwargs).compile()
-    finally:
-      compilation_cache.is_cache_used = used
+  with _PATCHING:
+    if not getattr(compilation_cache.is_cache_used, "past_for_bpref", False):
+      used = compilation_cache.is_cache_used
+
+      def is_cache_used(backend):
+        return False if getattr(_PAST, "on", False) else used(backend)  # neither read nor written
+
+      is_cache_used.past_for_bpref = True
+      compilation_cache.is_cache_used = is_cache_used
+  _PAST.on = True
+  try:
+    return traced.lower(*args, **kwargs).compile()
+  finally:
+    _PAST.on = False
 
 
 def _stable(value) -> bool:
@@ -284,7 +300,7 @@ def _environment() -> str:
         text.update(file.encode() + b"\0" + handle.read())
   device = jax.devices()[0]
   return repr((text.hexdigest(), jax.__version__, jaxlib.__version__, device.platform,
-               device.device_kind))
+               device.device_kind, os.environ.get("XLA_FLAGS", "")))
 
 
 def _path(signature: str) -> tuple:
@@ -306,8 +322,9 @@ def _load(signature: str):
   except Exception:  # absent, partly written by a process that died, or from another jaxlib
     return None
   _listen()
-  _TOTALS["compilations"] += 1
-  _TOTALS["cache_hits"] += 1
+  with _COUNTING:
+    _TOTALS["compilations"] += 1
+    _TOTALS["cache_hits"] += 1
   return executable
 
 

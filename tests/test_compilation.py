@@ -254,6 +254,47 @@ def test_what_is_stored_is_compiled_afresh_not_read_back_from_jaxs_cache(store):
   assert not traced  # read back from the store, and it runs
 
 
+def test_threads_compile_stored_programs_at_once_and_the_rest_still_reads_jaxs_cache(store):
+  """``_compile`` answers "no cache" to its own thread only: two threads store their programs
+  at once, and a compilation in another thread meanwhile is a hit of JAX's cache."""
+  import threading
+
+  import jax
+  import jax.numpy as jnp
+  from jax._src import compilation_cache
+
+  def program(v, k):
+    return jnp.tanh(v * k).sum()
+
+  v = np.linspace(-1.0, 1.0, 32)
+  jax.jit(program, static_argnums=1)(v, 5).block_until_ready()  # into JAX's cache
+  jax.clear_caches()
+  answers, started = {}, threading.Barrier(3)
+
+  def stored(k):
+    started.wait()
+    answers[k] = float(compilation.jit(program, static_argnums=1, key="tests.program")(v, k))
+
+  def plain():
+    started.wait()
+    with compilation.count() as seen:
+      answers[5] = float(jax.jit(program, static_argnums=1)(v, 5))
+    answers["plain"] = seen.cache_hits
+
+  threads = [threading.Thread(target=stored, args=(k,)) for k in (2, 3)]
+  threads.append(threading.Thread(target=plain))
+  for thread in threads:
+    thread.start()
+  for thread in threads:
+    thread.join()
+  assert len(list(store.iterdir())) == 2  # both copies ran
+  for k in (2, 3, 5):
+    assert answers[k] == pytest.approx(float(np.tanh(v * k).sum()), rel=1e-12)
+  assert answers["plain"] >= 1  # JAX's cache was on for that thread
+  backend = jax.devices()[0].client
+  assert compilation_cache.is_cache_used(backend)  # as JAX answers, outside the store's compile
+
+
 def test_traced_arguments_and_unstable_statics_go_through_jax_jit(store):
   import jax
 

@@ -273,3 +273,17 @@ def test_a_packing_bug_in_the_buckets_is_caught_by_the_witness(monkeypatch):
   monkeypatch.setattr(verify._fast, "pack_params", transposed_first_layer)
   errors, tol = verify.check_many([problem], exact=0)[0]
   assert errors["grad"] > tol and errors["loss"] > tol, (errors, tol)
+
+
+def test_parts_run_at_once_return_in_order_with_the_callers_device_and_raise_the_first_error():
+  import jax
+
+  device = jax.devices("cpu")[0]
+  with jax.default_device(device):
+    assert verify.concurrently(lambda: 1, lambda: jax.config.jax_default_device) == [1, device]
+
+  def broken():
+    raise ValueError("broken part")
+
+  with pytest.raises(ValueError, match="broken part"):
+    verify.concurrently(lambda: 1, broken)

@@ -25,8 +25,10 @@ activations, softsign, huber) are reported but not judged by them.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
+import threading
 import time
 
 import jax
@@ -223,14 +225,19 @@ def run(cases: int, seed: int, dtypes=("float32", "float64"), progress=None,
                    "tolerance": None, "failures": 0}
           for d in dtypes for c in CHECKS}
   done = 0
-  crashes = []
-  for dtype in dtypes:
+  crashes_of = {d: [] for d in dtypes}
+
+  def bucketed(dtype):
     try:
-      bucketed = check_many(drawn[dtype], exact, crashes) if drawn[dtype] else []
+      return check_many(drawn[dtype], exact, crashes_of[dtype]) if drawn[dtype] else []
     except Exception as exc:  # a broken bpref fails its rows, it does not end the run
-      crashes.append(f"{dtype}, the buckets: {_first_line(exc)}")
-      bucketed = [(dict.fromkeys(CHECKS, float("inf")), 1.0)] * len(drawn[dtype])
-    for problem, (errors, tol) in zip(drawn[dtype], bucketed):
+      crashes_of[dtype].append(f"{dtype}, the buckets: {_first_line(exc)}")
+      return [(dict.fromkeys(CHECKS, float("inf")), 1.0)] * len(drawn[dtype])
+
+  results = concurrently(*(functools.partial(bucketed, d) for d in dtypes))
+  crashes = [c for d in dtypes for c in crashes_of[d]]
+  for dtype, outcomes in zip(dtypes, results):
+    for problem, (errors, tol) in zip(drawn[dtype], outcomes):
       for check, err in errors.items():
         row = rows[(dtype, check)]
         row["cases"] += 1
@@ -249,6 +256,33 @@ def run(cases: int, seed: int, dtypes=("float32", "float64"), progress=None,
   return {"seed": seed, "cases_per_dtype": cases, "exact_cases_per_dtype": min(exact, cases),
           "table": table, "crashes": crashes,
           "passed": not crashes and all(r["verdict"] == "ok" for r in table)}
+
+
+def concurrently(*calls) -> list:
+  """The results of ``calls`` (functions of no argument), each run in a thread of its own, with
+  the caller's default device: XLA compiles and runs without Python's lock, so one call's
+  compilations go on while another traces or works in Python. The first exception is raised
+  again here; the threads are daemons, so Ctrl-C still ends the command."""
+  device = jax.config.jax_default_device  # thread-local: each thread takes the caller's
+  results = [None] * len(calls)
+
+  def one(i, call):
+    try:
+      with jax.default_device(device):
+        results[i] = (True, call())
+    except BaseException as exc:  # raised again in the caller's thread
+      results[i] = (False, exc)
+
+  threads = [threading.Thread(target=one, args=(i, call), daemon=True)
+             for i, call in enumerate(calls)]
+  for thread in threads:
+    thread.start()
+  for thread in threads:
+    thread.join()
+  for ok, value in results:
+    if not ok:
+      raise value
+  return [value for _, value in results]
 
 
 def _first_line(exc) -> str:
@@ -374,6 +408,26 @@ def plot_witnesses(summary: dict, path: str) -> None:
   plt.close(fig)
 
 
+class _Progress:
+  """One bar on stderr for parts that run at once, each ``part(total)`` a ``progress(done, _)``
+  that counts towards the sum of them all."""
+
+  def __init__(self):
+    self._lock = threading.Lock()
+    self._done, self._total = [], 0
+
+  def part(self, total: int):
+    i = len(self._done)
+    self._done.append(0)
+    self._total += total
+
+    def progress(done, _):
+      with self._lock:
+        self._done[i] = done
+        _progress_bar(sum(self._done), self._total)
+    return progress
+
+
 def _progress_bar(done, total, width=30):
   filled = int(width * done / total)
   sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} cases")
@@ -480,11 +534,16 @@ def main(argv=None) -> int:
       compilation.use_cache(args.cache_dir, default=True)
   except ValueError as err:
     parser.error(str(err))
+  progress = _Progress() if show else None
   with compilation.count() as seen, jax.default_device(device) if device is not None else _null():
-    summary = run(cases, args.seed, dtypes, progress=_progress_bar if show else None)
+    calls = [functools.partial(run, cases, args.seed, dtypes,
+                               progress=progress and progress.part(cases * len(dtypes)))]
     if witness_cases:
-      summary["witnesses"] = run_witnesses(witness_cases, args.seed, dtypes,
-                                           progress=_progress_bar if show else None)
+      calls.append(functools.partial(run_witnesses, witness_cases, args.seed, dtypes,
+                                     progress=progress and progress.part(witness_cases * len(dtypes))))
+    summary, *witnesses = concurrently(*calls)  # the witnesses' referee works while XLA compiles
+    if witnesses:
+      summary["witnesses"] = witnesses[0]
   summary["compilation"] = seen.to_json()
   summary["seconds"] = round(time.perf_counter() - start, 2)
   summary["backend"] = device.platform if device is not None else jax.default_backend()
