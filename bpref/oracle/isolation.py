@@ -352,10 +352,18 @@ def _record(stdout: str, stderr: str) -> None:
     transcript.add(stdout, stderr)
 
 
-def call_in_thread(candidate, inputs, timeout: float) -> Outcome:
-  """``call_direct`` in a daemon thread, given up after ``timeout`` seconds; its output captured."""
+def answer(candidate, message) -> Outcome:
+  """One call of the candidate, whatever the transport: ``message`` is a network's inputs
+  (``candidate_inputs``) or an op's ("backward" or "forward", args)."""
+  if isinstance(message, tuple):
+    return call_args(getattr(candidate, message[0]), message[1])
+  return call_direct(candidate, message)
+
+
+def call_in_thread(candidate, message, timeout: float) -> Outcome:
+  """``answer`` in a daemon thread, given up after ``timeout`` seconds; its output captured."""
   box = []
-  thread = threading.Thread(target=lambda: box.append(call_direct(candidate, inputs)), daemon=True,
+  thread = threading.Thread(target=lambda: box.append(answer(candidate, message)), daemon=True,
                             name=WORKER_NAME)
   with Captured() as out:
     thread.start()
@@ -372,6 +380,27 @@ def call_in_thread(candidate, inputs, timeout: float) -> Outcome:
   outcome = outcome._replace(stdout=out.stdout, stderr=out.stderr)
   _record(outcome.stdout, outcome.stderr)
   return outcome
+
+
+class InProcess:
+  """The candidate called in this process, one call at a time in a daemon thread: the
+  transport of ``Isolated``'s ``map``, for a candidate that runs where the search runs. A call
+  that hangs cannot be stopped, so ``map`` ends at it and ``stopped`` says so."""
+
+  workers = 1
+
+  def __init__(self, candidate, timeout: float):
+    self.candidate, self.timeout = candidate, timeout
+    self.stopped = ""
+
+  def map(self, messages) -> list:
+    outcomes = []
+    for message in messages:
+      outcomes.append(call_in_thread(self.candidate, message, self.timeout))
+      if outcomes[-1].status == "timeout":
+        self.stopped = outcomes[-1].error
+        break
+    return outcomes
 
 
 # ---------------------------------------------------------------- loading candidates by name
@@ -660,10 +689,7 @@ def _worker_main(conn, target, out_path, err_path) -> None:
       sys.path[:] = list(dict.fromkeys([*message[2], *sys.path]))
       candidate = _load_in_worker(conn, message[1]) or candidate
       continue
-    if isinstance(message, tuple):  # ("backward" or "forward", args): an op call
-      outcome = call_args(getattr(candidate, message[0]), message[1])
-    else:
-      outcome = call_direct(candidate, message)
+    outcome = answer(candidate, message)
     _flush_streams()
     try:
       payload = _dumps(("outcome", outcome._replace(result=plain(outcome.result))))

@@ -74,17 +74,12 @@ class Evaluator:
     spec = spec or self.spec
     prepared = [self.case_and_truth(a) for a in archs]
     inputs = [_isolation.candidate_inputs(case, spec.layout) for case, _ in prepared]
-    if self.pool is not None:
-      outcomes = self.pool.map(inputs)
-    else:
-      outcomes = []
-      for inp in inputs:
-        out = _isolation.call_in_thread(self.candidate, inp, self.spec.timeout)
-        outcomes.append(out)
-        if out.status == "timeout":
-          self.stopped = ("the candidate hung in this process and cannot be stopped here; "
-                          "isolate=True (--isolate) runs it in a subprocess that can be")
-          break
+    transport = (self.pool if self.pool is not None
+                 else _isolation.InProcess(self.candidate, self.spec.timeout))
+    outcomes = transport.map(inputs)
+    if getattr(transport, "stopped", ""):
+      self.stopped = ("the candidate hung in this process and cannot be stopped here; "
+                      "isolate=True (--isolate) runs it in a subprocess that can be")
     return self.judge_all(prepared, outcomes, phase, spec)
 
   def judge_all(self, prepared, outcomes, phase: str, spec) -> list:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from typing import NamedTuple
 
 import numpy as np
@@ -56,21 +55,6 @@ def _numpy(obj, depth=0):
   if hasattr(obj, "__array__"):
     return np.array(obj, copy=True)
   return obj
-
-
-def call(fn, args, timeout: float, transcript) -> Call:
-  """fn(*args) in a daemon thread, its output captured into ``transcript``; never raises."""
-  box = []
-  thread = threading.Thread(target=lambda: box.append(_isolation.call_args(fn, args)), daemon=True,
-                            name=_isolation.WORKER_NAME)
-  with _isolation.Captured() as out:
-    thread.start()
-    thread.join(timeout)
-  transcript.add(out.stdout, out.stderr)
-  if thread.is_alive():
-    return Call("timeout", error=f"the call did not return within {timeout:g} s; a call in this "
-                "process cannot be stopped, so the search ended here")
-  return box[0] if box else Call("exception", error="the candidate's thread ended without a result")
 
 
 def _fail(kind, message, tol, **extra) -> Verdict:

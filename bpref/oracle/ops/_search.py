@@ -80,17 +80,11 @@ class Evaluator:
     """The candidate's ``which`` called on each of ``arg_lists``, in order: side by side on the
     pool's workers, or here one at a time, none after one that hung (it cannot be stopped).
     A call that hung stops the search only where it counts (``runs``, ``call``)."""
-    if self.pool is not None:
-      outcomes = self.pool.map([(which, args) for args in arg_lists])
-      for outcome in outcomes:
-        self.transcript.add(outcome.stdout, outcome.stderr)
-    else:
-      outcomes = []
-      for args in arg_lists:
-        outcomes.append(_judge.call(getattr(self.candidate, which), args, self.spec.timeout,
-                                    self.transcript))
-        if outcomes[-1].status == "timeout":
-          break
+    transport = (self.pool if self.pool is not None
+                 else _isolation.InProcess(self.candidate, self.spec.timeout))
+    outcomes = transport.map([(which, args) for args in arg_lists])
+    for outcome in outcomes:
+      self.transcript.add(outcome.stdout, outcome.stderr)
     self.calls += len(outcomes)
     return outcomes
 
