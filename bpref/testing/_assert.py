@@ -92,6 +92,12 @@ def prestart(modules) -> None:
     _SESSION.append(isolation.Isolated(("preload", tuple(modules)), workers=1))
 
 
+def session_imports() -> list:
+  """The installed packages the session's worker had imported once it loaded a candidate;
+  [] when no check ran there."""
+  return list(_SESSION[0].installed) if _SESSION else []
+
+
 def close_session() -> None:
   """End the session's worker (the pytest plugin calls it when the session finishes)."""
   while _SESSION:

@@ -92,7 +92,7 @@ def _remember_worker(config, state) -> None:
   """Write what the session's worker imported for the next run, or remove the record when no
   worker ran a check (an xdist worker only writes: another one may have used its own)."""
   path = state["preload"]
-  installed = _assert._SESSION[0].installed if _assert._SESSION else []
+  installed = _assert.session_imports()
   if path is None:
     return
   try:
