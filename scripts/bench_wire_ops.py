@@ -2,8 +2,9 @@
 
   python scripts/bench_wire_ops.py [--calls 2000] [--command ./layers]
 
-Builds examples/c/layers.c (cc -O2) unless --command names a client, and for dense and
-layernorm (float64, the default search: probes + 40 random cases) times
+Builds examples/c/layers.c (cc -O2) unless --command names a client, and for dense,
+layernorm, attention (llm.c's layout) and embedding (float64, the default search: probes + 40
+random cases) times
 
 * ``check``: a whole default ``check_op`` of the C client (``exec_command``) and of a NumPy
   backward called in process, each after one warm-up check (so that bpref's own programs are
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 
 import numpy as np
 
@@ -38,7 +40,7 @@ import jax  # noqa: E402
 jax.config.update("jax_enable_x64", True)
 
 from bpref.oracle import isolation  # noqa: E402
-from bpref.oracle.ops import _judge, _search, check_op, kinds, wire_ops  # noqa: E402
+from bpref.oracle.ops import _search, check_op, kinds, wire_ops  # noqa: E402
 
 
 def dense_backward(x, W, b, dout):
@@ -56,7 +58,32 @@ def layernorm_backward(x, w, b, dout, eps=1e-5):
   return dx, (dout * xhat).reshape(-1, C).sum(0), dout.reshape(-1, C).sum(0)
 
 
-NUMPY = {"dense": dense_backward, "layernorm": layernorm_backward}
+def attention_backward(qkv, dout, heads):
+  """llm.c's layout: qkv (B, T, 3C), dout (B, T, C); per head S = q k^T / sqrt(hs), causal."""
+  B, T, C3 = qkv.shape
+  hs = C3 // (3 * heads)
+  q, k, v = (np.swapaxes(part, 1, 2) for part in np.split(qkv.reshape(B, T, 3 * heads, hs), 3, axis=2))
+  dO = np.swapaxes(dout.reshape(B, T, heads, hs), 1, 2)
+  causal = np.tril(np.ones((T, T), dtype=bool))
+  S = np.where(causal, q @ np.swapaxes(k, -1, -2) / np.sqrt(hs), -np.inf)
+  P = np.exp(S - S.max(-1, keepdims=True))
+  P /= P.sum(-1, keepdims=True)
+  dP = dO @ np.swapaxes(v, -1, -2)
+  dS = P * (dP - (dP * P).sum(-1, keepdims=True)) / np.sqrt(hs)
+  grads = (dS @ k, np.swapaxes(dS, -1, -2) @ q, np.swapaxes(P, -1, -2) @ dO)
+  return np.concatenate([np.swapaxes(g, 1, 2).reshape(B, T, C3 // 3) for g in grads], axis=-1)
+
+
+def embedding_backward(ids, wte, wpe, dout):
+  """out[b, t] = wte[ids[b, t]] + wpe[t]: dwte accumulated over repeated tokens, dwpe over B."""
+  dwte, dwpe = np.zeros_like(wte), np.zeros_like(wpe)
+  np.add.at(dwte, ids, dout)
+  dwpe[:ids.shape[1]] = dout.sum(0)
+  return dwte, dwpe
+
+
+NUMPY = {"dense": dense_backward, "layernorm": layernorm_backward,
+         "attention": attention_backward, "embedding": embedding_backward}
 
 
 def _timed(run, repeats: int) -> tuple:
@@ -74,7 +101,7 @@ def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--calls", type=int, default=2000)
   p.add_argument("--repeats", type=int, default=9)
-  p.add_argument("--command", help="a bpref-wire version-2 client declaring dense and layernorm "
+  p.add_argument("--command", help="a bpref-wire version-2 client declaring the four ops "
                                    "(default: examples/c/layers.c built with cc -O2)")
   args = p.parse_args(argv)
   with tempfile.TemporaryDirectory() as tmp:
@@ -113,11 +140,11 @@ def main(argv=None) -> int:
             assert pool.map([("backward", a)])[0].status == "ok"
 
         t_wire = _timed(wire_calls, args.repeats)
-      transcript = isolation.Transcript()
+      here = isolation.InProcess(types.SimpleNamespace(backward=fn), 60.0)
 
       def python_calls():
         for a in calls:
-          assert _judge.call(fn, a, 60.0, transcript).status == "ok"
+          assert here.map([("backward", a)])[0].status == "ok"
 
       t_py = _timed(python_calls, args.repeats)
       for what, (best, median) in (("over the wire", t_wire), ("in process", t_py)):
