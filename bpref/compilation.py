@@ -34,6 +34,7 @@ import pickle
 import sys
 import tempfile
 import threading
+import time
 
 ENV_CACHE_DIR = "BPREF_CACHE_DIR"
 ENV_NO_CACHE = "BPREF_NO_CACHE"
@@ -149,8 +150,46 @@ def use_cache(path: str | None = None, *, default: bool = False) -> str | None:
   jax.config.update("jax_compilation_cache_dir", path)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  if jax.config.jax_compilation_cache_max_size < 0:  # JAX's default: no limit
+    jax.config.update("jax_compilation_cache_max_size", CACHE_BYTES)
   _EXECUTABLES[:] = [os.path.join(path, "executables")]
+  prune(_EXECUTABLES[0])
   return path
+
+
+CACHE_BYTES = 1 << 30
+"""The most bytes each store keeps, JAX's compilations and bpref's whole executables; the
+least recently used go first (JAX's own eviction, and ``prune``)."""
+
+
+def prune(folder: str, limit: int = CACHE_BYTES, partial_age: float = 3600.0) -> None:
+  """The least recently used executables in ``folder`` removed until the rest take at most
+  ``limit`` bytes (a load marks one used), and files left partly written by a process that
+  died (older than ``partial_age`` seconds); what cannot be read or removed is left."""
+  try:
+    entries = [(entry.stat().st_mtime, entry.stat().st_size, entry.path, entry.name)
+               for entry in os.scandir(folder) if entry.is_file()]
+  except OSError:  # not made yet, or gone
+    return
+  now = time.time()
+  kept = []
+  for mtime, size, path, name in sorted(entries, reverse=True):  # the most recent first
+    if name.startswith(".partial-") and now - mtime > partial_age:
+      _remove(path)
+    elif name.endswith(".exe"):
+      kept.append((size, path))
+  total = 0
+  for size, path in kept:
+    total += size
+    if total > limit:
+      _remove(path)
+
+
+def _remove(path: str) -> None:
+  try:
+    os.remove(path)
+  except OSError:  # another process took it first, or a read-only folder
+    pass
 
 
 def _unwritable(path: str) -> str:
@@ -321,6 +360,10 @@ def _load(signature: str):
     executable = serialize_executable.deserialize_and_load(payload, in_tree, out_tree)
   except Exception:  # absent, partly written by a process that died, or from another jaxlib
     return None
+  try:
+    os.utime(path)  # used now: the last that ``prune`` removes
+  except OSError:
+    pass
   _listen()
   with _COUNTING:
     _TOTALS["compilations"] += 1

@@ -322,3 +322,26 @@ def test_an_unwritable_store_turns_itself_off_with_one_line(monkeypatch, tmp_pat
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and "executables are not kept" in err
   assert compilation._EXECUTABLES == []
+
+
+def test_prune_removes_the_least_recently_used_executables_past_the_limit(tmp_path, monkeypatch):
+  now = 1_700_000_000.0
+  ages = {"old.exe": 300, "middle.exe": 200, "new.exe": 100, ".partial-dead": 7200,
+          ".partial-live": 10}  # seconds since last used or written
+  for name, age in ages.items():
+    (tmp_path / name).write_bytes(b"x" * 100)
+    os.utime(tmp_path / name, (now - age, now - age))
+  (tmp_path / "notes.txt").write_bytes(b"y" * 1000)  # not an executable: left alone
+  monkeypatch.setattr(compilation.time, "time", lambda: now)
+  compilation.prune(str(tmp_path), limit=250)
+  assert sorted(os.listdir(tmp_path)) == [".partial-live", "middle.exe", "new.exe", "notes.txt"]
+  compilation.prune(str(tmp_path / "absent"))  # nothing to prune: no error
+
+
+def test_a_loaded_executable_is_marked_used(store):
+  traced = []
+  compilation.jit(_doubler(traced), static_argnums=1, key="tests.double")(np.ones(2), 2, offset=0.0)
+  [entry] = store.iterdir()
+  os.utime(entry, (1.0, 1.0))
+  compilation.jit(_doubler(traced), static_argnums=1, key="tests.double")(np.ones(2), 2, offset=0.0)
+  assert len(traced) == 1 and entry.stat().st_mtime > 1.0
