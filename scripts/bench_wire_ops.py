@@ -58,8 +58,9 @@ def layernorm_backward(x, w, b, dout, eps=1e-5):
   return dx, (dout * xhat).reshape(-1, C).sum(0), dout.reshape(-1, C).sum(0)
 
 
-def attention_backward(qkv, dout, heads):
-  """llm.c's layout: qkv (B, T, 3C), dout (B, T, C); per head S = q k^T / sqrt(hs), causal."""
+def attention_backward(qkv, dout, heads, scale=True):
+  """llm.c's layout: qkv (B, T, 3C), dout (B, T, C); per head S = q k^T / sqrt(hs), causal.
+  ``scale=False`` leaves 1/sqrt(hs) out of dq and dk (layers.c's BUG_ATTENTION_SCALE)."""
   B, T, C3 = qkv.shape
   hs = C3 // (3 * heads)
   q, k, v = (np.swapaxes(part, 1, 2) for part in np.split(qkv.reshape(B, T, 3 * heads, hs), 3, axis=2))
@@ -69,7 +70,7 @@ def attention_backward(qkv, dout, heads):
   P = np.exp(S - S.max(-1, keepdims=True))
   P /= P.sum(-1, keepdims=True)
   dP = dO @ np.swapaxes(v, -1, -2)
-  dS = P * (dP - (dP * P).sum(-1, keepdims=True)) / np.sqrt(hs)
+  dS = P * (dP - (dP * P).sum(-1, keepdims=True)) / (np.sqrt(hs) if scale else 1.0)
   grads = (dS @ k, np.swapaxes(dS, -1, -2) @ q, np.swapaxes(P, -1, -2) @ dO)
   return np.concatenate([np.swapaxes(g, 1, 2).reshape(B, T, C3 // 3) for g in grads], axis=-1)
 

@@ -10,6 +10,7 @@ the same bug gets when checked in process. Version-1 clients are ``tests/test_ex
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shlex
@@ -24,6 +25,8 @@ import pytest
 from bpref.oracle import cli as oracle_cli
 from bpref.oracle import wire
 from bpref.oracle.ops import _search, check_op, kinds, wire_ops
+
+import scripts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYERS_C = os.path.join(ROOT, "examples", "c", "layers.c")
@@ -311,19 +314,8 @@ def _gelu_tanh_three_missing(z, dout):
   return dout * (0.5 * (1 + t) + 0.5 * z * (1 - t * t) * c * (1 + k * z * z))
 
 
-def _attention_backward_unscaled(qkv, dout, heads):
-  B, T, C3 = qkv.shape
-  hs = C3 // (3 * heads)
-  q, k, v = (np.swapaxes(part, 1, 2) for part in np.split(qkv.reshape(B, T, 3 * heads, hs), 3, axis=2))
-  dO = np.swapaxes(dout.reshape(B, T, heads, hs), 1, 2)
-  causal = np.tril(np.ones((T, T), dtype=bool))
-  S = np.where(causal, q @ np.swapaxes(k, -1, -2) / np.sqrt(hs), -np.inf)
-  P = np.exp(S - S.max(-1, keepdims=True))
-  P /= P.sum(-1, keepdims=True)
-  dP = dO @ np.swapaxes(v, -1, -2)
-  dS = P * (dP - (dP * P).sum(-1, keepdims=True))
-  grads = (dS @ k, np.swapaxes(dS, -1, -2) @ q, np.swapaxes(P, -1, -2) @ dO)  # no 1/sqrt(hs)
-  return np.concatenate([np.swapaxes(g, 1, 2).reshape(B, T, C3 // 3) for g in grads], axis=-1)
+_attention_backward_unscaled = functools.partial(  # no 1/sqrt(hs) in dq and dk
+    scripts.load("bench_wire_ops").attention_backward, scale=False)
 
 
 def _embedding_dwte_assigned(ids, wte, wpe, dout):
