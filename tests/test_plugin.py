@@ -259,5 +259,7 @@ def test_a_run_after_one_whose_checks_used_the_worker_starts_it_early_with_its_p
   assert "hypothesis" in saved["modules"] and "test_early" not in saved["modules"]
   second, seen = run_and_read_the_workers_import()
   assert second.returncode == 0 and seen == ["True"], second.output
+  listed, seen = run_and_read_the_workers_import("--collect-only")
+  assert listed.returncode == 0 and seen == [] and record.exists(), listed.output
   none, seen = run_and_read_the_workers_import("-k", "no_such_test")
   assert none.returncode == 5 and seen == [] and not record.exists(), none.output

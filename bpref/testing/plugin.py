@@ -26,7 +26,8 @@ that uses ``bpref.testing`` gets, with nothing in its conftest:
   ran its checks in the helpers' isolated worker, the plugin starts that worker before the
   conftests load, importing the installed packages (site-packages) the last one had imported,
   so that the first check does not wait for them; never the project's own modules. The list
-  is ``worker-preload.json`` in the cache folder; a run that used no worker removes it.
+  is ``worker-preload.json`` in the cache folder; a run that used no worker removes it
+  (``--collect-only`` leaves it).
 * **A summary line**: checks run and failed, ``reference_grads`` evaluations, XLA
   compilations and how many the persistent cache answered, summed over xdist's workers.
 """
@@ -90,7 +91,8 @@ def _preload_path(config, options) -> str | None:
 
 def _remember_worker(config, state) -> None:
   """Write what the session's worker imported for the next run, or remove the record when no
-  worker ran a check (an xdist worker only writes: another one may have used its own)."""
+  worker ran a check (an xdist worker only writes: another one may have used its own; a run
+  that only collects leaves it)."""
   path = state["preload"]
   installed = _assert.session_imports()
   if path is None:
@@ -102,7 +104,7 @@ def _remember_worker(config, state) -> None:
       with open(temporary, "w", encoding="utf-8") as fh:
         json.dump({"python": sys.executable, "modules": installed}, fh)
       os.replace(temporary, path)
-    elif not hasattr(config, "workerinput"):
+    elif not hasattr(config, "workerinput") and not config.option.collectonly:
       os.remove(path)
   except OSError:  # a read-only or vanished folder: the next run starts its worker late
     pass
