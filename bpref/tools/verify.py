@@ -213,7 +213,8 @@ def run(cases: int, seed: int, dtypes=("float32", "float64"), progress=None,
   Every case runs through ``bpref.scale.fast``'s buckets against the witness's padded twin
   (``check_many``: a few compilations per dtype, whatever the shapes); the first ``exact``
   cases of each dtype also run through bpref's public functions at their exact shapes, and
-  a row's error is the larger of the two.
+  a row's error is the larger of the two. The dtypes run at once, each in a thread of its own
+  (``concurrently``); the summary does not depend on which finishes first.
   """
   rng = np.random.default_rng(seed)
   plans = {d: _plan(rng, cases) for d in dtypes}
