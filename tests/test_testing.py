@@ -226,6 +226,21 @@ def test_the_checks_of_a_session_share_one_isolated_worker():
   assert _assert._SESSION == [worker] and worker._started == 2  # the fresh process of the rerun
 
 
+def test_a_worker_started_ahead_imports_installed_packages_only():
+  """Of the names it is given, the early worker imports those found in site-packages, never a
+  module of the project found on its path (``textbook``, in tests/)."""
+  import pickle
+
+  from bpref.oracle import isolation
+
+  probe = "[name in __import__('sys').modules for name in ('hypothesis', 'textbook')]"
+  with isolation.Isolated(("preload", ["hypothesis", "textbook"])) as pool:
+    pool.start()
+    pool.load(pickle.dumps(eval))  # a candidate any process can load: the builtin eval
+    [outcome] = pool.map([("__call__", (probe,))])
+  assert outcome.status == "ok" and outcome.result == [True, False], outcome
+
+
 def test_a_worker_started_ahead_of_the_first_check_runs_it_and_names_the_packages_it_imported():
   """``prestart``, the plugin's early start: the worker imports what it is given (a package that
   cannot be imported is passed over), the first check loads its candidate there, and the worker

@@ -633,11 +633,15 @@ def _preloading(target) -> bool:
 
 
 def _preload(names) -> Callable:
-  """``names`` imported ahead of the first candidate (one that fails to import is passed over:
-  the candidate's own load says what is wrong); a placeholder candidate that refuses calls."""
+  """``names`` imported ahead of the first candidate, each only where it is an installed
+  package (one found elsewhere, or that fails to import, is passed over: the candidate's own
+  load says what is wrong); a placeholder candidate that refuses calls."""
+  roots = _installed_roots()
   for name in names:
     try:
-      importlib.import_module(name)
+      spec = importlib.util.find_spec(name)
+      if spec is not None and _installed(spec.origin, roots):
+        importlib.import_module(name)
     except BaseException:  # a package's import may exit or raise anything
       pass
   return _no_candidate
@@ -651,16 +655,21 @@ def installed_modules() -> list:
   """The top-level modules this process imported from the interpreter's installed packages
   (site-packages), in import order: what a later worker may import before its first candidate.
   The project's own modules (the candidate's, its tests') are never among them."""
+  roots = _installed_roots()
+  return [name for name, module in list(sys.modules.items())
+          if "." not in name and not name.startswith("_")
+          and _installed(getattr(module, "__file__", None), roots)]
+
+
+def _installed_roots() -> set:
   paths = sysconfig.get_paths()
-  roots = {os.path.realpath(paths[key]) + os.sep for key in ("purelib", "platlib")}
-  out = []
-  for name, module in list(sys.modules.items()):
-    path = getattr(module, "__file__", None)
-    if "." in name or name.startswith("_") or not path:
-      continue
-    if any(os.path.realpath(path).startswith(root) for root in roots):
-      out.append(name)
-  return out
+  return {os.path.realpath(paths[key]) + os.sep for key in ("purelib", "platlib")}
+
+
+def _installed(path, roots) -> bool:
+  """Whether the file ``path`` lies in one of the interpreter's site-packages ``roots``."""
+  return bool(path) and isinstance(path, str) and any(
+      os.path.realpath(path).startswith(root) for root in roots)
 
 
 def _worker_main(conn, target, out_path, err_path) -> None:
