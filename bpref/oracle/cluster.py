@@ -54,11 +54,7 @@ def _info(target, digest: str):
 
 def _call(target, digest: str, message) -> _isolation.Outcome:
   """On a worker: one call of the candidate, as ``isolation``'s subprocess makes it."""
-  candidate = _load(target, digest)
-  if isinstance(message, tuple):  # ("backward" or "forward", args): an op call
-    outcome = _isolation.call_args(getattr(candidate, message[0]), message[1])
-  else:
-    outcome = _isolation.call_direct(candidate, message)
+  outcome = _isolation.answer(_load(target, digest), message)
   return outcome._replace(result=_isolation.plain(outcome.result))
 
 
