@@ -72,12 +72,13 @@ def main(argv=None) -> int:
     sizes = [sum(W.size for W in c.weights) + c.x.size for c in cases]
     print(f"{args.cases} cases: depth 1-{spec.max_depth}, widths <= {spec.max_width}, "
           f"B <= {spec.max_batch}, float64; {np.mean(sizes):.0f} input numbers a case on average")
+    calls = [isolation.NetworkCall(c, "out_in") for c in cases]
     with ex.ExecPool(command, timeout=10.0) as pool:
       pool.start(0)
       best = float("inf")
       for _ in range(args.repeats):
         start = time.perf_counter()
-        outcomes = pool.map(cases, "out_in")
+        outcomes = pool.map(calls)
         best = min(best, time.perf_counter() - start)
       bad = [o for o in outcomes if o.status != "ok"]
       if bad:

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from bpref.oracle import cli as oracle_cli
+from bpref.oracle import isolation
 from bpref.oracle import exec as ex
 from bpref.oracle import wire
 
@@ -177,7 +178,7 @@ def test_a_crashed_client_is_restarted_for_the_next_case(client):
     from bpref.oracle import spec as _spec
     spec = _spec.make_spec()
     cases = [_spec.build_case(a, spec) for a in _spec.probes(spec)[:3]]
-    outcomes = pool.map(cases, "out_in")
+    outcomes = pool.map([isolation.NetworkCall(case, "out_in") for case in cases])
     assert [o.status for o in outcomes] == ["exited"] * 3
     assert pool.starts == 3  # one start per case: each crashed process was replaced
 
@@ -195,7 +196,7 @@ def test_a_large_case_is_written_without_blocking_on_a_client_that_never_reads(c
   start = time.monotonic()
   with ex.ExecPool(f"{shlex.quote(sys.executable)} {shlex.quote(str(sleeper))}", timeout=1.5) as pool:
     pool.start(0)
-    (outcome,) = pool.map([case], "out_in")
+    (outcome,) = pool.map([isolation.NetworkCall(case, "out_in")])
   assert outcome.status == "timeout"
   assert time.monotonic() - start < 10
 

@@ -116,7 +116,8 @@ class ClusterPool:
     if not self._loaded:
       self.start()
     start, now = time.perf_counter(), time.monotonic()
-    futures = [self._client.submit(_call, self._target, self._digest, item, pure=False)
+    futures = [self._client.submit(_call, self._target, self._digest,
+                                   _isolation.plain_message(item), pure=False)
                for item in inputs_list]
     results, hung = [], False
     for k, future in enumerate(futures):

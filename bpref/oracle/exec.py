@@ -339,14 +339,14 @@ class ExecPool:
 
   # ------------------------------------------------------------ cases
 
-  def map(self, cases, layout: str) -> list:
-    """One ``isolation.Outcome`` per ``spec.Case``, W_l sent in ``layout``; in order.
+  def map(self, calls) -> list:
+    """One ``isolation.Outcome`` per ``isolation.NetworkCall``, in order.
 
     Up to ``workers`` cases run at a time, one per process. Never raises for what the
     processes do: a failure is the outcome of the case it happened on.
     """
-    return self.exchange(cases, lambda case, ident: wire.case_message(case, layout, ident),
-                         wire.grads_result)
+    return self.exchange(calls, lambda call, ident: wire.case_message(*call, ident),
+                         lambda header, arrays, call: wire.grads_result(header, arrays, call.case))
 
   def exchange(self, items, message, reply) -> list:
     """One ``isolation.Outcome`` per item, in order: the engine under every kind of message.
@@ -479,18 +479,6 @@ _AGAIN = "a fresh process takes any case that follows"
 """What happens after a process that failed a case, said only as what follows."""
 
 
-class ExecEvaluator(_search.Evaluator):
-  """The oracle's ``Evaluator`` with an ``ExecPool`` in place of Python calls."""
-
-  def run(self, archs, phase: str, spec=None) -> list:
-    if self.stopped or not archs:
-      return []
-    spec = spec or self.spec
-    prepared = [self.case_and_truth(a) for a in archs]
-    outcomes = self.pool.map([case for case, _ in prepared], spec.layout)
-    return self.judge_all(prepared, outcomes, phase, spec)
-
-
 _PREFERRED = {"dtypes": ("dtype", "float64"), "layouts": ("layout", "out_in"),
               "reductions": ("reduction", "mean")}
 
@@ -554,7 +542,7 @@ def check(command: str, *, progress=None, cwd=None, env=None, **options):
         wire.check_covers(features, spec)
       except wire.WireError as exc:
         raise ExecError(str(exc)) from None
-      ev = ExecEvaluator(None, spec, pool, progress)
+      ev = _search.Evaluator(None, spec, pool, progress)
       found = _search.search(ev)
       report = _oracle.build_report(ev, spec, found, None, None, start)
     finally:
@@ -669,7 +657,7 @@ def replay(command: str, path: str, *, timeout: float = 60.0, cwd=None, env=None
         wire.check_covers(features, spec)
       except wire.WireError as exc:
         raise ExecError(str(exc)) from None
-      outcome = pool.map([case], layout)[0]
+      outcome = pool.map([_isolation.NetworkCall(case, layout)])[0]
     finally:
       pool.close()
   result = _judge.judge(case, truth, outcome, spec)

@@ -352,9 +352,27 @@ def _record(stdout: str, stderr: str) -> None:
     transcript.add(stdout, stderr)
 
 
+class NetworkCall(NamedTuple):
+  """A network case for the candidate, W_l sent in ``layout``: the message every transport takes
+  for a network check. Each transport encodes it for its medium: the Python ones as the
+  candidate's arguments (``plain_message``: NumPy arrays, so that a subprocess need not import
+  bpref's search), a program over bpref-wire as a case message."""
+  case: object  # a spec.Case
+  layout: str
+
+
+def plain_message(message):
+  """``message`` as a Python transport sends it: a ``NetworkCall`` as the candidate's arguments
+  (``candidate_inputs``), anything else (an op's call) as it is."""
+  if isinstance(message, NetworkCall):
+    return candidate_inputs(message.case, message.layout)
+  return message
+
+
 def answer(candidate, message) -> Outcome:
-  """One call of the candidate, whatever the transport: ``message`` is a network's inputs
-  (``candidate_inputs``) or an op's ("backward" or "forward", args)."""
+  """One call of the candidate, whatever the transport: ``message`` is a network's arguments
+  (``plain_message``) or an op's ("backward" or "forward", args)."""
+  message = plain_message(message)
   if isinstance(message, tuple):
     return call_args(getattr(candidate, message[0]), message[1])
   return call_direct(candidate, message)
@@ -891,8 +909,9 @@ class Isolated:
     out, err = self._take_output(i)
     return outcome._replace(stdout=out, stderr=err)
 
-  def map(self, inputs_list) -> list:
-    """One ``Outcome`` per inputs dict, in order; up to ``workers`` calls at a time."""
+  def map(self, messages) -> list:
+    """One ``Outcome`` per message (``answer``), in order; up to ``workers`` calls at a time."""
+    inputs_list = [plain_message(m) for m in messages]
     results = [None] * len(inputs_list)
     pending = list(range(len(inputs_list)))[::-1]
     busy = {}  # worker index -> (item index, deadline, start)

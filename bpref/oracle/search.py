@@ -73,10 +73,9 @@ class Evaluator:
       return []
     spec = spec or self.spec
     prepared = [self.case_and_truth(a) for a in archs]
-    inputs = [_isolation.candidate_inputs(case, spec.layout) for case, _ in prepared]
     transport = (self.pool if self.pool is not None
                  else _isolation.InProcess(self.candidate, self.spec.timeout))
-    outcomes = transport.map(inputs)
+    outcomes = transport.map([_isolation.NetworkCall(case, spec.layout) for case, _ in prepared])
     if getattr(transport, "stopped", ""):
       self.stopped = ("the candidate hung in this process and cannot be stopped here; "
                       "isolate=True (--isolate) runs it in a subprocess that can be")
