@@ -352,7 +352,8 @@ class ExecPool:
     """One ``isolation.Outcome`` per item, in order: the engine under every kind of message.
 
     Args:
-      items: what is sent, one message each (a network's ``spec.Case``, an op's arguments).
+      items: what is sent, one message each (a network's ``isolation.NetworkCall``, an op's
+        arguments).
       message: ``message(item, ident) -> bytes``, the message for one item under its id.
       reply: ``reply(header, arrays, item) -> result``, the outcome's result read off a
         "grads" reply; it raises ``wire.WireError`` for a reply that does not fit the item.
