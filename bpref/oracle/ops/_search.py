@@ -116,10 +116,10 @@ class Evaluator:
                                     for i in again])
       end = min(end, _end(again, fwd, end))
       self._hung(again, fwd, end)
+      variant = self.record.twin(self.spec)
       for i, outcome in zip(again, fwd):
         if i >= end:
           break
-        variant = self.record.twin(self.spec)
         twin = None if variant is None else self.record.compute(self.spec, cases[i][0], variant)
         bad = _judge.judge_forward(self.spec, cases[i][0], truths[i], outcome, twin)
         self.forward_checked += 1
