@@ -44,19 +44,6 @@ class Verdict(NamedTuple):
   findings: tuple = ()
 
 
-def _numpy(obj, depth=0):
-  """Arrays (NumPy, JAX, torch) to NumPy copies, sequences to lists; other objects as they are."""
-  if obj is None or isinstance(obj, (str, bool, int, float, np.number)):
-    return obj
-  if isinstance(obj, (tuple, list)) and depth < 2:
-    return [_numpy(o, depth + 1) for o in obj]
-  if hasattr(obj, "detach") and hasattr(obj, "cpu"):
-    obj = obj.detach().cpu().numpy()
-  if hasattr(obj, "__array__"):
-    return np.array(obj, copy=True)
-  return obj
-
-
 def _fail(kind, message, tol, **extra) -> Verdict:
   return Verdict(False, kind, message, {}, tol, **extra)
 
