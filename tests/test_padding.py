@@ -2,8 +2,9 @@
 
 import numpy as np
 
+from bpref import problems as _problems
 from bpref.structures import Layer
-from bpref.witnesses import padding
+from bpref.witnesses import autodiff, finite_diff, padding
 
 
 def test_a_padded_case_holds_the_network_in_its_corners_and_its_sizes_as_masks():
@@ -12,7 +13,7 @@ def test_a_padded_case_holds_the_network_in_its_corners_and_its_sizes_as_masks()
             Layer(rng.normal(size=(1, 3)), None, "sigmoid"))
   x, t = rng.normal(size=(2, 2)), rng.uniform(size=(2, 1))
   problems = [(params, x, t, "binary_cross_entropy", "sum")]
-  p = padding.bucketed(problems, lambda chunk: chunk,
+  p = padding.bucketed(problems, lambda chunk, names: chunk,
                        lambda out, k, params, x2, single: padding.Padded(*(f[k] for f in out)))[0]
   assert p.W.shape == (8, 8, 8) and p.x.shape == p.t.shape == (8, 8)  # the least bucket
   for l, layer in enumerate(params):
@@ -33,3 +34,48 @@ def test_a_padded_case_holds_the_network_in_its_corners_and_its_sizes_as_masks()
   for got, want in zip(back, params):
     np.testing.assert_array_equal(got.W, want.W)
     assert (got.b is None) == (want.b is None) and got.activation == want.activation
+
+
+def test_a_narrow_bucket_switches_over_its_own_names_each_fused_loss_with_its_logit_loss():
+  rng = np.random.default_rng(1)
+  problems = [_problems.random_problem(rng, np.float64, max_depth=2, losses=(loss,), uses=act)
+              for loss, act in (("cross_entropy", "elu"), ("huber", "sin"))]
+  seen = []
+  def compute(chunk, names):
+    seen.append(names)
+    return chunk
+  unpack = lambda out, k, params, x2, single: padding.Padded(*(f[k] for f in out))  # noqa: E731
+  cases = padding.bucketed(problems, compute, unpack, narrow=True)
+  (names,) = set(seen)
+  used = {layer.activation for p in problems for layer in p.params}
+  assert set(names.activations) == used and "elu" in used and "sin" in used
+  assert names.activations == tuple(n for n in padding.ACTIVATIONS if n in used)
+  assert set(names.losses) == {"cross_entropy", "softmax_cross_entropy", "huber"}
+  for p, case in zip(problems, cases):
+    assert names.losses[case.loss] == p.loss
+    assert [names.activations[i] for i in case.act[:len(p.params)]] == [l.activation for l in p.params]
+  padding.bucketed(problems, compute, unpack)
+  assert seen[-1] == padding.EVERY
+
+
+def test_narrow_witness_programs_give_to_the_bit_what_the_programs_of_every_name_give():
+  # the same branch functions on the same values: a switch over fewer names changes which
+  # branches are compiled, not the arithmetic of the one a case takes
+  dtype = np.float32
+  rng = np.random.default_rng(2)
+  problems = [_problems.random_problem(rng, np.dtype(dtype), max_depth=3, losses=(loss,), uses=act)
+              for loss, act in (("cross_entropy", "tanh"), ("binary_cross_entropy", "relu"),
+                                ("huber", "softplus"))]
+  wide = autodiff.grads_many(problems)
+  narrow = autodiff.grads_many(problems, narrow=True)
+  assert [l.W.tolist() for g in narrow for l in g] == [l.W.tolist() for g in wide for l in g]
+  directions = [tuple(Layer(rng.normal(size=l.W.shape).astype(dtype), None if l.b is None else
+                            rng.normal(size=l.b.shape).astype(dtype), l.activation) for l in p.params)
+                for p in problems]
+  every = finite_diff.estimates_many(problems, wide, directions, shape=(3, 8, 8))
+  few = finite_diff.estimates_many(problems, wide, directions, shape=(3, 8, 8), narrow=True)
+  for e, f in zip(every, few):
+    for field in ("central", "richardson", "complex"):
+      assert ([l.W.tolist() for l in getattr(f, field) or ()]
+              == [l.W.tolist() for l in getattr(e, field) or ()]), field
+    assert f.taylor_order == e.taylor_order or np.isnan(f.taylor_order) and np.isnan(e.taylor_order)

@@ -332,7 +332,8 @@ def run_witnesses(cases: int, seed: int, dtypes=("float32", "float64"), progress
 
   Stratified as ``run``, with one pass shared by the dtypes (case by case, dtype by dtype):
   a few witness cases per dtype still use as many different losses and activations as
-  there are cases in all.
+  there are cases in all. The cases are drawn once, so the witnesses' programs switch over
+  the names each dtype's cases use (``narrow``), not over every name.
   """
   rng = np.random.default_rng(seed + 1)
   plan = iter(_plan(rng, cases * len(dtypes)))
@@ -343,7 +344,7 @@ def run_witnesses(cases: int, seed: int, dtypes=("float32", "float64"), progress
   for _ in range(cases):
     for dtype in dtypes:
       problem = _case(rng, dtype, next(plan), max_depth=3)
-      contexts.append(_witnesses.Context(problem, rng))
+      contexts.append(_witnesses.Context(problem, rng, narrow=True))
   for ctx, case in zip(contexts, witness_cases(contexts, progress)):
     dtype = str(ctx.problem.x.dtype)
     for w in _witnesses.WITNESSES:

@@ -33,9 +33,10 @@ def bpref_grads(problems) -> list:
   return _fast.grads_many(problems, chunk=_fast.CHUNKS[-1])
 
 
-def autodiff_grads(problems) -> list:
-  """The autodiff witness's gradient of each problem in its dtype, through its padded twin."""
-  return _autodiff.grads_many(problems)
+def autodiff_grads(problems, narrow: bool = False) -> list:
+  """The autodiff witness's gradient of each problem in its dtype, through its padded twin
+  (``narrow`` as ``bpref.witnesses.padding.bucketed``'s)."""
+  return _autodiff.grads_many(problems, narrow=narrow)
 
 
 def smooth(problem) -> bool:
@@ -53,10 +54,14 @@ class Context:
   """One problem and what its witnesses share: one random direction v (drawn at once, so the
   draws do not depend on what is computed), and, computed when first asked, the exact referee,
   (T), whether the complex step applies and whether C is smooth. Estimates computed for many
-  contexts together are kept in ``shared``."""
+  contexts together are kept in ``shared``. With ``narrow``, the witnesses' padded programs
+  switch over only the activations and losses of the contexts computed together
+  (``bpref.witnesses.padding.bucketed``): smaller programs for a run that draws its cases once;
+  without it, one program serves every draw."""
 
-  def __init__(self, problem, rng):
+  def __init__(self, problem, rng, *, narrow: bool = False):
     self.problem = problem
+    self.narrow = narrow
     size = sum(p.W.size + (0 if p.b is None else p.b.size) for p in problem.params)  # theta's
     v = rng.normal(size=size).astype(problem.x.dtype)
     self.v = tuple(Layer(np.asarray(l.W), None if l.b is None else np.asarray(l.b), l.activation)
@@ -95,6 +100,10 @@ def _shared(contexts, key, compute) -> list:
   return [c.shared[key] for c in contexts]
 
 
+def _narrow(contexts) -> bool:
+  return all(c.narrow for c in contexts)
+
+
 def _claimed(contexts) -> list:
   """bpref's gradients: the bpref row's estimate and the claim the directional checks test."""
   return _shared(contexts, "bpref", lambda cs: bpref_grads([c.problem for c in cs]))
@@ -107,7 +116,8 @@ def _estimates(contexts) -> list:
     need = [(len(p.params), max([p.params[0].W.shape[1]] + [l.W.shape[0] for l in p.params]),
              np.atleast_2d(p.x).shape[0]) for p in problems]
     shape = tuple(max(d, *n) for d, n in zip(DOMAIN, zip(*need)))
-    return _fd.estimates_many(problems, _claimed(cs), [c.v for c in cs], shape=shape)
+    return _fd.estimates_many(problems, _claimed(cs), [c.v for c in cs], shape=shape,
+                              narrow=_narrow(cs))
   return _shared(contexts, "finite_diff", compute)
 
 
@@ -158,7 +168,8 @@ class Witness(NamedTuple):
 
 WITNESSES = (
     Witness("bpref_vs_referee", _errors(_claimed), ok=lambda value, ctx: value <= ctx.tolerance),  # (T)
-    Witness("jax_grad_vs_referee", _errors(lambda cs: autodiff_grads([c.problem for c in cs]))),
+    Witness("jax_grad_vs_referee",
+            _errors(lambda cs: autodiff_grads([c.problem for c in cs], narrow=_narrow(cs)))),
     Witness("complex_step", _errors(lambda cs: [e.complex for e in _estimates(cs)],
                                     applies=lambda ctx: ctx.complex),
             ok=lambda value, ctx: value <= ctx.tolerance),  # exact to rounding: (T)

@@ -12,6 +12,7 @@ delta_l and lambda_l are obtained by injecting an offset e_l into z_l
 
 from __future__ import annotations
 
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -111,39 +112,40 @@ def predict(params, x, *, precision=DEFAULT_PRECISION):
 
 # ---------------------------------------------------------------- many networks at once
 
-def _padded_forward(p, offsets, precision):
+def _padded_forward(p, offsets, precision, names):
   """y = a_L of one padded case (``bpref.witnesses.padding``) with e_l added to z_l, shape (M, N)."""
-  return _forward.padded(p.W, p.b, p.x, p, _forward.padded_branches(_f), offsets, precision)[0]
+  branches = _forward.padded_branches(_f, names.activations)
+  return _forward.padded(p.W, p.b, p.x, p, branches, offsets, precision)[0]
 
 
-def _padded_loss(W, b, x, offsets, p, rows, precision):
+def _padded_loss(W, b, x, offsets, p, rows, precision, names):
   """C of one padded case on y, as ``_loss``: the loss the case names, on the real rows ``rows``."""
-  y = _padding.fill_outputs(_padded_forward(p._replace(W=W, b=b, x=x), offsets, precision), p,
-                            p.loss)  # a padded output adds exactly 0
-  per_example = jax.lax.switch(p.loss, tuple(_losses.get(n).value for n in _padding.LOSSES), y, p.t)
+  y = _padding.fill_outputs(_padded_forward(p._replace(W=W, b=b, x=x), offsets, precision, names),
+                            p, p.loss, names)  # a padded output adds exactly 0
+  per_example = jax.lax.switch(p.loss, tuple(_losses.get(n).value for n in names.losses), y, p.t)
   per_example = jnp.where(rows, per_example, jnp.zeros_like(per_example))
   return jnp.sum(per_example) / p.divisor(per_example.dtype)
 
 
-def _one_padded_case(p, precision):
+def _one_padded_case(p, precision, names):
   offsets = jnp.zeros(p.W.shape[:1] + p.x.shape, p.x.dtype)  # (D, M, N)
   rows = p.rows()
   value, (dW, db, dx, de) = jax.value_and_grad(_padded_loss, argnums=(0, 1, 2, 3))(
-      p.W, p.b, p.x, offsets, p, rows, precision)
+      p.W, p.b, p.x, offsets, p, rows, precision, names)
   summed = p._replace(mean=jnp.zeros_like(p.mean))
   one_row = jnp.eye(p.x.shape[0], dtype=bool) & rows[None, :]
   per_W, per_b = jax.vmap(lambda rows: jax.grad(_padded_loss, argnums=(0, 1))(
-      p.W, p.b, p.x, offsets, summed, rows, precision))(one_row)  # (M, D, N, N), (M, D, N)
-  jac = jax.jacobian(lambda e: _padded_forward(p, e, precision))(offsets)  # (M, N, D, M, N)
+      p.W, p.b, p.x, offsets, summed, rows, precision, names))(one_row)  # (M, D, N, N), (M, D, N)
+  jac = jax.jacobian(lambda e: _padded_forward(p, e, precision, names))(offsets)  # (M, N, D, M, N)
   m = jnp.arange(p.x.shape[0])
   lams = jnp.moveaxis(jac[m, :, :, m, :], 2, 0)  # lambda_l[b] = dy_b/de_{l,b}: (D, M, N, N)
-  y = _padded_forward(p, offsets, precision)
+  y = _padded_forward(p, offsets, precision, names)
   return value, dW, db, de, dx, per_W, per_b, lams, y
 
 
-@compilation.jit(static_argnames=("precision",))
-def _padded_many(p, precision):
-  return jax.vmap(lambda case: _one_padded_case(case, precision))(p)
+@compilation.jit(static_argnames=("precision", "names"))
+def _padded_many(p, precision, names):
+  return jax.vmap(lambda case: _one_padded_case(case, precision, names))(p)
 
 
 def _unpack(out, k, params, x2, single):
@@ -168,14 +170,15 @@ def _unpack(out, k, params, x2, single):
   }
 
 
-def _grad_one_padded_case(p, precision):
+def _grad_one_padded_case(p, precision, names):
   offsets = jnp.zeros(p.W.shape[:1] + p.x.shape, p.x.dtype)
-  return jax.grad(_padded_loss, argnums=(0, 1))(p.W, p.b, p.x, offsets, p, p.rows(), precision)
+  return jax.grad(_padded_loss, argnums=(0, 1))(p.W, p.b, p.x, offsets, p, p.rows(), precision,
+                                                names)
 
 
-@compilation.jit(static_argnames=("precision",))
-def _padded_grads(p, precision):
-  return jax.vmap(lambda case: _grad_one_padded_case(case, precision))(p)
+@compilation.jit(static_argnames=("precision", "names"))
+def _padded_grads(p, precision, names):
+  return jax.vmap(lambda case: _grad_one_padded_case(case, precision, names))(p)
 
 
 def _unpack_grads(out, k, params, x2, single):
@@ -183,11 +186,12 @@ def _unpack_grads(out, k, params, x2, single):
   return _padding.cut_params(dW[k], db[k], params)
 
 
-def grads_many(problems, *, precision=DEFAULT_PRECISION, shape=None) -> list:
-  """[dC/dparams, ...] by ``jax.grad`` of many networks in padded buckets (``bpref.witnesses.padding``)."""
+def grads_many(problems, *, precision=DEFAULT_PRECISION, shape=None, narrow=False) -> list:
+  """[dC/dparams, ...] by ``jax.grad`` of many networks in padded buckets
+  (``bpref.witnesses.padding``; ``shape`` and ``narrow`` as its ``bucketed``'s)."""
   check_precision(precision)
-  return _padding.bucketed(problems, lambda p: _padded_grads(p, precision=precision), _unpack_grads,
-                           shape=shape)
+  return _padding.bucketed(problems, functools.partial(_padded_grads, precision=precision),
+                           _unpack_grads, shape=shape, narrow=narrow)
 
 
 def evaluate_many(problems, *, precision=DEFAULT_PRECISION, shape=None) -> list:
@@ -201,5 +205,5 @@ def evaluate_many(problems, *, precision=DEFAULT_PRECISION, shape=None) -> list:
   returns.
   """
   check_precision(precision)
-  return _padding.bucketed(problems, lambda p: _padded_many(p, precision=precision), _unpack,
+  return _padding.bucketed(problems, functools.partial(_padded_many, precision=precision), _unpack,
                            shape=shape)

@@ -33,6 +33,7 @@ Everything is a pure function of arrays and traces under ``jax.jit`` and ``jax.v
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, NamedTuple
 
 import jax
@@ -445,13 +446,16 @@ def _no_complex_form(y, t=None):
   return jnp.full(y.shape if t is None else y.shape[:1], jnp.nan, y.dtype)
 
 
-def padded_loss_function(p, *, complex_step: bool = False, precision=DEFAULT_PRECISION):
+def padded_loss_function(p, *, complex_step: bool = False, precision=DEFAULT_PRECISION,
+                         names=_padding.EVERY):
   """(theta0, C) of one padded case (``bpref.witnesses.padding.Padded``, without the case axis).
 
   theta is W (D, N, N) then b (D, N), raveled: the padded network's parameters. C is the
   case's loss, as ``loss_function``'s, from the forward pass (4)-(10) with the padding's
-  masks; nothing is differentiated. A padded entry of theta does not change C: its row
-  feeds a unit that is masked to 0 (or out of a softmax), its column meets an input that is 0.
+  masks, switching over the activations and losses of ``names`` (the case's
+  ``bpref.witnesses.padding.Names``); nothing is differentiated. A padded entry of theta
+  does not change C: its row feeds a unit that is masked to 0 (or out of a softmax), its
+  column meets an input that is 0.
   A fused loss (cross_entropy after softmax, binary_cross_entropy after sigmoid) is
   evaluated as its logit loss of z_L, the same function of theta. With ``complex_step``, C
   takes complex theta (the forms of ``COMPLEX_ACTIVATIONS`` and ``COMPLEX_LOSSES``; NaN for
@@ -459,11 +463,11 @@ def padded_loss_function(p, *, complex_step: bool = False, precision=DEFAULT_PRE
   """
   depth, width = p.b.shape
   dtype = _complex_of(p.x.dtype) if complex_step else p.x.dtype
-  acts = _witness_forward.padded_branches(_padded_f(complex_step))
+  acts = _witness_forward.padded_branches(_padded_f(complex_step), names.activations)
   losses = tuple(COMPLEX_LOSSES.get(n, _no_complex_form) if complex_step else _losses.get(n).value
-                 for n in _padding.LOSSES)
-  names = _padding.LOSSES
-  loss = jnp.asarray([names.index(_losses.get(n).logits or n) for n in names], p.loss.dtype)[p.loss]
+                 for n in names.losses)
+  loss = jnp.asarray([names.losses.index(_losses.get(n).logits or n) for n in names.losses],
+                     p.loss.dtype)[p.loss]
   fused = loss != p.loss  # C(f_L(z_L)) taken as its logit loss of z_L
   x, t = p.x.astype(dtype), p.t.astype(dtype)
 
@@ -473,7 +477,7 @@ def padded_loss_function(p, *, complex_step: bool = False, precision=DEFAULT_PRE
 
     y, zs = _witness_forward.padded(W, b, x, p, acts, None, precision)  # (7), (8), masked
     y = jnp.where(fused, zs[p.depth - 1], y)  # a fused loss: its logit loss of z_L
-    y = _padding.fill_outputs(y, p, loss)  # a padded output adds exactly 0
+    y = _padding.fill_outputs(y, p, loss, names)  # a padded output adds exactly 0
     per_example = jax.lax.switch(loss, losses, y, t)  # C_b (13)
     per_example = jnp.where(p.rows(), per_example, jnp.zeros_like(per_example))
     return jnp.sum(per_example) / p.divisor(dtype)
@@ -500,11 +504,11 @@ class Estimates(NamedTuple):
   taylor_order: float
 
 
-def _estimates_one(p, g_W, g_b, v_W, v_b, precision):
+def _estimates_one(p, g_W, g_b, v_W, v_b, precision, names):
   """Every estimate of one padded case from one batch of real values of C and one of complex
   values: C is traced twice, whatever the number of witnesses (a small program to compile)."""
-  theta, fun = padded_loss_function(p, precision=precision)
-  _, fun_c = padded_loss_function(p, complex_step=True, precision=precision)
+  theta, fun = padded_loss_function(p, precision=precision, names=names)
+  _, fun_c = padded_loss_function(p, complex_step=True, precision=precision, names=names)
   g = jnp.concatenate([g_W.ravel(), g_b.ravel()])
   v = jnp.concatenate([v_W.ravel(), v_b.ravel()])
   n, dtype = theta.shape[0], theta.dtype
@@ -541,10 +545,10 @@ def _estimates_one(p, g_W, g_b, v_W, v_b, precision):
           by_richardson, order)
 
 
-@compilation.jit(static_argnames=("precision",))
-def _estimates_padded(p, grads, directions, precision):
+@compilation.jit(static_argnames=("precision", "names"))
+def _estimates_padded(p, grads, directions, precision, names):
   # one case at a time (lax.map): P steps per coordinate of each case stay in memory, not K P
-  return jax.lax.map(lambda case: _estimates_one(*case, precision), (p, *grads, *directions))
+  return jax.lax.map(lambda case: _estimates_one(*case, precision, names), (p, *grads, *directions))
 
 
 def _unpack_estimates(out, k, params, x2, single):
@@ -556,7 +560,7 @@ def _unpack_estimates(out, k, params, x2, single):
 
 
 def estimates_many(problems, grads, directions, *, precision=DEFAULT_PRECISION,
-                   shape=None) -> list:
+                   shape=None, narrow=False) -> list:
   """``Estimates`` of many problems in padded buckets (``bpref.witnesses.padding``): one
   compilation per bucket and dtype, whatever the architectures, activations and losses.
 
@@ -566,11 +570,13 @@ def estimates_many(problems, grads, directions, *, precision=DEFAULT_PRECISION,
       and Taylor checks.
     directions: one direction per problem, shaped like its params.
     shape: one bucket (D, N, M) for every problem, in place of the least of each.
+    narrow: each bucket's program switches over the activations and losses its problems
+      use (``bpref.witnesses.padding.bucketed``), not over every one.
   """
   check_precision(precision)
-  out = _padding.bucketed(problems, lambda p, g, v: _estimates_padded(p, g, v, precision=precision),
+  out = _padding.bucketed(problems, functools.partial(_estimates_padded, precision=precision),
                           _unpack_estimates, shape=shape, extras=(grads, directions),
-                          chunk=_padding.CHUNKS[0])  # the cases run one by one: no larger chunk
+                          chunk=_padding.CHUNKS[0], narrow=narrow)  # the cases run one by one: no larger chunk
   estimates = []
   for problem, (central, value, error, complex_, by_complex, by_richardson, order) in zip(problems, out):
     params, _, _, loss, _ = _padding.fields(problem)

@@ -42,9 +42,10 @@ def exact(params, x2, f_of, offsets=None, precision=DEFAULT_PRECISION):
   return a
 
 
-def padded_branches(f_of) -> tuple:
-  """One function (z, units) -> a per name of ``bpref.witnesses.padding.ACTIVATIONS``, for
-  ``jax.lax.switch``: a softmax sees a padded unit as ``pad_logit``, whose exp is exactly 0."""
+def padded_branches(f_of, names=_padding.ACTIVATIONS) -> tuple:
+  """One function (z, units) -> a per activation of ``names`` (a padded program's
+  ``bpref.witnesses.padding.Names.activations``), for ``jax.lax.switch``: a softmax sees a
+  padded unit as ``pad_logit``, whose exp is exactly 0."""
 
   def branch(name):
     f = f_of(name)
@@ -53,7 +54,7 @@ def padded_branches(f_of) -> tuple:
     return lambda z, units: f(jnp.where(units[None, :], z,
                                         jnp.full_like(z, _padding.pad_logit(z.real.dtype))))
 
-  return tuple(branch(name) for name in _padding.ACTIVATIONS)
+  return tuple(branch(name) for name in names)
 
 
 def padded(W, b, x, p, branches, offsets=None, precision=DEFAULT_PRECISION):

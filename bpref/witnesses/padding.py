@@ -12,6 +12,10 @@ each the least power of two >= ``SMALLEST`` that holds it. W_l sits in the top-l
 A ``Padded`` case keeps its sizes as integers (L, each n_l, B); the program derives its masks
 from them (``live``, ``units``, ``rows``, ``outputs``). Copies of the last case fill a chunk of
 ``CHUNKS`` cases; their results are dropped.
+
+A program switches over the activations and losses of a ``Names``: every one (``EVERY``, one
+program for every draw), or, ``narrow``, only those of the bucket's own cases: fewer branches
+to trace and compile where a run draws a few cases once.
 """
 
 from __future__ import annotations
@@ -36,6 +40,28 @@ LOSSES = tuple(_losses.LOSSES)
 SMALLEST = 8
 """The least padded depth, width and batch."""
 
+
+
+class Names(NamedTuple):
+  """The activations and losses one padded program switches over (static under jit):
+  ``Padded.act`` indexes ``activations``, ``Padded.loss`` indexes ``losses``."""
+  activations: tuple = ACTIVATIONS
+  losses: tuple = LOSSES
+
+  @classmethod
+  def of(cls, cases) -> "Names":
+    """The fewest names that hold every activation and loss of ``cases``, (params, loss)
+    pairs of validated problems, each loss's logit loss included (a fused loss is also
+    evaluated as its logit loss), in the order of ``ACTIVATIONS`` and ``LOSSES``."""
+    acts = {layer.activation for params, _ in cases for layer in params}
+    losses = {loss for _, loss in cases}
+    losses |= {_losses.get(loss).logits for loss in losses} - {None}
+    return cls(tuple(n for n in ACTIVATIONS if n in acts), tuple(n for n in LOSSES if n in losses))
+
+
+EVERY = Names()
+"""Every activation and loss: one program serves every draw."""
+
 CHUNKS = (16, 256)
 """Cases per call: the smallest chunk that holds what is left of a bucket, else the largest."""
 
@@ -56,11 +82,11 @@ class Padded(NamedTuple):
     b: (D, N), b_l in the first n_l entries (zeros for a bias-free layer).
     x: (M, N), x in the first B rows and n_0 columns.
     t: (M, N), t in the first B rows and n_L columns.
-    act: (D,) int32, the index of f_l in ``ACTIVATIONS`` (0 past the last layer).
+    act: (D,) int32, the index of f_l in ``Names.activations`` (0 past the last layer).
     widths: (D,) int32, n_l (0 past the last layer).
     depth: () int32, L.
     batch: () int32, B.
-    loss: () int32, the index in ``LOSSES`` of the loss as the problem names it.
+    loss: () int32, the index in ``Names.losses`` of the loss as the problem names it.
     mean: () bool, C is the mean over the batch (else the sum).
   """
   W: np.ndarray
@@ -95,10 +121,10 @@ class Padded(NamedTuple):
     return jnp.where(self.mean, self.batch, 1).astype(dtype)
 
 
-def fill_outputs(y, p: Padded, loss):
-  """y with every padded output unit set to where the loss ``loss`` (an index into ``LOSSES``)
-  adds exactly 0 with t = 0: ``pad_logit`` for a loss on logits, else 0."""
-  on_logits = jnp.asarray([_losses.get(name).on_logits for name in LOSSES])[loss]
+def fill_outputs(y, p: Padded, loss, names: Names = EVERY):
+  """y with every padded output unit set to where the loss ``loss`` (an index into
+  ``names.losses``) adds exactly 0 with t = 0: ``pad_logit`` for a loss on logits, else 0."""
+  on_logits = jnp.asarray([_losses.get(name).on_logits for name in names.losses])[loss]
   fill = jnp.where(on_logits, pad_logit(y.real.dtype), 0).astype(y.dtype)
   return jnp.where(p.outputs()[None, :], y, fill)
 
@@ -134,15 +160,15 @@ def cut_params(W, b, params) -> tuple:
   return tuple(out)
 
 
-def _pad_case(params, x2, t2, loss, reduction, shape, dtype) -> Padded:
+def _pad_case(params, x2, t2, loss, reduction, shape, dtype, names: Names) -> Padded:
   depth, width, batch = shape
   W, b = pad_params(params, shape, dtype)
   act = np.zeros(depth, np.int32)
   widths = np.zeros(depth, np.int32)
-  act[:len(params)] = [ACTIVATIONS.index(layer.activation) for layer in params]
+  act[:len(params)] = [names.activations.index(layer.activation) for layer in params]
   widths[:len(params)] = [np.shape(layer.W)[0] for layer in params]
   return Padded(W, b, _padded(x2, (batch, width), dtype), _padded(t2, (batch, width), dtype), act,
-                widths, np.int32(len(params)), np.int32(x2.shape[0]), np.int32(LOSSES.index(loss)),
+                widths, np.int32(len(params)), np.int32(x2.shape[0]), np.int32(names.losses.index(loss)),
                 np.bool_(reduction == "mean"))
 
 
@@ -160,18 +186,22 @@ def fields(problem):
   return params, x, t, loss, reduction
 
 
-def bucketed(problems, compute, unpack, *, shape=None, extras=(), chunk=None) -> list:
+def bucketed(problems, compute, unpack, *, shape=None, extras=(), chunk=None,
+             narrow: bool = False) -> list:
   """Validate ``problems``, pad them into buckets, ``compute`` each chunk, ``unpack`` each case.
 
   Args:
     problems: ``bpref.problems.Problem``s or tuples (params, x, t[, loss[, reduction]]),
       validated as ``bpref.value_and_grad`` validates its arguments.
-    compute: (a ``Padded`` chunk, *padded extras) -> arrays with a leading case axis.
+    compute: (a ``Padded`` chunk, *padded extras, names=the chunk's ``Names``) -> arrays
+      with a leading case axis.
     unpack: (out, k, params, x2, single) -> the k-th case's result, sliced to its shapes.
     shape: one bucket (D, N, M) for every problem, in place of the least of each.
     extras: lists of parameter-shaped trees, one per problem (a claimed gradient, a
       direction), passed to ``compute`` padded as the parameters are: (W, b) stacked.
     chunk: cases per call, in place of ``CHUNKS``'s choice.
+    narrow: each bucket's program switches over the names its cases use (``Names.of``),
+      not over ``EVERY`` name.
 
   Returns:
     ``unpack``'s result for each problem, in order.
@@ -196,14 +226,15 @@ def bucketed(problems, compute, unpack, *, shape=None, extras=(), chunk=None) ->
     groups.setdefault(key, []).append((i, params, x2, t2, loss, reduction))
   results = [None] * len(checked)
   for (dtype, bucket), members in groups.items():
+    names = Names.of([(case[1], case[4]) for case in members]) if narrow else EVERY
     while members:
       size = chunk or next((c for c in CHUNKS if c >= len(members)), CHUNKS[-1])
       part, members = members[:size], members[size:]
       fill = part + part[-1:] * (size - len(part))  # copies of the last case, dropped
-      padded = Padded(*_stack([_pad_case(*case[1:], bucket, dtype) for case in fill]))
+      padded = Padded(*_stack([_pad_case(*case[1:], bucket, dtype, names) for case in fill]))
       extra = [_stack([pad_params(trees[case[0]], bucket, dtype) for case in fill])
                for trees in extras]
-      out = jax.device_get(compute(padded, *extra))
+      out = jax.device_get(compute(padded, *extra, names=names))
       for k, (i, *_) in enumerate(part):
         params, x2, single = checked[i]
         results[i] = unpack(out, k, params, x2, single)
