@@ -12,6 +12,7 @@ would (docs/protocol.md), and reads each op message back into the kind's argumen
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 
@@ -37,6 +38,7 @@ from bpref.oracle.ops import Reference, kinds
 
 factor = float(sys.argv[1])
 ops = sys.argv[2].split(",")
+loud = sys.argv[3:] == ["loud"]
 inp, out = sys.stdin.buffer, sys.stdout.buffer
 DTYPES = {"float64": "<f8", "float32": "<f4", "int64": "<i8"}
 
@@ -58,6 +60,9 @@ while True:
   h = json.loads(line)
   if h["type"] == "bye":
     sys.exit(0)
+  if loud:
+    sys.stderr.write("a line on stderr\n")
+    sys.stderr.flush()
   arrays = {}
   for e in h["arrays"]:
     dt = np.dtype(DTYPES[e["dtype"]])
@@ -80,9 +85,10 @@ def client(tmp_path_factory):
   path = tmp_path_factory.mktemp("matrix") / "client.py"
   path.write_text(CLIENT)
 
-  def command(factor, kind, name):
+  def command(factor, kind, name, loud=False):
     ops = f"{kind}:{name}" if name else kind
-    return f"{shlex.quote(sys.executable)} {shlex.quote(str(path))} {factor!r} {ops}"
+    return (f"{shlex.quote(sys.executable)} {shlex.quote(str(path))} {factor!r} {ops}"
+            + (" loud" if loud else ""))
 
   return command
 
@@ -102,6 +108,31 @@ def test_every_op_kind_travels_every_transport(kind, name, transport, client):
   assert right.verdict == "pass" and right.cases >= SMALL["examples"], right.text()
   wrong = _check(transport, kind, name, WRONG, client)
   assert wrong.verdict == "fail" and wrong.kind == "numeric", wrong.text()
+
+
+class Loud:
+  """``Reference``'s right answer after a line on each stream (picklable)."""
+
+  def __init__(self, spec):
+    self.spec = spec
+
+  def __call__(self, *args):
+    os.write(1, b"a line on stdout\n")  # past Python's streams, which pytest replaces
+    os.write(2, b"a line on stderr\n")
+    return Reference(self.spec, 1.0)(*args)
+
+
+@pytest.mark.parametrize("transport", ["thread", "isolated", "wire"])
+def test_what_the_candidate_writes_reaches_the_report_through_every_transport(transport, client):
+  kind, name = OPS[0]
+  if transport == "wire":  # a program's stdout is the wire: it writes on stderr alone
+    report = check_op(kind, name=name, exec_command=client(1.0, kind, name, loud=True), **SMALL)
+  else:
+    report = check_op(kind, Loud(kinds.make_spec(kind, name, **SMALL)), name=name,
+                      isolate=transport == "isolated", **SMALL)
+  assert report.verdict == "pass", report.text()
+  assert "a line on stderr" in report.output["stderr"] and report.output["calls"] >= SMALL["examples"]
+  assert transport == "wire" or "a line on stdout" in report.output["stdout"]
 
 
 def test_every_kind_is_in_the_matrix():

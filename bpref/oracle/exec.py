@@ -118,11 +118,11 @@ class ExecPool:
     workers: processes running cases at the same time.
     timeout: seconds one case may take; also how long a starting process may take to say hello.
     cwd, env: for the process.
-    transcript: an ``isolation.Transcript`` that collects the processes' stderr.
+
+  What the processes write on stderr goes to the check's transcript (``isolation.record``).
   """
 
-  def __init__(self, command: str, workers: int = 1, timeout: float = 60.0, cwd=None, env=None,
-               transcript=None):
+  def __init__(self, command: str, workers: int = 1, timeout: float = 60.0, cwd=None, env=None):
     try:
       self.argv = shlex.split(command)
     except ValueError as exc:
@@ -133,7 +133,6 @@ class ExecPool:
     self.command = command
     self.timeout = float(timeout)
     self.cwd, self.env = cwd, env
-    self.transcript = transcript
     self.features = None  # the candidate's hello (wire.read_hello), once started
     self.starts = 0
     self._procs = [None] * max(1, int(workers))
@@ -251,8 +250,7 @@ class ExecPool:
 
   def _take_stderr(self, proc) -> str:
     text, proc.err_offset = _isolation.read_from(proc.err, proc.err_offset)
-    if text and self.transcript is not None:
-      self.transcript.add("", text)
+    _isolation.record("", text)
     return text
 
   # ------------------------------------------------------------ reading and writing
@@ -531,7 +529,7 @@ def check(command: str, *, progress=None, cwd=None, env=None, **options):
   workers = int(options.get("workers") or 1)
   timeout = options.get("timeout") or _spec.Spec.timeout
   with _isolation.recording() as transcript:
-    pool = ExecPool(command, workers, timeout, cwd=cwd, env=env, transcript=transcript)
+    pool = ExecPool(command, workers, timeout, cwd=cwd, env=env)
     try:
       features = pool.greet()
       try:
@@ -650,7 +648,7 @@ def replay(command: str, path: str, *, timeout: float = 60.0, cwd=None, env=None
                          reduction=case.reduction, bias=case.biases is not None, timeout=timeout)
   truth = _truth.compute(case)
   with _isolation.recording() as transcript:
-    pool = ExecPool(command, 1, timeout, cwd=cwd, env=env, transcript=transcript)
+    pool = ExecPool(command, 1, timeout, cwd=cwd, env=env)
     try:
       features = pool.greet()
       try:

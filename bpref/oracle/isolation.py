@@ -346,7 +346,11 @@ def recording():
     _TRANSCRIPT.reset(token)
 
 
-def _record(stdout: str, stderr: str) -> None:
+def record(stdout: str, stderr: str) -> None:
+  """The output of one call or load of the candidate, added to the ``Transcript`` of the
+  ``recording`` block the calling thread runs in (nothing outside one). Every transport on
+  this machine records what its calls wrote, so a check's report shows it however the
+  candidate ran (a Dask cluster's stays in its workers' logs)."""
   transcript = _TRANSCRIPT.get()
   if transcript is not None:
     transcript.add(stdout, stderr)
@@ -396,7 +400,7 @@ def call_in_thread(candidate, message, timeout: float) -> Outcome:
   else:
     outcome = box[0]
   outcome = outcome._replace(stdout=out.stdout, stderr=out.stderr)
-  _record(outcome.stdout, outcome.stderr)
+  record(outcome.stdout, outcome.stderr)
   return outcome
 
 
@@ -515,7 +519,7 @@ def load_captured(kind: str, ref: str, reduction: str = "mean"):
     with out:
       return load_candidate(kind, ref, reduction)
   finally:
-    _record(out.stdout, out.stderr)
+    record(out.stdout, out.stderr)
 
 
 # ---------------------------------------------------------------- what comes back from a worker
@@ -821,7 +825,7 @@ class Isolated:
                          f"loading: {_one_line(exc)}") from None
     finally:
       if self._procs[i] is not None:
-        _record(*self._take_output(i))
+        record(*self._take_output(i))
     if kind != "ready":
       self._kill(i)
       raise ValueError(f"the candidate could not be loaded in a subprocess: {text}")
@@ -878,7 +882,7 @@ class Isolated:
     if entry.proc.is_alive():
       entry.proc.kill()
     entry.proc.join(5)
-    _record(*self._take_output(i))
+    record(*self._take_output(i))
     self._procs[i] = None
     entry.conn.close()
     entry.out.close()
@@ -925,7 +929,7 @@ class Isolated:
           self._procs[i].conn.send(inputs_list[item])
         except OSError:  # the worker ended between calls (a thread of the candidate's, say)
           results[item] = self._receive(i, time.perf_counter())
-          _record(results[item].stdout, results[item].stderr)
+          record(results[item].stdout, results[item].stderr)
           continue
         busy[i] = (item, time.monotonic() + self._timeout, time.perf_counter())
       if not busy:
@@ -937,7 +941,7 @@ class Isolated:
         i = conns[conn]
         item, _, start = busy.pop(i)
         results[item] = self._receive(i, start)
-        _record(results[item].stdout, results[item].stderr)
+        record(results[item].stdout, results[item].stderr)
       now = time.monotonic()
       for i, (item, deadline, start) in list(busy.items()):
         if now >= deadline:
@@ -949,7 +953,7 @@ class Isolated:
           results[item] = Outcome("timeout", error=f"the call did not return within {self._timeout:g} s;"
                                   " its subprocess was killed", seconds=self._timeout,
                                   stdout=out, stderr=err)
-          _record(out, err)
+          record(out, err)
     return results
 
   def close(self):

@@ -237,6 +237,13 @@ def check_op(kind: str, candidate=None, name: str | None = None, *, isolate: boo
     callable; with ``exec_command``, ``bpref.oracle.exec.ExecError`` (a ValueError) when the
     program does not start, or its hello is refused or does not declare the op.
   """
+  with _isolation.recording() as transcript:  # what the candidate wrote, loads included
+    report = _check_op(kind, candidate, name, isolate, exec_command, workers, cluster, options)
+  report.output = transcript.to_json()
+  return report
+
+
+def _check_op(kind, candidate, name, isolate, exec_command, workers, cluster, options) -> OpReport:
   start = time.perf_counter()
   if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
     raise ValueError(f"check_op: workers must be an integer >= 1; got {workers!r}")
@@ -317,7 +324,6 @@ def _checked(spec, ev, start) -> OpReport:
   if rep.verdict == "pass" and tally.short:
     rep.verdict, rep.kind, rep.message = "error", "too_few_cases", _search.too_few(tally)
   rep.calls = ev.calls
-  rep.output = ev.transcript.to_json()
   rep.seconds = time.perf_counter() - start
   return rep
 

@@ -54,7 +54,6 @@ class Evaluator:
                         else candidate.forward is not None)
     self.unshrunk = tuple(k for k in UNSHRUNK if not (k == "crash" and info.get("cheap_restarts")))
     self.calls = 0
-    self.transcript = _isolation.Transcript()
     self.stopped = ""
     self.notes = set()
     self.forward_checked = 0
@@ -82,9 +81,7 @@ class Evaluator:
     A call that hung stops the search only where it counts (``runs``, ``call``)."""
     transport = (self.pool if self.pool is not None
                  else _isolation.InProcess(self.candidate, self.spec.timeout))
-    outcomes = transport.map([(which, args) for args in arg_lists])
-    for outcome in outcomes:
-      self.transcript.add(outcome.stdout, outcome.stderr)
+    outcomes = transport.map([(which, args) for args in arg_lists])  # each records its output
     self.calls += len(outcomes)
     return outcomes
 
