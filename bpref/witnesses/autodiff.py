@@ -118,28 +118,37 @@ def _padded_forward(p, offsets, precision, names):
   return _forward.padded(p.W, p.b, p.x, p, branches, offsets, precision)[0]
 
 
-def _padded_loss(W, b, x, offsets, p, rows, precision, names):
-  """C of one padded case on y, as ``_loss``: the loss the case names, on the real rows ``rows``."""
-  y = _padding.fill_outputs(_padded_forward(p._replace(W=W, b=b, x=x), offsets, precision, names),
-                            p, p.loss, names)  # a padded output adds exactly 0
-  per_example = jax.lax.switch(p.loss, tuple(_losses.get(n).value for n in names.losses), y, p.t)
-  per_example = jnp.where(rows, per_example, jnp.zeros_like(per_example))
-  return jnp.sum(per_example) / p.divisor(per_example.dtype)
+def _padded_outputs(W, b, x, offsets, p, precision, names):
+  """(C, C_b, y) of one padded case, as ``_loss``: the loss the case names, C_b of each real
+  row (0 on a padded one) and y = a_L before the padded outputs are filled."""
+  y = _padded_forward(p._replace(W=W, b=b, x=x), offsets, precision, names)
+  filled = _padding.fill_outputs(y, p, p.loss, names)  # a padded output adds exactly 0
+  per_example = jax.lax.switch(p.loss, tuple(_losses.get(n).value for n in names.losses), filled,
+                               p.t)
+  per_example = jnp.where(p.rows(), per_example, jnp.zeros_like(per_example))
+  return jnp.sum(per_example) / p.divisor(per_example.dtype), per_example, y
+
+
+def _padded_loss(W, b, x, offsets, p, precision, names):
+  return _padded_outputs(W, b, x, offsets, p, precision, names)[0]
 
 
 def _one_padded_case(p, precision, names):
+  """Every output of one padded case from one ``jax.vjp`` of (C, C_b, y): C's cotangent gives
+  dC/dW, dC/db, dC/dx and delta_l = dC/de_l; each C_b's, that example's gradient; each
+  y_{b,k}'s, row k of lambda_l[b] = dy_b/de_{l,b}."""
   offsets = jnp.zeros(p.W.shape[:1] + p.x.shape, p.x.dtype)  # (D, M, N)
-  rows = p.rows()
-  value, (dW, db, dx, de) = jax.value_and_grad(_padded_loss, argnums=(0, 1, 2, 3))(
-      p.W, p.b, p.x, offsets, p, rows, precision, names)
-  summed = p._replace(mean=jnp.zeros_like(p.mean))
-  one_row = jnp.eye(p.x.shape[0], dtype=bool) & rows[None, :]
-  per_W, per_b = jax.vmap(lambda rows: jax.grad(_padded_loss, argnums=(0, 1))(
-      p.W, p.b, p.x, offsets, summed, rows, precision, names))(one_row)  # (M, D, N, N), (M, D, N)
-  jac = jax.jacobian(lambda e: _padded_forward(p, e, precision, names))(offsets)  # (M, N, D, M, N)
-  m = jnp.arange(p.x.shape[0])
+  (value, per_example, y), pull = jax.vjp(
+      lambda W, b, x, e: _padded_outputs(W, b, x, e, p, precision, names), p.W, p.b, p.x, offsets)
+  M, N = y.shape
+  zero_c, zero_b, zero_y = jnp.zeros_like(value), jnp.zeros_like(per_example), jnp.zeros_like(y)
+  dW, db, dx, de = pull((jnp.ones_like(value), zero_b, zero_y))
+  per_W, per_b, _, _ = jax.vmap(lambda c: pull((zero_c, c, zero_y)))(
+      jnp.eye(M, dtype=y.dtype))  # (M, D, N, N), (M, D, N)
+  unit = jnp.eye(M * N, dtype=y.dtype).reshape(M * N, M, N)
+  jac = jax.vmap(lambda c: pull((zero_c, zero_b, c))[3])(unit).reshape(M, N, *offsets.shape)
+  m = jnp.arange(M)
   lams = jnp.moveaxis(jac[m, :, :, m, :], 2, 0)  # lambda_l[b] = dy_b/de_{l,b}: (D, M, N, N)
-  y = _padded_forward(p, offsets, precision, names)
   return value, dW, db, de, dx, per_W, per_b, lams, y
 
 
@@ -172,8 +181,7 @@ def _unpack(out, k, params, x2, single):
 
 def _grad_one_padded_case(p, precision, names):
   offsets = jnp.zeros(p.W.shape[:1] + p.x.shape, p.x.dtype)
-  return jax.grad(_padded_loss, argnums=(0, 1))(p.W, p.b, p.x, offsets, p, p.rows(), precision,
-                                                names)
+  return jax.grad(_padded_loss, argnums=(0, 1))(p.W, p.b, p.x, offsets, p, precision, names)
 
 
 @compilation.jit(static_argnames=("precision", "names"))
