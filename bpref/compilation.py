@@ -266,11 +266,12 @@ def jit(fn=None, *, static_argnums=(), static_argnames=(), key=None):
         out = jax.block_until_ready(executable(*dynamic[0], **dynamic[1]))
         loaded[seen] = (executable, True)
         return out
-      except Exception:  # a stored executable that does not run here: compiled again below
+      except Exception:  # a stored executable that does not run here: compiled again below,
+        _refuse(signature())  # and never stored again
         executable = None
     if executable is None:
       executable = _compile(traced, args, kwargs)
-      _store(signature(), executable, dynamic)
+      _store(signature(), executable)
       loaded[seen] = (executable, False)
     return executable(*dynamic[0], **dynamic[1])
 
@@ -354,7 +355,7 @@ def _load(signature: str):
   try:
     with open(path, "rb") as handle:
       stored, payload, in_tree, out_tree = pickle.load(handle)
-    if stored != full:
+    if stored != full or payload is None:  # another program's, or one refused (``_refuse``)
       return None
     executable = serialize_executable.deserialize_and_load(payload, in_tree, out_tree)
   except Exception:  # absent, partly written by a process that died, or from another jaxlib
@@ -370,19 +371,39 @@ def _load(signature: str):
   return executable
 
 
-def _store(signature: str, executable, dynamic) -> None:
-  """Keep ``executable`` for later runs, once a copy read back from its bytes has run on the
-  arguments ``dynamic`` (args, kwargs); a directory that cannot take it turns the store off."""
-  import jax
+def _store(signature: str, executable) -> None:
+  """Keep ``executable`` for later runs, unless an earlier copy of it failed to run
+  (``_refuse``); a directory that cannot take it turns the store off.
+
+  It is not run once read back before it is kept: a copy that fails, as an executable
+  that JAX's cache gave back does ("Function ... not found"), fails in the later run that
+  loads it, which compiles the program again and refuses it from then on. Compiled past
+  JAX's cache (``_compile``), every program of bpref's runs read back; a trial run of each
+  cost a cold ``bpref verify --quick`` 3.4 s of CPU time."""
   from jax.experimental import serialize_executable
 
   full, path = _path(signature)
   try:
+    with open(path, "rb") as handle:
+      if pickle.load(handle)[:2] == (full, None):
+        return
+  except Exception:  # nothing there yet, or something unreadable that the store replaces
+    pass
+  try:
     payload = pickle.dumps((full, *serialize_executable.serialize(executable)))
-    copy = serialize_executable.deserialize_and_load(*pickle.loads(payload)[1:])
-    jax.block_until_ready(copy(*dynamic[0], **dynamic[1]))
-  except Exception:  # an executable that does not serialize, or whose copy does not run
+  except Exception:  # an executable that does not serialize
     return
+  _write(path, payload)
+
+
+def _refuse(signature: str) -> None:
+  """Mark ``signature``'s executable as one that does not run once read back: ``_load``
+  ignores the mark and ``_store`` keeps nothing in its place."""
+  full, path = _path(signature)
+  _write(path, pickle.dumps((full, None, None, None)))
+
+
+def _write(path: str, payload: bytes) -> None:
   try:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=os.path.dirname(path), delete=False,
