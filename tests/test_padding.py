@@ -58,19 +58,30 @@ def test_a_narrow_bucket_switches_over_its_own_names_each_fused_loss_with_its_lo
   assert seen[-1] == padding.EVERY
 
 
-def test_narrow_witness_programs_give_to_the_bit_what_the_programs_of_every_name_give():
-  # the same branch functions on the same values: a switch over fewer names changes which
-  # branches are compiled, not the arithmetic of the one a case takes
-  dtype = np.float32
+def _narrow_cases():
   rng = np.random.default_rng(2)
-  problems = [_problems.random_problem(rng, np.dtype(dtype), max_depth=3, losses=(loss,), uses=act)
+  problems = [_problems.random_problem(rng, np.dtype(np.float32), max_depth=3, losses=(loss,),
+                                       uses=act)
               for loss, act in (("cross_entropy", "tanh"), ("binary_cross_entropy", "relu"),
                                 ("huber", "softplus"))]
-  wide = autodiff.grads_many(problems)
+  return rng, problems, autodiff.grads_many(problems)
+
+
+# The same branch functions on the same values: a switch over fewer names changes which
+# branches are compiled, not the arithmetic of the one a case takes, so the bits are the same.
+
+def test_the_narrow_autodiff_witness_gives_to_the_bit_what_the_one_of_every_name_gives():
+  _, problems, wide = _narrow_cases()
   narrow = autodiff.grads_many(problems, narrow=True)
   assert [l.W.tolist() for g in narrow for l in g] == [l.W.tolist() for g in wide for l in g]
-  directions = [tuple(Layer(rng.normal(size=l.W.shape).astype(dtype), None if l.b is None else
-                            rng.normal(size=l.b.shape).astype(dtype), l.activation) for l in p.params)
+  assert [l.b.tolist() for g in narrow for l in g] == [l.b.tolist() for g in wide for l in g]
+
+
+def test_the_narrow_finite_differences_give_to_the_bit_what_those_of_every_name_give():
+  rng, problems, wide = _narrow_cases()
+  directions = [tuple(Layer(rng.normal(size=l.W.shape).astype(np.float32), None if l.b is None
+                            else rng.normal(size=l.b.shape).astype(np.float32), l.activation)
+                      for l in p.params)
                 for p in problems]
   every = finite_diff.estimates_many(problems, wide, directions, shape=(3, 8, 8))
   few = finite_diff.estimates_many(problems, wide, directions, shape=(3, 8, 8), narrow=True)
