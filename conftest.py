@@ -55,8 +55,8 @@ settings.load_profile(os.environ.get("BPREF_PROFILE", "ci" if os.environ.get("CI
 # docs/verification.md has the mutation table of the fast tier alone.
 
 DEEP = {
-    "tests/test_padding.py::test_the_narrow_finite_differences_give_to_the_bit_*":
-        "four finite-difference programs; the fast tier compares the autodiff witness's",
+    "tests/test_padding.py::test_the_narrow_*_to_the_bit_*": "programs of every name beside narrow "
+    "ones; the fast tier's verify tests run the narrow ones against the referee",
     # end-to-end commands in fresh interpreters, compiling the same programs again
     "tests/test_compilation.py::test_verify_quick_compiles_within_its_budget": "verify --quick end to end",
     "tests/test_compilation.py::test_a_default_check_compiles_within_its_budget[[]float32*": "second dtype",
@@ -194,7 +194,7 @@ DEEP = {
     "tests/test_activations.py::test_nan_stays_nan_in_f_and_every_derivative_form[[]*-float32]": "second "
     "dtype (float64 keeps every activation)",
     # the kind x transport matrix: a subprocess per isolated or wire check, compiling bpref's answer
-    "tests/test_matrix.py::test_every_op_kind_travels_every_transport[[]*": "the kind x transport "
+    "tests/test_matrix.py::test_every_op_kind_travels_every_transport_*": "the kind x transport "
     "matrix (test_wire_ops and the --op CLI tests keep each transport fast)",
     "tests/test_matrix.py::test_the_network_travels_every_python_transport*": "the kind x transport matrix",
     "tests/test_cluster.py::test_a_seed_gives_one_verdict_on_one_worker_two_workers_and_a_cluster*":
@@ -246,6 +246,7 @@ DEEP = {
 """Deep tests, by node-id pattern, with why each is deep."""
 
 FAST_SAMPLES = (
+    "tests/test_matrix.py::test_every_op_kind_travels_every_transport_and_*[[]dense-thread]",
     "tests/test_ops_cnn.py::test_a_bug_in_each_step_is_named_at_that_step[[]relu]",
     "tests/test_ops_cnn.py::test_a_bug_in_each_step_is_named_at_that_step[[]maxpool]",
     "tests/test_examples_cs231n.py::test_each_right_function_passes_its_kind[[]dropout-float64]",

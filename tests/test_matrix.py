@@ -93,46 +93,37 @@ def client(tmp_path_factory):
   return command
 
 
-def _check(transport, kind, name, factor, client):
-  if transport == "wire":
-    return check_op(kind, name=name, exec_command=client(factor, kind, name), **SMALL)
-  spec = kinds.make_spec(kind, name, **SMALL)
-  return check_op(kind, Reference(spec, factor), name=name, isolate=transport == "isolated",
-                  **SMALL)
-
-
-@pytest.mark.parametrize("transport", ["thread", "isolated", "wire"])
-@pytest.mark.parametrize("kind, name", OPS, ids=[k for k, _ in OPS])
-def test_every_op_kind_travels_every_transport(kind, name, transport, client):
-  right = _check(transport, kind, name, 1.0, client)
-  assert right.verdict == "pass" and right.cases >= SMALL["examples"], right.text()
-  wrong = _check(transport, kind, name, WRONG, client)
-  assert wrong.verdict == "fail" and wrong.kind == "numeric", wrong.text()
-
-
 class Loud:
-  """``Reference``'s right answer after a line on each stream (picklable)."""
+  """``Reference``'s answer after a line on each stream (picklable)."""
 
-  def __init__(self, spec):
-    self.spec = spec
+  def __init__(self, spec, factor):
+    self.spec, self.factor = spec, factor
 
   def __call__(self, *args):
     os.write(1, b"a line on stdout\n")  # past Python's streams, which pytest replaces
     os.write(2, b"a line on stderr\n")
-    return Reference(self.spec, 1.0)(*args)
+    return Reference(self.spec, self.factor)(*args)
+
+
+def _check(transport, kind, name, factor, client):
+  """The check of a candidate that writes a line on stderr at every call, on stdout too where
+  stdout is not the wire."""
+  if transport == "wire":
+    return check_op(kind, name=name, exec_command=client(factor, kind, name, loud=True), **SMALL)
+  spec = kinds.make_spec(kind, name, **SMALL)
+  return check_op(kind, Loud(spec, factor), name=name, isolate=transport == "isolated", **SMALL)
 
 
 @pytest.mark.parametrize("transport", ["thread", "isolated", "wire"])
-def test_what_the_candidate_writes_reaches_the_report_through_every_transport(transport, client):
-  kind, name = OPS[0]
-  if transport == "wire":  # a program's stdout is the wire: it writes on stderr alone
-    report = check_op(kind, name=name, exec_command=client(1.0, kind, name, loud=True), **SMALL)
-  else:
-    report = check_op(kind, Loud(kinds.make_spec(kind, name, **SMALL)), name=name,
-                      isolate=transport == "isolated", **SMALL)
-  assert report.verdict == "pass", report.text()
-  assert "a line on stderr" in report.output["stderr"] and report.output["calls"] >= SMALL["examples"]
-  assert transport == "wire" or "a line on stdout" in report.output["stdout"]
+@pytest.mark.parametrize("kind, name", OPS, ids=[k for k, _ in OPS])
+def test_every_op_kind_travels_every_transport_and_what_it_writes_reaches_the_report(
+    kind, name, transport, client):
+  right = _check(transport, kind, name, 1.0, client)
+  assert right.verdict == "pass" and right.cases >= SMALL["examples"], right.text()
+  assert "a line on stderr" in right.output["stderr"] and right.output["calls"] >= right.cases
+  assert transport == "wire" or "a line on stdout" in right.output["stdout"]
+  wrong = _check(transport, kind, name, WRONG, client)
+  assert wrong.verdict == "fail" and wrong.kind == "numeric", wrong.text()
 
 
 def test_every_kind_is_in_the_matrix():
