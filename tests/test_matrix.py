@@ -126,6 +126,25 @@ def test_every_op_kind_travels_every_transport_and_what_it_writes_reaches_the_re
   assert wrong.verdict == "fail" and wrong.kind == "numeric", wrong.text()
 
 
+def test_what_the_candidate_prints_in_this_process_reaches_the_report_past_pytests_capture():
+  # pytest's capture replaces sys.stdout and sys.stderr with streams of its own, as a notebook
+  # does: print() writes there, not to descriptors 1 and 2
+  kind, name = OPS[0]
+  spec = kinds.make_spec(kind, name, **SMALL)
+
+  def printing(*args):
+    print("printed on stdout")
+    print("printed on stderr", file=sys.stderr)
+    return Reference(spec, 1.0)(*args)
+
+  out, err = sys.stdout, sys.stderr
+  report = check_op(kind, printing, name=name, **SMALL)
+  assert report.verdict == "pass", report.text()
+  assert report.output["stdout"].count("printed on stdout") == report.output["calls"]
+  assert report.output["stderr"].count("printed on stderr") == report.output["calls"]
+  assert (sys.stdout, sys.stderr) == (out, err)  # put back
+
+
 def test_every_kind_is_in_the_matrix():
   assert {k for k, _ in OPS} | {"block"} == set(kinds.KINDS)
 

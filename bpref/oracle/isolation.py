@@ -235,6 +235,13 @@ def _flush_streams() -> None:
       pass
 
 
+def _writes_to(stream, fd: int) -> bool:
+  try:
+    return stream.fileno() == fd
+  except Exception:  # a stream without a descriptor of its own
+    return False
+
+
 def read_from(fh, offset: int) -> tuple:
   """(text written to the open file ``fh`` from ``offset`` on, at most OUTPUT_LIMIT bytes; its end)."""
   try:
@@ -253,14 +260,17 @@ class Captured:
   """File descriptors 1 and 2 sent to temporary files for the duration of a ``with`` block.
 
   C-level writes are caught with Python's: the descriptors themselves are redirected, and
-  Python's and C's buffers are flushed on entry and exit. Afterwards ``stdout`` and ``stderr``
-  hold what was written (clipped to OUTPUT_LIMIT bytes). The redirection is process-wide: what
-  other threads write meanwhile is caught too. Without descriptors 1 and 2, nothing is caught.
+  Python's and C's buffers are flushed on entry and exit. Where ``sys.stdout`` or
+  ``sys.stderr`` does not write to its descriptor (pytest's capture, a notebook's streams), it
+  is replaced for the block by one that does. Afterwards ``stdout`` and ``stderr`` hold what
+  was written (clipped to OUTPUT_LIMIT bytes). The redirection is process-wide: what other
+  threads write meanwhile is caught too. Without descriptors 1 and 2, nothing is caught.
   """
 
   def __init__(self):
     self.stdout = self.stderr = ""
     self._saved = []  # (fd, duplicate of the original, temporary file)
+    self._streams = None  # ((sys.stdout, sys.stderr) as they were, those of the block)
 
   def __enter__(self):
     _flush_streams()
@@ -276,9 +286,23 @@ class Captured:
         os.dup2(tmp.fileno(), fd)
     except OSError:  # no descriptor 1 or 2 here: leave them as they are
       self._restore()
+      return self
+    kept = (sys.stdout, sys.stderr)
+    ours = tuple(stream if _writes_to(stream, fd) else
+                 open(fd, "w", closefd=False, errors="replace")
+                 for stream, fd in zip(kept, (1, 2)))
+    self._streams = (kept, ours)
+    sys.stdout, sys.stderr = ours
     return self
 
   def _restore(self) -> list:
+    if self._streams is not None:
+      kept, ours = self._streams
+      for stream, was in zip(ours, kept):
+        if stream is not was:
+          stream.close()  # flushed into its descriptor, which stays open
+      sys.stdout, sys.stderr = kept
+      self._streams = None
     texts = []
     for fd, saved, tmp in self._saved:
       os.dup2(saved, fd)
