@@ -94,6 +94,20 @@ def _fail(case, kind, message, tol, seconds, **extra):
   return CaseResult(case.arch, False, kind, message, {}, tol, seconds=seconds, **extra)
 
 
+def call_failure(outcome) -> tuple | None:
+  """(failure kind, message) of a call that returned nothing to judge (it raised, hung, ended
+  its process or broke bpref-wire), or None: one judge's words for every kind of check."""
+  if outcome.status == "exception":
+    return "exception", f"the candidate raised an exception:\n{outcome.error}"
+  if outcome.status == "timeout":
+    return "timeout", f"the candidate hung: {outcome.error}"
+  if outcome.status == "crash":
+    return "crash", f"the candidate ended its process: {outcome.error}"
+  if outcome.status in EXEC_STATUSES:
+    return EXEC_STATUSES[outcome.status], outcome.error
+  return None
+
+
 def _unpack(result):
   """(dW, db, loss) from the candidate's return value, or a message saying what is wrong."""
   if not isinstance(result, list) or len(result) not in (2, 3):
@@ -111,14 +125,9 @@ def judge(case, truth, outcome, spec, *, declared=None) -> CaseResult:
   tol = case_tolerance(case, truth)
   secs = outcome.seconds
   depth = case.arch.depth
-  if outcome.status == "exception":
-    return _fail(case, "exception", f"the candidate raised an exception:\n{outcome.error}", tol, secs)
-  if outcome.status == "timeout":
-    return _fail(case, "timeout", f"the candidate hung: {outcome.error}", tol, secs)
-  if outcome.status == "crash":
-    return _fail(case, "crash", f"the candidate crashed the interpreter: {outcome.error}", tol, secs)
-  if outcome.status in EXEC_STATUSES:
-    return _fail(case, EXEC_STATUSES[outcome.status], outcome.error, tol, secs)
+  failed = call_failure(outcome)
+  if failed is not None:
+    return _fail(case, *failed, tol, secs)
   parts, why = _unpack(outcome.result)
   if parts is None:
     return _fail(case, "structure", why, tol, secs)

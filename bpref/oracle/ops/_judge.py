@@ -76,14 +76,9 @@ def _unpack(record, spec, case, truth, result):
 def judge(spec, case, truth, outcome: Call) -> Verdict:
   """The verdict on one call of the backward function."""
   tol, record = truth.tol, kinds.of(spec)
-  if outcome.status == "exception":
-    return _fail("exception", f"the candidate raised an exception:\n{outcome.error}", tol)
-  if outcome.status == "timeout":
-    return _fail("timeout", f"the candidate hung: {outcome.error}", tol)
-  if outcome.status == "crash":
-    return _fail("crash", f"the candidate ended its process: {outcome.error}", tol)
-  if outcome.status in _network_judge.EXEC_STATUSES:  # a program over bpref-wire: the whole story
-    return _fail(_network_judge.EXEC_STATUSES[outcome.status], outcome.error, tol)
+  failed = _network_judge.call_failure(outcome)
+  if failed is not None:
+    return _fail(*failed, tol)
   unpacked = _unpack(record, spec, case, truth, outcome.result)
   if isinstance(unpacked, Verdict):
     return unpacked
