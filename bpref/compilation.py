@@ -375,11 +375,11 @@ def _store(signature: str, executable) -> None:
   """Keep ``executable`` for later runs, unless an earlier copy of it failed to run
   (``_refuse``); a directory that cannot take it turns the store off.
 
-  It is not run once read back before it is kept: a copy that fails, as an executable
-  that JAX's cache gave back does ("Function ... not found"), fails in the later run that
-  loads it, which compiles the program again and refuses it from then on. Compiled past
-  JAX's cache (``_compile``), every program of bpref's runs read back; a trial run of each
-  cost a cold ``bpref verify --quick`` 3.4 s of CPU time."""
+  It is kept without a trial run: an executable whose copy read back from its bytes fails
+  (as one that JAX's cache gave back does: "Function ... not found") fails in the later run
+  that loads it, and that run compiles the program again and refuses it from then on. Every
+  program of bpref's, compiled past JAX's cache (``_compile``), runs read back; a trial run
+  of each cost a cold ``bpref verify --quick`` 3.4 s of CPU time."""
   from jax.experimental import serialize_executable
 
   full, path = _path(signature)

@@ -576,7 +576,8 @@ def estimates_many(problems, grads, directions, *, precision=DEFAULT_PRECISION,
   check_precision(precision)
   out = _padding.bucketed(problems, functools.partial(_estimates_padded, precision=precision),
                           _unpack_estimates, shape=shape, extras=(grads, directions),
-                          chunk=_padding.CHUNKS[0], narrow=narrow)  # the cases run one by one: no larger chunk
+                          chunk=_padding.CHUNKS[0],  # the cases run one by one: no larger chunk
+                          narrow=narrow)
   estimates = []
   for problem, (central, value, error, complex_, by_complex, by_richardson, order) in zip(problems, out):
     params, _, _, loss, _ = _padding.fields(problem)

@@ -41,7 +41,6 @@ SMALLEST = 8
 """The least padded depth, width and batch."""
 
 
-
 class Names(NamedTuple):
   """The activations and losses one padded program switches over (static under jit):
   ``Padded.act`` indexes ``activations``, ``Padded.loss`` indexes ``losses``."""
@@ -168,8 +167,8 @@ def _pad_case(params, x2, t2, loss, reduction, shape, dtype, names: Names) -> Pa
   act[:len(params)] = [names.activations.index(layer.activation) for layer in params]
   widths[:len(params)] = [np.shape(layer.W)[0] for layer in params]
   return Padded(W, b, _padded(x2, (batch, width), dtype), _padded(t2, (batch, width), dtype), act,
-                widths, np.int32(len(params)), np.int32(x2.shape[0]), np.int32(names.losses.index(loss)),
-                np.bool_(reduction == "mean"))
+                widths, np.int32(len(params)), np.int32(x2.shape[0]),
+                np.int32(names.losses.index(loss)), np.bool_(reduction == "mean"))
 
 
 def _stack(cases):
