@@ -199,7 +199,8 @@ DEEP = {
     "tests/test_matrix.py::test_the_network_travels_every_python_transport*": "the kind x transport matrix",
     "tests/test_cluster.py::test_a_seed_gives_one_verdict_on_one_worker_two_workers_and_a_cluster*":
     "three searches, two of them in subprocesses (the fast tier compares the cluster with this process)",
-    "tests/test_cluster.py::test_a_search_on_worker_processes_gives_the_same_verdict": "Dask worker processes",
+    "tests/test_cluster.py::test_a_search_on_worker_processes_gives_the_same_verdict_*":
+    "Dask worker processes",
     "tests/test_cluster.py::test_a_call_that_does_not_return_is_a_timeout_and_the_search_goes_on": "a hang "
     "waits out its timeout",
     "tests/test_testing.py::test_a_candidate_that_exits_fails_its_test_and_the_run_goes_on[[]isolated]":

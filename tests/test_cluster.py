@@ -56,13 +56,35 @@ def test_a_cluster_finds_the_minimal_case_a_search_in_this_process_finds(threads
   assert _summary(cluster) == _summary(here) and here.verdict == "fail", cluster.text()
 
 
-def test_a_search_on_worker_processes_gives_the_same_verdict():
+def _loud(tmp_path, base: str) -> tuple:
+  """The demo's ``base`` as a target that writes a line on descriptor 2 at every call."""
+  path = tmp_path / "loud.py"
+  path.write_text(f"import os, runpy\n_demo = runpy.run_path({DEMO!r})\n"
+                  "def grads(*args):\n"
+                  "  os.write(2, b'a line from the candidate\\n')\n"
+                  f"  return _demo[{base!r}](*args)\n")
+  return ("function", f"{path}:grads")
+
+
+def test_a_search_on_worker_processes_gives_the_same_verdict_and_what_the_candidate_writes(
+    tmp_path):
   with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                 dashboard_address=":0") as processes:
-    cluster = bpref.oracle.check(target=WRONG, cluster=processes.scheduler_address, **SEARCH)
+    cluster = bpref.oracle.check(target=_loud(tmp_path, "grads_with_bug"),
+                                 cluster=processes.scheduler_address, **SEARCH)
   one = bpref.oracle.check(target=WRONG, isolate=True, **SEARCH)
   assert _summary(cluster) == _summary(one)
   assert "hidden_fprime_missing" in cluster.codes
+  assert cluster.output["stderr"].count("a line from the candidate") == cluster.output["calls"]
+  assert cluster.output["calls"] >= cluster.cases
+
+
+def test_on_worker_threads_of_the_searchs_own_process_the_output_is_left_alone(threads, tmp_path,
+                                                                               capfd):
+  report = bpref.oracle.check(target=_loud(tmp_path, "grads"), cluster=threads, **SEARCH)
+  assert report.verdict == "pass", report.text()
+  assert not report.output  # its descriptors were not redirected: the lines went where they go
+  assert capfd.readouterr().err.count("a line from the candidate") >= report.cases
 
 
 def hangs_on_three(weights, biases, activations, loss, x, t):

@@ -12,13 +12,18 @@ case whatever the number of workers (``tests/test_cluster.py``). ``cluster`` may
 ``fresh``, ``close``). Each worker loads the candidate once (named, "module:function", or
 pickled) and keeps it; a call that raises is the candidate's exception, a call that does not
 return within the timeout is a timeout (a thread cannot be stopped: workers with a nanny are
-restarted before the next call, see ``ClusterPool.fresh``), and a worker that dies is a crash. What the candidate prints
-stays in the workers' logs. Dask is an optional extra: ``pip install 'bpref[dask]'``.
+restarted before the next call, see ``ClusterPool.fresh``), and a worker that dies is a crash.
+What the candidate writes reaches the report where its worker is a process of its own that runs
+one task at a time (``dask worker --nthreads 1``, ``LocalCluster(processes=True,
+threads_per_worker=1)``); elsewhere it stays in the workers' logs, as redirecting a process's
+descriptors 1 and 2 would catch the other tasks' output too. Dask is an optional extra:
+``pip install 'bpref[dask]'``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import pickle
 import time
 
@@ -52,10 +57,30 @@ def _info(target, digest: str):
   return None
 
 
-def _call(target, digest: str, message) -> _isolation.Outcome:
-  """On a worker: one call of the candidate, as ``isolation``'s subprocess makes it."""
-  outcome = _isolation.answer(_load(target, digest), message)
+def _call(target, digest: str, message, home: int) -> _isolation.Outcome:
+  """On a worker: one call of the candidate, as ``isolation``'s subprocess makes it, with what
+  it writes where the worker is alone in its process (``_alone``)."""
+  candidate = _load(target, digest)
+  if not _alone(home):
+    outcome = _isolation.answer(candidate, message)
+  else:
+    with _isolation.Captured() as out:
+      outcome = _isolation.answer(candidate, message)
+    outcome = outcome._replace(stdout=out.stdout, stderr=out.stderr)
   return outcome._replace(result=_isolation.plain(outcome.result))
+
+
+def _alone(home: int) -> bool:
+  """On a worker: whether it runs in a process apart from the search's (pid ``home``) and one
+  task at a time, so that redirecting descriptors 1 and 2 catches this call's output alone."""
+  if os.getpid() == home:
+    return False
+  try:
+    from dask.distributed import get_worker
+
+    return get_worker().state.nthreads == 1
+  except Exception:  # not on a worker, or a Dask without this attribute: leave the output be
+    return False
 
 
 def _client(cluster):
@@ -117,7 +142,7 @@ class ClusterPool:
       self.start()
     start, now = time.perf_counter(), time.monotonic()
     futures = [self._client.submit(_call, self._target, self._digest,
-                                   _isolation.plain_message(item), pure=False)
+                                   _isolation.plain_message(item), os.getpid(), pure=False)
                for item in inputs_list]
     results, hung = [], False
     for k, future in enumerate(futures):
@@ -134,6 +159,8 @@ class ClusterPool:
         results.append(_isolation.Outcome(
             "crash", error=f"the call ended its Dask worker: {type(exc).__name__}: {exc}",
             seconds=time.perf_counter() - start))
+    for outcome in results:
+      _isolation.record(outcome.stdout, outcome.stderr)
     if hung:
       self.fresh()
     return results

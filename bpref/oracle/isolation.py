@@ -372,9 +372,9 @@ def recording():
 
 def record(stdout: str, stderr: str) -> None:
   """The output of one call or load of the candidate, added to the ``Transcript`` of the
-  ``recording`` block the calling thread runs in (nothing outside one). Every transport on
-  this machine records what its calls wrote, so a check's report shows it however the
-  candidate ran (a Dask cluster's stays in its workers' logs)."""
+  ``recording`` block the calling thread runs in (nothing outside one). Every transport
+  records what its calls wrote, so a check's report shows it however the candidate ran (on a
+  Dask cluster, where ``bpref.oracle.cluster`` can catch it)."""
   transcript = _TRANSCRIPT.get()
   if transcript is not None:
     transcript.add(stdout, stderr)
