@@ -144,10 +144,10 @@ def _reproducer_errors(script, tmp_path, marker):
 # ---------------------------------------------------------------- the matrix, through the CLI
 
 @pytest.mark.parametrize("function,options,words", [
-    ("exits", (), ["crashed", "exited with status 0"]),
+    ("exits", (), ["ended its process", "exited with status 0"]),
     ("raises_system_exit", (), ["raised an exception: SystemExit: 0"]),
     ("raises_keyboard_interrupt", (), ["raised an exception: KeyboardInterrupt"]),
-    ("segfaults", (), ["crashed", "SIGSEGV"]),
+    ("segfaults", (), ["ended its process", "SIGSEGV"]),
     ("hangs", ("--timeout", "1"), ["hung", "did not return within 1 s", "killed"]),
 ])
 def test_hostile_candidate_fails_with_a_nonzero_exit(where, function, options, words):
