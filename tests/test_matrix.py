@@ -100,7 +100,7 @@ class Loud:
     self.spec, self.factor = spec, factor
 
   def __call__(self, *args):
-    os.write(1, b"a line on stdout\n")  # past Python's streams, which pytest replaces
+    os.write(1, b"a line on stdout\n")  # on the descriptors themselves, as C code writes
     os.write(2, b"a line on stderr\n")
     return Reference(self.spec, self.factor)(*args)
 
