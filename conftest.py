@@ -55,8 +55,8 @@ settings.load_profile(os.environ.get("BPREF_PROFILE", "ci" if os.environ.get("CI
 # docs/verification.md has the mutation table of the fast tier alone.
 
 DEEP = {
-    "tests/test_padding.py::test_the_narrow_*_to_the_bit_*": "programs of every name beside narrow "
-    "ones; the fast tier's verify tests run the narrow ones against the referee",
+    "tests/test_padding.py::test_the_narrow_finite_differences_give_to_the_bit_*": "four "
+    "finite-difference programs (the fast tier compares the narrow autodiff witness to the bit)",
     # end-to-end commands in fresh interpreters, compiling the same programs again
     "tests/test_compilation.py::test_verify_quick_compiles_within_its_budget": "verify --quick end to end",
     "tests/test_compilation.py::test_a_default_check_compiles_within_its_budget[[]float32*": "second dtype",
