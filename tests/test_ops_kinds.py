@@ -130,6 +130,29 @@ def test_the_branch_check_sees_a_branch():
   assert not _branches_on_a_kind('if verdict.kind == "numeric":\n  pass\n')
 
 
+def _reads_a_kind(source: str) -> list:
+  """'line: text' of each comparison in ``source`` that reads a spec's kind or a record's name."""
+  found = []
+  for node in ast.walk(ast.parse(source)):
+    if isinstance(node, ast.Compare) and any(
+        _spec_kind(a) or (isinstance(a, ast.Attribute) and a.attr == "name"
+                          and isinstance(a.value, ast.Name) and a.value.id in ("self", "record"))
+        for a in ast.walk(node)):
+      found.append(f"{node.lineno}: {ast.unparse(node)}")
+  return found
+
+
+def test_the_classic_kinds_are_five_records_that_never_branch_on_their_kind():
+  from bpref.oracle.ops import classic
+
+  assert len({type(r) for r in classic.RECORDS}) == len(classic.RECORDS) == 5
+  found = {name: _reads_a_kind((OPS / name).read_text()) for name in ("classic.py", "_kinds.py")}
+  assert {k: v for k, v in found.items() if v} == {}
+  assert _reads_a_kind('if self.name == "loss":\n  pass\n')
+  assert _reads_a_kind('if spec.kind in ("dense", "layer"):\n  pass\n')
+  assert not _reads_a_kind('if spec.name == "softmax":\n  pass\n')  # an activation's name
+
+
 @pytest.mark.parametrize("record", kinds.RECORDS, ids=lambda r: r.name)
 def test_a_kind_draws_the_same_case_from_the_same_label(record):
   spec = _spec(record)

@@ -1,4 +1,6 @@
-"""The five ops, their inputs, bpref's answer on them and the magnitude bound of every output.
+"""The five classic ops, their inputs, bpref's answer on them and the magnitude bound of every
+output: one function per kind for each part (``draw_dense``, ``dense_truth``, ...), each called
+by the kind's record in ``bpref.oracle.ops.classic``.
 
 Each op is one Jacobian-transpose product of the backward pass (rows are examples):
 
@@ -88,20 +90,18 @@ def _rng(spec: OpSpec, label: Label) -> np.random.Generator:
                                 KINDS.index(spec.kind)])
 
 
-def families(spec: OpSpec) -> tuple:
-  """The value families searched for this op."""
-  if spec.kind == "dense":
-    return ("plain", "normal", "spread", "kink", "huge", "tiny", "limit", "limit_tiny")
-  if spec.kind == "activation":
-    base = ("plain", "normal", "spread", "kink", "saturated", "huge", "tiny")
-    if spec.name in PIECEWISE_LINEAR:
-      base += ("limit",) + (("limit_tiny",) if spec.takes == "z" else ())
-    return base
-  if spec.kind == "softmax":
-    return ("plain", "normal", "spread", "kink", "saturated", "huge")
-  if spec.kind == "loss":
-    return ("plain", "normal", "spread", "kink", "saturated", "huge")
-  return ("plain", "normal", "spread", "kink", "saturated", "tiny")
+DENSE_FAMILIES = ("plain", "normal", "spread", "kink", "huge", "tiny", "limit", "limit_tiny")
+LAYER_FAMILIES = ("plain", "normal", "spread", "kink", "saturated", "tiny")
+SOFTMAX_FAMILIES = LOSS_FAMILIES = ("plain", "normal", "spread", "kink", "saturated", "huge")
+"""The value families searched for each kind, plainest first (an activation's: ``activation_families``)."""
+
+
+def activation_families(spec: OpSpec) -> tuple:
+  """An activation's families: the float32 limits too for a piecewise-linear one."""
+  base = ("plain", "normal", "spread", "kink", "saturated", "huge", "tiny")
+  if spec.name in PIECEWISE_LINEAR:
+    base += ("limit",) + (("limit_tiny",) if spec.takes == "z" else ())
+  return base
 
 
 def _entries(rng, shape, family, dtype, role):
@@ -141,61 +141,72 @@ def _entries(rng, shape, family, dtype, role):
   raise ValueError(f"unknown value family {family!r}")
 
 
-def draw(spec: OpSpec, label: Label) -> dict:
-  """The primary arrays of the case named ``label``."""
-  rng = _rng(spec, label)
-  fam, dt = label.family, spec.dtype
+def draw_dense(spec: OpSpec, label: Label) -> dict:
+  """The primary arrays of a dense op's case named ``label``."""
+  rng, fam, dt = _rng(spec, label), label.family, spec.dtype
+  B, n_in, n_out = label.dims
+  weight_family = {"limit": "limit_w", "limit_tiny": "limit_tiny_w"}.get(fam, fam)
+  arrays = {"x": _entries(rng, (B, n_in), fam, dt, "product"),
+            "W": _weights(rng, (n_out, n_in), weight_family, dt),
+            "dout": _entries(rng, (B, n_out), fam, dt, "product")}
+  if spec.bias:
+    arrays["b"] = _entries(rng, (n_out,), fam, dt, "product")
+  return arrays
+
+
+def draw_layer(spec: OpSpec, label: Label) -> dict:
+  """The primary arrays of a layer's case: x of the family, weights and dout moderate."""
+  rng, fam, dt = _rng(spec, label), label.family, spec.dtype
+  B, n_in, n_out = label.dims
+  x_family = "normal" if fam in ("kink", "saturated") else fam
+  arrays = {"x": _entries(rng, (B, n_in), x_family, dt, "product")}
+  W = _entries(rng, (n_out, n_in), "plain" if fam == "plain" else "normal", dt, "small")
+  if fam == "saturated":
+    W = W * 20.0 / math.sqrt(n_in)
+  arrays["W"] = W
+  arrays["dout"] = _entries(rng, (B, n_out), "plain" if fam == "plain" else "normal", dt, "product")
+  if spec.bias:
+    arrays["b"] = _entries(rng, (n_out,), "plain" if fam == "plain" else "normal", dt, "small")
+  if fam == "kink":  # unit 0 (and every third) gets z = 0 exactly: a zero row of W and b
+    rows = np.arange(n_out) % 3 == 0
+    arrays["W"][rows] = 0.0
+    if spec.bias:
+      arrays["b"][rows] = 0.0
+  return arrays
+
+
+def draw_pointwise(spec: OpSpec, label: Label) -> dict:
+  """The primary arrays of an activation's or a softmax's case: z of the family and dout."""
+  rng, fam, dt = _rng(spec, label), label.family, spec.dtype
+  B, n = label.dims
+  z = _entries(rng, (B, n), fam, dt, "z")
+  return {"z": z, "dout": _entries(rng, (B, n), "plain" if fam == "plain" else "normal", dt, "product")}
+
+
+def draw_loss(spec: OpSpec, label: Label) -> dict:
+  """The primary arrays of a loss's case: y and t, or logits z with targets or labels."""
+  rng, fam, dt = _rng(spec, label), label.family, spec.dtype
+  B, K = label.dims
   arrays = {}
-  if spec.kind in ("dense", "layer"):
-    B, n_in, n_out = label.dims
-    if spec.kind == "dense":
-      weight_family = {"limit": "limit_w", "limit_tiny": "limit_tiny_w"}.get(fam, fam)
-      arrays["x"] = _entries(rng, (B, n_in), fam, dt, "product")
-      arrays["W"] = _weights(rng, (n_out, n_in), weight_family, dt)
-      arrays["dout"] = _entries(rng, (B, n_out), fam, dt, "product")
-      if spec.bias:
-        arrays["b"] = _entries(rng, (n_out,), fam, dt, "product")
-    else:
-      x_family = "normal" if fam in ("kink", "saturated") else fam
-      arrays["x"] = _entries(rng, (B, n_in), x_family, dt, "product")
-      W = _entries(rng, (n_out, n_in), "plain" if fam == "plain" else "normal", dt, "small")
-      if fam == "saturated":
-        W = W * 20.0 / math.sqrt(n_in)
-      arrays["W"] = W
-      arrays["dout"] = _entries(rng, (B, n_out), "plain" if fam == "plain" else "normal", dt,
-                                "product")
-      if spec.bias:
-        arrays["b"] = _entries(rng, (n_out,), "plain" if fam == "plain" else "normal", dt, "small")
-      if fam == "kink":  # unit 0 (and every third) gets z = 0 exactly: a zero row of W and b
-        rows = np.arange(n_out) % 3 == 0
-        arrays["W"][rows] = 0.0
-        if spec.bias:
-          arrays["b"][rows] = 0.0
-  elif spec.kind in ("activation", "softmax"):
-    B, n = label.dims
-    arrays["z"] = _entries(rng, (B, n), fam, dt, "z")
-    arrays["dout"] = _entries(rng, (B, n), "plain" if fam == "plain" else "normal", dt, "product")
+  if spec.name in REGRESSION:
+    arrays["y"] = _entries(rng, (B, K), fam, dt, "product" if fam != "huge" else "z")
+    arrays["t"] = _entries(rng, (B, K), "plain" if fam == "plain" else "normal", dt, "product")
+    if fam == "kink" and spec.name == "huber":  # |y - t| = 1 exactly, huber's joint
+      arrays["t"] = arrays["y"] - np.where(rng.random((B, K)) < 0.5, 1.0, -1.0)
+    elif fam == "kink":
+      arrays["t"] = np.where(rng.random((B, K)) < 0.4, arrays["y"], arrays["t"])
   else:
-    B, K = label.dims
-    if spec.name in REGRESSION:
-      arrays["y"] = _entries(rng, (B, K), fam, dt, "product" if fam != "huge" else "z")
-      arrays["t"] = _entries(rng, (B, K), "plain" if fam == "plain" else "normal", dt, "product")
-      if fam == "kink" and spec.name == "huber":  # |y - t| = 1 exactly, huber's joint
-        arrays["t"] = arrays["y"] - np.where(rng.random((B, K)) < 0.5, 1.0, -1.0)
-      elif fam == "kink":
-        arrays["t"] = np.where(rng.random((B, K)) < 0.4, arrays["y"], arrays["t"])
+    arrays["z"] = _entries(rng, (B, K), fam, dt, "z")
+    if spec.targets == "labels":
+      arrays["labels"] = rng.integers(0, K, size=B).astype(np.float64)
+    elif spec.name in SOFTMAX_LOSSES:
+      r = rng.random((B, K)) + (fam == "plain")
+      if fam == "kink":
+        r[:, 1:] = 0.0  # one-hot rows
+      arrays["t"] = r / r.sum(axis=1, keepdims=True)
     else:
-      arrays["z"] = _entries(rng, (B, K), fam, dt, "z")
-      if spec.targets == "labels":
-        arrays["labels"] = rng.integers(0, K, size=B).astype(np.float64)
-      elif spec.name in SOFTMAX_LOSSES:
-        r = rng.random((B, K)) + (fam == "plain")
-        if fam == "kink":
-          r[:, 1:] = 0.0  # one-hot rows
-        arrays["t"] = r / r.sum(axis=1, keepdims=True)
-      else:
-        arrays["t"] = (rng.integers(0, 2, (B, K)).astype(np.float64) if fam in ("plain", "kink")
-                       else rng.random((B, K)))
+      arrays["t"] = (rng.integers(0, 2, (B, K)).astype(np.float64) if fam in ("plain", "kink")
+                     else rng.random((B, K)))
   return arrays
 
 
@@ -216,31 +227,16 @@ def loss_input(spec: OpSpec) -> str:
   return "z" if spec.takes == "logits" else "y"
 
 
-PRIMARY = {
-    "dense": ("x", "W", "b", "dout"),
-    "layer": ("x", "W", "b", "dout"),
-    "activation": ("z", "dout"),
-    "softmax": ("z", "dout"),
-    "loss": ("y", "z", "t", "labels"),
-}
-
-
-def derive(spec: OpSpec, arrays: dict) -> dict:
-  """The primary arrays with the derived ones added: a = f(z), y = softmax(z) or sigmoid(z)
-  in the candidate's dtype where the candidate is handed them, one-hot t from labels."""
-  out = {k: v for k, v in arrays.items() if k in PRIMARY[spec.kind]}
-  dt = spec.dtype
-  if spec.kind == "activation" and spec.takes == "a":
-    out["a"] = exact(forward_activation(spec.name, out["z"]), dt)
-  if spec.kind == "softmax" and spec.takes == "y":
-    out["y"] = exact(forward_activation("softmax", out["z"]), dt)
-  if spec.kind == "loss":
-    if "labels" in out:
-      K = out["z"].shape[1]
-      out["t"] = (out["labels"][:, None] == np.arange(K)[None, :]).astype(np.float64)
-    if spec.name not in REGRESSION and loss_input(spec) == "y":  # probabilities from the logits
-      f = "softmax" if spec.name in SOFTMAX_LOSSES else "sigmoid"
-      out["y"] = exact(forward_activation(f, out["z"]), dt)
+def derive_loss(spec: OpSpec, arrays: dict) -> dict:
+  """A loss's primary arrays with one-hot t from labels, and the probabilities y = softmax(z)
+  or sigmoid(z) in the candidate's dtype where the candidate is handed them."""
+  out = dict(arrays)
+  if "labels" in out:
+    K = out["z"].shape[1]
+    out["t"] = (out["labels"][:, None] == np.arange(K)[None, :]).astype(np.float64)
+  if spec.name not in REGRESSION and loss_input(spec) == "y":  # probabilities from the logits
+    f = "softmax" if spec.name in SOFTMAX_LOSSES else "sigmoid"
+    out["y"] = exact(forward_activation(f, out["z"]), spec.dtype)
   return out
 
 
@@ -321,17 +317,17 @@ def rho_second(name: str, z, a) -> np.ndarray:
 
 # ---------------------------------------------------------------- the truth of one case
 
-def output_names(spec: OpSpec) -> tuple:
-  if spec.kind in ("dense", "layer"):
-    return ("dx", "dW", "db") if spec.bias else ("dx", "dW")
-  if spec.kind == "loss":
-    return ("dz",) if fused(spec) else ("dy",)
-  return ("dz",)
+def dense_outputs(spec: OpSpec) -> tuple:
+  return ("dx", "dW", "db") if spec.bias else ("dx", "dW")
+
+
+def loss_outputs(spec: OpSpec) -> tuple:
+  return ("dz",) if fused(spec) else ("dy",)
 
 
 def fused(spec: OpSpec) -> bool:
   """Whether a loss candidate returns the fused dC/dz (takes logits or probs)."""
-  return spec.kind == "loss" and spec.takes in ("logits", "probs")
+  return spec.takes in ("logits", "probs")
 
 
 def _softmax_bounds(y, g, s):
@@ -342,83 +338,96 @@ def _softmax_bounds(y, g, s):
           + y * (ag + np.sum(ag * y, axis=-1, keepdims=True)))
 
 
-def compute(spec: OpSpec, case: OpCase, name: str | None = None) -> OpTruth:
-  """bpref's answer on ``case`` with its bounds; ``name`` overrides the activation (gelu's twin)."""
-  arr = case.arrays
-  u, floor = unit_and_floor(spec.dtype)
-  name = name or spec.name
-  if spec.kind == "dense":
-    x, W, dout = arr["x"], arr["W"], arr["dout"]
-    B, n_in = x.shape
-    n_out = W.shape[0]
-    dx, dW, db = dense_products(x, W, dout)
-    expected = {"dx": dx, "dW": dW, "db": db}
-    ad = np.abs(dout)
-    bounds = {"dx": ad @ np.abs(W) + n_out * floor, "dW": ad.T @ np.abs(x) + B * floor,
-              "db": ad.sum(axis=0) + B * floor}
-    b = arr.get("b")
-    forward = x @ W.T + (0.0 if b is None else b[None, :])  # (7)
-    forward_bound = np.abs(x) @ np.abs(W).T + (0.0 if b is None else np.abs(b)) + n_in * floor
-    k = max(B, n_in, n_out)
-    zz = aa = None
-  elif spec.kind == "layer":
-    x, W, dout = arr["x"], arr["W"], arr["dout"]
-    b = arr.get("b")
-    B, n_in = x.shape
-    n_out = W.shape[0]
-    zz = x @ W.T + (0.0 if b is None else b[None, :])  # (7)
-    Z = np.abs(x) @ np.abs(W).T + (0.0 if b is None else np.abs(b)[None, :])
-    aa = forward_activation(name, zz)  # (8)
-    delta = activation_vjp(name, zz, aa, dout)  # (34): delta = dout f'(z)
-    dx, dW, db = dense_products(x, W, delta)  # (26), (39)
-    expected = {"dx": dx, "dW": dW, "db": db}
-    s = np.maximum(1.0, Z)
-    if name == "softmax":
-      D = _softmax_bounds(aa, dout, s) + n_out * floor
-      forward_bound = aa * (s + np.sum(aa * s, axis=-1, keepdims=True)) + floor
-    else:
-      abs_df = np.abs(df(name, zz))
-      rho_f = rho(name, zz, aa)
-      # phi_f + |f''| s = rho_f + |f''| (s - 1): only the |f''| part scales with the terms Z
-      D = np.abs(dout) * (abs_df + rho_f + rho_second(name, zz, aa) * (s - 1) + floor) + floor
-      forward_bound = np.abs(aa) + (abs_df + rho_f) * Z + floor
-    bounds = {"dx": D @ np.abs(W) + n_out * floor, "dW": D.T @ np.abs(x) + B * floor,
-              "db": D.sum(axis=0) + B * floor}
-    forward = aa
-    k = max(B, n_in, n_out)
-  elif spec.kind in ("activation", "softmax"):
-    act = "softmax" if spec.kind == "softmax" else name
-    zz, dout = arr["z"], arr["dout"]
-    if spec.kind == "softmax":
-      aa = arr["y"] if spec.takes == "y" else forward_activation("softmax", zz)
-      s = np.ones_like(zz) if spec.takes == "y" else np.maximum(1.0, np.abs(zz))
-      expected = {"dz": activation_vjp("softmax", zz, aa, dout)}  # y * (dout - <dout, y>)
-      bounds = {"dz": _softmax_bounds(aa, dout, s) + zz.shape[1] * floor}
-      forward_bound = aa * (s + np.sum(aa * s, axis=-1, keepdims=True)) + floor
-      k = zz.shape[1]
-    else:
-      aa = forward_activation(act, zz)
-      expected = {"dz": activation_vjp(act, zz, aa, dout)}  # (34): dout * f'(z)
-      abs_df = np.abs(df(act, zz))
-      rho_f = rho(act, zz, aa)
-      s = np.maximum(1.0, np.abs(zz)) if spec.takes == "z" else np.ones_like(zz)
-      # M_dz: phi_f + |f''| s = rho_f + |f''| (s - 1), only the |f''| part scales with |z|
-      bounds = {"dz": np.abs(dout) * (abs_df + rho_f + rho_second(act, zz, aa) * (s - 1) + floor)
-                + floor}
-      forward_bound = np.abs(aa) + (abs_df + rho_f) * np.abs(zz) + floor
-      k = 1
-    forward = aa
-  else:
-    return _loss_truth(spec, case, u, floor)
-  tol = _tolerance.tolerance(spec.dtype, depth=1, inner=k)
+def _op_truth(spec, expected, bounds, forward, forward_bound, k, z=None, a=None) -> OpTruth:
+  """bpref's answer and bounds with (T) of one sum of ``k`` terms; db dropped without a bias."""
   if not spec.bias and "db" in expected:
     expected.pop("db"), bounds.pop("db")
+  tol = _tolerance.tolerance(spec.dtype, depth=1, inner=k)
   ftol = _tolerance.forward_tolerance(spec.dtype, depth=1, inner=k)
-  return OpTruth(expected, bounds, tol, None, 0.0, forward, forward_bound, ftol, zz, aa)
+  return OpTruth(expected, bounds, tol, None, 0.0, forward, forward_bound, ftol, z, a)
 
 
-def _loss_truth(spec, case, u, floor) -> OpTruth:
+def dense_truth(spec: OpSpec, case: OpCase) -> OpTruth:
+  """bpref's (dx, dW, db) of a dense op on ``case``, with their bounds and the forward z."""
   arr = case.arrays
+  _, floor = unit_and_floor(spec.dtype)
+  x, W, dout = arr["x"], arr["W"], arr["dout"]
+  B, n_in = x.shape
+  n_out = W.shape[0]
+  dx, dW, db = dense_products(x, W, dout)
+  ad = np.abs(dout)
+  bounds = {"dx": ad @ np.abs(W) + n_out * floor, "dW": ad.T @ np.abs(x) + B * floor,
+            "db": ad.sum(axis=0) + B * floor}
+  b = arr.get("b")
+  forward = x @ W.T + (0.0 if b is None else b[None, :])  # (7)
+  forward_bound = np.abs(x) @ np.abs(W).T + (0.0 if b is None else np.abs(b)) + n_in * floor
+  return _op_truth(spec, {"dx": dx, "dW": dW, "db": db}, bounds, forward, forward_bound,
+                max(B, n_in, n_out))
+
+
+def layer_truth(spec: OpSpec, case: OpCase, name: str) -> OpTruth:
+  """bpref's (dx, dW, db) of a layer with activation ``name`` (34), (26), (39), with bounds."""
+  arr = case.arrays
+  _, floor = unit_and_floor(spec.dtype)
+  x, W, dout = arr["x"], arr["W"], arr["dout"]
+  b = arr.get("b")
+  B, n_in = x.shape
+  n_out = W.shape[0]
+  zz = x @ W.T + (0.0 if b is None else b[None, :])  # (7)
+  Z = np.abs(x) @ np.abs(W).T + (0.0 if b is None else np.abs(b)[None, :])
+  aa = forward_activation(name, zz)  # (8)
+  delta = activation_vjp(name, zz, aa, dout)  # (34): delta = dout f'(z)
+  dx, dW, db = dense_products(x, W, delta)  # (26), (39)
+  s = np.maximum(1.0, Z)
+  if name == "softmax":
+    D = _softmax_bounds(aa, dout, s) + n_out * floor
+    forward_bound = aa * (s + np.sum(aa * s, axis=-1, keepdims=True)) + floor
+  else:
+    abs_df = np.abs(df(name, zz))
+    rho_f = rho(name, zz, aa)
+    # phi_f + |f''| s = rho_f + |f''| (s - 1): only the |f''| part scales with the terms Z
+    D = np.abs(dout) * (abs_df + rho_f + rho_second(name, zz, aa) * (s - 1) + floor) + floor
+    forward_bound = np.abs(aa) + (abs_df + rho_f) * Z + floor
+  bounds = {"dx": D @ np.abs(W) + n_out * floor, "dW": D.T @ np.abs(x) + B * floor,
+            "db": D.sum(axis=0) + B * floor}
+  return _op_truth(spec, {"dx": dx, "dW": dW, "db": db}, bounds, aa, forward_bound,
+                max(B, n_in, n_out), zz, aa)
+
+
+def softmax_truth(spec: OpSpec, case: OpCase) -> OpTruth:
+  """bpref's dz = y * (dout - <dout, y>) of a softmax, with its bound."""
+  arr = case.arrays
+  _, floor = unit_and_floor(spec.dtype)
+  zz, dout = arr["z"], arr["dout"]
+  aa = arr["y"] if spec.takes == "y" else forward_activation("softmax", zz)
+  s = np.ones_like(zz) if spec.takes == "y" else np.maximum(1.0, np.abs(zz))
+  expected = {"dz": activation_vjp("softmax", zz, aa, dout)}  # y * (dout - <dout, y>)
+  bounds = {"dz": _softmax_bounds(aa, dout, s) + zz.shape[1] * floor}
+  forward_bound = aa * (s + np.sum(aa * s, axis=-1, keepdims=True)) + floor
+  return _op_truth(spec, expected, bounds, aa, forward_bound, zz.shape[1], zz, aa)
+
+
+def activation_truth(spec: OpSpec, case: OpCase, name: str) -> OpTruth:
+  """bpref's dz = dout * f'(z) (34) of the elementwise activation ``name``, with its bound."""
+  arr = case.arrays
+  _, floor = unit_and_floor(spec.dtype)
+  zz, dout = arr["z"], arr["dout"]
+  aa = forward_activation(name, zz)
+  expected = {"dz": activation_vjp(name, zz, aa, dout)}  # (34): dout * f'(z)
+  abs_df = np.abs(df(name, zz))
+  rho_f = rho(name, zz, aa)
+  s = np.maximum(1.0, np.abs(zz)) if spec.takes == "z" else np.ones_like(zz)
+  # M_dz: phi_f + |f''| s = rho_f + |f''| (s - 1), only the |f''| part scales with |z|
+  bounds = {"dz": np.abs(dout) * (abs_df + rho_f + rho_second(name, zz, aa) * (s - 1) + floor)
+            + floor}
+  forward_bound = np.abs(aa) + (abs_df + rho_f) * np.abs(zz) + floor
+  return _op_truth(spec, expected, bounds, aa, forward_bound, 1, zz, aa)
+
+
+def loss_truth(spec: OpSpec, case: OpCase) -> OpTruth:
+  """bpref's dC/dy, or the fused dC/dz on logits, of a loss reduced over the batch; its value."""
+  arr = case.arrays
+  _, floor = unit_and_floor(spec.dtype)
   name = spec.name
   t = arr["t"]
   B, K = t.shape

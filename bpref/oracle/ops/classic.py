@@ -1,13 +1,13 @@
-"""The five classic op kinds as records: dense, activation, softmax, loss and layer.
+"""The five classic op kinds, each a record: dense, activation, softmax, loss and layer.
 
-Their values and bpref's answer on them are in ``bpref.oracle.ops._kinds``; this module gives
-the engine what it asks of a record (``bpref.oracle.ops.record.OpKind``): the options each kind
-takes, the candidate's arguments in bpref's and CS231n's signatures, the returns, the convention
-notes (gelu's tanh form, softplus's threshold, kink values) and the bug models of the diagnosis
-(f' at a instead of z, a textbook form of f' from ``bpref.oracle.forms`` fed z, f' missing, a
-derivative wrong on one side of a kink, the softmax Jacobian's diagonal only, dW transposed, the
-first example's term in place of a sum over the batch, a fused loss form where dC/dy was asked
-for, ...).
+Their values and bpref's answer on them are in ``bpref.oracle.ops._kinds``, one function per kind;
+this module gives the engine what it asks of a record (``bpref.oracle.ops.record.OpKind``): the
+options each kind takes, the candidate's arguments in bpref's and CS231n's signatures, the returns,
+the convention notes (gelu's tanh form, softplus's threshold, kink values) and the bug models of
+the diagnosis (f' at a instead of z, a textbook form of f' from ``bpref.oracle.forms`` fed z, f'
+missing, a derivative wrong on one side of a kink, the softmax Jacobian's diagonal only, dW
+transposed, the first example's term in place of a sum over the batch, a fused loss form where
+dC/dy was asked for, ...).
 """
 
 from __future__ import annotations
@@ -20,10 +20,7 @@ from bpref.oracle import forms as _forms
 from bpref.oracle import judge as _network_judge
 from bpref.oracle.diagnosis import FIT_SLACK, Finding
 from bpref.oracle.ops import _kinds
-from bpref.oracle.ops.record import Label, Malformed, Model, OpKind, error
-
-FORWARD_NAMES = {"dense": "z = x W^T + b", "layer": "a = f(x W^T + b)", "activation": "a = f(z)",
-                 "softmax": "y = softmax(z)", "loss": "the loss C"}
+from bpref.oracle.ops.record import Label, Malformed, Model, OpKind, error, exact
 
 
 GELU_TWINS = {"gelu": "gelu_tanh", "gelu_tanh": "gelu"}
@@ -37,48 +34,6 @@ GELU_NOTE = {
     "gelu_tanh": ("convention note: the candidate computes the exact gelu z Phi(z) (erf), not the tanh "
                   "approximation gelu_tanh; check it as gelu to hold it to its own form"),
 }
-
-
-def candidate_args(spec, case) -> tuple:
-  """The arguments of one call, fresh copies in the candidate's dtype, layout and signature."""
-  args = _bpref_args(spec, case)
-  if spec.signature == "cs231n":  # (dout, cache)
-    if spec.kind == "activation":
-      return (args[1], args[0])
-    x, W, b = args[:3]  # W in the in_out layout, as make_spec requires for this signature
-    cache = (x, W, b) if spec.kind == "dense" else ((x, W, b), x @ W + (0 if b is None else b))
-    return (args[3], cache)
-  return args
-
-
-def _bpref_args(spec, case) -> tuple:
-  arr, dt = case.arrays, np.dtype(spec.dtype)
-  if spec.kind in ("dense", "layer"):
-    W = arr["W"].T if spec.layout == "in_out" else arr["W"]
-    b = arr.get("b")
-    return (arr["x"].astype(dt), np.array(W, dt), None if b is None else b.astype(dt),
-            arr["dout"].astype(dt))
-  if spec.kind == "activation":
-    return (arr["a" if spec.takes == "a" else "z"].astype(dt), arr["dout"].astype(dt))
-  if spec.kind == "softmax":
-    return (arr["y" if spec.takes == "y" else "z"].astype(dt), arr["dout"].astype(dt))
-  first = arr[_kinds.loss_input(spec)].astype(dt)
-  if spec.targets == "labels":
-    return (first, arr["labels"].astype(np.int64))
-  return (first, arr["t"].astype(dt))
-
-
-def forward_args(spec, case) -> tuple:
-  args = _bpref_args(spec, case)
-  if spec.kind in ("dense", "layer"):
-    return args[:3]
-  if spec.kind == "loss":
-    return args
-  return (case.arrays["z"].astype(np.dtype(spec.dtype)),)
-
-
-ARG_NAMES = {"dense": ("x", "W", "b", "dout"), "layer": ("x", "W", "b", "dout"),
-             "activation": ("z or a", "dout"), "softmax": ("z or y", "dout"), "loss": ("y", "t")}
 
 
 def _shape_findings(spec, case, name, got, want) -> tuple:
@@ -123,17 +78,18 @@ SOFTPLUS_NOTE = ("convention note: the candidate's softplus is linear for z > 20
                  "1 - exp(-z) (at most 2e-9 from 1)")
 
 
-def convention(spec, case, truth, outputs) -> str:
-  """A note naming the convention the candidate follows, when that is the only difference."""
-  name = spec.name if spec.kind in ("activation", "layer") else None
+def _activation_convention(record, spec, case, truth, outputs) -> str:
+  """A note naming the convention an activation's or a layer's candidate follows, when that is
+  the only difference: gelu's other form, torch's softplus threshold, another subgradient."""
+  name = spec.name
   if name in GELU_TWINS:
-    twin = _kinds.compute(spec, case, name=GELU_TWINS[name])
+    twin = record.compute(spec, case, GELU_TWINS[name])
     if all(error(outputs[k], twin.expected[k], np.maximum(truth.bounds[k], twin.bounds[k]))
            <= truth.tol for k in outputs):
       return GELU_NOTE[name]
   if name == "softplus" and truth.z is not None and np.any(truth.z > SOFTPLUS_THRESHOLD):
     df = np.where(truth.z > SOFTPLUS_THRESHOLD, 1.0, _kinds.df(name, truth.z))
-    alt = from_delta(spec, case, case.arrays["dout"] * df)
+    alt = record.from_delta(spec, case, case.arrays["dout"] * df)
     if all(error(outputs[k], alt[k], truth.bounds[k]) <= truth.tol for k in outputs):
       return SOFTPLUS_NOTE
   if name not in _network_judge.KINK_CONVENTIONS or truth.z is None or not np.any(truth.z == 0):
@@ -141,22 +97,19 @@ def convention(spec, case, truth, outputs) -> str:
   options = _network_judge.KINK_CONVENTIONS[name]
   for value, text in options[1:]:
     df = np.where(truth.z == 0, value, _kinds.df(name, truth.z))
-    alt = from_delta(spec, case, case.arrays["dout"] * df)
+    alt = record.from_delta(spec, case, case.arrays["dout"] * df)
     if all(error(outputs[k], alt[k], truth.bounds[k]) <= truth.tol for k in outputs):
       return (f"convention note: at exact kinks the candidate uses {text}, bpref uses "
               f"{options[0][1]}; both are valid subgradients")
   return ""
 
 
-def from_delta(spec, case, delta) -> dict:
-  """The outputs that follow from delta = dC/dz: dz itself, or a layer's delta W, delta^T x, sum_b delta."""
-  if spec.kind in ("activation", "softmax"):
-    return {"dz": delta}
-  arr = case.arrays
-  out = {"dx": delta @ arr["W"], "dW": delta.T @ arr["x"]}  # (26), (39)
-  if spec.bias:
-    out["db"] = delta.sum(axis=0)
-  return out
+def _activation_name(record, spec) -> None:
+  """ValueError unless ``spec.name`` is one of bpref's activations."""
+  if spec.name is None:
+    raise ValueError(f"an op of kind {record.name!r} needs the activation's name: name='relu', "
+                     f"say; valid names: {', '.join(_activations.ACTIVATIONS)}")
+  _activations.get(spec.name)
 
 
 def _softmax_rows(z, axis=-1):
@@ -188,7 +141,7 @@ def _elementwise_models(spec, case, truth):
   a = truth.a
   out = [("fprime_at_a", f"the derivative is taken at a = {name}(z), not at z: f'(a) in place of f'(z)",
           _kinds.df(name, a))]
-  handed_a = spec.kind == "activation" and spec.takes == "a"
+  handed_a = spec.takes == "a"  # an activation handed a (a layer takes x)
   for form in _forms.of(name):  # the known wrong forms of f', bpref.oracle.forms
     if form.variable == "a" or not handed_a:  # a candidate handed a computes no form of z
       out.append(("activation_derivative", form.summary(),
@@ -223,30 +176,11 @@ def _softmax_models(z, y, dout):
   ]
 
 
-def models(spec, case, truth) -> list:
-  """(code, summary, {output: array}) bug models for this case; each changes one thing."""
-  arr = case.arrays
-  out = []
-  if spec.kind in ("activation", "layer") and spec.name != "softmax":
-    dout = arr["dout"]
-    for code, summary, df in _elementwise_models(spec, case, truth):
-      out.append((code, summary, from_delta(spec, case, dout * df)))
-  if spec.kind == "softmax" or (spec.kind == "layer" and spec.name == "softmax"):
-    y = truth.a if spec.kind == "layer" or spec.takes == "z" else arr["y"]
-    for code, summary, delta in _softmax_models(truth.z, y, arr["dout"]):
-      out.append((code, summary, from_delta(spec, case, delta)))
-  if spec.kind in ("dense", "layer"):
-    out += _dense_models(spec, case, truth)
-  if spec.kind == "loss":
-    out += _loss_models(spec, case, truth)
-  return out
-
-
-def _dense_models(spec, case, truth):
+def _dense_models(spec, case, truth, delta, layer: bool):
+  """A dense op's or a layer's bug models, from its delta = dC/dz (dout for a dense op)."""
   arr = case.arrays
   x, W = arr["x"], arr["W"]
   e = truth.expected
-  delta = arr["dout"] if spec.kind == "dense" else _delta(spec, case, truth)
   B = x.shape[0]
   out = []
   io = spec.layout == "in_out"  # the formulas in the candidate's layout: W (n_in, n_out) there
@@ -267,11 +201,11 @@ def _dense_models(spec, case, truth):
                 {"dW": e["dW"].T}))
     out.append(("transposed", f"dx uses the transpose of W: the layout of W confused, {wrong_dx} "
                 f"in place of {right_dx} (26)", {"dx": delta @ W.T}))
-    if spec.kind == "layer":
+    if layer:
       wrong = "a^T delta in place of x^T delta" if io else "delta^T a in place of delta^T x"
       out.append(("dW_from_output", "dW is built from the layer's output a, not its input x: "
                   + wrong, {"dW": delta.T @ truth.a}))
-  if spec.kind == "layer" and spec.name != "softmax":
+  if layer and spec.name != "softmax":
     out.append(("fprime_missing", f"dx skips {spec.name}': {right_dx} in place of "
                 f"{right_dx.replace('dout', 'delta')} (dW and db right)", {"dx": arr["dout"] @ W}))
   if B > 1:
@@ -289,11 +223,6 @@ def _dense_models(spec, case, truth):
   return out
 
 
-def _delta(spec, case, truth):
-  """bpref's delta = dout f'(z) of a layer (34)."""
-  return _kinds.activation_vjp(spec.name, truth.z, truth.a, case.arrays["dout"])
-
-
 def _loss_models(spec, case, truth):
   arr = case.arrays
   t = arr["t"]
@@ -301,7 +230,7 @@ def _loss_models(spec, case, truth):
   scale = 1.0 / B if spec.reduction == "mean" else 1.0
   name = spec.name
   out = []
-  out_name = _kinds.output_names(spec)[0]
+  out_name = _kinds.loss_outputs(spec)[0]
   if name in ("cross_entropy", "binary_cross_entropy"):
     z = arr["z"]
     y = _softmax_rows(z) if name == "cross_entropy" else 1 / (1 + np.exp(-z))
@@ -326,10 +255,6 @@ def _loss_models(spec, case, truth):
   return out
 
 
-_RETURNS = {"dense": "(dx, dW, db)", "layer": "(dx, dW, db)", "activation": "dz = dout * f'(z)",
-            "softmax": "dz = y * (dout - <dout, y>)", "loss": "dC/dy"}
-
-
 def _one_side(spec, minimal) -> list:
   """An elementwise derivative right on one side of 0 and wrong on the other."""
   z, dout = minimal.truth.z, minimal.case.arrays["dout"]
@@ -346,8 +271,6 @@ def _one_side(spec, minimal) -> list:
 
 
 def _implied(spec, minimal) -> str:
-  if spec.kind != "activation":
-    return ""
   dout = minimal.case.arrays["dout"]
   cand = minimal.verdict.outputs["dz"]
   with np.errstate(divide="ignore", invalid="ignore"):
@@ -377,56 +300,42 @@ def _kink_value(spec, minimal) -> list:
 
 # ---------------------------------------------------------------- the records
 
-_CACHE = {"activation": "z", "dense": "(x, W, b)", "layer": "((x, W, b), z)"}
-
-
 class Classic(OpKind):
-  """One of the five classic kinds; ``bpref.oracle.ops._kinds`` holds their values and truth."""
+  """What the five classic kinds share: bpref's and CS231n's signatures, W's two layouts, the
+  case streams, the shapes a candidate returns. Each kind is a record of its own below, its
+  values and bpref's answer in ``bpref.oracle.ops._kinds``."""
 
   signatures = _kinds.SIGNATURES
   layouts = ("out_in", "in_out")
+  dense = False
+  cache = None  # the cache of CS231n's (dout, cache) signature, None where the kind has none
+  primary_names: tuple = ("z", "dout")  # an activation's and a softmax's, as below
+  forward_name = ""
+  returns_text = ""
+  refits_width = False
 
-  def __init__(self, name: str, summary: str):
-    self.name, self.summary = name, summary
-    self.takes = _kinds.TAKES[name]
-    self.names = (tuple(_activations.ACTIVATIONS) if name in ("activation", "layer") else
-                  tuple(_losses.LOSSES) if name == "loss" else ())
-    self.options = {"dense": ("layout", "bias", "signature"), "layer": ("layout", "bias", "signature"),
-                    "activation": ("takes", "strict_conventions", "signature"),
-                    "softmax": ("takes",), "loss": ("takes", "reduction", "targets")}[name]
-    self.forward_name = FORWARD_NAMES[name]
-    self.returns_text = _RETURNS[name]
-    self.dense = name in ("dense", "layer")
-    self.refits_width = name == "loss"  # a mean over the outputs K as well as the batch
+  def __init__(self, summary: str):
+    self.summary = summary
+    self.takes = _kinds.TAKES[self.name]
 
   # ---- options
+  def check_name(self, spec) -> None:
+    """ValueError unless ``spec.name`` is one the kind takes."""
+    if spec.name is not None:
+      raise ValueError(f"an op of kind {self.name!r} takes no name; got name={spec.name!r}")
+
+  def check_takes(self, spec, takes) -> None:
+    """ValueError unless the kind can check a candidate handed ``takes``."""
+
   def validate(self, spec):
     kind, name = self.name, spec.name
-    if kind in ("activation", "layer"):
-      if name is None:
-        raise ValueError(f"an op of kind {kind!r} needs the activation's name: name='relu', say; "
-                         f"valid names: {', '.join(_activations.ACTIVATIONS)}")
-      _activations.get(name)
-    elif kind == "loss":
-      if name is None:
-        raise ValueError(f"an op of kind 'loss' needs the loss's name: name='squared_error', "
-                         f"say; valid names: {', '.join(_losses.LOSSES)}")
-      _losses.get(name)
-    elif name is not None:
-      raise ValueError(f"an op of kind {kind!r} takes no name; got name={name!r}")
-    if kind == "activation" and name == "softmax":
-      raise ValueError("softmax is not elementwise: check it as kind 'softmax', not 'activation'")
+    self.check_name(spec)
     takes = spec.takes or self.takes[0]
     if takes not in self.takes:
       raise ValueError(f"takes={takes!r} is not valid for kind {kind!r}; valid: "
                        f"{', '.join(self.takes)}")
-    if kind == "activation" and takes == "a" and name not in _kinds.A_INVERTIBLE:
-      raise ValueError(f"{name}'(z) is not a function of a = {name}(z), so a candidate cannot "
-                       f"take a; use takes='z' (takes='a' is for {', '.join(_kinds.A_INVERTIBLE)})")
-    if kind == "loss" and takes in ("logits", "probs") and name in _kinds.REGRESSION:
-      raise ValueError(f"takes={takes!r} is for the probability losses "
-                       f"({', '.join(_kinds.SOFTMAX_LOSSES + _kinds.SIGMOID_LOSSES)}); {name} takes y")
-    if spec.targets == "labels" and not (kind == "loss" and name in _kinds.SOFTMAX_LOSSES):
+    self.check_takes(spec, takes)
+    if spec.targets == "labels" and not self.takes_labels(spec):
       raise ValueError(f"targets='labels' (a class index per row) is for the softmax losses "
                        f"({', '.join(_kinds.SOFTMAX_LOSSES)}); got kind {kind!r}"
                        f"{f' {name}' if name else ''}")
@@ -435,7 +344,7 @@ class Classic(OpKind):
                        f"{spec.signature!r}")
     layout = spec.layout or "out_in"
     if spec.signature == "cs231n":
-      if kind not in _CACHE or takes != self.takes[0]:
+      if self.cache is None or takes != self.takes[0]:
         raise ValueError(f"signature='cs231n' is (dout, cache) for kinds activation (cache z), "
                          f"dense (cache (x, W, b)) and layer (cache ((x, W, b), z)); got kind "
                          f"{kind!r}{f' with takes={takes!r}' if takes != self.takes[0] else ''}")
@@ -447,31 +356,28 @@ class Classic(OpKind):
                        f"transpose); got {spec.layout!r}")
     return spec._replace(takes=takes, layout=layout)
 
+  def takes_labels(self, spec) -> bool:
+    """Whether targets='labels' is valid: for the softmax losses alone."""
+    return False
+
   def describe(self, spec):
     what = self.name + (f" {spec.name}" if spec.name else "")
-    extra = [f"takes {spec.takes}", spec.dtype]
-    if self.dense:
-      extra += [f"layout {spec.layout}"] + ([] if spec.bias else ["no bias"])
-    if self.name == "loss":
-      extra += [f"reduction {spec.reduction}", f"targets {spec.targets}"]
-    return f"{what} ({', '.join(extra)})"
+    return f"{what} ({', '.join([f'takes {spec.takes}', spec.dtype] + self.described(spec))})"
+
+  def described(self, spec) -> list:
+    """The kind's own options, in words, for ``describe``."""
+    return []
 
   # ---- cases
   def rng(self, spec, label):
     return np.random.default_rng([label.seed, *label.dims, _kinds.FAMILIES.index(label.family),
                                   _kinds.KINDS.index(self.name)])
 
-  def value_families(self, spec):
-    return _kinds.families(spec)
-
   def searched(self, spec):
     return ("batch 1, one unit, non-square, wide; plain, normal, spread, kink (0 and -0), "
             "saturated, huge, tiny and float32-limit values where the op has them")
 
   def probe_dims(self, spec):
-    if self.dense:
-      return ([(1, 3, 2), (3, 1, 2), (3, 2, 1), (2, 3, 4), (4, 3, 2), (3, 3, 3), (4, 4, 2),
-               (3, 32, 24)], [(2, 3, 4), (3, 3, 3)])
     return [(1, 3), (3, 1), (4, 3), (2, 5), (3, 32)], [(3, 4), (1, 2)]
 
   def random_dims(self, spec, rng):
@@ -480,84 +386,43 @@ class Classic(OpKind):
     return (B,) + widths
 
   def draw(self, spec, label):
-    return _kinds.draw(spec, label)
+    return _kinds.draw_pointwise(spec, label)
 
   def primary(self, spec):
-    return _kinds.PRIMARY[self.name]
+    return self.primary_names
 
   def derive(self, spec, arrays):
-    return _kinds.derive(spec, arrays)
+    """The primary arrays, with those derived from them that the candidate is handed."""
+    return {k: v for k, v in arrays.items() if k in self.primary_names}
 
   def shrinkable(self, spec):
-    names = ("x", "W", "b", "dout", "z", "y")
-    if self.name == "loss" and spec.name in _kinds.REGRESSION:
-      names += ("t",)
-    if self.name == "loss" and spec.targets == "labels":
-      names += ("labels",)
-    if self.name == "loss" and spec.name in _kinds.SIGMOID_LOSSES and spec.targets == "probabilities":
-      names += ("t",)
-    return tuple(n for n in names if n in self.primary(spec))
-
-  def replacements(self, spec, name, value):
-    if name == "labels":
-      return (0.0,) if value != 0 else ()
-    if name == "t" and self.name == "loss" and spec.name in _kinds.SIGMOID_LOSSES:
-      return tuple(v for v in (0.0, 1.0, 0.5) if v != value)
-    return super().replacements(spec, name, value)
+    return tuple(n for n in ("x", "W", "b", "dout", "z", "y") if n in self.primary_names)
 
   # ---- bpref's answer
-  def compute(self, spec, case, variant=None):
-    return _kinds.compute(spec, case, name=variant)
-
   def output_names(self, spec):
-    return _kinds.output_names(spec)
+    return ("dz",)
 
   def twin(self, spec):
-    return GELU_TWINS.get(spec.name) if self.name in ("activation", "layer") else None
+    return None
 
   # ---- the candidate's side
   def arg_names(self, spec):
-    if spec.signature == "cs231n":
-      return ("dout", "cache")
-    if self.name == "loss":
-      return (_kinds.loss_input(spec), "labels" if spec.targets == "labels" else "t")
-    if self.name in ("activation", "softmax"):
-      return (spec.takes, "dout")
-    return ARG_NAMES[self.name]
+    return ("dout", "cache") if spec.signature == "cs231n" else self.own_arg_names(spec)
+
+  def own_arg_names(self, spec):
+    return (spec.takes, "dout")
+
+  def bpref_args(self, spec, case):
+    dt = np.dtype(spec.dtype)
+    return (case.arrays[spec.takes].astype(dt), case.arrays["dout"].astype(dt))
 
   def args(self, spec, case):
-    return candidate_args(spec, case)
+    """The arguments of one call, fresh copies in the candidate's dtype, layout and signature."""
+    args = self.bpref_args(spec, case)
+    return self.cs231n_args(args) if spec.signature == "cs231n" else args
 
   def forward_args(self, spec, case):
-    return forward_args(spec, case)
-
-  def returned(self, spec, case, result):
-    names = self.output_names(spec)
-    if self.dense:
-      if not isinstance(result, list) or len(result) not in (2, 3):
-        what = f"a sequence of {len(result)}" if isinstance(result, list) else type(result).__name__
-        want = "(dx, dW, db)" if spec.bias else "(dx, dW) or (dx, dW, None)"
-        raise Malformed(f"the candidate must return {want}; it returned {what}")
-      if spec.bias and len(result) != 3:
-        raise Malformed("the candidate must return (dx, dW, db); it returned two arrays (pass "
-                        "bias=False for a layer without a bias)")
-      if not spec.bias and len(result) == 3 and result[2] is not None:
-        raise Malformed("the layer has no bias (bias=False), yet the candidate returned a third "
-                        "array db; return (dx, dW) or (dx, dW, None)")
-      return dict(zip(names, result)), None
-    if self.name == "loss" and isinstance(result, list):
-      scalars = [r for r in result if np.ndim(r) == 0]
-      arrays = [r for r in result if np.ndim(r) > 0]
-      if len(result) != 2 or len(scalars) != 1 or len(arrays) != 1:
-        raise Malformed("a loss candidate returns its gradient, or (loss value, gradient); it "
-                        f"returned a sequence of {len(result)}")
-      try:
-        value = float(np.asarray(scalars[0], np.float64))
-      except (TypeError, ValueError):
-        raise Malformed(f"the returned loss value is {type(scalars[0]).__name__}, not a "
-                        "number") from None
-      return {names[0]: arrays[0]}, value
-    return super().returned(spec, case, result)
+    return (case.arrays["z"].astype(np.dtype(spec.dtype)),)
 
   def declared(self, spec, name, value):
     value = np.asarray(value)
@@ -569,109 +434,407 @@ class Classic(OpKind):
     return _shape_findings(spec, case, name, got, want)
 
   def required(self, spec):
-    if self.dense:
-      return ("x", "W", "dout")
-    if self.name in ("activation", "softmax"):
-      return ("z", "dout")
-    first = "y" if spec.name in _kinds.REGRESSION else "z"
-    return (first, "labels" if spec.targets == "labels" else "t")
-
-  def forward_scalar(self, spec) -> bool:
-    return self.name == "loss"
+    return ("z", "dout")
 
   # ---- diagnosis
   def models(self, spec, case, truth):
-    return [Model(*m) for m in models(spec, case, truth)]
+    return [Model(*m) for m in self.bug_models(spec, case, truth)]
 
-  def convention(self, spec, case, truth, outputs):
-    return convention(spec, case, truth, outputs)
+  def from_delta(self, spec, case, delta) -> dict:
+    """The outputs that follow from delta = dC/dz."""
+    return {"dz": delta}
 
-  def last_findings(self, spec, minimal, wrong):
-    found = []
-    if self.name == "activation":
-      found = _kink_value(spec, minimal) or _one_side(spec, minimal)
-    return found or super().last_findings(spec, minimal, wrong)
-
-  def undiagnosed_detail(self, spec, minimal):
-    return _implied(spec, minimal)
-
-  def extra_confirmations(self, spec, label):
-    """A W that is not square, where a transpose and a reshape differ."""
-    if not self.dense:
-      return []
-    B, n = label.dims[0], label.dims[1] + 1
-    return [Label((B + 1, n, n + 1), label.family, label.seed + 4)]
-
-  def rerun_labels(self, spec, verdict_kind):
-    """A candidate that fails to run on a non-square W may run on a square one."""
-    if self.dense and verdict_kind in ("exception", "shape"):
-      return [(Label((2, 3, 3), family, spec.seed), "a square W", "non-square ")
-              for family in ("normal", "plain")]
-    return []
+  def swapped(self, spec) -> tuple | None:
+    """(first, second): the two arguments a candidate may take the other way round, or None."""
+    return (spec.takes, "dout")
 
   def slips(self, spec):
     out = []
-    kind = self.name
-    if self.dense and spec.signature == "bpref":
-      other = "in_out" if spec.layout == "out_in" else "out_in"
-      shape = "(n_in, n_out)" if other == "in_out" else "(n_out, n_in)"
-      out.append(("layout", f"the candidate takes W as {shape}: declare layout={other!r} "
-                  f"(--layout {other})", f"called with W as {shape} and its dW read back the "
-                  "same way, the candidate is right", spec._replace(layout=other)))
     default_takes = spec.takes == self.takes[0]
-    if kind in _CACHE and default_takes and spec.signature == "bpref":
-      also = " and layout='in_out'" if kind != "activation" and spec.layout != "in_out" else ""
+    if self.cache is not None and default_takes and spec.signature == "bpref":
+      also = " and layout='in_out'" if self.dense and spec.layout != "in_out" else ""
       out.append(("signature", f"the candidate takes (dout, cache), as CS231n's layer functions "
                   f"do: pass signature='cs231n'{also} (--signature cs231n)",
-                  f"called as candidate(dout, cache) with cache = {_CACHE[kind]}, the candidate "
+                  f"called as candidate(dout, cache) with cache = {self.cache}, the candidate "
                   "is right", spec._replace(signature="cs231n", layout="in_out")))
     if spec.signature == "cs231n":
-      layouts = (spec.layout,) if kind == "activation" else dict.fromkeys((spec.layout, "out_in"))
+      layouts = dict.fromkeys((spec.layout, "out_in")) if self.dense else (spec.layout,)
       for layout in layouts:
         out.append(("signature", "the candidate takes bpref's argument order, not CS231n's "
                     "(dout, cache): drop signature='cs231n'"
                     + (f" and declare layout={layout!r}" if layout != spec.layout else ""),
                     "called with bpref's argument order, the candidate is right",
                     spec._replace(signature="bpref", layout=layout)))
-    if kind in ("activation", "softmax", "loss") and not (kind == "activation" and default_takes):
-      first = _kinds.loss_input(spec) if kind == "loss" else spec.takes
-      second = "dout" if kind != "loss" else "labels" if spec.targets == "labels" else "t"
+    pair = self.swapped(spec)
+    if pair is not None:
+      first, second = pair
       out.append(("arguments_swapped", f"the candidate takes its arguments the other way round, "
                   f"({second}, {first}): pass lambda {first}, {second}: candidate({second}, "
                   f"{first})", "called with its arguments swapped, the candidate is right",
                   "swapped"))
-    forward = FORWARD_NAMES[kind]
+    forward = self.forward_name
     if spec.layout == "in_out":  # (7) with W of shape (n_in, n_out)
       forward = forward.replace("W^T", "W")
     out.append(("forward_as_backward", f"the candidate computes the forward pass {forward}, not "
-                f"its backward: pass the backward function, which returns {_RETURNS[kind]}",
+                f"its backward: pass the backward function, which returns {self.returns_text}",
                 f"its answer is bpref's forward output {forward}", "forward"))
     return out
 
   # ---- framework candidates
   def framework_call(self, spec, args):
-    if self.dense:
-      x, W, b, dout = args
-      return [x, W, b], [True, True, True], dout
-    if self.name == "loss":
-      y, t = args
-      return [y, t], [True, False], None
     z, dout = args
     return [z], [True], dout
 
   def framework_result(self, spec, grads):
-    if self.dense:
-      return tuple(grads) if spec.bias else (grads[0], grads[1])
     return grads[0]
 
   def call_text(self, spec) -> str:
-    return {"dense": "x, W, b, dout", "layer": "x, W, b, dout", "activation": "arrays['z'], dout",
-            "softmax": "arrays['z'], dout"}.get(self.name, "...")
+    return "arrays['z'], dout"
 
 
-DENSE = Classic("dense", "z = x W^T + b: (dx, dW, db) = (dout W, dout^T x, sum_b dout)")
-ACTIVATION = Classic("activation", "a = f(z), elementwise: dz = dout * f'(z)")
-SOFTMAX = Classic("softmax", "y = softmax(z) by rows: dz = y * (dout - <dout, y>)")
-LOSS = Classic("loss", "C(y, t) reduced over the batch: dC/dy, or the fused dC/dz on logits")
-LAYER = Classic("layer", "a = f(x W^T + b): (dx, dW, db) through delta = dout * f'(z)")
+class Dense(Classic):
+  """z = x W^T + b (7): (dx, dW, db) = (dout W, dout^T x, sum_b dout), (26) and (39)."""
+
+  name = "dense"
+  options = ("layout", "bias", "signature")
+  dense = True
+  cache = "(x, W, b)"
+  primary_names = ("x", "W", "b", "dout")
+  forward_name = "z = x W^T + b"
+  returns_text = "(dx, dW, db)"
+  families = _kinds.DENSE_FAMILIES
+
+  def described(self, spec):
+    return [f"layout {spec.layout}"] + ([] if spec.bias else ["no bias"])
+
+  def probe_dims(self, spec):
+    return ([(1, 3, 2), (3, 1, 2), (3, 2, 1), (2, 3, 4), (4, 3, 2), (3, 3, 3), (4, 4, 2),
+             (3, 32, 24)], [(2, 3, 4), (3, 3, 3)])
+
+  def draw(self, spec, label):
+    return _kinds.draw_dense(spec, label)
+
+  def compute(self, spec, case, variant=None):
+    return _kinds.dense_truth(spec, case)
+
+  def output_names(self, spec):
+    return _kinds.dense_outputs(spec)
+
+  def own_arg_names(self, spec):
+    return ("x", "W", "b", "dout")
+
+  def bpref_args(self, spec, case):
+    arr, dt = case.arrays, np.dtype(spec.dtype)
+    W = arr["W"].T if spec.layout == "in_out" else arr["W"]
+    b = arr.get("b")
+    return (arr["x"].astype(dt), np.array(W, dt), None if b is None else b.astype(dt),
+            arr["dout"].astype(dt))
+
+  def cs231n_args(self, args):
+    x, W, b = args[:3]  # W in the in_out layout, as validate requires for this signature
+    return (args[3], (x, W, b))
+
+  def forward_args(self, spec, case):
+    return self.bpref_args(spec, case)[:3]
+
+  def returned(self, spec, case, result):
+    names = self.output_names(spec)
+    if not isinstance(result, list) or len(result) not in (2, 3):
+      what = f"a sequence of {len(result)}" if isinstance(result, list) else type(result).__name__
+      want = "(dx, dW, db)" if spec.bias else "(dx, dW) or (dx, dW, None)"
+      raise Malformed(f"the candidate must return {want}; it returned {what}")
+    if spec.bias and len(result) != 3:
+      raise Malformed("the candidate must return (dx, dW, db); it returned two arrays (pass "
+                      "bias=False for a layer without a bias)")
+    if not spec.bias and len(result) == 3 and result[2] is not None:
+      raise Malformed("the layer has no bias (bias=False), yet the candidate returned a third "
+                      "array db; return (dx, dW) or (dx, dW, None)")
+    return dict(zip(names, result)), None
+
+  def required(self, spec):
+    return ("x", "W", "dout")
+
+  def from_delta(self, spec, case, delta):
+    arr = case.arrays
+    out = {"dx": delta @ arr["W"], "dW": delta.T @ arr["x"]}  # (26), (39)
+    if spec.bias:
+      out["db"] = delta.sum(axis=0)
+    return out
+
+  def bug_models(self, spec, case, truth):
+    return _dense_models(spec, case, truth, case.arrays["dout"], layer=False)
+
+  def extra_confirmations(self, spec, label):
+    """A W that is not square, where a transpose and a reshape differ."""
+    B, n = label.dims[0], label.dims[1] + 1
+    return [Label((B + 1, n, n + 1), label.family, label.seed + 4)]
+
+  def rerun_labels(self, spec, verdict_kind):
+    """A candidate that fails to run on a non-square W may run on a square one."""
+    if verdict_kind in ("exception", "shape"):
+      return [(Label((2, 3, 3), family, spec.seed), "a square W", "non-square ")
+              for family in ("normal", "plain")]
+    return []
+
+  def swapped(self, spec):
+    return None
+
+  def slips(self, spec):
+    out = []
+    if spec.signature == "bpref":
+      other = "in_out" if spec.layout == "out_in" else "out_in"
+      shape = "(n_in, n_out)" if other == "in_out" else "(n_out, n_in)"
+      out.append(("layout", f"the candidate takes W as {shape}: declare layout={other!r} "
+                  f"(--layout {other})", f"called with W as {shape} and its dW read back the "
+                  "same way, the candidate is right", spec._replace(layout=other)))
+    return out + super().slips(spec)
+
+  def framework_call(self, spec, args):
+    x, W, b, dout = args
+    return [x, W, b], [True, True, True], dout
+
+  def framework_result(self, spec, grads):
+    return tuple(grads) if spec.bias else (grads[0], grads[1])
+
+  def call_text(self, spec) -> str:
+    return "x, W, b, dout"
+
+
+class Layer(Dense):
+  """a = f(x W^T + b): (dx, dW, db) through delta = dout * f'(z), the seed's (37) and (39) at
+  one layer."""
+
+  name = "layer"
+  names = tuple(_activations.ACTIVATIONS)
+  cache = "((x, W, b), z)"
+  forward_name = "a = f(x W^T + b)"
+  families = _kinds.LAYER_FAMILIES
+
+  check_name = _activation_name
+
+  def draw(self, spec, label):
+    return _kinds.draw_layer(spec, label)
+
+  def compute(self, spec, case, variant=None):
+    return _kinds.layer_truth(spec, case, variant or spec.name)
+
+  def twin(self, spec):
+    return GELU_TWINS.get(spec.name)
+
+  def cs231n_args(self, args):
+    x, W, b = args[:3]
+    return (args[3], ((x, W, b), x @ W + (0 if b is None else b)))
+
+  def bug_models(self, spec, case, truth):
+    dout = case.arrays["dout"]
+    out = []
+    if spec.name == "softmax":
+      for code, summary, delta in _softmax_models(truth.z, truth.a, dout):
+        out.append((code, summary, self.from_delta(spec, case, delta)))
+    else:
+      for code, summary, df in _elementwise_models(spec, case, truth):
+        out.append((code, summary, self.from_delta(spec, case, dout * df)))
+    delta = _kinds.activation_vjp(spec.name, truth.z, truth.a, dout)  # (34)
+    return out + _dense_models(spec, case, truth, delta, layer=True)
+
+  def convention(self, spec, case, truth, outputs):
+    return _activation_convention(self, spec, case, truth, outputs)
+
+
+class Activation(Classic):
+  """a = f(z), elementwise: dz = dout * f'(z) (34)."""
+
+  name = "activation"
+  options = ("takes", "strict_conventions", "signature")
+  names = tuple(_activations.ACTIVATIONS)
+  cache = "z"
+  forward_name = "a = f(z)"
+  returns_text = "dz = dout * f'(z)"
+
+  def check_name(self, spec):
+    _activation_name(self, spec)
+    if spec.name == "softmax":
+      raise ValueError("softmax is not elementwise: check it as kind 'softmax', not 'activation'")
+
+  def check_takes(self, spec, takes):
+    if takes == "a" and spec.name not in _kinds.A_INVERTIBLE:
+      raise ValueError(f"{spec.name}'(z) is not a function of a = {spec.name}(z), so a candidate "
+                       f"cannot take a; use takes='z' (takes='a' is for "
+                       f"{', '.join(_kinds.A_INVERTIBLE)})")
+
+  def value_families(self, spec):
+    return _kinds.activation_families(spec)
+
+  def derive(self, spec, arrays):
+    out = super().derive(spec, arrays)
+    if spec.takes == "a":
+      out["a"] = exact(_kinds.forward_activation(spec.name, out["z"]), spec.dtype)
+    return out
+
+  def compute(self, spec, case, variant=None):
+    return _kinds.activation_truth(spec, case, variant or spec.name)
+
+  def twin(self, spec):
+    return GELU_TWINS.get(spec.name)
+
+  def cs231n_args(self, args):
+    return (args[1], args[0])
+
+  def bug_models(self, spec, case, truth):
+    dout = case.arrays["dout"]
+    return [(code, summary, {"dz": dout * df})
+            for code, summary, df in _elementwise_models(spec, case, truth)]
+
+  def convention(self, spec, case, truth, outputs):
+    return _activation_convention(self, spec, case, truth, outputs)
+
+  def last_findings(self, spec, minimal, wrong):
+    return (_kink_value(spec, minimal) or _one_side(spec, minimal)
+            or super().last_findings(spec, minimal, wrong))
+
+  def undiagnosed_detail(self, spec, minimal):
+    return _implied(spec, minimal)
+
+  def swapped(self, spec):
+    return None if spec.takes == self.takes[0] else (spec.takes, "dout")
+
+
+class Softmax(Classic):
+  """y = softmax(z) by rows: dz = dout (diag(y) - y y^T) = y * (dout - <dout, y>)."""
+
+  name = "softmax"
+  options = ("takes",)
+  forward_name = "y = softmax(z)"
+  returns_text = "dz = y * (dout - <dout, y>)"
+  families = _kinds.SOFTMAX_FAMILIES
+
+  def derive(self, spec, arrays):
+    out = super().derive(spec, arrays)
+    if spec.takes == "y":
+      out["y"] = exact(_kinds.forward_activation("softmax", out["z"]), spec.dtype)
+    return out
+
+  def compute(self, spec, case, variant=None):
+    return _kinds.softmax_truth(spec, case)
+
+  def bug_models(self, spec, case, truth):
+    y = truth.a if spec.takes == "z" else case.arrays["y"]
+    return [(code, summary, {"dz": delta})
+            for code, summary, delta in _softmax_models(truth.z, y, case.arrays["dout"])]
+
+
+class Loss(Classic):
+  """C(y, t) reduced over the batch: dC/dy (14), or for the probability losses the fused dC/dz
+  of their logit twin, softmax(z) sum_k t_k - t or sigmoid(z) - t."""
+
+  name = "loss"
+  options = ("takes", "reduction", "targets")
+  names = tuple(_losses.LOSSES)
+  primary_names = ("y", "z", "t", "labels")
+  forward_name = "the loss C"
+  returns_text = "dC/dy"
+  families = _kinds.LOSS_FAMILIES
+  refits_width = True  # a mean over the outputs K as well as the batch
+
+  def check_name(self, spec):
+    if spec.name is None:
+      raise ValueError(f"an op of kind 'loss' needs the loss's name: name='squared_error', "
+                       f"say; valid names: {', '.join(_losses.LOSSES)}")
+    _losses.get(spec.name)
+
+  def check_takes(self, spec, takes):
+    if takes in ("logits", "probs") and spec.name in _kinds.REGRESSION:
+      raise ValueError(f"takes={takes!r} is for the probability losses "
+                       f"({', '.join(_kinds.SOFTMAX_LOSSES + _kinds.SIGMOID_LOSSES)}); "
+                       f"{spec.name} takes y")
+
+  def takes_labels(self, spec):
+    return spec.name in _kinds.SOFTMAX_LOSSES
+
+  def described(self, spec):
+    return [f"reduction {spec.reduction}", f"targets {spec.targets}"]
+
+  def draw(self, spec, label):
+    return _kinds.draw_loss(spec, label)
+
+  def derive(self, spec, arrays):
+    return _kinds.derive_loss(spec, super().derive(spec, arrays))
+
+  def shrinkable(self, spec):
+    names = ("x", "W", "b", "dout", "z", "y")
+    if spec.name in _kinds.REGRESSION:
+      names += ("t",)
+    if spec.targets == "labels":
+      names += ("labels",)
+    if spec.name in _kinds.SIGMOID_LOSSES and spec.targets == "probabilities":
+      names += ("t",)
+    return tuple(n for n in names if n in self.primary_names)
+
+  def replacements(self, spec, name, value):
+    if name == "labels":
+      return (0.0,) if value != 0 else ()
+    if name == "t" and spec.name in _kinds.SIGMOID_LOSSES:
+      return tuple(v for v in (0.0, 1.0, 0.5) if v != value)
+    return super().replacements(spec, name, value)
+
+  def compute(self, spec, case, variant=None):
+    return _kinds.loss_truth(spec, case)
+
+  def output_names(self, spec):
+    return _kinds.loss_outputs(spec)
+
+  def own_arg_names(self, spec):
+    return (_kinds.loss_input(spec), "labels" if spec.targets == "labels" else "t")
+
+  def bpref_args(self, spec, case):
+    arr, dt = case.arrays, np.dtype(spec.dtype)
+    first = arr[_kinds.loss_input(spec)].astype(dt)
+    if spec.targets == "labels":
+      return (first, arr["labels"].astype(np.int64))
+    return (first, arr["t"].astype(dt))
+
+  def forward_args(self, spec, case):
+    return self.bpref_args(spec, case)
+
+  def returned(self, spec, case, result):
+    if isinstance(result, list):
+      scalars = [r for r in result if np.ndim(r) == 0]
+      arrays = [r for r in result if np.ndim(r) > 0]
+      if len(result) != 2 or len(scalars) != 1 or len(arrays) != 1:
+        raise Malformed("a loss candidate returns its gradient, or (loss value, gradient); it "
+                        f"returned a sequence of {len(result)}")
+      try:
+        value = float(np.asarray(scalars[0], np.float64))
+      except (TypeError, ValueError):
+        raise Malformed(f"the returned loss value is {type(scalars[0]).__name__}, not a "
+                        "number") from None
+      return {self.output_names(spec)[0]: arrays[0]}, value
+    return super().returned(spec, case, result)
+
+  def required(self, spec):
+    first = "y" if spec.name in _kinds.REGRESSION else "z"
+    return (first, "labels" if spec.targets == "labels" else "t")
+
+  def forward_scalar(self, spec) -> bool:
+    return True
+
+  def bug_models(self, spec, case, truth):
+    return _loss_models(spec, case, truth)
+
+  def swapped(self, spec):
+    return (_kinds.loss_input(spec), "labels" if spec.targets == "labels" else "t")
+
+  def framework_call(self, spec, args):
+    y, t = args
+    return [y, t], [True, False], None
+
+  def call_text(self, spec) -> str:
+    return "..."
+
+
+DENSE = Dense("z = x W^T + b: (dx, dW, db) = (dout W, dout^T x, sum_b dout)")
+ACTIVATION = Activation("a = f(z), elementwise: dz = dout * f'(z)")
+SOFTMAX = Softmax("y = softmax(z) by rows: dz = y * (dout - <dout, y>)")
+LOSS = Loss("C(y, t) reduced over the batch: dC/dy, or the fused dC/dz on logits")
+LAYER = Layer("a = f(x W^T + b): (dx, dW, db) through delta = dout * f'(z)")
 RECORDS = (DENSE, ACTIVATION, SOFTMAX, LOSS, LAYER)

@@ -6,7 +6,7 @@ The candidate is called as ``candidate(x, W, b, dout) -> (dx, dW, db)``: x and d
 (C_out, C_in) (bpref's out_in layout; W is square, so a candidate that holds it as (C_in, C_out)
 gets no shape error and is diagnosed ``transposed``), b of shape (C,). The activation f is the
 op's ``name``, any of ``bpref.activations`` (softmax over the last axis). ``Label.dims`` is
-(B, T, C) or (N, C); the values are the classic layer kind's (``bpref.oracle.ops._kinds.draw``
+(B, T, C) or (N, C); the values are the classic layer kind's (``bpref.oracle.ops._kinds.draw_layer``
 on the rows flattened to N x C, n_in = n_out = C), with their own random stream. A framework
 function (``torch.autograd.Function``, ``jax.custom_vjp``) is called as fn(x, W, b) -> y.
 
@@ -147,7 +147,7 @@ class Residual(OpKind):
     C = label.dims[-1]
     N = int(np.prod(label.dims[:-1]))
     seed = label.seed * (1 << 16) + self.number()  # the layer kind's draw, on a stream of our own
-    arrays = _kinds.draw(self._layer(spec), Label((N, C, C), label.family, seed))
+    arrays = _kinds.draw_layer(self._layer(spec), Label((N, C, C), label.family, seed))
     return {"x": arrays["x"].reshape(label.dims), "W": arrays["W"], "b": arrays["b"],
             "dout": arrays["dout"].reshape(label.dims)}
 
@@ -247,7 +247,8 @@ class Residual(OpKind):
     act_truth = OpTruth({}, {}, 0.0, None, 0.0, None, None, 0.0, z, a)
     out = []
     case = OpCase(None, {"z": z, "dout": dout})
-    for code, summary, outputs in classic.models(act, case, act_truth):
+    record = classic.SOFTMAX if name == "softmax" else classic.ACTIVATION
+    for code, summary, outputs in record.models(act, case, act_truth):
       if code in ("fprime_missing", "softmax_jacobian_missing"):  # ours, above
         continue
       out.append(Model(code, f"{summary}, carried into dx = dout + delta W, dW and db",
