@@ -66,6 +66,10 @@ DEEP = {
     "worker processes (the planted case stays fast)",
     "tests/test_ops_workers.py::test_the_cli_on_two_workers_prints_the_report_of_one": "two CLI runs",
     "tests/test_ops_workers.py::test_a_seed_gives_one_verdict_on_a_dask_cluster": "a Dask cluster",
+    "tests/test_ops_workers.py::test_a_hang_in_a_chunk_is_the_failure_at_its_place_in_the_order":
+    "two worker pools, each waiting out a timeout (the engine's order of a chunk that hangs stays "
+    "fast in test_a_hang_after_a_pass_in_one_chunk_is_still_the_failure, a real hang in "
+    "test_wire_ops)",
     "tests/test_compilation.py::test_what_is_stored_is_compiled_afresh_not_read_back_from_jaxs_cache":
     "it clears JAX's caches: the worker's later tests compile again",
     "tests/test_oracle.py::test_cli_*": "fresh interpreters",
