@@ -61,15 +61,6 @@ KINDS = ("dense", "activation", "softmax", "loss", "layer")
 SIGNATURES = ("bpref", "cs231n")
 """How a candidate is called: bpref's argument orders, or CS231n's (dout, cache)."""
 
-TAKES = {
-    "dense": ("x",),
-    "activation": ("z", "a"),
-    "softmax": ("z", "y"),
-    "loss": ("y", "logits", "probs"),
-    "layer": ("x",),
-}
-"""What the candidate is handed, per kind; the first is the default."""
-
 A_INVERTIBLE = tuple(name for name, act in _activations.ACTIVATIONS.items()
                      if act.elementwise and (act.piecewise_linear or name in _textbook.A_FORMS))
 """Activations whose f'(z) is a function of a = f(z), so that takes="a" can be checked."""

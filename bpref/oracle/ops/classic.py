@@ -316,7 +316,6 @@ class Classic(OpKind):
 
   def __init__(self, summary: str):
     self.summary = summary
-    self.takes = _kinds.TAKES[self.name]
 
   # ---- options
   def check_name(self, spec) -> None:
@@ -496,6 +495,7 @@ class Dense(Classic):
   """z = x W^T + b (7): (dx, dW, db) = (dout W, dout^T x, sum_b dout), (26) and (39)."""
 
   name = "dense"
+  takes = ("x",)  # what the candidate is handed; the first is the default
   options = ("layout", "bias", "signature")
   dense = True
   cache = "(x, W, b)"
@@ -645,6 +645,7 @@ class Activation(Classic):
   """a = f(z), elementwise: dz = dout * f'(z) (34)."""
 
   name = "activation"
+  takes = ("z", "a")
   options = ("takes", "strict_conventions", "signature")
   names = tuple(_activations.ACTIVATIONS)
   cache = "z"
@@ -703,6 +704,7 @@ class Softmax(Classic):
   """y = softmax(z) by rows: dz = dout (diag(y) - y y^T) = y * (dout - <dout, y>)."""
 
   name = "softmax"
+  takes = ("z", "y")
   options = ("takes",)
   forward_name = "y = softmax(z)"
   returns_text = "dz = y * (dout - <dout, y>)"
@@ -728,6 +730,7 @@ class Loss(Classic):
   of their logit twin, softmax(z) sum_k t_k - t or sigmoid(z) - t."""
 
   name = "loss"
+  takes = ("y", "logits", "probs")
   options = ("takes", "reduction", "targets")
   names = tuple(_losses.LOSSES)
   primary_names = ("y", "z", "t", "labels")
