@@ -764,14 +764,13 @@ class Loss(Classic):
     return _kinds.derive_loss(spec, super().derive(spec, arrays))
 
   def shrinkable(self, spec):
-    names = ("x", "W", "b", "dout", "z", "y")
-    if spec.name in _kinds.REGRESSION:
+    names = super().shrinkable(spec)  # z, y
+    if spec.name in _kinds.REGRESSION or (spec.name in _kinds.SIGMOID_LOSSES
+                                          and spec.targets == "probabilities"):
       names += ("t",)
-    if spec.targets == "labels":
+    if spec.targets == "labels":  # the softmax losses alone
       names += ("labels",)
-    if spec.name in _kinds.SIGMOID_LOSSES and spec.targets == "probabilities":
-      names += ("t",)
-    return tuple(n for n in names if n in self.primary_names)
+    return names
 
   def replacements(self, spec, name, value):
     if name == "labels":
