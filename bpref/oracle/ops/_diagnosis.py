@@ -14,7 +14,11 @@ As for whole networks (``bpref.oracle.diagnosis``), each finding is a tested hyp
 * a constant factor c with answer = c * bpref's is fitted on each wrong output, then refitted
   with other batch sizes B (and output widths K for a loss): c = c0 B^p K^q names the cause
   (a sign flip, the 1/2 convention, a 1/B factor from a mean taken twice, a mean over outputs);
-* a candidate within FIT_SLACK tolerances of bpref's answer is reported as near_tolerance.
+* a candidate within FIT_SLACK tolerances of bpref's answer is held to the network diagnosis's
+  rule (``_near_models``): a bug model that the candidate follows to within one tolerance, on
+  the minimal case and on other cases, is named once it has differed from bpref's answer by
+  more than FIT_SLACK tolerances on one of them (eps outside the square root shows on a row
+  whose variance is 0); without one, the failure is near_tolerance.
 """
 
 from __future__ import annotations
@@ -265,9 +269,10 @@ def _diagnose(ev, minimal, origin) -> list:
   wrong = ev.record.focus(spec, [k for k, e in verdict.errors.items() if not e <= truth.tol])
   worst = max(verdict.errors[k] for k in wrong)
   if worst <= FIT_SLACK * truth.tol:
-    return [Finding("near_tolerance", f"within {FIT_SLACK:g} tolerances of bpref's answer: no bug "
-                    "model can be told apart from it (a formula that loses digits, or arithmetic "
-                    "in a lower precision)", f"worst error {worst:.2e}, tolerance {truth.tol:.1e}")]
+    return _near_models(ev, minimal, origin, wrong) or [Finding(
+        "near_tolerance", f"within {FIT_SLACK:g} tolerances of bpref's answer: no bug model can "
+        "be told apart from it (a formula that loses digits, or arithmetic in a lower precision)",
+        f"worst error {worst:.2e}, tolerance {truth.tol:.1e}")]
   fitting = []  # a summary may come with variants (f'(0) at a kink): any one of them will do
   for code, summary, model in ev.record.models(spec, minimal.case, truth):
     if (code, summary) not in fitting and _explains(model, outputs, truth, wrong):
@@ -295,6 +300,51 @@ def _diagnose(ev, minimal, origin) -> list:
   if not findings:
     findings = ev.record.last_findings(spec, minimal, wrong)
   return findings
+
+
+def _follows(model: dict, verdict, truth) -> bool:
+  """Whether the candidate's answer is the model's to within one tolerance, and bpref's in every
+  output the model leaves alone: how close a correct program is to bpref's answer."""
+  return all(error(verdict.outputs[k], model[k], truth.bounds[k]) <= truth.tol
+             if k in model else verdict.errors[k] <= truth.tol for k in verdict.outputs)
+
+
+def _apart(model: dict, truth) -> float:
+  """How far the model is from bpref's answer, in tolerances (its farthest output)."""
+  return max(error(v, truth.expected[k], truth.bounds[k]) for k, v in model.items()) / truth.tol
+
+
+def _near_models(ev, minimal, origin, wrong) -> list:
+  """Bug models for a failure within FIT_SLACK tolerances of bpref's answer, by the network
+  diagnosis's rule (``bpref.oracle.diagnosis``): a model outside the tolerance on the minimal
+  case, as the candidate is, that the candidate follows there to within one tolerance; that
+  the candidate follows again on every other case (``_confirmation_labels``); and that differs
+  from bpref's answer by more than FIT_SLACK tolerances on one of them, so that no
+  rounding-sized difference is blamed on a bug. The minimal case is where the search shrank
+  the failure to its smallest, so a model may differ there by less than the network
+  diagnosis's SEPARATION: the other cases decide."""
+  spec, truth, verdict = ev.spec, minimal.truth, minimal.verdict
+  fitting = {}  # (code, summary) -> whether it has differed by more than FIT_SLACK there
+  for code, summary, model in ev.record.models(spec, minimal.case, truth):
+    if set(wrong) <= set(model) and _apart(model, truth) > 1 and _follows(model, verdict, truth):
+      fitting[(code, summary)] = fitting.get((code, summary), False) or \
+          _apart(model, truth) > FIT_SLACK
+  if not fitting:
+    return []
+  others = [run for run in _runs(ev, _confirmation_labels(spec, origin))][:CONFIRMATIONS]
+  for run in others:
+    models = ev.record.models(spec, run.case, run.truth)
+    for key in list(fitting):
+      followed = [m for code, summary, m in models
+                  if (code, summary) == key and _follows(m, run.verdict, run.truth)]
+      if not followed:
+        del fitting[key]
+      elif any(_apart(m, run.truth) > FIT_SLACK for m in followed):
+        fitting[key] = True
+  return [Finding(code, summary, f"reproduces the candidate on the minimal case, where it is "
+                  f"within {FIT_SLACK:g} tolerances of bpref's answer, and on {len(others)} other "
+                  f"case(s), on one of them more than {FIT_SLACK:g} tolerances from bpref's answer")
+          for (code, summary), shown in fitting.items() if shown]
 
 
 def _slipped(ev, how, case, truth, outputs) -> bool:
