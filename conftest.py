@@ -290,10 +290,13 @@ SWEEP = {
     "compiled once per shape",
     "tests/test_ops_*.py::test_a_right_*_passes*[[]custom_vjp-*float32*": "a jax.custom_vjp rule in "
     "float32 too, compiled once per shape",
+    "tests/test_ops_*.py::test_each_classic_*_bug_fails_with_its_name[[]*-[1-9]]": "seeds 1 to 9 of "
+    "every planted bug of the layer kinds, each named by its code (the fast and deep tiers run "
+    "seed 0)",
 }
-"""The sweep tier: the layer kinds' right candidates at every further seed and a framework rule's
-second dtype; ``--tier sweep`` (about 10 minutes on 2 cores) or ``--tier all``. The figures of
-the issue notes come from such sweeps; CI runs the fast and deep tiers."""
+"""The sweep tier: the layer kinds' right candidates and planted bugs at every further seed and a
+framework rule's second dtype; ``--tier sweep`` (about 10 minutes on 2 cores) or ``--tier all``.
+The figures of the issue notes come from such sweeps; CI runs the fast and deep tiers."""
 
 
 def pytest_addoption(parser):

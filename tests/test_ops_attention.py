@@ -346,13 +346,14 @@ BUGS = ("softmax_jacobian_missing", "softmax_jacobian_diagonal", "mask_after_sof
 """proofs/attention.md section 5, by the attention kind's finding codes."""
 
 
+@pytest.mark.parametrize("seed", range(10))  # seeds 1 to 9: the sweep tier
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("bug", BUGS)
-def test_each_classic_attention_bug_fails_with_its_name(bug, dtype):
+def test_each_classic_attention_bug_fails_with_its_name(bug, dtype, seed):
   def candidate(qkv, dout, heads):
     return course(qkv, dout, heads, mistake=bug)
 
-  report = check_op("attention", candidate, dtype=dtype, examples=20)
+  report = check_op("attention", candidate, dtype=dtype, seed=seed, examples=20)
   assert report.verdict == "fail"
   assert report.diagnosis[0].code == bug, report.text()
 

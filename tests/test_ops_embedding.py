@@ -208,10 +208,11 @@ BUGS = {
 }
 
 
+@pytest.mark.parametrize("seed", range(10))  # seeds 1 to 9: the sweep tier
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("bug", sorted(BUGS))
-def test_each_classic_embedding_bug_fails_with_its_name(bug, dtype):
-  report = check_op("embedding", BUGS[bug], dtype=dtype, examples=20)
+def test_each_classic_embedding_bug_fails_with_its_name(bug, dtype, seed):
+  report = check_op("embedding", BUGS[bug], dtype=dtype, seed=seed, examples=20)
   assert report.verdict == "fail"
   assert report.diagnosis[0].code == bug.split("/")[0], report.text()
 

@@ -287,11 +287,12 @@ POOL_BUGS = {
 }
 
 
+@pytest.mark.parametrize("seed", range(10))  # seeds 1 to 9: the sweep tier
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("bug", sorted(POOL_BUGS))
-def test_each_classic_maxpool_bug_fails_with_its_name(bug, dtype):
+def test_each_classic_maxpool_bug_fails_with_its_name(bug, dtype, seed):
   name, make = POOL_BUGS[bug]
-  report = check_op("maxpool2d", make(), name, dtype=dtype, examples=20)
+  report = check_op("maxpool2d", make(), name, dtype=dtype, seed=seed, examples=20)
   assert report.verdict == "fail"
   assert report.diagnosis[0].code == bug, report.text()
 
@@ -443,10 +444,11 @@ DROPOUT_BUGS = {
 }
 
 
+@pytest.mark.parametrize("seed", range(10))  # seeds 1 to 9: the sweep tier
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("bug", sorted(DROPOUT_BUGS))
-def test_each_classic_dropout_bug_fails_with_its_name(bug, dtype):
-  report = check_op("dropout", DROPOUT_BUGS[bug](0.5), "p0.5", dtype=dtype, examples=20)
+def test_each_classic_dropout_bug_fails_with_its_name(bug, dtype, seed):
+  report = check_op("dropout", DROPOUT_BUGS[bug](0.5), "p0.5", dtype=dtype, seed=seed, examples=20)
   assert report.verdict == "fail"
   assert report.diagnosis[0].code == bug, report.text()
 
