@@ -5,7 +5,7 @@ size alone. A hypothesis reproduces the candidate when the candidate is as close
 correct program must be to bpref's gradient: within tol, the rounding model (T) of the case
 in the candidate's dtype (``bpref.tolerance.network_tolerance``, the judge's tolerance),
 measured against the larger of bpref's magnitude bound and the hypothesis's own gradient
-(``_reproduces``). A hypothesis is claimed only where it differs from bpref's gradient by
+(``reproduces``). A hypothesis is claimed only where it differs from bpref's gradient by
 more than 2 tol, and is named only once it has differed by more than FIT_SLACK tol on some
 network, so that no rounding-sized difference is ever explained by a bug.
 
@@ -89,7 +89,7 @@ def _worst(cand, model, mags) -> float:
   return worst
 
 
-def _fit_error(cand, model, mags) -> float:
+def fit_error(cand, model, mags) -> float:
   """max over the arrays X of ||X_cand - X_model||_F / ||max(M_X, |X_model|)||_F.
 
   The judge's error measure with the magnitude bound M_X raised to the model's own gradient
@@ -103,21 +103,21 @@ def _fit_error(cand, model, mags) -> float:
   return worst
 
 
-def _reproduces(cand, model, mags, tol) -> bool:
+def reproduces(cand, model, mags, tol) -> bool:
   """Whether the candidate's arrays are as close to the model's as a correct program's must be
-  to bpref's: ``_fit_error`` within tol, the rounding model (T) of the case in its dtype."""
-  return _fit_error(cand, model, mags) <= tol
+  to bpref's: ``fit_error`` within tol, the rounding model (T) of the case in its dtype."""
+  return fit_error(cand, model, mags) <= tol
 
 
 def _fit(cand, true, mags):
-  """(c, residual): least-squares c in cand ~ c true, the residual measured as ``_fit_error``."""
+  """(c, residual): least-squares c in cand ~ c true, the residual measured as ``fit_error``."""
   c_flat, t_flat = _flat(cand), _flat(true)
   denom = float(t_flat @ t_flat)
   if denom == 0:
     return math.nan, math.inf
   c = float(c_flat @ t_flat) / denom
   scaled = [max(1.0, abs(c)) * np.asarray(m, np.float64) for m in mags]  # c grad rounds at c M
-  return c, _fit_error(cand, [c * np.asarray(t, np.float64) for t in true], scaled)
+  return c, fit_error(cand, [c * np.asarray(t, np.float64) for t in true], scaled)
 
 
 def _grads(result):
@@ -630,7 +630,7 @@ class Diagnoser:
 
   def _fits(self, model_grads, with_bias=True) -> bool:
     cand = _grads(self.minimal) if with_bias else list(self.minimal.dW)
-    return _reproduces(cand, model_grads, _mags(self.truth, with_bias), self.tol)
+    return reproduces(cand, model_grads, _mags(self.truth, with_bias), self.tol)
 
   def near_tolerance(self):
     """A Finding when the candidate is within FIT_SLACK x tol of bpref (and no model reproduces
@@ -807,7 +807,7 @@ class Diagnoser:
       mags.append(truth.mag_b[l - 1])
     if _worst(model, list(truth.dW) + list(truth.db), mags) <= SEPARATION * result.tolerance:
       return False  # the model changes nothing here, or too little to be told apart
-    return _reproduces(cand, model, mags, result.tolerance)
+    return reproduces(cand, model, mags, result.tolerance)
 
   def _bias_confirming_arch(self):
     """The minimal network with B >= 2 and every layer at least 2 wide, other values; None
@@ -830,7 +830,7 @@ class Diagnoser:
         continue
       if _worst([t.T], [t], [m]) <= FIT_SLACK * self.tol:  # dW_l nearly symmetric (1 x 1)
         continue
-      if _reproduces([c.T], [t], [m], self.tol):
+      if reproduces([c.T], [t], [m], self.tol):
         hits.append(l)
     if not hits:
       return None
@@ -926,7 +926,7 @@ class Diagnoser:
           grads = model.grads(other)
         except _NotComputable:
           continue
-        if _reproduces(cand, true2 if grads is None else grads, mags2, r.tolerance):
+        if reproduces(cand, true2 if grads is None else grads, mags2, r.tolerance):
           keep.append((i, model))
           if grads is not None and _worst(grads, true2, mags2) > FIT_SLACK * r.tolerance:
             shown.add(i)

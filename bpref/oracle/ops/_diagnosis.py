@@ -8,9 +8,10 @@ As for whole networks (``bpref.oracle.diagnosis``), each finding is a tested hyp
 * a bug model (the record's ``models``) is the op's backward pass rerun with one deliberate
   change (for the classic kinds, ``bpref.oracle.ops.classic``: f' at a instead of z, a textbook
   form of f' fed z, the softmax Jacobian's diagonal only, dW transposed, the first example's
-  term in place of a sum over the batch, ...). It is the diagnosis when it reproduces every output the
-  candidate got wrong, to within FIT_SLACK tolerances, while it differs from bpref's answer
-  there, and does so again on other cases (another value seed, a larger batch);
+  term in place of a sum over the batch, ...). It is the diagnosis when it reproduces every
+  output the candidate got wrong, to within FIT_SLACK tolerances, while it differs from bpref's
+  answer there by more than FIT_SLACK tolerances, and does so again on other cases (another
+  value seed, a larger batch);
 * a constant factor c with answer = c * bpref's is fitted on each wrong output, then refitted
   with other batch sizes B (and output widths K for a loss): c = c0 B^p K^q names the cause
   (a sign flip, the 1/2 convention, a 1/B factor from a mean taken twice, a mean over outputs);
@@ -27,7 +28,7 @@ import math
 
 import numpy as np
 
-from bpref.oracle.diagnosis import FIT_SLACK, Finding
+from bpref.oracle.diagnosis import FIT_SLACK, Finding, fit_error
 from bpref.oracle.ops import _judge, kinds
 from bpref.oracle.ops.record import Label, error
 
@@ -38,7 +39,10 @@ CONFIRMATIONS = 4
 # ---------------------------------------------------------------- testing the hypotheses
 
 def _explains(model: dict, outputs: dict, truth, wrong) -> bool:
-  """Whether the model reproduces every wrong output and every output it changes."""
+  """Whether the model reproduces every wrong output and every output it changes, to within
+  FIT_SLACK tolerances: a bug's own rounding can exceed the rounding model of bpref's formula
+  (1 / (sqrt(var) + eps) at a variance far below eps rounds at 3 tolerances in float32), and a
+  model more than FIT_SLACK tolerances from bpref's answer is told apart from it all the same."""
   if not set(wrong) <= set(model):
     return False
   slack = FIT_SLACK * truth.tol
@@ -50,9 +54,19 @@ def _explains(model: dict, outputs: dict, truth, wrong) -> bool:
 
 def _consistent(model: dict, outputs: dict, truth) -> bool:
   """On a confirmation case: the model reproduces what it changes (wherever it differs from
-  bpref, the candidate must too; where it agrees with bpref, so must the candidate)."""
+  bpref, the candidate must too; where it agrees with bpref, so must the candidate), to within
+  FIT_SLACK tolerances as ``_explains``."""
   slack = FIT_SLACK * truth.tol
   return all(error(outputs[k], v, truth.bounds[k]) <= slack for k, v in model.items())
+
+
+def _reproduces(model: dict, outputs: dict, truth) -> bool:
+  """Whether the candidate's outputs are the model's to within one tolerance, measured as the
+  network diagnosis measures it (``bpref.oracle.diagnosis.fit_error``: against the larger of
+  bpref's magnitude bound and the model's own answer, at whose scale the model rounds)."""
+  keys = list(model)
+  return fit_error([outputs[k] for k in keys], [model[k] for k in keys],
+                   [truth.bounds[k] for k in keys]) <= truth.tol
 
 
 def _confirmation_labels(spec, label: Label | None) -> list:
@@ -303,10 +317,10 @@ def _diagnose(ev, minimal, origin) -> list:
 
 
 def _follows(model: dict, verdict, truth) -> bool:
-  """Whether the candidate's answer is the model's to within one tolerance, and bpref's in every
-  output the model leaves alone: how close a correct program is to bpref's answer."""
-  return all(error(verdict.outputs[k], model[k], truth.bounds[k]) <= truth.tol
-             if k in model else verdict.errors[k] <= truth.tol for k in verdict.outputs)
+  """Whether the candidate's answer is the model's (``_reproduces``), and bpref's in every
+  output the model leaves alone."""
+  return _reproduces(model, verdict.outputs, truth) and \
+      all(verdict.errors[k] <= truth.tol for k in verdict.outputs if k not in model)
 
 
 def _apart(model: dict, truth) -> float:
@@ -341,9 +355,10 @@ def _near_models(ev, minimal, origin, wrong) -> list:
         del fitting[key]
       elif any(_apart(m, run.truth) > FIT_SLACK for m in followed):
         fitting[key] = True
-  return [Finding(code, summary, f"reproduces the candidate on the minimal case, where it is "
-                  f"within {FIT_SLACK:g} tolerances of bpref's answer, and on {len(others)} other "
-                  f"case(s), on one of them more than {FIT_SLACK:g} tolerances from bpref's answer")
+  return [Finding(code, summary, f"reproduces the candidate to within one tolerance on the "
+                  f"minimal case, where the candidate is within {FIT_SLACK:g} tolerances of "
+                  f"bpref's answer, and on {len(others)} other case(s); on one of them the model "
+                  f"is more than {FIT_SLACK:g} tolerances from bpref's answer")
           for (code, summary), shown in fitting.items() if shown]
 
 
