@@ -1,11 +1,12 @@
 """bpref.layers.pool and bpref.layers.dropout: each backward step against autodiff of its own
 forward step and against a plain loop reference, held to the rounding bounds of proofs/pool.md
-(section 4); the tie convention against JAX's reduce_window and PyTorch; jit, vmap, purity and
+(sections 4 and 5); the tie convention against JAX's reduce_window and PyTorch; jit, vmap, purity and
 the errors of bad input.
 
 The bounds. maxpool2d: out is exact, and each dx entry is a sum of at most K = ceil(pool/stride)^2
 entries of dout, so a correct implementation errs by at most c u K M with M the same routing of
-|dout|. dropout: |dx - exact| <= c u k M with M = |dout| m / (1 - p)^2 and k = 3. Against another
+|dout|. avgpool2d: each dx entry is a sum of at most K shares dout / pool^2, each rounded once or
+twice (a rounded 1 / pool^2), so k = K + 2 with M the same sharing of |dout|. dropout: |dx - exact| <= c u k M with M = |dout| m / (1 - p)^2 and k = 3. Against another
 correct implementation in the same dtype both errors add: ``tolerance(dtype, inner=k) * M``
 (c u (2 L + 1) k M with L = 1).
 """
@@ -201,6 +202,125 @@ MAXPOOL_ERRORS = [
 @pytest.mark.parametrize("call, error, message", [case[1:] for case in MAXPOOL_ERRORS],
                          ids=[case[0] for case in MAXPOOL_ERRORS])
 def test_maxpool_refuses_bad_input(call, error, message):
+  with pytest.raises(error, match=message):
+    call()
+
+
+# ---------------------------------------------------------------- avgpool2d
+
+def _loop_avgpool(x, dout, p, s):
+  """(out, dx, M_out, M_dx) by loops in float64 (AP1), (AP2); M_out is each window's mean of |x|,
+  M_dx routes |dout| / p^2 the same way (proofs/pool.md, section 5)."""
+  x, dout = np.asarray(x, np.float64), np.asarray(dout, np.float64)
+  N, C, Ho, Wo = dout.shape
+  out, M_out = np.zeros(dout.shape), np.zeros(dout.shape)
+  dx, M = np.zeros(x.shape), np.zeros(x.shape)
+  for n in range(N):
+    for c in range(C):
+      for i in range(Ho):
+        for j in range(Wo):
+          window = x[n, c, i * s:i * s + p, j * s:j * s + p]
+          out[n, c, i, j] = window.sum() / (p * p)
+          M_out[n, c, i, j] = np.abs(window).sum() / (p * p)
+          dx[n, c, i * s:i * s + p, j * s:j * s + p] += dout[n, c, i, j] / (p * p)
+          M[n, c, i * s:i * s + p, j * s:j * s + p] += abs(dout[n, c, i, j]) / (p * p)
+  return out, dx, M_out, M
+
+
+def _avg_reduce_window_vjp(x, dout, p, s):
+  """JAX's reduce_window sum over the windows, / p^2, and its autodiff."""
+  def fn(x):
+    return jax.lax.reduce_window(x, 0.0, jax.lax.add, (1, 1, p, p), (1, 1, s, s), "VALID") / (p * p)
+  return jax.vjp(fn, x)[1](dout)[0]
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _avgpool_all(x, dout, p, s):
+  """(out, bpref's dx, autodiff of bpref's forward, autodiff of reduce_window)."""
+  return (pool.avg_forward(x, p, s)[0], pool.avg_grads(x, dout, p, s),
+          jax.vjp(lambda x: pool.avg_forward(x, p, s)[0], x)[1](dout)[0],
+          _avg_reduce_window_vjp(x, dout, p, s))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_ids(DTYPES))
+@pytest.mark.parametrize("window", WINDOWS, ids=_ids(WINDOWS))
+def test_avgpool_backward_matches_jax_vjp_torch_and_the_loops(window, dtype):
+  """dx within (T) of every other way, k = K + 2 (a sum of K shares, each dout / p^2 or dout times
+  a rounded 1 / p^2); out within k = p^2 + 1 of the loops."""
+  p, s = window
+  x, dout = _maxpool_case("normal", p, s, dtype)
+  out, mine, *witnesses = _avgpool_all(x, dout, p, s)
+  out_loop, dx_loop, M_out, M = _loop_avgpool(x, dout, p, s)
+  assert mine.dtype == dtype and mine.shape == x.shape
+  for witness in witnesses:
+    ok, excess = _within(mine, witness, M, _K(p, s) + 2, dtype, pair=True)
+    assert ok, excess
+  assert _within(mine, dx_loop, M, _K(p, s) + 2, dtype, pair=False)[0]
+  assert _within(out, out_loop, M_out, p * p + 1, dtype, pair=False)[0]
+  try:
+    import torch
+  except ImportError:
+    return
+  xx = torch.tensor(x, requires_grad=True)
+  torch.nn.functional.avg_pool2d(xx, p, s).backward(torch.tensor(dout))
+  assert _within(mine, xx.grad.numpy(), M, _K(p, s) + 2, dtype, pair=True)[0]
+
+
+def test_avgpool_shares_each_dout_over_its_window_and_adds_where_windows_overlap():
+  """(AP2): four 2 x 2 windows at stride 1 over a 3 x 3 input; the centre is in all four. A
+  backward step that loses the 1 / p^2, or assigns where windows overlap, gives other numbers."""
+  dout = np.array([[[[1.0, 2.0], [3.0, 4.0]]]])
+  dx = np.asarray(pool.avg_grads(np.zeros((1, 1, 3, 3)), dout, pool=2, stride=1))
+  expected = np.array([[[[1.0, 3.0, 2.0], [4.0, 10.0, 6.0], [3.0, 7.0, 4.0]]]]) / 4
+  np.testing.assert_array_equal(dx, expected)
+
+
+def test_avgpool_under_jit_and_vmap():
+  x, dout = _maxpool_case("normal", 3, 2, np.float64)
+  _, cache = jax.jit(pool.avg_forward, static_argnames=("pool", "stride"))(x, pool=3, stride=2)
+  assert (cache.shape, cache.pool, cache.stride) == (x.shape, 3, 2)
+  staged = jax.jit(pool.avg_backward)(cache, dout)
+  np.testing.assert_array_equal(staged, _avgpool_all(x, dout, 3, 2)[1])
+  stack_x, stack_d = np.stack([x, -x]), np.stack([dout, 2 * dout])
+  mapped = jax.jit(jax.vmap(lambda x, d: pool.avg_grads(x, d, 3, 2)))(stack_x, stack_d)
+  for k in range(2):
+    np.testing.assert_array_equal(mapped[k], pool.avg_grads(stack_x[k], stack_d[k], 3, 2))
+
+
+def test_avgpool_leaves_its_inputs_unmodified():
+  x, dout = _maxpool_case("normal", 2, 1, np.float64)
+  copies = (x.copy(), dout.copy())
+  _, cache = pool.avg_forward(x, 2, 1)
+  pool.avg_backward(cache, dout)
+  np.testing.assert_array_equal(x, copies[0])
+  np.testing.assert_array_equal(dout, copies[1])
+
+
+AVGPOOL_ERRORS = [
+    ("x 3-D", lambda: pool.avg_forward(np.ones((2, 4, 4))), ValueError,
+     r"avgpool2d: x must have shape \(N, C, H, W\); got shape \(2, 4, 4\)"),
+    ("x smaller than a window", lambda: pool.avg_forward(np.ones((1, 1, 2, 5)), 3, 1), ValueError,
+     r"avgpool2d: x of shape \(1, 1, 2, 5\) is smaller than one 3 x 3 window"),
+    ("integer x", lambda: pool.avg_forward(np.ones((1, 1, 2, 2), np.int32)), TypeError,
+     r"avgpool2d: x must have a floating dtype"),
+    ("float stride", lambda: pool.avg_forward(_X, 2, 1.5), TypeError,
+     r"avgpool2d: stride must be a Python integer.*static_argnames='stride'"),
+    ("dout of the input's shape", lambda: pool.avg_grads(_X, _X, 2, 2), ValueError,
+     r"avgpool2d: dout = dC/dout must have the shape of the pooled output, \(1, 2, 2, 2\).*got "
+     r"shape \(1, 2, 4, 4\)"),
+    ("dout of another dtype", lambda: pool.avg_grads(_X, np.ones((1, 2, 2, 2), np.float32)),
+     TypeError, r"avgpool2d: dout has dtype float32 but x has float64"),
+    ("a max pooling cache", lambda: pool.avg_backward(pool.forward(_X)[1], np.ones((1, 2, 2, 2))),
+     TypeError, r"avgpool2d: cache must be the AvgPoolCache"),
+    ("dout of another shape than the cache's", lambda: pool.avg_backward(
+        pool.avg_forward(_X)[1], np.ones((1, 2, 3, 3))), ValueError,
+     r"avgpool2d: dout = dC/dout must have the shape of the pooled output, \(1, 2, 2, 2\)"),
+]
+
+
+@pytest.mark.parametrize("call, error, message", [case[1:] for case in AVGPOOL_ERRORS],
+                         ids=[case[0] for case in AVGPOOL_ERRORS])
+def test_avgpool_refuses_bad_input(call, error, message):
   with pytest.raises(error, match=message):
     call()
 

@@ -1,4 +1,4 @@
-"""Max pooling over 2-D windows: the forward step and its handwritten backward step.
+"""Max and average pooling over 2-D windows: the forward steps and their handwritten backward steps.
 
 x has shape (N, C, H, W) (PyTorch's and CS231n's layout). The windows are pool x pool entries of
 one channel, one starting every ``stride`` rows and columns, without padding; there are
@@ -29,8 +29,19 @@ windows receives the sum of their dout (MP3), the chain rule for a value used se
 The forward step saves x, pool and stride (``MaxPoolCache``); the backward step recomputes the
 windows from x with the forward step's own slices, so it sees the same maxima bit for bit.
 
-No JAX autodiff is used. ``forward``, ``backward`` and ``grads`` check their arguments before
-anything is traced; ``_forward`` and ``_backward`` are the unchecked bodies.
+Average pooling (``avg_forward``, ``avg_backward``, ``avg_grads``) takes the same windows
+(proofs/pool.md, section 5):
+
+* (AP1) out[n, c, i, j] = (1 / pool^2) sum over 0 <= a, b < pool of x[n, c, i s + a, j s + b]
+* (AP2) dx[n, c, p, q] = (1 / pool^2) sum of dout[n, c, i, j] over the windows (i, j) that hold
+  (p, q); 0 where no window holds it
+
+(PyTorch's ``avg_pool2d`` without padding, where ``count_include_pad`` changes nothing). Its
+backward step needs no value of x, only the windows: ``AvgPoolCache`` keeps x's shape.
+
+No JAX autodiff is used. ``forward``, ``backward``, ``grads`` and their ``avg_`` forms check
+their arguments before anything is traced; ``_forward`` and ``_backward`` (``_avg_forward``,
+``_avg_backward``) are the unchecked bodies.
 """
 
 from __future__ import annotations
@@ -47,6 +58,7 @@ from bpref.validation import describe, floating_array, shaped_like
 Array = jax.Array
 
 LAYER = "maxpool2d"
+AVG_LAYER = "avgpool2d"
 
 
 @jax.tree_util.register_pytree_node_class
@@ -79,37 +91,33 @@ def output_shape(shape, pool: int, stride: int) -> tuple:
 
 # ---------------------------------------------------------------- checks
 
-def _array(v, what: str):
-  return floating_array(v, what, layer=LAYER)  # v as an array of a floating dtype, else a TypeError
-
-
-def _check_size(n, name: str) -> int:
+def _check_size(n, name: str, layer: str = LAYER) -> int:
   """pool or stride as a Python int >= 1: configuration, static under jax.jit."""
   if isinstance(n, (bool, np.bool_)) or not isinstance(n, (numbers.Integral, np.integer)):
-    raise TypeError(f"{LAYER}: {name} must be a Python integer, the layer's configuration; got "
+    raise TypeError(f"{layer}: {name} must be a Python integer, the layer's configuration; got "
                     f"{type(n).__name__} (under jax.jit mark it static: static_argnames='{name}')")
   if n < 1:
-    raise ValueError(f"{LAYER}: {name} must be at least 1; got {n}")
+    raise ValueError(f"{layer}: {name} must be at least 1; got {n}")
   return int(n)
 
 
-def _check_x(x, pool: int, what: str = "x"):
-  """x as an array of shape (N, C, H, W) with H, W >= pool."""
-  x = _array(x, what)
+def _check_x(x, pool: int, what: str = "x", layer: str = LAYER):
+  """x as an array of a floating dtype and shape (N, C, H, W) with H, W >= pool."""
+  x = floating_array(x, what, layer=layer)
   if x.ndim != 4:
-    raise ValueError(f"{LAYER}: {what} must have shape (N, C, H, W); got {describe(x)} (one image: "
+    raise ValueError(f"{layer}: {what} must have shape (N, C, H, W); got {describe(x)} (one image: "
                      f"x[None, None] or x[None]; for (N, H, W, C) use x.transpose(0, 3, 1, 2))")
   H, W = x.shape[2:]
   if H < pool or W < pool:
-    raise ValueError(f"{LAYER}: {what} of shape {tuple(x.shape)} is smaller than one {pool} x {pool} "
+    raise ValueError(f"{layer}: {what} of shape {tuple(x.shape)} is smaller than one {pool} x {pool} "
                      f"window (H = {H}, W = {W}); pool needs H >= {pool} and W >= {pool} (no padding)")
   return x
 
 
-def _check_dout(x, dout, pool: int, stride: int):
-  dout = _array(dout, "dout")
+def _check_dout(x, dout, pool: int, stride: int, layer: str = LAYER):
+  dout = floating_array(dout, "dout", layer=layer)
   want = output_shape(x.shape, pool, stride)
-  return shaped_like(dout, want, x, layer=LAYER, name="dout", what="dout = dC/dout",
+  return shaped_like(dout, want, x, layer=layer, name="dout", what="dout = dC/dout",
                      must=f"the shape of the pooled output, {want} for x of shape "
                      f"{tuple(x.shape)} with pool {pool} and stride {stride}")
 
@@ -223,3 +231,117 @@ def grads(x, dout, pool: int = 2, stride: int = 2) -> Array:
   dout = _check_dout(x, dout, pool, stride)
   _, cache = _forward(x, pool, stride)
   return _backward(cache, dout)
+
+
+# ---------------------------------------------------------------- average pooling
+
+@jax.tree_util.register_pytree_node_class
+@dataclasses.dataclass(frozen=True)
+class AvgPoolCache:
+  """What the average pooling's forward step saves for its backward step: the windows only.
+
+  Attributes:
+    shape: x's shape (N, C, H, W); pool, stride: the windows (all static: the tree has no leaf).
+  """
+  shape: tuple
+  pool: int
+  stride: int
+
+  def tree_flatten(self):
+    return (), (self.shape, self.pool, self.stride)
+
+  @classmethod
+  def tree_unflatten(cls, config, children):
+    return cls(*config)
+
+
+def avg_forward(x, pool: int = 2, stride: int = 2) -> tuple[Array, AvgPoolCache]:
+  """out[n, c, i, j] = the mean of window (i, j) of x (AP1), and the cache.
+
+  Args:
+    x: the input, shape (N, C, H, W), H and W at least ``pool``.
+    pool: the side of the square windows; a Python int (static under jax.jit).
+    stride: the step between windows; a Python int. stride < pool overlaps the windows.
+
+  Returns:
+    (out, cache): out of shape (N, C, H_out, W_out) and x's dtype,
+    ``AvgPoolCache(x.shape, pool, stride)``.
+
+  >>> import jax.numpy as jnp
+  >>> from bpref.layers import pool
+  >>> x = jnp.array([[[[1., 2., 0., 0.], [3., 4., 0., 8.], [0., 0., 1., 1.], [6., 2., 1., 1.]]]])
+  >>> out, cache = pool.avg_forward(x, 2, 2)
+  >>> out.tolist()
+  [[[[2.5, 2.0], [2.0, 1.0]]]]
+  """
+  pool = _check_size(pool, "pool", AVG_LAYER)
+  stride = _check_size(stride, "stride", AVG_LAYER)
+  return _avg_forward(_check_x(x, pool, layer=AVG_LAYER), pool, stride)
+
+
+def _avg_forward(x, pool: int, stride: int):
+  total = jnp.sum(_windows(x, pool, stride), axis=0)  # the window's sum, then (AP1): / pool^2
+  return total / (pool * pool), AvgPoolCache(tuple(x.shape), pool, stride)
+
+
+def avg_backward(cache: AvgPoolCache, dout) -> Array:
+  """dx from the cache of ``avg_forward`` and dout = dC/dout (AP2).
+
+  Args:
+    cache: the ``AvgPoolCache`` that ``avg_forward`` returned.
+    dout: dC/dout, shape (N, C, H_out, W_out), of x's dtype.
+
+  Returns:
+    dx of x's shape and dout's dtype: each window's dout / pool^2 at every entry of the window,
+    summed where windows overlap; 0 at every entry that no window holds.
+
+  >>> import jax.numpy as jnp
+  >>> from bpref.layers import pool
+  >>> out, cache = pool.avg_forward(jnp.zeros((1, 1, 3, 3)), 2, 1)  # 4 overlapping windows
+  >>> pool.avg_backward(cache, jnp.full((1, 1, 2, 2), 4.)).tolist()  # the centre is in all 4
+  [[[[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]]]
+  """
+  if not isinstance(cache, AvgPoolCache):
+    raise TypeError(f"{AVG_LAYER}: cache must be the AvgPoolCache(shape, pool, stride) that "
+                    f"pool.avg_forward returned; got {type(cache).__name__}")
+  pool = _check_size(cache.pool, "pool", AVG_LAYER)
+  stride = _check_size(cache.stride, "stride", AVG_LAYER)
+  shape = cache.shape
+  if not (isinstance(shape, tuple) and len(shape) == 4 and
+          all(isinstance(n, (numbers.Integral, np.integer)) and n >= 1 for n in shape)):
+    raise TypeError(f"{AVG_LAYER}: cache.shape must be x's shape (N, C, H, W); got {shape!r}")
+  if shape[2] < pool or shape[3] < pool:
+    raise ValueError(f"{AVG_LAYER}: cache.shape {shape} is smaller than one {pool} x {pool} window")
+  dout = floating_array(dout, "dout", layer=AVG_LAYER)
+  want = output_shape(shape, pool, stride)
+  if tuple(dout.shape) != want:
+    raise ValueError(f"{AVG_LAYER}: dout = dC/dout must have the shape of the pooled output, {want} "
+                     f"for x of shape {shape} with pool {pool} and stride {stride}; got "
+                     f"{describe(dout)}")
+  return _avg_backward(cache, dout)
+
+
+def _avg_backward(cache: AvgPoolCache, dout):
+  pool, stride = cache.pool, cache.stride
+  share = dout / (pool * pool)  # (AP2): each entry of a window gets dout / pool^2
+  dx = jnp.zeros(cache.shape, dout.dtype)
+  for a in range(pool):
+    for b in range(pool):
+      dx = dx + _placed(share, a, b, stride, cache.shape)  # summed over the windows that hold it
+  return dx
+
+
+def avg_grads(x, dout, pool: int = 2, stride: int = 2) -> Array:
+  """dx: ``avg_forward`` then ``avg_backward``, for dout = dC/dout of the pooled output's shape.
+
+  >>> import jax.numpy as jnp
+  >>> from bpref.layers import pool
+  >>> pool.avg_grads(jnp.zeros((1, 1, 3, 2)), jnp.ones((1, 1, 1, 1)), pool=2).tolist()  # row 3: no window
+  [[[[0.25, 0.25], [0.25, 0.25], [0.0, 0.0]]]]
+  """
+  pool = _check_size(pool, "pool", AVG_LAYER)
+  stride = _check_size(stride, "stride", AVG_LAYER)
+  x = _check_x(x, pool, layer=AVG_LAYER)
+  dout = _check_dout(x, dout, pool, stride, layer=AVG_LAYER)
+  _, cache = _avg_forward(x, pool, stride)
+  return _avg_backward(cache, dout)
