@@ -1,5 +1,5 @@
-"""The maxpool2d and dropout op kinds on candidates written the ways people write them, right
-and wrong.
+"""The maxpool2d, avgpool2d and dropout op kinds on candidates written the ways people write them,
+right and wrong.
 
 maxpool2d. Right: CS231n's naive loops (np.argmax: the first maximum), in bpref's argument order
 and in CS231n's (dout, cache); a vectorised NumPy form (sliding windows, np.add.at); torch's
@@ -8,6 +8,11 @@ autograd of ``max_pool2d`` (its CPU kernel also picks the first maximum); a
 with windows gathered by hand. Another tie convention (the last maximum, an even split) passes
 with a note, and fails under ``strict_conventions``. Wrong: each classic mistake of
 proofs/pool.md, which must fail with the finding that names it.
+
+avgpool2d. Right: a course's loops, a vectorised NumPy form (one slice per window entry, dout
+times a rounded 1 / pool^2), torch's autograd of ``avg_pool2d`` and torch's transposed
+convolution with a constant kernel. Wrong: the 1 / pool^2 missing or 1 / pool, max pooling's
+routing, overlapping windows assigned.
 
 dropout. Right: the NumPy one-liner with a float and a bool mask, CS231n's ``dropout_backward``
 wrapped (keep probability, pre-scaled mask), torch's autograd of x * mask / (1 - p), a
@@ -314,6 +319,147 @@ def test_maxpool_options_are_checked():
   with pytest.raises(ValueError, match="layout 'nchw'"):
     check_op("maxpool2d", loops, layout="nhwc")
   assert check_op("maxpool2d", naive_loops(4, 3), "p4s3", examples=5).verdict == "pass"
+
+
+# ---------------------------------------------------------------- avgpool2d
+
+def avg_loops(pool, stride):
+  """The loops of a course's average pooling: each window's dout / pool^2 added over it."""
+  def backward(x, dout):
+    N, C, Ho, Wo = _sizes(x, pool, stride)
+    dx = np.zeros_like(x)
+    for n in range(N):
+      for c in range(C):
+        for i in range(Ho):
+          for j in range(Wo):
+            dx[n, c, i * stride:i * stride + pool, j * stride:j * stride + pool] += (
+                dout[n, c, i, j] / (pool * pool))
+    return dx
+  return backward
+
+
+def avg_vectorised(pool, stride):
+  """One slice per window entry, dout times a precomputed 1 / pool^2: the summation order of a
+  vectorised layer, not of the loops."""
+  def backward(x, dout):
+    N, C, Ho, Wo = dout.shape
+    share = dout * (1.0 / (pool * pool))
+    dx = np.zeros_like(x)
+    for a in range(pool):
+      for b in range(pool):
+        dx[:, :, a:a + (Ho - 1) * stride + 1:stride, b:b + (Wo - 1) * stride + 1:stride] += share
+    return dx
+  return backward
+
+
+def avg_torch_autograd(pool, stride):
+  def backward(x, dout):
+    import torch
+
+    xx = torch.tensor(x, requires_grad=True)
+    torch.nn.functional.avg_pool2d(xx, pool, stride).backward(torch.tensor(dout))
+    return xx.grad.numpy()
+  return backward
+
+
+def avg_torch_conv(pool, stride):
+  """torch's transposed convolution with a constant pool x pool kernel of 1 / pool^2: the
+  backward step of average pooling as a framework writes it for depthwise layers."""
+  def backward(x, dout):
+    import torch
+
+    N, C, H, W = x.shape
+    d = torch.tensor(dout).reshape(N * C, 1, *dout.shape[2:])
+    kernel = torch.full((1, 1, pool, pool), 1.0 / (pool * pool), dtype=d.dtype)
+    dx = torch.nn.functional.conv_transpose2d(d, kernel, stride=stride)
+    full = torch.zeros(N * C, 1, H, W, dtype=d.dtype)
+    full[:, :, :dx.shape[2], :dx.shape[3]] = dx  # rows past the last window get nothing
+    return full.reshape(N, C, H, W).numpy()
+  return backward
+
+
+RIGHT_AVG = {"loops": avg_loops, "vectorised": avg_vectorised, "torch_autograd": avg_torch_autograd,
+             "torch_conv_transpose": avg_torch_conv}
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("name", ["p2s2", "p3s1"])
+@pytest.mark.parametrize("way", sorted(RIGHT_AVG))
+def test_a_right_avgpool_passes(way, name, dtype):
+  if way.startswith("torch"):
+    pytest.importorskip("torch")
+  report = check_op("avgpool2d", RIGHT_AVG[way](*pool_stride(name)), name, dtype=dtype, examples=20)
+  assert report.verdict == "pass", report.text()
+  assert report.cases >= 20 and not report.notes, report.text()
+
+
+@pytest.mark.deep
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("way", sorted(RIGHT_AVG))
+def test_a_right_avgpool_passes_at_every_seed_and_window(way, dtype, seed):
+  if way.startswith("torch"):
+    pytest.importorskip("torch")
+  for name in ("p2s2", "p2s1", "p3s2", "p3s3", "p3s1"):
+    report = check_op("avgpool2d", RIGHT_AVG[way](*pool_stride(name)), name, dtype=dtype, seed=seed)
+    assert report.verdict == "pass" and not report.notes, report.text()
+
+
+def _avg_with(pool, stride, share, assign=False):
+  """The loops with each window's gradient ``share(window, dout_ij)``, added or assigned."""
+  def backward(x, dout):
+    N, C, Ho, Wo = _sizes(x, pool, stride)
+    dx = np.zeros_like(x)
+    for n in range(N):
+      for c in range(C):
+        for i in range(Ho):
+          for j in range(Wo):
+            sl = (n, c, slice(i * stride, i * stride + pool), slice(j * stride, j * stride + pool))
+            grad = np.asarray(share(x[sl], dout[n, c, i, j]), x.dtype)
+            if assign:
+              dx[sl] = grad
+            else:
+              dx[sl] += grad
+    return dx
+  return backward
+
+
+AVG_BUGS = {
+    "scale_missing": ("p2s2", lambda: _avg_with(2, 2, lambda w, g: np.full(w.shape, g))),
+    "scale_by_side": ("p3s2", lambda: _avg_with(3, 2, lambda w, g: np.full(w.shape, g / 3))),
+    "max_routing": ("p2s2", lambda: _avg_with(2, 2, lambda w, g: _first_only(w, g, None))),
+    "overlap_overwritten": ("p3s1", lambda: _avg_with(3, 1, lambda w, g: np.full(w.shape, g / 9),
+                                                      assign=True)),
+}
+
+
+@pytest.mark.parametrize("seed", range(10))  # seeds 1 to 9: the sweep tier
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("bug", sorted(AVG_BUGS))
+def test_each_classic_avgpool_bug_fails_with_its_name(bug, dtype, seed):
+  name, make = AVG_BUGS[bug]
+  report = check_op("avgpool2d", make(), name, dtype=dtype, seed=seed, examples=20)
+  assert report.verdict == "fail"
+  assert report.diagnosis[0].code == bug, report.text()
+
+
+def test_a_missing_scale_at_a_window_of_one_passes_and_fails_at_every_other_window():
+  """pool 1: the mean of one entry is the entry, and the missing 1 / pool^2 changes nothing."""
+  assert check_op("avgpool2d", avg_loops(1, 1), "p1s1", examples=10).verdict == "pass"
+  missing = _avg_with(1, 1, lambda w, g: np.full(w.shape, g))
+  assert check_op("avgpool2d", missing, "p1s1", examples=10).verdict == "pass"
+  report = check_op("avgpool2d", _avg_with(3, 3, lambda w, g: np.full(w.shape, g)), "p3s3",
+                    examples=10)
+  assert report.verdict == "fail" and report.diagnosis[0].code == "scale_missing", report.text()
+
+
+def test_avgpool_options_are_checked():
+  with pytest.raises(ValueError, match=r"not a name of kind 'avgpool2d'.*p\{pool\}s\{stride\}"):
+    check_op("avgpool2d", avg_loops(2, 2), "2x2")
+  with pytest.raises(ValueError, match="signature='cs231n' is not valid for kind 'avgpool2d'"):
+    check_op("avgpool2d", avg_loops(2, 2), signature="cs231n")
+  with pytest.raises(ValueError, match="layout 'nchw'"):
+    check_op("avgpool2d", avg_loops(2, 2), layout="nhwc")
 
 
 # ---------------------------------------------------------------- dropout

@@ -276,15 +276,19 @@ def test_avgpool_shares_each_dout_over_its_window_and_adds_where_windows_overlap
 
 
 def test_avgpool_under_jit_and_vmap():
+  """The cache is static structure only; each compiled program may share dout / 9 by a division
+  or a product with a rounded 1/9, so the programs agree within (T), not bit for bit."""
   x, dout = _maxpool_case("normal", 3, 2, np.float64)
   _, cache = jax.jit(pool.avg_forward, static_argnames=("pool", "stride"))(x, pool=3, stride=2)
   assert (cache.shape, cache.pool, cache.stride) == (x.shape, 3, 2)
   staged = jax.jit(pool.avg_backward)(cache, dout)
-  np.testing.assert_array_equal(staged, _avgpool_all(x, dout, 3, 2)[1])
+  _, _, _, M = _loop_avgpool(x, dout, 3, 2)
+  assert _within(staged, _avgpool_all(x, dout, 3, 2)[1], M, _K(3, 2) + 2, np.float64, pair=True)[0]
   stack_x, stack_d = np.stack([x, -x]), np.stack([dout, 2 * dout])
   mapped = jax.jit(jax.vmap(lambda x, d: pool.avg_grads(x, d, 3, 2)))(stack_x, stack_d)
   for k in range(2):
-    np.testing.assert_array_equal(mapped[k], pool.avg_grads(stack_x[k], stack_d[k], 3, 2))
+    one = pool.avg_grads(stack_x[k], stack_d[k], 3, 2)
+    assert _within(mapped[k], one, (k + 1) * M, _K(3, 2) + 2, np.float64, pair=True)[0]
 
 
 def test_avgpool_leaves_its_inputs_unmodified():

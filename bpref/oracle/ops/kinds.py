@@ -30,6 +30,7 @@ RECORDS: tuple = (
     _embedding.EMBEDDING,
     _residual.RESIDUAL,
     _pool.MAXPOOL2D,
+    _pool.AVGPOOL2D,
     _pool.DROPOUT,
 )
 

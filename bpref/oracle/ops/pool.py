@@ -1,5 +1,5 @@
-"""The maxpool2d and dropout kinds: a candidate's backward against ``bpref.layers.pool`` and
-``bpref.layers.dropout``.
+"""The maxpool2d, avgpool2d and dropout kinds: a candidate's backward against
+``bpref.layers.pool`` and ``bpref.layers.dropout``.
 
 maxpool2d
 ---------
@@ -27,6 +27,20 @@ that covers it, so
 The value families: plain, normal, spread (magnitudes 1e-3 to 1e3), kink (entries from
 {0, -0, 1}: ties in most windows) and saturated, which this kind gives its own meaning: every
 entry negative, where a running maximum started at 0 saturates there and no entry is chosen.
+
+avgpool2d
+---------
+The candidate is called as ``candidate(x, dout) -> dx`` on the windows of maxpool2d, named the
+same way, for out = the mean of each window (PyTorch's ``avg_pool2d`` without padding). Nothing
+is chosen, so there are no ties and no conventions. The rounding model (proofs/pool.md, section
+5): each entry of dx sums at most K = ceil(pool / stride)^2 shares dout / pool^2, each rounded once
+(twice for dout times a rounded 1 / pool^2), so
+
+  M_dx = the same sharing of |dout| (AP2),    k = K + 2;
+
+out sums pool^2 entries and divides once, M_out = the mean of |x| over the window, k = pool^2 + 1.
+The value families: plain, normal and spread (the kink and saturated families of max pooling
+mean nothing to a mean).
 
 dropout
 -------
@@ -71,13 +85,13 @@ from bpref.oracle.ops.record import (Label, Model, OpKind, OpTruth, bucket, erro
 
 # ---------------------------------------------------------------- maxpool2d: windows in NumPy
 
-def pool_stride(name: str) -> tuple:
-  """(pool, stride) of a maxpool2d name "p{pool}s{stride}"; ValueError for another spelling."""
+def pool_stride(name: str, kind: str = "maxpool2d") -> tuple:
+  """(pool, stride) of a pooling name "p{pool}s{stride}"; ValueError for another spelling."""
   found = re.fullmatch(r"p([1-9][0-9]*)s([1-9][0-9]*)", name) if isinstance(name, str) else None
   if found is None:
-    raise ValueError(f"{name!r} is not a name of kind 'maxpool2d': name the window side and the "
-                     f"stride as p{{pool}}s{{stride}}, e.g. {', '.join(MaxPool2d.names)} (default "
-                     f"{MaxPool2d.names[0]})")
+    raise ValueError(f"{name!r} is not a name of kind {kind!r}: name the window side and the "
+                     f"stride as p{{pool}}s{{stride}}, e.g. {', '.join(Pool2d.names)} (default "
+                     f"{Pool2d.names[0]})")
   return int(found.group(1)), int(found.group(2))
 
 
@@ -139,10 +153,17 @@ def _maxpool_padded(x, dout, pool, stride):
   return out, _pool.backward(cache, dout)  # (MP2), (MP3)
 
 
-def _bpref_maxpool(x, dout, pool, stride):
-  """bpref's (out, dx) in float64. The channels are rows of one batch axis padded to a bucket,
-  and H and W to one bucketed side: the windows of x lie inside the unpadded part, and the extra
-  windows get dout = 0, which adds an exact 0 to dx."""
+@compilation.jit(static_argnums=(2, 3))
+def _avgpool_padded(x, dout, pool, stride):
+  out, cache = _pool.avg_forward(x, pool, stride)  # (AP1)
+  return out, _pool.avg_backward(cache, dout)  # (AP2)
+
+
+def _bpref_pool(program, x, dout, pool, stride):
+  """bpref's (out, dx) in float64 by ``program`` (``_maxpool_padded``, ``_avgpool_padded``).
+  The channels are rows of one batch axis padded to a bucket, and H and W to one bucketed side:
+  the windows of x lie inside the unpadded part, and the extra windows get dout = 0, which adds
+  an exact 0 to dx."""
   N, C, H, W = x.shape
   n = N * C
   out_h, out_w = _out_sizes(x.shape, pool, stride)
@@ -152,7 +173,7 @@ def _bpref_maxpool(x, dout, pool, stride):
   dp = np.zeros(_pool.output_shape(xp.shape, pool, stride))
   dp[:n, 0, :out_h, :out_w] = dout.reshape(n, out_h, out_w)
   with jax.enable_x64(True):
-    out, dx = _maxpool_padded(xp, dp, pool, stride)
+    out, dx = program(xp, dp, pool, stride)
   return (np.asarray(out, np.float64)[:n, 0, :out_h, :out_w].reshape(N, C, out_h, out_w),
           np.asarray(dx, np.float64)[:n, 0, :H, :W].reshape(N, C, H, W))
 
@@ -162,44 +183,38 @@ TIE_NOTE = ("convention note: where a window holds its maximum more than once, t
             "PyTorch's max_pool2d, JAX's reduce_window); both are valid subgradients")
 
 
-# ---------------------------------------------------------------- maxpool2d: the record
+# ---------------------------------------------------------------- the pooling records
 
-class MaxPool2d(OpKind):
-  """Max pooling over pool x pool windows of (N, C, H, W), pool and stride named "p{pool}s{stride}"."""
+class Pool2d(OpKind):
+  """What max and average pooling share: pool x pool windows of (N, C, H, W), pool and stride
+  named "p{pool}s{stride}", the candidate called as ``candidate(x, dout) -> dx``."""
 
-  name = "maxpool2d"
-  summary = ("out = max over each pool x pool window of x (N, C, H, W), stride s: dx = each "
-             "window's dout at its first maximum, summed where windows overlap")
   takes = ("x",)
   layouts = ("nchw",)
-  signatures = ("bpref", "cs231n")
   names = ("p2s2", "p2s1", "p3s2", "p3s3", "p3s1")
-  options = ("signature", "strict_conventions")
-  families = ("plain", "normal", "spread", "kink", "saturated")
-  forward_name = "out = maxpool(x)"
   arguments = ("x", "dout")
   returns = ("dx",)
   dims_names = ("N", "C", "H", "W")
 
   # ---- options
   def validate(self, spec):
-    pool, stride = pool_stride(self.names[0] if spec.name is None else spec.name)
+    pool, stride = pool_stride(self.names[0] if spec.name is None else spec.name, self.name)
     takes = spec.takes or self.takes[0]
     if takes not in self.takes:
-      raise ValueError(f"takes={takes!r} is not valid for kind 'maxpool2d'; valid: x")
+      raise ValueError(f"takes={takes!r} is not valid for kind {self.name!r}; valid: x")
     layout = spec.layout or self.layouts[0]
     if layout not in self.layouts:
-      raise ValueError(f"layout={layout!r} is not valid for kind 'maxpool2d': x is (N, C, H, W), "
+      raise ValueError(f"layout={layout!r} is not valid for kind {self.name!r}: x is (N, C, H, W), "
                        "layout 'nchw'; transpose an (N, H, W, C) candidate's arrays in a wrapper")
     if spec.signature not in self.signatures:
-      raise ValueError(f"signature={spec.signature!r} is not valid for kind 'maxpool2d'; valid: "
+      raise ValueError(f"signature={spec.signature!r} is not valid for kind {self.name!r}; valid: "
                        f"{', '.join(self.signatures)}")
     return spec._replace(name=f"p{pool}s{stride}", takes=takes, layout=layout)
 
   def describe(self, spec):
-    pool, stride = pool_stride(spec.name)
+    pool, stride = pool_stride(spec.name, self.name)
     sig = ", signature cs231n" if spec.signature == "cs231n" else ""
-    return f"maxpool2d {pool}x{pool} windows, stride {stride} ({spec.dtype}{sig})"
+    return f"{self.name} {pool}x{pool} windows, stride {stride} ({spec.dtype}{sig})"
 
   # ---- cases
   def probe_dims(self, spec):
@@ -234,20 +249,15 @@ class MaxPool2d(OpKind):
     return {"x": x, "dout": rng.normal(size=out_shape)}
 
   # ---- bpref's answer
-  def compute(self, spec, case, variant=None):
+  def answer(self, spec, case, program):
+    """(out, dx) of bpref's ``program`` (``_bpref_pool``); zeros for an input smaller than one
+    window (a shrunk case), which has nothing to route."""
     x, dout = case.arrays["x"], case.arrays["dout"]
-    pool, stride = pool_stride(spec.name)
-    _, floor = unit_and_floor(spec.dtype)
+    pool, stride = pool_stride(spec.name, self.name)
     out_h, out_w = _out_sizes(x.shape, pool, stride)
-    K = math.ceil(pool / stride) ** 2  # the most windows that cover one entry
     if out_h and out_w:
-      out, dx = _bpref_maxpool(x, dout, pool, stride)
-    else:  # smaller than one window (a shrunk case): nothing to route
-      out, dx = np.zeros(x.shape[:2] + (out_h, out_w)), np.zeros(x.shape)
-    M = _routed(_first(_windows(x, pool, stride)) * np.abs(dout)[..., None], pool, stride, x.shape)
-    return OpTruth({"dx": dx}, {"dx": M + K * floor},
-                   _tolerance.tolerance(spec.dtype, depth=1, inner=K), None, 0.0, out,
-                   np.abs(out) + floor, _tolerance.forward_tolerance(spec.dtype, depth=1, inner=1))
+      return _bpref_pool(program, x, dout, pool, stride)
+    return np.zeros(x.shape[:2] + (out_h, out_w)), np.zeros(x.shape)
 
   # ---- the candidate's side
   def pool_param(self, spec) -> dict:
@@ -273,6 +283,36 @@ class MaxPool2d(OpKind):
   def framework_call(self, spec, args):
     x, dout = (args[1][0], args[0]) if spec.signature == "cs231n" else args
     return [x], [True], dout
+
+  def extra_confirmations(self, spec, label):
+    """A case with more windows in each direction, so that overlaps (and ties) occur on it."""
+    _, stride = pool_stride(spec.name, self.name)
+    N, C, H, W = label.dims
+    return [Label((N + 1, C + 2, H + 2 * stride + 1, W + 2 * stride + 1), label.family,
+                  label.seed + 4)]
+
+
+class MaxPool2d(Pool2d):
+  """Max pooling over pool x pool windows of (N, C, H, W), pool and stride named "p{pool}s{stride}"."""
+
+  name = "maxpool2d"
+  summary = ("out = max over each pool x pool window of x (N, C, H, W), stride s: dx = each "
+             "window's dout at its first maximum, summed where windows overlap")
+  signatures = ("bpref", "cs231n")
+  options = ("signature", "strict_conventions")
+  families = ("plain", "normal", "spread", "kink", "saturated")
+  forward_name = "out = maxpool(x)"
+
+  def compute(self, spec, case, variant=None):
+    x, dout = case.arrays["x"], case.arrays["dout"]
+    pool, stride = pool_stride(spec.name)
+    _, floor = unit_and_floor(spec.dtype)
+    K = math.ceil(pool / stride) ** 2  # the most windows that cover one entry
+    out, dx = self.answer(spec, case, _maxpool_padded)
+    M = _routed(_first(_windows(x, pool, stride)) * np.abs(dout)[..., None], pool, stride, x.shape)
+    return OpTruth({"dx": dx}, {"dx": M + K * floor},
+                   _tolerance.tolerance(spec.dtype, depth=1, inner=K), None, 0.0, out,
+                   np.abs(out) + floor, _tolerance.forward_tolerance(spec.dtype, depth=1, inner=1))
 
   # ---- diagnosis
   def models(self, spec, case, truth):
@@ -344,13 +384,6 @@ class MaxPool2d(OpKind):
         return TIE_NOTE.format(how=how)
     return ""
 
-  def extra_confirmations(self, spec, label):
-    """A case with more windows in each direction, so that overlaps and ties occur on it."""
-    _, stride = pool_stride(spec.name)
-    N, C, H, W = label.dims
-    return [Label((N + 1, C + 2, H + 2 * stride + 1, W + 2 * stride + 1), label.family,
-                  label.seed + 4)]
-
   def slips(self, spec):
     out = super().slips(spec)
     if spec.signature == "bpref":
@@ -379,16 +412,72 @@ def _assigned(win, dout, pool, stride, shape):
   return dx
 
 
-def _slices_assigned(first, dout, pool, stride, shape):
-  """dx[n, c, window (i, j)] = one-hot of its first maximum * dout[n, c, i, j], windows in
-  row-major order: each window's slice overwrites what earlier windows put there."""
+def _slices_assigned(weights, dout, pool, stride, shape):
+  """dx[n, c, window (i, j)] = the window's weights (N, C, H_out, W_out, pool^2; a one-hot of its
+  first maximum, say) * dout[n, c, i, j], windows in row-major order: each window's slice
+  overwrites what earlier windows put there."""
   dx = np.zeros(shape)
   N, C, out_h, out_w = dout.shape
   for i in range(out_h):
     for j in range(out_w):
       dx[:, :, i * stride:i * stride + pool, j * stride:j * stride + pool] = (
-          first[:, :, i, j].reshape(N, C, pool, pool) * dout[:, :, i, j, None, None])
+          weights[:, :, i, j].reshape(N, C, pool, pool) * dout[:, :, i, j, None, None])
   return dx
+
+
+# ---------------------------------------------------------------- avgpool2d: the record
+
+class AvgPool2d(Pool2d):
+  """Average pooling over pool x pool windows of (N, C, H, W), pool and stride named
+  "p{pool}s{stride}"."""
+
+  name = "avgpool2d"
+  summary = ("out = mean over each pool x pool window of x (N, C, H, W), stride s: dx = each "
+             "window's dout / pool^2 at every entry of the window, summed where windows overlap")
+  families = ("plain", "normal", "spread")
+  forward_name = "out = avgpool(x)"
+
+  def compute(self, spec, case, variant=None):
+    x, dout = case.arrays["x"], case.arrays["dout"]
+    pool, stride = pool_stride(spec.name)
+    _, floor = unit_and_floor(spec.dtype)
+    k = math.ceil(pool / stride) ** 2 + 2  # K shares, each rounded once or twice (proofs/pool.md, 5)
+    out, dx = self.answer(spec, case, _avgpool_padded)
+    shares = np.ones(_windows(x, pool, stride).shape) / (pool * pool)
+    M = _routed(shares * np.abs(dout)[..., None], pool, stride, x.shape)  # (AP2) on |dout|
+    M_out = np.abs(_windows(x, pool, stride)).mean(axis=-1)
+    return OpTruth({"dx": dx}, {"dx": M + k * floor},
+                   _tolerance.tolerance(spec.dtype, depth=1, inner=k), None, 0.0, out,
+                   M_out + floor, _tolerance.forward_tolerance(spec.dtype, depth=1,
+                                                               inner=pool * pool + 1))
+
+  # ---- diagnosis
+  def models(self, spec, case, truth):
+    x, dout = case.arrays["x"], case.arrays["dout"]
+    pool, stride = pool_stride(spec.name)
+    win = _windows(x, pool, stride)
+    d = dout[..., None]
+
+    def shared(weights):
+      return {"dx": _routed(weights * d, pool, stride, x.shape)}
+
+    ones = np.ones(win.shape)
+    out = [
+        Model("scale_missing", "each entry of a window gets the whole dout, not dout / pool^2: "
+              "the factor 1 / pool^2 of the mean is missing (AP2)", shared(ones)),
+        Model("scale_by_side", "each entry of a window gets dout / pool, not dout / pool^2: the "
+              "window's side in place of its size (AP2)", shared(ones / pool)),
+        Model("max_routing", "each window's whole dout goes to its first maximum, as in max "
+              "pooling: the backward step of max pooling, not of the mean (AP2)",
+              shared(_first(win))),
+    ]
+    if stride < pool:
+      out.append(Model("overlap_overwritten", "each window assigns its share to its slice of dx "
+                       "(dx[window] = dout / pool^2) instead of adding it: where windows overlap "
+                       "an entry keeps the last window's share only (AP2)",
+                       {"dx": _slices_assigned(ones, dout / (pool * pool), pool, stride,
+                                               x.shape)}))
+    return out
 
 
 # ---------------------------------------------------------------- dropout
@@ -556,4 +645,5 @@ class Dropout(OpKind):
 
 
 MAXPOOL2D = MaxPool2d()
+AVGPOOL2D = AvgPool2d()
 DROPOUT = Dropout()
