@@ -19,6 +19,9 @@ limit of gradients does too. bpref's first-maximum rule (MP2) is the limit from 
 where the first tied entry is raised, the last-maximum rule from the one where the last is; the
 "every tied maximum" rule sums to (number of ties) g_W and is no limit of gradients.
 
+Average pooling. out = the mean of each window is linear in x: sympy's derivative is (AP2) at
+every point, for windows apart, overlapping and with rows past the last window.
+
 Dropout. out = x m / (1 - p) is linear in x for every mask m and p < 1; sympy's derivative of
 sum(g out) is (DO2) with m and p symbols.
 """
@@ -227,6 +230,33 @@ def test_maxpool_proof_evaluates_to_bpref():
     at = {mp["g"][i, j]: g[i, j] for i in range(mp["Ho"]) for j in range(mp["Wo"])}
     proven = np.array(hand.xreplace(at), dtype=float)
     ours = pool.grads(jnp.asarray(x[None, None]), jnp.asarray(g[None, None]), p, s)[0, 0]
+    assert max_norm_error(ours, proven) <= gradient_tolerance(np.float64)
+
+
+# ---------------------------------------------------------------- average pooling
+
+def test_avgpool_backward_equals_sympy_derivative_and_bpref():
+  """(AP1) is linear: sympy's derivative of phi = sum g * mean(window) is (AP2) as polynomials in
+  g, for windows apart, overlapping and with rows left over; and at a float64 point it is what
+  bpref.layers.pool computes."""
+  rng = np.random.default_rng(8)
+  for H, W, p, s in ((4, 4, 2, 2), (3, 3, 2, 1), (5, 5, 3, 2), (5, 4, 3, 1)):
+    x = sp.Matrix(H, W, lambda i, j: sp.Symbol(f"x{i}_{j}", real=True))
+    Ho, Wo = (H - p) // s + 1, (W - p) // s + 1
+    g = sp.Matrix(Ho, Wo, lambda i, j: sp.Symbol(f"g{i}_{j}", real=True))
+    phi = sum(g[i, j] * sp.Rational(1, p * p) * sum(x[i * s + a, j * s + b] for a in range(p)
+                                                   for b in range(p))
+              for i in range(Ho) for j in range(Wo))  # (AP1)
+    hand = sp.zeros(H, W)
+    for i, j, a, b in itertools.product(range(Ho), range(Wo), range(p), range(p)):
+      hand[i * s + a, j * s + b] += g[i, j] / (p * p)  # (AP2)
+    for r, c in itertools.product(range(H), range(W)):
+      assert sp.expand(sp.diff(phi, x[r, c]) - hand[r, c]) == 0
+    gv = rng.normal(size=(Ho, Wo))
+    proven = np.array(hand.xreplace({g[i, j]: gv[i, j] for i in range(Ho) for j in range(Wo)}),
+                      dtype=float)
+    ours = pool.avg_grads(jnp.asarray(rng.normal(size=(1, 1, H, W))), jnp.asarray(gv[None, None]),
+                          p, s)[0, 0]
     assert max_norm_error(ours, proven) <= gradient_tolerance(np.float64)
 
 
