@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from scripts import load
+import scripts
 
-sweep = load("outside_sweep")
+sweep = scripts.load("outside_sweep")
 
 
 def test_planted_bugs_are_named_at_another_seed(tmp_path):
