@@ -83,12 +83,13 @@ def vectorised(pool, stride):
   return backward
 
 
-def torch_autograd(pool, stride):
+def torch_autograd(pool, stride, function="max_pool2d"):
+  """torch's autograd of ``torch.nn.functional.<function>`` (max_pool2d, avg_pool2d)."""
   def backward(x, dout):
     import torch
 
     xx = torch.tensor(x, requires_grad=True)
-    torch.nn.functional.max_pool2d(xx, pool, stride).backward(torch.tensor(dout))
+    getattr(torch.nn.functional, function)(xx, pool, stride).backward(torch.tensor(dout))
     return xx.grad.numpy()
   return backward
 
@@ -292,16 +293,6 @@ POOL_BUGS = {
 }
 
 
-@pytest.mark.parametrize("seed", range(10))  # seeds 1 to 9: the sweep tier
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("bug", sorted(POOL_BUGS))
-def test_each_classic_maxpool_bug_fails_with_its_name(bug, dtype, seed):
-  name, make = POOL_BUGS[bug]
-  report = check_op("maxpool2d", make(), name, dtype=dtype, seed=seed, examples=20)
-  assert report.verdict == "fail"
-  assert report.diagnosis[0].code == bug, report.text()
-
-
 def test_window_slices_assigned_over_overlaps_is_overlap_overwritten():
   report = check_op("maxpool2d", _loops(2, 1, _first_only, assign=True), "p2s1", examples=10)
   assert report.verdict == "fail" and report.diagnosis[0].code == "overlap_overwritten", report.text()
@@ -325,17 +316,7 @@ def test_maxpool_options_are_checked():
 
 def avg_loops(pool, stride):
   """The loops of a course's average pooling: each window's dout / pool^2 added over it."""
-  def backward(x, dout):
-    N, C, Ho, Wo = _sizes(x, pool, stride)
-    dx = np.zeros_like(x)
-    for n in range(N):
-      for c in range(C):
-        for i in range(Ho):
-          for j in range(Wo):
-            dx[n, c, i * stride:i * stride + pool, j * stride:j * stride + pool] += (
-                dout[n, c, i, j] / (pool * pool))
-    return dx
-  return backward
+  return _loops(pool, stride, lambda window, g, _: np.full(window.shape, g / (pool * pool)))
 
 
 def avg_vectorised(pool, stride):
@@ -349,16 +330,6 @@ def avg_vectorised(pool, stride):
       for b in range(pool):
         dx[:, :, a:a + (Ho - 1) * stride + 1:stride, b:b + (Wo - 1) * stride + 1:stride] += share
     return dx
-  return backward
-
-
-def avg_torch_autograd(pool, stride):
-  def backward(x, dout):
-    import torch
-
-    xx = torch.tensor(x, requires_grad=True)
-    torch.nn.functional.avg_pool2d(xx, pool, stride).backward(torch.tensor(dout))
-    return xx.grad.numpy()
   return backward
 
 
@@ -378,7 +349,8 @@ def avg_torch_conv(pool, stride):
   return backward
 
 
-RIGHT_AVG = {"loops": avg_loops, "vectorised": avg_vectorised, "torch_autograd": avg_torch_autograd,
+RIGHT_AVG = {"loops": avg_loops, "vectorised": avg_vectorised,
+             "torch_autograd": lambda pool, stride: torch_autograd(pool, stride, "avg_pool2d"),
              "torch_conv_transpose": avg_torch_conv}
 
 
@@ -405,40 +377,25 @@ def test_a_right_avgpool_passes_at_every_seed_and_window(way, dtype, seed):
     assert report.verdict == "pass" and not report.notes, report.text()
 
 
-def _avg_with(pool, stride, share, assign=False):
-  """The loops with each window's gradient ``share(window, dout_ij)``, added or assigned."""
-  def backward(x, dout):
-    N, C, Ho, Wo = _sizes(x, pool, stride)
-    dx = np.zeros_like(x)
-    for n in range(N):
-      for c in range(C):
-        for i in range(Ho):
-          for j in range(Wo):
-            sl = (n, c, slice(i * stride, i * stride + pool), slice(j * stride, j * stride + pool))
-            grad = np.asarray(share(x[sl], dout[n, c, i, j]), x.dtype)
-            if assign:
-              dx[sl] = grad
-            else:
-              dx[sl] += grad
-    return dx
-  return backward
-
-
-AVG_BUGS = {
-    "scale_missing": ("p2s2", lambda: _avg_with(2, 2, lambda w, g: np.full(w.shape, g))),
-    "scale_by_side": ("p3s2", lambda: _avg_with(3, 2, lambda w, g: np.full(w.shape, g / 3))),
-    "max_routing": ("p2s2", lambda: _avg_with(2, 2, lambda w, g: _first_only(w, g, None))),
-    "overlap_overwritten": ("p3s1", lambda: _avg_with(3, 1, lambda w, g: np.full(w.shape, g / 9),
-                                                      assign=True)),
+AVG_BUGS = {  # each planted in the course's loops (``_loops``, its route given each window)
+    "scale_missing": ("p2s2", lambda: _loops(2, 2, lambda w, g, _: np.full(w.shape, g))),
+    "scale_by_side": ("p3s2", lambda: _loops(3, 2, lambda w, g, _: np.full(w.shape, g / 3))),
+    "max_routing": ("p2s2", lambda: _loops(2, 2, _first_only)),
+    "overlap_overwritten": ("p3s1", lambda: _loops(3, 1, lambda w, g, _: np.full(w.shape, g / 9),
+                                                   assign=True)),
 }
+
+
+POOLING_BUGS = {**{f"maxpool2d-{bug}": ("maxpool2d", bug, *v) for bug, v in POOL_BUGS.items()},
+                **{f"avgpool2d-{bug}": ("avgpool2d", bug, *v) for bug, v in AVG_BUGS.items()}}
 
 
 @pytest.mark.parametrize("seed", range(10))  # seeds 1 to 9: the sweep tier
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("bug", sorted(AVG_BUGS))
-def test_each_classic_avgpool_bug_fails_with_its_name(bug, dtype, seed):
-  name, make = AVG_BUGS[bug]
-  report = check_op("avgpool2d", make(), name, dtype=dtype, seed=seed, examples=20)
+@pytest.mark.parametrize("label", sorted(POOLING_BUGS))
+def test_each_classic_pooling_bug_fails_with_its_name(label, dtype, seed):
+  kind, bug, name, make = POOLING_BUGS[label]
+  report = check_op(kind, make(), name, dtype=dtype, seed=seed, examples=20)
   assert report.verdict == "fail"
   assert report.diagnosis[0].code == bug, report.text()
 
@@ -446,9 +403,9 @@ def test_each_classic_avgpool_bug_fails_with_its_name(bug, dtype, seed):
 def test_a_missing_scale_at_a_window_of_one_passes_and_fails_at_every_other_window():
   """pool 1: the mean of one entry is the entry, and the missing 1 / pool^2 changes nothing."""
   assert check_op("avgpool2d", avg_loops(1, 1), "p1s1", examples=10).verdict == "pass"
-  missing = _avg_with(1, 1, lambda w, g: np.full(w.shape, g))
+  missing = _loops(1, 1, lambda w, g, _: np.full(w.shape, g))
   assert check_op("avgpool2d", missing, "p1s1", examples=10).verdict == "pass"
-  report = check_op("avgpool2d", _avg_with(3, 3, lambda w, g: np.full(w.shape, g)), "p3s3",
+  report = check_op("avgpool2d", _loops(3, 3, lambda w, g, _: np.full(w.shape, g)), "p3s3",
                     examples=10)
   assert report.verdict == "fail" and report.diagnosis[0].code == "scale_missing", report.text()
 

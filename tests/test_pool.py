@@ -167,43 +167,49 @@ def test_maxpool_under_jit_and_vmap():
     np.testing.assert_array_equal(mapped[k], pool.grads(stack_x[k], stack_d[k], 3, 2))
 
 
-def test_maxpool_leaves_its_inputs_unmodified():
+@pytest.mark.parametrize("forward, backward", [(pool.forward, pool.backward),
+                                               (pool.avg_forward, pool.avg_backward)],
+                         ids=["max", "avg"])
+def test_pooling_leaves_its_inputs_unmodified(forward, backward):
   x, dout = _maxpool_case("ties", 2, 1, np.float64)
   copies = (x.copy(), dout.copy())
-  _, cache = pool.forward(x, 2, 1)
-  pool.backward(cache, dout)
+  _, cache = forward(x, 2, 1)
+  backward(cache, dout)
   np.testing.assert_array_equal(x, copies[0])
   np.testing.assert_array_equal(dout, copies[1])
 
 
 _X = np.ones((1, 2, 4, 4))
-MAXPOOL_ERRORS = [
-    ("x 3-D", lambda: pool.forward(np.ones((2, 4, 4))), ValueError,
-     r"maxpool2d: x must have shape \(N, C, H, W\); got shape \(2, 4, 4\)"),
-    ("x smaller than a window", lambda: pool.forward(np.ones((1, 1, 2, 5)), 3, 1), ValueError,
-     r"maxpool2d: x of shape \(1, 1, 2, 5\) is smaller than one 3 x 3 window"),
-    ("integer x", lambda: pool.forward(np.ones((1, 1, 2, 2), np.int32)), TypeError,
-     r"maxpool2d: x must have a floating dtype"),
-    ("pool 0", lambda: pool.forward(_X, 0, 1), ValueError, r"maxpool2d: pool must be at least 1"),
-    ("float stride", lambda: pool.forward(_X, 2, 1.5), TypeError,
-     r"maxpool2d: stride must be a Python integer.*static_argnames='stride'"),
-    ("array pool", lambda: pool.forward(_X, jnp.asarray(2), 2), TypeError,
-     r"maxpool2d: pool must be a Python integer"),
-    ("dout of the input's shape", lambda: pool.grads(_X, _X, 2, 2), ValueError,
-     r"maxpool2d: dout = dC/dout must have the shape of the pooled output, \(1, 2, 2, 2\).*got "
-     r"shape \(1, 2, 4, 4\)"),
-    ("dout of another dtype", lambda: pool.grads(_X, np.ones((1, 2, 2, 2), np.float32)), TypeError,
-     r"maxpool2d: dout has dtype float32 but x has float64"),
+
+
+def _errors(name, forward, grads):
+  """The bad input both pooling layers refuse, with the layer's name in each message."""
+  return [
+      ("x 3-D", lambda: forward(np.ones((2, 4, 4))), ValueError,
+       rf"{name}: x must have shape \(N, C, H, W\); got shape \(2, 4, 4\)"),
+      ("x smaller than a window", lambda: forward(np.ones((1, 1, 2, 5)), 3, 1), ValueError,
+       rf"{name}: x of shape \(1, 1, 2, 5\) is smaller than one 3 x 3 window"),
+      ("integer x", lambda: forward(np.ones((1, 1, 2, 2), np.int32)), TypeError,
+       rf"{name}: x must have a floating dtype"),
+      ("pool 0", lambda: forward(_X, 0, 1), ValueError, rf"{name}: pool must be at least 1"),
+      ("float stride", lambda: forward(_X, 2, 1.5), TypeError,
+       rf"{name}: stride must be a Python integer.*static_argnames='stride'"),
+      ("array pool", lambda: forward(_X, jnp.asarray(2), 2), TypeError,
+       rf"{name}: pool must be a Python integer"),
+      ("dout of the input's shape", lambda: grads(_X, _X, 2, 2), ValueError,
+       rf"{name}: dout = dC/dout must have the shape of the pooled output, \(1, 2, 2, 2\).*got "
+       r"shape \(1, 2, 4, 4\)"),
+      ("dout of another dtype", lambda: grads(_X, np.ones((1, 2, 2, 2), np.float32)), TypeError,
+       rf"{name}: dout has dtype float32 but x has float64"),
+  ]
+
+
+MAXPOOL_ERRORS = _errors("maxpool2d", pool.forward, pool.grads) + [
     ("not a cache", lambda: pool.backward((_X, 2, 2), np.ones((1, 2, 2, 2))), TypeError,
      r"maxpool2d: cache must be the MaxPoolCache"),
 ]
 
 
-@pytest.mark.parametrize("call, error, message", [case[1:] for case in MAXPOOL_ERRORS],
-                         ids=[case[0] for case in MAXPOOL_ERRORS])
-def test_maxpool_refuses_bad_input(call, error, message):
-  with pytest.raises(error, match=message):
-    call()
 
 
 # ---------------------------------------------------------------- avgpool2d
@@ -291,29 +297,7 @@ def test_avgpool_under_jit_and_vmap():
     assert _within(mapped[k], one, (k + 1) * M, _K(3, 2) + 2, np.float64, pair=True)[0]
 
 
-def test_avgpool_leaves_its_inputs_unmodified():
-  x, dout = _maxpool_case("normal", 2, 1, np.float64)
-  copies = (x.copy(), dout.copy())
-  _, cache = pool.avg_forward(x, 2, 1)
-  pool.avg_backward(cache, dout)
-  np.testing.assert_array_equal(x, copies[0])
-  np.testing.assert_array_equal(dout, copies[1])
-
-
-AVGPOOL_ERRORS = [
-    ("x 3-D", lambda: pool.avg_forward(np.ones((2, 4, 4))), ValueError,
-     r"avgpool2d: x must have shape \(N, C, H, W\); got shape \(2, 4, 4\)"),
-    ("x smaller than a window", lambda: pool.avg_forward(np.ones((1, 1, 2, 5)), 3, 1), ValueError,
-     r"avgpool2d: x of shape \(1, 1, 2, 5\) is smaller than one 3 x 3 window"),
-    ("integer x", lambda: pool.avg_forward(np.ones((1, 1, 2, 2), np.int32)), TypeError,
-     r"avgpool2d: x must have a floating dtype"),
-    ("float stride", lambda: pool.avg_forward(_X, 2, 1.5), TypeError,
-     r"avgpool2d: stride must be a Python integer.*static_argnames='stride'"),
-    ("dout of the input's shape", lambda: pool.avg_grads(_X, _X, 2, 2), ValueError,
-     r"avgpool2d: dout = dC/dout must have the shape of the pooled output, \(1, 2, 2, 2\).*got "
-     r"shape \(1, 2, 4, 4\)"),
-    ("dout of another dtype", lambda: pool.avg_grads(_X, np.ones((1, 2, 2, 2), np.float32)),
-     TypeError, r"avgpool2d: dout has dtype float32 but x has float64"),
+AVGPOOL_ERRORS = _errors("avgpool2d", pool.avg_forward, pool.avg_grads) + [
     ("a max pooling cache", lambda: pool.avg_backward(pool.forward(_X)[1], np.ones((1, 2, 2, 2))),
      TypeError, r"avgpool2d: cache must be the AvgPoolCache"),
     ("dout of another shape than the cache's", lambda: pool.avg_backward(
@@ -322,9 +306,13 @@ AVGPOOL_ERRORS = [
 ]
 
 
-@pytest.mark.parametrize("call, error, message", [case[1:] for case in AVGPOOL_ERRORS],
-                         ids=[case[0] for case in AVGPOOL_ERRORS])
-def test_avgpool_refuses_bad_input(call, error, message):
+POOL_ERRORS = [("max: " + case[0], *case[1:]) for case in MAXPOOL_ERRORS] + \
+    [("avg: " + case[0], *case[1:]) for case in AVGPOOL_ERRORS]
+
+
+@pytest.mark.parametrize("call, error, message", [case[1:] for case in POOL_ERRORS],
+                         ids=[case[0] for case in POOL_ERRORS])
+def test_pooling_refuses_bad_input(call, error, message):
   with pytest.raises(error, match=message):
     call()
 
