@@ -540,6 +540,32 @@ def test_mutant_caught_and_diagnosed(label):
     assert codes & set(report.codes), report.text()
 
 
+@pytest.mark.parametrize("seed", [4, 7])
+def test_a_derivative_wrong_only_at_the_kink_is_told_from_f_prime_missing(seed):
+  """relu' = (z != 0) is f' missing everywhere but at z = 0: only a planted kink tells them
+  apart. At seed 4 the kink case among the confirmations drew no kink (each entry is one with
+  probability 0.45; of 6 entries none, 2.8% of draws); at seed 7 it drew z <= 0 everywhere, an
+  answer of 0 that checks nothing. f' missing then came first."""
+  report = check_op("activation", _mutant_relu_nonzero, name="relu", seed=seed, examples=20)
+  assert report.verdict == "fail"
+  assert [f.code for f in report.diagnosis] == ["kink_side"], report.text()
+
+
+def test_every_kink_case_of_an_activation_holds_a_kink():
+  """A kinked activation's kink cases put z = 0 at one entry at least, however small the case
+  (a layer's kink cases plant theirs by a zero row of W and b)."""
+  from bpref.oracle.ops import kinds
+  from bpref.oracle.ops.record import Label
+
+  record = kinds.get("activation")
+  for name in ("relu", "leaky_relu"):
+    spec = kinds.make_spec("activation", name)
+    for dims in ((1, 1), (1, 2), (2, 3)):
+      for seed in range(100):
+        z = record.case(spec, Label(dims, "kink", seed)).arrays["z"]
+        assert np.any(z == 0), (name, dims, seed, z)
+
+
 # ------------------------------------------------------------ known wrong forms of f' (issue 31)
 # Each backward below computes f' the way some outside code writes it, with one slip; the
 # diagnosis must name the form of bpref.oracle.forms that it computes, in both dtypes.

@@ -79,7 +79,8 @@ def _confirmation_labels(spec, label: Label | None) -> list:
   out = [label._replace(seed=label.seed + 1), Label(dims, label.family, label.seed + 2)]
   out += kinds.of(spec).extra_confirmations(spec, label)
   if "kink" in kinds.of(spec).value_families(spec) and label.family != "kink":
-    out.append(Label(dims, "kink", label.seed + 3))
+    # two: a kink case whose answer is 0 everywhere (relu at z <= 0) checks nothing, and is left out
+    out += [Label(dims, "kink", label.seed + 3), Label(dims, "kink", label.seed + 5)]
   return out
 
 

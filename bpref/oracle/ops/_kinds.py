@@ -110,6 +110,8 @@ def _entries(rng, shape, family, dtype, role):
     pick = rng.random(shape)
     v[pick < 0.25] = 0.0
     v[(pick >= 0.25) & (pick < 0.45)] = -0.0
+    if v.size and not np.any(pick < 0.45):  # one kink at least: a kink case without one is not
+      v.flat[int(np.argmin(pick))] = 0.0  # one, and a diagnosis that plants kinks needs it
     return v
   if family == "saturated":
     return scaled(rng, shape, 4.0, 40.0)
