@@ -166,6 +166,9 @@ DEEP = {
     "tests/test_ops_block.py::test_right_layer_functions_pass_inside_the_block[[]float64]": "a right block "
     "search; the fast tier's block test passes the steps before its bug",
     "proofs/test_pool_symbolic.py::test_maxpool_proof_evaluates_to_bpref": "the region proof evaluated",
+    "proofs/test_pool_symbolic.py::test_avgpool_backward_equals_sympy_derivative_and_bpref": "sympy "
+    "at four window geometries (2.4 s); tests/test_pool.py checks the layer against autodiff, "
+    "torch and loops in the fast tier",
     "tests/test_ops_block.py::test_a_layernorm_bug_is_named_at_the_first_wrong_step": "another block "
     "search (the attention bug's stays fast)",
     "tests/test_ops_block.py::test_a_dense_bug_is_named_at_its_step": "another block search",
