@@ -346,7 +346,7 @@ def _near_models(ev, minimal, origin, wrong) -> list:
           _apart(model, truth) > FIT_SLACK
   if not fitting:
     return []
-  others = [run for run in _runs(ev, _confirmation_labels(spec, origin))][:CONFIRMATIONS]
+  others = _runs(ev, _confirmation_labels(spec, origin))[:CONFIRMATIONS]
   for run in others:
     models = ev.record.models(spec, run.case, run.truth)
     for key in list(fitting):

@@ -443,9 +443,10 @@ class AvgPool2d(Pool2d):
     _, floor = unit_and_floor(spec.dtype)
     k = math.ceil(pool / stride) ** 2 + 2  # K shares, each rounded once or twice (proofs/pool.md, 5)
     out, dx = self.answer(spec, case, _avgpool_padded)
-    shares = np.ones(_windows(x, pool, stride).shape) / (pool * pool)
-    M = _routed(shares * np.abs(dout)[..., None], pool, stride, x.shape)  # (AP2) on |dout|
-    M_out = np.abs(_windows(x, pool, stride)).mean(axis=-1)
+    win = _windows(x, pool, stride)
+    M = _routed(np.full(win.shape, 1 / (pool * pool)) * np.abs(dout)[..., None], pool, stride,
+                x.shape)  # (AP2) on |dout|
+    M_out = np.abs(win).mean(axis=-1)
     return OpTruth({"dx": dx}, {"dx": M + k * floor},
                    _tolerance.tolerance(spec.dtype, depth=1, inner=k), None, 0.0, out,
                    M_out + floor, _tolerance.forward_tolerance(spec.dtype, depth=1,
