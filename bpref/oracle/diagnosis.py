@@ -5,7 +5,7 @@ size alone. A hypothesis reproduces the candidate when the candidate is as close
 correct program must be to bpref's gradient: within tol, the rounding model (T) of the case
 in the candidate's dtype (``bpref.tolerance.network_tolerance``, the judge's tolerance),
 measured against the larger of bpref's magnitude bound and the hypothesis's own gradient
-(``reproduces``). A hypothesis is claimed only where it differs from bpref's gradient by
+(``_reproduces``). A hypothesis is claimed only where it differs from bpref's gradient by
 more than 2 tol, and is named only once it has differed by more than FIT_SLACK tol on some
 network, so that no rounding-sized difference is ever explained by a bug.
 
@@ -94,7 +94,8 @@ def fit_error(cand, model, mags) -> float:
 
   The judge's error measure with the magnitude bound M_X raised to the model's own gradient
   where that is larger: code computing the model's gradient rounds at the model's scale
-  (a model without f' = 1/4 is four times bpref's gradient, and so is its rounding)."""
+  (a model without f' = 1/4 is four times bpref's gradient, and so is its rounding). The op
+  diagnosis measures a near-tolerance candidate's fit to its bug models with it too."""
   worst = 0.0
   for c, m, s in zip(cand, model, mags):
     m = np.asarray(m, np.float64)
@@ -103,7 +104,7 @@ def fit_error(cand, model, mags) -> float:
   return worst
 
 
-def reproduces(cand, model, mags, tol) -> bool:
+def _reproduces(cand, model, mags, tol) -> bool:
   """Whether the candidate's arrays are as close to the model's as a correct program's must be
   to bpref's: ``fit_error`` within tol, the rounding model (T) of the case in its dtype."""
   return fit_error(cand, model, mags) <= tol
@@ -630,7 +631,7 @@ class Diagnoser:
 
   def _fits(self, model_grads, with_bias=True) -> bool:
     cand = _grads(self.minimal) if with_bias else list(self.minimal.dW)
-    return reproduces(cand, model_grads, _mags(self.truth, with_bias), self.tol)
+    return _reproduces(cand, model_grads, _mags(self.truth, with_bias), self.tol)
 
   def near_tolerance(self):
     """A Finding when the candidate is within FIT_SLACK x tol of bpref (and no model reproduces
@@ -807,7 +808,7 @@ class Diagnoser:
       mags.append(truth.mag_b[l - 1])
     if _worst(model, list(truth.dW) + list(truth.db), mags) <= SEPARATION * result.tolerance:
       return False  # the model changes nothing here, or too little to be told apart
-    return reproduces(cand, model, mags, result.tolerance)
+    return _reproduces(cand, model, mags, result.tolerance)
 
   def _bias_confirming_arch(self):
     """The minimal network with B >= 2 and every layer at least 2 wide, other values; None
@@ -830,7 +831,7 @@ class Diagnoser:
         continue
       if _worst([t.T], [t], [m]) <= FIT_SLACK * self.tol:  # dW_l nearly symmetric (1 x 1)
         continue
-      if reproduces([c.T], [t], [m], self.tol):
+      if _reproduces([c.T], [t], [m], self.tol):
         hits.append(l)
     if not hits:
       return None
@@ -926,7 +927,7 @@ class Diagnoser:
           grads = model.grads(other)
         except _NotComputable:
           continue
-        if reproduces(cand, true2 if grads is None else grads, mags2, r.tolerance):
+        if _reproduces(cand, true2 if grads is None else grads, mags2, r.tolerance):
           keep.append((i, model))
           if grads is not None and _worst(grads, true2, mags2) > FIT_SLACK * r.tolerance:
             shown.add(i)
