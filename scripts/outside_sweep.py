@@ -19,14 +19,15 @@ Usage (each line a JSON record with ``--jsonl``; a summary and every miss on std
     python scripts/outside_sweep.py --what right --seeds 100:120 --examples 60
     python scripts/outside_sweep.py --what bugs --seeds 1:11 --only layernorm,conv2d
 
-Needs the ``test`` and ``bridges`` extras (torch, scikit-learn via ``train``); a job whose
-framework is missing is reported as skipped.
+Needs the ``test`` extra; the jobs of PyTorch (the ``bridges`` extra) and of scikit-learn (the
+``train`` extra) run where those are installed and are counted as skipped elsewhere.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import importlib.util
 import json
 import pathlib
 import sys
@@ -86,12 +87,15 @@ def _layer_right():
 
 def _classic_right():
   import test_ops as T
-  import test_ops_outside as OPO
 
   from bpref.oracle.ops import check_op
 
   jobs = [(f"classic/{label}", lambda kind=kind, name=name, options=options, fn=fn, **o: check_op(
       kind, fn, name=name, **options, **o)) for label, (kind, name, options, fn) in T.CORRECT.items()]
+  if not _available("torch"):
+    return jobs
+  import test_ops_outside as OPO  # its module needs torch
+
   for name, f in OPO.TORCH_ACTIVATIONS.items():
     jobs.append((f"activation/torch/{name}", lambda f=f, name=name, **o: check_op(
         "activation", OPO._torch_autograd(f), name=name, **o)))
@@ -199,6 +203,16 @@ def _bugs():
   return jobs
 
 
+def _available(module: str) -> bool:
+  return importlib.util.find_spec(module) is not None
+
+
+def _needs(label: str) -> str:
+  """The framework a job's candidate needs ("" for none): its way, the label's second part."""
+  way = label.split("/")[1] if "/" in label else ""
+  return "torch" if way.startswith("torch") else "sklearn" if way == "sklearn" else ""
+
+
 def run(what, seeds, examples, dtypes=("float32", "float64"), only=(), out=None) -> dict:
   """Every job of ``what`` at every seed and dtype; {"checks", "misses", "skipped", "cases"}."""
   import jax
@@ -212,17 +226,17 @@ def run(what, seeds, examples, dtypes=("float32", "float64"), only=(), out=None)
   if only:
     jobs = [j for j in jobs if j[0].split("/")[0] in only]
   counts = collections.Counter()
+  missing = [j for j in jobs if _needs(j[0]) and not _available(_needs(j[0]))]
+  if missing:
+    counts["skipped"] = len(missing) * len(seeds) * len(dtypes)
+    print(f"skipped, their framework not installed: {', '.join(j[0] for j in missing)}", flush=True)
+    jobs = [j for j in jobs if j not in missing]
   misses = []
   for seed in seeds:
     for dtype in dtypes:
       for label, codes, check in jobs:
         start = time.perf_counter()
-        try:
-          report = check(dtype=dtype, seed=seed, examples=examples)
-        except ImportError as exc:  # a framework this machine lacks
-          counts["skipped"] += 1
-          print(f"skipped {label}: {exc}", flush=True)
-          continue
+        report = check(dtype=dtype, seed=seed, examples=examples)
         if codes is None:
           ok = report.verdict == "pass"
         else:

@@ -34,3 +34,14 @@ def test_a_right_candidate_counted_as_a_bug_is_a_miss_and_exits_1(monkeypatch, c
   assert sweep.main(["--what", "bugs", "--seeds", "0:1", "--dtypes", "float64"]) == 1
   out = capsys.readouterr().out
   assert "MISS avgpool2d/none float64 seed 0" in out and "PASS" in out and '"misses": 1' in out
+
+
+def test_the_jobs_of_a_missing_framework_are_skipped_and_counted(monkeypatch, capsys):
+  monkeypatch.setattr(sweep, "_available", lambda module: module != "torch")
+  summary = sweep.run("right", range(1), 3, ("float64",), only=("avgpool2d",))
+  import test_ops_pool as P
+
+  torch_ways = [w for w in P.RIGHT_AVG if w.startswith("torch")]
+  assert summary["skipped"] == 5 * len(torch_ways), summary  # five windows each
+  assert summary["checks"] == 5 * (len(P.RIGHT_AVG) - len(torch_ways)) and summary["misses"] == 0
+  assert "skipped, their framework not installed: avgpool2d/torch" in capsys.readouterr().out
