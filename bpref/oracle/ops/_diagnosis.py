@@ -295,21 +295,11 @@ def _diagnose(ev, minimal, origin) -> list:
   findings = []
   if fitting:
     others = _runs(ev, _confirmation_labels(spec, origin), answered=False)[:CONFIRMATIONS]
-    for code, summary in fitting:
-      confirmed = True
-      for run in others:
-        variants = [m for _, s, m in ev.record.models(spec, run.case, run.truth) if s == summary]
-        if not variants and run.verdict.outputs is not None and code == "transposed":
-          confirmed = False  # a transpose of a non-square W cannot be computed; the candidate did
-          break
-        if run.verdict.outputs is None:
-          continue
-        if variants and not any(_consistent(m, run.verdict.outputs, run.truth) for m in variants):
-          confirmed = False
-          break
-      if confirmed:
-        findings.append(Finding(code, summary, f"reproduces the candidate on the minimal case "
-                                f"and on {len(others)} other case(s)"))
+    confirmed = _confirmed(ev, fitting, others,
+                           lambda m, run: _consistent(m, run.verdict.outputs, run.truth))
+    findings = [Finding(code, summary, f"reproduces the candidate on the minimal case and on "
+                        f"{len(others)} other case(s)") for code, summary in fitting
+                if (code, summary) in confirmed]
   if not findings:
     findings = _factor(ev, spec, minimal, wrong, origin)
   if not findings:
@@ -346,21 +336,36 @@ def _near_models(ev, minimal, origin, wrong) -> list:
           _apart(model, truth) > FIT_SLACK
   if not fitting:
     return []
-  others = _runs(ev, _confirmation_labels(spec, origin))[:CONFIRMATIONS]
-  for run in others:
-    models = ev.record.models(spec, run.case, run.truth)
-    for key in list(fitting):
-      followed = [m for code, summary, m in models
-                  if (code, summary) == key and _follows(m, run.verdict, run.truth)]
-      if not followed:
-        del fitting[key]
-      elif any(_apart(m, run.truth) > FIT_SLACK for m in followed):
-        fitting[key] = True
+  others = _runs(ev, _confirmation_labels(spec, origin), answered=False)[:CONFIRMATIONS]
+  confirmed = _confirmed(ev, fitting, others, lambda m, run: _follows(m, run.verdict, run.truth))
   return [Finding(code, summary, f"reproduces the candidate to within one tolerance on the "
                   f"minimal case, where the candidate is within {FIT_SLACK:g} tolerances of "
                   f"bpref's answer, and on {len(others)} other case(s); on one of them the model "
                   f"is more than {FIT_SLACK:g} tolerances from bpref's answer")
-          for (code, summary), shown in fitting.items() if shown]
+          for (code, summary), shown in fitting.items()
+          if (code, summary) in confirmed and (shown or confirmed[(code, summary)] > FIT_SLACK)]
+
+
+def _confirmed(ev, keys, others, follows) -> dict:
+  """{(code, summary): the farthest its model stood from bpref's answer, in tolerances} for the
+  bug models of ``keys`` that the candidate's answer follows (``follows(model, run)``) on each
+  run of ``others`` that answered; a summary may come with variants (f'(0) at a kink), and any
+  one of them will do. A model that cannot be computed on a case is not tested there, except a
+  transpose of a W that is not square: the candidate answered there, so it is refuted."""
+  apart = dict.fromkeys(keys, 0.0)
+  for run in others:
+    if run.verdict.outputs is None:
+      continue
+    models = ev.record.models(ev.spec, run.case, run.truth)
+    for code, summary in list(apart):
+      variants = [m for _, s, m in models if s == summary]
+      followed = [m for m in variants if follows(m, run)]
+      if (variants and not followed) or (not variants and code == "transposed"):
+        del apart[(code, summary)]
+      elif followed:
+        apart[(code, summary)] = max(apart[(code, summary)],
+                                     *(_apart(m, run.truth) for m in followed))
+  return apart
 
 
 def _slipped(ev, how, case, truth, outputs) -> bool:
