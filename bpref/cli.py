@@ -7,6 +7,7 @@ SIGPIPE, instead of a BrokenPipeError traceback.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import importlib.util
 import os
@@ -64,7 +65,20 @@ def _dispatch(argv) -> int:
   if argv[0] not in found:
     print(f"bpref: unknown command {argv[0]!r}\n\n{_usage(found)}", file=sys.stderr)
     return 2
-  return int(importlib.import_module(found[argv[0]][0]).main(argv[1:]) or 0)
+  command = importlib.import_module(found[argv[0]][0])
+  _fewer_collections()
+  return int(command.main(argv[1:]) or 0)
+
+
+def _fewer_collections() -> None:
+  """Python's cyclic collector, set for a process that traces programs. Tracing makes many
+  short-lived containers, and at Python's default (a first-generation collection every 700)
+  a cold ``bpref verify --quick`` made 680 collections that took 1.1 s, each holding the
+  interpreter's lock (``gc.callbacks``). What is imported by now is frozen, never scanned
+  again, and the first generation is collected every 50,000 allocations: 6 collections,
+  0.12 s."""
+  gc.freeze()
+  gc.set_threshold(50_000, 50, 50)
 
 
 def _silence_stdout() -> None:

@@ -46,6 +46,16 @@ _LISTENING = []
 _COUNTING = threading.Lock()
 _EXECUTABLES: list = []  # [the directory of stored executables] while use_cache has it on
 
+WITNESS_CPU_OPTIONS = (("xla_cpu_use_fusion_emitters", False),)
+"""XLA's options (``jit``'s ``cpu_options``) for the programs that judge bpref and are not
+bpref: the witnesses (``bpref.witnesses``) and the tables of f, f', rho_f and the loss terms
+that bounds and tolerances read (``bpref.tables``, ``bpref.oracle.truth``). On a CPU they
+compile through XLA's elemental emitters in place of its newer fusion emitters, in about
+two thirds of the time (docs/performance.md). bpref's own programs (``bpref.backprop``,
+``bpref.scale.fast``, ``bpref.layers``) compile with XLA's defaults, as they do in a user's
+code, so that ``bpref verify`` checks bpref as it runs elsewhere; and a fault of one of
+XLA's emitters then sets bpref apart from its witness instead of hiding in both."""
+
 
 @dataclasses.dataclass
 class Seen:
@@ -207,7 +217,7 @@ def _unwritable(path: str) -> str:
 
 # ---------------------------------------------------------------- whole executables
 
-def jit(fn=None, *, static_argnums=(), static_argnames=(), key=None):
+def jit(fn=None, *, static_argnums=(), static_argnames=(), key=None, cpu_options=()):
   """``jax.jit`` of one of bpref's own functions, whose executables persist between runs.
 
   While ``use_cache`` has the cache on, each executable is stored whole
@@ -220,10 +230,14 @@ def jit(fn=None, *, static_argnums=(), static_argnames=(), key=None):
   argument that has no stable text, it is ``jax.jit`` itself. Use it only on functions whose
   program depends on nothing but bpref's code and the arguments: a closure names what it closes
   over in ``key``.
+
+  ``cpu_options``, (name, value) pairs of XLA's options (``WITNESS_CPU_OPTIONS``), are given
+  to XLA when the program compiles for a CPU, and are part of the stored key; another
+  platform compiles with XLA's defaults.
   """
   if fn is None:
     return functools.partial(jit, static_argnums=static_argnums, static_argnames=static_argnames,
-                             key=key)
+                             key=key, cpu_options=cpu_options)
   import jax
   import numpy as np
 
@@ -234,14 +248,21 @@ def jit(fn=None, *, static_argnums=(), static_argnames=(), key=None):
            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
   static_argnums += tuple(order.index(n) for n in static_argnames if n in order)  # as jax.jit
   static_argnames += tuple(order[i] for i in static_argnums if i < len(order))
-  traced = jax.jit(fn, static_argnums=static_argnums, static_argnames=static_argnames)
+  plain = jax.jit(fn, static_argnums=static_argnums, static_argnames=static_argnames)
+  tuned = plain if not cpu_options else jax.jit(
+      fn, static_argnums=static_argnums, static_argnames=static_argnames,
+      compiler_options=dict(cpu_options))
   name = key or f"{fn.__module__}.{fn.__qualname__}"
   if "<" in str(name):
     raise ValueError(f"compilation.jit: {fn.__qualname__} needs a key naming what it closes over")
   loaded: dict = {}
 
+  def pick():
+    return tuned if _on_cpu() else plain
+
   @functools.wraps(fn)
   def call(*args, **kwargs):
+    traced = pick()
     if not _EXECUTABLES:
       return traced(*args, **kwargs)
     static = tuple((i, args[i]) for i in static_argnums if i < len(args))
@@ -249,7 +270,8 @@ def jit(fn=None, *, static_argnums=(), static_argnames=(), key=None):
     dynamic = ([a for i, a in enumerate(args) if i not in static_argnums],
                {k: v for k, v in kwargs.items() if k not in static_argnames})
     leaves, tree = jax.tree_util.tree_flatten(dynamic)
-    settings = (jax.config.jax_enable_x64, str(jax.config.jax_default_matmul_precision))
+    settings = (jax.config.jax_enable_x64, str(jax.config.jax_default_matmul_precision),
+                tuple(cpu_options) if traced is tuned else ())
     seen = (static, tree, settings,  # a cheap stand-in for the avals, within this process
             tuple((type(leaf), np.shape(leaf), getattr(leaf, "dtype", None),
                    getattr(leaf, "weak_type", False)) for leaf in leaves))
@@ -275,9 +297,22 @@ def jit(fn=None, *, static_argnums=(), static_argnames=(), key=None):
       loaded[seen] = (executable, False)
     return executable(*dynamic[0], **dynamic[1])
 
-  call._cache_size = lambda: len(loaded) + traced._cache_size()
-  call.lower = traced.lower
+  call._cache_size = lambda: len(loaded) + plain._cache_size() + (
+      tuned._cache_size() if tuned is not plain else 0)
+  call.lower = lambda *args, **kwargs: pick().lower(*args, **kwargs)
+  call.cpu_options = tuple(cpu_options)
   return call
+
+
+def _on_cpu() -> bool:
+  """Whether this thread's programs compile for a CPU: its default device's platform
+  (``jax.default_device``), else JAX's default backend."""
+  import jax
+
+  device = jax.config.jax_default_device
+  if device is None:
+    return jax.default_backend() == "cpu"
+  return (device if isinstance(device, str) else device.platform) == "cpu"
 
 
 _PAST = threading.local()

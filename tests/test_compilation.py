@@ -358,3 +358,48 @@ def test_a_loaded_executable_is_marked_used(store):
   os.utime(entry, (1.0, 1.0))
   compilation.jit(_doubler(traced), static_argnums=1, key="tests.double")(np.ones(2), 2, offset=0.0)
   assert len(traced) == 1 and entry.stat().st_mtime > 1.0
+
+
+_NO_SUCH_OPTION = (("xla_cpu_no_such_option", True),)
+
+
+@pytest.mark.parametrize("stored", [False, True], ids=["plain", "stored"])
+def test_cpu_options_reach_xla_on_a_cpu_and_only_there(stored, monkeypatch, tmp_path):
+  """An option XLA does not know fails the compilation: so it reached XLA, whether the store
+  compiles the program or ``jax.jit`` does; a program for another platform leaves it out."""
+  monkeypatch.setattr(compilation, "_EXECUTABLES", [str(tmp_path)] if stored else [])
+  with pytest.raises(Exception, match="xla_cpu_no_such_option"):
+    compilation.jit(_doubler([]), static_argnums=1, key="tests.double",
+                    cpu_options=_NO_SUCH_OPTION)(np.ones(2), 2, offset=0.0)
+  monkeypatch.setattr(compilation, "_on_cpu", lambda: False)
+  out = compilation.jit(_doubler([]), static_argnums=1, key="tests.double",
+                        cpu_options=_NO_SUCH_OPTION)(np.ones(2), 2, offset=0.0)
+  np.testing.assert_array_equal(np.asarray(out), [2.0, 2.0])
+
+
+def test_a_stored_executable_is_keyed_by_its_cpu_options(store):
+  traced = []
+  compilation.jit(_doubler(traced), static_argnums=1, key="tests.double",
+                  cpu_options=compilation.WITNESS_CPU_OPTIONS)(np.ones(2), 2, offset=0.0)
+  compilation.jit(_doubler(traced), static_argnums=1, key="tests.double")(np.ones(2), 2, offset=0.0)
+  assert len(traced) == 2 and len(list(store.iterdir())) == 2
+
+
+def test_the_witnesses_compile_with_their_options_and_bpref_with_xlas_defaults():
+  """bpref's own programs compile as in a user's code; what judges them, with the options of
+  ``compilation.WITNESS_CPU_OPTIONS`` (each program of the witnesses is checked right on a
+  network where a miscompile showed: tests/test_verify.py)."""
+  from bpref import tables
+  from bpref.oracle import truth
+  from bpref.scale import fast
+  from bpref.tools import verify
+  from bpref.witnesses import autodiff, finite_diff
+
+  judges = [autodiff._padded_many, autodiff._padded_grads, finite_diff.gradient,
+            finite_diff._estimates_padded, verify._witness_outputs,
+            truth._loss_terms_table(("squared_error",))]
+  judges += [apply for apply, _ in tables._tables(("tanh",)).values()]
+  assert all(program.cpu_options == compilation.WITNESS_CPU_OPTIONS for program in judges)
+  assert compilation.WITNESS_CPU_OPTIONS
+  for program in (fast._many, fast._many_lambdas, verify._bpref_outputs):
+    assert program.cpu_options == ()

@@ -152,7 +152,8 @@ def _one_padded_case(p, precision, names):
   return value, dW, db, de, dx, per_W, per_b, lams, y
 
 
-@compilation.jit(static_argnames=("precision", "names"))
+@compilation.jit(static_argnames=("precision", "names"),
+                  cpu_options=compilation.WITNESS_CPU_OPTIONS)
 def _padded_many(p, precision, names):
   return jax.vmap(lambda case: _one_padded_case(case, precision, names))(p)
 
@@ -184,7 +185,8 @@ def _grad_one_padded_case(p, precision, names):
   return jax.grad(_padded_loss, argnums=(0, 1))(p.W, p.b, p.x, offsets, p, precision, names)
 
 
-@compilation.jit(static_argnames=("precision", "names"))
+@compilation.jit(static_argnames=("precision", "names"),
+                  cpu_options=compilation.WITNESS_CPU_OPTIONS)
 def _padded_grads(p, precision, names):
   return jax.vmap(lambda case: _grad_one_padded_case(case, precision, names))(p)
 
