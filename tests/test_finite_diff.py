@@ -62,6 +62,21 @@ def test_richardson_within_its_error_estimate(problem):
                          f"{np.abs(got - exact)[bad]} vs {est[bad]}")
 
 
+def test_richardson_charges_the_forward_passs_rounding_of_c():
+  """A softplus network on which hypothesis found Richardson's estimate too small when it
+  charged C one rounding (2 u): dC/dW_2[0, 2] off by 1.3e-13 against 4.1e-14."""
+  from bpref.structures import Layer
+
+  params = (Layer(np.array([[0.6728627, 0.4601386, -0.26254278], [-0.30721271, 0.03046478, 0.42892477],
+                            [0.61938828, -0.16376956, -0.91860758]]),
+                  np.array([-0.08789557, -0.04232625, 0.02904517]), "softplus"),
+            Layer(np.array([[0.18217954, -0.04194918, 1.09432088], [-0.06226708, 0.00229547, 0.10831787]]),
+                  np.array([0.00848769, 0.02367961]), "identity"))
+  problem = bpref.problems.Problem(params, np.array([[-1.06110874, 0.94875177, -1.54035953]]),
+                                   np.array([[0.84821452, 0.08773467]]), "squared_error", "mean")
+  test_richardson_within_its_error_estimate.hypothesis.inner_test(problem)
+
+
 @few
 @given(bst.all_problems(hidden=SMOOTH, losses=SMOOTH_LOSSES, depths=(1, 2)))
 def test_central_difference_within_its_bound(problem):

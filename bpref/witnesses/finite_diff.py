@@ -43,6 +43,7 @@ import numpy as np
 from bpref import activations as _activations
 from bpref import compilation
 from bpref import losses as _losses
+from bpref import tolerance as _tolerance
 from bpref.network import DEFAULT_PRECISION
 from bpref.structures import Layer
 from bpref.validation import check_precision, check_problem
@@ -254,18 +255,19 @@ class Estimate(NamedTuple):
   error: Array
 
 
-def richardson(fun, theta, v, h=None, levels: int = 4) -> Estimate:
+def richardson(fun, theta, v, h=None, levels: int = 4, noise=None) -> Estimate:
   """Richardson-extrapolated central differences along v with an error estimate.
 
   Steps h, h/2, ..., h/2^(levels-1); h defaults to u^(1/(2 levels + 1)) times the
   scale of theta (the step balancing the O(h^(2 levels)) truncation of the
   extrapolated value against rounding u |C| / h). The error estimate assumes C is
   smooth (2 levels + 1 times differentiable) between theta - h v and theta + h v:
-  near a kink (relu, huber, softsign's f'') it can be too small.
+  near a kink (relu, huber, softsign's f'') it can be too small. ``noise`` is
+  ``richardson_table``'s.
   """
   hs = richardson_steps(theta, v, h, levels)
   values = jax.vmap(lambda s: fun(theta + s * v))(jnp.concatenate([hs, -hs]))  # one trace
-  return richardson_table(values, hs)
+  return richardson_table(values, hs, noise)
 
 
 def richardson_steps(theta, v, h=None, levels: int = 4) -> Array:
@@ -277,8 +279,13 @@ def richardson_steps(theta, v, h=None, levels: int = 4) -> Array:
   return h * (0.5 ** jnp.arange(levels, dtype=dtype))
 
 
-def richardson_table(values, hs) -> Estimate:
-  """``richardson``'s estimate from C(theta + h_i v) for the steps hs, then C(theta - h_i v)."""
+def richardson_table(values, hs, noise=None) -> Estimate:
+  """``richardson``'s estimate from C(theta + h_i v) for the steps hs, then C(theta - h_i v).
+
+  Its error is the last two levels' difference plus rounding: each value of C is off by at
+  most ``noise`` times the largest |C| (2 u where C is one rounding from exact; a network's
+  forward pass, ``value_noise``), so each D_h by that over h, and the extrapolation's weights
+  sum to less than 2."""
   levels = hs.shape[0]
   table = [(values[i] - values[levels + i]) / (2 * hs[i]) for i in range(levels)]  # T[i, 0] = D_{h_i}
   best_prev, best = table[0], table[0]
@@ -286,9 +293,18 @@ def richardson_table(values, hs) -> Estimate:
     # T[i, j] = T[i, j-1] + (T[i, j-1] - T[i-1, j-1]) / (4^j - 1)
     table = [table[i] + (table[i] - table[i - 1]) / (4 ** j - 1) for i in range(1, len(table))]
     best_prev, best = best, table[-1]
-  c0 = jnp.max(jnp.abs(values))
-  rounding = 4 * _unit_roundoff(hs.dtype) * c0 / hs[-1]  # u |C| / h_min, amplified by the weights
+  if noise is None:
+    noise = 2 * _unit_roundoff(hs.dtype)
+  rounding = 2 * noise * jnp.max(jnp.abs(values)) / hs[-1]  # noise |C| / h_min, times the weights
   return Estimate(best, jnp.abs(best - best_prev) + rounding)
+
+
+def value_noise(dtype, depth: int, inner: int) -> float:
+  """The rounding error of C relative to |C| that ``richardson_table`` charges a network:
+  the forward pass's rounding model (``bpref.tolerance.forward_tolerance``) at its depth and
+  longest sum. One rounding of C (2 u) was too little: on a float64 softplus network of depth
+  2, a Richardson derivative was off by 1.3e-13 where its estimate said 4.1e-14."""
+  return _tolerance.forward_tolerance(dtype, depth=depth, inner=inner)
 
 
 def complex_derivative(fun_c, theta, v, h=None) -> Array:
@@ -310,9 +326,9 @@ def gradient_central(fun, theta, h=None) -> Array:
   return _basis_map(lambda e: central(fun, theta, e, h), theta.shape[0], theta.dtype)
 
 
-def gradient_richardson(fun, theta, levels: int = 4) -> Estimate:
+def gradient_richardson(fun, theta, levels: int = 4, noise=None) -> Estimate:
   """Per-coordinate Richardson estimates of dC/dtheta and their error estimates."""
-  est = jax.vmap(lambda e: richardson(fun, theta, e, levels=levels))(
+  est = jax.vmap(lambda e: richardson(fun, theta, e, levels=levels, noise=noise))(
       jnp.eye(theta.shape[0], dtype=theta.dtype))
   return Estimate(est.value, est.error)
 
@@ -341,7 +357,10 @@ def gradient(params, x, t, loss="squared_error", reduction="mean", *, method="ri
   if method == "central":
     return unflatten(gradient_central(fun, theta), params)
   if method == "richardson":
-    est = gradient_richardson(fun, theta)
+    sizes = [np.shape(x)[-1]] + [np.shape(layer.W)[0] for layer in params]
+    batch = np.shape(x)[0] if np.ndim(x) == 2 else 1
+    est = gradient_richardson(fun, theta, noise=value_noise(theta.dtype, len(params),
+                                                             max(sizes + [batch])))
     return unflatten(est.value, params), unflatten(est.error, params)
   raise ValueError(f"unknown method {method!r}; valid: central, richardson, complex")
 
@@ -527,9 +546,10 @@ def _estimates_one(p, g_W, g_b, v_W, v_b, precision, names):
   on_v = values[n * along_e.shape[0]:]
   levels = hs.shape[0]
   central_ = (on_e[:, 0] - on_e[:, 1]) / (2 * h)
-  rich = jax.vmap(lambda row: richardson_table(row, hs))(on_e[:, 2:])
+  noise = value_noise(dtype, p.W.shape[0], max(p.x.shape))  # the bucket's depth and sums
+  rich = jax.vmap(lambda row: richardson_table(row, hs, noise))(on_e[:, 2:])
   slope = jnp.vdot(g, v, precision=DEFAULT_PRECISION)
-  rich_v = richardson_table(on_v[:2 * levels], hs_v)
+  rich_v = richardson_table(on_v[:2 * levels], hs_v, noise)
   order = taylor_fit(taylor_hs, on_v[-1], on_v[2 * levels:-1], slope).order
   # the complex step: Im C(theta + i h e) / h along every coordinate, then along v
   step = complex_step(dtype)
