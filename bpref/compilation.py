@@ -258,7 +258,7 @@ def jit(fn=None, *, static_argnums=(), static_argnames=(), key=None, cpu_options
   loaded: dict = {}
 
   def pick():
-    return tuned if _on_cpu() else plain
+    return tuned if tuned is not plain and _on_cpu() else plain
 
   @functools.wraps(fn)
   def call(*args, **kwargs):
