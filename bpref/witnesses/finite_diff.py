@@ -307,6 +307,14 @@ def value_noise(dtype, depth: int, inner: int) -> float:
   return _tolerance.forward_tolerance(dtype, depth=depth, inner=inner)
 
 
+def network_noise(params, x) -> float:
+  """``value_noise`` of the network (params, x): its depth, and its longest sum, the largest
+  width or the batch."""
+  sizes = [np.shape(x)[-1]] + [np.shape(layer.W)[0] for layer in params]
+  batch = np.shape(x)[0] if np.ndim(x) == 2 else 1
+  return value_noise(jnp.result_type(x), len(params), max(sizes + [batch]))
+
+
 def complex_derivative(fun_c, theta, v, h=None) -> Array:
   """Im C(theta + i h v) / h: the derivative along v, exact to rounding, for analytic C."""
   if h is None:
@@ -357,10 +365,7 @@ def gradient(params, x, t, loss="squared_error", reduction="mean", *, method="ri
   if method == "central":
     return unflatten(gradient_central(fun, theta), params)
   if method == "richardson":
-    sizes = [np.shape(x)[-1]] + [np.shape(layer.W)[0] for layer in params]
-    batch = np.shape(x)[0] if np.ndim(x) == 2 else 1
-    est = gradient_richardson(fun, theta, noise=value_noise(theta.dtype, len(params),
-                                                             max(sizes + [batch])))
+    est = gradient_richardson(fun, theta, noise=network_noise(params, x))
     return unflatten(est.value, params), unflatten(est.error, params)
   raise ValueError(f"unknown method {method!r}; valid: central, richardson, complex")
 
@@ -374,18 +379,19 @@ class Directional(NamedTuple):
   error: Array
 
 
-def directional(fun, theta, g, v, *, fun_c=None) -> Directional:
+def directional(fun, theta, g, v, *, fun_c=None, noise=None) -> Directional:
   """<g, v> for the claimed gradient g against the derivative of C along v.
 
   With ``fun_c`` (a complex-capable C) the complex step measures it, with an error
-  estimate of a few ulps of |<|g|, |v|>|; else Richardson with its own estimate.
+  estimate of a few ulps of |<|g|, |v|>|; else Richardson with its own estimate
+  (``noise`` as ``richardson_table``'s: ``network_noise`` for a network's C).
   """
   claimed = jnp.vdot(g, v, precision=DEFAULT_PRECISION)
   if fun_c is not None:
     measured = complex_derivative(fun_c, theta, v)
     u = _unit_roundoff(theta.dtype)
     return Directional(claimed, measured, 8 * u * jnp.abs(claimed))
-  est = richardson(fun, theta, v)
+  est = richardson(fun, theta, v, noise=noise)
   return Directional(claimed, est.value, est.error)
 
 
