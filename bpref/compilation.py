@@ -249,20 +249,35 @@ def jit(fn=None, *, static_argnums=(), static_argnames=(), key=None, cpu_options
   static_argnums += tuple(order.index(n) for n in static_argnames if n in order)  # as jax.jit
   static_argnames += tuple(order[i] for i in static_argnums if i < len(order))
   plain = jax.jit(fn, static_argnums=static_argnums, static_argnames=static_argnames)
-  tuned = plain if not cpu_options else jax.jit(
-      fn, static_argnums=static_argnums, static_argnames=static_argnames,
-      compiler_options=dict(cpu_options))
+  cpu_options = tuple(cpu_options)
+  try:
+    tuned = plain if not cpu_options else jax.jit(
+        fn, static_argnums=static_argnums, static_argnames=static_argnames,
+        compiler_options=dict(cpu_options))
+  except TypeError:  # a JAX whose jit takes no compiler_options: XLA's defaults
+    tuned = plain
   name = key or f"{fn.__module__}.{fn.__qualname__}"
   if "<" in str(name):
     raise ValueError(f"compilation.jit: {fn.__qualname__} needs a key naming what it closes over")
   loaded: dict = {}
 
   def pick():
-    return tuned if tuned is not plain and _on_cpu() else plain
+    return tuned if tuned is not plain and cpu_options not in _REFUSED and _on_cpu() else plain
 
   @functools.wraps(fn)
   def call(*args, **kwargs):
     traced = pick()
+    if traced is plain:
+      return through(plain, args, kwargs)
+    try:
+      return through(tuned, args, kwargs)
+    except Exception as err:  # an XLA that does not know an option compiles with its defaults
+      if "No such compile option" not in str(err):
+        raise
+      _REFUSED.add(cpu_options)
+      return through(plain, args, kwargs)
+
+  def through(traced, args, kwargs):
     if not _EXECUTABLES:
       return traced(*args, **kwargs)
     static = tuple((i, args[i]) for i in static_argnums if i < len(args))
@@ -300,8 +315,13 @@ def jit(fn=None, *, static_argnums=(), static_argnames=(), key=None, cpu_options
   call._cache_size = lambda: len(loaded) + plain._cache_size() + (
       tuned._cache_size() if tuned is not plain else 0)
   call.lower = lambda *args, **kwargs: pick().lower(*args, **kwargs)
-  call.cpu_options = tuple(cpu_options)
+  call.cpu_options = cpu_options
   return call
+
+
+_REFUSED: set = set()
+"""``cpu_options`` that this process's XLA refused ("No such compile option"): the programs
+given them compile with XLA's defaults from then on."""
 
 
 def _on_cpu() -> bool:

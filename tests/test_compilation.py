@@ -365,16 +365,25 @@ _NO_SUCH_OPTION = (("xla_cpu_no_such_option", True),)
 
 @pytest.mark.parametrize("stored", [False, True], ids=["plain", "stored"])
 def test_cpu_options_reach_xla_on_a_cpu_and_only_there(stored, monkeypatch, tmp_path):
-  """An option XLA does not know fails the compilation: so it reached XLA, whether the store
-  compiles the program or ``jax.jit`` does; a program for another platform leaves it out."""
+  """An option XLA does not know is refused by XLA, so it reached XLA, whether the store
+  compiles the program or ``jax.jit`` does; the program then compiles with XLA's defaults (an
+  older XLA without the witnesses' option still runs them). A program for another platform
+  leaves the options out."""
   monkeypatch.setattr(compilation, "_EXECUTABLES", [str(tmp_path)] if stored else [])
-  with pytest.raises(Exception, match="xla_cpu_no_such_option"):
-    compilation.jit(_doubler([]), static_argnums=1, key="tests.double",
-                    cpu_options=_NO_SUCH_OPTION)(np.ones(2), 2, offset=0.0)
+  monkeypatch.setattr(compilation, "_REFUSED", set())
   monkeypatch.setattr(compilation, "_on_cpu", lambda: False)
   out = compilation.jit(_doubler([]), static_argnums=1, key="tests.double",
                         cpu_options=_NO_SUCH_OPTION)(np.ones(2), 2, offset=0.0)
   np.testing.assert_array_equal(np.asarray(out), [2.0, 2.0])
+  assert compilation._REFUSED == set()  # never given to XLA
+  monkeypatch.setattr(compilation, "_on_cpu", lambda: True)
+  out = compilation.jit(_doubler([]), static_argnums=1, key="tests.double",
+                        cpu_options=_NO_SUCH_OPTION)(np.ones(2), 3, offset=0.0)
+  np.testing.assert_array_equal(np.asarray(out), [3.0, 3.0])
+  assert compilation._REFUSED == {_NO_SUCH_OPTION}
+  compilation.jit(_doubler([]), static_argnums=1, key="tests.double",
+                  cpu_options=compilation.WITNESS_CPU_OPTIONS)(np.ones(2), 2, offset=0.0)
+  assert compilation._REFUSED == {_NO_SUCH_OPTION}  # this XLA knows the witnesses' option
 
 
 def test_a_stored_executable_is_keyed_by_its_cpu_options(store):
