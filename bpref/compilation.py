@@ -260,6 +260,7 @@ def jit(fn=None, *, static_argnums=(), static_argnames=(), key=None, cpu_options
   if "<" in str(name):
     raise ValueError(f"compilation.jit: {fn.__qualname__} needs a key naming what it closes over")
   loaded: dict = {}
+  locks: dict = {}  # dict.setdefault is atomic under the interpreter's lock
 
   def pick():
     return tuned if tuned is not plain and cpu_options not in _REFUSED and _on_cpu() else plain
@@ -296,20 +297,23 @@ def jit(fn=None, *, static_argnums=(), static_argnames=(), key=None, cpu_options
     if executable is None:
       if not _stable(static) or any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
         return traced(*args, **kwargs)
-      executable = _load(signature())
-      stored = executable is not None
-    if stored:
-      try:  # waited for: a stored executable that cannot run says so when its results are read
-        out = jax.block_until_ready(executable(*dynamic[0], **dynamic[1]))
-        loaded[seen] = (executable, True)
-        return out
-      except Exception:  # a stored executable that does not run here: compiled again below,
-        _refuse(signature())  # and never stored again
-        executable = None
-    if executable is None:
-      executable = _compile(traced, args, kwargs)
-      _store(signature(), executable)
-      loaded[seen] = (executable, False)
+    with locks.setdefault(seen, threading.Lock()):  # one thread compiles a program; the rest wait
+      executable, stored = loaded.get(seen) or (None, False)
+      if executable is None:
+        executable = _load(signature())
+        stored = executable is not None
+      if stored:
+        try:  # waited for: a stored executable that cannot run says so when its results are read
+          out = jax.block_until_ready(executable(*dynamic[0], **dynamic[1]))
+          loaded[seen] = (executable, True)
+          return out
+        except Exception:  # a stored executable that does not run here: compiled again below,
+          _refuse(signature())  # and never stored again
+          executable = None
+      if executable is None:
+        executable = _compile(traced, args, kwargs)
+        _store(signature(), executable)
+        loaded[seen] = (executable, False)
     return executable(*dynamic[0], **dynamic[1])
 
   call._cache_size = lambda: len(loaded) + plain._cache_size() + (

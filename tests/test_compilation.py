@@ -412,3 +412,33 @@ def test_the_witnesses_compile_with_their_options_and_bpref_with_xlas_defaults()
   assert compilation.WITNESS_CPU_OPTIONS
   for program in (fast._many, fast._many_lambdas, verify._bpref_outputs):
     assert program.cpu_options == ()
+
+
+def test_threads_that_call_one_program_at_once_compile_it_once(store):
+  """Two threads meeting one program while it traces: the second waits for the first's
+  executable instead of compiling its own (each compilation counts against a budget)."""
+  import threading
+  import time
+
+  traced = []
+
+  def slow(v):
+    traced.append(v.shape)
+    time.sleep(0.3)  # while tracing: the other thread arrives
+    return v * 2.0
+
+  program = compilation.jit(slow, key="tests.slow")
+  out = [None, None]
+
+  def call(i):
+    out[i] = np.asarray(program(np.arange(3.0)))
+
+  with compilation.count() as seen:
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(2)]
+    for thread in threads:
+      thread.start()
+    for thread in threads:
+      thread.join()
+  assert seen.compilations == 1 and len(traced) == 1
+  for got in out:
+    np.testing.assert_array_equal(got, [0.0, 2.0, 4.0])
