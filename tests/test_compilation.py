@@ -442,3 +442,36 @@ def test_threads_that_call_one_program_at_once_compile_it_once(store):
   assert seen.compilations == 1 and len(traced) == 1
   for got in out:
     np.testing.assert_array_equal(got, [0.0, 2.0, 4.0])
+
+
+def test_threads_that_meet_one_stored_program_at_once_load_it_once(store, monkeypatch):
+  """The race that made a cold ``verify --quick`` count 25 compilations against its 20
+  programs: two threads reading one stored executable each loaded it (and each load counts
+  as a compilation the cache answered); the second now waits for the first's."""
+  import threading
+  import time
+
+  traced = []
+  compilation.jit(_doubler(traced), static_argnums=1, key="tests.double")(np.ones(2), 2, offset=0.0)
+  load = compilation._load
+
+  def slow_load(signature):
+    time.sleep(0.3)  # while reading: the other thread arrives
+    return load(signature)
+
+  monkeypatch.setattr(compilation, "_load", slow_load)
+  again = compilation.jit(_doubler(traced), static_argnums=1, key="tests.double")  # a new process
+  out = [None, None]
+
+  def call(i):
+    out[i] = np.asarray(again(np.ones(2), 2, offset=0.0))
+
+  with compilation.count() as seen:
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(2)]
+    for thread in threads:
+      thread.start()
+    for thread in threads:
+      thread.join()
+  assert (seen.compilations, seen.cache_hits) == (1, 1) and len(traced) == 1
+  for got in out:
+    np.testing.assert_array_equal(got, [2.0, 2.0])
