@@ -414,10 +414,27 @@ def test_the_witnesses_compile_with_their_options_and_bpref_with_xlas_defaults()
     assert program.cpu_options == ()
 
 
+def _twice_at_once(call):
+  """``call()`` in two threads started together: what ``compilation.count`` saw, the results."""
+  import threading
+
+  out = [None, None]
+
+  def one(i):
+    out[i] = np.asarray(call())
+
+  with compilation.count() as seen:
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(2)]
+    for thread in threads:
+      thread.start()
+    for thread in threads:
+      thread.join()
+  return seen, out
+
+
 def test_threads_that_call_one_program_at_once_compile_it_once(store):
   """Two threads meeting one program while it traces: the second waits for the first's
   executable instead of compiling its own (each compilation counts against a budget)."""
-  import threading
   import time
 
   traced = []
@@ -428,17 +445,7 @@ def test_threads_that_call_one_program_at_once_compile_it_once(store):
     return v * 2.0
 
   program = compilation.jit(slow, key="tests.slow")
-  out = [None, None]
-
-  def call(i):
-    out[i] = np.asarray(program(np.arange(3.0)))
-
-  with compilation.count() as seen:
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(2)]
-    for thread in threads:
-      thread.start()
-    for thread in threads:
-      thread.join()
+  seen, out = _twice_at_once(lambda: program(np.arange(3.0)))
   assert seen.compilations == 1 and len(traced) == 1
   for got in out:
     np.testing.assert_array_equal(got, [0.0, 2.0, 4.0])
@@ -448,7 +455,6 @@ def test_threads_that_meet_one_stored_program_at_once_load_it_once(store, monkey
   """The race that made a cold ``verify --quick`` count 25 compilations against its 20
   programs: two threads reading one stored executable each loaded it (and each load counts
   as a compilation the cache answered); the second now waits for the first's."""
-  import threading
   import time
 
   traced = []
@@ -461,17 +467,7 @@ def test_threads_that_meet_one_stored_program_at_once_load_it_once(store, monkey
 
   monkeypatch.setattr(compilation, "_load", slow_load)
   again = compilation.jit(_doubler(traced), static_argnums=1, key="tests.double")  # a new process
-  out = [None, None]
-
-  def call(i):
-    out[i] = np.asarray(again(np.ones(2), 2, offset=0.0))
-
-  with compilation.count() as seen:
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(2)]
-    for thread in threads:
-      thread.start()
-    for thread in threads:
-      thread.join()
+  seen, out = _twice_at_once(lambda: again(np.ones(2), 2, offset=0.0))
   assert (seen.compilations, seen.cache_hits) == (1, 1) and len(traced) == 1
   for got in out:
     np.testing.assert_array_equal(got, [2.0, 2.0])
