@@ -83,6 +83,20 @@ def test_per_example_grads_match_bpref():
     _assert_close_tree(grads, expected, _rounding_bound(case), f"per-example grads of {case.describe()}")
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_lambdas_match_bpref(dtype):
+  # cross_entropy's output layer is softmax: lambda_L is its full Jacobian (27), the one
+  # activation whose lambda_L is not I diag f'_L(z_L); the other losses draw elementwise outputs.
+  rng = np.random.default_rng(5)
+  cases = [problems.random_problem(rng, np.dtype(dtype), losses=(loss,))
+           for loss in ("cross_entropy", "squared_error", "binary_cross_entropy") for _ in range(2)]
+  assert any(case.params[-1].activation == "softmax" for case in cases)
+  lambdas = jax.jit(bpref.lambdas)
+  for case, lams in zip(cases, fast.lambdas_many(cases)):
+    _assert_close_tree(lams, lambdas(case.params, case.x), _rounding_bound(case),
+                       f"lambdas of {case.describe()}")
+
+
 def test_fast_matches_the_witness():
   # Every hidden activation once, the losses stratified too: each activation's branch is
   # checked whatever the draws (8 random draws once left gelu, elu and selu out).

@@ -238,7 +238,7 @@ def _one_case(p: _Packed, precision, names: Branches = EVERY):
 
   dx, (deltas, dW, db) = jax.lax.scan(
       layer_backward, g, (p.W, p.vjp, p.live, p.units, zs, acts, a_prevs), reverse=True)
-  return value, dW, db, deltas, dx, y, a_prevs
+  return value, dW, db, deltas, dx, y, a_prevs, zs
 
 
 @compilation.jit(static_argnames=("precision", "names"))
@@ -318,7 +318,7 @@ def _pack(cases, shape, chunk, dtype, names: Branches = EVERY) -> _Packed:
 
 
 def _unpack(out, k, params, x2, single):
-  value, dW, db, deltas, dx, y, a_prevs = out
+  value, dW, db, deltas, dx, y, a_prevs, _ = out
   n_batch, n_0 = x2.shape
   sizes = [n_0] + [layer.W.shape[0] for layer in params]
   grads = unpack_params(dW, db, k, params)
@@ -444,20 +444,19 @@ def per_example_grads_many(problems, *, precision=DEFAULT_PRECISION, shape=None)
   return out
 
 
-def _one_case_lambdas(p: _Packed, precision):
-  """lambda_l = dy/dz_l of one padded case: (D, M, N, N), zero for l > L and padded units."""
-  f_branches = tuple(_f_branch(n) for n in ACTIVATION_NAMES)
-  _, (zs, acts) = jax.lax.scan(functools.partial(_padded_layer, f_branches, precision), p.x,
-                               (p.W, p.b, p.act, p.live, p.units))
+def _one_case_lambdas(p: _Packed, zs, acts, precision):
+  """lambda_l = dy/dz_l of one padded case from its tape (``_one_case``'s z_l and a_l):
+  (D, M, N, N), zero for l > L and padded units."""
   n = p.W.shape[-1]
-  eye = jnp.broadcast_to(jnp.eye(n, dtype=p.x.dtype), (p.x.shape[0], n, n))
+  eye = jnp.broadcast_to(jnp.eye(n, dtype=p.x.dtype), (p.x.shape[0], n, n))  # dy/da_L = I
   layer_index = jnp.arange(p.W.shape[0], dtype=p.depth.dtype)
 
   def layer_backward(dy_da, layer):  # dy_da: dy/da_l, (M, N, N)
     W, act, live, units, z, a, l = layer
-    last = jax.lax.switch(act, _JACOBIAN_BRANCHES, z, a)  # (27): lambda_L = da_L/dz_L
     df = jax.lax.switch(act, _DERIVATIVE_BRANCHES, z, a)  # (24)
-    lam = jnp.where(l == p.depth - 1, last, dy_da * df[:, None, :])  # (30), corrected
+    lam = dy_da * df[:, None, :]  # (30), corrected; at l = L, I diag f'_L(z_L): (27)
+    for index, jacobian in _FULL_JACOBIANS:  # (27) for an f_L whose Jacobian is not diagonal
+      lam = jnp.where((l == p.depth - 1) & (act == index), jacobian(z, a), lam)
     keep = live & p.rows[:, None, None] & units[None, None, :]
     lam = jnp.where(keep, lam, jnp.zeros_like(lam))
     back = _backprop.pull_back(lam, W, precision=precision)  # lambda_l W_l = dy/da_{l-1}
@@ -474,13 +473,24 @@ def _derivative_branch(name):
   return lambda z, a: jnp.zeros_like(z)  # softmax is an output activation only (bpref.network)
 
 
-_JACOBIAN_BRANCHES = tuple(functools.partial(_activations.jacobian, n) for n in ACTIVATION_NAMES)
 _DERIVATIVE_BRANCHES = tuple(_derivative_branch(n) for n in ACTIVATION_NAMES)
+_FULL_JACOBIANS = tuple((index, functools.partial(_activations.jacobian, name))
+                        for index, name in enumerate(ACTIVATION_NAMES)
+                        if not _activations.get(name).elementwise)
+"""(index, da/dz) of each activation whose Jacobian is not diagonal (softmax)."""
 
 
 @compilation.jit(static_argnames=("precision",))
-def _many_lambdas(p: _Packed, precision=DEFAULT_PRECISION):
-  return jax.vmap(lambda case: _one_case_lambdas(case, precision))(p)
+def _many_lambdas(p: _Packed, y, a_prevs, zs, precision=DEFAULT_PRECISION):
+  acts = jnp.concatenate([a_prevs[:, 1:], y[:, None]], axis=1)  # a_1, ..., a_D
+  return jax.vmap(lambda case, z, a: _one_case_lambdas(case, z, a, precision))(p, zs, acts)
+
+
+def _lambdas_of(p: _Packed, precision):
+  """The lambdas of a chunk from the tape of ``_many``, the compiled function ``evaluate_many``
+  runs: the forward pass (4)-(8) is compiled once for both."""
+  *_, y, a_prevs, zs = _many(p, precision=precision, names=EVERY)
+  return _many_lambdas(p, y, a_prevs, zs, precision=precision)
 
 
 def _unpack_lambdas(lams, k, params, x2, single):
@@ -498,8 +508,7 @@ def lambdas_many(problems, *, precision=DEFAULT_PRECISION, shape=None) -> list:
   t of each problem are validated but not used.
   """
   check_precision(precision)
-  return bucketed(problems, lambda p: _many_lambdas(p, precision=precision), _unpack_lambdas,
-                  shape=shape)
+  return bucketed(problems, lambda p: _lambdas_of(p, precision), _unpack_lambdas, shape=shape)
 
 
 def compiled_count() -> int:
