@@ -46,15 +46,18 @@ _LISTENING = []
 _COUNTING = threading.Lock()
 _EXECUTABLES: list = []  # [the directory of stored executables] while use_cache has it on
 
-WITNESS_CPU_OPTIONS = (("xla_cpu_use_fusion_emitters", False),)
-"""XLA's options (``jit``'s ``cpu_options``) for the programs that judge bpref and are not
-bpref: the witnesses (``bpref.witnesses``) and the tables of f, f', rho_f and the loss terms
-that bounds and tolerances read (``bpref.tables``, ``bpref.oracle.truth``). On a CPU they
-compile through XLA's elemental emitters in place of its newer fusion emitters, in about
-two thirds of the time (docs/performance.md). bpref's own programs (``bpref.backprop``,
-``bpref.scale.fast``, ``bpref.layers``) compile with XLA's defaults, as they do in a user's
-code, so that ``bpref verify`` checks bpref as it runs elsewhere; and a fault of one of
-XLA's emitters then sets bpref apart from its witness instead of hiding in both."""
+ELEMENTAL_EMITTERS = (("xla_cpu_use_fusion_emitters", False),)
+"""XLA's options (``jit``'s ``cpu_options``) for the programs that bpref compiles once for many
+cases, whose compilation takes far longer than their runs: the bucket functions of
+``bpref.scale.fast`` (the oracle's truth), the witnesses (``bpref.witnesses``) and the tables
+of f, f', rho_f and the loss terms that bounds and tolerances read (``bpref.tables``,
+``bpref.oracle.truth``). On a CPU they compile through XLA's elemental emitters in place of
+its newer fusion emitters, in about two thirds of the time (docs/performance.md). bpref's
+other programs keep XLA's defaults, as does what a user compiles (``bpref.backprop``,
+``bpref.layers`` under the user's own ``jax.jit``). So does ``bpref verify``'s exact-shape
+program of bpref's public functions: its rows compare bpref compiled as it runs in a user's
+code with a witness compiled through the other emitters, and a fault of either emitter sets
+the two apart instead of hiding in both."""
 
 
 @dataclasses.dataclass
@@ -231,7 +234,7 @@ def jit(fn=None, *, static_argnums=(), static_argnames=(), key=None, cpu_options
   program depends on nothing but bpref's code and the arguments: a closure names what it closes
   over in ``key``.
 
-  ``cpu_options``, (name, value) pairs of XLA's options (``WITNESS_CPU_OPTIONS``), are given
+  ``cpu_options``, (name, value) pairs of XLA's options (``ELEMENTAL_EMITTERS``), are given
   to XLA when the program compiles for a CPU, and are part of the stored key; another
   platform compiles with XLA's defaults.
   """

@@ -79,7 +79,7 @@ def _tables(names: tuple | None = None, forms: tuple = ()) -> dict:
     branches = tuple(branch for _, branch in role)
     apply = compilation.jit(lambda i, z, a, branches=branches: jax.lax.switch(i, branches, z, a),
                             key=f"bpref.tables._tables{(index, names, named)}",
-                            cpu_options=compilation.WITNESS_CPU_OPTIONS)
+                            cpu_options=compilation.ELEMENTAL_EMITTERS)
     for i, (fn, _) in enumerate(role):
       found.setdefault(fn, (apply, i))
   return found

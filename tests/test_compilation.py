@@ -382,21 +382,21 @@ def test_cpu_options_reach_xla_on_a_cpu_and_only_there(stored, monkeypatch, tmp_
   np.testing.assert_array_equal(np.asarray(out), [3.0, 3.0])
   assert compilation._REFUSED == {_NO_SUCH_OPTION}
   compilation.jit(_doubler([]), static_argnums=1, key="tests.double",
-                  cpu_options=compilation.WITNESS_CPU_OPTIONS)(np.ones(2), 2, offset=0.0)
+                  cpu_options=compilation.ELEMENTAL_EMITTERS)(np.ones(2), 2, offset=0.0)
   assert compilation._REFUSED == {_NO_SUCH_OPTION}  # this XLA knows the witnesses' option
 
 
 def test_a_stored_executable_is_keyed_by_its_cpu_options(store):
   traced = []
   compilation.jit(_doubler(traced), static_argnums=1, key="tests.double",
-                  cpu_options=compilation.WITNESS_CPU_OPTIONS)(np.ones(2), 2, offset=0.0)
+                  cpu_options=compilation.ELEMENTAL_EMITTERS)(np.ones(2), 2, offset=0.0)
   compilation.jit(_doubler(traced), static_argnums=1, key="tests.double")(np.ones(2), 2, offset=0.0)
   assert len(traced) == 2 and len(list(store.iterdir())) == 2
 
 
-def test_the_witnesses_compile_with_their_options_and_bpref_with_xlas_defaults():
-  """bpref's own programs compile as in a user's code; what judges them, with the options of
-  ``compilation.WITNESS_CPU_OPTIONS`` (each program of the witnesses is checked right on a
+def test_which_programs_compile_through_the_elemental_emitters():
+  """The programs compiled once for many cases take ``compilation.ELEMENTAL_EMITTERS``; bpref's
+  public functions compile as in a user's code (each witness program is checked right on a
   network where a miscompile showed: tests/test_verify.py)."""
   from bpref import tables
   from bpref.oracle import truth
@@ -404,14 +404,13 @@ def test_the_witnesses_compile_with_their_options_and_bpref_with_xlas_defaults()
   from bpref.tools import verify
   from bpref.witnesses import autodiff, finite_diff
 
-  judges = [autodiff._padded_many, autodiff._padded_grads, finite_diff.gradient,
-            finite_diff._estimates_padded, verify._witness_outputs,
-            truth._loss_terms_table(("squared_error",))]
-  judges += [apply for apply, _ in tables._tables(("tanh",)).values()]
-  assert all(program.cpu_options == compilation.WITNESS_CPU_OPTIONS for program in judges)
-  assert compilation.WITNESS_CPU_OPTIONS
-  for program in (fast._many, fast._many_lambdas, verify._bpref_outputs):
-    assert program.cpu_options == ()
+  many = [autodiff._padded_many, autodiff._padded_grads, finite_diff.gradient,
+          finite_diff._estimates_padded, verify._witness_outputs, fast._many, fast._many_lambdas,
+          truth._loss_terms_table(("squared_error",))]
+  many += [apply for apply, _ in tables._tables(("tanh",)).values()]
+  assert all(program.cpu_options == compilation.ELEMENTAL_EMITTERS for program in many)
+  assert compilation.ELEMENTAL_EMITTERS
+  assert verify._bpref_outputs.cpu_options == ()
 
 
 def _twice_at_once(call):

@@ -199,7 +199,7 @@ def test_every_witness_program_is_right_on_a_deep_identity_softmax_net():
   # Found by the property suite: with XLA's CPU backend at optimization level 0 the autodiff
   # witness returned inf and NaN for dC/db_4 of this plain network (level 0 was once used for
   # the witness programs to compile faster). Each compiled witness, exact-shape and padded,
-  # must equal bpref within (T).
+  # must equal bpref within (T), and so must bpref's buckets (compiled the witnesses' way).
   params = (Layer(np.array([[0.12573022]]), np.array([-0.01321049]), "identity"),
             Layer(np.array([[0.64042265]]), np.array([0.01049001]), "identity"),
             Layer(np.array([[-0.53566937]]), np.array([0.03615951]), "identity"),
@@ -208,9 +208,11 @@ def test_every_witness_program_is_right_on_a_deep_identity_softmax_net():
   problem = verify._problems.Problem(params, np.array([[-0.62327446]]),
                                      np.array([[0.9142256, 0.0857744]]), "cross_entropy", "mean")
   ours = verify._bpref_outputs(*problem)
-  for name, theirs in (("exact-shape", verify._witness_outputs(*problem)),
-                       ("padded", verify._autodiff.evaluate_many([problem])[0])):
-    errors, tol = verify.compare(problem, ours, theirs)
+  witness = verify._witness_outputs(*problem)
+  for name, a, b in (("exact-shape", ours, witness),
+                     ("padded", ours, verify._autodiff.evaluate_many([problem])[0]),
+                     ("buckets", verify._bpref_many([problem])[0], witness)):
+    errors, tol = verify.compare(problem, a, b)
     assert all(err <= tol for err in errors.values()), (name, errors, tol)
 
 

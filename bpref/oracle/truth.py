@@ -126,7 +126,7 @@ def _loss_terms_table(names) -> jax.stages.Wrapped:
   branches = tuple(_loss_terms_branch(name) for name in names)
   return compilation.jit(lambda index, y, t: jax.lax.switch(index, branches, y, t),
                          key=f"bpref.oracle.truth._loss_terms_table{names}",
-                         cpu_options=compilation.WITNESS_CPU_OPTIONS)
+                         cpu_options=compilation.ELEMENTAL_EMITTERS)
 
 
 def loss_terms(loss, y, t, *, declared=None):

@@ -241,7 +241,7 @@ def _one_case(p: _Packed, precision, names: Branches = EVERY):
   return value, dW, db, deltas, dx, y, a_prevs, zs
 
 
-@compilation.jit(static_argnames=("precision", "names"))
+@compilation.jit(static_argnames=("precision", "names"), cpu_options=compilation.ELEMENTAL_EMITTERS)
 def _many(p: _Packed, precision=DEFAULT_PRECISION, names: Branches = EVERY):
   return jax.vmap(lambda case: _one_case(case, precision, names))(p)
 
@@ -480,7 +480,7 @@ _FULL_JACOBIANS = tuple((index, functools.partial(_activations.jacobian, name))
 """(index, da/dz) of each activation whose Jacobian is not diagonal (softmax)."""
 
 
-@compilation.jit(static_argnames=("precision",))
+@compilation.jit(static_argnames=("precision",), cpu_options=compilation.ELEMENTAL_EMITTERS)
 def _many_lambdas(p: _Packed, y, a_prevs, zs, precision=DEFAULT_PRECISION):
   acts = jnp.concatenate([a_prevs[:, 1:], y[:, None]], axis=1)  # a_1, ..., a_D
   return jax.vmap(lambda case, z, a: _one_case_lambdas(case, z, a, precision))(p, zs, acts)

@@ -98,7 +98,7 @@ def _bpref_outputs(params, x, t, loss, reduction):
   return _outputs(_backprop, _network.predict, params, x, t, loss, reduction)
 
 
-@compilation.jit(static_argnums=(3, 4), cpu_options=compilation.WITNESS_CPU_OPTIONS)
+@compilation.jit(static_argnums=(3, 4), cpu_options=compilation.ELEMENTAL_EMITTERS)
 def _witness_outputs(params, x, t, loss, reduction):
   return _outputs(_autodiff, _autodiff.predict, params, x, t, loss, reduction)
 

@@ -153,7 +153,7 @@ def _one_padded_case(p, precision, names):
 
 
 @compilation.jit(static_argnames=("precision", "names"),
-                  cpu_options=compilation.WITNESS_CPU_OPTIONS)
+                  cpu_options=compilation.ELEMENTAL_EMITTERS)
 def _padded_many(p, precision, names):
   return jax.vmap(lambda case: _one_padded_case(case, precision, names))(p)
 
@@ -186,7 +186,7 @@ def _grad_one_padded_case(p, precision, names):
 
 
 @compilation.jit(static_argnames=("precision", "names"),
-                  cpu_options=compilation.WITNESS_CPU_OPTIONS)
+                  cpu_options=compilation.ELEMENTAL_EMITTERS)
 def _padded_grads(p, precision, names):
   return jax.vmap(lambda case: _grad_one_padded_case(case, precision, names))(p)
 

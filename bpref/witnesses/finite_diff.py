@@ -347,7 +347,7 @@ def gradient_complex(fun_c, theta, h=None) -> Array:
 
 
 @compilation.jit(static_argnames=("loss", "reduction", "method", "precision"),
-                  cpu_options=compilation.WITNESS_CPU_OPTIONS)
+                  cpu_options=compilation.ELEMENTAL_EMITTERS)
 def gradient(params, x, t, loss="squared_error", reduction="mean", *, method="richardson",
              precision=DEFAULT_PRECISION):
   """dC/dparams by finite differences, as a tree shaped like params.
@@ -573,7 +573,7 @@ def _estimates_one(p, g_W, g_b, v_W, v_b, precision, names):
 
 
 @compilation.jit(static_argnames=("precision", "names"),
-                  cpu_options=compilation.WITNESS_CPU_OPTIONS)
+                  cpu_options=compilation.ELEMENTAL_EMITTERS)
 def _estimates_padded(p, grads, directions, precision, names):
   # one case at a time (lax.map): P steps per coordinate of each case stay in memory, not K P
   return jax.lax.map(lambda case: _estimates_one(*case, precision, names), (p, *grads, *directions))
