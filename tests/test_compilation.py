@@ -470,3 +470,35 @@ def test_threads_that_meet_one_stored_program_at_once_load_it_once(store, monkey
   assert (seen.compilations, seen.cache_hits) == (1, 1) and len(traced) == 1
   for got in out:
     np.testing.assert_array_equal(got, [2.0, 2.0])
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"),
+                    reason="counts the memory maps that Linux lists in /proc")
+def test_make_room_clears_the_compiled_programs_near_the_map_limit(store, monkeypatch, tmp_path):
+  import jax
+
+  limit = tmp_path / "max_map_count"
+  monkeypatch.setattr(compilation, "MAP_LIMIT", str(limit))
+  monkeypatch.setattr(compilation, "_ROOM", {"checked_at": 0})
+  traced, plain_traced = [], []
+  ours = compilation.jit(_doubler(traced), static_argnums=1, key="tests.room")
+  theirs = jax.jit(lambda v: plain_traced.append(v.shape) or v * 3)
+  v = np.arange(3.0)
+  ours(v, 2, offset=0.5), theirs(v)
+
+  limit.write_text("1000000000\n")  # far from the limit: nothing is cleared
+  assert not compilation.make_room(every=1)
+  with compilation.count() as seen:
+    ours(v, 2, offset=0.5), theirs(v)
+  assert seen.compilations == 0 and traced == [(3,)] and plain_traced == [(3,)]
+
+  limit.write_text("10\n")  # past the limit, but no compilation since the last count
+  assert not compilation.make_room(every=1)
+  theirs(np.arange(4.0))  # one compilation: the maps are counted again
+  assert compilation.make_room(every=1)
+  with compilation.count() as seen:
+    np.testing.assert_array_equal(np.asarray(ours(v, 2, offset=0.5)), [0.5, 2.5, 4.5])
+    np.testing.assert_array_equal(np.asarray(theirs(v)), [0.0, 3.0, 6.0])
+  assert plain_traced == [(3,), (4,), (3,)]  # JAX's program cleared: traced and compiled again
+  assert traced == [(3,)] and seen.cache_hits >= 1  # bpref's: loaded again from its store
+  assert seen.compilations == 2

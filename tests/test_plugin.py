@@ -222,6 +222,33 @@ def test_without_the_plugin_nothing_of_it_happens(tmp_path):
 
 
 @pytest.mark.deep
+def test_a_process_near_the_map_limit_has_its_programs_cleared_between_tests(tmp_path):
+  suite = tmp_path / "suite"
+  suite.mkdir()
+  (suite / "test_room.py").write_text(textwrap.dedent('''
+      import jax, numpy as np
+      from bpref import compilation
+
+      triple = jax.jit(lambda v: v * 3)
+
+      def test_compiles_near_the_limit(tmp_path):
+        limit = tmp_path / "max_map_count"
+        limit.write_text("10\\n")  # any process is past 3/4 of this limit
+        compilation.MAP_LIMIT = str(limit)
+        compilation._ROOM["checked_at"] = -1000  # as after many compilations
+        triple(np.arange(3.0))
+        assert triple._cache_size() == 1
+
+      def test_the_next_test_finds_the_programs_cleared():
+        assert triple._cache_size() == 0
+      '''))
+  run = bench.run_pytest(suite, "-p", "no:randomly", env=_env())
+  assert run.returncode == 0, run.output
+  run = bench.run_pytest(suite, "-p", "no:randomly", "-p", "no:bpref", env=bench.environment())
+  assert run.returncode == 1 and "1 failed, 1 passed" in run.output, run.output
+
+
+@pytest.mark.deep
 def test_a_run_after_one_whose_checks_used_the_worker_starts_it_early_with_its_packages(tmp_path):
   """The first run records the installed packages its worker imported; the second run's worker
   has them before it imports the test module; a run with no check removes the record."""

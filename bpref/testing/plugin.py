@@ -28,6 +28,9 @@ that uses ``bpref.testing`` gets, with nothing in its conftest:
   so that the first check does not wait for them; never the project's own modules. The list
   is ``worker-preload.json`` in the cache folder; a run that used no worker removes it
   (``--collect-only`` leaves it).
+* **Room for programs**: after each test, a process whose memory maps near Linux's limit
+  has JAX's compiled programs cleared (``bpref.compilation.make_room``), instead of XLA
+  aborting once some 1,500 programs have been compiled in one process.
 * **A summary line**: checks run and failed, ``reference_grads`` evaluations, XLA
   compilations and how many the persistent cache answered, summed over xdist's workers.
 """
@@ -185,6 +188,10 @@ def pytest_runtest_makereport(item, call):
   if report.failed and getattr(error, "bpref_report", None) is not None and crash is not None:
     # the short summary's line: the first line of the message (it names the diagnosis)
     report.longrepr.reprcrash = dataclasses.replace(crash, message=crash.message.splitlines()[0])
+
+
+def pytest_runtest_teardown(item, nextitem):
+  compilation.make_room()
 
 
 def _counts(state) -> dict:
