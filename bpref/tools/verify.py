@@ -317,7 +317,7 @@ def witness_cases(contexts, progress=None) -> list:
   witness runs on all the problems at once, in ``bpref.scale.fast``'s padded buckets.
   """
   for done, ctx in enumerate(contexts, start=1):
-    ctx.exact  # noqa: B018  (the referee, mpmath at 50 digits: the slow part, case by case)
+    ctx.exact  # noqa: B018  (the referee, mpmath at 50 digits, case by case)
     if progress:
       progress(done, len(contexts))
   values = {w.name: w.value(contexts) for w in _witnesses.WITNESSES}
