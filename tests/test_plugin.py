@@ -222,11 +222,12 @@ def test_without_the_plugin_nothing_of_it_happens(tmp_path):
 
 
 @pytest.mark.deep
-def test_a_process_near_the_map_limit_has_its_programs_cleared_between_tests(tmp_path):
+def test_a_process_near_the_map_limit_has_its_programs_cleared_between_tests_and_examples(tmp_path):
   suite = tmp_path / "suite"
   suite.mkdir()
   (suite / "test_room.py").write_text(textwrap.dedent('''
       import jax, numpy as np
+      from hypothesis import given, settings, strategies as st
       from bpref import compilation
 
       triple = jax.jit(lambda v: v * 3)
@@ -241,11 +242,18 @@ def test_a_process_near_the_map_limit_has_its_programs_cleared_between_tests(tmp
 
       def test_the_next_test_finds_the_programs_cleared():
         assert triple._cache_size() == 0
+
+      @settings(max_examples=4, database=None)
+      @given(st.integers(0, 3))
+      def test_each_example_finds_them_cleared(k):
+        assert triple._cache_size() == 0
+        compilation._ROOM["checked_at"] = -1000
+        triple(np.arange(3.0) + k)
       '''))
   run = bench.run_pytest(suite, "-p", "no:randomly", env=_env())
   assert run.returncode == 0, run.output
   run = bench.run_pytest(suite, "-p", "no:randomly", "-p", "no:bpref", env=bench.environment())
-  assert run.returncode == 1 and "1 failed, 1 passed" in run.output, run.output
+  assert run.returncode == 1 and "2 failed, 1 passed" in run.output, run.output
 
 
 @pytest.mark.deep

@@ -28,9 +28,10 @@ that uses ``bpref.testing`` gets, with nothing in its conftest:
   so that the first check does not wait for them; never the project's own modules. The list
   is ``worker-preload.json`` in the cache folder; a run that used no worker removes it
   (``--collect-only`` leaves it).
-* **Room for programs**: after each test, a process whose memory maps near Linux's limit
-  has JAX's compiled programs cleared (``bpref.compilation.make_room``), instead of XLA
-  aborting once some 1,500 programs have been compiled in one process.
+* **Room for programs**: after each test and before each example of a hypothesis test, a
+  process whose memory maps near Linux's limit has JAX's compiled programs cleared
+  (``bpref.compilation.make_room``), instead of XLA aborting once some 1,500 programs have
+  been compiled in one process.
 * **A summary line**: checks run and failed, ``reference_grads`` evaluations, XLA
   compilations and how many the persistent cache answered, summed over xdist's workers.
 """
@@ -40,6 +41,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -190,8 +192,30 @@ def pytest_runtest_makereport(item, call):
     report.longrepr.reprcrash = dataclasses.replace(crash, message=crash.message.splitlines()[0])
 
 
+def pytest_runtest_setup(item):
+  _room_between_examples(getattr(item, "obj", None))
+
+
 def pytest_runtest_teardown(item, nextitem):
   compilation.make_room()
+
+
+def _room_between_examples(test) -> None:
+  """``make_room`` before each example of a hypothesis test as well: one test of many examples
+  can compile past the limit on its own. Through ``test.hypothesis.inner_test``, which
+  hypothesis lets a plugin replace to run its own logic around each example."""
+  handle = getattr(test, "hypothesis", None)
+  inner = getattr(handle, "inner_test", None)
+  if inner is None or getattr(inner, "makes_room", False):
+    return
+
+  @functools.wraps(inner)
+  def each_example(*args, **kwargs):
+    compilation.make_room()
+    return inner(*args, **kwargs)
+
+  each_example.makes_room = True
+  handle.inner_test = each_example
 
 
 def _counts(state) -> dict:
