@@ -489,7 +489,7 @@ def _many_lambdas(p: _Packed, y, a_prevs, zs, precision=DEFAULT_PRECISION):
 def _lambdas_of(p: _Packed, precision):
   """The lambdas of a chunk from the tape of ``_many``, the compiled function ``evaluate_many``
   runs: the forward pass (4)-(8) is compiled once for both."""
-  *_, y, a_prevs, zs = _many(p, precision=precision, names=EVERY)
+  *_, y, a_prevs, zs = _many(p, precision=precision, names=EVERY)  # names as evaluate_many gives them
   return _many_lambdas(p, y, a_prevs, zs, precision=precision)
 
 
