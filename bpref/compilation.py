@@ -121,7 +121,8 @@ def make_room(every: int = 200, fraction: float = 0.75) -> bool:
   (``/proc/self/maps``); past ``fraction`` of the limit it clears JAX's caches
   (``jax.clear_caches``) and the executables of ``jit``, and later calls compile again (or
   load from the persistent cache). Returns whether it cleared them; where there is no
-  ``/proc`` it does nothing. bpref's pytest plugin calls it after each test.
+  ``/proc`` it does nothing. bpref's pytest plugin calls it after each test and before each
+  example of a hypothesis test.
   """
   _listen()
   if _TOTALS["compilations"] - _ROOM["checked_at"] < every:
