@@ -475,30 +475,31 @@ def test_threads_that_meet_one_stored_program_at_once_load_it_once(store, monkey
 @pytest.mark.skipif(not os.path.exists("/proc/self/maps"),
                     reason="counts the memory maps that Linux lists in /proc")
 def test_make_room_clears_the_compiled_programs_near_the_map_limit(store, monkeypatch, tmp_path):
+  # JAX's caches are cleared for real in a process of their own (tests/test_plugin.py); here
+  # clear_caches is recorded, so that the later tests of this process keep their programs.
   import jax
 
+  cleared = []
+  monkeypatch.setattr(jax, "clear_caches", lambda: cleared.append(True))
   limit = tmp_path / "max_map_count"
   monkeypatch.setattr(compilation, "MAP_LIMIT", str(limit))
   monkeypatch.setattr(compilation, "_ROOM", {"checked_at": 0})
-  traced, plain_traced = [], []
+  traced = []
   ours = compilation.jit(_doubler(traced), static_argnums=1, key="tests.room")
-  theirs = jax.jit(lambda v: plain_traced.append(v.shape) or v * 3)
   v = np.arange(3.0)
-  ours(v, 2, offset=0.5), theirs(v)
+  ours(v, 2, offset=0.5)
 
   limit.write_text("1000000000\n")  # far from the limit: nothing is cleared
   assert not compilation.make_room(every=1)
   with compilation.count() as seen:
-    ours(v, 2, offset=0.5), theirs(v)
-  assert seen.compilations == 0 and traced == [(3,)] and plain_traced == [(3,)]
+    ours(v, 2, offset=0.5)
+  assert seen.compilations == 0 and traced == [(3,)] and not cleared
 
   limit.write_text("10\n")  # past the limit, but no compilation since the last count
-  assert not compilation.make_room(every=1)
-  theirs(np.arange(4.0))  # one compilation: the maps are counted again
-  assert compilation.make_room(every=1)
+  assert not compilation.make_room(every=1) and not cleared
+  ours(np.arange(4.0), 2, offset=0.5)  # one compilation: the maps are counted again
+  assert compilation.make_room(every=1) and cleared == [True]
   with compilation.count() as seen:
     np.testing.assert_array_equal(np.asarray(ours(v, 2, offset=0.5)), [0.5, 2.5, 4.5])
-    np.testing.assert_array_equal(np.asarray(theirs(v)), [0.0, 3.0, 6.0])
-  assert plain_traced == [(3,), (4,), (3,)]  # JAX's program cleared: traced and compiled again
-  assert traced == [(3,)] and seen.cache_hits >= 1  # bpref's: loaded again from its store
-  assert seen.compilations == 2
+  assert traced == [(3,), (4,)]  # not traced again: its executable cleared, loaded from the store
+  assert seen.compilations == seen.cache_hits == 1
