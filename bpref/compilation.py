@@ -35,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 
 ENV_CACHE_DIR = "BPREF_CACHE_DIR"
 ENV_NO_CACHE = "BPREF_NO_CACHE"
@@ -45,7 +46,7 @@ _TOTALS = {"compilations": 0, "cache_hits": 0}
 _LISTENING = []
 _COUNTING = threading.Lock()
 _EXECUTABLES: list = []  # [the directory of stored executables] while use_cache has it on
-_LOADED: list = []  # the executables each ``jit`` holds, {its own key: (executable, stored)}
+_JITS = weakref.WeakSet()  # every ``jit`` alive; ``make_room`` clears the executables each holds
 _ROOM = {"checked_at": 0}  # the compilation count at which ``make_room`` last counted the maps
 
 ELEMENTAL_EMITTERS = (("xla_cpu_use_fusion_emitters", False),)
@@ -142,8 +143,8 @@ def make_room(every: int = 200, fraction: float = 0.75) -> bool:
   import jax
 
   jax.clear_caches()
-  for loaded in _LOADED:
-    loaded.clear()
+  for call in list(_JITS):
+    call.clear_loaded()
   gc.collect()
   return True
 
@@ -307,7 +308,6 @@ def jit(fn=None, *, static_argnums=(), static_argnames=(), key=None, cpu_options
   if "<" in str(name):
     raise ValueError(f"compilation.jit: {fn.__qualname__} needs a key naming what it closes over")
   loaded: dict = {}
-  _LOADED.append(loaded)
   locks: dict = {}  # dict.setdefault is atomic under the interpreter's lock
 
   def pick():
@@ -368,6 +368,8 @@ def jit(fn=None, *, static_argnums=(), static_argnames=(), key=None, cpu_options
       tuned._cache_size() if tuned is not plain else 0)
   call.lower = lambda *args, **kwargs: pick().lower(*args, **kwargs)
   call.cpu_options = cpu_options
+  call.clear_loaded = loaded.clear
+  _JITS.add(call)
   return call
 
 

@@ -503,3 +503,21 @@ def test_make_room_clears_the_compiled_programs_near_the_map_limit(store, monkey
     np.testing.assert_array_equal(np.asarray(ours(v, 2, offset=0.5)), [0.5, 2.5, 4.5])
   assert traced == [(3,), (4,)]  # not traced again: its executable cleared, loaded from the store
   assert seen.compilations == seen.cache_hits == 1
+
+
+def test_a_jit_that_is_dropped_frees_its_executables(store, monkeypatch):
+  # make_room reaches every jit alive to clear what it holds; a jit no longer referenced
+  # must still free its executables with it.
+  import gc
+  import weakref
+
+  compiled = []
+  real = compilation._compile
+  monkeypatch.setattr(compilation, "_compile",
+                      lambda *a: compiled.append(weakref.ref(out := real(*a))) or out)
+  double = compilation.jit(_doubler([]), static_argnums=1, key="tests.dropped")
+  double(np.arange(3.0), 2, offset=0.0)
+  assert len(compiled) == 1 and compiled[0]() is not None and double in compilation._JITS
+  del double
+  gc.collect()
+  assert compiled[0]() is None
