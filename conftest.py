@@ -254,6 +254,8 @@ DEEP = {
 """Deep tests, by node-id pattern, with why each is deep."""
 
 FAST_SAMPLES = (
+    "tests/test_oracle_hostile.py::test_in_process_calls_run_on_one_thread_*",
+    "tests/test_oracle_hostile.py::test_a_call_that_hangs_keeps_its_thread_*",
     "tests/test_matrix.py::test_every_op_kind_travels_every_transport_and_*[[]dense-thread]",
     "tests/test_ops_cnn.py::test_a_bug_in_each_step_is_named_at_that_step[[]relu]",
     "tests/test_ops_cnn.py::test_a_bug_in_each_step_is_named_at_that_step[[]maxpool]",

@@ -18,11 +18,14 @@ import pickle
 import subprocess
 import sys
 import textwrap
+import threading
+import types
 
 import numpy as np
 import pytest
 
 import bpref.oracle
+import bpref.oracle.ops
 from bpref.oracle import isolation
 from bpref.oracle import report as _report
 from bpref.oracle import spec as _spec
@@ -257,6 +260,64 @@ def test_base_exceptions_are_reported_by_name_isolated():
   report = bpref.oracle.check(raises_custom, isolate=True, **API_SMALL)
   assert report.verdict == "fail" and report.kind == "exception", report.text()
   assert "Custom: out of patience" in report.text().splitlines()[0], report.text()
+
+
+def _thread_bound(candidate):
+  """``candidate`` made to refuse every thread but that of its first call, as a library that
+  keeps its state per thread does (tinygrad's kernel cache is an sqlite connection, which
+  raises "SQLite objects created in a thread can only be used in that same thread")."""
+  threads = []
+
+  def call(*args):
+    threads.append(threading.current_thread())
+    if threads[-1] is not threads[0]:
+      raise RuntimeError("state created in another thread")
+    return candidate(*args)
+  return call, threads
+
+
+def _identity_net(weights, biases, activations, loss, x, t):
+  """Right for identity layers, squared_error, mean reduction, out_in layout."""
+  a = [x]
+  for W, b in zip(weights, biases):
+    a.append(a[-1] @ W.T + b)
+  g, dW, db = 2 * (a[-1] - t) / x.shape[0], [None] * len(weights), [None] * len(weights)
+  for l in reversed(range(len(weights))):
+    dW[l], db[l] = g.T @ a[l], g.sum(axis=0)
+    g = g @ weights[l]
+  return dW, db
+
+
+def test_in_process_calls_run_on_one_thread_for_a_library_bound_to_its_thread():
+  relu, threads = _thread_bound(lambda z, dout: dout * (z > 0))
+  report = bpref.oracle.ops.check_op("activation", relu, "relu", examples=4)
+  assert report.verdict == "pass", report.text()
+  assert len(threads) >= 4 and {t.name for t in threads} == {isolation.WORKER_NAME}
+
+  net, threads = _thread_bound(_identity_net)
+  report = bpref.oracle.check(net, losses=("squared_error",), **API_SMALL)
+  assert report.verdict == "pass", report.text()
+  assert len(threads) >= 2
+
+
+def test_a_call_that_hangs_keeps_its_thread_and_the_next_call_gets_another():
+  release, seen = threading.Event(), []
+
+  def backward(z, dout):
+    seen.append(threading.current_thread())
+    if len(seen) == 1:
+      release.wait(30)
+    return dout
+
+  candidate = types.SimpleNamespace(backward=backward)
+  message = ("backward", (np.ones(2), np.ones(2)))
+  try:
+    assert isolation.call_in_thread(candidate, message, 0.2).status == "timeout"
+    outcomes = [isolation.call_in_thread(candidate, message, 5.0) for _ in range(2)]
+  finally:
+    release.set()
+  assert [o.status for o in outcomes] == ["ok", "ok"], outcomes
+  assert seen[1] is seen[2] and seen[1] is not seen[0]
 
 
 def test_capture_catches_c_level_writes():

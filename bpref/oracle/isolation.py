@@ -39,6 +39,7 @@ import io
 import multiprocessing
 import os
 import pickle
+import queue
 import signal
 import sys
 import sysconfig
@@ -406,15 +407,55 @@ def answer(candidate, message) -> Outcome:
   return call_direct(candidate, message)
 
 
+class _CandidateThread:
+  """The one daemon thread that makes every in-process call of a candidate, as the candidate's
+  own program would: a library that keeps state per thread (tinygrad's kernel cache in an
+  sqlite connection, a thread-bound context) finds the thread it set that state up on. A call
+  that does not return within its timeout cannot be stopped: its thread is left to it and the
+  next call starts a fresh one. Calls from several threads take turns, each timed from its start."""
+
+  def __init__(self):
+    self._lock = threading.Lock()
+    self._thread = None
+    self._inbox = None
+
+  def call(self, fn: Callable, timeout: float) -> tuple:
+    """(returned, box): ``fn()`` run on the candidate's thread, waited for up to ``timeout``
+    seconds; ``box`` holds its value once it returned, and is empty if it raised past it."""
+    if threading.current_thread() is self._thread:  # a candidate that runs a check itself
+      return True, [fn()]
+    with self._lock:
+      if self._thread is None or not self._thread.is_alive():
+        self._inbox = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, args=(self._inbox,), daemon=True,
+                                        name=WORKER_NAME)
+        self._thread.start()
+      box, done = [], threading.Event()
+      self._inbox.put((fn, box, done))
+      if done.wait(timeout):
+        return True, box
+      self._thread = None
+      return False, box
+
+  @staticmethod
+  def _serve(inbox) -> None:
+    while True:
+      fn, box, done = inbox.get()
+      try:
+        box.append(fn())
+      finally:
+        done.set()
+
+
+_CANDIDATE_THREAD = _CandidateThread()
+
+
 def call_in_thread(candidate, message, timeout: float) -> Outcome:
-  """``answer`` in a daemon thread, given up after ``timeout`` seconds; its output captured."""
-  box = []
-  thread = threading.Thread(target=lambda: box.append(answer(candidate, message)), daemon=True,
-                            name=WORKER_NAME)
+  """``answer`` on the candidate's thread (``_CandidateThread``), given up after ``timeout``
+  seconds; its output captured."""
   with Captured() as out:
-    thread.start()
-    thread.join(timeout)
-  if thread.is_alive():
+    returned, box = _CANDIDATE_THREAD.call(lambda: answer(candidate, message), timeout)
+  if not returned:
     outcome = Outcome("timeout", error=f"the call did not return within {timeout:g} s; a call in "
                       "this process cannot be stopped, so the search ended here (isolate=True runs "
                       "the candidate in a subprocess that can be; bpref check does, unless "
