@@ -107,11 +107,15 @@ def _softsign_error(z, a):
 
 def _mish_error(z, a):
   # tanh(s) + z sigma (1 - tanh(s)^2): 1 - t^2 from t carrying 2u is off by 5u t^2 absolute
-  # (R2), times |z| sigma. Once t = 1 (s >= 22, (S)) the form is 1 exactly, missing only the
-  # true (1 - t) + z sigma sech^2 s < (2 + 4 z) e^-2s < 0.06 u absolute: u for the cap (S).
+  # (R2), times |z| sigma. s as the definition writes it, log(1 + e^z) (tinygrad's logaddexp,
+  # NumPy code), is off by u absolute where 1 + e^z rounds (R4): t passes it on to f' as u,
+  # and to 1 - t^2 as 2u |t|, times |z| sigma. Once t = 1 (s >= 22, (S)) the form is 1
+  # exactly, missing only the true (1 - t) + z sigma sech^2 s < (2 + 4 z) e^-2s < 0.06 u
+  # absolute: u for the cap (S).
   s = _softplus(z)
   t = jnp.tanh(s)
-  return jnp.where(s < TANH_SATURATED, 5 * jnp.abs(z) * _sigmoid(z) * t * t, jnp.ones_like(z))
+  zs = jnp.abs(z) * _sigmoid(z)
+  return 1 + jnp.where(s < TANH_SATURATED, zs * (5 * t * t + 2 * jnp.abs(t)), jnp.zeros_like(z))
 
 
 class AForm(NamedTuple):
