@@ -17,6 +17,7 @@ import time
 import numpy as np
 import pytest
 
+from bpref.activations import SELU_ALPHA, SELU_SCALE
 from bpref.oracle.ops import add_op_arguments, check_op, expected, run_op_command
 from bpref.testing import assert_op_correct
 
@@ -549,6 +550,74 @@ def test_a_derivative_wrong_only_at_the_kink_is_told_from_f_prime_missing(seed):
   report = check_op("activation", _mutant_relu_nonzero, name="relu", seed=seed, examples=20)
   assert report.verdict == "fail"
   assert [f.code for f in report.diagnosis] == ["kink_side"], report.text()
+
+
+def _elu_from_relus(x, W, b, dout):
+  """A layer of elu written as tinygrad writes it, elu(z) = relu(z) - relu(1 - exp(z)), its
+  backward the chain rule through both relus with relu'(0) = 0: elu'(0) comes out 0 where
+  elu is C^1 with elu'(0) = 1 (the exponential taken of min(z, 0), so that it never overflows)."""
+  z = x @ W.T + b
+  e = np.exp(np.minimum(z, 0))
+  delta = dout * ((z > 0) + ((1 - e) > 0) * e).astype(x.dtype)
+  return delta @ W, delta.T @ x, delta.sum(axis=0)
+
+
+def _exp_everywhere(kind):
+  """Backward functions that take exp of every z, as tinygrad's elu and selu do in their
+  unused branch and a softmax without its max subtracted: NaN where exp(z) overflows."""
+  def elu(z, dout):
+    with np.errstate(over="ignore", invalid="ignore"):
+      e = np.exp(z)
+      return dout * (np.where(z > 0, 1.0, e) + 0 * e)
+
+  def selu_layer(x, W, b, dout):
+    z = x @ W.T + b
+    with np.errstate(over="ignore", invalid="ignore"):
+      e = np.exp(z)  # the branch z < 0 computed everywhere, then selected: 0 * inf in the other
+      delta = dout * SELU_SCALE * ((z >= 0) + (z < 0) * SELU_ALPHA * e + 0 * e)
+    delta = delta.astype(x.dtype)
+    return delta @ W, delta.T @ x, delta.sum(axis=0)
+
+  def softmax(z, dout):
+    with np.errstate(over="ignore", invalid="ignore"):
+      e = np.exp(z)
+      y = e / e.sum(axis=-1, keepdims=True)
+    return y * (dout - (dout * y).sum(axis=-1, keepdims=True))
+  return {"elu": elu, "selu": selu_layer, "softmax": softmax}[kind]
+
+
+@pytest.mark.parametrize("kind, name, words", [
+    ("activation", "elu", "dz NaN or inf only where |z| > 88.72, where exp(z) or exp(-z) overflows"),
+    ("layer", "selu", "NaN or inf only where |z| > 88.72"),
+    ("softmax", None, "without subtracting each row's maximum"),
+])
+def test_nan_where_an_exponential_overflows_is_named(kind, name, words):
+  report = check_op(kind, _exp_everywhere(name or kind), name=name, dtype="float32", seed=0,
+                    examples=40)
+  assert report.verdict == "fail" and report.kind == "nonfinite", report.text()
+  assert report.codes[0] == "exp_overflow" and words in report.text(), report.text()
+
+
+def _relu_layer_at_kink(value):
+  def backward(x, W, b, dout):
+    z = x @ W.T + b
+    delta = dout * np.where(z > 0, 1.0, np.where(z == 0, value, 0.0)).astype(x.dtype)
+    return delta @ W, delta.T @ x, delta.sum(axis=0)
+  return backward
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("name, backward, words", [
+    ("elu", _elu_from_relus, "elu'(0) = [0.0] at the kink, outside the subdifferential [1, 1]"),
+    ("relu", _relu_layer_at_kink(2.0), "relu'(0) = [2.0] at the kink, outside the subdifferential"),
+    ("relu", _relu_layer_at_kink(0.25), "relu'(0) = [0.25] at the kink, inside the subdifferential"),
+])
+def test_a_layer_wrong_only_at_the_kink_names_its_f_prime_at_zero(name, backward, words, dtype):
+  """A layer's f'(0) reaches dx, dW and db only through sums: it is fitted on them, as the
+  activation kind reads it off dz."""
+  report = check_op("layer", backward, name=name, dtype=dtype, seed=1, examples=20)
+  assert report.verdict == "fail", report.text()
+  assert report.codes[0] == "kink_value" and words in report.text(), report.text()
 
 
 def test_every_kink_case_of_an_activation_holds_a_kink():

@@ -86,11 +86,12 @@ def _confirmation_labels(spec, label: Label | None) -> list:
 
 def _runs(ev, labels, answered=True):
   """The runs of ``labels`` that check something; with ``answered``, those with an answer to
-  compare (not an exception or a wrong shape)."""
+  compare (not an exception, a wrong shape, or NaN or inf)."""
   out = []
   for label in labels:
     run = ev.run(ev.record.case(ev.spec, label), forward=False)
-    if run.verdict is not None and (run.verdict.outputs is not None or not answered):
+    if run.verdict is not None and (not answered or (run.verdict.outputs is not None
+                                                     and run.verdict.kind != "nonfinite")):
       out.append(run)
   return out
 
@@ -278,6 +279,8 @@ def _diagnose(ev, minimal, origin) -> list:
                          "tell)") for f in run.verdict.findings]
   if verdict.kind in ("exception", "shape"):
     return _where_it_runs(ev, verdict.kind)
+  if verdict.kind == "nonfinite":
+    return ev.record.nonfinite_findings(spec, minimal)
   if verdict.kind != "numeric" or verdict.outputs is None:
     return []
   outputs = verdict.outputs

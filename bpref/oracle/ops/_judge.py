@@ -55,8 +55,8 @@ def _unpack(record, spec, case, truth, result):
     raw, value = record.returned(spec, case, result)
   except Malformed as exc:
     return _fail("structure", str(exc), tol)
-  outputs = {}
-  for name in record.output_names(spec):
+  names = record.output_names(spec)
+  for name in names:
     arr = raw[name]
     if not isinstance(arr, np.ndarray):
       return _fail("structure", f"{name} is {type(arr).__name__}, not an array", tol)
@@ -67,9 +67,11 @@ def _unpack(record, spec, case, truth, result):
     if arr.dtype != np.dtype(spec.dtype):
       return _fail("dtype", f"{name} has dtype {arr.dtype}; the inputs were {spec.dtype} and "
                    f"{name} must be too", tol)
-    if not np.all(np.isfinite(arr)):
-      return _fail("nonfinite", f"{name} contains NaN or inf (bpref's {name} is finite here)", tol)
-    outputs[name] = record.internal(spec, name, np.asarray(arr, np.float64))
+  outputs = {name: record.internal(spec, name, np.asarray(raw[name], np.float64)) for name in names}
+  for name in names:
+    if not np.all(np.isfinite(outputs[name])):  # kept, for the diagnosis to read where
+      return _fail("nonfinite", f"{name} contains NaN or inf (bpref's {name} is finite here)", tol,
+                   outputs=outputs)
   return outputs, value
 
 

@@ -272,7 +272,7 @@ def search(ev: Evaluator) -> Found:
 
 
 def _same(first, second, truth) -> bool:
-  if first.outputs is None or second.outputs is None:
+  if first.outputs is None or second.outputs is None or "nonfinite" in (first.kind, second.kind):
     return first.kind == second.kind
   return all(error(first.outputs[k], second.outputs[k], truth.bounds[k]) <= truth.tol
              for k in first.outputs)

@@ -280,22 +280,79 @@ def _implied(spec, minimal) -> str:
           f"{np.round(_kinds.df(spec.name, minimal.truth.z).ravel()[:6], 6).tolist()})")
 
 
-def _kink_value(spec, minimal) -> list:
-  """Wrong only at exact kinks, with an f'(0) that no convention uses (outside the subdifferential)."""
-  z, dout = minimal.truth.z, minimal.case.arrays["dout"]
-  if spec.name not in _activations.KINKED or not np.any(z == 0):
+def _kink_values(record, spec, minimal):
+  """The f'(0) values the candidate used at exact kinks, when it is wrong there only: read off
+  dz for an activation; for a layer, whose delta = dout f'(z) reaches dx, dW and db only
+  through sums, the one value c that reproduces every output when f'(0) = c (least squares
+  over the outputs, then held to FIT_SLACK tolerances). None when it is wrong elsewhere too."""
+  truth, outputs, dout = minimal.truth, minimal.verdict.outputs, minimal.case.arrays["dout"]
+  at_kink = truth.z == 0
+  slack = FIT_SLACK * truth.tol
+  if "dz" in outputs:
+    cand = outputs["dz"]
+    bad = np.abs(cand - truth.expected["dz"]) > slack * np.maximum(truth.bounds["dz"], 1e-300)
+    if not np.any(bad) or np.any(bad & ~at_kink) or np.any(dout[bad] == 0):
+      return None
+    return np.unique(np.round(cand[bad] / dout[bad], 6))
+  df = _kinds.df(spec.name, truth.z)
+  rest = record.from_delta(spec, minimal.case, dout * np.where(at_kink, 0.0, df))  # (34) off the kinks
+  unit = record.from_delta(spec, minimal.case, dout * at_kink)  # what f'(0) = 1 adds
+  norm = sum(float(np.sum(unit[k] ** 2)) for k in outputs)
+  if norm == 0:
+    return None
+  c = sum(float(np.sum((outputs[k] - rest[k]) * unit[k])) for k in outputs) / norm
+  if not all(error(outputs[k], rest[k] + c * unit[k], truth.bounds[k]) <= slack for k in outputs):
+    return None
+  return np.round(np.array([c]), 6)
+
+
+def _kink_value(record, spec, minimal) -> list:
+  """Wrong only at exact kinks, with an f'(0) that no convention uses."""
+  if spec.name not in _activations.KINKED or not np.any(minimal.truth.z == 0):
     return []
-  cand, true, bound = minimal.verdict.outputs["dz"], minimal.truth.expected["dz"], minimal.truth.bounds["dz"]
-  bad = np.abs(cand - true) > FIT_SLACK * minimal.truth.tol * np.maximum(bound, 1e-300)
-  if not np.any(bad) or np.any(bad & (z != 0)) or np.any(dout[bad] == 0):
+  values = _kink_values(record, spec, minimal)
+  if values is None:
     return []
-  values = np.unique(np.round(cand[bad] / dout[bad], 6))
   left = float(_kinds.df(spec.name, -np.ones((1, 1)) * 1e-300)[0, 0])
   right = float(_kinds.df(spec.name, np.ones((1, 1)) * 1e-300)[0, 0])
   lo, hi = min(left, right), max(left, right)
-  return [Finding("kink_value", f"{spec.name}'(0) = {values.tolist()} at the kink, outside the "
-                  f"subdifferential [{lo:g}, {hi:g}]: no convention, a bug",
+  if np.all((values >= lo) & (values <= hi)):
+    where = (f"inside the subdifferential [{lo:g}, {hi:g}], but a value no library's convention "
+             "uses")
+  else:
+    where = f"outside the subdifferential [{lo:g}, {hi:g}]: no convention, a bug"
+  return [Finding("kink_value", f"{spec.name}'(0) = {values.tolist()} at the kink, {where}",
                   "every other entry is right")]
+
+
+def _exp_overflow(record, spec, minimal, rows: bool) -> list:
+  """NaN or inf only where an exponential of z overflows the dtype, |z| > log(max): the
+  candidate evaluates exp(z) or exp(-z) there, in f' or in the branch of a select that the
+  forward does not take (whose gradient is 0 * inf = NaN). ``rows``: a softmax, whose every
+  output of a row follows from exp of each of its entries."""
+  z, outputs = minimal.truth.z, minimal.verdict.outputs
+  limit = float(np.log(np.finfo(spec.dtype).max))
+  if z is None or outputs is None:
+    return []
+  over = np.abs(z) > limit
+  if rows:
+    over = np.broadcast_to(np.any(over, axis=-1, keepdims=True), z.shape)
+  # where NaN at those entries of delta = dC/dz reaches the outputs, through the sums of (26), (39)
+  reached = record.from_delta(spec, minimal.case, np.where(over, np.nan, 1.0))
+  bad = {k: ~np.isfinite(v) for k, v in outputs.items()}
+  if not np.any(over) or any(np.any(bad[k] & np.isfinite(reached[k])) for k in bad):
+    return []
+  names = ", ".join(k for k in bad if np.any(bad[k]))
+  if rows:
+    return [Finding("exp_overflow", f"{names} NaN or inf only in rows whose largest |z| is above "
+                    f"{limit:.4g}, where exp(z) overflows {spec.dtype}: the softmax is computed "
+                    "without subtracting each row's maximum first", "exp(z - max z) is the same "
+                    "softmax and never overflows")]
+  return [Finding("exp_overflow", f"{names} NaN or inf only where |z| > {limit:.4g}, where "
+                  f"exp(z) or exp(-z) overflows {spec.dtype}: an exponential is computed there, in "
+                  f"{spec.name}' or in the branch of a select that the forward does not take "
+                  "(whose gradient is 0 * inf = NaN)", "evaluate each exponential only where it "
+                  "is used: exp(min(z, 0)) for the negative branch, exp(-|z|) in a sigmoid")]
 
 
 # ---------------------------------------------------------------- the records
@@ -640,6 +697,14 @@ class Layer(Dense):
   def convention(self, spec, case, truth, outputs):
     return _activation_convention(self, spec, case, truth, outputs)
 
+  def last_findings(self, spec, minimal, wrong):
+    if spec.name == "softmax":
+      return super().last_findings(spec, minimal, wrong)
+    return _kink_value(self, spec, minimal) or super().last_findings(spec, minimal, wrong)
+
+  def nonfinite_findings(self, spec, minimal):
+    return _exp_overflow(self, spec, minimal, rows=spec.name == "softmax")
+
 
 class Activation(Classic):
   """a = f(z), elementwise: dz = dout * f'(z) (34)."""
@@ -690,11 +755,14 @@ class Activation(Classic):
     return _activation_convention(self, spec, case, truth, outputs)
 
   def last_findings(self, spec, minimal, wrong):
-    return (_kink_value(spec, minimal) or _one_side(spec, minimal)
+    return (_kink_value(self, spec, minimal) or _one_side(spec, minimal)
             or super().last_findings(spec, minimal, wrong))
 
   def undiagnosed_detail(self, spec, minimal):
     return _implied(spec, minimal)
+
+  def nonfinite_findings(self, spec, minimal):
+    return _exp_overflow(self, spec, minimal, rows=False) if spec.takes == "z" else []
 
   def swapped(self, spec):
     return None if spec.takes == self.takes[0] else (spec.takes, "dout")
@@ -723,6 +791,9 @@ class Softmax(Classic):
     y = truth.a if spec.takes == "z" else case.arrays["y"]
     return [(code, summary, {"dz": delta})
             for code, summary, delta in _softmax_models(truth.z, y, case.arrays["dout"])]
+
+  def nonfinite_findings(self, spec, minimal):
+    return _exp_overflow(self, spec, minimal, rows=True) if spec.takes == "z" else []
 
 
 class Loss(Classic):

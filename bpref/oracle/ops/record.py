@@ -448,6 +448,11 @@ class OpKind:
   def undiagnosed_detail(self, spec: OpSpec, minimal) -> str:
     return ""
 
+  def nonfinite_findings(self, spec: OpSpec, minimal) -> list:
+    """Findings on where a candidate's NaN or inf comes from (the minimal run's verdict holds
+    its outputs, NaN and all); none by default."""
+    return []
+
   def rerun_labels(self, spec: OpSpec, verdict_kind: str) -> list:
     """(label, where, what the minimal case is) to diagnose on instead when the minimal case
     ends in ``verdict_kind``: a candidate that fails to run on one shape may run on another."""
