@@ -687,6 +687,11 @@ def _tanh_layer_one_minus_a(x, W, b, dout):
   return delta @ W, delta.T @ x, delta.sum(axis=0)
 
 
+def _selu_backward_rounded_constants(z, dout):
+  """selu' with tinygrad's constants, scale 1.0507 and alpha 1.67326."""
+  return dout * 1.0507 * np.where(z >= 0, 1.0, 1.67326 * np.exp(np.minimum(z, 0))).astype(z.dtype)
+
+
 WRONG_FORMS = {
     # label: (kind, op name, options, backward, the form it computes)
     "tanh' = 1 - a": ("activation", "tanh", {}, _tanh_backward_one_minus_a, "tanh_one_minus_a"),
@@ -708,6 +713,8 @@ WRONG_FORMS = {
     "mish' without softplus'": ("activation", "mish", {}, _mish_backward_no_softplus_derivative,
                                 "mish_inner_derivative_missing"),
     "gelu' = Phi": ("activation", "gelu", {}, _gelu_backward_cdf_only, "gelu_product_term_missing"),
+    "selu' with rounded constants": ("activation", "selu", {}, _selu_backward_rounded_constants,
+                                     "selu_constants_rounded"),
 }
 
 

@@ -225,6 +225,10 @@ _SPECIFIC = (
     Form("selu_alpha_unscaled", "selu", "wrong constant",
          "a + alpha below 0: the scale of scale alpha is missing",
          lambda z, a: np.where(z > 0, _activations.SELU_SCALE, a + _activations.SELU_ALPHA)),
+    Form("selu_constants_rounded", "selu", "wrong constant",
+         "scale 1.0507 and alpha 1.67326, the constants rounded to 5 and 6 digits (tinygrad's "
+         "selu): off by about 1e-6 of f'",
+         lambda z, a: 1.0507 * np.where(z >= 0, 1.0, 1.67326 * np.exp(np.minimum(z, 0)))),
     # softsign: f'(z) = 1 / (1 + |z|)^2 = (1 - |a|)^2
     Form("softsign_square_missing", "softsign", "missing square",
          "1 / (1 + |z|): the square of 1 / (1 + |z|)^2 is missing",
