@@ -313,6 +313,21 @@ def test_the_pad_zero_slice_is_named():
   assert report.kind == "shape" and report.diagnosis[0].code == "padding_not_cropped", report.text()
 
 
+def test_a_candidate_that_needs_tiled_windows_is_named_where_it_runs():
+  """mygrad's conv_nd raises unless (H + 2P - HH) is a multiple of the stride; bpref, PyTorch
+  and CS231n floor. Right where the windows tile, such a candidate is told so."""
+  def tiled_only(x, w, b, dout):
+    H, W, HH, WW = x.shape[2], x.shape[3], w.shape[2], w.shape[3]
+    if (H + 2 - HH) % 2 or (W + 2 - WW) % 2:
+      raise ValueError("Stride and kernel dimensions are incompatible")
+    return naive(x, w, b, dout, 2, 1)
+
+  report = check_op("conv2d", tiled_only, "s2p1", examples=20)
+  assert report.kind == "exception", report.text()
+  assert report.codes[0] == "shape_limit", report.text()
+  assert "where the windows tile the input" in report.diagnosis[0].summary, report.text()
+
+
 # ---------------------------------------------------------------- options and cost
 
 def test_options_are_checked():

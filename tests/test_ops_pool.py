@@ -161,6 +161,22 @@ def test_a_right_maxpool_passes(way, name, dtype):
   assert report.cases >= 20 and not report.notes, report.text()
 
 
+def test_a_candidate_that_needs_tiled_windows_is_named_where_it_runs():
+  """mygrad's max_pool raises unless (H - K) is a multiple of the stride; bpref and PyTorch
+  floor. Right where the windows tile, such a candidate is told so."""
+  right = naive_loops(2, 2)
+
+  def tiled_only(x, dout):
+    if (x.shape[2] - 2) % 2 or (x.shape[3] - 2) % 2:
+      raise ValueError("Stride and kernel dimensions are incompatible")
+    return right(x, dout)
+
+  report = check_op("maxpool2d", tiled_only, "p2s2", examples=20)
+  assert report.kind == "exception", report.text()
+  assert report.codes[0] == "shape_limit", report.text()
+  assert "where the windows tile the input" in report.diagnosis[0].summary, report.text()
+
+
 def test_a_custom_vjp_maxpool_rule_passes():
   """Few examples: the adapter compiles the rule once per shape."""
   report = check_op("maxpool2d", custom_vjp(3, 2), "p3s2", dtype="float32", examples=3)

@@ -278,7 +278,7 @@ def _diagnose(ev, minimal, origin) -> list:
       return [f._replace(detail=f"{f.detail} (seen with B = 3; with B = 1 the shape alone cannot "
                          "tell)") for f in run.verdict.findings]
   if verdict.kind in ("exception", "shape"):
-    return _where_it_runs(ev, verdict.kind)
+    return _where_it_runs(ev, verdict.kind, origin)
   if verdict.kind == "nonfinite":
     return ev.record.nonfinite_findings(spec, minimal)
   if verdict.kind != "numeric" or verdict.outputs is None:
@@ -380,13 +380,19 @@ def _slipped(ev, how, case, truth, outputs) -> bool:
   return _passes_as(ev, how, case, truth)
 
 
-def _where_it_runs(ev, kind) -> list:
-  """A candidate that fails to run on one shape may run on another: diagnose it there."""
-  for label, where, other in ev.record.rerun_labels(ev.spec, kind):
+def _where_it_runs(ev, kind, origin) -> list:
+  """A candidate that fails to run on one shape may run on another: diagnose it there, or say
+  that it is right there and so fails on the minimal case's shape alone."""
+  ends = "an exception" if kind == "exception" else "a wrong shape"
+  for label, where, other in ev.record.rerun_labels(ev.spec, kind, origin):
     run = ev.run(ev.record.case(ev.spec, label), forward=False)
     if run.verdict is not None and run.verdict.kind == "numeric":
       found = _diagnose(ev, run, run.case.label)
       return [f._replace(summary=f"{f.summary} (seen on {where}, where it runs; on the minimal "
-                         f"{other}case it ends in {'an exception' if kind == 'exception' else 'a wrong shape'})")
+                         f"{other}case it ends in {ends})")
               for f in found if f.code not in ("undiagnosed", "near_tolerance")]
+    if run.verdict is not None and run.verdict.passed:
+      return [Finding("shape_limit", f"right on {where}; on the minimal {other}case it ends in "
+                      f"{ends}: the candidate does not handle that shape",
+                      f"checked on {', '.join(f'{k} {np.shape(v)}' for k, v in run.case.arrays.items())}")]
   return []

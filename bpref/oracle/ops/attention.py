@@ -369,7 +369,7 @@ class Attention(OpKind):
   def primary(self, spec):
     return ("qkv", "dout")
 
-  def rerun_labels(self, spec, verdict_kind):
+  def rerun_labels(self, spec, verdict_kind, origin):
     heads = spec.heads or 2
     return [(Label(self._label_dims(spec, (2, 4, heads, 3)), "normal", spec.seed),
              f"B = 2, T = 4, {heads} heads, hs = 3", "")]

@@ -626,7 +626,7 @@ class Dense(Classic):
     B, n = label.dims[0], label.dims[1] + 1
     return [Label((B + 1, n, n + 1), label.family, label.seed + 4)]
 
-  def rerun_labels(self, spec, verdict_kind):
+  def rerun_labels(self, spec, verdict_kind, origin):
     """A candidate that fails to run on a non-square W may run on a square one."""
     if verdict_kind in ("exception", "shape"):
       return [(Label((2, 3, 3), family, spec.seed), "a square W", "non-square ")

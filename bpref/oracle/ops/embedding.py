@@ -227,7 +227,7 @@ class Embedding(OpKind):
                        {"dwte": e["dwpe"].copy(), "dwpe": e["dwte"].copy()}))
     return [m for m in out if not all(np.array_equal(v, e[k]) for k, v in m.outputs.items())]
 
-  def rerun_labels(self, spec, verdict_kind):
+  def rerun_labels(self, spec, verdict_kind, origin):
     """A candidate that mixes the two tables fails to run, or returns the wrong shapes, unless
     V = T: diagnose it on such a case."""
     if verdict_kind in ("exception", "shape"):

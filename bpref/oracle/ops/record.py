@@ -453,9 +453,10 @@ class OpKind:
     its outputs, NaN and all); none by default."""
     return []
 
-  def rerun_labels(self, spec: OpSpec, verdict_kind: str) -> list:
+  def rerun_labels(self, spec: OpSpec, verdict_kind: str, origin: Label | None) -> list:
     """(label, where, what the minimal case is) to diagnose on instead when the minimal case
-    ends in ``verdict_kind``: a candidate that fails to run on one shape may run on another."""
+    (``origin``, None when it was handed, not drawn) ends in ``verdict_kind``: a candidate that
+    fails to run on one shape may run on another."""
     return []
 
   def extra_confirmations(self, spec: OpSpec, label: Label) -> list:
