@@ -176,6 +176,24 @@ def test_bias_from_one_example_is_named(bug, words, dtype):
   assert "x bpref's" not in report.diagnosis[0].detail, report.text()
 
 
+def _in_float32(candidate):
+  """``candidate`` run on float32 copies of its arrays, its answer cast back to the check's
+  dtype: the backprop of a JAX user without jax_enable_x64, or a float32 torch model."""
+  def grads(weights, biases, activations, loss, x, t):
+    f32 = [[a.astype(np.float32) for a in arrays] for arrays in (weights, biases)]
+    dW, db = candidate(*f32, activations, loss, x.astype(np.float32), t.astype(np.float32))
+    return [g.astype(x.dtype) for g in dW], [g.astype(x.dtype) for g in db]
+  return grads
+
+
+def test_a_float64_check_of_float32_arithmetic_is_named():
+  report = bpref.oracle.check(_in_float32(backprop()), dtype="float64", **DOMAIN)
+  assert report.verdict == "fail", report.text()
+  assert report.codes == ["float32_arithmetic"], report.text()
+  # and right to float32's own precision: the same candidate passes a float32 check
+  assert bpref.oracle.check(_in_float32(backprop()), dtype="float32", **DOMAIN).verdict == "pass"
+
+
 def test_a_forgotten_output_fprime_a_few_tolerances_off_is_named_not_blamed_on_rounding():
   # float32, one tanh unit with |z_1| small: tanh'(z_1) is so close to 1 that forgetting it
   # moves the gradient by 75 tolerances, which was reported as near_tolerance. The model

@@ -278,6 +278,25 @@ def _mish_backward_softplus_by_definition(z, dout):
   return dout * (t + z * sigmoid(z) * (1 - t * t))
 
 
+def _tanh_backward_in_float32(z, dout):
+  t = np.tanh(z.astype(np.float32))
+  return (dout.astype(np.float32) * (1 - t * t)).astype(z.dtype)
+
+
+def _sin_backward_cos_of_a_rounded_argument(z, dout):
+  return dout * np.cos(z.astype(np.float32).astype(np.float64))  # z rounded to float32 first
+
+
+@pytest.mark.parametrize("backward, name, code", [
+    (_tanh_backward_in_float32, "tanh", "float32_arithmetic"),
+    (_sin_backward_cos_of_a_rounded_argument, "sin", "lower_precision"),
+])
+def test_a_float64_answer_right_only_to_float32_precision_is_named(backward, name, code):
+  report = check_op("activation", backward, name=name, dtype="float64", examples=20)
+  assert report.verdict == "fail", report.text()
+  assert report.codes == [code], report.text()
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_mish_with_softplus_by_its_definition_passes(dtype):
   # far below 0, mish'(z) ~ (1 + z) e^z and the form loses the e^z of t: 0.57% of f' at z = -177

@@ -46,6 +46,7 @@ import numpy as np
 
 from bpref import activations as _activations
 from bpref.error import normwise_error
+from bpref.tolerance import unit_roundoff
 from bpref.oracle import forms as _forms
 from bpref.oracle import spec as _spec
 from bpref.oracle import truth as _truth
@@ -1192,8 +1193,11 @@ class Diagnoser:
         if not exact and self.arch.kink:
           exact = [f for f in (self.kink_value(),) if f is not None]
         near = None if exact else self.near_tolerance()
-        if near is not None:
-          findings.append(near)
+        lower = None if exact or near else lower_precision(
+            self.spec.dtype, _grads(r), _truth_grads(self.truth),
+            _worst(_grads(r), _truth_grads(self.truth), _mags(self.truth)), self.tol)
+        if near is not None or lower is not None:
+          findings.append(near or lower)
         else:
           findings += exact
           if not exact:
@@ -1255,6 +1259,44 @@ def convention_finding(note: str, strict: bool = False) -> Finding:
   why = (" (strict conventions were asked for: a convention that differs from bpref's is "
          "counted as a failure)" if strict else "")
   return Finding(code, f"{kind} other than bpref's: {said}", f"{body}{why}")
+
+
+FLOAT32_OVER_FLOAT64 = unit_roundoff(np.float32) / unit_roundoff(np.float64)
+"""2^29: (T) with float32's u over (T) with float64's, the error float32 arithmetic makes in
+place of float64's."""
+
+
+def _float32_numbers(arrays) -> bool:
+  return all(np.array_equal(a.astype(np.float32).astype(np.float64), a) for a in arrays)
+
+
+def lower_precision(dtype, answers, expected, worst: float, tol: float):
+  """The Finding for a float64 answer right only to float32's precision (an error above
+  FIT_SLACK tolerances and within (T) of float32), or None.
+
+  Args:
+    dtype: the check's dtype.
+    answers, expected: the candidate's wrong arrays and bpref's, float64.
+    worst: the largest normwise error, held to ``tol``.
+
+  ``float32_arithmetic`` when every entry of the answer is a float32 number while bpref's are
+  not: the candidate computed in float32 and cast its result to float64. Otherwise
+  ``lower_precision``: the error is the size that float32 arithmetic, or an elementary function
+  accurate to about 1e-8, makes.
+  """
+  if np.dtype(dtype) != np.float64 or not FIT_SLACK * tol < worst <= FLOAT32_OVER_FLOAT64 * tol:
+    return None
+  answers = [np.asarray(a, np.float64) for a in answers]
+  detail = (f"error {worst:.2e}: {worst / tol:.3g} x float64's tolerance, "
+            f"{worst / (FLOAT32_OVER_FLOAT64 * tol):.2g} x the tolerance of the same case in float32")
+  if _float32_numbers(answers) and not _float32_numbers(np.asarray(e, np.float64) for e in expected):
+    return Finding("float32_arithmetic", "every entry of the answer is a float32 number cast to "
+                   "float64: the candidate computes in float32 (a float32 array, constant or "
+                   "default dtype: JAX without jax_enable_x64, PyTorch's float32 default, "
+                   "np.float32)", detail)
+  return Finding("lower_precision", "right to float32's precision, not float64's: a float32 "
+                 "intermediate, or an elementary function accurate to about 1e-8 (tinygrad's "
+                 "float64 cos at large arguments)", detail)
 
 
 def _summary_line(text: str) -> str:

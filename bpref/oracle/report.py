@@ -176,7 +176,7 @@ class Report:
         lines.append("  gradients on it, the candidate's beside bpref's:")
         for k in shown:
           c, b = laid_out(k, mine[k]).ravel(), laid_out(k, ours[k]).ravel()
-          digits = _digits_that_differ(c, b)
+          digits = digits_that_differ(c, b)
           fmt = {"float_kind": lambda v, d=digits: f"{v:.{d}g}"}
           lines.append(f"    {k}: candidate {np.array2string(c, formatter=fmt)}  "
                        f"bpref {np.array2string(b, formatter=fmt)}")
@@ -203,7 +203,7 @@ def _dropped_text(dropped: dict) -> str:
   return f"{sum(dropped.values())}: {', '.join(parts)}"
 
 
-def _digits_that_differ(candidate, ours, least: int = 6) -> int:
+def digits_that_differ(candidate, ours, least: int = 6) -> int:
   """Significant digits (least to 17) that show every entry where the two arrays differ."""
   differ = candidate != ours
   for digits in range(least, 18):

@@ -57,7 +57,7 @@ from bpref.oracle.ops.adapters import from_custom_vjp as from_custom_vjp
 from bpref.oracle.ops.adapters import from_torch_function as from_torch_function
 from bpref.oracle.ops.cli import add_op_arguments as add_op_arguments
 from bpref.oracle.ops.cli import run_op_command as run_op_command
-from bpref.oracle.report import Report, history_dependent
+from bpref.oracle.report import Report, digits_that_differ, history_dependent
 
 
 @dataclasses.dataclass
@@ -127,10 +127,12 @@ class OpReport(Report):
           if arr.size <= 16:
             lines.append(f"    {key} = " + np.array2string(arr, prefix=f"    {key} = "))
         for key, value in self.case.get("candidate", {}).items():
-          mine, ours = np.asarray(value), np.asarray(self.case["bpref"][key])
+          mine, ours = np.asarray(value).ravel(), np.asarray(self.case["bpref"][key]).ravel()
           if mine.size <= 16:
-            lines.append(f"    {key}: candidate {np.array2string(mine.ravel())}  bpref "
-                         f"{np.array2string(ours.ravel())}")
+            digits = digits_that_differ(mine, ours)
+            fmt = {"float_kind": lambda v, d=digits: f"{v:.{d}g}"}
+            lines.append(f"    {key}: candidate {np.array2string(mine, formatter=fmt)}  bpref "
+                         f"{np.array2string(ours, formatter=fmt)}")
     lines += [f"  note: {n}" for n in self.notes]
     return "\n".join(lines + _output_lines(self))
 

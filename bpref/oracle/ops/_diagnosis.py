@@ -28,7 +28,7 @@ import math
 
 import numpy as np
 
-from bpref.oracle.diagnosis import FIT_SLACK, Finding, fit_error
+from bpref.oracle.diagnosis import FIT_SLACK, Finding, fit_error, lower_precision
 from bpref.oracle.ops import _judge, kinds
 from bpref.oracle.ops.record import Label, error
 
@@ -304,7 +304,9 @@ def _diagnose(ev, minimal, origin) -> list:
                         f"{len(others)} other case(s)") for code, summary in fitting
                 if (code, summary) in confirmed]
   if not findings:
-    findings = _factor(ev, spec, minimal, wrong, origin)
+    lower = lower_precision(spec.dtype, [outputs[k] for k in wrong],
+                            [truth.expected[k] for k in wrong], worst, truth.tol)
+    findings = [lower] if lower is not None else _factor(ev, spec, minimal, wrong, origin)
   if not findings:
     findings = ev.record.last_findings(spec, minimal, wrong)
   return findings
