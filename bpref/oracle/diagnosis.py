@@ -46,10 +46,10 @@ import numpy as np
 
 from bpref import activations as _activations
 from bpref.error import normwise_error
-from bpref.tolerance import unit_roundoff
 from bpref.oracle import forms as _forms
 from bpref.oracle import spec as _spec
 from bpref.oracle import truth as _truth
+from bpref.tolerance import unit_roundoff
 
 FIT_SLACK = 100.0
 """How far from bpref's gradient, in tolerances, a difference is too small to blame on a bug
