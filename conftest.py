@@ -93,6 +93,7 @@ DEEP = {
     "tests/test_exec.py::test_c_client_passes_in_every_declared_dtype_layout_and_reduction*": "more examples",
     "tests/test_exec.py::test_workers_give_the_serial_verdict_and_minimal_case": "worker processes",
     "tests/test_oracle_outside.py::*": "200-example searches of outside code",
+    "tests/test_outside_autodiff.py::*": "every op kind of an outside autodiff library",
     # more examples of what the fast tier checks once
     "tests/test_oracle_mutants.py::test_oracle_catches_and_names_mutant*": "more mutants",
     "tests/test_oracle.py::test_correct_independent_implementations_pass*": "more layouts",
@@ -254,6 +255,9 @@ DEEP = {
 """Deep tests, by node-id pattern, with why each is deep."""
 
 FAST_SAMPLES = (
+    "tests/test_outside_autodiff.py::test_mygrad_passes_or_its_defect_is_named[[]mg/layer/leaky_relu-float64]",
+    "tests/test_outside_autodiff.py::test_mygrad_passes_or_its_defect_is_named[[]mg/maxpool2d/p2s2-float32]",
+    "tests/test_outside_autodiff.py::test_the_defects_it_names_are_mygrads",
     "tests/test_oracle_hostile.py::test_in_process_calls_run_on_one_thread_*",
     "tests/test_oracle_hostile.py::test_a_call_that_hangs_keeps_its_thread_*",
     "tests/test_matrix.py::test_every_op_kind_travels_every_transport_and_*[[]dense-thread]",
