@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from bpref import compilation
+from bpref.activations import SELU_ALPHA, SELU_SCALE
 from bpref.oracle.ops import check_op
 
 _K = math.sqrt(2 / math.pi)  # a Python float: NumPy keeps float32 arrays float32 with it
@@ -224,6 +225,41 @@ def test_another_subgradient_at_the_kink_is_a_convention():
   assert any("at exact kinks" in n for n in report.notes)
   assert check_op("residual", relu_at_zero_is_one, name="relu",
                   strict_conventions=True).verdict == "fail"
+
+
+def _elu_from_relus(x, W, b, dout):
+  """elu(z) = relu(z) - relu(1 - e^z), as tinygrad writes it: elu'(0) = 0 through the relus."""
+  C = x.shape[-1]
+  X, D = x.reshape(-1, C), dout.reshape(-1, C)
+  z = X @ W.T + b
+  e = np.exp(np.minimum(z, 0))
+  delta = D * ((z > 0) + ((1 - e) > 0) * e).astype(x.dtype)
+  return (D + delta @ W).reshape(x.shape), delta.T @ X, delta.sum(axis=0)
+
+
+def _selu_exp_everywhere(x, W, b, dout):
+  """selu' with e^z taken of every z and selected, as tinygrad does: NaN from z = 88.7 on."""
+  C = x.shape[-1]
+  X, D = x.reshape(-1, C), dout.reshape(-1, C)
+  z = X @ W.T + b
+  with np.errstate(over="ignore", invalid="ignore"):
+    e = np.exp(z)
+    delta = (D * SELU_SCALE * ((z >= 0) + (z < 0) * SELU_ALPHA * e + 0 * e)).astype(x.dtype)
+  return (D + delta @ W).reshape(x.shape), delta.T @ X, delta.sum(axis=0)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_a_wrong_f_prime_at_the_kink_is_fitted_through_the_skip_path(dtype):
+  report = check_op("residual", _elu_from_relus, name="elu", dtype=dtype, seed=1, examples=20)
+  assert report.verdict == "fail", report.text()
+  assert report.codes[0] == "kink_value", report.text()
+  assert "elu'(0) = [0.0] at the kink, outside the subdifferential" in report.text(), report.text()
+
+
+def test_nan_where_an_exponential_overflows_is_named():
+  report = check_op("residual", _selu_exp_everywhere, name="selu", dtype="float32", examples=40)
+  assert report.verdict == "fail" and report.kind == "nonfinite", report.text()
+  assert report.codes[0] == "exp_overflow", report.text()
 
 
 def test_gelu_tanh_checked_as_gelu_is_a_convention():

@@ -282,9 +282,10 @@ def _implied(spec, minimal) -> str:
 
 def _kink_values(record, spec, minimal):
   """The f'(0) values the candidate used at exact kinks, when it is wrong there only: read off
-  dz for an activation; for a layer, whose delta = dout f'(z) reaches dx, dW and db only
-  through sums, the one value c that reproduces every output when f'(0) = c (least squares
-  over the outputs, then held to FIT_SLACK tolerances). None when it is wrong elsewhere too."""
+  dz for an activation; for a layer (or a residual block), whose delta = dout f'(z) reaches
+  dx, dW and db only through sums, the one value c that reproduces every output when
+  f'(0) = c (least squares over the outputs, then held to FIT_SLACK tolerances). None when it
+  is wrong elsewhere too."""
   truth, outputs, dout = minimal.truth, minimal.verdict.outputs, minimal.case.arrays["dout"]
   at_kink = truth.z == 0
   slack = FIT_SLACK * truth.tol
@@ -293,20 +294,21 @@ def _kink_values(record, spec, minimal):
     bad = np.abs(cand - truth.expected["dz"]) > slack * np.maximum(truth.bounds["dz"], 1e-300)
     if not np.any(bad) or np.any(bad & ~at_kink) or np.any(dout[bad] == 0):
       return None
-    return np.unique(np.round(cand[bad] / dout[bad], 6))
+    return np.unique(np.round(cand[bad] / dout[bad], 6)) + 0.0  # + 0.0: no -0
   df = _kinds.df(spec.name, truth.z)
   rest = record.from_delta(spec, minimal.case, dout * np.where(at_kink, 0.0, df))  # (34) off the kinks
-  unit = record.from_delta(spec, minimal.case, dout * at_kink)  # what f'(0) = 1 adds
+  none = record.from_delta(spec, minimal.case, np.zeros_like(dout))  # a residual's skip path
+  unit = {k: v - none[k] for k, v in record.from_delta(spec, minimal.case, dout * at_kink).items()}
   norm = sum(float(np.sum(unit[k] ** 2)) for k in outputs)
   if norm == 0:
     return None
   c = sum(float(np.sum((outputs[k] - rest[k]) * unit[k])) for k in outputs) / norm
   if not all(error(outputs[k], rest[k] + c * unit[k], truth.bounds[k]) <= slack for k in outputs):
     return None
-  return np.round(np.array([c]), 6)
+  return np.round(np.array([c]), 6) + 0.0
 
 
-def _kink_value(record, spec, minimal) -> list:
+def kink_value(record, spec, minimal) -> list:
   """Wrong only at exact kinks, with an f'(0) that no convention uses."""
   if spec.name not in _activations.KINKED or not np.any(minimal.truth.z == 0):
     return []
@@ -325,7 +327,7 @@ def _kink_value(record, spec, minimal) -> list:
                   "every other entry is right")]
 
 
-def _exp_overflow(record, spec, minimal, rows: bool) -> list:
+def exp_overflow(record, spec, minimal, rows: bool) -> list:
   """NaN or inf only where an exponential of z overflows the dtype, |z| > log(max): the
   candidate evaluates exp(z) or exp(-z) there, in f' or in the branch of a select that the
   forward does not take (whose gradient is 0 * inf = NaN). ``rows``: a softmax, whose every
@@ -700,10 +702,10 @@ class Layer(Dense):
   def last_findings(self, spec, minimal, wrong):
     if spec.name == "softmax":
       return super().last_findings(spec, minimal, wrong)
-    return _kink_value(self, spec, minimal) or super().last_findings(spec, minimal, wrong)
+    return kink_value(self, spec, minimal) or super().last_findings(spec, minimal, wrong)
 
   def nonfinite_findings(self, spec, minimal):
-    return _exp_overflow(self, spec, minimal, rows=spec.name == "softmax")
+    return exp_overflow(self, spec, minimal, rows=spec.name == "softmax")
 
 
 class Activation(Classic):
@@ -755,14 +757,14 @@ class Activation(Classic):
     return _activation_convention(self, spec, case, truth, outputs)
 
   def last_findings(self, spec, minimal, wrong):
-    return (_kink_value(self, spec, minimal) or _one_side(spec, minimal)
+    return (kink_value(self, spec, minimal) or _one_side(spec, minimal)
             or super().last_findings(spec, minimal, wrong))
 
   def undiagnosed_detail(self, spec, minimal):
     return _implied(spec, minimal)
 
   def nonfinite_findings(self, spec, minimal):
-    return _exp_overflow(self, spec, minimal, rows=False) if spec.takes == "z" else []
+    return exp_overflow(self, spec, minimal, rows=False) if spec.takes == "z" else []
 
   def swapped(self, spec):
     return None if spec.takes == self.takes[0] else (spec.takes, "dout")
@@ -793,7 +795,7 @@ class Softmax(Classic):
             for code, summary, delta in _softmax_models(truth.z, y, case.arrays["dout"])]
 
   def nonfinite_findings(self, spec, minimal):
-    return _exp_overflow(self, spec, minimal, rows=True) if spec.takes == "z" else []
+    return exp_overflow(self, spec, minimal, rows=True) if spec.takes == "z" else []
 
 
 class Loss(Classic):

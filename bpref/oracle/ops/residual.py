@@ -191,6 +191,22 @@ class Residual(OpKind):
     return classic.GELU_TWINS.get(spec.name)
 
   # ---- diagnosis
+  def from_delta(self, spec, case, delta) -> dict:
+    """The outputs that follow from delta = dC/dz, given in x's shape: (RES5)-(RES7)."""
+    arr = case.arrays
+    shape = arr["x"].shape
+    C = shape[-1]
+    return _outputs(arr["x"].reshape(-1, C), arr["W"], arr["dout"].reshape(-1, C),
+                    np.reshape(delta, (-1, C)), shape)
+
+  def last_findings(self, spec, minimal, wrong):
+    if spec.name == "softmax":
+      return super().last_findings(spec, minimal, wrong)
+    return classic.kink_value(self, spec, minimal) or super().last_findings(spec, minimal, wrong)
+
+  def nonfinite_findings(self, spec, minimal):
+    return classic.exp_overflow(self, spec, minimal, rows=spec.name == "softmax")
+
   def models(self, spec, case, truth):
     arr = case.arrays
     shape = arr["x"].shape
