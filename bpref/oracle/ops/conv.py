@@ -49,7 +49,7 @@ from bpref import tolerance as _tolerance
 from bpref.layers import conv as _conv
 from bpref.oracle.diagnosis import Finding
 from bpref.oracle.ops.record import (Model, OpKind, OpTruth, bucket, plain, scaled,
-                                     unit_and_floor)
+                                     tiled, unit_and_floor)
 
 NAMES = tuple(f"s{s}p{p}" for s in (1, 2, 3) for p in (0, 1, 2))
 """The strides and paddings a check may fix, as "s{stride}p{pad}"."""
@@ -65,13 +65,6 @@ def geometry(name: str | None) -> tuple:
 
 def _out_size(size: int, taps: int, stride: int, pad: int) -> int:
   return 1 + (size + 2 * pad - taps) // stride  # (CV2)
-
-
-def _tiled(size: int, taps: int, stride: int, pad: int) -> int:
-  """The least size >= ``size`` whose windows tile it: (size + 2 pad - taps) a multiple of
-  stride, the filter inside the padded input."""
-  size = max(size, taps - 2 * pad)
-  return size + (-(size + 2 * pad - taps)) % stride
 
 
 def _taps_bucket(k: int) -> int:
@@ -203,7 +196,7 @@ class Conv2D(OpKind):
     if origin is None or verdict_kind not in ("exception", "shape"):
       return []
     N, C, H, W, F, HH, WW = origin.dims
-    H2, W2 = _tiled(H, HH, stride, pad), _tiled(W, WW, stride, pad)
+    H2, W2 = tiled(H, HH, stride, pad), tiled(W, WW, stride, pad)
     if (H2, W2) == (H, W):
       return []
     return [(origin._replace(dims=(N, C, H2, W2, F, HH, WW)), f"the same case with H, W = {H2}, "

@@ -80,7 +80,7 @@ from bpref.layers import dropout as _dropout
 from bpref.layers import pool as _pool
 from bpref.oracle.diagnosis import Finding
 from bpref.oracle.ops.record import (Label, Model, OpKind, OpTruth, bucket, error, plain, scaled,
-                                     unit_and_floor)
+                                     tiled, unit_and_floor)
 
 
 # ---------------------------------------------------------------- maxpool2d: windows in NumPy
@@ -223,7 +223,7 @@ class Pool2d(OpKind):
     if origin is None or verdict_kind not in ("exception", "shape"):
       return []
     N, C, H, W = origin.dims
-    H2, W2 = (max(n, P) + (-(max(n, P) - P)) % S for n in (H, W))
+    H2, W2 = tiled(H, P, S), tiled(W, P, S)
     if (H2, W2) == (H, W):
       return []
     return [(origin._replace(dims=(N, C, H2, W2)), f"the same case with H, W = {H2}, {W2}, "

@@ -217,6 +217,13 @@ def exact(values, dtype) -> np.ndarray:
   return np.asarray(np.asarray(values, np.float64).astype(dtype), np.float64)
 
 
+def tiled(size: int, taps: int, stride: int, pad: int = 0) -> int:
+  """The least size >= ``size`` whose windows tile it, a convolution's or a pooling's: the
+  window inside the padded input and (size + 2 pad - taps) a multiple of stride."""
+  size = max(size, taps - 2 * pad)
+  return size + (-(size + 2 * pad - taps)) % stride
+
+
 def bucket(n: int) -> int:
   """The padded size of an axis of length n: 8, 16, 32, ..., so that few programs compile."""
   size = 8
